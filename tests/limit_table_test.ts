@@ -1,0 +1,79 @@
+import assert from "node:assert/strict";
+import { LimitTable } from "../lib/limit/limit_table.ts";
+import { ProxyRateLimiter } from "../mod.ts";
+
+Deno.test("LimitTable gives the default to hosts without an override", () => {
+  const t = new LimitTable(3);
+  assert.equal(t.limitFor("a.example"), 3);
+  t.defaultLimit = 7;
+  assert.equal(t.defaultLimit, 7);
+  assert.equal(t.limitFor("a.example"), 7);
+});
+
+Deno.test("LimitTable per-host override beats the default", () => {
+  const t = new LimitTable(3, { "a.example": 5 });
+  assert.equal(t.limitFor("a.example"), 5);
+  assert.equal(t.limitFor("b.example"), 3);
+  t.set("b.example", 1);
+  assert.equal(t.limitFor("b.example"), 1);
+});
+
+Deno.test("LimitTable normalises configured hosts like host keys", () => {
+  const t = new LimitTable(0, { "A.Example:443": 2, "[::1]:9000": 4 });
+  assert.equal(t.limitFor("a.example"), 2);
+  assert.equal(t.limitFor("[::1]:9000"), 4);
+  t.set("B.example:80", 6);
+  assert.equal(t.limitFor("b.example"), 6);
+  t.set("b.example:8080", 9);
+  assert.equal(t.limitFor("b.example:8080"), 9);
+  assert.equal(t.limitFor("b.example"), 6);
+});
+
+Deno.test("LimitTable set with 0 or less removes the override", () => {
+  const t = new LimitTable(3, { "a.example": 5, "b.example": 6 });
+  t.set("a.example", 0);
+  t.set("b.example", -1);
+  assert.equal(t.limitFor("a.example"), 3);
+  assert.equal(t.limitFor("b.example"), 3);
+  assert.deepEqual(t.entries(), {});
+});
+
+Deno.test("LimitTable delete falls back to the default", () => {
+  const t = new LimitTable(2, { "a.example": 5 });
+  t.delete("A.EXAMPLE");
+  assert.equal(t.limitFor("a.example"), 2);
+});
+
+Deno.test("LimitTable replace drops old overrides and ignores 0 or less", () => {
+  const t = new LimitTable(1, { "a.example": 5 });
+  t.replace({ "b.example": 2, "c.example": 0, "d.example": -3 });
+  assert.deepEqual(t.entries(), { "b.example": 2 });
+  assert.equal(t.limitFor("a.example"), 1);
+});
+
+Deno.test("LimitTable default of 0 or less means unlimited (0 passes through)", () => {
+  const t = new LimitTable();
+  assert.equal(t.limitFor("a.example"), 0);
+  t.defaultLimit = -1;
+  assert.ok(t.limitFor("a.example") <= 0);
+});
+
+Deno.test("LimitTable rejects a limit that is not an integer", () => {
+  const t = new LimitTable();
+  assert.throws(() => t.set("a.example", 1.5), RangeError);
+  assert.throws(() => (t.defaultLimit = Number.NaN), RangeError);
+  assert.throws(() => new LimitTable(0, { "a.example": Infinity }), RangeError);
+});
+
+Deno.test("ProxyRateLimiter limit setters accept every documented form", () => {
+  const p = new ProxyRateLimiter({
+    defaultMaxConnectionsPerHost: 2,
+    hostLimits: { "a.example": 1 },
+  });
+  p.setDefaultMaxConnectionsPerHost(4);
+  p.setHostLimit("b.example:8443", 3);
+  p.setHostLimits({ "c.example": 5, "d.example": 0 });
+  p.removeHostLimit("c.example");
+  p.setHostLimit("e.example", 0);
+  assert.equal(p.proxyUrl, null);
+});
