@@ -1,0 +1,34 @@
+/**
+ * The contract every connection limiter keeps, in memory or through Redis.
+ *
+ * @module
+ */
+
+/**
+ * Counts open upstream connections per host key and grants new ones while a
+ * host is under its limit.
+ */
+export interface Limiter {
+  /**
+   * Takes one slot for `host` unless `limit` (when above 0) slots are already
+   * taken. Resolves `true` when the slot is granted, `false` when the host is
+   * at its limit. Rejects with {@linkcode LimiterUnavailableError} when the
+   * limiter cannot decide and its failure mode says to refuse.
+   */
+  acquire(host: string, limit: number): Promise<boolean>;
+  /** Gives back one slot of `host` taken by {@linkcode Limiter.acquire}. */
+  release(host: string): void;
+  /** The number of open connections to `host` (across the fleet). */
+  count(host: string): Promise<number>;
+  /** Stops the limiter and removes what it holds in shared storage. */
+  close(): Promise<void>;
+}
+
+/** Thrown when a limiter cannot reach its shared storage and must refuse. */
+export class LimiterUnavailableError extends Error {
+  /** Creates the error with a message saying what failed. */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "LimiterUnavailableError";
+  }
+}

@@ -1,0 +1,216 @@
+/** A read buffer over a connection, for heads, chunk lines and bodies. */
+
+const CRLF_CRLF = [13, 10, 13, 10];
+const INITIAL_SIZE = 4096;
+const EMPTY = new Uint8Array(0);
+
+/** Thrown when a head or line grows past its allowed size. */
+export class TooLargeError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "TooLargeError";
+  }
+}
+
+/**
+ * Buffers what a connection sends so heads and chunk-size lines can be
+ * framed; bodies are read through it so buffered bytes are never lost.
+ */
+export class BufferedReader {
+  readonly conn: Deno.Conn;
+  #buf: Uint8Array;
+  #start = 0;
+  #end = 0;
+  #pending: Promise<number | null> | null = null;
+  #eof = false;
+
+  constructor(conn: Deno.Conn) {
+    this.conn = conn;
+    this.#buf = EMPTY;
+  }
+
+  /** Bytes read from the connection but not consumed yet. */
+  get buffered(): number {
+    return this.#end - this.#start;
+  }
+
+  /**
+   * Starts one read in the background (used while an upstream socket idles
+   * in the pool, to notice a close). The next read consumes its result.
+   */
+  watch(): Promise<number | null> {
+    this.#pending ??= this.#readMore();
+    return this.#pending;
+  }
+
+  /** Reads more bytes into the buffer; `null` at end of stream. */
+  fill(): Promise<number | null> {
+    const pending = this.#pending;
+    if (pending) {
+      this.#pending = null;
+      return pending;
+    }
+    return this.#readMore();
+  }
+
+  async #readMore(): Promise<number | null> {
+    if (this.#eof) return null;
+    if (this.#buf.length === 0) {
+      this.#buf = new Uint8Array(INITIAL_SIZE);
+    } else if (this.#end === this.#buf.length) {
+      if (this.#start > 0) {
+        this.#buf.copyWithin(0, this.#start, this.#end);
+        this.#end -= this.#start;
+        this.#start = 0;
+      } else {
+        const bigger = new Uint8Array(this.#buf.length * 2);
+        bigger.set(this.#buf);
+        this.#buf = bigger;
+      }
+    }
+    const n = await this.conn.read(this.#buf.subarray(this.#end));
+    if (n === null) {
+      this.#eof = true;
+      return null;
+    }
+    this.#end += n;
+    return n;
+  }
+
+  /**
+   * Reads a head that ends with an empty line and returns it without the
+   * final CRLF CRLF, or `null` when the stream ends before a byte of it.
+   * Empty lines before a head are skipped (RFC 9112, 2.2).
+   */
+  async readHead(maxSize: number): Promise<Uint8Array | null> {
+    let scanFrom = this.#start;
+    for (;;) {
+      // Skip leading empty lines.
+      while (
+        this.#end - this.#start >= 2 && this.#buf[this.#start] === 13 &&
+        this.#buf[this.#start + 1] === 10
+      ) {
+        this.#start += 2;
+        if (scanFrom < this.#start) scanFrom = this.#start;
+      }
+      const at = indexOf(this.#buf, CRLF_CRLF, scanFrom, this.#end);
+      if (at >= 0) {
+        if (at - this.#start > maxSize) {
+          throw new TooLargeError("Head is too large");
+        }
+        const head = this.#buf.slice(this.#start, at);
+        this.#start = at + 4;
+        this.#compact();
+        return head;
+      }
+      if (this.#end - this.#start > maxSize) {
+        throw new TooLargeError("Head is too large");
+      }
+      scanFrom = Math.max(this.#start, this.#end - 3);
+      const startBefore = this.#start;
+      const n = await this.fill();
+      if (n === null) {
+        if (this.#end === this.#start) return null;
+        throw new Deno.errors.UnexpectedEof("Stream ended inside a head");
+      }
+      scanFrom -= startBefore - this.#start; // the buffer may have moved
+    }
+  }
+
+  /** Reads one line ending in CRLF, returned without it. */
+  async readLine(maxSize: number): Promise<Uint8Array> {
+    let scanFrom = this.#start;
+    for (;;) {
+      const at = indexOf(this.#buf, CRLF_CRLF.slice(2), scanFrom, this.#end);
+      if (at >= 0) {
+        const line = this.#buf.subarray(this.#start, at);
+        this.#start = at + 2;
+        return line;
+      }
+      if (this.#end - this.#start > maxSize) {
+        throw new TooLargeError("Line is too long");
+      }
+      scanFrom = Math.max(this.#start, this.#end - 1);
+      const startBefore = this.#start;
+      if (await this.fill() === null) {
+        throw new Deno.errors.UnexpectedEof("Stream ended inside a line");
+      }
+      scanFrom -= startBefore - this.#start;
+    }
+  }
+
+  /**
+   * Reads body bytes into `p`: buffered bytes first, then straight from the
+   * connection. Returns the count, or `null` at end of stream.
+   */
+  async readInto(p: Uint8Array): Promise<number | null> {
+    if (this.#start === this.#end && this.#pending) {
+      if (await this.fill() === null) return null;
+    }
+    if (this.#start < this.#end) {
+      const n = Math.min(p.length, this.#end - this.#start);
+      p.set(this.#buf.subarray(this.#start, this.#start + n));
+      this.#start += n;
+      if (this.#start === this.#end) this.#start = this.#end = 0;
+      return n;
+    }
+    if (this.#eof) return null;
+    const n = await this.conn.read(p);
+    if (n === null) this.#eof = true;
+    return n;
+  }
+
+  /** A view of up to `max` buffered bytes, consumed; empty when none. */
+  takeUpTo(max: number): Uint8Array {
+    const n = Math.min(max, this.#end - this.#start);
+    const view = this.#buf.subarray(this.#start, this.#start + n);
+    this.#start += n;
+    return view;
+  }
+
+  /** Takes every buffered byte (a copy) and lets go of the buffer. */
+  takeBuffered(): Uint8Array {
+    const rest = this.#buf.slice(this.#start, this.#end);
+    this.#start = this.#end = 0;
+    this.#buf = EMPTY;
+    return rest;
+  }
+
+  /** Lets go of a buffer that grew for a large head. */
+  #compact(): void {
+    if (this.#start === this.#end) {
+      this.#start = this.#end = 0;
+      if (this.#buf.length > INITIAL_SIZE && !this.#pending) {
+        this.#buf = new Uint8Array(INITIAL_SIZE);
+      }
+    }
+  }
+}
+
+function indexOf(
+  buf: Uint8Array,
+  needle: number[],
+  from: number,
+  to: number,
+): number {
+  const first = needle[0];
+  const last = to - needle.length;
+  for (let i = buf.indexOf(first, from); i >= 0 && i <= last;) {
+    let j = 1;
+    while (j < needle.length && buf[i + j] === needle[j]) j++;
+    if (j === needle.length) return i;
+    i = buf.indexOf(first, i + 1);
+  }
+  return -1;
+}
+
+/** Writes every byte of `data`. */
+export async function writeAll(
+  conn: Deno.Conn,
+  data: Uint8Array,
+): Promise<void> {
+  let off = 0;
+  while (off < data.length) {
+    off += await conn.write(off === 0 ? data : data.subarray(off));
+  }
+}

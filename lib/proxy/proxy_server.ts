@@ -1,0 +1,652 @@
+/**
+ * The proxy engine: accepts client connections on a `Deno.Listener`, frames
+ * HTTP/1.1 by hand, forwards absolute-form requests and CONNECT tunnels to
+ * upstream sockets opened within each host's limit.
+ *
+ * @module
+ */
+import type { Logger } from "@logtape/logtape";
+import type { Limiter } from "../limit/limiter.ts";
+import type { LimitTable } from "../limit/limit_table.ts";
+import { hostKey, splitHostPort } from "../limit/host_key.ts";
+import { BufferedReader, TooLargeError, writeAll } from "./buffered_reader.ts";
+import { pump, relayBody, WriteError } from "./body.ts";
+import {
+  bodyFraming,
+  encodeHead,
+  encodeLatin1,
+  endToEndLines,
+  field,
+  fieldTokens,
+  type Framing,
+  HttpError,
+  parseRequestHead,
+  parseResponseHead,
+  type RequestHead,
+  type ResponseHead,
+} from "./http_head.ts";
+import { type Upstream, UpstreamPool } from "./upstream_pool.ts";
+
+/** Bounds on every wait, in milliseconds. */
+export interface Timeouts {
+  /** Time for a new client to send a complete request head. Default 10000. */
+  head: number;
+  /** Time to open an upstream connection. Default 10000. */
+  connect: number;
+  /**
+   * Time an exchange or tunnel may go without a byte in either direction
+   * (including the wait for a response). Default 300000.
+   */
+  idle: number;
+  /** Time a client connection may idle between requests. Default 60000. */
+  keepAlive: number;
+  /** Time an idle upstream socket stays pooled for reuse. Default 30000. */
+  upstreamIdle: number;
+}
+
+/** The timeouts used where none are given. */
+export const DEFAULT_TIMEOUTS: Timeouts = {
+  head: 10_000,
+  connect: 10_000,
+  idle: 300_000,
+  keepAlive: 60_000,
+  upstreamIdle: 30_000,
+};
+
+/** Options of {@linkcode ProxyServer}. */
+export interface ProxyServerOptions {
+  listener: Deno.Listener<Deno.TcpConn>;
+  limits: LimitTable;
+  limiter: Limiter;
+  rejectStatus: number;
+  timeouts?: Partial<Timeouts>;
+  maxHeadSize?: number;
+  maxIdlePerHost?: number;
+  logger: Logger;
+}
+
+const SWEEP_MS = 250;
+const ESTABLISHED = encodeLatin1("HTTP/1.1 200 Connection Established\r\n\r\n");
+const REASONS: Record<number, string> = {
+  400: "Bad Request",
+  405: "Method Not Allowed",
+  408: "Request Timeout",
+  431: "Request Header Fields Too Large",
+  500: "Internal Server Error",
+  502: "Bad Gateway",
+  503: "Service Unavailable",
+  504: "Gateway Timeout",
+};
+
+/** One client connection. */
+class Session {
+  readonly conn: Deno.TcpConn;
+  deadline = 0;
+  /** Inside an exchange or tunnel (not waiting for a request head). */
+  busy = false;
+  /** Bytes of a response were sent for the current exchange. */
+  responded = false;
+  timedOut = false;
+  upstream: Upstream | null = null;
+  #closed = false;
+
+  constructor(conn: Deno.TcpConn) {
+    this.conn = conn;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.conn.close();
+    } catch { /* already closed */ }
+    this.upstream?.close();
+  }
+}
+
+/** Serves the proxy port until {@linkcode ProxyServer.shutdown}. */
+export class ProxyServer {
+  #listener: Deno.Listener<Deno.TcpConn>;
+  #limiter: Limiter;
+  #rejectStatus: number;
+  #timeouts: Timeouts;
+  #maxHead: number;
+  #logger: Logger;
+  #pool: UpstreamPool;
+  #sessions = new Set<Session>();
+  #now = Date.now();
+  #closing = false;
+  #drained = Promise.withResolvers<void>();
+
+  constructor(options: ProxyServerOptions) {
+    this.#listener = options.listener;
+    this.#limiter = options.limiter;
+    this.#rejectStatus = options.rejectStatus;
+    this.#timeouts = { ...DEFAULT_TIMEOUTS, ...options.timeouts };
+    this.#maxHead = options.maxHeadSize ?? 64 * 1024;
+    this.#logger = options.logger;
+    this.#pool = new UpstreamPool({
+      limiter: options.limiter,
+      limits: options.limits,
+      connectTimeout: this.#timeouts.connect,
+      idleTimeout: this.#timeouts.upstreamIdle,
+      maxIdlePerHost: options.maxIdlePerHost ?? 8,
+      rejectStatus: options.rejectStatus,
+      logger: options.logger,
+    });
+  }
+
+  /** Open upstream sockets of this process, by host key. */
+  get openCounts(): ReadonlyMap<string, number> {
+    return this.#pool.openCounts;
+  }
+
+  /** Accepts connections until shut down; resolves once all have ended. */
+  async serve(): Promise<void> {
+    const sweeper = setInterval(() => this.#sweep(), SWEEP_MS);
+    try {
+      while (!this.#closing) {
+        let conn: Deno.TcpConn;
+        try {
+          conn = await this.#listener.accept();
+        } catch (err) {
+          if (this.#closing || err instanceof Deno.errors.BadResource) break;
+          this.#logger.warn("Accept failed: {error}", { error: String(err) });
+          await new Promise((r) => setTimeout(r, 50));
+          continue;
+        }
+        this.#handle(conn);
+      }
+      this.#closing = true;
+      if (this.#sessions.size === 0) this.#drained.resolve();
+      await this.#drained.promise;
+    } finally {
+      clearInterval(sweeper);
+      this.#pool.closeIdle();
+    }
+  }
+
+  /**
+   * Stops accepting, closes idle client connections at once, lets open
+   * exchanges and tunnels finish for up to `graceMs`, then closes the rest.
+   */
+  async shutdown(graceMs: number): Promise<void> {
+    this.#closing = true;
+    try {
+      this.#listener.close();
+    } catch { /* already closed */ }
+    for (const s of this.#sessions) if (!s.busy) s.close();
+    this.#pool.closeIdle();
+    if (this.#sessions.size === 0) this.#drained.resolve();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const grace = new Promise<void>((r) => timer = setTimeout(r, graceMs));
+    await Promise.race([this.#drained.promise, grace]);
+    clearTimeout(timer);
+    for (const s of this.#sessions) s.close();
+    await this.#drained.promise;
+  }
+
+  #sweep(): void {
+    const now = this.#now = Date.now();
+    for (const s of this.#sessions) {
+      if (s.deadline > now) continue;
+      if (s.busy && s.upstream && !s.responded && !s.timedOut) {
+        // Let the exchange answer 504, then close if it still hangs.
+        s.timedOut = true;
+        s.deadline = now + 1000;
+        s.upstream.close();
+      } else {
+        s.timedOut = true;
+        s.close();
+      }
+    }
+    this.#pool.sweep(now);
+  }
+
+  async #handle(conn: Deno.TcpConn): Promise<void> {
+    const s = new Session(conn);
+    this.#sessions.add(s);
+    s.deadline = this.#now + this.#timeouts.head;
+    const reader = new BufferedReader(conn);
+    try {
+      while (!s.closed) {
+        let head: Uint8Array | null;
+        try {
+          head = await reader.readHead(this.#maxHead);
+        } catch (err) {
+          if (err instanceof TooLargeError) {
+            await this.#reject(
+              s,
+              new HttpError(431, "Request head is too large"),
+              true,
+            );
+          }
+          return;
+        }
+        if (head === null) return;
+        s.busy = true;
+        s.responded = false;
+        s.timedOut = false;
+        this.#touch(s);
+        let req: RequestHead;
+        try {
+          req = parseRequestHead(head);
+        } catch (err) {
+          if (err instanceof HttpError) await this.#reject(s, err, true);
+          return;
+        }
+        if (req.method === "CONNECT") {
+          await this.#tunnel(s, reader, req);
+          return;
+        }
+        if (!await this.#exchange(s, reader, req) || this.#closing) return;
+        s.busy = false;
+        s.deadline = this.#now + this.#timeouts.keepAlive;
+      }
+    } catch (err) {
+      this.#logger.debug("Client connection ended: {error}", {
+        error: String(err),
+      });
+    } finally {
+      s.close();
+      this.#sessions.delete(s);
+      if (this.#closing && this.#sessions.size === 0) this.#drained.resolve();
+    }
+  }
+
+  #touch(s: Session): void {
+    s.deadline = this.#now + this.#timeouts.idle;
+  }
+
+  /** Sends an error response; `close` ends the connection after it. */
+  async #reject(s: Session, err: HttpError, close: boolean): Promise<void> {
+    if (s.responded || s.closed) return;
+    s.responded = true;
+    if (err.status >= 500 && err.proxyError !== "connection_limit_reached") {
+      this.#logger.info("{status} {message}", {
+        status: err.status,
+        message: err.message,
+      });
+    } else {
+      this.#logger.debug("{status} {message}", {
+        status: err.status,
+        message: err.message,
+      });
+    }
+    const body = encodeLatin1(`${err.message.replace(/[^\x20-\x7e]/g, "?")}\n`);
+    const details = err.message.replace(/[^\x20-\x7e]/g, "?").replace(
+      /["\\]/g,
+      "\\$&",
+    );
+    const lines = [
+      "Content-Type: text/plain; charset=utf-8",
+      `Content-Length: ${body.length}`,
+      `Proxy-Status: dprl; error=${err.proxyError}; details="${details}"`,
+    ];
+    if (close || this.#closing) lines.push("Connection: close");
+    const head = encodeHead(
+      `HTTP/1.1 ${err.status} ${REASONS[err.status] ?? "Error"}`,
+      lines,
+    );
+    const out = new Uint8Array(head.length + body.length);
+    out.set(head);
+    out.set(body, head.length);
+    try {
+      await writeAll(s.conn, out);
+    } catch { /* the client is gone */ }
+  }
+
+  async #tunnel(
+    s: Session,
+    reader: BufferedReader,
+    req: RequestHead,
+  ): Promise<void> {
+    const { hostname, port } = splitHostPort(req.target);
+    const portNumber = parsePort(port);
+    if (!hostname || portNumber === null) {
+      await this.#reject(
+        s,
+        new HttpError(400, "CONNECT needs a host:port target"),
+        true,
+      );
+      return;
+    }
+    let up: Upstream;
+    try {
+      up = await this.#pool.open(
+        hostKey(hostname, portNumber),
+        hostname,
+        portNumber,
+      );
+    } catch (err) {
+      if (!(err instanceof HttpError)) throw err;
+      await this.#reject(s, err, true);
+      return;
+    }
+    if (s.closed) {
+      up.close();
+      return;
+    }
+    s.upstream = up;
+    s.responded = true;
+    this.#touch(s);
+    await writeAll(s.conn, ESTABLISHED);
+    const early = reader.takeBuffered();
+    if (early.length > 0) await writeAll(up.conn, early);
+    await this.#pipe(s, up);
+  }
+
+  /** Pipes both ways until both sides have ended, then closes both. */
+  async #pipe(s: Session, up: Upstream): Promise<void> {
+    const touch = () => this.#touch(s);
+    const fail = () => s.close();
+    await Promise.all([
+      pump(s.conn, up.conn, touch).catch(fail),
+      pump(up.conn, s.conn, touch).catch(fail),
+    ]);
+    s.close();
+  }
+
+  /**
+   * Forwards one absolute-form request and its response. Resolves whether
+   * the client connection may carry another request.
+   */
+  async #exchange(
+    s: Session,
+    reader: BufferedReader,
+    req: RequestHead,
+  ): Promise<boolean> {
+    const bad = (msg: string) => new HttpError(400, msg);
+    let target: Target;
+    let framing: Framing;
+    try {
+      target = parseTarget(req.target);
+      framing = bodyFraming(req, bad, true);
+    } catch (err) {
+      if (!(err instanceof HttpError)) throw err;
+      await this.#reject(s, err, true);
+      return false;
+    }
+    const connection = fieldTokens(req, "connection");
+    const clientKeepAlive = req.minor === 1 && !connection.includes("close");
+    const upgrade = connection.includes("upgrade") ? field(req, "upgrade") : undefined;
+    const lines = endToEndLines(req);
+    const hosts = req.names.filter((n) => n === "host").length;
+    if (hosts > 1) {
+      await this.#reject(s, bad("More than one Host field"), true);
+      return false;
+    }
+    const hostAt = lines.findIndex((l) => /^host:/i.test(l));
+    const hostLine = `Host: ${target.authority}`;
+    if (hostAt < 0) lines.unshift(hostLine);
+    else if (
+      field(req, "host")!.toLowerCase() !== target.authority.toLowerCase()
+    ) {
+      lines[hostAt] = hostLine;
+    }
+    if (upgrade !== undefined) {
+      lines.push("Connection: Upgrade", `Upgrade: ${upgrade}`);
+    }
+    const head = encodeHead(`${req.method} ${target.path} HTTP/1.1`, lines);
+
+    for (let attempt = 0;; attempt++) {
+      let up = this.#pool.take(target.key);
+      const reused = up !== undefined;
+      if (!up) {
+        try {
+          up = await this.#pool.open(target.key, target.hostname, target.port);
+        } catch (err) {
+          if (!(err instanceof HttpError)) throw err;
+          await this.#reject(s, err, framing.kind !== "none");
+          return framing.kind === "none" && clientKeepAlive;
+        }
+        if (s.closed) {
+          up.close();
+          return false;
+        }
+      }
+      s.upstream = up;
+      const result = await this.#forward(
+        s,
+        reader,
+        up,
+        req,
+        framing,
+        head,
+        upgrade !== undefined,
+        clientKeepAlive,
+      );
+      if (result === "retry" && reused && attempt === 0) continue;
+      if (result === "retry") {
+        await this.#reject(
+          s,
+          new HttpError(
+            502,
+            `Upstream ${target.key} closed the connection`,
+            "http_response_incomplete",
+          ),
+          true,
+        );
+        return false;
+      }
+      return result;
+    }
+  }
+
+  /**
+   * Sends the request on `up` and relays the response. Resolves whether the
+   * client connection may go on, or `"retry"` when a reused upstream socket
+   * closed before answering a request without a body.
+   */
+  async #forward(
+    s: Session,
+    reader: BufferedReader,
+    up: Upstream,
+    req: RequestHead,
+    framing: Framing,
+    head: Uint8Array,
+    upgrading: boolean,
+    clientKeepAlive: boolean,
+  ): Promise<boolean | "retry"> {
+    const touch = () => this.#touch(s);
+    let requestDone = framing.kind === "none";
+    let requestFailed = false;
+    try {
+      let sending: Promise<void>;
+      if (framing.kind === "none") {
+        await writeAll(up.conn, head);
+        sending = Promise.resolve();
+      } else {
+        sending = relayBody(
+          reader,
+          up.conn,
+          framing,
+          head,
+          touch,
+          (m) => new HttpError(400, m),
+        )
+          .then(() => {
+            requestDone = true;
+          }, (err) => {
+            requestFailed = true;
+            // A client that breaks off its body ends the exchange; an upstream
+            // that stops reading early may still answer.
+            if (!(err instanceof WriteError)) s.close();
+          });
+      }
+
+      let res: ResponseHead;
+      for (;;) {
+        let resHead: Uint8Array | null;
+        try {
+          resHead = await up.reader.readHead(this.#maxHead);
+        } catch (err) {
+          if (err instanceof TooLargeError) {
+            throw new HttpError(
+              502,
+              "Upstream response head is too large",
+              "http_response_incomplete",
+            );
+          }
+          throw err;
+        }
+        if (resHead === null) {
+          up.close();
+          if (framing.kind === "none" && !s.timedOut) return "retry";
+          throw new HttpError(
+            502,
+            `Upstream ${up.key} closed the connection`,
+            "http_response_incomplete",
+          );
+        }
+        res = parseResponseHead(resHead);
+        touch();
+        if (res.status >= 200 || res.status === 101) break;
+        // Interim 1xx: relay and keep waiting for the final response.
+        s.responded = true;
+        await writeAll(s.conn, encodeHead(res.statusLine, endToEndLines(res)));
+      }
+
+      s.responded = true;
+      if (res.status === 101) {
+        if (!upgrading) {
+          throw new HttpError(
+            502,
+            "Upstream switched protocols unasked",
+            "http_protocol_error",
+          );
+        }
+        const lines = endToEndLines(res);
+        lines.push(
+          "Connection: Upgrade",
+          `Upgrade: ${field(res, "upgrade") ?? ""}`,
+        );
+        await writeAll(s.conn, encodeHead(res.statusLine, lines));
+        const early = reader.takeBuffered();
+        if (early.length > 0) await writeAll(up.conn, early);
+        const late = up.reader.takeBuffered();
+        if (late.length > 0) await writeAll(s.conn, late);
+        await this.#pipe(s, up);
+        return false;
+      }
+
+      const bare = req.method === "HEAD" || res.status === 204 ||
+        res.status === 304;
+      const resFraming: Framing = bare
+        ? { kind: "none" }
+        : bodyFraming(res, (m) => new HttpError(502, m, "http_protocol_error"), false);
+      const resConnection = fieldTokens(res, "connection");
+      const upstreamKeepAlive = resFraming.kind !== "close" &&
+        (res.minor === 1 ? !resConnection.includes("close") : resConnection.includes("keep-alive"));
+      const keepAlive = clientKeepAlive && resFraming.kind !== "close" &&
+        !this.#closing;
+      const lines = endToEndLines(res);
+      if (!keepAlive) lines.push("Connection: close");
+      const statusLine = res.minor === 1 ? res.statusLine : `HTTP/1.1${res.statusLine.slice(8)}`;
+      await relayBody(
+        up.reader,
+        s.conn,
+        resFraming,
+        encodeHead(statusLine, lines),
+        touch,
+        (m) => new HttpError(502, m, "http_response_incomplete"),
+      );
+      if (!requestDone && !requestFailed) {
+        // The response is complete while the client still sends its body.
+        up.close();
+        return false;
+      }
+      await sending;
+      s.upstream = null;
+      if (upstreamKeepAlive && requestDone && !s.closed) {
+        this.#pool.put(up, this.#now);
+      } else up.close();
+      return keepAlive && requestDone;
+    } catch (err) {
+      up.close();
+      s.upstream = null;
+      if (s.closed) return false;
+      if (s.timedOut) {
+        await this.#reject(
+          s,
+          new HttpError(
+            504,
+            `Upstream ${up.key} did not answer in time`,
+            "http_response_timeout",
+          ),
+          true,
+        );
+      } else if (err instanceof HttpError) {
+        await this.#reject(s, err, true);
+      } else {
+        await this.#reject(
+          s,
+          new HttpError(
+            502,
+            `Upstream ${up.key} failed: ${err instanceof Error ? err.message : err}`,
+            "http_response_incomplete",
+          ),
+          true,
+        );
+      }
+      return false;
+    }
+  }
+}
+
+/** The parts of an absolute-form `http://` request target. */
+interface Target {
+  key: string;
+  hostname: string;
+  port: number;
+  authority: string;
+  path: string;
+}
+
+function parseTarget(target: string): Target {
+  const bad = (msg: string) => new HttpError(400, msg);
+  if (!/^http:\/\//i.test(target)) {
+    if (target.startsWith("/") || target === "*") {
+      throw bad(
+        "dprl is a forward proxy: send absolute-form requests (http://host/path) or CONNECT",
+      );
+    }
+    if (/^https:\/\//i.test(target)) throw bad("Use CONNECT for https targets");
+    throw bad("Request target is not an http:// URL");
+  }
+  const rest = target.slice(7);
+  let end = rest.search(/[/?#]/);
+  if (end < 0) end = rest.length;
+  const authority = rest.slice(0, end);
+  let path = rest.slice(end);
+  const hash = path.indexOf("#");
+  if (hash >= 0) path = path.slice(0, hash);
+  if (path === "" || path.startsWith("?")) path = "/" + path;
+  if (authority.includes("@")) {
+    throw bad("Credentials in the request target are not allowed");
+  }
+  const { hostname, port } = splitHostPort(authority);
+  const portNumber = port === "" ? 80 : parsePort(port);
+  if (
+    !hostname || portNumber === null || !/^[A-Za-z0-9._:%\-]+$/.test(hostname)
+  ) {
+    throw bad(`Invalid host in request target "${authority}"`);
+  }
+  return {
+    key: hostKey(hostname, portNumber),
+    hostname,
+    port: portNumber,
+    authority,
+    path,
+  };
+}
+
+function parsePort(port: string): number | null {
+  if (!/^[0-9]{1,5}$/.test(port)) return null;
+  const n = Number(port);
+  return n >= 1 && n <= 65535 ? n : null;
+}
