@@ -76,7 +76,7 @@ export async function withTimeout<T>(
  */
 export async function waitFor<T>(
   check: () => T | Promise<T>,
-  what: string,
+  what: string | (() => string),
   ms = WAIT_MS,
 ): Promise<T> {
   const end = Date.now() + ms;
@@ -85,7 +85,8 @@ export async function waitFor<T>(
     last = await check();
     if (last) return last;
     if (Date.now() > end) {
-      throw new WaitTimeoutError(`${what} (last value ${String(last)})`, ms);
+      const w = typeof what === "function" ? what() : what;
+      throw new WaitTimeoutError(`${w} (last value ${String(last)})`, ms);
     }
     await new Promise((r) => setTimeout(r, 10));
   }

@@ -144,9 +144,7 @@ export async function startUpstream(
     })
     : Deno.listen({ hostname, port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
-  const authority = hostname.includes(":")
-    ? `[${hostname}]:${port}`
-    : `${hostname}:${port}`;
+  const authority = hostname.includes(":") ? `[${hostname}]:${port}` : `${hostname}:${port}`;
   const origin = `${opts.tls ? "https" : "http"}://${authority}`;
   const gzipBody = await gzip(utf8(GZIP_PLAIN));
 
@@ -203,9 +201,7 @@ export async function startUpstream(
         ]);
       case "/chunked": {
         const plain = utf8(CHUNKS.join(""));
-        const parts = CHUNKS.map((c) =>
-          `${utf8(c).length.toString(16)}\r\n${c}\r\n`
-        );
+        const parts = CHUNKS.map((c) => `${utf8(c).length.toString(16)}\r\n${c}\r\n`);
         const wire = parts.join("") + "0\r\n" +
           `X-Checksum: ${await sha256(plain)}\r\n\r\n`;
         return {
@@ -558,4 +554,86 @@ export function ipv6Available(): boolean {
   } catch {
     return false;
   }
+}
+
+/** A raw TCP server that answers once the client has finished sending. */
+export interface EofUpstream extends AsyncDisposable {
+  /** The port it listens on. */
+  readonly port: number;
+  /** `127.0.0.1:port`. */
+  readonly authority: string;
+  /** Connections that reached EOF of the client's side. */
+  readonly sawEof: number;
+  /** Stops it and closes every connection. */
+  close(): Promise<void>;
+}
+
+/**
+ * Starts a raw TCP server that reads until the client half-closes (EOF),
+ * then writes `received N bytes SHA256` and closes. Only a proxy that passes
+ * a half-close on (and keeps the other direction open) gets the reply back.
+ */
+export function startEofUpstream(): EofUpstream {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  const conns = new Set<BufferedConn>();
+  const handlers = new Set<Promise<void>>();
+  let sawEof = 0;
+  const acceptLoop = (async () => {
+    while (true) {
+      let conn: Deno.Conn;
+      try {
+        conn = await listener.accept();
+      } catch {
+        return;
+      }
+      const c = new BufferedConn(conn);
+      conns.add(c);
+      const h = (async () => {
+        try {
+          const data = await c.readToEnd(Infinity);
+          sawEof++;
+          await c.write(
+            `received ${data.length} bytes ${await sha256(data)}\n`,
+            Infinity,
+          );
+        } catch {
+          // peer gone
+        } finally {
+          c.close();
+        }
+      })().finally(() => {
+        conns.delete(c);
+        handlers.delete(h);
+      });
+      handlers.add(h);
+    }
+  })();
+  const close = async () => {
+    try {
+      listener.close();
+    } catch {
+      // closed
+    }
+    await acceptLoop;
+    for (const c of conns) c.close();
+    await Promise.all([...handlers]);
+  };
+  return {
+    port,
+    authority: `127.0.0.1:${port}`,
+    get sawEof() {
+      return sawEof;
+    },
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}
+
+/** A port on 127.0.0.1 that nothing listens on (bound, then closed). */
+export function closedPort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
 }
