@@ -133,7 +133,7 @@ const FLAGS: Record<string, Flag> = {
   },
   "max-idle-per-host": {
     env: "DPRL_MAX_IDLE_PER_HOST",
-    default: "8",
+    default: "64",
     help: "idle upstream connections kept per host (0 = none)",
   },
   "shutdown-grace": {

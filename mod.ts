@@ -88,7 +88,7 @@ export interface ProxyRateLimiterOptions {
   timeouts?: Partial<Timeouts>;
   /** Largest accepted request or response head, in bytes. Default 65536. */
   maxHeadSize?: number;
-  /** Idle upstream sockets kept per host for reuse. Default 8. */
+  /** Idle upstream sockets kept per host for reuse. Default 64. */
   maxIdlePerHost?: number;
   /**
    * Shares the counters through Redis: a `redis://` or `rediss://` URL,

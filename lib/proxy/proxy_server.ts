@@ -134,7 +134,7 @@ export class ProxyServer {
       limits: options.limits,
       connectTimeout: this.#timeouts.connect,
       idleTimeout: this.#timeouts.upstreamIdle,
-      maxIdlePerHost: options.maxIdlePerHost ?? 8,
+      maxIdlePerHost: options.maxIdlePerHost ?? 64,
       rejectStatus: options.rejectStatus,
       logger: options.logger,
     });
