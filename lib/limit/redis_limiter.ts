@@ -150,7 +150,7 @@ export class RedisLimiter implements Limiter {
   #touched = new Set<string>();
   #available = true;
   #everReady = false;
-  #heartbeat: number | null = null;
+  #heartbeat: ReturnType<typeof setInterval> | null = null;
   #closed = false;
   #closing: Promise<void> | null = null;
   #onReady = (): void => this.#handleReady();
@@ -454,11 +454,12 @@ export class RedisLimiter implements Limiter {
 
   #startHeartbeat(): void {
     if (this.#heartbeat !== null || this.#closed) return;
-    this.#heartbeat = setInterval(
+    const timer = setInterval(
       () => this.#beat(),
       Math.max(1, Math.floor(this.#lease / 3)),
     );
-    Deno.unrefTimer(this.#heartbeat);
+    Deno.unrefTimer(timer);
+    this.#heartbeat = timer;
   }
 
   #handleReady(): void {

@@ -1,0 +1,349 @@
+/**
+ * Real `redis-server` processes for tests: one server on a free port (which
+ * can be stopped, killed and started again empty on the same port) and a
+ * 3-master Redis Cluster. Nothing is persisted (`--save "" --appendonly no`);
+ * every server works in its own temporary directory, removed on stop.
+ *
+ * @module
+ */
+
+/** Whether Redis tests can run here, and how. */
+export interface RedisAvailability {
+  /** `redis-server` (and `redis-cli`) are on PATH: servers can be started. */
+  server: boolean;
+  /** `REDIS_URL`, an external Redis the tests may share (no restarts). */
+  url: string | null;
+}
+
+let availability: Promise<RedisAvailability> | null = null;
+
+/** Finds out once whether `redis-server` is on PATH and `REDIS_URL` is set. */
+export function redisAvailability(): Promise<RedisAvailability> {
+  availability ??= (async () => {
+    let server = false;
+    try {
+      const out = await new Deno.Command("redis-server", {
+        args: ["--version"],
+        stdout: "null",
+        stderr: "null",
+      }).output();
+      server = out.success;
+    } catch {
+      server = false;
+    }
+    return { server, url: Deno.env.get("REDIS_URL") || null };
+  })();
+  return availability;
+}
+
+/** What a Redis test needs from its environment. */
+export type RedisNeed = "any" | "server";
+
+/**
+ * Registers a Redis test. When its Redis cannot be had here (no
+ * `redis-server` on PATH, and for `"any"` no `REDIS_URL` either), the test is
+ * skipped with a loud warning, or fails when `CI=true`.
+ */
+export async function redisTest(
+  name: string,
+  need: RedisNeed,
+  fn: (t: Deno.TestContext) => Promise<void>,
+): Promise<void> {
+  const { server, url } = await redisAvailability();
+  const ok = server || (need === "any" && url !== null);
+  if (ok) {
+    Deno.test({ name, fn });
+    return;
+  }
+  const why = need === "server"
+    ? "redis-server is not on PATH"
+    : "redis-server is not on PATH and REDIS_URL is not set";
+  if (Deno.env.get("CI") === "true") {
+    Deno.test(name, () => {
+      throw new Error(`Cannot run this Redis test on CI: ${why}`);
+    });
+    return;
+  }
+  console.warn(
+    `\n!!! SKIPPED Redis test "${name}": ${why}. Install redis-server to run it.\n`,
+  );
+  Deno.test({ name, ignore: true, fn() {} });
+}
+
+/** Picks a TCP port that is free now (and, optionally, port + 10000 too). */
+export function freePort(withBusPort = false): number {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = withBusPort ? 20000 + Math.floor(Math.random() * 20000) : (() => {
+      const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+      const p = (l.addr as Deno.NetAddr).port;
+      l.close();
+      return p;
+    })();
+    if (!withBusPort) return port;
+    if (isFree(port) && isFree(port + 10000)) return port;
+  }
+  throw new Error("No free port found");
+}
+
+function isFree(port: number): boolean {
+  try {
+    Deno.listen({ hostname: "127.0.0.1", port }).close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Sends one command to a Redis port in RESP and returns the raw reply. */
+export async function rawCommand(
+  port: number,
+  ...args: string[]
+): Promise<string> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    const enc = new TextEncoder();
+    let req = `*${args.length}\r\n`;
+    for (const a of args) req += `$${enc.encode(a).length}\r\n${a}\r\n`;
+    await conn.write(enc.encode(req));
+    const buf = new Uint8Array(65536);
+    const n = await conn.read(buf);
+    return n === null ? "" : new TextDecoder().decode(buf.subarray(0, n));
+  } finally {
+    conn.close();
+  }
+}
+
+/** Runs `redis-cli` with `args` and returns its standard output. */
+export async function redisCli(...args: string[]): Promise<string> {
+  const out = await new Deno.Command("redis-cli", {
+    args,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  if (!out.success) {
+    throw new Error(
+      `redis-cli ${args.join(" ")} failed: ${new TextDecoder().decode(out.stderr)}`,
+    );
+  }
+  return text;
+}
+
+/** Waits until `check` resolves true, polling every `everyMs`, at most `ms`. */
+export async function waitFor(
+  check: () => boolean | Promise<boolean>,
+  ms: number,
+  what = "condition",
+  everyMs = 20,
+): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (true) {
+    try {
+      if (await check()) return;
+    } catch {
+      // not yet
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`Timed out after ${ms} ms waiting for ${what}`);
+    }
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+/** A `redis-server` process on 127.0.0.1 started by a test. */
+export class RedisServer implements AsyncDisposable {
+  /** The port it listens on (kept across restarts). */
+  readonly port: number;
+  #dir: string;
+  #extraArgs: string[];
+  #child: Deno.ChildProcess | null = null;
+
+  private constructor(port: number, dir: string, extraArgs: string[]) {
+    this.port = port;
+    this.#dir = dir;
+    this.#extraArgs = extraArgs;
+  }
+
+  /** Starts a server on a free port (or `port`) with extra `args`. */
+  static async start(
+    options: { port?: number; args?: string[] } = {},
+  ): Promise<RedisServer> {
+    const dir = await Deno.makeTempDir({ prefix: "dprl-redis-" });
+    const server = new RedisServer(
+      options.port ?? freePort(),
+      dir,
+      options.args ?? [],
+    );
+    try {
+      await server.#spawn();
+    } catch (error) {
+      await server.stop();
+      throw error;
+    }
+    return server;
+  }
+
+  /** `redis://127.0.0.1:<port>`. */
+  get url(): string {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+
+  /** Whether the process is running. */
+  get running(): boolean {
+    return this.#child !== null;
+  }
+
+  async #spawn(): Promise<void> {
+    this.#child = new Deno.Command("redis-server", {
+      args: [
+        "--port",
+        String(this.port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        this.#dir,
+        "--daemonize",
+        "no",
+        "--loglevel",
+        "warning",
+        "--enable-debug-command",
+        "local",
+        ...this.#extraArgs,
+      ],
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    const child = this.#child;
+    let exited = false;
+    child.status.then(() => exited = true);
+    await waitFor(
+      async () => {
+        if (exited) throw new Error("redis-server exited at start");
+        return (await rawCommand(this.port, "PING")).startsWith("+PONG");
+      },
+      10_000,
+      `redis-server on port ${this.port}`,
+    ).catch((error) => {
+      if (exited) throw new Error(`redis-server on port ${this.port} exited at start`);
+      throw error;
+    });
+  }
+
+  /** Stops the process (SIGKILL: nothing is saved anyway) and waits for it. */
+  async kill(): Promise<void> {
+    const child = this.#child;
+    if (!child) return;
+    this.#child = null;
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // already gone
+    }
+    await child.status;
+  }
+
+  /** Starts the process again, empty, on the same port. */
+  async restart(): Promise<void> {
+    await this.kill();
+    await this.#spawn();
+  }
+
+  /** Starts the process again if it was killed. */
+  async resume(): Promise<void> {
+    if (!this.#child) await this.#spawn();
+  }
+
+  /** Kills the process and removes its directory. */
+  async stop(): Promise<void> {
+    await this.kill();
+    await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
+  }
+
+  /** Runs `redis-cli -p <port> args...`. */
+  cli(...args: string[]): Promise<string> {
+    return redisCli("-p", String(this.port), ...args);
+  }
+
+  /** Same as {@linkcode stop}; used by `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.stop();
+  }
+}
+
+/** A 3-master Redis Cluster (no replicas) started by a test. */
+export class RedisClusterServers implements AsyncDisposable {
+  /** The masters. */
+  readonly servers: RedisServer[];
+
+  private constructor(servers: RedisServer[]) {
+    this.servers = servers;
+  }
+
+  /** Starts three cluster-enabled servers and joins them into a cluster. */
+  static async start(): Promise<RedisClusterServers> {
+    const servers: RedisServer[] = [];
+    const cluster = new RedisClusterServers(servers);
+    try {
+      for (let i = 0; i < 3; i++) {
+        const port = freePort(true);
+        servers.push(
+          await RedisServer.start({
+            port,
+            args: [
+              "--cluster-enabled",
+              "yes",
+              "--cluster-config-file",
+              `nodes-${port}.conf`,
+              "--cluster-node-timeout",
+              "5000",
+            ],
+          }),
+        );
+      }
+      await redisCli(
+        "--cluster",
+        "create",
+        ...servers.map((s) => `127.0.0.1:${s.port}`),
+        "--cluster-replicas",
+        "0",
+        "--cluster-yes",
+      );
+      await waitFor(
+        async () => {
+          for (const s of servers) {
+            const info = await s.cli("CLUSTER", "INFO");
+            if (!info.includes("cluster_state:ok")) return false;
+          }
+          return true;
+        },
+        20_000,
+        "cluster_state:ok",
+        100,
+      );
+    } catch (error) {
+      await cluster.stop();
+      throw error;
+    }
+    return cluster;
+  }
+
+  /** The nodes, as ioredis `ClusterNode`s. */
+  get nodes(): { host: string; port: number }[] {
+    return this.servers.map((s) => ({ host: "127.0.0.1", port: s.port }));
+  }
+
+  /** Stops every server and removes their directories. */
+  async stop(): Promise<void> {
+    await Promise.all(this.servers.map((s) => s.stop()));
+  }
+
+  /** Same as {@linkcode stop}; used by `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.stop();
+  }
+}

@@ -1,0 +1,636 @@
+import assert from "node:assert/strict";
+import { Redis } from "ioredis";
+import { configure, getLogger, type LogRecord } from "@logtape/logtape";
+import {
+  type FailureMode,
+  RedisLimiter,
+  type RedisLimiterOptions,
+} from "../lib/limit/redis_limiter.ts";
+import { LimiterUnavailableError } from "../lib/limit/limiter.ts";
+import {
+  rawCommand,
+  redisAvailability,
+  RedisClusterServers,
+  RedisServer,
+  redisTest,
+  waitFor,
+} from "./_helpers/redis_server.ts";
+
+// Captures what the limiters log, per test category.
+const records: LogRecord[] = [];
+await configure({
+  reset: true,
+  sinks: { capture: (r: LogRecord) => records.push(r) },
+  loggers: [
+    { category: ["dprl-test"], sinks: ["capture"], lowestLevel: "debug" },
+    { category: ["logtape", "meta"], sinks: [], lowestLevel: "warning" },
+  ],
+});
+
+let testNo = 0;
+function testLogger(): { logger: ReturnType<typeof getLogger>; logs: () => LogRecord[] } {
+  const category = ["dprl-test", `t${++testNo}`];
+  const logger = getLogger(category);
+  return {
+    logger,
+    logs: () =>
+      records.filter((r) =>
+        r.category.length === 2 && r.category[1] === category[1] &&
+        r.level !== "debug"
+      ),
+  };
+}
+
+function text(r: LogRecord): string {
+  return r.message.map((p) => String(p)).join("");
+}
+
+const LEASE = 600;
+
+/** A Redis for one test: a fresh server, or REDIS_URL with its own prefix. */
+async function useRedis(): Promise<
+  { url: string; prefix: string; server: RedisServer | null } & AsyncDisposable
+> {
+  const { server: canStart, url } = await redisAvailability();
+  const prefix = `dprl-test-${crypto.randomUUID().slice(0, 8)}`;
+  if (!canStart && url) {
+    return { url, prefix, server: null, [Symbol.asyncDispose]: async () => {} };
+  }
+  const server = await RedisServer.start();
+  return {
+    url: server.url,
+    prefix,
+    server,
+    [Symbol.asyncDispose]: () => server.stop(),
+  };
+}
+
+function limiters(
+  n: number,
+  options: Partial<RedisLimiterOptions> & { redis: RedisLimiterOptions["redis"] },
+): RedisLimiter[] & AsyncDisposable {
+  const list = Array.from(
+    { length: n },
+    () => new RedisLimiter({ lease: LEASE, timeout: 500, ...options }),
+  ) as RedisLimiter[] & AsyncDisposable;
+  list[Symbol.asyncDispose] = async () => {
+    await Promise.all(list.map((l) => l.close()));
+  };
+  return list;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+await redisTest(
+  "acquire refuses the fifth slot at limit 4 across three workers",
+  "any",
+  async () => {
+    await using redis = await useRedis();
+    await using ws = limiters(3, { redis: redis.url, prefix: redis.prefix });
+    const host = "api.example.com";
+    const got: boolean[] = [];
+    for (let i = 0; i < 4; i++) got.push(await ws[i % 3].acquire(host, 4));
+    assert.deepEqual(got, [true, true, true, true]);
+    for (const w of ws) assert.equal(await w.acquire(host, 4), false);
+    assert.equal(await ws[2].count(host), 4);
+    ws[0].release(host);
+    assert.equal(await ws[2].acquire(host, 4), true);
+    assert.equal(await ws[1].acquire(host, 4), false);
+    assert.equal(await ws[0].count(host), 4);
+  },
+);
+
+await redisTest(
+  "a host's counters are a hash of workers and a sorted set of leases that release deletes at zero",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    const server = redis.server!;
+    await using ws = limiters(1, { redis: redis.url, prefix: "p" });
+    const w = ws[0];
+    const host = "[::1]:9000";
+    assert.equal(await w.acquire(host, 0), true);
+    assert.equal(await w.acquire(host, 0), true);
+    const n = `p:{${host}}:n`;
+    const wk = `p:{${host}}:w`;
+    assert.equal(
+      (await server.cli("HGET", n, w.workerId)).trim(),
+      "2",
+    );
+    const lease = Number(await server.cli("ZSCORE", wk, w.workerId));
+    const [sec, usec] = (await server.cli("TIME")).trim().split("\n").map(Number);
+    const now = sec * 1000 + usec / 1000;
+    assert.ok(lease > now && lease <= now + LEASE + 50, `lease ${lease} now ${now}`);
+    for (const key of [n, wk]) {
+      const ttl = Number(await server.cli("PTTL", key));
+      assert.ok(ttl > LEASE && ttl <= 4 * LEASE, `PTTL ${key} = ${ttl}`);
+    }
+    w.release(host);
+    w.release(host);
+    await waitFor(
+      async () => (await server.cli("EXISTS", n, wk)).trim() === "0",
+      2_000,
+      "both keys deleted",
+    );
+    assert.equal(await w.count(host), 0);
+  },
+);
+
+await redisTest(
+  "limit 0 admits everything and release never drives a count below zero",
+  "any",
+  async () => {
+    await using redis = await useRedis();
+    await using ws = limiters(2, { redis: redis.url, prefix: redis.prefix });
+    for (let i = 0; i < 20; i++) assert.equal(await ws[i % 2].acquire("h", 0), true);
+    assert.equal(await ws[0].count("h"), 20);
+    for (let i = 0; i < 30; i++) ws[1].release("h"); // 10 more than it holds
+    assert.equal(ws[1].localCount("h"), 0);
+    await waitFor(async () => (await ws[0].count("h")) === 10, 2_000, "count 10");
+    assert.equal(await ws[0].acquire("h", 11), true);
+    assert.equal(await ws[1].acquire("h", 11), false);
+  },
+);
+
+await redisTest(
+  "many concurrent acquires from five workers never over-admit, across heartbeats",
+  "any",
+  async () => {
+    await using redis = await useRedis();
+    // A short lease makes heartbeats (every 100 ms) overlap the traffic.
+    await using ws = limiters(5, {
+      redis: redis.url,
+      prefix: redis.prefix,
+      lease: 300,
+      timeout: 2_000,
+    });
+    const limit = 7;
+    const host = "busy.example";
+    // A burst: exactly `limit` of 200 simultaneous acquires are granted.
+    const burst = await Promise.all(
+      Array.from({ length: 200 }, (_, i) => ws[i % 5].acquire(host, limit)),
+    );
+    assert.equal(burst.filter(Boolean).length, limit);
+    assert.equal(await ws[0].count(host), limit);
+    burst.forEach((ok, i) => ok && ws[i % 5].release(host));
+    await waitFor(async () => (await ws[0].count(host)) === 0, 2_000, "drain");
+
+    // Churn for 1.5 s: 40 clients take, hold briefly and give back slots.
+    let inUse = 0;
+    let peak = 0;
+    let granted = 0;
+    const until = Date.now() + 1_500;
+    await Promise.all(Array.from({ length: 40 }, async (_, c) => {
+      const w = ws[c % 5];
+      while (Date.now() < until) {
+        if (await w.acquire(host, limit)) {
+          granted++;
+          inUse++;
+          peak = Math.max(peak, inUse);
+          await sleep(Math.random() * 15);
+          inUse--;
+          w.release(host);
+        } else {
+          await sleep(2);
+        }
+      }
+    }));
+    assert.ok(peak <= limit, `peak ${peak} > limit ${limit}`);
+    assert.ok(granted > limit * 5, `only ${granted} grants`);
+    // After the heartbeats settle, Redis agrees that nothing is held.
+    await waitFor(async () => (await ws[0].count(host)) === 0, 2_000, "zero");
+  },
+);
+
+await redisTest(
+  "a killed worker's slots return within one lease",
+  "any",
+  async () => {
+    await using redis = await useRedis();
+    const host = "killed.example";
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        new URL("./_helpers/redis_worker.ts", import.meta.url).pathname,
+        redis.url,
+        host,
+        "3",
+        String(LEASE),
+      ],
+      stdout: "piped",
+      stderr: "null",
+      env: { NO_COLOR: "1" },
+    }).spawn();
+    try {
+      const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+      let out = "";
+      const deadline = setTimeout(() => child.kill("SIGKILL"), 30_000);
+      while (!out.includes("held 3")) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        out += value;
+      }
+      clearTimeout(deadline);
+      reader.releaseLock();
+      assert.match(out, /held 3/);
+      await using ws = limiters(1, { redis: redis.url, prefix: "dprl" });
+      assert.equal(await ws[0].count(host), 3);
+      assert.equal(await ws[0].acquire(host, 3), false);
+      // Outlive a heartbeat: the lease is renewed while the worker lives.
+      await sleep(LEASE + 200);
+      assert.equal(await ws[0].count(host), 3);
+      child.kill("SIGKILL");
+      const killedAt = Date.now();
+      await waitFor(
+        async () => await ws[0].acquire(host, 3),
+        LEASE + 300,
+        "a slot of the killed worker",
+      );
+      assert.ok(Date.now() - killedAt <= LEASE + 300);
+      assert.equal(await ws[0].count(host), 1);
+    } finally {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // already dead
+      }
+      await child.status;
+      await child.stdout.cancel().catch(() => {});
+    }
+  },
+);
+
+await redisTest(
+  "close deletes this worker's fields and members and leaves the others'",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    const server = redis.server!;
+    await using ws = limiters(2, { redis: redis.url, prefix: "dprl" });
+    for (const host of ["a.example", "b.example:8443"]) {
+      assert.equal(await ws[0].acquire(host, 0), true);
+      assert.equal(await ws[1].acquire(host, 0), true);
+    }
+    await ws[0].close();
+    for (const host of ["a.example", "b.example:8443"]) {
+      assert.equal(
+        (await server.cli("HKEYS", `dprl:{${host}}:n`)).trim(),
+        ws[1].workerId,
+      );
+      assert.equal(
+        (await server.cli("ZRANGE", `dprl:{${host}}:w`, "0", "-1")).trim(),
+        ws[1].workerId,
+      );
+      assert.equal(await ws[1].count(host), 1);
+    }
+    await assert.rejects(ws[0].acquire("a.example", 0), LimiterUnavailableError);
+  },
+);
+
+await redisTest(
+  "the heartbeat heals counts changed behind the workers' back",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    const server = redis.server!;
+    await using ws = limiters(2, { redis: redis.url, prefix: "dprl" });
+    const host = "heal.example";
+    for (let i = 0; i < 3; i++) assert.equal(await ws[0].acquire(host, 0), true);
+    assert.equal(await ws[1].acquire(host, 0), true);
+    // A lost acquire (field deleted) and a lost release (field inflated).
+    await server.cli("HDEL", `dprl:{${host}}:n`, ws[0].workerId);
+    await server.cli("HSET", `dprl:{${host}}:n`, ws[1].workerId, "9");
+    await waitFor(
+      async () => (await ws[1].count(host)) === 4,
+      LEASE / 3 + 300,
+      "counts healed within one heartbeat",
+    );
+  },
+);
+
+await redisTest(
+  "Redis restarted empty while slots are held: counts are restored within one heartbeat and nothing is over-admitted",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    const server = redis.server!;
+    const { logger, logs } = testLogger();
+    await using ws = limiters(3, { redis: redis.url, prefix: "dprl", logger });
+    const host = "restart.example";
+    const limit = 4;
+    for (let i = 0; i < 4; i++) assert.equal(await ws[i % 3].acquire(host, limit), true);
+    await server.restart();
+    assert.equal((await server.cli("DBSIZE")).trim(), "0");
+    const restartedAt = Date.now();
+    await waitFor(
+      async () =>
+        Number(
+          (await server.cli(
+            "EVAL",
+            "local s=0 for _,v in ipairs(redis.call('HVALS',KEYS[1])) do s=s+tonumber(v) end return s",
+            "1",
+            `dprl:{${host}}:n`,
+          )).trim(),
+        ) === limit,
+      LEASE / 3 + 1_500,
+      "counts restored",
+    );
+    const restoredIn = Date.now() - restartedAt;
+    assert.ok(restoredIn < LEASE / 3 + 1_500, `restored in ${restoredIn} ms`);
+    for (const w of ws) assert.equal(await w.acquire(host, limit), false);
+    assert.equal(await ws[0].count(host), limit);
+    // Releases after the restart are counted correctly too.
+    ws[0].release(host);
+    ws[0].release(host);
+    await waitFor(async () => (await ws[2].count(host)) === 2, 2_000, "count 2");
+    assert.equal(await ws[2].acquire(host, limit), true);
+    assert.equal(await ws[1].acquire(host, limit), true);
+    assert.equal(await ws[1].acquire(host, limit), false);
+    // Whatever was logged about the blip was logged once per worker at most.
+    const lost = logs().filter((r) => text(r).includes("unreachable"));
+    assert.ok(lost.length <= 3, `logged ${lost.length} outages`);
+  },
+);
+
+async function stoppedRedisScenario(
+  mode: FailureMode,
+  body: (
+    ctx: {
+      server: RedisServer;
+      ws: RedisLimiter[];
+      host: string;
+      logs: () => LogRecord[];
+    },
+  ) => Promise<void>,
+): Promise<void> {
+  await using redis = await useRedis();
+  const server = redis.server!;
+  const { logger, logs } = testLogger();
+  await using ws = limiters(2, {
+    redis: redis.url,
+    prefix: "dprl",
+    failureMode: mode,
+    timeout: 300,
+    logger,
+  });
+  await body({ server, ws, host: "down.example", logs });
+}
+
+await redisTest(
+  "with Redis stopped, failure mode closed rejects with LimiterUnavailableError, logs once, and resumes when Redis returns",
+  "server",
+  async () => {
+    await stoppedRedisScenario("closed", async ({ server, ws, host, logs }) => {
+      assert.equal(await ws[0].acquire(host, 2), true);
+      await server.kill();
+      for (let i = 0; i < 10; i++) {
+        const started = Date.now();
+        await assert.rejects(ws[i % 2].acquire(host, 2), LimiterUnavailableError);
+        assert.ok(Date.now() - started < 1_000, "bounded by the timeout");
+      }
+      await assert.rejects(ws[0].count(host), LimiterUnavailableError);
+      ws[0].release(host); // while down: local only, healed on return
+      await server.resume();
+      await waitFor(
+        async () => await ws[1].acquire(host, 2),
+        5_000,
+        "service back",
+      );
+      assert.equal(await ws[0].acquire(host, 2), true);
+      assert.equal(await ws[0].acquire(host, 2), false);
+      assert.equal(await ws[1].count(host), 2);
+      // One "lost" and one "back" line per worker, not one per request.
+      const lines = logs();
+      const lost = lines.filter((r) => /unreachable/.test(text(r)));
+      const back = lines.filter((r) => /reachable again/.test(text(r)));
+      assert.ok(lost.length >= 1 && lost.length <= 2, lines.map(text).join(" | "));
+      assert.equal(back.length, lost.length, lines.map(text).join(" | "));
+      assert.ok(lost.every((r) => r.level === "warning"));
+    });
+  },
+);
+
+await redisTest(
+  "failure mode open admits uncounted slots while Redis is down and their release leaves Redis counts alone",
+  "server",
+  async () => {
+    await stoppedRedisScenario("open", async ({ server, ws, host, logs }) => {
+      assert.equal(await ws[0].acquire(host, 2), true);
+      assert.equal(await ws[0].acquire(host, 2), true);
+      await server.kill();
+      // At the limit, and still admitted: uncounted.
+      for (let i = 0; i < 5; i++) assert.equal(await ws[0].acquire(host, 2), true);
+      assert.equal(ws[0].localCount(host), 7);
+      await server.resume(); // empty
+      await waitFor(
+        async () => (await ws[1].count(host)) === 2,
+        3_000,
+        "counted slots re-asserted",
+      );
+      // The five uncounted slots go back first and never touch Redis.
+      for (let i = 0; i < 5; i++) ws[0].release(host);
+      await sleep(LEASE / 3 + 100);
+      assert.equal(await ws[1].count(host), 2);
+      assert.equal(await ws[1].acquire(host, 2), false);
+      ws[0].release(host);
+      await waitFor(async () => await ws[1].acquire(host, 2), 2_000, "slot");
+      const lost = logs().filter((r) => /failure mode open/.test(text(r)));
+      assert.ok(lost.length >= 1 && lost.length <= 2, lost.map(text).join(" | "));
+    });
+  },
+);
+
+await redisTest(
+  "failure mode local enforces the limit in process memory while Redis is down",
+  "server",
+  async () => {
+    await stoppedRedisScenario("local", async ({ server, ws, host, logs }) => {
+      assert.equal(await ws[0].acquire(host, 3), true);
+      await server.kill();
+      assert.equal(await ws[0].acquire(host, 3), true);
+      assert.equal(await ws[0].acquire(host, 3), true);
+      assert.equal(await ws[0].acquire(host, 3), false);
+      assert.equal(await ws[1].acquire(host, 3), true); // its own memory
+      assert.equal(await ws[0].count(host), 3);
+      ws[0].release(host);
+      assert.equal(await ws[0].acquire(host, 3), true);
+      await server.resume();
+      // The slots taken while down count in Redis once it is back.
+      await waitFor(
+        async () => (await ws[1].count(host)) === 4,
+        3_000,
+        "local slots re-asserted",
+      );
+      assert.equal(await ws[1].acquire(host, 3), false);
+      assert.ok(logs().some((r) => /failure mode local/.test(text(r))));
+    });
+  },
+);
+
+await redisTest(
+  "a Redis slower than the timeout counts as unavailable",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    const server = redis.server!;
+    await using ws = limiters(1, {
+      redis: redis.url,
+      prefix: "dprl",
+      timeout: 200,
+    });
+    assert.equal(await ws[0].acquire("slow.example", 1), true);
+    const sleeping = rawCommand(server.port, "DEBUG", "SLEEP", "1");
+    await sleep(50);
+    const started = Date.now();
+    await assert.rejects(ws[0].acquire("slow.example", 5), LimiterUnavailableError);
+    assert.ok(Date.now() - started < 800);
+    await sleeping;
+    await waitFor(async () => await ws[0].acquire("slow.example", 5), 3_000, "back");
+    assert.equal(await ws[0].count("slow.example"), 2);
+  },
+);
+
+await redisTest(
+  "SCRIPT FLUSH mid-run does not fail an acquire",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    const server = redis.server!;
+    await using ws = limiters(2, { redis: redis.url, prefix: "dprl" });
+    const host = "flush.example";
+    let granted = 0;
+    for (let round = 0; round < 5; round++) {
+      await server.cli("SCRIPT", "FLUSH");
+      const got = await Promise.all(
+        Array.from({ length: 10 }, (_, i) => ws[i % 2].acquire(host, 0)),
+      );
+      granted += got.filter(Boolean).length;
+      assert.equal(await ws[0].count(host), granted);
+    }
+    assert.equal(granted, 50);
+    for (let i = 0; i < 25; i++) {
+      ws[0].release(host);
+      ws[1].release(host);
+    }
+    await server.cli("SCRIPT", "FLUSH");
+    await waitFor(async () => (await ws[1].count(host)) === 0, 2_000, "zero");
+  },
+);
+
+await redisTest(
+  "acquire, release, count and the heartbeat never call KEYS or SCAN, however large the database",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    const server = redis.server!;
+    await server.cli("DEBUG", "POPULATE", "100000", "unrelated");
+    assert.equal((await server.cli("DBSIZE")).trim(), "100000");
+    await server.cli("CONFIG", "RESETSTAT");
+    await using ws = limiters(2, { redis: redis.url, prefix: "dprl" });
+    for (let i = 0; i < 50; i++) {
+      const host = `h${i % 5}.example`;
+      await ws[i % 2].acquire(host, 3);
+      if (i % 3 === 0) ws[i % 2].release(host);
+      await ws[0].count(host);
+    }
+    await sleep(LEASE / 3 + 100); // at least one heartbeat
+    await Promise.all(ws.map((w) => w.close()));
+    const stats = await server.cli("INFO", "commandstats");
+    const used = [...stats.matchAll(/cmdstat_([a-z|]+):calls=(\d+)/g)].map((m) => m[1]);
+    assert.ok(used.includes("evalsha"), stats);
+    for (const banned of ["keys", "scan", "hscan", "zscan", "sscan", "flushdb", "flushall"]) {
+      assert.ok(!used.includes(banned), `${banned} was called:\n${stats}`);
+    }
+    // Inside the scripts only single-key commands on the host's own keys run.
+    const allowed = new Set([
+      "evalsha",
+      "eval",
+      "script|load",
+      "info",
+      "quit",
+      "client|setname",
+      "client|setinfo",
+      "select",
+      "time",
+      "hget",
+      "hset",
+      "hdel",
+      "hvals",
+      "hincrby",
+      "zadd",
+      "zrem",
+      "zrangebyscore",
+      "zremrangebyscore",
+      "pexpire",
+      "ping",
+    ]);
+    for (const cmd of used) {
+      if (cmd.startsWith("config") || cmd.startsWith("debug")) continue;
+      assert.ok(allowed.has(cmd), `unexpected command ${cmd}:\n${stats}`);
+    }
+  },
+);
+
+await redisTest(
+  "a connected ioredis client passed in is used and left open by close",
+  "any",
+  async () => {
+    await using redis = await useRedis();
+    const client = new Redis(redis.url);
+    try {
+      const [a] = limiters(1, { redis: client, prefix: redis.prefix });
+      const b = new RedisLimiter({ redis: redis.url, prefix: redis.prefix, lease: LEASE });
+      assert.equal(await a.acquire("shared.example", 1), true);
+      assert.equal(await b.acquire("shared.example", 1), false);
+      await a.close();
+      assert.equal(client.status, "ready");
+      assert.equal(await client.ping(), "PONG");
+      assert.equal(await b.acquire("shared.example", 1), true);
+      await b.close();
+    } finally {
+      await client.quit();
+    }
+  },
+);
+
+await redisTest(
+  "in a 3-master Redis Cluster limits hold and each host's two keys live in one slot",
+  "server",
+  async () => {
+    await using cluster = await RedisClusterServers.start();
+    const config = { cluster: cluster.nodes };
+    await using ws = limiters(3, { redis: config, prefix: "dprl", timeout: 2_000 });
+    const hosts = Array.from({ length: 12 }, (_, i) => `svc${i}.example:${8000 + i}`);
+    const limit = 3;
+    const results = await Promise.all(
+      hosts.flatMap((host) =>
+        Array.from(
+          { length: 10 },
+          (_, i) => ws[i % 3].acquire(host, limit).then((ok) => ({ host, ok })),
+        )
+      ),
+    );
+    const nodesUsed = new Set<number>();
+    const first = cluster.servers[0];
+    for (const host of hosts) {
+      assert.equal(results.filter((r) => r.host === host && r.ok).length, limit, host);
+      assert.equal(await ws[0].count(host), limit);
+      const slotN = (await first.cli("CLUSTER", "KEYSLOT", `dprl:{${host}}:n`)).trim();
+      const slotW = (await first.cli("CLUSTER", "KEYSLOT", `dprl:{${host}}:w`)).trim();
+      assert.equal(slotN, slotW, host);
+      for (const [i, s] of cluster.servers.entries()) {
+        const owner = await s.cli("EXISTS", `dprl:{${host}}:n`);
+        if (owner.trim() === "1") nodesUsed.add(i);
+      }
+    }
+    assert.ok(nodesUsed.size >= 2, "hosts spread over the masters");
+    for (const host of hosts) {
+      const holder = ws.find((w) => w.localCount(host) > 0)!;
+      holder.release(host);
+    }
+    for (const host of hosts) {
+      await waitFor(async () => await ws[0].acquire(host, limit), 2_000, host);
+    }
+  },
+);
