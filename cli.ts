@@ -417,7 +417,7 @@ export async function main(args: string[]): Promise<number> {
     reset: true,
     sinks: {
       stderr: getStreamSink(Deno.stderr.writable, {
-        formatter: getTextFormatter(),
+        formatter: getTextFormatter({ value: "bare" }),
       }),
     },
     loggers: [

@@ -221,6 +221,7 @@ const HOP_BY_HOP = new Set([
   "proxy-authenticate",
   "proxy-authorization",
   "te",
+  "trailer",
   "upgrade",
 ]);
 
