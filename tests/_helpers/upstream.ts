@@ -99,6 +99,12 @@ export interface Upstream extends AsyncDisposable {
   readonly peak: number;
   /** TCP connections accepted so far. */
   readonly accepted: number;
+  /**
+   * Highest number of requests in flight at once (head received, response
+   * not yet written). Unlike {@linkcode Upstream.peak} it never counts a
+   * socket the proxy already closed but whose FIN is still on its way.
+   */
+  readonly peakInFlight: number;
   /** Requests currently held by `/slow`. */
   readonly held: number;
   /** Requests received so far, in order. */
@@ -151,6 +157,8 @@ export async function startUpstream(
   let open = 0;
   let peak = 0;
   let accepted = 0;
+  let inFlight = 0;
+  let peakInFlight = 0;
   let closing = false;
   const requests: SeenRequest[] = [];
   const conns = new Set<BufferedConn>();
@@ -252,52 +260,60 @@ export async function startUpstream(
   }
 
   async function handle(c: BufferedConn, connId: number): Promise<void> {
+    let closeAfter = false;
     try {
       while (!closing) {
         const head = await readHead(c, Infinity);
         if (head === null) return;
         const [method, target, version] = head.startLine.split(" ");
-        if (/100-continue/i.test(header(head, "expect") ?? "")) {
-          await c.write("HTTP/1.1 100 Continue\r\n\r\n", Infinity);
+        inFlight++;
+        peakInFlight = Math.max(peakInFlight, inFlight);
+        try {
+          if (/100-continue/i.test(header(head, "expect") ?? "")) {
+            await c.write("HTTP/1.1 100 Continue\r\n\r\n", Infinity);
+          }
+          let body: Uint8Array = new Uint8Array(0);
+          let trailers: [string, string][] = [];
+          const te = header(head, "transfer-encoding");
+          const cl = header(head, "content-length");
+          if (te && /chunked/i.test(te)) {
+            const r = await readChunked(c, Infinity);
+            body = r.body;
+            trailers = r.trailers;
+          } else if (cl !== null) {
+            body = await c.readExact(Number(cl), Infinity);
+          }
+          const req: SeenRequest = {
+            connId,
+            method,
+            target,
+            version,
+            fields: head.fields,
+            bodyLength: body.length,
+            bodySha256: await sha256(body),
+            body: body.length <= 65536 ? text(body) : "",
+            trailers,
+          };
+          requests.push(req);
+          const r = await route(req, head);
+          closeAfter = r.close === true;
+          let out = `HTTP/1.1 ${r.status} ${r.reason}\r\n`;
+          for (const [k, v] of r.fields) out += `${k}: ${v}\r\n`;
+          const noBody = r.status === 204 || r.status === 304;
+          if (r.body && !noBody) {
+            out += `Content-Length: ${r.body.length}\r\n`;
+          }
+          out += "\r\n";
+          const parts = [utf8(out)];
+          if (method !== "HEAD" && !noBody) {
+            if (r.rawBody) parts.push(r.rawBody);
+            else if (r.body) parts.push(r.body);
+          }
+          await c.write(concat(parts), Infinity);
+        } finally {
+          inFlight--;
         }
-        let body: Uint8Array = new Uint8Array(0);
-        let trailers: [string, string][] = [];
-        const te = header(head, "transfer-encoding");
-        const cl = header(head, "content-length");
-        if (te && /chunked/i.test(te)) {
-          const r = await readChunked(c, Infinity);
-          body = r.body;
-          trailers = r.trailers;
-        } else if (cl !== null) {
-          body = await c.readExact(Number(cl), Infinity);
-        }
-        const req: SeenRequest = {
-          connId,
-          method,
-          target,
-          version,
-          fields: head.fields,
-          bodyLength: body.length,
-          bodySha256: await sha256(body),
-          body: body.length <= 65536 ? text(body) : "",
-          trailers,
-        };
-        requests.push(req);
-        const r = await route(req, head);
-        let out = `HTTP/1.1 ${r.status} ${r.reason}\r\n`;
-        for (const [k, v] of r.fields) out += `${k}: ${v}\r\n`;
-        const noBody = r.status === 204 || r.status === 304;
-        if (r.body && !noBody) {
-          out += `Content-Length: ${r.body.length}\r\n`;
-        }
-        out += "\r\n";
-        const parts = [utf8(out)];
-        if (method !== "HEAD" && !noBody) {
-          if (r.rawBody) parts.push(r.rawBody);
-          else if (r.body) parts.push(r.body);
-        }
-        await c.write(concat(parts), Infinity);
-        if (r.close || /close/i.test(header(head, "connection") ?? "")) {
+        if (closeAfter || /close/i.test(header(head, "connection") ?? "")) {
           return;
         }
       }
@@ -362,6 +378,9 @@ export async function startUpstream(
     get accepted() {
       return accepted;
     },
+    get peakInFlight() {
+      return peakInFlight;
+    },
     get held() {
       return holds.size;
     },
@@ -377,6 +396,7 @@ export async function startUpstream(
     },
     resetPeak: () => {
       peak = open;
+      peakInFlight = inFlight;
     },
     close,
     [Symbol.asyncDispose]: close,
