@@ -1,0 +1,339 @@
+/**
+ * The benchmark's figures, the targets they are held to, and their rendering
+ * as Markdown tables.
+ *
+ * @module
+ */
+
+import type { Facts } from "./machine.ts";
+import type { IdleMemoryResult, ThroughputResult, TunnelsResult, WrkResult } from "./measure.ts";
+
+/** Everything measured for one proxy (any figure may be missing on error). */
+export interface ProxyFigures {
+  http?: WrkResult;
+  tunnels?: TunnelsResult;
+  throughput?: ThroughputResult;
+  memory?: IdleMemoryResult;
+}
+
+/** Outcome of one cap-accuracy burst across several distributed proxies. */
+export interface CapResult {
+  proxies: number;
+  limit: number;
+  clients: number;
+  counts: Record<string, number>;
+  peak: number;
+}
+
+/** All results of one run. */
+export interface Results {
+  date: string;
+  seconds: number;
+  machine: Facts;
+  versions: Facts;
+  settings: {
+    durationS: number;
+    holdTunnels: number;
+    throughputMiB: number;
+    throughputRuns: number;
+  };
+  proxies: Record<string, ProxyFigures>;
+  /** Tunnel runs of the distributed section, by configuration label. */
+  distributed: Record<string, TunnelsResult>;
+  cap: Record<string, CapResult>;
+  errors: string[];
+}
+
+/** One ratio held to a target. */
+export interface Ratio {
+  figure: string;
+  ratio: number;
+  target: string;
+  pass: boolean | null;
+}
+
+const DIST = {
+  dprlMem: "dprl, in memory (limit 100000)",
+  dprlRedis: "dprl, Redis (limit 100000)",
+  dprlRedisFull: "dprl, Redis + 100,000 unrelated keys",
+  goRedis: "goproxy-dprl, Redis",
+  goRedisFull: "goproxy-dprl, Redis + 100,000 unrelated keys",
+};
+
+/** Labels of the distributed section's configurations. */
+export const DISTRIBUTED_LABELS: typeof DIST = DIST;
+
+/** Computes every ratio with its target. */
+export function ratios(r: Results): Ratio[] {
+  const p = r.proxies;
+  const d = r.distributed;
+  const out: Ratio[] = [];
+  const add = (
+    figure: string,
+    a: number | undefined,
+    b: number | undefined,
+    op: ">=" | "<=" | "info",
+    target: number,
+  ): void => {
+    const ratio = a !== undefined && b !== undefined && b > 0 ? a / b : NaN;
+    out.push({
+      figure,
+      ratio,
+      target: op === "info" ? "(no target)" : `${op} ${target}`,
+      pass: op === "info"
+        ? null
+        : Number.isNaN(ratio)
+        ? false
+        : op === ">="
+        ? ratio >= target
+        : ratio <= target,
+    });
+  };
+  const go = p["goproxy-dprl"];
+  const dp = p["dprl"];
+  add("plain HTTP req/s, dprl ÷ goproxy-dprl", dp?.http?.reqPerSec, go?.http?.reqPerSec, ">=", 2.5);
+  add(
+    "plain HTTP req/s, dprl ÷ proxy-chain",
+    dp?.http?.reqPerSec,
+    p["proxy-chain"]?.http?.reqPerSec,
+    ">=",
+    2,
+  );
+  add(
+    "CONNECT tunnels/s, dprl ÷ goproxy-dprl",
+    dp?.tunnels?.perSec,
+    go?.tunnels?.perSec,
+    ">=",
+    1.5,
+  );
+  add(
+    "CONNECT tunnels/s, dprl ÷ tinyproxy",
+    dp?.tunnels?.perSec,
+    p["tinyproxy"]?.tunnels?.perSec,
+    ">=",
+    1.1,
+  );
+  add(
+    "one tunnel MB/s, dprl ÷ goproxy-dprl",
+    dp?.throughput?.mbPerSec,
+    go?.throughput?.mbPerSec,
+    ">=",
+    1.1,
+  );
+  add(
+    "memory per idle tunnel, dprl ÷ goproxy-dprl",
+    dp?.memory?.perTunnelKiB,
+    go?.memory?.perTunnelKiB,
+    "<=",
+    1,
+  );
+  add(
+    "distributed cost: dprl tunnels/s, Redis ÷ in memory",
+    d[DIST.dprlRedis]?.perSec,
+    d[DIST.dprlMem]?.perSec,
+    ">=",
+    0.8,
+  );
+  add(
+    "Redis size: dprl tunnels/s, 100k keys ÷ empty",
+    d[DIST.dprlRedisFull]?.perSec,
+    d[DIST.dprlRedis]?.perSec,
+    ">=",
+    0.9,
+  );
+  add(
+    "Redis size: goproxy-dprl tunnels/s, 100k keys ÷ empty",
+    d[DIST.goRedisFull]?.perSec,
+    d[DIST.goRedis]?.perSec,
+    "info",
+    0,
+  );
+  add(
+    "distributed cost: goproxy-dprl tunnels/s, Redis ÷ in memory",
+    d[DIST.goRedis]?.perSec,
+    go?.tunnels?.perSec,
+    "info",
+    0,
+  );
+  return out;
+}
+
+/** Whether a cap run admitted exactly `limit` requests with peak `limit`. */
+export function capExact(c: CapResult): boolean {
+  return (c.counts["200"] ?? 0) === c.limit && c.peak === c.limit;
+}
+
+function fmt(n: number | undefined, digits = 0): string {
+  if (n === undefined || Number.isNaN(n)) return "—";
+  return n.toLocaleString("en-US", {
+    minimumFractionDigits: digits,
+    maximumFractionDigits: digits,
+  });
+}
+
+function table(head: string[], rows: string[][], align: string[]): string {
+  const lines = [
+    `| ${head.join(" | ")} |`,
+    `|${align.map((a) => (a === "r" ? "---:" : "---")).join("|")}|`,
+    ...rows.map((r) => `| ${r.join(" | ")} |`),
+  ];
+  return lines.join("\n");
+}
+
+/** The per-proxy raw figures table. */
+export function rawTable(r: Results): string {
+  const rows = Object.entries(r.proxies).map(([name, f]) => [
+    name,
+    fmt(f.http?.reqPerSec),
+    fmt(f.http?.p99Ms, 2),
+    f.http ? `${fmt(f.http.non2xx)} / ${fmt(f.http.socketErrors)}` : "—",
+    fmt(f.tunnels?.perSec),
+    fmt(f.tunnels?.p99Ms, 2),
+    f.tunnels ? fmt(f.tunnels.fail) : "—",
+    fmt(f.throughput?.mbPerSec),
+    fmt(f.memory?.perTunnelKiB, 1),
+    f.memory
+      ? `${fmt(f.memory.tunnels)}${f.memory.failed ? ` (+${f.memory.failed} failed)` : ""}`
+      : "—",
+    f.memory ? `${fmt(f.memory.baseKiB / 1024, 1)} → ${fmt(f.memory.heldKiB / 1024, 1)}` : "—",
+  ]);
+  return table(
+    [
+      "proxy",
+      "HTTP req/s",
+      "HTTP p99 ms",
+      "HTTP non-2xx / socket errors",
+      "tunnels/s",
+      "tunnel p99 ms",
+      "tunnel failures",
+      "one tunnel MB/s",
+      "KiB per idle tunnel",
+      "tunnels held",
+      "RSS MiB idle → held",
+    ],
+    rows,
+    ["l", "r", "r", "r", "r", "r", "r", "r", "r", "r", "r"],
+  );
+}
+
+/** The distributed section's table. */
+export function distributedTable(r: Results): string {
+  const rows = Object.entries(r.distributed).map(([label, t]) => [
+    label,
+    fmt(t.perSec),
+    fmt(t.p99Ms, 2),
+    fmt(t.fail),
+  ]);
+  return table(["configuration", "tunnels/s", "p99 ms", "failures"], rows, ["l", "r", "r", "r"]);
+}
+
+/** The cap-accuracy table. */
+export function capTable(r: Results): string {
+  const rows = Object.entries(r.cap).map(([name, c]) => [
+    name,
+    `${c.proxies} proxies, one Redis`,
+    String(c.limit),
+    String(c.clients),
+    Object.entries(c.counts).map(([k, v]) => `${k}: ${v}`).join(", "),
+    String(c.peak),
+    capExact(c) ? "exact" : "NOT exact",
+  ]);
+  return table(
+    ["proxy", "setup", "limit", "clients", "statuses", "upstream peak", "result"],
+    rows,
+    ["l", "l", "r", "r", "l", "r", "l"],
+  );
+}
+
+/** The ratios table, with the cap-accuracy verdict as its last row. */
+export function ratioTable(r: Results): string {
+  const rows = ratios(r).map((x) => [
+    x.figure,
+    Number.isNaN(x.ratio) ? "—" : `${x.ratio.toFixed(2)}×`,
+    x.target,
+    x.pass === null ? "info" : x.pass ? "pass" : "**miss**",
+  ]);
+  const cap = r.cap["dprl"];
+  rows.push([
+    "cap accuracy: dprl, 3 proxies sharing Redis",
+    cap ? `${cap.counts["200"] ?? 0} admitted, peak ${cap.peak}` : "—",
+    cap ? `= ${cap.limit} (exact)` : "= limit (exact)",
+    cap && capExact(cap) ? "pass" : "**miss**",
+  ]);
+  return table(["figure", "ratio", "target", "result"], rows, ["l", "r", "l", "l"]);
+}
+
+function factsTable(f: Facts): string {
+  return table(["", ""], f.map(([k, v]) => [k, v.replaceAll("|", "\\|")]), ["l", "l"]);
+}
+
+/** The whole RESULTS.md. */
+export function markdown(r: Results): string {
+  const s = r.settings;
+  return `# dprl benchmark results
+
+Written by \`deno task bench\` (\`bench/run.ts\`) on ${r.date}; the run took
+${Math.round(r.seconds)} s. Every proxy ran as its own process, one at a time,
+on loopback, under the same load in this one run. Ratios matter more than the
+absolute figures, which depend on the machine.
+
+## Machine
+
+${factsTable(r.machine)}
+
+## Versions
+
+${factsTable(r.versions)}
+
+## Method
+
+- Upstream: \`loadgen upstream\` (shared/tools/loadgen), a fresh one per proxy.
+- Plain HTTP: \`wrk -t2 -c32 -d${s.durationS}s --latency\` sending absolute-form
+  \`GET http://127.0.0.1:UP/\` (12-byte body) through the proxy, after a 2 s warm-up.
+  "no proxy" is wrk straight at the upstream. tinyproxy closes the client
+  connection after every response, which wrk counts as a socket (read) error
+  per request; its requests are still answered and counted.
+- CONNECT tunnels: \`loadgen tunnels PROXY UP 32 ${s.durationS}s\` (CONNECT, one GET,
+  close, in a loop), after a 2 s warm-up.
+- One tunnel: curl \`--proxytunnel\` downloading \`/big?mb=${s.throughputMiB}\`
+  (${s.throughputMiB} MiB) through one CONNECT tunnel, median of ${s.throughputRuns}
+  run(s); MB = 10^6 bytes. "no proxy" is curl straight at the upstream (the
+  client's own ceiling).
+- Idle tunnels: VmRSS of the proxy process (for dprl the \`deno\` process) on a
+  fresh start, after a short warm-up, then while \`loadgen hold\` keeps
+  **${s.holdTunnels.toLocaleString("en-US")} CONNECT tunnels** open and idle;
+  (held − idle) ÷ tunnels. ${s.holdTunnels.toLocaleString("en-US")}, not 10,000:
+  a process may hold 20,000 files and each tunnel is two sockets; tinyproxy's
+  peer config also stops at MaxClients 4096, and every proxy gets the same count.
+- Limits: dprl \`--max-connections 0\`, goproxy-dprl \`-max 0\` (unlimited),
+  tinyproxy and proxy-chain have none. Distributed runs use limit 100000 so the
+  limiter (and Redis) is on every connection's path; Redis is a fresh
+  \`redis-server\` on a free port; 100,000 unrelated keys are written with one
+  pipeline of SETs.
+- Cap accuracy: 3 proxies sharing one Redis, per-host limit 4; one
+  \`loadgen burst\` of 20 clients per proxy at once (\`GET /slow?ms=300\`);
+  admitted = 200 responses; peak = the upstream's \`/peak\`.
+
+## Raw figures per proxy
+
+${rawTable(r)}
+
+## Distributed (Redis)
+
+${distributedTable(r)}
+
+## Cap accuracy
+
+${capTable(r)}
+
+## Ratios and targets
+
+${ratioTable(r)}
+${
+    r.errors.length
+      ? `\n## Errors during the run\n\n${
+        r.errors.map((e) => `- ${e.replaceAll("\n", " ")}`).join("\n")
+      }\n`
+      : ""
+  }`;
+}
