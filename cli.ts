@@ -223,7 +223,7 @@ const LEVELS: Record<string, LogLevel> = {
 };
 
 /** What the command line asks for. */
-export interface CliConfig {
+interface CliConfig {
   /** Options for {@linkcode ProxyRateLimiter}. */
   options: ProxyRateLimiterOptions;
   /** The log level. */
@@ -238,7 +238,7 @@ export interface CliConfig {
  * Parses flags (and, where a flag is absent, its environment variable) into
  * proxy options. Throws an `Error` with a one-line message on a bad value.
  */
-export function parseCli(args: string[]): CliConfig {
+function parseCli(args: string[]): CliConfig {
   let parsed;
   try {
     parsed = parseArgs({

@@ -42,11 +42,19 @@ import { LimitTable } from "./lib/limit/limit_table.ts";
 import { hostKey } from "./lib/limit/host_key.ts";
 import type { Limiter } from "./lib/limit/limiter.ts";
 import { LocalLimiter } from "./lib/limit/local_limiter.ts";
-import { type FailureMode, type RedisConfig, RedisLimiter } from "./lib/limit/redis_limiter.ts";
+import { type FailureMode, RedisLimiter } from "./lib/limit/redis_limiter.ts";
+import type { RedisConfig } from "./lib/limit/redis_config.ts";
 import { ProxyServer, type Timeouts } from "./lib/proxy/proxy_server.ts";
 
 export { hostKey } from "./lib/limit/host_key.ts";
-export type { FailureMode, RedisConfig } from "./lib/limit/redis_limiter.ts";
+export type { FailureMode } from "./lib/limit/redis_limiter.ts";
+export type {
+  RedisClient,
+  RedisClusterConfig,
+  RedisConfig,
+  RedisNode,
+  RedisOptions,
+} from "./lib/limit/redis_config.ts";
 export type { Timeouts } from "./lib/proxy/proxy_server.ts";
 export { LimiterUnavailableError } from "./lib/limit/limiter.ts";
 
@@ -112,8 +120,6 @@ export interface ProxyRateLimiterOptions {
    * enforces the limits in this process's memory.
    */
   failureMode?: FailureMode;
-  /** Where dprl logs. Default: the LogTape logger of category `["dprl"]`. */
-  logger?: Logger;
 }
 
 /**
@@ -147,9 +153,10 @@ export class ProxyRateLimiter implements AsyncDisposable {
       options.defaultMaxConnectionsPerHost ?? 0,
       options.hostLimits,
     );
-    this.#logger = options.logger ?? getLogger(["dprl"]);
+    this.#logger = getLogger(["dprl"]);
     this.#limiter = options.redis === undefined ? new LocalLimiter() : new RedisLimiter({
-      redis: options.redis,
+      // The public RedisConfig describes what ioredis accepts.
+      redis: options.redis as never,
       prefix: options.redisPrefix ?? REDIS_KEY_PREFIX,
       lease: options.lease ?? 15_000,
       timeout: options.redisTimeout ?? 1_000,
