@@ -1,0 +1,390 @@
+// Fleet tests: several real proxies share one real redis-server, and the cap
+// holds across all of them, including when one of them is killed.
+import assert from "node:assert/strict";
+import { ProxyRateLimiter } from "../mod.ts";
+import { RedisServer, redisTest, waitFor } from "./_helpers/redis_server.ts";
+
+const LEASE = 600;
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** An HTTP upstream that holds each request and records its peak concurrency. */
+function startHoldingUpstream(holdMs: number) {
+  let inFlight = 0;
+  let peak = 0;
+  let served = 0;
+  const ac = new AbortController();
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, signal: ac.signal, onListen() {} },
+    async () => {
+      inFlight++;
+      peak = Math.max(peak, inFlight);
+      try {
+        await sleep(holdMs);
+        served++;
+        return new Response("ok\n");
+      } finally {
+        inFlight--;
+      }
+    },
+  );
+  return {
+    port: server.addr.port,
+    get peak() {
+      return peak;
+    },
+    get served() {
+      return served;
+    },
+    async [Symbol.asyncDispose]() {
+      ac.abort();
+      await server.finished;
+    },
+  };
+}
+
+/** A TCP upstream that accepts and holds connections (echoing), for tunnels. */
+function startTcpUpstream() {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<Deno.Conn>();
+  const loop = (async () => {
+    for await (const conn of listener) {
+      conns.add(conn);
+      (async () => {
+        const buf = new Uint8Array(1024);
+        try {
+          while (true) {
+            const n = await conn.read(buf);
+            if (n === null) break;
+            await conn.write(buf.subarray(0, n));
+          }
+        } catch {
+          // closed
+        } finally {
+          conns.delete(conn);
+          try {
+            conn.close();
+          } catch {
+            // already closed
+          }
+        }
+      })();
+    }
+  })().catch(() => {});
+  return {
+    port: (listener.addr as Deno.NetAddr).port,
+    get open() {
+      return conns.size;
+    },
+    async [Symbol.asyncDispose]() {
+      listener.close();
+      for (const c of conns) {
+        try {
+          c.close();
+        } catch {
+          // already closed
+        }
+      }
+      await loop;
+    },
+  };
+}
+
+interface Tunnel {
+  status: number;
+  head: string;
+  conn: Deno.Conn;
+}
+
+/** Opens a CONNECT tunnel through `proxy` to `authority`; reads the reply head. */
+async function connectThrough(proxy: URL, authority: string): Promise<Tunnel> {
+  const conn = await Deno.connect({ hostname: proxy.hostname, port: Number(proxy.port) });
+  const timer = setTimeout(() => conn.close(), 5_000);
+  try {
+    await conn.write(enc.encode(`CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n\r\n`));
+    let head = "";
+    const buf = new Uint8Array(4096);
+    while (!head.includes("\r\n\r\n")) {
+      const n = await conn.read(buf);
+      if (n === null) break;
+      head += dec.decode(buf.subarray(0, n));
+    }
+    const status = Number(head.split(" ")[1]);
+    return { status, head, conn };
+  } catch (error) {
+    try {
+      conn.close();
+    } catch {
+      // already closed
+    }
+    throw error;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch {
+    // already closed
+  }
+}
+
+async function startFleet(n: number, redis: string, limit: number): Promise<
+  ProxyRateLimiter[] & AsyncDisposable
+> {
+  const fleet = [] as unknown as ProxyRateLimiter[] & AsyncDisposable;
+  fleet[Symbol.asyncDispose] = async () => {
+    await Promise.all(fleet.map((p) => p.stop({ graceMs: 500 })));
+  };
+  for (let i = 0; i < n; i++) {
+    const p = new ProxyRateLimiter({
+      port: 0,
+      defaultMaxConnectionsPerHost: limit,
+      redis,
+      lease: LEASE,
+    });
+    fleet.push(p);
+    await p.start();
+  }
+  return fleet;
+}
+
+await redisTest(
+  "three proxies on one Redis with limit 4 let exactly 4 of 30 concurrent requests through and the upstream never sees more than 4",
+  "server",
+  async () => {
+    await using redis = await RedisServer.start();
+    await using up = startHoldingUpstream(300);
+    await using fleet = await startFleet(3, redis.url, 4);
+    const clients = fleet.map((p) => Deno.createHttpClient({ proxy: { url: p.proxyUrl!.href } }));
+    try {
+      const target = `http://127.0.0.1:${up.port}/hold`;
+      for (let wave = 0; wave < 3; wave++) {
+        const results = await Promise.all(
+          Array.from({ length: 30 }, async (_, i) => {
+            const res = await fetch(target, {
+              client: clients[i % 3],
+              signal: AbortSignal.timeout(10_000),
+            });
+            const body = await res.text();
+            return { status: res.status, proxyStatus: res.headers.get("proxy-status"), body };
+          }),
+        );
+        const ok = results.filter((r) => r.status === 200);
+        const refused = results.filter((r) => r.status === 500);
+        assert.equal(ok.length, 4, `wave ${wave}: ${JSON.stringify(results.map((r) => r.status))}`);
+        assert.equal(refused.length, 26);
+        for (const r of refused) {
+          assert.match(r.proxyStatus ?? "", /^dprl;.*error=connection_limit_reached/);
+        }
+        assert.ok(up.peak <= 4, `upstream peak ${up.peak}`);
+      }
+      assert.equal(up.peak, 4);
+      assert.equal(up.served, 12);
+    } finally {
+      for (const c of clients) c.close();
+    }
+  },
+);
+
+await redisTest(
+  "a fleet under churn of dozens of clients never lets the upstream see more than the limit",
+  "server",
+  async () => {
+    await using redis = await RedisServer.start();
+    await using up = startHoldingUpstream(40);
+    await using fleet = await startFleet(3, redis.url, 4);
+    const clients = fleet.map((p) => Deno.createHttpClient({ proxy: { url: p.proxyUrl!.href } }));
+    let ok = 0;
+    let refused = 0;
+    try {
+      const until = Date.now() + 2_000;
+      await Promise.all(Array.from({ length: 24 }, async (_, i) => {
+        while (Date.now() < until) {
+          const res = await fetch(`http://127.0.0.1:${up.port}/c${i}`, {
+            client: clients[i % 3],
+            signal: AbortSignal.timeout(10_000),
+          });
+          await res.body?.cancel();
+          if (res.status === 200) ok++;
+          else if (res.status === 500) {
+            refused++;
+            await sleep(5);
+          } else assert.fail(`unexpected status ${res.status}`);
+        }
+      }));
+    } finally {
+      for (const c of clients) c.close();
+    }
+    assert.ok(up.peak <= 4, `upstream peak ${up.peak}`);
+    assert.ok(ok > 20, `${ok} requests passed`);
+    assert.ok(refused > 0, "some requests were refused");
+  },
+);
+
+await redisTest(
+  "CONNECT tunnels count across the fleet and activeConnectionsForHost sums every proxy",
+  "server",
+  async () => {
+    await using redis = await RedisServer.start();
+    await using up = startTcpUpstream();
+    await using fleet = await startFleet(3, redis.url, 4);
+    const authority = `127.0.0.1:${up.port}`;
+    const open: Deno.Conn[] = [];
+    try {
+      for (let i = 0; i < 4; i++) {
+        const t = await connectThrough(fleet[i % 3].proxyUrl!, authority);
+        open.push(t.conn);
+        assert.equal(t.status, 200, t.head);
+      }
+      for (const p of fleet) {
+        assert.equal(await p.activeConnectionsForHost(authority), 4);
+        const t = await connectThrough(p.proxyUrl!, authority);
+        closeQuietly(t.conn);
+        assert.equal(t.status, 500, t.head);
+        assert.match(t.head, /proxy-status: dprl;.*error=connection_limit_reached/i);
+      }
+      // The tunnel works end to end.
+      await open[0].write(enc.encode("ping"));
+      const buf = new Uint8Array(16);
+      const n = await open[0].read(buf);
+      assert.equal(dec.decode(buf.subarray(0, n ?? 0)), "ping");
+      // Closing one tunnel on one proxy frees a slot for another proxy.
+      closeQuietly(open.shift()!);
+      await waitFor(
+        async () => (await fleet[2].activeConnectionsForHost(authority)) === 3,
+        3_000,
+        "count 3",
+      );
+      const t = await connectThrough(fleet[2].proxyUrl!, authority);
+      open.push(t.conn);
+      assert.equal(t.status, 200, t.head);
+    } finally {
+      open.forEach(closeQuietly);
+    }
+    await waitFor(
+      async () => (await fleet[0].activeConnectionsForHost(authority)) === 0,
+      3_000,
+      "all tunnels released",
+    );
+  },
+);
+
+await redisTest(
+  "a proxy killed with SIGKILL while holding tunnels gives its slots back to the fleet within one lease",
+  "server",
+  async () => {
+    await using redis = await RedisServer.start();
+    await using up = startTcpUpstream();
+    await using fleet = await startFleet(2, redis.url, 4);
+    const authority = `127.0.0.1:${up.port}`;
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        new URL("./_helpers/proxy_worker.ts", import.meta.url).pathname,
+        redis.url,
+        "4",
+        String(LEASE),
+      ],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "null",
+      env: { NO_COLOR: "1" },
+    }).spawn();
+    const tunnels: Deno.Conn[] = [];
+    try {
+      const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+      let out = "";
+      const guard = setTimeout(() => child.kill("SIGKILL"), 30_000);
+      while (!/listening (\S+)/.test(out)) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        out += value;
+      }
+      clearTimeout(guard);
+      reader.releaseLock();
+      const url = new URL(/listening (\S+)/.exec(out)![1]);
+      for (let i = 0; i < 4; i++) {
+        const t = await connectThrough(url, authority);
+        tunnels.push(t.conn);
+        assert.equal(t.status, 200, t.head);
+      }
+      assert.equal(await fleet[0].activeConnectionsForHost(authority), 4);
+      const refused = await connectThrough(fleet[0].proxyUrl!, authority);
+      closeQuietly(refused.conn);
+      assert.equal(refused.status, 500);
+      // Past one heartbeat the killed-to-be proxy's lease is still renewed.
+      await sleep(LEASE);
+      assert.equal(await fleet[1].activeConnectionsForHost(authority), 4);
+
+      child.kill("SIGKILL");
+      await child.status;
+      const killedAt = Date.now();
+      const regained: Deno.Conn[] = [];
+      try {
+        await waitFor(
+          async () => {
+            const p = fleet[regained.length % 2];
+            const t = await connectThrough(p.proxyUrl!, authority);
+            if (t.status === 200) regained.push(t.conn);
+            else closeQuietly(t.conn);
+            return regained.length === 4;
+          },
+          LEASE + 500,
+          "the killed proxy's four slots",
+          25,
+        );
+        const tookMs = Date.now() - killedAt;
+        assert.ok(tookMs <= LEASE + 500, `took ${tookMs} ms`);
+        const over = await connectThrough(fleet[1].proxyUrl!, authority);
+        closeQuietly(over.conn);
+        assert.equal(over.status, 500, "still capped at 4");
+        assert.equal(await fleet[0].activeConnectionsForHost(authority), 4);
+      } finally {
+        regained.forEach(closeQuietly);
+      }
+    } finally {
+      tunnels.forEach(closeQuietly);
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // already dead
+      }
+      await child.status;
+      await child.stdout.cancel().catch(() => {});
+    }
+  },
+);
+
+await redisTest(
+  "a stopped proxy removes its entries from Redis",
+  "server",
+  async () => {
+    await using redis = await RedisServer.start();
+    await using up = startTcpUpstream();
+    await using fleet = await startFleet(2, redis.url, 4);
+    const authority = `127.0.0.1:${up.port}`;
+    const t = await connectThrough(fleet[0].proxyUrl!, authority);
+    try {
+      assert.equal(t.status, 200);
+      assert.equal(await fleet[1].activeConnectionsForHost(authority), 1);
+    } finally {
+      closeQuietly(t.conn);
+    }
+    await waitFor(
+      async () => (await fleet[1].activeConnectionsForHost(authority)) === 0,
+      3_000,
+      "released",
+    );
+    const t2 = await connectThrough(fleet[0].proxyUrl!, authority);
+    assert.equal(t2.status, 200);
+    closeQuietly(t2.conn);
+    await fleet[0].stop({ graceMs: 200 });
+    assert.equal((await redis.cli("EXISTS", `dprl:{${authority}}:n`)).trim(), "0");
+    assert.equal(await fleet[1].activeConnectionsForHost(authority), 0);
+  },
+);
