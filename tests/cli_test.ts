@@ -1,0 +1,467 @@
+// The command line, run as a real subprocess (`deno run -A cli.ts ...`):
+// help, version, bad values, environment variables, signals and logging.
+import assert from "node:assert/strict";
+import { main } from "../cli.ts";
+import { VERSION } from "../mod.ts";
+import {
+  BufferedConn,
+  readHead,
+  readResponse,
+  request,
+  statusOf,
+  text,
+  waitFor,
+  WaitTimeoutError,
+  withTimeout,
+} from "./_helpers/raw.ts";
+import { closedPort, startUpstream, type Upstream } from "./_helpers/upstream.ts";
+import { connectRequest } from "./_helpers/proxy.ts";
+
+const CLI = new URL("../cli.ts", import.meta.url).pathname;
+const ROOT = new URL("..", import.meta.url).pathname;
+
+/** The parent's environment without anything that configures dprl or proxies. */
+function baseEnv(): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(Deno.env.toObject())) {
+    if (
+      /^(DPRL_|REDIS_)/.test(k) || k === "LOG_LEVEL" ||
+      /^(http_proxy|https_proxy|all_proxy|no_proxy)$/i.test(k)
+    ) continue;
+    env[k] = v;
+  }
+  env.NO_COLOR = "1";
+  return env;
+}
+
+/** A running `deno run -A cli.ts` with its output collected. */
+class Cli implements AsyncDisposable {
+  readonly child: Deno.ChildProcess;
+  stdout = "";
+  stderr = "";
+  #pumps: Promise<void>[];
+  #status: Promise<Deno.CommandStatus>;
+
+  constructor(args: string[], env: Record<string, string> = {}) {
+    this.child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "-q", CLI, ...args],
+      cwd: ROOT,
+      clearEnv: true,
+      env: { ...baseEnv(), ...env },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    this.#pumps = [
+      this.#pump(this.child.stdout, (s) => (this.stdout += s)),
+      this.#pump(this.child.stderr, (s) => (this.stderr += s)),
+    ];
+    this.#status = this.child.status;
+  }
+
+  async #pump(stream: ReadableStream<Uint8Array>, add: (s: string) => void): Promise<void> {
+    for await (const s of stream.pipeThrough(new TextDecoderStream())) add(s);
+  }
+
+  get output(): string {
+    return this.stdout + this.stderr;
+  }
+
+  /** Waits until the output matches `re`; returns the match. */
+  async waitOutput(re: RegExp, ms = 20_000): Promise<RegExpMatchArray> {
+    return await waitFor(
+      () => this.output.match(re),
+      () => `output matching ${re}; output so far:\n${this.output}`,
+      ms,
+    );
+  }
+
+  /** Waits for the start line and returns the proxy's address. */
+  async listening(): Promise<{ url: URL; addr: { hostname: string; port: number } }> {
+    const m = await this.waitOutput(/Proxy listening on (http:\/\/[^\s"']+)/);
+    const url = new URL(m[1]);
+    return { url, addr: { hostname: url.hostname, port: Number(url.port) } };
+  }
+
+  /** Waits for the exit (bounded); kills the process if it does not come. */
+  async exit(ms = 20_000): Promise<Deno.CommandStatus> {
+    try {
+      return await withTimeout(this.#status, ms, "the process to exit");
+    } catch (e) {
+      if (e instanceof WaitTimeoutError) {
+        try {
+          this.child.kill("SIGKILL");
+        } catch {
+          // gone already
+        }
+        await this.#status;
+      }
+      throw e;
+    } finally {
+      await Promise.all(this.#pumps);
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    try {
+      this.child.kill("SIGKILL");
+    } catch {
+      // exited already
+    }
+    await this.#status;
+    await Promise.all(this.#pumps);
+  }
+}
+
+/** Runs the CLI to its end; returns its exit code and output. */
+async function runCli(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  await using cli = new Cli(args, env);
+  const status = await cli.exit();
+  return { code: status.code, stdout: cli.stdout, stderr: cli.stderr };
+}
+
+function assertUsageError(r: { code: number; stderr: string }, what: string): void {
+  assert.equal(r.code, 2, `${what}: exit code ${r.code}, stderr ${JSON.stringify(r.stderr)}`);
+  const lines = r.stderr.trim().split("\n");
+  assert.equal(lines.length, 1, `${what}: one stderr line, got ${JSON.stringify(r.stderr)}`);
+  assert.ok(lines[0].length > 0, `${what}: the line says something`);
+  assert.doesNotMatch(r.stderr, /^\s+at /m, `${what}: no stack trace`);
+}
+
+function get(up: Upstream, path: string): string {
+  return request("GET", up.url(path), { Host: up.authority });
+}
+
+async function holdThrough(
+  addr: { hostname: string; port: number },
+  up: Upstream,
+): Promise<BufferedConn> {
+  const before = up.held;
+  const c = await BufferedConn.connect(addr);
+  await c.write(get(up, "/slow?ms=60000"));
+  try {
+    await up.waitHeld(before + 1);
+  } catch (e) {
+    c.close();
+    throw e;
+  }
+  return c;
+}
+
+async function statusThrough(
+  addr: { hostname: string; port: number },
+  up: Upstream,
+): Promise<{ status: number; body: string }> {
+  const c = await BufferedConn.connect(addr);
+  try {
+    await c.write(get(up, "/fixed"));
+    const res = await readResponse(c);
+    return { status: res.status, body: text(res.body) };
+  } finally {
+    c.close();
+  }
+}
+
+Deno.test("CLI --help prints the flags and exits 0", async () => {
+  const r = await runCli(["--help"]);
+  assert.equal(r.code, 0, r.stderr);
+  for (
+    const flag of [
+      "--port",
+      "--max-connections",
+      "--log-level",
+      "--redis-addr",
+      "--redis-password",
+      "--redis-db",
+      "--redis-url",
+      "--host-limit",
+      "--hostname",
+      "--reject-status",
+      "--head-timeout",
+      "--connect-timeout",
+      "--idle-timeout",
+      "--keep-alive-timeout",
+      "--shutdown-grace",
+      "DPRL_PORT",
+      "DPRL_MAX_CONNECTIONS",
+      "LOG_LEVEL",
+      "REDIS_ADDR",
+    ]
+  ) {
+    assert.ok(r.stdout.includes(flag), `--help mentions ${flag}`);
+  }
+});
+
+Deno.test("CLI --version prints the version and exits 0", async () => {
+  const r = await runCli(["--version"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.ok(r.stdout.includes(VERSION), r.stdout);
+});
+
+Deno.test("CLI bad flag values give one stderr line and exit code 2", async () => {
+  const cases: string[][] = [
+    ["--port", "abc"],
+    ["--port", "70000"],
+    ["--port", "-1"],
+    ["--max-connections", "-x"],
+    ["--max-connections", "1.5"],
+    ["--reject-status", "99"],
+    ["--reject-status", "600"],
+    ["--reject-status", "abc"],
+    ["--log-level", "loud"],
+    ["--host-limit", "nope"],
+    ["--host-limit", "a.example=x"],
+    ["--host-limit", "=5"],
+    ["--redis-db", "x"],
+    ["--head-timeout", "soon"],
+    ["--connect-timeout", "-1s"],
+    ["--idle-timeout", "5 parsecs"],
+    ["--keep-alive-timeout", ""],
+    ["--shutdown-grace", "abc"],
+    ["--no-such-flag"],
+    ["--port"],
+    ["stray-positional"],
+  ];
+  const results = await Promise.all(cases.map((args) => runCli(args)));
+  results.forEach((r, i) => assertUsageError(r, cases[i].join(" ")));
+});
+
+Deno.test("CLI bad environment values give one stderr line and exit code 2", async () => {
+  const cases: Record<string, string>[] = [
+    { DPRL_PORT: "abc" },
+    { DPRL_MAX_CONNECTIONS: "many" },
+    { LOG_LEVEL: "loud" },
+    { REDIS_DB: "x" },
+  ];
+  const results = await Promise.all(cases.map((env) => runCli([], env)));
+  results.forEach((r, i) => assertUsageError(r, JSON.stringify(cases[i])));
+});
+
+Deno.test("CLI main() returns the exit code instead of exiting", async () => {
+  const log = console.log;
+  const error = console.error;
+  const seen: string[] = [];
+  console.log = (...a: unknown[]) => seen.push(a.join(" "));
+  console.error = (...a: unknown[]) => seen.push(a.join(" "));
+  try {
+    assert.equal(await main(["--version"]), 0);
+    assert.equal(await main(["--port", "abc"]), 2);
+  } finally {
+    console.log = log;
+    console.error = error;
+  }
+  assert.ok(seen.some((s) => s.includes(VERSION)));
+});
+
+Deno.test("CLI logs the proxy URL on start and SIGTERM exits 0", async () => {
+  await using up = await startUpstream();
+  await using cli = new Cli(["--port", "0", "--hostname", "127.0.0.1"]);
+  const { url, addr } = await cli.listening();
+  assert.equal(url.hostname, "127.0.0.1");
+  assert.ok(addr.port > 0);
+  const res = await statusThrough(addr, up);
+  assert.equal(res.status, 200);
+  cli.child.kill("SIGTERM");
+  const status = await cli.exit();
+  assert.equal(status.code, 0, cli.output);
+});
+
+Deno.test("CLI SIGINT exits 0", async () => {
+  await using cli = new Cli(["--port", "0", "--hostname", "127.0.0.1"]);
+  await cli.listening();
+  cli.child.kill("SIGINT");
+  assert.equal((await cli.exit()).code, 0, cli.output);
+});
+
+Deno.test("CLI SIGTERM stops gracefully: an open tunnel is closed after the grace and the exit is 0", async () => {
+  await using up = await startUpstream();
+  await using cli = new Cli([
+    "--port",
+    "0",
+    "--hostname",
+    "127.0.0.1",
+    "--shutdown-grace",
+    "300ms",
+  ]);
+  const { addr } = await cli.listening();
+  const c = await BufferedConn.connect(addr);
+  try {
+    await c.write(connectRequest(up.authority));
+    const head = await readHead(c);
+    assert.ok(head);
+    assert.equal(statusOf(head), 200);
+    cli.child.kill("SIGTERM");
+    await c.waitClosed();
+  } finally {
+    c.close();
+  }
+  assert.equal((await cli.exit()).code, 0, cli.output);
+  await up.waitOpen(0);
+});
+
+Deno.test("CLI honours DPRL_PORT, and --port beats it", async () => {
+  const envPort = closedPort();
+  {
+    await using cli = new Cli(["--hostname", "127.0.0.1"], { DPRL_PORT: String(envPort) });
+    const { addr } = await cli.listening();
+    assert.equal(addr.port, envPort);
+    cli.child.kill("SIGTERM");
+    assert.equal((await cli.exit()).code, 0, cli.output);
+  }
+  const flagPort = closedPort();
+  {
+    await using cli = new Cli(["--hostname", "127.0.0.1", "--port", String(flagPort)], {
+      DPRL_PORT: String(envPort),
+    });
+    const { addr } = await cli.listening();
+    assert.equal(addr.port, flagPort);
+    cli.child.kill("SIGTERM");
+    assert.equal((await cli.exit()).code, 0, cli.output);
+  }
+});
+
+Deno.test("CLI honours DPRL_MAX_CONNECTIONS: the second connection is refused with 500", async () => {
+  await using up = await startUpstream();
+  await using cli = new Cli(["--port", "0", "--hostname", "127.0.0.1"], {
+    DPRL_MAX_CONNECTIONS: "1",
+  });
+  const { addr } = await cli.listening();
+  const held = await holdThrough(addr, up);
+  try {
+    const res = await statusThrough(addr, up);
+    assert.equal(res.status, 500);
+    assert.ok(res.body.includes(up.authority), res.body);
+  } finally {
+    up.release();
+    held.close();
+  }
+  cli.child.kill("SIGTERM");
+  assert.equal((await cli.exit()).code, 0, cli.output);
+});
+
+Deno.test("CLI --max-connections beats DPRL_MAX_CONNECTIONS", async () => {
+  await using up = await startUpstream();
+  await using cli = new Cli(
+    ["--port", "0", "--hostname", "127.0.0.1", "--max-connections", "2"],
+    { DPRL_MAX_CONNECTIONS: "1" },
+  );
+  const { addr } = await cli.listening();
+  const held: BufferedConn[] = [];
+  try {
+    held.push(await holdThrough(addr, up));
+    held.push(await holdThrough(addr, up));
+    assert.equal((await statusThrough(addr, up)).status, 500);
+  } finally {
+    up.release();
+    for (const c of held) c.close();
+  }
+  cli.child.kill("SIGTERM");
+  assert.equal((await cli.exit()).code, 0, cli.output);
+});
+
+Deno.test("CLI --host-limit and --reject-status apply", async () => {
+  await using up = await startUpstream();
+  await using other = await startUpstream();
+  await using cli = new Cli([
+    "--port",
+    "0",
+    "--hostname",
+    "127.0.0.1",
+    "--max-connections",
+    "5",
+    "--host-limit",
+    `${up.authority}=1`,
+    "--host-limit",
+    `${other.authority}=2`,
+    "--reject-status",
+    "503",
+  ]);
+  const { addr } = await cli.listening();
+  const held: BufferedConn[] = [];
+  try {
+    held.push(await holdThrough(addr, up));
+    const res = await statusThrough(addr, up);
+    assert.equal(res.status, 503);
+    assert.match(res.body, /\b1\b/);
+    held.push(await holdThrough(addr, other));
+    held.push(await holdThrough(addr, other));
+    assert.equal((await statusThrough(addr, other)).status, 503);
+  } finally {
+    up.release();
+    other.release();
+    for (const c of held) c.close();
+  }
+  cli.child.kill("SIGTERM");
+  assert.equal((await cli.exit()).code, 0, cli.output);
+});
+
+Deno.test("CLI accepts durations (500ms, 2m, bare seconds) and applies --head-timeout", async () => {
+  await using cli = new Cli([
+    "--port",
+    "0",
+    "--hostname",
+    "127.0.0.1",
+    "--head-timeout",
+    "300ms",
+    "--connect-timeout",
+    "2s",
+    "--idle-timeout",
+    "2m",
+    "--keep-alive-timeout",
+    "1",
+    "--shutdown-grace",
+    "1",
+  ]);
+  const { addr } = await cli.listening();
+  const silent = await BufferedConn.connect(addr);
+  try {
+    await silent.waitClosed();
+  } finally {
+    silent.close();
+  }
+  cli.child.kill("SIGTERM");
+  assert.equal((await cli.exit()).code, 0, cli.output);
+});
+
+Deno.test("CLI LOG_LEVEL=debug logs every upstream connection open and close with host and count", async () => {
+  await using up = await startUpstream();
+  await using cli = new Cli(["--port", "0", "--hostname", "127.0.0.1"], { LOG_LEVEL: "debug" });
+  const { addr } = await cli.listening();
+  // /close: the upstream closes after answering, so both events happen now.
+  const c = await BufferedConn.connect(addr);
+  try {
+    await c.write(get(up, "/close"));
+    assert.equal((await readResponse(c)).status, 200);
+  } finally {
+    c.close();
+  }
+  const host = up.authority.replace(/[.[\]]/g, "\\$&");
+  const opened = await cli.waitOutput(new RegExp(`^.*${host}.*\\bopen.*$`, "im"));
+  const closed = await cli.waitOutput(new RegExp(`^.*${host}.*\\bclose.*$`, "im"));
+  assert.match(opened[0], /\b1\b/, `the open line carries the count: ${opened[0]}`);
+  assert.match(closed[0], /\b0\b/, `the close line carries the count: ${closed[0]}`);
+  cli.child.kill("SIGTERM");
+  assert.equal((await cli.exit()).code, 0, cli.output);
+});
+
+Deno.test("CLI --log-level beats LOG_LEVEL and info hides the connection lines", async () => {
+  await using up = await startUpstream();
+  await using cli = new Cli(
+    ["--port", "0", "--hostname", "127.0.0.1", "--log-level", "info"],
+    { LOG_LEVEL: "debug" },
+  );
+  const { addr } = await cli.listening();
+  const c = await BufferedConn.connect(addr);
+  try {
+    await c.write(get(up, "/close"));
+    assert.equal((await readResponse(c)).status, 200);
+  } finally {
+    c.close();
+  }
+  cli.child.kill("SIGTERM");
+  assert.equal((await cli.exit()).code, 0, cli.output);
+  assert.ok(!cli.output.includes(up.authority), `no connection lines at info:\n${cli.output}`);
+});
