@@ -69,11 +69,12 @@ class Cli implements AsyncDisposable {
 
   /** Waits until the output matches `re`; returns the match. */
   async waitOutput(re: RegExp, ms = 20_000): Promise<RegExpMatchArray> {
-    return await waitFor(
+    const m = await waitFor(
       () => this.output.match(re),
       () => `output matching ${re}; output so far:\n${this.output}`,
       ms,
     );
+    return m as RegExpMatchArray;
   }
 
   /** Waits for the start line and returns the proxy's address. */
