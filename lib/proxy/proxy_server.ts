@@ -453,29 +453,31 @@ export class ProxyServer {
     clientKeepAlive: boolean,
   ): Promise<boolean | "retry"> {
     const touch = () => this.#touch(s);
-    let requestDone = framing.kind === "none";
-    let requestFailed = false;
+    let requestDone = false;
+    let requestError: unknown = null;
+    let finished = false;
+    // Once the request is sent, a client that closes aborts the exchange.
+    const watchClient = () => {
+      requestDone = true;
+      if (upgrading || reader.buffered > 0) return;
+      reader.watch().then(
+        (n) => n === null && !finished && s.close(),
+        () => !finished && s.close(),
+      );
+    };
     try {
       let sending: Promise<void>;
       if (framing.kind === "none") {
         await writeAll(up.conn, head);
+        watchClient();
         sending = Promise.resolve();
       } else {
-        sending = relayBody(
-          reader,
-          up.conn,
-          framing,
-          head,
-          touch,
-          (m) => new HttpError(400, m),
-        )
-          .then(() => {
-            requestDone = true;
-          }, (err) => {
-            requestFailed = true;
-            // A client that breaks off its body ends the exchange; an upstream
-            // that stops reading early may still answer.
-            if (!(err instanceof WriteError)) s.close();
+        sending = relayBody(reader, up.conn, framing, head, touch, (m) => new HttpError(400, m))
+          .then(watchClient, (err) => {
+            // A broken request body ends the exchange; an upstream that stops
+            // reading early may still answer.
+            requestError = err;
+            if (!(err instanceof WriteError)) up.close();
           });
       }
 
@@ -496,7 +498,10 @@ export class ProxyServer {
         }
         if (resHead === null) {
           up.close();
-          if (framing.kind === "none" && !s.timedOut) return "retry";
+          if (framing.kind === "none" && !s.timedOut) {
+            finished = true;
+            return "retry";
+          }
           throw new HttpError(
             502,
             `Upstream ${up.key} closed the connection`,
@@ -555,7 +560,8 @@ export class ProxyServer {
         touch,
         (m) => new HttpError(502, m, "http_response_incomplete"),
       );
-      if (!requestDone && !requestFailed) {
+      finished = true;
+      if (!requestDone && requestError === null) {
         // The response is complete while the client still sends its body.
         up.close();
         return false;
@@ -566,9 +572,11 @@ export class ProxyServer {
         this.#pool.put(up, this.#now);
       } else up.close();
       return keepAlive && requestDone;
-    } catch (err) {
+    } catch (caught) {
+      finished = true;
       up.close();
       s.upstream = null;
+      const err = requestError instanceof HttpError ? requestError : caught;
       if (s.closed) return false;
       if (s.timedOut) {
         await this.#reject(
