@@ -510,3 +510,30 @@ Deno.test("a client connection can talk to two upstream hosts in turn", async ()
     "one request at each upstream",
   );
 });
+
+Deno.test("an upstream that stalls past the idle timeout gets 504 and its slot is freed", async () => {
+  await using up = await startUpstream();
+  await using tp = await startProxy({
+    defaultMaxConnectionsPerHost: 1,
+    timeouts: { idle: 300 },
+  });
+  const res = await rawExchange(tp.addr, get(up, "/slow?ms=60000"));
+  assert.equal(res.status, 504);
+  assert.match(header(res.head, "proxy-status") ?? "", /^dprl;.*error=/);
+  await tp.waitCount(up.authority, 0);
+});
+
+Deno.test("an HTTP/1.0 request gets its answer and the connection closes", async () => {
+  await using up = await startUpstream();
+  await using tp = await startProxy();
+  const c = await BufferedConn.connect(tp.addr);
+  try {
+    await c.write(`GET ${up.url("/fixed")} HTTP/1.0\r\nHost: ${up.authority}\r\n\r\n`);
+    const res = await readResponse(c);
+    assert.equal(res.status, 200);
+    assert.equal(text(res.body), FIXED_BODY);
+    await c.waitClosed();
+  } finally {
+    c.close();
+  }
+});
