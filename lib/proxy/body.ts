@@ -160,11 +160,11 @@ async function relayChunked(
   out.add(CRLF);
 }
 
-const SMALL = 4096;
+const SMALL = 2048;
 
 /**
- * Copies `src` to `dst` until `src` ends, then half-closes `dst`. The buffer
- * stays small while the stream idles and grows while it streams.
+ * Copies `src` to `dst` until `src` ends. The buffer stays small while the
+ * stream idles and grows while it streams.
  */
 export async function pump(
   src: Deno.Conn,
@@ -181,5 +181,4 @@ export async function pump(
       buf = new Uint8Array(PUMP_SIZE);
     } else if (n < SMALL && buf.length !== SMALL) buf = new Uint8Array(SMALL);
   }
-  await (dst as Deno.TcpConn).closeWrite();
 }

@@ -340,13 +340,18 @@ export class ProxyServer {
     await this.#pipe(s, up);
   }
 
-  /** Pipes both ways until both sides have ended, then closes both. */
+  /**
+   * Pipes both ways until both sides have ended, then closes both. The end
+   * of one direction is passed on as a half-close while the other flows.
+   */
   async #pipe(s: Session, up: Upstream): Promise<void> {
     const touch = () => this.#touch(s);
+    let open = 2;
+    const ended = (dst: Deno.TcpConn) => --open === 0 ? s.close() : dst.closeWrite();
     const fail = () => s.close();
     await Promise.all([
-      pump(s.conn, up.conn, touch).catch(fail),
-      pump(up.conn, s.conn, touch).catch(fail),
+      pump(s.conn, up.conn, touch).then(() => ended(up.conn)).catch(fail),
+      pump(up.conn, s.conn, touch).then(() => ended(s.conn)).catch(fail),
     ]);
     s.close();
   }
