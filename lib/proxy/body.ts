@@ -1,6 +1,6 @@
 /** Relaying message bodies as they are framed, byte for byte. */
 import { type BufferedReader, writeAll } from "./buffered_reader.ts";
-import { type Framing, HttpError, latin1 } from "./http_head.ts";
+import { type Framing, type HttpError, latin1 } from "./http_head.ts";
 
 const PUMP_SIZE = 64 * 1024;
 const FLUSH_AT = 32 * 1024;
