@@ -144,7 +144,8 @@ export class ProxyRateLimiter implements AsyncDisposable {
   #logger: Logger;
   #server: ProxyServer | null = null;
   #url: URL | null = null;
-  #stopped: Promise<void> | null = null;
+  #served: Promise<void> | null = null;
+  #stopping: Promise<void> | null = null;
 
   /** Creates a proxy; nothing listens until {@linkcode start}. */
   constructor(options: ProxyRateLimiterOptions = {}) {
@@ -253,16 +254,18 @@ export class ProxyRateLimiter implements AsyncDisposable {
    * await proxy.start();
    * ```
    */
-  start(): Promise<void> {
-    if (this.#server) {
-      return Promise.reject(new Error("Proxy is already started"));
-    }
+  // deno-lint-ignore require-await
+  async start(): Promise<void> {
+    if (this.#server) throw new Error("Proxy is already started");
+    if (this.#stopping) throw new Error("Proxy was stopped and cannot start again");
     const listener = Deno.listen({
       hostname: this.#options.hostname ?? "127.0.0.1",
       port: this.#options.port ?? 0,
     });
     const addr = listener.addr;
-    const host = addr.hostname.includes(":")
+    const host = addr.hostname === "::"
+      ? "[::1]"
+      : addr.hostname.includes(":")
       ? `[${addr.hostname}]`
       : addr.hostname === "0.0.0.0"
       ? "127.0.0.1"
@@ -278,9 +281,8 @@ export class ProxyRateLimiter implements AsyncDisposable {
       maxIdlePerHost: this.#options.maxIdlePerHost,
       logger: this.#logger,
     });
-    this.#stopped = this.#server.serve();
+    this.#served = this.#server.serve();
     this.#logger.info("Proxy listening on {url}", { url: this.#url.href });
-    return Promise.resolve();
   }
 
   /**
@@ -293,20 +295,23 @@ export class ProxyRateLimiter implements AsyncDisposable {
    * await proxy.stop({ graceMs: 5000 });
    * ```
    */
-  async stop(options: { graceMs?: number } = {}): Promise<void> {
+  stop(options: { graceMs?: number } = {}): Promise<void> {
     const server = this.#server;
-    if (!server) return;
+    if (!server) return this.#stopping ?? Promise.resolve();
     this.#server = null;
-    await server.shutdown(options.graceMs ?? 10_000);
-    await this.#stopped;
-    await this.#limiter.close();
-    this.#url = null;
-    this.#logger.info("Proxy stopped");
+    this.#stopping = (async () => {
+      await server.shutdown(options.graceMs ?? 10_000);
+      await this.#served;
+      await this.#limiter.close();
+      this.#url = null;
+      this.#logger.info("Proxy stopped");
+    })();
+    return this.#stopping;
   }
 
   /**
    * Starts the proxy and resolves when it has stopped (by
-   * {@linkcode stop}).
+   * {@linkcode stop}) and cleaned up.
    *
    * @example
    * ```ts ignore
@@ -315,7 +320,8 @@ export class ProxyRateLimiter implements AsyncDisposable {
    */
   async listenAndServe(): Promise<void> {
     await this.start();
-    await this.#stopped;
+    await this.#served;
+    await this.#stopping;
   }
 
   /** Stops the proxy; used by `await using`. */
