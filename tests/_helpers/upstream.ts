@@ -657,3 +657,46 @@ export function closedPort(): number {
   l.close();
   return port;
 }
+
+/** A listener whose accept queue is full: a new connect to it hangs. */
+export interface BlackHole extends Disposable {
+  /** `127.0.0.1:port`. */
+  readonly authority: string;
+  /** The port. */
+  readonly port: number;
+}
+
+/**
+ * Makes a port where a TCP connect hangs instead of failing: a listener that
+ * never accepts, its accept queue filled by connections made here. The
+ * queue is known to be full when a probe connect has not completed within a
+ * generous bound (a local connect with room takes microseconds); the probe
+ * is then aborted.
+ */
+export async function blackHole(): Promise<BlackHole> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  const conns: Deno.Conn[] = [];
+  const close = () => {
+    for (const c of conns) c.close();
+    listener.close();
+  };
+  try {
+    for (let i = 0; i < 100_000; i++) {
+      const abort = new AbortController();
+      const timer = setTimeout(() => abort.abort(), 2_000);
+      try {
+        conns.push(await Deno.connect({ hostname: "127.0.0.1", port, signal: abort.signal }));
+      } catch (e) {
+        if (abort.signal.aborted) break;
+        throw e;
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+  } catch (e) {
+    close();
+    throw e;
+  }
+  return { authority: `127.0.0.1:${port}`, port, [Symbol.dispose]: close };
+}
