@@ -150,12 +150,22 @@ export class RedisLimiter implements Limiter {
   #touched = new Set<string>();
   #available = true;
   #everReady = false;
+  /** The connection closed and no 'ready' has been handled since. */
+  #awaitingReady = false;
+  /** Bumped at every lost connection: a reply from another epoch is distrusted. */
+  #epoch = 0;
+  #runId: string | null = null;
+  /** Until then (ms since epoch) new slots follow the failure mode. */
+  #recoverUntil = 0;
   #heartbeat: ReturnType<typeof setInterval> | null = null;
   #closed = false;
   #closing: Promise<void> | null = null;
   #onReady = (): void => this.#handleReady();
   #onClose = (): void => {
-    if (!this.#closed) this.#down(new Error("Connection to Redis closed"));
+    if (this.#closed) return;
+    this.#awaitingReady = true;
+    this.#epoch++;
+    this.#down(new Error("Connection to Redis closed"));
   };
   #onError = (error: unknown): void => {
     this.#logger.debug("Redis client error: {error}", { error });
@@ -213,9 +223,18 @@ export class RedisLimiter implements Limiter {
     const s = this.#state(host);
     this.#startHeartbeat();
     if (this.#failFast()) return this.#fallback(host, s, limit, null);
+    if (this.#recoverUntil > Date.now()) {
+      return this.#fallback(
+        host,
+        s,
+        limit,
+        new Error("Redis restarted and the fleet is re-asserting its counts"),
+      );
+    }
     this.#touched.add(host);
     const floor = s.counted;
     const syncsAtSend = s.syncs;
+    const epoch = this.#epoch;
     s.pending++;
     let reply: [number, number];
     try {
@@ -237,7 +256,22 @@ export class RedisLimiter implements Limiter {
       return this.#fallback(host, s, limit, error);
     }
     s.pending--;
-    if (Number(reply[0]) === 1) {
+    const granted = Number(reply[0]) === 1;
+    if (epoch !== this.#epoch) {
+      // Sent before a lost connection and replayed after it, maybe to a
+      // Redis that restarted empty: its answer may rest on partial sums.
+      // Take back what it counted and decide as if Redis had not answered.
+      if ((granted || s.syncs !== syncsAtSend) && !this.#closed) {
+        this.#sendRelease(host, s);
+      }
+      return this.#fallback(
+        host,
+        s,
+        limit,
+        new Error("Connection to Redis was lost while acquiring"),
+      );
+    }
+    if (granted) {
       s.counted++;
       this.#attach(host, s);
       return true;
@@ -379,9 +413,13 @@ export class RedisLimiter implements Limiter {
     target.dirtyGen++;
   }
 
-  /** Redis is known to be down and the client is not connected. */
+  /**
+   * Redis is known to be down and the client is not connected, or it has
+   * just reconnected and this worker has not re-asserted its counts yet.
+   */
   #failFast(): boolean {
-    return !this.#available && this.#client.status !== "ready";
+    return this.#awaitingReady ||
+      (!this.#available && this.#client.status !== "ready");
   }
 
   #fallback(
@@ -466,8 +504,47 @@ export class RedisLimiter implements Limiter {
     if (this.#closed) return;
     const reconnect = this.#everReady;
     this.#everReady = true;
+    this.#awaitingReady = false;
+    if (!(this.#client as { isCluster?: boolean }).isCluster) {
+      this.#checkRestart();
+    }
     // #up() syncs when it ends an outage; a quiet reconnect syncs here.
     if (!this.#up() && reconnect) this.#beat();
+  }
+
+  /**
+   * After a reconnect, finds out whether Redis restarted (or failed over):
+   * its run id changed. A Redis that restarted empty knows nothing of the
+   * slots the fleet holds until every worker has synced, so for a recovery
+   * window (a heartbeat, at most 1 s, plus 1 s for the others to reconnect)
+   * new slots follow the failure mode instead of being granted against
+   * partial sums. New slots wait for the answer (one round trip).
+   */
+  async #checkRestart(): Promise<void> {
+    const known = this.#runId;
+    const window = Math.min(this.#lease / 3, 1_000) + 1_000;
+    if (known !== null) this.#recoverUntil = Infinity;
+    let runId: string | null = null;
+    try {
+      const info = String(
+        await withTimeout((this.#client as Redis).info("server"), this.#timeout),
+      );
+      runId = /run_id:(\w+)/.exec(info)?.[1] ?? null;
+    } catch {
+      // Unknown: after a reconnect, assume the worst.
+    }
+    if (this.#closed) return;
+    if (runId !== null) this.#runId = runId;
+    if (known === null) return;
+    if (runId === known) {
+      this.#recoverUntil = 0;
+      return;
+    }
+    this.#recoverUntil = Date.now() + window;
+    this.#logger.warn(
+      "Redis restarted or failed over; for {ms} ms new connections follow failure mode {mode} while the fleet re-asserts its counts",
+      { ms: window, mode: this.#mode },
+    );
   }
 
   /** Records that Redis answered; returns whether that ended an outage. */
@@ -492,11 +569,15 @@ export class RedisLimiter implements Limiter {
 
   /** Runs one Redis call within the timeout and tracks Redis's state. */
   async #call<T>(op: () => Promise<T>): Promise<T> {
+    const epoch = this.#epoch;
     let result: T;
     try {
       result = await withTimeout(op(), this.#timeout);
     } catch (error) {
-      if (!(error instanceof RedisReplyError)) this.#down(error);
+      // A call cut off by a lost connection tells nothing new.
+      if (!(error instanceof RedisReplyError) && epoch === this.#epoch) {
+        this.#down(error);
+      }
       throw error;
     }
     this.#up();
@@ -560,6 +641,9 @@ function createClient(
   if (isClient(config)) return { client: config, own: false };
   const defaults: RedisOptions = {
     lazyConnect: true,
+    // A command cut off by a lost connection must not be replayed to a Redis
+    // that may have restarted empty: it fails, and the heartbeat heals.
+    autoResendUnfulfilledCommands: false,
     retryStrategy: (times: number) => Math.min(times * 50, 1000),
   };
   if (typeof config === "string") {
@@ -575,6 +659,10 @@ function createClient(
       client: new Cluster(config.cluster, {
         lazyConnect: true,
         ...config.options,
+        redisOptions: {
+          autoResendUnfulfilledCommands: false,
+          ...config.options?.redisOptions,
+        },
       }),
       own: true,
     };
