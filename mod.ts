@@ -156,8 +156,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
     );
     this.#logger = getLogger(["dprl"]);
     this.#limiter = options.redis === undefined ? new LocalLimiter() : new RedisLimiter({
-      // The public RedisConfig describes what ioredis accepts.
-      redis: options.redis as never,
+      redis: options.redis,
       prefix: options.redisPrefix ?? REDIS_KEY_PREFIX,
       lease: options.lease ?? 15_000,
       timeout: options.redisTimeout ?? 1_000,

@@ -7,7 +7,8 @@
  */
 
 import { Cluster, Redis } from "ioredis";
-import type { ClusterNode, ClusterOptions, RedisOptions } from "ioredis";
+import type { ClusterOptions, RedisOptions } from "ioredis";
+import type { RedisConfig } from "./redis_config.ts";
 import { getLogger, type Logger } from "@logtape/logtape";
 import { type Limiter, LimiterUnavailableError } from "./limiter.ts";
 import { ACQUIRE_LUA, COUNT_LUA, RELEASE_LUA, SYNC_LUA } from "./redis_scripts.ts";
@@ -18,32 +19,6 @@ import { ACQUIRE_LUA, COUNT_LUA, RELEASE_LUA, SYNC_LUA } from "./redis_scripts.t
  * `"local"` enforces each host's limit in this process's memory.
  */
 export type FailureMode = "closed" | "open" | "local";
-
-/**
- * How to reach Redis: a `redis://`/`rediss://` URL, ioredis options
- * (including Sentinel's `sentinels` and `name`), a cluster description, or a
- * connected ioredis client (left open by dprl).
- *
- * @example
- * ```ts
- * import type { RedisConfig } from "@dprl/cli";
- *
- * const url: RedisConfig = "redis://127.0.0.1:6379/0";
- * const sentinel: RedisConfig = {
- *   sentinels: [{ host: "10.0.0.1", port: 26379 }],
- *   name: "mymaster",
- * };
- * const cluster: RedisConfig = {
- *   cluster: [{ host: "10.0.0.1", port: 7000 }, { host: "10.0.0.2", port: 7000 }],
- * };
- * ```
- */
-export type RedisConfig =
-  | string
-  | RedisOptions
-  | { cluster: ClusterNode[]; options?: ClusterOptions }
-  | Redis
-  | Cluster;
 
 /** Options of {@linkcode RedisLimiter}. */
 export interface RedisLimiterOptions {
@@ -628,7 +603,7 @@ function checkMs(what: string, ms: number): number {
   return Math.ceil(ms);
 }
 
-function isClient(config: RedisConfig): config is Redis | Cluster {
+function isClient(config: RedisConfig): boolean {
   return typeof config === "object" && config !== null &&
     typeof (config as { defineCommand?: unknown }).defineCommand ===
       "function" &&
@@ -638,7 +613,7 @@ function isClient(config: RedisConfig): config is Redis | Cluster {
 function createClient(
   config: RedisConfig,
 ): { client: Redis | Cluster; own: boolean } {
-  if (isClient(config)) return { client: config, own: false };
+  if (isClient(config)) return { client: config as Redis | Cluster, own: false };
   const defaults: RedisOptions = {
     lazyConnect: true,
     // A command cut off by a lost connection must not be replayed to a Redis
@@ -655,13 +630,14 @@ function createClient(
     return { client: new Redis(config, defaults), own: true };
   }
   if ("cluster" in config && Array.isArray(config.cluster)) {
+    const options = config.options as ClusterOptions | undefined;
     return {
       client: new Cluster(config.cluster, {
         lazyConnect: true,
-        ...config.options,
+        ...options,
         redisOptions: {
           autoResendUnfulfilledCommands: false,
-          ...config.options?.redisOptions,
+          ...options?.redisOptions,
         },
       }),
       own: true,
