@@ -388,3 +388,33 @@ await redisTest(
     assert.equal(await fleet[1].activeConnectionsForHost(authority), 0);
   },
 );
+
+await redisTest(
+  "an idle pooled connection of one proxy gives its slot up when another proxy of the fleet is refused",
+  "server",
+  async () => {
+    await using redis = await RedisServer.start();
+    await using up = startHoldingUpstream(0);
+    await using fleet = await startFleet(2, redis.url, 1);
+    const [a, b] = fleet.map((p) => Deno.createHttpClient({ proxy: { url: p.proxyUrl!.href } }));
+    const get = async (client: Deno.HttpClient) => {
+      const res = await fetch(`http://127.0.0.1:${up.port}/`, {
+        client,
+        signal: AbortSignal.timeout(5_000),
+      });
+      await res.body?.cancel();
+      return res.status;
+    };
+    try {
+      assert.equal(await get(a), 200);
+      // Proxy a keeps its upstream socket idle, and with it the only slot.
+      assert.equal(await fleet[1].activeConnectionsForHost(`127.0.0.1:${up.port}`), 1);
+      assert.equal(await get(b), 500);
+      // The refusal told the fleet; proxy a closes its idle socket.
+      await waitFor(async () => await get(b) === 200, 3_000, "proxy b served");
+    } finally {
+      a.close();
+      b.close();
+    }
+  },
+);

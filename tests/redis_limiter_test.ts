@@ -582,6 +582,8 @@ await redisTest(
       "zremrangebyscore",
       "pexpire",
       "ping",
+      "publish",
+      "subscribe",
     ]);
     for (const cmd of used) {
       if (cmd.startsWith("config") || cmd.startsWith("debug")) continue;

@@ -22,6 +22,12 @@ export interface Limiter {
   count(host: string): Promise<number>;
   /** Stops the limiter and removes what it holds in shared storage. */
   close(): Promise<void>;
+  /**
+   * Set by the owner of idle connections: called with a host when another
+   * process of the fleet was refused a slot of it, so that idle connections
+   * held here give their slots up.
+   */
+  onPressure?: (host: string) => void;
 }
 
 /** Thrown when a limiter cannot reach its shared storage and must refuse. */

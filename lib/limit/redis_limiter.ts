@@ -133,6 +133,10 @@ export class RedisLimiter implements Limiter {
   /** Until then (ms since epoch) new slots follow the failure mode. */
   #recoverUntil = 0;
   #heartbeat: ReturnType<typeof setInterval> | null = null;
+  /** Receives the fleet's pressure messages (see {@linkcode onPressure}). */
+  #subscriber: Redis | Cluster | null = null;
+  /** When pressure on a host was last published, by host. */
+  #published = new Map<string, number>();
   #closed = false;
   #closing: Promise<void> | null = null;
   #onReady = (): void => this.#handleReady();
@@ -173,6 +177,12 @@ export class RedisLimiter implements Limiter {
     if (own) client.on("error", this.#onError);
   }
 
+  /**
+   * Called with a host when a worker of the fleet was refused a slot of it.
+   * Refusals are published on `<prefix>:pressure`; setting this subscribes.
+   */
+  onPressure?: (host: string) => void;
+
   /** This worker's id: the field and member it writes in Redis. */
   get workerId(): string {
     return this.#worker;
@@ -197,6 +207,7 @@ export class RedisLimiter implements Limiter {
     }
     const s = this.#state(host);
     this.#startHeartbeat();
+    this.#subscribe();
     if (this.#failFast()) return this.#fallback(host, s, limit, null);
     if (this.#recoverUntil > Date.now()) {
       return this.#fallback(
@@ -256,7 +267,29 @@ export class RedisLimiter implements Limiter {
       this.#sendRelease(host, s);
     }
     this.#collect(host, s);
+    this.#publishPressure(host);
     return false;
+  }
+
+  /**
+   * Tells the fleet that `host` is at its limit, so that idle connections
+   * elsewhere give their slots up; at most once per host every 100 ms.
+   */
+  #publishPressure(host: string): void {
+    const now = Date.now();
+    if (now - (this.#published.get(host) ?? 0) < 100 || this.#closed) return;
+    this.#published.set(host, now);
+    if (this.#published.size > 10_000) this.#published.clear();
+    this.#client.publish(`${this.#prefix}:pressure`, host).catch(() => {});
+  }
+
+  #subscribe(): void {
+    if (this.#subscriber || !this.onPressure || this.#closed) return;
+    const sub = this.#client.duplicate();
+    this.#subscriber = sub;
+    sub.on("error", this.#onError);
+    sub.on("message", (_channel: string, host: string) => this.onPressure?.(host));
+    sub.subscribe(`${this.#prefix}:pressure`).catch(() => {});
   }
 
   /** Gives back one slot of `host`; a host with no slot held is left alone. */
@@ -315,6 +348,8 @@ export class RedisLimiter implements Limiter {
     this.#closed = true;
     if (this.#heartbeat !== null) clearInterval(this.#heartbeat);
     this.#heartbeat = null;
+    this.#subscriber?.disconnect();
+    this.#subscriber = null;
     const client = this.#client;
     client.off("ready", this.#onReady);
     client.off("close", this.#onClose);

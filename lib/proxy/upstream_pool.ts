@@ -63,6 +63,10 @@ export class UpstreamPool {
 
   constructor(options: UpstreamPoolOptions) {
     this.#o = options;
+    // A host at its limit elsewhere in the fleet: idle sockets give way.
+    options.limiter.onPressure = (key) => {
+      for (const up of [...this.#idle.get(key) ?? []]) up.close();
+    };
     this.#release = (up) => {
       const n = (this.#open.get(up.key) ?? 1) - 1;
       if (n === 0) this.#open.delete(up.key);
