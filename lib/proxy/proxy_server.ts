@@ -159,6 +159,7 @@ export class ProxyServer {
           await new Promise((r) => setTimeout(r, 50));
           continue;
         }
+        conn.setNoDelay(true);
         this.#handle(conn);
       }
       this.#closing = true;

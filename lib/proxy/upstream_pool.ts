@@ -6,6 +6,8 @@ import type { LimitTable } from "../limit/limit_table.ts";
 import { BufferedReader } from "./buffered_reader.ts";
 import { HttpError } from "./http_head.ts";
 
+const IP_LITERAL = /^(?:[0-9.]+|.*:.*)$/;
+
 /** One open upstream socket; it holds one slot of its host until closed. */
 export class Upstream {
   readonly key: string;
@@ -148,7 +150,14 @@ export class UpstreamPool {
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(), this.#o.connectTimeout);
     try {
-      conn = await Deno.connect({ hostname, port, signal: abort.signal });
+      conn = await Deno.connect({
+        hostname,
+        port,
+        signal: abort.signal,
+        // Happy Eyeballs only where a name may resolve to both families.
+        autoSelectFamily: !IP_LITERAL.test(hostname),
+      });
+      conn.setNoDelay(true);
     } catch (err) {
       this.#o.limiter.release(key);
       throw connectError(key, err, abort.signal.aborted);
