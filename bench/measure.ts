@@ -30,6 +30,10 @@ export interface WrkResult {
    * error per request although every request was answered.
    */
   socketErrors: number;
+  /** The proxy's CPU time per request, µs (set by the runner). */
+  cpuUsPerOp?: number;
+  /** The proxy's CPU use during the run, in cores (set by the runner). */
+  cpuCores?: number;
 }
 
 function toMs(v: string, unit: string): number {
@@ -116,6 +120,10 @@ export interface TunnelsResult {
   fail: number;
   p50Ms: number;
   p99Ms: number;
+  /** The proxy's CPU time per tunnel, µs (set by the runner). */
+  cpuUsPerOp?: number;
+  /** The proxy's CPU use during the run, in cores (set by the runner). */
+  cpuCores?: number;
 }
 
 /** Parses `loadgen tunnels` output. */

@@ -229,3 +229,26 @@ export async function onPath(cmd: string): Promise<boolean> {
   const r = await run("sh", ["-c", `command -v ${cmd}`], { timeoutMs: 5000 });
   return r.code === 0;
 }
+
+/**
+ * CPU time a process has used so far (user + system, all threads), seconds.
+ * Assumes the usual 100 clock ticks per second.
+ */
+export function cpuSeconds(pid: number): number {
+  try {
+    const s = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
+    return (Number(f[11]) + Number(f[12])) / 100;
+  } catch {
+    return NaN;
+  }
+}
+
+/** The 1-minute load average, or NaN. */
+export function loadAverage(): number {
+  try {
+    return Number(Deno.readTextFileSync("/proc/loadavg").split(" ")[0]);
+  } catch {
+    return NaN;
+  }
+}

@@ -36,6 +36,7 @@ export interface Results {
     holdTunnels: number;
     throughputMiB: number;
     throughputRuns: number;
+    rounds: number;
   };
   proxies: Record<string, ProxyFigures>;
   /** Tunnel runs of the distributed section, by configuration label. */
@@ -180,6 +181,11 @@ function table(head: string[], rows: string[][], align: string[]): string {
   return lines.join("\n");
 }
 
+function cpu(x: { cpuUsPerOp?: number; cpuCores?: number } | undefined): string {
+  if (x?.cpuUsPerOp === undefined) return "—";
+  return `${fmt(x.cpuUsPerOp)} (${fmt(x.cpuCores, 2)})`;
+}
+
 /** The per-proxy raw figures table. */
 export function rawTable(r: Results): string {
   const rows = Object.entries(r.proxies).map(([name, f]) => [
@@ -187,9 +193,11 @@ export function rawTable(r: Results): string {
     fmt(f.http?.reqPerSec),
     fmt(f.http?.p99Ms, 2),
     f.http ? `${fmt(f.http.non2xx)} / ${fmt(f.http.socketErrors)}` : "—",
+    cpu(f.http),
     fmt(f.tunnels?.perSec),
     fmt(f.tunnels?.p99Ms, 2),
     f.tunnels ? fmt(f.tunnels.fail) : "—",
+    cpu(f.tunnels),
     fmt(f.throughput?.mbPerSec),
     fmt(f.memory?.perTunnelKiB, 1),
     f.memory
@@ -203,16 +211,18 @@ export function rawTable(r: Results): string {
       "HTTP req/s",
       "HTTP p99 ms",
       "HTTP non-2xx / socket errors",
+      "HTTP: proxy CPU µs/req (cores)",
       "tunnels/s",
       "tunnel p99 ms",
       "tunnel failures",
+      "tunnels: proxy CPU µs/tunnel (cores)",
       "one tunnel MB/s",
       "KiB per idle tunnel",
       "tunnels held",
       "RSS MiB idle → held",
     ],
     rows,
-    ["l", "r", "r", "r", "r", "r", "r", "r", "r", "r", "r"],
+    ["l", "r", "r", "r", "r", "r", "r", "r", "r", "r", "r", "r", "r"],
   );
 }
 
@@ -223,8 +233,13 @@ export function distributedTable(r: Results): string {
     fmt(t.perSec),
     fmt(t.p99Ms, 2),
     fmt(t.fail),
+    cpu(t),
   ]);
-  return table(["configuration", "tunnels/s", "p99 ms", "failures"], rows, ["l", "r", "r", "r"]);
+  return table(
+    ["configuration", "tunnels/s", "p99 ms", "failures", "proxy CPU µs/tunnel (cores)"],
+    rows,
+    ["l", "r", "r", "r", "r"],
+  );
 }
 
 /** The cap-accuracy table. */
@@ -287,6 +302,12 @@ ${factsTable(r.versions)}
 
 ## Method
 
+- Rates (plain HTTP, tunnels, distributed) are measured in ${s.rounds} round(s);
+  each round measures every proxy on a fresh process, in alternating order, and
+  the best round counts (other load on a shared machine only ever lowers a
+  rate). The proxy's CPU time (user + system, all threads, from
+  /proc/PID/stat) per request or tunnel is shown beside each rate: it does not
+  depend on other load, and "cores" says how much CPU the proxy used.
 - Upstream: \`loadgen upstream\` (shared/tools/loadgen), a fresh one per proxy.
 - Plain HTTP: \`wrk -t2 -c32 -d${s.durationS}s --latency\` sending absolute-form
   \`GET http://127.0.0.1:UP/\` (12-byte body) through the proxy, after a 2 s warm-up.

@@ -6,7 +6,10 @@
  * `bench/RESULTS.md` (and `bench/results/latest.json`).
  *
  * Flags:
- * - `--quick`: short runs (3 s, 256 MiB, 1,000 idle tunnels) to try the runner
+ * - `--quick`: short runs (3 s, one round, 256 MiB, 1,000 idle tunnels) to try the runner
+ * - `--rounds=N`: rounds of the rate measurements (default 2); each round
+ *   measures every proxy (alternating the order) and the best round counts,
+ *   which damps other load on a shared machine
  * - `--only=dprl,goproxy-dprl`: measure only these proxies in the per-proxy part
  * - `--skip=distributed,cap`: skip whole sections (`proxies`, `distributed`, `cap`)
  * - `--no-write`: print the tables, write no files
@@ -21,7 +24,16 @@
 import { parseArgs } from "node:util";
 import { machineFacts, versionFacts } from "./machine.ts";
 import { burst, idleMemory, throughput, type Tools, tunnels, upstreamGet, wrk } from "./measure.ts";
-import { freePort, sleep, spawn, type Spawned, stopAll, waitForPort } from "./process.ts";
+import {
+  cpuSeconds,
+  freePort,
+  loadAverage,
+  sleep,
+  spawn,
+  type Spawned,
+  stopAll,
+  waitForPort,
+} from "./process.ts";
 import { proxyChainDir, type ProxyDef, proxyDefs } from "./proxies.ts";
 import { RedisServer } from "./redis_server.ts";
 import {
@@ -44,6 +56,7 @@ const { values: flags } = parseArgs({
     only: { type: "string" },
     skip: { type: "string", default: "" },
     "no-write": { type: "boolean", default: false },
+    rounds: { type: "string" },
   },
 });
 const skip = new Set(flags.skip!.split(",").filter(Boolean));
@@ -55,6 +68,7 @@ const HOLD = Math.min(
 );
 const MIB = flags.quick ? 256 : 1024;
 const THROUGHPUT_RUNS = flags.quick ? 1 : 3;
+const ROUNDS = Math.max(1, Math.min(3, Number(flags.rounds ?? (flags.quick ? 1 : 2))));
 
 const log = (msg: string): void => console.log(`[bench ${clock()}] ${msg}`);
 const t0 = Date.now();
@@ -84,6 +98,7 @@ const results: Results = {
     holdTunnels: HOLD,
     throughputMiB: MIB,
     throughputRuns: THROUGHPUT_RUNS,
+    rounds: ROUNDS,
   },
   proxies: {},
   distributed: {},
@@ -132,37 +147,72 @@ function alive(proc: Spawned): void {
   }
 }
 
-async function measureProxy(def: ProxyDef, tools: Tools): Promise<void> {
+/** Adds the proxy's CPU time per operation to a rate measurement. */
+async function withCpu<T extends { cpuUsPerOp?: number; cpuCores?: number }>(
+  proc: Spawned,
+  seconds: number,
+  ops: (r: T) => number,
+  fn: () => Promise<T>,
+): Promise<T> {
+  const before = cpuSeconds(proc.pid);
+  const r = await fn();
+  const used = cpuSeconds(proc.pid) - before;
+  alive(proc);
+  r.cpuUsPerOp = ops(r) > 0 ? (used * 1e6) / ops(r) : NaN;
+  r.cpuCores = used / seconds;
+  return r;
+}
+
+/** The better of two rate results (the first when the second is missing). */
+function best<T extends { reqPerSec?: number; perSec?: number }>(
+  a: T | undefined,
+  b: T | undefined,
+): T | undefined {
+  if (!a || !b) return a ?? b;
+  const rate = (x: T): number => x.reqPerSec ?? x.perSec ?? 0;
+  return rate(b) > rate(a) ? b : a;
+}
+
+async function measureSpeed(def: ProxyDef, tools: Tools, round: number): Promise<void> {
   const fig = (results.proxies[def.name] ??= {});
   const up = await startUpstream(tools);
   try {
-    await attempt(`${def.name} speed`, async () => {
+    await attempt(`${def.name} round ${round + 1}`, async () => {
       const { port, proc } = await startProxy(def, 0);
       try {
-        log(`${def.name}: plain HTTP (wrk ${D}s)`);
-        fig.http = await attempt(`${def.name} plain HTTP`, async () => {
+        log(`${def.name}: plain HTTP (wrk ${D}s), round ${round + 1}/${ROUNDS}`);
+        const http = await attempt(`${def.name} plain HTTP`, async () => {
           await wrk(tools, port, up.port, WARM);
-          const r = await wrk(tools, port, up.port, D);
-          alive(proc);
-          return r;
+          return await withCpu(proc, D, (r) => r.requests, () => wrk(tools, port, up.port, D));
         });
-        log(`${def.name}: CONNECT tunnels (${D}s)`);
-        fig.tunnels = await attempt(`${def.name} tunnels`, async () => {
+        fig.http = best(fig.http, http);
+        log(`${def.name}: CONNECT tunnels (${D}s), round ${round + 1}/${ROUNDS}`);
+        const t = await attempt(`${def.name} tunnels`, async () => {
           await tunnels(tools, port, up.port, WARM);
-          const r = await tunnels(tools, port, up.port, D);
-          alive(proc);
-          return r;
+          return await withCpu(proc, D, (r) => r.ok, () => tunnels(tools, port, up.port, D));
         });
-        log(`${def.name}: one tunnel, ${MIB} MiB x${THROUGHPUT_RUNS}`);
-        fig.throughput = await attempt(`${def.name} one tunnel`, async () => {
-          const r = await throughput(tools, port, up.port, MIB, THROUGHPUT_RUNS);
-          alive(proc);
-          return r;
-        });
+        fig.tunnels = best(fig.tunnels, t);
+        if (round === 0) {
+          log(`${def.name}: one tunnel, ${MIB} MiB x${THROUGHPUT_RUNS}`);
+          fig.throughput = await attempt(`${def.name} one tunnel`, async () => {
+            const r = await throughput(tools, port, up.port, MIB, THROUGHPUT_RUNS);
+            alive(proc);
+            return r;
+          });
+        }
       } finally {
         await proc.stop();
       }
     });
+  } finally {
+    await up.proc.stop();
+  }
+}
+
+async function measureMemory(def: ProxyDef, tools: Tools): Promise<void> {
+  const fig = (results.proxies[def.name] ??= {});
+  const up = await startUpstream(tools);
+  try {
     await attempt(`${def.name} idle tunnels`, async () => {
       log(`${def.name}: memory with ${HOLD} idle tunnels (fresh process)`);
       const { port, proc } = await startProxy(def, 0);
@@ -176,62 +226,59 @@ async function measureProxy(def: ProxyDef, tools: Tools): Promise<void> {
   } finally {
     await up.proc.stop();
   }
-  log(`${def.name}: done`);
 }
 
-async function distributedTunnels(
-  label: string,
-  def: ProxyDef,
-  tools: Tools,
-  upstreamPort: number,
-  max: number,
-  redis: RedisServer | undefined,
-  then?: { label: string; before: () => Promise<void> },
-): Promise<void> {
-  await attempt(label, async () => {
-    const { port, proc } = await startProxy(def, max, redis?.addr);
-    try {
-      log(`${label} (${D}s)`);
-      await tunnels(tools, port, upstreamPort, WARM);
-      results.distributed[label] = await tunnels(tools, port, upstreamPort, D);
-      alive(proc);
-      if (then) {
-        await then.before();
-        log(`${then.label} (${D}s)`);
-        await tunnels(tools, port, upstreamPort, WARM);
-        results.distributed[then.label] = await tunnels(tools, port, upstreamPort, D);
-        alive(proc);
-      }
-    } finally {
-      await proc.stop();
-    }
-  });
+/** One distributed configuration: a proxy, a limit, Redis or not. */
+interface DistConfig {
+  label: string;
+  def: ProxyDef;
+  max: number;
+  redis: boolean;
+  /** Fill Redis with 100,000 unrelated keys first (else empty it). */
+  full: boolean;
 }
 
 async function measureDistributed(defs: ProxyDef[], tools: Tools): Promise<void> {
   const dprl = defs.find((d) => d.name === "dprl")!;
   const go = defs.find((d) => d.name === "goproxy-dprl")!;
+  const configs: DistConfig[] = [
+    { label: L.dprlMem, def: dprl, max: 100_000, redis: false, full: false },
+    { label: L.dprlRedis, def: dprl, max: 100_000, redis: true, full: false },
+    { label: L.dprlRedisFull, def: dprl, max: 100_000, redis: true, full: true },
+    { label: L.goRedis, def: go, max: 0, redis: true, full: false },
+    { label: L.goRedisFull, def: go, max: 0, redis: true, full: true },
+  ];
   const redis = await RedisServer.start(P.cache);
   const up = await startUpstream(tools);
-  const fill = async (): Promise<void> => {
-    log("writing 100,000 unrelated keys to Redis");
-    await redis.fill(100_000);
-    const n = await redis.dbsize();
-    if (n < 100_000) throw new Error(`Redis holds ${n} keys after the fill`);
-  };
+  let full = false;
   try {
-    await distributedTunnels(L.dprlMem, dprl, tools, up.port, 100_000, undefined);
-    await redis.flushAll();
-    await distributedTunnels(L.dprlRedis, dprl, tools, up.port, 100_000, redis, {
-      label: L.dprlRedisFull,
-      before: fill,
-    });
-    await redis.flushAll();
-    await distributedTunnels(L.goRedis, go, tools, up.port, 0, redis, {
-      label: L.goRedisFull,
-      before: fill,
-    });
-    await redis.flushAll();
+    for (let round = 0; round < ROUNDS; round++) {
+      const order = round % 2 ? [...configs].reverse() : configs;
+      for (const c of order) {
+        await attempt(c.label, async () => {
+          if (c.redis && c.full !== full) {
+            await redis.flushAll();
+            full = false;
+            if (c.full) {
+              log("writing 100,000 unrelated keys to Redis");
+              await redis.fill(100_000);
+              const n = await redis.dbsize();
+              if (n < 100_000) throw new Error(`Redis holds ${n} keys after the fill`);
+              full = true;
+            }
+          }
+          const { port, proc } = await startProxy(c.def, c.max, c.redis ? redis.addr : undefined);
+          try {
+            log(`${c.label} (${D}s), round ${round + 1}/${ROUNDS}`);
+            await tunnels(tools, port, up.port, WARM);
+            const r = await withCpu(proc, D, (x) => x.ok, () => tunnels(tools, port, up.port, D));
+            results.distributed[c.label] = best(results.distributed[c.label], r)!;
+          } finally {
+            await proc.stop();
+          }
+        });
+      }
+    }
   } finally {
     await up.proc.stop();
     await redis.stop();
@@ -288,6 +335,7 @@ async function main(): Promise<void> {
     SUITE_LIMIT_MS,
   );
   const suiteStart = Date.now();
+  const loadBefore = loadAverage();
   try {
     const only = flags.only?.split(",");
     if (!skip.has("proxies")) {
@@ -305,11 +353,14 @@ async function main(): Promise<void> {
       } finally {
         await up.proc.stop();
       }
-      for (const def of defs) {
-        if (only && !only.includes(def.name)) continue;
-        await measureProxy(def, tools);
-        await sleep(1000);
+      const chosen = defs.filter((d) => !only || only.includes(d.name));
+      for (let round = 0; round < ROUNDS; round++) {
+        for (const def of round % 2 ? [...chosen].reverse() : chosen) {
+          await measureSpeed(def, tools, round);
+          await sleep(1000);
+        }
       }
+      for (const def of chosen) await measureMemory(def, tools);
     }
     if (!skip.has("distributed")) await measureDistributed(defs, tools);
     if (!skip.has("cap")) {
@@ -319,6 +370,10 @@ async function main(): Promise<void> {
   } finally {
     clearTimeout(watchdog);
     results.seconds = (Date.now() - suiteStart) / 1000;
+    results.machine.push([
+      "1-min load average, start → end of the run",
+      `${loadBefore.toFixed(2)} → ${loadAverage().toFixed(2)}`,
+    ]);
     await stopAll();
   }
 
