@@ -16,6 +16,16 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 `;
 
+/** Sums the workers' fields into Lua local `sum`. */
+const SUM = `
+local sum = 0
+local values = redis.call('HVALS', KEYS[1])
+for i = 1, #values do
+  local v = tonumber(values[i])
+  if v and v > 0 then sum = sum + v end
+end
+`;
+
 /**
  * Drops the workers whose lease has passed (their field and their member) and
  * leaves the sum of the remaining fields in Lua local `sum`.
@@ -28,13 +38,7 @@ end
 if #expired > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. now)
 end
-local sum = 0
-local values = redis.call('HVALS', KEYS[1])
-for i = 1, #values do
-  local v = tonumber(values[i])
-  if v and v > 0 then sum = sum + v end
-end
-`;
+` + SUM;
 
 /**
  * `acquire(worker, limit, leaseMs, floor, ttlMs)`: takes one slot for
@@ -114,13 +118,7 @@ return count
  * `count()`: the slots held by live workers (expired leases ignored, nothing
  * written). Returns the sum.
  */
-export const COUNT_LUA: string = NOW + `
-local sum = 0
-local values = redis.call('HVALS', KEYS[1])
-for i = 1, #values do
-  local v = tonumber(values[i])
-  if v and v > 0 then sum = sum + v end
-end
+export const COUNT_LUA: string = NOW + SUM + `
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. now)
 for i = 1, #expired do
   local v = tonumber(redis.call('HGET', KEYS[1], expired[i]) or '0')
