@@ -340,6 +340,13 @@ export async function burst(
 /** Body of a plain GET straight to the upstream (no proxy, no env proxy). */
 export async function upstreamGet(port: number, path: string): Promise<string> {
   const c = await Deno.connect({ hostname: "127.0.0.1", port });
+  const id = setTimeout(() => {
+    try {
+      c.close();
+    } catch {
+      // already closed
+    }
+  }, 10_000);
   try {
     await c.write(
       new TextEncoder().encode(
@@ -348,9 +355,8 @@ export async function upstreamGet(port: number, path: string): Promise<string> {
     );
     const text = await new Response(c.readable).text();
     return text.slice(text.indexOf("\r\n\r\n") + 4);
-  } catch (e) {
-    c.close();
-    throw e;
+  } finally {
+    clearTimeout(id);
   }
 }
 

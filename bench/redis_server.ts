@@ -15,6 +15,18 @@ function resp(args: string[]): string {
   return s;
 }
 
+/** Closes `c` after `ms` unless the returned function is called first. */
+function deadline(c: Deno.Conn, ms: number): () => void {
+  const id = setTimeout(() => {
+    try {
+      c.close();
+    } catch {
+      // already closed
+    }
+  }, ms);
+  return () => clearTimeout(id);
+}
+
 async function writeAll(c: Deno.Conn, data: Uint8Array): Promise<void> {
   let off = 0;
   while (off < data.length) off += await c.write(data.subarray(off));
@@ -64,13 +76,19 @@ export class RedisServer {
   /** Sends one command and returns the first line of the reply. */
   async command(...args: string[]): Promise<string> {
     const c = await Deno.connect({ hostname: "127.0.0.1", port: this.port });
+    const done = deadline(c, 10_000);
     try {
       await writeAll(c, enc.encode(resp(args)));
       const buf = new Uint8Array(4096);
       const n = await c.read(buf);
       return new TextDecoder().decode(buf.subarray(0, n ?? 0)).split("\r\n")[0];
     } finally {
-      c.close();
+      done();
+      try {
+        c.close();
+      } catch {
+        // closed by the deadline
+      }
     }
   }
 
@@ -90,6 +108,7 @@ export class RedisServer {
    */
   async fill(n: number): Promise<void> {
     const c = await Deno.connect({ hostname: "127.0.0.1", port: this.port });
+    const done = deadline(c, 60_000);
     try {
       const parts: string[] = [];
       for (let i = 0; i < n; i++) parts.push(resp(["SET", `filler:${i}`, "x"]));
@@ -104,7 +123,12 @@ export class RedisServer {
       }
       await write;
     } finally {
-      c.close();
+      done();
+      try {
+        c.close();
+      } catch {
+        // closed by the deadline
+      }
     }
   }
 

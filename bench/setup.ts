@@ -43,12 +43,13 @@ async function aptInstall(pkgs: string[]): Promise<void> {
   }
 }
 
-/** Installs wrk, curl and redis-server when they are missing. */
+/** Installs wrk, curl, redis-server and npm when they are missing. */
 export async function ensureDebianTools(): Promise<void> {
   const want: [string, string][] = [
     ["wrk", "wrk"],
     ["curl", "curl"],
     ["redis-server", "redis-server"],
+    ["npm", "npm"], // proxy-chain's run.sh needs node and npm
   ];
   const missing: string[] = [];
   for (const [cmd, pkg] of want) {
