@@ -71,8 +71,17 @@ export async function versionFacts(proxyChainDir: string): Promise<Facts> {
       "node / proxy-chain",
       `${await firstLine("node", ["--version"])} / ${pcVersion}`,
     ],
-    ["redis", await firstLine("redis-server", ["--version"])],
-    ["wrk", await firstLine("wrk", ["-v"], /wrk/)],
-    ["curl", await firstLine("curl", ["--version"])],
+    [
+      "redis",
+      (await firstLine("redis-server", ["--version"])).match(/v=(\S+)/)?.[1] ?? "unknown",
+    ],
+    [
+      "wrk",
+      (await firstLine("wrk", ["-v"], /wrk/)).split(" ").slice(0, 2).join(" "),
+    ],
+    [
+      "curl",
+      (await firstLine("curl", ["--version"])).split(" ").slice(0, 2).join(" "),
+    ],
   ];
 }

@@ -32,6 +32,8 @@ export interface WrkResult {
   socketErrors: number;
   /** The proxy's CPU time per request, µs (set by the runner). */
   cpuUsPerOp?: number;
+  /** The user-mode part of `cpuUsPerOp`. */
+  cpuUserUsPerOp?: number;
   /** The proxy's CPU use during the run, in cores (set by the runner). */
   cpuCores?: number;
 }
@@ -122,6 +124,8 @@ export interface TunnelsResult {
   p99Ms: number;
   /** The proxy's CPU time per tunnel, µs (set by the runner). */
   cpuUsPerOp?: number;
+  /** The user-mode part of `cpuUsPerOp`. */
+  cpuUserUsPerOp?: number;
   /** The proxy's CPU use during the run, in cores (set by the runner). */
   cpuCores?: number;
 }

@@ -231,16 +231,16 @@ export async function onPath(cmd: string): Promise<boolean> {
 }
 
 /**
- * CPU time a process has used so far (user + system, all threads), seconds.
- * Assumes the usual 100 clock ticks per second.
+ * CPU time a process has used so far (all threads), seconds, split into user
+ * and system time. Assumes the usual 100 clock ticks per second.
  */
-export function cpuSeconds(pid: number): number {
+export function cpuSeconds(pid: number): { user: number; sys: number } {
   try {
     const s = Deno.readTextFileSync(`/proc/${pid}/stat`);
     const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
-    return (Number(f[11]) + Number(f[12])) / 100;
+    return { user: Number(f[11]) / 100, sys: Number(f[12]) / 100 };
   } catch {
-    return NaN;
+    return { user: NaN, sys: NaN };
   }
 }
 

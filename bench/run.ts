@@ -148,7 +148,9 @@ function alive(proc: Spawned): void {
 }
 
 /** Adds the proxy's CPU time per operation to a rate measurement. */
-async function withCpu<T extends { cpuUsPerOp?: number; cpuCores?: number }>(
+async function withCpu<
+  T extends { cpuUsPerOp?: number; cpuUserUsPerOp?: number; cpuCores?: number },
+>(
   proc: Spawned,
   seconds: number,
   ops: (r: T) => number,
@@ -156,9 +158,12 @@ async function withCpu<T extends { cpuUsPerOp?: number; cpuCores?: number }>(
 ): Promise<T> {
   const before = cpuSeconds(proc.pid);
   const r = await fn();
-  const used = cpuSeconds(proc.pid) - before;
+  const after = cpuSeconds(proc.pid);
   alive(proc);
+  const user = after.user - before.user;
+  const used = user + after.sys - before.sys;
   r.cpuUsPerOp = ops(r) > 0 ? (used * 1e6) / ops(r) : NaN;
+  r.cpuUserUsPerOp = ops(r) > 0 ? (user * 1e6) / ops(r) : NaN;
   r.cpuCores = used / seconds;
   return r;
 }
