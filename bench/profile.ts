@@ -49,7 +49,7 @@ function label(f: CallFrame): string {
   const name = f.functionName || "(anonymous)";
   if (!f.url) return name;
   const file = f.url.replace(/^file:\/\/.*?\/(lib|mod\.ts|cli\.ts)/, "$1")
-    .replace(/^.*\/node_modules\//, "npm:");
+    .replace(/^.*\/(node_modules|npm\/registry\.npmjs\.org)\//, "npm:");
   return `${name} ${file}:${f.lineNumber + 1}`;
 }
 
@@ -88,7 +88,36 @@ export function summarize(p: CpuProfile): HotSpot[] {
   }));
 }
 
+/** Self time grouped by where it is spent: ops, GC, dprl code, runtime JS. */
+export function categories(spots: HotSpot[]): [string, number][] {
+  const groups = new Map<string, number>();
+  for (const s of spots) {
+    const name = s.name;
+    const group = name === "(idle)"
+      ? "(idle)"
+      : /^op_/.test(name)
+      ? `${name.split(" ")[0]} (Rust op, incl. its syscall)`
+      : name === "(garbage collector)" || name === "(program)"
+      ? name
+      : /^\S+ (lib|mod\.ts|cli\.ts)/.test(name)
+      ? "dprl JS (lib/, mod.ts, cli.ts)"
+      : / npm:/.test(name)
+      ? "npm packages"
+      : / ext:([a-z_]+)/.test(name)
+      ? `runtime JS ext:${name.match(/ ext:([a-z_]+)/)![1]}`
+      : /^\S+$/.test(name)
+      ? `native ${name}`
+      : "other";
+    groups.set(group, (groups.get(group) ?? 0) + s.selfShare);
+  }
+  return [...groups].sort((a, b) => b[1] - a[1]);
+}
+
 function print(spots: HotSpot[], n = 25): void {
+  console.log("\nSelf time by category:");
+  for (const [g, share] of categories(spots)) {
+    if (share >= 0.002) console.log(`${(share * 100).toFixed(1).padStart(5)}%  ${g}`);
+  }
   const pct = (x: number): string => `${(x * 100).toFixed(1).padStart(5)}%`;
   console.log("\nTop by self time:");
   for (const s of [...spots].sort((a, b) => b.selfMs - a.selfMs).slice(0, n)) {
@@ -132,6 +161,7 @@ if (import.meta.main) {
       "--allow-sys",
       "--cpu-prof",
       `--cpu-prof-dir=${dir}`,
+      "--cpu-prof-interval=100",
       `${P.repo}/cli.ts`,
       "--hostname",
       "127.0.0.1",
