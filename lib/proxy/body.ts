@@ -164,7 +164,8 @@ const SMALL = 2048;
 
 /**
  * Copies `src` to `dst` until `src` ends. The buffer stays small while the
- * stream idles and grows while it streams.
+ * stream idles; while it streams, two large buffers take turns so that the
+ * next read overlaps the last write.
  */
 export async function pump(
   src: Deno.Conn,
@@ -172,13 +173,26 @@ export async function pump(
   touch: () => void,
 ): Promise<void> {
   let buf = new Uint8Array(SMALL);
+  let spare: Uint8Array<ArrayBuffer> | null = null;
+  let writing: Promise<void> = Promise.resolve();
   for (;;) {
     const n = await src.read(buf);
     if (n === null) break;
     touch();
-    await writeAll(dst, buf.subarray(0, n));
-    if (n === buf.length && buf.length === SMALL) {
-      buf = new Uint8Array(PUMP_SIZE);
-    } else if (n < SMALL && buf.length !== SMALL) buf = new Uint8Array(SMALL);
+    await writing;
+    writing = writeAll(dst, buf.subarray(0, n));
+    // A failed write surfaces at the next await of `writing`.
+    writing.catch(() => {});
+    if (buf.length === SMALL) {
+      await writing;
+      if (n === SMALL) buf = new Uint8Array(PUMP_SIZE);
+    } else if (n < SMALL) {
+      await writing;
+      buf = new Uint8Array(SMALL);
+      spare = null;
+    } else {
+      [buf, spare] = [spare ?? new Uint8Array(PUMP_SIZE), buf];
+    }
   }
+  await writing;
 }
