@@ -41,6 +41,8 @@ export interface Results {
   proxies: Record<string, ProxyFigures>;
   /** Tunnel runs of the distributed section, by configuration label. */
   distributed: Record<string, TunnelsResult>;
+  /** Every round's rate by figure (the tables show the best round). */
+  rounds: Record<string, number[]>;
   cap: Record<string, CapResult>;
   errors: string[];
 }
@@ -251,6 +253,20 @@ export function distributedTable(r: Results): string {
   );
 }
 
+/** Every round's rate, to show how much the machine's other load moved them. */
+export function roundsTable(r: Results): string {
+  const n = r.settings.rounds;
+  const rows = Object.entries(r.rounds).map(([label, xs]) => [
+    label,
+    ...Array.from({ length: n }, (_, i) => fmt(xs[i])),
+  ]);
+  return table(
+    ["figure", ...Array.from({ length: n }, (_, i) => `round ${i + 1}`)],
+    rows,
+    ["l", ...Array.from({ length: n }, () => "r")],
+  );
+}
+
 /** The cap-accuracy table. */
 export function capTable(r: Results): string {
   const rows = Object.entries(r.cap).map(([name, c]) => [
@@ -364,6 +380,12 @@ ${distributedTable(r)}
 ## Cap accuracy
 
 ${capTable(r)}
+
+## Every round
+
+The tables above use each figure's best round; this is every round.
+
+${roundsTable(r)}
 
 ## Ratios and targets
 

@@ -102,6 +102,7 @@ const results: Results = {
   },
   proxies: {},
   distributed: {},
+  rounds: {},
   cap: {},
   errors: [],
 };
@@ -168,6 +169,13 @@ async function withCpu<
   return r;
 }
 
+/** Keeps every round's rate, for the table that shows the spread. */
+function record(label: string, round: number, rate: number | undefined): void {
+  const row = (results.rounds[label] ??= []);
+  row[round] = rate ?? NaN;
+  log(`  ${label}, round ${round + 1}: ${rate === undefined ? "failed" : Math.round(rate)}`);
+}
+
 /** The better of two rate results (the first when the second is missing). */
 function best<T extends { reqPerSec?: number; perSec?: number }>(
   a: T | undefined,
@@ -191,12 +199,14 @@ async function measureSpeed(def: ProxyDef, tools: Tools, round: number): Promise
           return await withCpu(proc, D, (r) => r.requests, () => wrk(tools, port, up.port, D));
         });
         fig.http = best(fig.http, http);
+        record(`${def.name}: plain HTTP req/s`, round, http?.reqPerSec);
         log(`${def.name}: CONNECT tunnels (${D}s), round ${round + 1}/${ROUNDS}`);
         const t = await attempt(`${def.name} tunnels`, async () => {
           await tunnels(tools, port, up.port, WARM);
           return await withCpu(proc, D, (r) => r.ok, () => tunnels(tools, port, up.port, D));
         });
         fig.tunnels = best(fig.tunnels, t);
+        record(`${def.name}: CONNECT tunnels/s`, round, t?.perSec);
         if (round === 0) {
           log(`${def.name}: one tunnel, ${MIB} MiB x${THROUGHPUT_RUNS}`);
           fig.throughput = await attempt(`${def.name} one tunnel`, async () => {
@@ -278,6 +288,7 @@ async function measureDistributed(defs: ProxyDef[], tools: Tools): Promise<void>
             await tunnels(tools, port, up.port, WARM);
             const r = await withCpu(proc, D, (x) => x.ok, () => tunnels(tools, port, up.port, D));
             results.distributed[c.label] = best(results.distributed[c.label], r)!;
+            record(`${c.label}: tunnels/s`, round, r.perSec);
           } finally {
             await proc.stop();
           }
