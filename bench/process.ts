@@ -7,6 +7,8 @@
  */
 
 const live = new Set<Spawned>();
+/** Set by stopAll: nothing new may start while the benchmark shuts down. */
+let closing = false;
 
 /** Options of {@linkcode spawn}. */
 export interface SpawnOptions {
@@ -102,6 +104,7 @@ export function spawn(
   args: string[],
   options: SpawnOptions = {},
 ): Spawned {
+  if (closing) throw new Error(`not starting ${name}: the benchmark is stopping`);
   const child = new Deno.Command(cmd, {
     args,
     env: options.env,
@@ -118,6 +121,7 @@ export function spawn(
 
 /** Stops every process this module spawned that is still running. */
 export async function stopAll(): Promise<void> {
+  closing = true;
   await Promise.all([...live].map((p) => p.stop(1000)));
 }
 
