@@ -3,6 +3,8 @@ import { type BufferedReader, writeAll } from "./buffered_reader.ts";
 import { type Framing, type HttpError, latin1 } from "./http_head.ts";
 
 const PUMP_SIZE = 64 * 1024;
+/** The largest tunnel buffer, reached only while reads keep filling it. */
+const MAX_PUMP_SIZE = 256 * 1024;
 const FLUSH_AT = 32 * 1024;
 const MAX_LINE = 4096;
 const CHUNK_SIZE_LINE = /^([0-9A-Fa-f]{1,15})(;[\t -~]*)?$/;
@@ -183,15 +185,20 @@ export async function pump(
     writing = writeAll(dst, buf.subarray(0, n));
     // A failed write surfaces at the next await of `writing`.
     writing.catch(() => {});
-    if (buf.length === SMALL) {
-      await writing;
-      if (n === SMALL) buf = new Uint8Array(PUMP_SIZE);
-    } else if (n < SMALL) {
+    if (n < SMALL && buf.length !== SMALL) {
+      // The stream calmed down: back to one small buffer.
       await writing;
       buf = new Uint8Array(SMALL);
       spare = null;
+    } else if (buf.length === SMALL) {
+      await writing;
+      if (n === SMALL) buf = new Uint8Array(PUMP_SIZE);
+    } else if (n === buf.length && buf.length < MAX_PUMP_SIZE) {
+      // Full reads: grow, and let the old buffer finish its write.
+      spare = null;
+      buf = new Uint8Array(buf.length * 4);
     } else {
-      [buf, spare] = [spare ?? new Uint8Array(PUMP_SIZE), buf];
+      [buf, spare] = [spare ?? new Uint8Array(buf.length), buf];
     }
   }
   await writing;

@@ -54,7 +54,9 @@ export function latin1(bytes: Uint8Array): string {
 
 /** Encodes a string of ISO-8859-1 characters into bytes. */
 export function encodeLatin1(text: string): Uint8Array {
-  return Buffer.from(text, "latin1");
+  const out = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
+  return out;
 }
 
 function splitLines(

@@ -62,6 +62,10 @@ export class UpstreamPool {
   #idle = new Map<string, Upstream[]>();
   #open = new Map<string, number>();
   #release: (up: Upstream) => void;
+  /** Dials under way, with their deadlines. */
+  #dials = new Map<AbortController, number>();
+  /** The coarse clock, advanced by {@linkcode UpstreamPool.sweep}. */
+  #now = Date.now();
 
   constructor(options: UpstreamPoolOptions) {
     this.#o = options;
@@ -147,8 +151,9 @@ export class UpstreamPool {
       );
     }
     let conn: Deno.TcpConn;
+    // The sweep aborts dials past their deadline (no timer per dial).
     const abort = new AbortController();
-    const timer = setTimeout(() => abort.abort(), this.#o.connectTimeout);
+    this.#dials.set(abort, this.#now + this.#o.connectTimeout);
     try {
       conn = await Deno.connect({
         hostname,
@@ -157,13 +162,13 @@ export class UpstreamPool {
         // Happy Eyeballs only where a name may resolve to both families.
         autoSelectFamily: !IP_LITERAL.test(hostname),
       });
-      conn.setNoDelay(true);
     } catch (err) {
       this.#o.limiter.release(key);
       throw connectError(key, err, abort.signal.aborted);
     } finally {
-      clearTimeout(timer);
+      this.#dials.delete(abort);
     }
+    conn.setNoDelay(true);
     const n = (this.#open.get(key) ?? 0) + 1;
     this.#open.set(key, n);
     this.#o.logger.debug(
@@ -173,8 +178,12 @@ export class UpstreamPool {
     return new Upstream(key, conn, this.#release);
   }
 
-  /** Closes pooled sockets idle past their deadline. */
+  /** Advances the clock; aborts late dials and closes sockets idle too long. */
   sweep(now: number): void {
+    this.#now = now;
+    for (const [abort, deadline] of this.#dials) {
+      if (deadline <= now) abort.abort();
+    }
     for (const list of this.#idle.values()) {
       for (const up of list.filter((u) => u.idleUntil <= now)) up.close();
     }
