@@ -372,6 +372,9 @@ export class ProxyServer {
     try {
       target = parseTarget(req.target);
       framing = bodyFraming(req, bad, true);
+      if (req.names.indexOf("host") !== req.names.lastIndexOf("host")) {
+        throw bad("More than one Host field");
+      }
     } catch (err) {
       if (!(err instanceof HttpError)) throw err;
       await this.#reject(s, err, true);
@@ -381,11 +384,6 @@ export class ProxyServer {
     const clientKeepAlive = req.minor === 1 && !connection.includes("close");
     const upgrade = connection.includes("upgrade") ? field(req, "upgrade") : undefined;
     const lines = endToEndLines(req);
-    const hosts = req.names.filter((n) => n === "host").length;
-    if (hosts > 1) {
-      await this.#reject(s, bad("More than one Host field"), true);
-      return false;
-    }
     const hostAt = lines.findIndex((l) => /^host:/i.test(l));
     const hostLine = `Host: ${target.authority}`;
     if (hostAt < 0) lines.unshift(hostLine);
@@ -397,7 +395,13 @@ export class ProxyServer {
     if (upgrade !== undefined) {
       lines.push("Connection: Upgrade", `Upgrade: ${upgrade}`);
     }
-    const head = encodeHead(`${req.method} ${target.path} HTTP/1.1`, lines);
+    const out: Outbound = {
+      req,
+      framing,
+      head: encodeHead(`${req.method} ${target.path} HTTP/1.1`, lines),
+      upgrading: upgrade !== undefined,
+      clientKeepAlive,
+    };
 
     for (let attempt = 0;; attempt++) {
       let up = this.#pool.take(target.key);
@@ -416,16 +420,7 @@ export class ProxyServer {
         }
       }
       s.upstream = up;
-      const result = await this.#forward(
-        s,
-        reader,
-        up,
-        req,
-        framing,
-        head,
-        upgrade !== undefined,
-        clientKeepAlive,
-      );
+      const result = await this.#forward(s, reader, up, out);
       if (result === "retry" && reused && attempt === 0) continue;
       if (result === "retry") {
         await this.#reject(
@@ -452,11 +447,7 @@ export class ProxyServer {
     s: Session,
     reader: BufferedReader,
     up: Upstream,
-    req: RequestHead,
-    framing: Framing,
-    head: Uint8Array,
-    upgrading: boolean,
-    clientKeepAlive: boolean,
+    { req, framing, head, upgrading, clientKeepAlive }: Outbound,
   ): Promise<boolean | "retry"> {
     const touch = () => this.#touch(s);
     let requestDone = false;
@@ -610,6 +601,19 @@ export class ProxyServer {
       return false;
     }
   }
+}
+
+/** A request ready to go upstream. */
+interface Outbound {
+  req: RequestHead;
+  /** How the request body is framed. */
+  framing: Framing;
+  /** The rewritten request head. */
+  head: Uint8Array;
+  /** The client asked to switch protocols (e.g. WebSocket). */
+  upgrading: boolean;
+  /** The client lets its connection carry further requests. */
+  clientKeepAlive: boolean;
 }
 
 /** The parts of an absolute-form `http://` request target. */
