@@ -281,7 +281,10 @@ export class ProxyRateLimiter implements AsyncDisposable {
       logger: this.#logger,
     });
     this.#served = this.#server.serve();
-    this.#logger.info("Proxy listening on {url}", { url: this.#url.href });
+    this.#logger.info("Proxy listening on {url} (bound to {address})", {
+      url: this.#url.href,
+      address: `${addr.hostname}:${addr.port}`,
+    });
   }
 
   /**
