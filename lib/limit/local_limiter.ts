@@ -6,15 +6,10 @@ export class LocalLimiter implements Limiter {
 
   /** Takes a slot unless the host is at `limit` (0 or less: unlimited). */
   acquire(host: string, limit: number): Promise<boolean> {
-    return Promise.resolve(this.tryAcquire(host, limit));
-  }
-
-  /** The synchronous form of {@linkcode LocalLimiter.acquire}. */
-  tryAcquire(host: string, limit: number): boolean {
     const n = this.#counts.get(host) ?? 0;
-    if (limit > 0 && n >= limit) return false;
+    if (limit > 0 && n >= limit) return Promise.resolve(false);
     this.#counts.set(host, n + 1);
-    return true;
+    return Promise.resolve(true);
   }
 
   /** Gives back one slot of `host`. */
@@ -26,17 +21,7 @@ export class LocalLimiter implements Limiter {
 
   /** The open connections to `host` counted here. */
   count(host: string): Promise<number> {
-    return Promise.resolve(this.countSync(host));
-  }
-
-  /** The synchronous form of {@linkcode LocalLimiter.count}. */
-  countSync(host: string): number {
-    return this.#counts.get(host) ?? 0;
-  }
-
-  /** Every host with open connections, with its count. */
-  entries(): IterableIterator<[string, number]> {
-    return this.#counts.entries();
+    return Promise.resolve(this.#counts.get(host) ?? 0);
   }
 
   /** Forgets every count. */

@@ -140,11 +140,6 @@ export class ProxyServer {
     });
   }
 
-  /** Open upstream sockets of this process, by host key. */
-  get openCounts(): ReadonlyMap<string, number> {
-    return this.#pool.openCounts;
-  }
-
   /** Accepts connections until shut down; resolves once all have ended. */
   async serve(): Promise<void> {
     const sweeper = setInterval(() => this.#sweep(), SWEEP_MS);
@@ -566,7 +561,7 @@ export class ProxyServer {
       await sending;
       s.upstream = null;
       if (upstreamKeepAlive && requestDone && !s.closed) {
-        this.#pool.put(up, this.#now);
+        this.#pool.put(up);
       } else up.close();
       return keepAlive && requestDone;
     } catch (caught) {

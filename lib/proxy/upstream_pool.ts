@@ -86,11 +86,6 @@ export class UpstreamPool {
     };
   }
 
-  /** Open upstream sockets of this process, by host key. */
-  get openCounts(): ReadonlyMap<string, number> {
-    return this.#open;
-  }
-
   /** Takes an idle socket to `key` for reuse, if one is pooled. */
   take(key: string): Upstream | undefined {
     const list = this.#idle.get(key);
@@ -100,15 +95,15 @@ export class UpstreamPool {
   }
 
   /** Pools a socket whose exchange ended cleanly, or closes it. */
-  put(up: Upstream, now: number): void {
+  put(up: Upstream): void {
     if (up.closed) return;
-    let list = this.#idle.get(up.key);
-    if (!list) this.#idle.set(up.key, list = []);
+    const list = this.#idle.get(up.key) ?? [];
     if (list.length >= this.#o.maxIdlePerHost || this.#o.idleTimeout <= 0) {
       up.close();
       return;
     }
-    up.idleUntil = now + this.#o.idleTimeout;
+    this.#idle.set(up.key, list);
+    up.idleUntil = this.#now + this.#o.idleTimeout;
     list.push(up);
     // A pooled socket that speaks or closes is of no further use.
     up.reader.watch().then(
