@@ -26,32 +26,9 @@ import {
   type ResponseHead,
 } from "./http_head.ts";
 import { type Upstream, UpstreamPool } from "./upstream_pool.ts";
+import { DEFAULTS, type Timeouts } from "../defaults.ts";
 
-/** Bounds on every wait, in milliseconds. */
-export interface Timeouts {
-  /** Time for a new client to send a complete request head. Default 10000. */
-  head: number;
-  /** Time to open an upstream connection. Default 10000. */
-  connect: number;
-  /**
-   * Time an exchange or tunnel may go without a byte in either direction
-   * (including the wait for a response). Default 300000.
-   */
-  idle: number;
-  /** Time a client connection may idle between requests. Default 60000. */
-  keepAlive: number;
-  /** Time an idle upstream socket stays pooled for reuse. Default 30000. */
-  upstreamIdle: number;
-}
-
-/** The timeouts used where none are given. */
-export const DEFAULT_TIMEOUTS: Timeouts = {
-  head: 10_000,
-  connect: 10_000,
-  idle: 300_000,
-  keepAlive: 60_000,
-  upstreamIdle: 30_000,
-};
+export type { Timeouts };
 
 /** Options of {@linkcode ProxyServer}. */
 export interface ProxyServerOptions {
@@ -126,15 +103,15 @@ export class ProxyServer {
     this.#listener = options.listener;
     this.#limiter = options.limiter;
     this.#rejectStatus = options.rejectStatus;
-    this.#timeouts = { ...DEFAULT_TIMEOUTS, ...options.timeouts };
-    this.#maxHead = options.maxHeadSize ?? 64 * 1024;
+    this.#timeouts = { ...DEFAULTS.timeouts, ...options.timeouts };
+    this.#maxHead = options.maxHeadSize ?? DEFAULTS.maxHeadSize;
     this.#logger = options.logger;
     this.#pool = new UpstreamPool({
       limiter: options.limiter,
       limits: options.limits,
       connectTimeout: this.#timeouts.connect,
       idleTimeout: this.#timeouts.upstreamIdle,
-      maxIdlePerHost: options.maxIdlePerHost ?? 64,
+      maxIdlePerHost: options.maxIdlePerHost ?? DEFAULTS.maxIdlePerHost,
       rejectStatus: options.rejectStatus,
       logger: options.logger,
     });
