@@ -1,5 +1,5 @@
 /** Relaying message bodies as they are framed, byte for byte. */
-import { type BufferedReader, writeAll } from "./buffered_reader.ts";
+import { type BufferedReader, type Reader, writeAll, type Writer } from "./buffered_reader.ts";
 import { type Framing, type HttpError, latin1 } from "./http_head.ts";
 
 const PUMP_SIZE = 64 * 1024;
@@ -18,7 +18,7 @@ export class WriteError extends Error {
   }
 }
 
-async function send(dst: Deno.Conn, data: Uint8Array): Promise<void> {
+async function send(dst: Writer, data: Uint8Array): Promise<void> {
   try {
     await writeAll(dst, data);
   } catch (err) {
@@ -30,9 +30,9 @@ async function send(dst: Deno.Conn, data: Uint8Array): Promise<void> {
 class Batch {
   #parts: Uint8Array[] = [];
   #size = 0;
-  readonly dst: Deno.Conn;
+  readonly dst: Writer;
 
-  constructor(dst: Deno.Conn, first: Uint8Array | null) {
+  constructor(dst: Writer, first: Uint8Array | null) {
     this.dst = dst;
     if (first) this.add(first);
   }
@@ -73,7 +73,7 @@ class Batch {
  */
 export async function relayBody(
   src: BufferedReader,
-  dst: Deno.Conn,
+  dst: Writer,
   framing: Framing,
   head: Uint8Array | null,
   touch: () => void,
@@ -170,8 +170,8 @@ const SMALL = 2048;
  * next read overlaps the last write.
  */
 export async function pump(
-  src: Deno.Conn,
-  dst: Deno.Conn,
+  src: Reader,
+  dst: Writer,
   touch: () => void,
 ): Promise<void> {
   let buf = new Uint8Array(SMALL);

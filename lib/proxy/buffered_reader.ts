@@ -35,12 +35,18 @@ export class BufferedReader {
   }
 
   /**
-   * Starts one read in the background (used while an upstream socket idles
-   * in the pool, to notice a close). The next read consumes its result.
+   * Starts one read in the background, to notice a peer that closes while
+   * nothing else reads (an idle pooled socket, a client awaiting its
+   * answer). Its bytes join the buffer; a read that starts meanwhile waits
+   * for it instead of reading beside it.
    */
   watch(): Promise<number | null> {
-    this.#pending ??= this.#readMore();
-    return this.#pending;
+    if (this.#pending) return this.#pending;
+    const pending: Promise<number | null> = this.#readMore().finally(() => {
+      // Once settled, its bytes are in the buffer for any reader.
+      if (this.#pending === pending) this.#pending = null;
+    });
+    return this.#pending = pending;
   }
 
   /** Reads more bytes into the buffer; `null` at end of stream. */
@@ -160,6 +166,17 @@ export class BufferedReader {
     return n;
   }
 
+  /**
+   * Reads like a connection: buffered bytes first, then straight from the
+   * connection; the buffer is let go once drained (for pipes, which never
+   * read a head again).
+   */
+  async read(p: Uint8Array): Promise<number | null> {
+    const n = await this.readInto(p);
+    if (this.#start === this.#end && !this.#pending) this.#buf = EMPTY;
+    return n;
+  }
+
   /** A view of up to `max` buffered bytes, consumed; empty when none. */
   takeUpTo(max: number): Uint8Array {
     const n = Math.min(max, this.#end - this.#start);
@@ -204,9 +221,21 @@ function indexOf(
   return -1;
 }
 
+/** Where bytes can be written: a connection, or a wrapper of one. */
+export interface Writer {
+  /** Writes some of `p`, resolving how many bytes were written. */
+  write(p: Uint8Array): Promise<number>;
+}
+
+/** Where bytes can be read from: a connection, or a {@linkcode BufferedReader}. */
+export interface Reader {
+  /** Reads into `p`, resolving the count or `null` at end of stream. */
+  read(p: Uint8Array): Promise<number | null>;
+}
+
 /** Writes every byte of `data`. */
 export async function writeAll(
-  conn: Deno.Conn,
+  conn: Writer,
   data: Uint8Array,
 ): Promise<void> {
   let off = 0;

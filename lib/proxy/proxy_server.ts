@@ -3,6 +3,11 @@
  * HTTP/1.1 by hand, forwards absolute-form requests and CONNECT tunnels to
  * upstream sockets opened within each host's limit.
  *
+ * One client connection is a {@linkcode Session} that moves through named
+ * phases; the sweep decides from the phase what a passed deadline means.
+ * Every failure is an error named where it happens and turned into a reply
+ * in one place, {@linkcode ProxyServer.#fail}.
+ *
  * @module
  */
 import type { Logger } from "@logtape/logtape";
@@ -25,6 +30,7 @@ import {
   type RequestHead,
   type ResponseHead,
 } from "./http_head.ts";
+import { errorReply, UpstreamClosedError, UpstreamTimeoutError } from "./errors.ts";
 import { type Upstream, UpstreamPool } from "./upstream_pool.ts";
 import { DEFAULTS, type Timeouts } from "../defaults.ts";
 
@@ -32,21 +38,35 @@ export type { Timeouts };
 
 /** Options of {@linkcode ProxyServer}. */
 export interface ProxyServerOptions {
+  /** The bound proxy port. */
   listener: Deno.Listener<Deno.TcpConn>;
+  /** The limits to apply. */
   limits: LimitTable;
+  /** Where slots are counted. */
   limiter: Limiter;
+  /** Status sent when a host is at its limit. */
   rejectStatus: number;
+  /** Timeouts; missing ones take their defaults. */
   timeouts?: Partial<Timeouts>;
+  /** Largest request or response head, in bytes. */
   maxHeadSize?: number;
+  /** Idle upstream sockets kept per host. */
   maxIdlePerHost?: number;
+  /** Where the engine logs. */
   logger: Logger;
 }
 
 const SWEEP_MS = 250;
+/** Client bytes read ahead (pipelined requests) while an exchange runs. */
+const WATCH_LIMIT = 64 * 1024;
+/** Methods that may be sent again when a reused connection drops them. */
+const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE"]);
 const ESTABLISHED = encodeLatin1("HTTP/1.1 200 Connection Established\r\n\r\n");
 const REASONS: Record<number, string> = {
   400: "Bad Request",
+  403: "Forbidden",
   405: "Method Not Allowed",
+  407: "Proxy Authentication Required",
   408: "Request Timeout",
   431: "Request Header Fields Too Large",
   500: "Internal Server Error",
@@ -55,29 +75,56 @@ const REASONS: Record<number, string> = {
   504: "Gateway Timeout",
 };
 
+/**
+ * Where a client connection is:
+ * - `head`: waiting for (or reading) a request head;
+ * - `request`: a request is on its way: slot, dial, request body, and the
+ *   wait for the response head;
+ * - `response`: response bytes are being relayed to the client;
+ * - `tunnel`: a CONNECT tunnel or switched protocol pipes raw bytes.
+ */
+type Phase = "head" | "request" | "response" | "tunnel";
+
 /** One client connection. */
 class Session {
   readonly conn: Deno.TcpConn;
+  readonly reader: BufferedReader;
+  phase: Phase = "head";
   deadline = 0;
-  /** Inside an exchange or tunnel (not waiting for a request head). */
-  busy = false;
-  /** Bytes of a response were sent for the current exchange. */
-  responded = false;
+  /** A byte of the current response reached the client. */
+  sent = false;
+  /** The wait for the response head ran past its deadline. */
   timedOut = false;
+  /** The request body is being read (no read-ahead meanwhile). */
+  readingBody = false;
+  /** A background read watches for the client leaving. */
+  watching = false;
   upstream: Upstream | null = null;
-  #closed = false;
+  #left = new AbortController();
 
   constructor(conn: Deno.TcpConn) {
     this.conn = conn;
+    this.reader = new BufferedReader(conn);
+  }
+
+  /** Aborted when the session closes: dials and slot requests give up. */
+  get signal(): AbortSignal {
+    return this.#left.signal;
   }
 
   get closed(): boolean {
-    return this.#closed;
+    return this.#left.signal.aborted;
+  }
+
+  /** Writes to the client, noting that the response has begun. */
+  write(p: Uint8Array): Promise<number> {
+    this.sent = true;
+    return this.conn.write(p);
   }
 
   close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
+    if (this.closed) return;
+    this.#left.abort();
     try {
       this.conn.close();
     } catch { /* already closed */ }
@@ -85,10 +132,34 @@ class Session {
   }
 }
 
+/** A request ready to go upstream. */
+interface Outbound {
+  req: RequestHead;
+  /** The host key, name and port to dial. */
+  key: string;
+  hostname: string;
+  port: number;
+  /** How the request body is framed. */
+  framing: Framing;
+  /** The rewritten request head. */
+  head: Uint8Array;
+  /** The client asked to switch protocols (e.g. WebSocket). */
+  upgrading: boolean;
+  /** The client lets its connection carry further requests. */
+  clientKeepAlive: boolean;
+  /** Safe to send again on a fresh connection (RFC 9110, 9.2.2). */
+  replayable: boolean;
+}
+
+/** The final response head and how the request's sending went. */
+interface Answer {
+  res: ResponseHead;
+  request: { done: boolean; error: unknown };
+}
+
 /** Serves the proxy port until {@linkcode ProxyServer.shutdown}. */
 export class ProxyServer {
   #listener: Deno.Listener<Deno.TcpConn>;
-  #limiter: Limiter;
   #rejectStatus: number;
   #timeouts: Timeouts;
   #maxHead: number;
@@ -99,9 +170,9 @@ export class ProxyServer {
   #closing = false;
   #drained = Promise.withResolvers<void>();
 
+  /** Creates the engine; nothing is served until {@linkcode serve}. */
   constructor(options: ProxyServerOptions) {
     this.#listener = options.listener;
-    this.#limiter = options.limiter;
     this.#rejectStatus = options.rejectStatus;
     this.#timeouts = { ...DEFAULTS.timeouts, ...options.timeouts };
     this.#maxHead = options.maxHeadSize ?? DEFAULTS.maxHeadSize;
@@ -112,7 +183,6 @@ export class ProxyServer {
       connectTimeout: this.#timeouts.connect,
       idleTimeout: this.#timeouts.upstreamIdle,
       maxIdlePerHost: options.maxIdlePerHost ?? DEFAULTS.maxIdlePerHost,
-      rejectStatus: options.rejectStatus,
       logger: options.logger,
     });
   }
@@ -152,7 +222,7 @@ export class ProxyServer {
     try {
       this.#listener.close();
     } catch { /* already closed */ }
-    for (const s of this.#sessions) if (!s.busy) s.close();
+    for (const s of this.#sessions) if (s.phase === "head") s.close();
     this.#pool.closeIdle();
     if (this.#sessions.size === 0) this.#drained.resolve();
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -167,57 +237,36 @@ export class ProxyServer {
     const now = this.#now = Date.now();
     for (const s of this.#sessions) {
       if (s.deadline > now) continue;
-      if (s.busy && s.upstream && !s.responded && !s.timedOut) {
+      if (s.phase === "request" && !s.timedOut) {
         // Let the exchange answer 504, then close if it still hangs.
         s.timedOut = true;
         s.deadline = now + 1000;
-        s.upstream.close();
+        s.upstream?.close();
       } else {
-        s.timedOut = true;
         s.close();
       }
     }
     this.#pool.sweep(now);
   }
 
+  #touch(s: Session): void {
+    s.deadline = this.#now + this.#timeouts.idle;
+  }
+
   async #handle(conn: Deno.TcpConn): Promise<void> {
     const s = new Session(conn);
     this.#sessions.add(s);
     s.deadline = this.#now + this.#timeouts.head;
-    const reader = new BufferedReader(conn);
     try {
       while (!s.closed) {
-        let head: Uint8Array | null;
-        try {
-          head = await reader.readHead(this.#maxHead);
-        } catch (err) {
-          if (err instanceof TooLargeError) {
-            await this.#reject(
-              s,
-              new HttpError(431, "Request head is too large"),
-              true,
-            );
-          }
-          return;
-        }
-        if (head === null) return;
-        s.busy = true;
-        s.responded = false;
-        s.timedOut = false;
-        this.#touch(s);
-        let req: RequestHead;
-        try {
-          req = parseRequestHead(head);
-        } catch (err) {
-          if (err instanceof HttpError) await this.#reject(s, err, true);
-          return;
-        }
+        const req = await this.#readRequest(s);
+        if (req === null) return;
         if (req.method === "CONNECT") {
-          await this.#tunnel(s, reader, req);
+          await this.#tunnel(s, req);
           return;
         }
-        if (!await this.#exchange(s, reader, req) || this.#closing) return;
-        s.busy = false;
+        if (!await this.#exchange(s, req) || this.#closing) return;
+        s.phase = "head";
         s.deadline = this.#now + this.#timeouts.keepAlive;
       }
     } catch (err) {
@@ -231,100 +280,114 @@ export class ProxyServer {
     }
   }
 
-  #touch(s: Session): void {
-    s.deadline = this.#now + this.#timeouts.idle;
+  /** Reads and parses the next request head; `null` ends the session. */
+  async #readRequest(s: Session): Promise<RequestHead | null> {
+    try {
+      const head = await s.reader.readHead(this.#maxHead);
+      if (head === null) return null;
+      s.phase = "request";
+      s.sent = false;
+      s.timedOut = false;
+      this.#touch(s);
+      return parseRequestHead(head);
+    } catch (err) {
+      if (err instanceof TooLargeError) {
+        await this.#fail(s, new HttpError(431, "Request head is too large"));
+      } else if (err instanceof HttpError) {
+        await this.#fail(s, err);
+      } else throw err;
+      return null;
+    }
   }
 
-  /** Sends an error response; `close` ends the connection after it. */
-  async #reject(s: Session, err: HttpError, close: boolean): Promise<void> {
-    if (s.responded || s.closed) return;
-    s.responded = true;
-    if (err.status >= 500 && err.proxyError !== "connection_limit_reached") {
-      this.#logger.info("{status} {message}", {
-        status: err.status,
-        message: err.message,
-      });
+  /**
+   * The one place where a failure becomes a reply: the client gets the
+   * status, `Proxy-Status` and a one-line body when no byte of a response
+   * was sent yet; otherwise the connection is closed. Causes are logged.
+   */
+  async #fail(s: Session, err: unknown): Promise<void> {
+    const r = errorReply(err, this.#rejectStatus);
+    const cause = err instanceof Error && err.cause !== undefined ? String(err.cause) : "";
+    if (r.notable) {
+      this.#logger.info("{status} {message}", { status: r.status, message: r.message, cause });
     } else {
-      this.#logger.debug("{status} {message}", {
-        status: err.status,
-        message: err.message,
-      });
+      this.#logger.debug("{status} {message}", { status: r.status, message: r.message, cause });
     }
-    const body = encodeLatin1(`${err.message.replace(/[^\x20-\x7e]/g, "?")}\n`);
-    const details = err.message.replace(/[^\x20-\x7e]/g, "?").replace(
-      /["\\]/g,
-      "\\$&",
-    );
-    const lines = [
+    if (s.sent || s.closed) {
+      s.close();
+      return;
+    }
+    const text = r.message.replace(/[^\x20-\x7e]/g, "?");
+    const body = encodeLatin1(`${text}\n`);
+    const head = encodeHead(`HTTP/1.1 ${r.status} ${REASONS[r.status] ?? "Error"}`, [
       "Content-Type: text/plain; charset=utf-8",
       `Content-Length: ${body.length}`,
-      `Proxy-Status: dprl; error=${err.proxyError}; details="${details}"`,
-    ];
-    if (close || this.#closing) lines.push("Connection: close");
-    const head = encodeHead(
-      `HTTP/1.1 ${err.status} ${REASONS[err.status] ?? "Error"}`,
-      lines,
-    );
+      `Proxy-Status: dprl; error=${r.proxyError}; details="${text.replace(/["\\]/g, "\\$&")}"`,
+      "Connection: close",
+    ]);
     const out = new Uint8Array(head.length + body.length);
     out.set(head);
     out.set(body, head.length);
     try {
-      await writeAll(s.conn, out);
+      await writeAll(s, out);
     } catch { /* the client is gone */ }
+    s.close();
   }
 
-  async #tunnel(
-    s: Session,
-    reader: BufferedReader,
-    req: RequestHead,
-  ): Promise<void> {
+  /**
+   * Watches the client for leaving while an exchange runs: a background
+   * read that closes the session at end of stream. Bytes it reads
+   * (pipelined requests, the request body) stay buffered for their reader.
+   */
+  #watchClient(s: Session): void {
+    if (s.watching || s.readingBody || s.closed || s.reader.buffered >= WATCH_LIMIT) return;
+    s.watching = true;
+    s.reader.watch().then((n) => {
+      s.watching = false;
+      // In a tunnel the pipe reads on and passes an end of stream on.
+      if (s.phase !== "request" && s.phase !== "response") return;
+      if (n === null) s.close();
+      else this.#watchClient(s);
+    }, () => s.close());
+  }
+
+  async #tunnel(s: Session, req: RequestHead): Promise<void> {
     const { hostname, port } = splitHostPort(req.target);
     const portNumber = parsePort(port);
     if (!hostname || portNumber === null) {
-      await this.#reject(
-        s,
-        new HttpError(400, "CONNECT needs a host:port target"),
-        true,
-      );
+      await this.#fail(s, new HttpError(400, "CONNECT needs a host:port target"));
       return;
     }
+    this.#watchClient(s);
     let up: Upstream;
     try {
-      up = await this.#pool.open(
-        hostKey(hostname, portNumber),
-        hostname,
-        portNumber,
-      );
+      up = await this.#pool.open(hostKey(hostname, portNumber), hostname, portNumber, s.signal);
     } catch (err) {
-      if (!(err instanceof HttpError)) throw err;
-      await this.#reject(s, err, true);
-      return;
-    }
-    if (s.closed) {
-      up.close();
+      await this.#fail(s, err);
       return;
     }
     s.upstream = up;
-    s.responded = true;
+    if (s.closed) return up.close();
+    s.phase = "tunnel";
     this.#touch(s);
-    await writeAll(s.conn, ESTABLISHED);
-    const early = reader.takeBuffered();
-    if (early.length > 0) await writeAll(up.conn, early);
+    await writeAll(s, ESTABLISHED);
     await this.#pipe(s, up);
   }
 
   /**
    * Pipes both ways until both sides have ended, then closes both. The end
    * of one direction is passed on as a half-close while the other flows.
+   * Bytes already buffered on either side go first.
    */
   async #pipe(s: Session, up: Upstream): Promise<void> {
+    s.phase = "tunnel";
     const touch = () => this.#touch(s);
     let open = 2;
     const ended = (dst: Deno.TcpConn) => --open === 0 ? s.close() : dst.closeWrite();
     const fail = () => s.close();
     await Promise.all([
-      pump(s.conn, up.conn, touch).then(() => ended(up.conn)).catch(fail),
-      pump(up.conn, s.conn, touch).then(() => ended(s.conn)).catch(fail),
+      pump(s.reader, up.conn, touch).then(() => ended(up.conn)).catch(fail),
+      pump(up.reader, s.conn, touch).then(() => ended(s.conn)).catch(fail),
     ]);
     s.close();
   }
@@ -333,259 +396,196 @@ export class ProxyServer {
    * Forwards one absolute-form request and its response. Resolves whether
    * the client connection may carry another request.
    */
-  async #exchange(
-    s: Session,
-    reader: BufferedReader,
-    req: RequestHead,
-  ): Promise<boolean> {
-    const bad = (msg: string) => new HttpError(400, msg);
-    let target: Target;
-    let framing: Framing;
+  async #exchange(s: Session, req: RequestHead): Promise<boolean> {
+    let out: Outbound;
     try {
-      target = parseTarget(req.target);
-      framing = bodyFraming(req, bad, true);
-      if (req.names.indexOf("host") !== req.names.lastIndexOf("host")) {
-        throw bad("More than one Host field");
-      }
+      out = outbound(req);
     } catch (err) {
-      if (!(err instanceof HttpError)) throw err;
-      await this.#reject(s, err, true);
+      await this.#fail(s, err);
       return false;
     }
-    const connection = fieldTokens(req, "connection");
-    const clientKeepAlive = req.minor === 1 && !connection.includes("close");
-    const upgrade = connection.includes("upgrade") ? field(req, "upgrade") : undefined;
-    const lines = endToEndLines(req);
-    const hostAt = lines.findIndex((l) => /^host:/i.test(l));
-    const hostLine = `Host: ${target.authority}`;
-    if (hostAt < 0) lines.unshift(hostLine);
-    else if (
-      field(req, "host")!.toLowerCase() !== target.authority.toLowerCase()
-    ) {
-      lines[hostAt] = hostLine;
-    }
-    if (upgrade !== undefined) {
-      lines.push("Connection: Upgrade", `Upgrade: ${upgrade}`);
-    }
-    const out: Outbound = {
-      req,
-      framing,
-      head: encodeHead(`${req.method} ${target.path} HTTP/1.1`, lines),
-      upgrading: upgrade !== undefined,
-      clientKeepAlive,
-    };
-
-    for (let attempt = 0;; attempt++) {
-      let up = this.#pool.take(target.key);
-      const reused = up !== undefined;
-      if (!up) {
-        try {
-          up = await this.#pool.open(target.key, target.hostname, target.port);
-        } catch (err) {
-          if (!(err instanceof HttpError)) throw err;
-          await this.#reject(s, err, framing.kind !== "none");
-          return framing.kind === "none" && clientKeepAlive;
-        }
-        if (s.closed) {
-          up.close();
-          return false;
-        }
-      }
-      s.upstream = up;
-      const result = await this.#forward(s, reader, up, out);
-      if (result === "retry" && reused && attempt === 0) continue;
-      if (result === "retry") {
-        await this.#reject(
-          s,
-          new HttpError(
-            502,
-            `Upstream ${target.key} closed the connection`,
-            "http_response_incomplete",
-          ),
-          true,
-        );
+    this.#watchClient(s);
+    try {
+      const { up, res, request } = await this.#roundTrip(s, out);
+      if (res.status === 101 && out.upgrading) {
+        await this.#switchProtocols(s, up, res);
         return false;
       }
-      return result;
+      return await this.#relayResponse(s, up, out, { res, request });
+    } catch (err) {
+      s.upstream?.close();
+      s.upstream = null;
+      await this.#fail(s, s.timedOut && !s.sent ? new UpstreamTimeoutError(out.key) : err);
+      return false;
     }
   }
 
   /**
-   * Sends the request on `up` and relays the response. Resolves whether the
-   * client connection may go on, or `"retry"` when a reused upstream socket
-   * closed before answering a request without a body.
+   * Sends the request on a pooled or new upstream connection and waits for
+   * the final response head, relaying interim 1xx responses. A reused
+   * connection that closes before answering is replaced once, for a
+   * replayable request only.
    */
-  async #forward(
+  async #roundTrip(
     s: Session,
-    reader: BufferedReader,
-    up: Upstream,
-    { req, framing, head, upgrading, clientKeepAlive }: Outbound,
-  ): Promise<boolean | "retry"> {
-    const touch = () => this.#touch(s);
-    let requestDone = false;
-    let requestError: unknown = null;
-    let finished = false;
-    // Once the request is sent, a client that closes aborts the exchange.
-    const watchClient = () => {
-      requestDone = true;
-      if (upgrading || reader.buffered > 0) return;
-      reader.watch().then(
-        (n) => n === null && !finished && s.close(),
-        () => !finished && s.close(),
-      );
-    };
-    try {
-      let sending: Promise<void>;
-      if (framing.kind === "none") {
-        await writeAll(up.conn, head);
-        watchClient();
-        sending = Promise.resolve();
-      } else {
-        sending = relayBody(reader, up.conn, framing, head, touch, (m) => new HttpError(400, m))
-          .then(watchClient, (err) => {
-            // A broken request body ends the exchange; an upstream that stops
-            // reading early may still answer.
-            requestError = err;
-            if (!(err instanceof WriteError)) up.close();
-          });
-      }
-
-      let res: ResponseHead;
-      for (;;) {
-        let resHead: Uint8Array | null;
-        try {
-          resHead = await up.reader.readHead(this.#maxHead);
-        } catch (err) {
-          if (err instanceof TooLargeError) {
-            throw new HttpError(
-              502,
-              "Upstream response head is too large",
-              "http_response_incomplete",
-            );
-          }
-          throw err;
-        }
-        if (resHead === null) {
-          up.close();
-          if (framing.kind === "none" && !s.timedOut) {
-            finished = true;
-            return "retry";
-          }
-          throw new HttpError(
-            502,
-            `Upstream ${up.key} closed the connection`,
-            "http_response_incomplete",
-          );
-        }
-        res = parseResponseHead(resHead);
-        touch();
-        if (res.status >= 200 || res.status === 101) break;
-        // Interim 1xx: relay and keep waiting for the final response.
-        s.responded = true;
-        await writeAll(s.conn, encodeHead(res.statusLine, endToEndLines(res)));
-      }
-
-      s.responded = true;
-      if (res.status === 101) {
-        if (!upgrading) {
-          throw new HttpError(
-            502,
-            "Upstream switched protocols unasked",
-            "http_protocol_error",
-          );
-        }
-        const lines = endToEndLines(res);
-        lines.push(
-          "Connection: Upgrade",
-          `Upgrade: ${field(res, "upgrade") ?? ""}`,
-        );
-        await writeAll(s.conn, encodeHead(res.statusLine, lines));
-        const early = reader.takeBuffered();
-        if (early.length > 0) await writeAll(up.conn, early);
-        const late = up.reader.takeBuffered();
-        if (late.length > 0) await writeAll(s.conn, late);
-        await this.#pipe(s, up);
-        return false;
-      }
-
-      const bare = req.method === "HEAD" || res.status === 204 ||
-        res.status === 304;
-      const resFraming: Framing = bare
-        ? { kind: "none" }
-        : bodyFraming(res, (m) => new HttpError(502, m, "http_protocol_error"), false);
-      const resConnection = fieldTokens(res, "connection");
-      const upstreamKeepAlive = resFraming.kind !== "close" &&
-        (res.minor === 1 ? !resConnection.includes("close") : resConnection.includes("keep-alive"));
-      const keepAlive = clientKeepAlive && resFraming.kind !== "close" &&
-        !this.#closing;
-      const lines = endToEndLines(res);
-      if (!keepAlive) lines.push("Connection: close");
-      const statusLine = res.minor === 1 ? res.statusLine : `HTTP/1.1${res.statusLine.slice(8)}`;
-      await relayBody(
-        up.reader,
-        s.conn,
-        resFraming,
-        encodeHead(statusLine, lines),
-        touch,
-        (m) => new HttpError(502, m, "http_response_incomplete"),
-      );
-      finished = true;
-      if (!requestDone && requestError === null) {
-        // The response is complete while the client still sends its body.
-        up.close();
-        return false;
-      }
-      await sending;
-      s.upstream = null;
-      if (upstreamKeepAlive && requestDone && !s.closed) {
-        this.#pool.put(up);
-      } else up.close();
-      return keepAlive && requestDone;
-    } catch (caught) {
-      finished = true;
+    out: Outbound,
+  ): Promise<Answer & { up: Upstream }> {
+    for (let attempt = 0;; attempt++) {
+      const pooled = this.#pool.take(out.key);
+      const up = pooled ?? await this.#pool.open(out.key, out.hostname, out.port, s.signal);
+      s.upstream = up;
+      if (s.closed) throw new UpstreamClosedError(out.key);
+      const answer = await this.#send(s, up, out);
+      if (answer !== null) return { ...answer, up };
       up.close();
-      s.upstream = null;
-      const err = requestError instanceof HttpError ? requestError : caught;
-      if (s.closed) return false;
-      if (s.timedOut) {
-        await this.#reject(
-          s,
-          new HttpError(
-            504,
-            `Upstream ${up.key} did not answer in time`,
-            "http_response_timeout",
-          ),
-          true,
-        );
-      } else if (err instanceof HttpError) {
-        await this.#reject(s, err, true);
-      } else {
-        await this.#reject(
-          s,
-          new HttpError(
-            502,
-            `Upstream ${up.key} failed: ${err instanceof Error ? err.message : err}`,
-            "http_response_incomplete",
-          ),
-          true,
-        );
+      if (!pooled || attempt > 0 || !out.replayable || s.timedOut) {
+        throw new UpstreamClosedError(out.key);
       }
-      return false;
     }
+  }
+
+  /**
+   * Sends the request head and body on `up` and reads the final response
+   * head. Resolves `null` when the upstream closed without a byte of answer.
+   */
+  async #send(s: Session, up: Upstream, out: Outbound): Promise<Answer | null> {
+    const request: Answer["request"] = { done: false, error: null };
+    if (out.framing.kind === "none") {
+      try {
+        await writeAll(up.conn, out.head);
+      } catch {
+        return null; // a reused connection that had closed: nothing was read
+      }
+      request.done = true;
+    } else {
+      // A broken request body ends the exchange; an upstream that stops
+      // reading early may still answer.
+      s.readingBody = true;
+      const touch = () => this.#touch(s);
+      relayBody(s.reader, up.conn, out.framing, out.head, touch, (m) => new HttpError(400, m))
+        .then(() => {
+          request.done = true;
+          s.readingBody = false;
+          this.#watchClient(s);
+        }, (err) => {
+          request.error = err;
+          s.readingBody = false;
+          if (!(err instanceof WriteError)) up.close();
+        });
+    }
+    for (;;) {
+      let head: Uint8Array | null;
+      try {
+        head = await up.reader.readHead(this.#maxHead);
+      } catch (err) {
+        if (request.error instanceof HttpError) throw request.error;
+        if (err instanceof TooLargeError) {
+          throw upstreamProtocolError("Upstream response head is too large");
+        }
+        throw new UpstreamClosedError(up.key, err);
+      }
+      if (head === null) {
+        if (request.error instanceof HttpError) throw request.error;
+        if (out.framing.kind !== "none") throw new UpstreamClosedError(up.key);
+        return null;
+      }
+      const res = parseResponseHead(head);
+      this.#touch(s);
+      if (res.status >= 200 || res.status === 101) return { res, request };
+      // Interim 1xx: relay and keep waiting for the final response.
+      await writeAll(s, encodeHead(res.statusLine, endToEndLines(res)));
+    }
+  }
+
+  /** Relays a 101 answer and turns the exchange into a two-way pipe. */
+  async #switchProtocols(s: Session, up: Upstream, res: ResponseHead): Promise<void> {
+    const lines = endToEndLines(res);
+    lines.push("Connection: Upgrade", `Upgrade: ${field(res, "upgrade") ?? ""}`);
+    await writeAll(s, encodeHead(res.statusLine, lines));
+    await this.#pipe(s, up);
+  }
+
+  /**
+   * Relays the final response and its body; the upstream connection goes
+   * back to the pool only when it is clean. Resolves whether the client
+   * connection may carry another request.
+   */
+  async #relayResponse(
+    s: Session,
+    up: Upstream,
+    out: Outbound,
+    { res, request }: Answer,
+  ): Promise<boolean> {
+    if (res.status === 101) throw upstreamProtocolError("Upstream switched protocols unasked");
+    const bare = out.req.method === "HEAD" || res.status === 204 || res.status === 304;
+    const framing: Framing = bare
+      ? { kind: "none" }
+      : bodyFraming(res, upstreamProtocolError, false);
+    const resConnection = fieldTokens(res, "connection");
+    const reusable = framing.kind !== "close" &&
+      (res.minor === 1
+        ? !resConnection.includes("close")
+        : resConnection.includes("keep-alive") && framing.kind !== "chunked");
+    const keepAlive = out.clientKeepAlive && framing.kind !== "close" && !this.#closing;
+    const lines = endToEndLines(res);
+    if (!keepAlive) lines.push("Connection: close");
+    const statusLine = res.minor === 1 ? res.statusLine : `HTTP/1.1${res.statusLine.slice(8)}`;
+    s.phase = "response";
+    await relayBody(
+      up.reader,
+      s,
+      framing,
+      encodeHead(statusLine, lines),
+      () => this.#touch(s),
+      upstreamProtocolError,
+    );
+    // A response complete while the client still sends its body, or after
+    // a broken request body, ends the client connection too.
+    const requestSent = request.done && request.error === null;
+    s.upstream = null;
+    // Nothing may follow the response on a pooled connection.
+    if (reusable && requestSent && up.reader.buffered === 0 && !s.closed) {
+      this.#pool.put(up);
+    } else up.close();
+    return keepAlive && requestSent;
   }
 }
 
-/** A request ready to go upstream. */
-interface Outbound {
-  req: RequestHead;
-  /** How the request body is framed. */
-  framing: Framing;
-  /** The rewritten request head. */
-  head: Uint8Array;
-  /** The client asked to switch protocols (e.g. WebSocket). */
-  upgrading: boolean;
-  /** The client lets its connection carry further requests. */
-  clientKeepAlive: boolean;
+function upstreamProtocolError(message: string): HttpError {
+  return new HttpError(502, message, "http_response_incomplete");
+}
+
+/** Builds the request to send upstream; throws a 400 for a bad one. */
+function outbound(req: RequestHead): Outbound {
+  const bad = (msg: string) => new HttpError(400, msg);
+  const target = parseTarget(req.target);
+  const framing = bodyFraming(req, bad, true);
+  if (req.names.indexOf("host") !== req.names.lastIndexOf("host")) {
+    throw bad("More than one Host field");
+  }
+  const connection = fieldTokens(req, "connection");
+  const upgrade = connection.includes("upgrade") ? field(req, "upgrade") : undefined;
+  const lines = endToEndLines(req);
+  const hostAt = lines.findIndex((l) => /^host:/i.test(l));
+  const hostLine = `Host: ${target.authority}`;
+  if (hostAt < 0) lines.unshift(hostLine);
+  else if (field(req, "host")!.toLowerCase() !== target.authority.toLowerCase()) {
+    lines[hostAt] = hostLine;
+  }
+  if (upgrade !== undefined) lines.push("Connection: Upgrade", `Upgrade: ${upgrade}`);
+  return {
+    req,
+    key: target.key,
+    hostname: target.hostname,
+    port: target.port,
+    framing,
+    head: encodeHead(`${req.method} ${target.path} HTTP/1.1`, lines),
+    upgrading: upgrade !== undefined,
+    clientKeepAlive: req.minor === 1 && !connection.includes("close"),
+    replayable: framing.kind === "none" &&
+      (IDEMPOTENT.has(req.method) || field(req, "idempotency-key") !== undefined ||
+        field(req, "x-idempotency-key") !== undefined),
+  };
 }
 
 /** The parts of an absolute-form `http://` request target. */

@@ -1,10 +1,9 @@
 /** Upstream sockets: slots, dialing with a bound, and the idle pool. */
 import type { Logger } from "@logtape/logtape";
 import type { Limiter } from "../limit/limiter.ts";
-import { LimiterUnavailableError } from "../limit/limiter.ts";
 import type { LimitTable } from "../limit/limit_table.ts";
 import { BufferedReader } from "./buffered_reader.ts";
-import { HttpError } from "./http_head.ts";
+import { ConnectError, LimitReachedError } from "./errors.ts";
 
 const IP_LITERAL = /^(?:[0-9.]+|.*:.*)$/;
 
@@ -52,7 +51,6 @@ export interface UpstreamPoolOptions {
   connectTimeout: number;
   idleTimeout: number;
   maxIdlePerHost: number;
-  rejectStatus: number;
   logger: Logger;
 }
 
@@ -115,53 +113,43 @@ export class UpstreamPool {
   /**
    * Opens a socket to `hostname:port` counted under `key`: takes a slot
    * (closing an idle pooled socket of this host if that is what it takes),
-   * then dials within the connect timeout.
+   * then dials within the connect timeout. `signal` aborts the whole step
+   * (the client left) and gives the slot back. Throws
+   * {@linkcode LimitReachedError}, `LimiterUnavailableError` or
+   * {@linkcode ConnectError}.
    */
-  async open(key: string, hostname: string, port: number): Promise<Upstream> {
+  async open(
+    key: string,
+    hostname: string,
+    port: number,
+    signal?: AbortSignal,
+  ): Promise<Upstream> {
     const limit = this.#o.limits.limitFor(key);
-    let granted: boolean;
-    try {
+    let granted = await this.#o.limiter.acquire(key, limit);
+    while (!granted) {
+      const idle = this.take(key);
+      if (!idle) throw new LimitReachedError(key, limit);
+      idle.close();
       granted = await this.#o.limiter.acquire(key, limit);
-      while (!granted) {
-        const idle = this.take(key);
-        if (!idle) break;
-        idle.close();
-        granted = await this.#o.limiter.acquire(key, limit);
-      }
-    } catch (err) {
-      if (err instanceof LimiterUnavailableError) {
-        throw new HttpError(
-          503,
-          `Connection limiter unavailable: ${err.message}`,
-          "proxy_internal_error",
-        );
-      }
-      throw err;
     }
-    if (!granted) {
-      throw new HttpError(
-        this.#o.rejectStatus,
-        `Connection limit reached for ${key} (limit ${limit})`,
-        "connection_limit_reached",
-      );
-    }
-    let conn: Deno.TcpConn;
     // The sweep aborts dials past their deadline (no timer per dial).
-    const abort = new AbortController();
-    this.#dials.set(abort, this.#now + this.#o.connectTimeout);
+    const deadline = new AbortController();
+    this.#dials.set(deadline, this.#now + this.#o.connectTimeout);
+    let conn: Deno.TcpConn;
     try {
+      signal?.throwIfAborted();
       conn = await Deno.connect({
         hostname,
         port,
-        signal: abort.signal,
+        signal: signal ? AbortSignal.any([deadline.signal, signal]) : deadline.signal,
         // Happy Eyeballs only where a name may resolve to both families.
         autoSelectFamily: !IP_LITERAL.test(hostname),
       });
     } catch (err) {
       this.#o.limiter.release(key);
-      throw connectError(key, err, abort.signal.aborted);
+      throw connectError(key, err, deadline.signal.aborted);
     } finally {
-      this.#dials.delete(abort);
+      this.#dials.delete(deadline);
     }
     conn.setNoDelay(true);
     const n = (this.#open.get(key) ?? 0) + 1;
@@ -170,7 +158,9 @@ export class UpstreamPool {
       "Upstream connection to {host} opened ({count} open here)",
       { host: key, count: n },
     );
-    return new Upstream(key, conn, this.#release);
+    const up = new Upstream(key, conn, this.#release);
+    if (signal?.aborted) up.close();
+    return up;
   }
 
   /** Advances the clock; aborts late dials and closes sockets idle too long. */
@@ -200,31 +190,17 @@ export class UpstreamPool {
   }
 }
 
-function connectError(key: string, err: unknown, timedOut: boolean): HttpError {
-  if (timedOut) {
-    return new HttpError(
-      504,
-      `Connecting to ${key} timed out`,
-      "connection_timeout",
-    );
+function connectError(key: string, err: unknown, timedOut: boolean): ConnectError {
+  if (timedOut) return new ConnectError(key, "timeout", err);
+  if (err instanceof Deno.errors.ConnectionRefused) {
+    return new ConnectError(key, "refused", err);
   }
   const message = err instanceof Error ? err.message : String(err);
-  if (err instanceof Deno.errors.ConnectionRefused) {
-    return new HttpError(
-      502,
-      `Connection to ${key} refused`,
-      "connection_refused",
-    );
-  }
   if (
-    /lookup|resolve|dns|name or service/i.test(message) ||
-    err instanceof Deno.errors.NotFound
+    /lookup|resolve|dns|name or service|FQDN/i.test(message) ||
+    err instanceof Deno.errors.NotFound || err instanceof URIError
   ) {
-    return new HttpError(502, `Cannot resolve ${key}`, "destination_not_found");
+    return new ConnectError(key, "not_found", err);
   }
-  return new HttpError(
-    502,
-    `Cannot connect to ${key}: ${message}`,
-    "destination_unavailable",
-  );
+  return new ConnectError(key, "unavailable", err);
 }

@@ -1,0 +1,136 @@
+/**
+ * The failures of an exchange or tunnel, named where they happen, and the
+ * one place that turns each into the status, `Proxy-Status` error and
+ * message the client gets. Messages sent to clients name the problem in
+ * dprl's words; causes (system error texts) go to the log only.
+ *
+ * @module
+ */
+
+import { LimiterUnavailableError } from "../limit/limiter.ts";
+import { HttpError } from "./http_head.ts";
+
+/** The host is at its connection limit. */
+export class LimitReachedError extends Error {
+  /** The host key. */
+  readonly key: string;
+  /** Its limit. */
+  readonly limit: number;
+  /** Creates the error for `key` at `limit`. */
+  constructor(key: string, limit: number) {
+    super(`Connection limit reached for ${key} (limit ${limit})`);
+    this.name = "LimitReachedError";
+    this.key = key;
+    this.limit = limit;
+  }
+}
+
+/** Why an upstream connection could not be opened. */
+export type ConnectFailure = "refused" | "not_found" | "timeout" | "unavailable";
+
+/** An upstream connection could not be opened. */
+export class ConnectError extends Error {
+  /** The host key. */
+  readonly key: string;
+  /** What went wrong. */
+  readonly failure: ConnectFailure;
+  /** Creates the error; `cause` is logged, never sent to the client. */
+  constructor(key: string, failure: ConnectFailure, cause?: unknown) {
+    super(CONNECT_MESSAGES[failure](key), { cause });
+    this.name = "ConnectError";
+    this.key = key;
+    this.failure = failure;
+  }
+}
+
+const CONNECT_MESSAGES: Record<ConnectFailure, (key: string) => string> = {
+  refused: (key) => `Connection to ${key} refused`,
+  not_found: (key) => `Cannot resolve ${key}`,
+  timeout: (key) => `Connecting to ${key} timed out`,
+  unavailable: (key) => `Cannot connect to ${key}`,
+};
+
+const CONNECT_REPLIES: Record<ConnectFailure, [number, string]> = {
+  refused: [502, "connection_refused"],
+  not_found: [502, "destination_not_found"],
+  timeout: [504, "connection_timeout"],
+  unavailable: [502, "destination_unavailable"],
+};
+
+/** The upstream closed or failed before its response was complete. */
+export class UpstreamClosedError extends Error {
+  /** Creates the error for host key `key`. */
+  constructor(key: string, cause?: unknown) {
+    super(`Upstream ${key} closed the connection`, { cause });
+    this.name = "UpstreamClosedError";
+  }
+}
+
+/** The upstream sent nothing within the idle timeout. */
+export class UpstreamTimeoutError extends Error {
+  /** Creates the error for host key `key`. */
+  constructor(key: string) {
+    super(`Upstream ${key} did not answer in time`);
+    this.name = "UpstreamTimeoutError";
+  }
+}
+
+/** A destination that the proxy's access rules refuse. */
+export class DestinationRefusedError extends Error {
+  /** `destination_ip_prohibited` or `destination_not_allowed`. */
+  readonly proxyError: string;
+  /** Creates the error with the client-facing message. */
+  constructor(message: string, proxyError = "destination_not_allowed") {
+    super(message);
+    this.name = "DestinationRefusedError";
+    this.proxyError = proxyError;
+  }
+}
+
+/** What the client is told about a failure. */
+export interface ErrorReply {
+  /** The HTTP status. */
+  status: number;
+  /** The `Proxy-Status` error token (RFC 9209). */
+  proxyError: string;
+  /** One line for the body and the `Proxy-Status` details. */
+  message: string;
+  /** Whether the log should carry this at info level (not per refusal). */
+  notable: boolean;
+}
+
+/** Turns any failure into the reply the client gets. */
+export function errorReply(err: unknown, rejectStatus: number): ErrorReply {
+  if (err instanceof LimitReachedError) {
+    return reply(rejectStatus, "connection_limit_reached", err.message, false);
+  }
+  if (err instanceof LimiterUnavailableError) {
+    return reply(503, "proxy_internal_error", "Connection limiter unavailable", false);
+  }
+  if (err instanceof ConnectError) {
+    const [status, token] = CONNECT_REPLIES[err.failure];
+    return reply(status, token, err.message, true);
+  }
+  if (err instanceof DestinationRefusedError) {
+    return reply(403, err.proxyError, err.message, false);
+  }
+  if (err instanceof UpstreamTimeoutError) {
+    return reply(504, "http_response_timeout", err.message, true);
+  }
+  if (err instanceof UpstreamClosedError) {
+    return reply(502, "http_response_incomplete", err.message, true);
+  }
+  if (err instanceof HttpError) {
+    return reply(err.status, err.proxyError, err.message, err.status >= 500);
+  }
+  return reply(502, "proxy_internal_error", "Upstream exchange failed", true);
+}
+
+function reply(
+  status: number,
+  proxyError: string,
+  message: string,
+  notable: boolean,
+): ErrorReply {
+  return { status, proxyError, message, notable };
+}
