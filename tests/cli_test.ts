@@ -3,6 +3,7 @@
 import assert from "node:assert/strict";
 import { main } from "../cli.ts";
 import { VERSION } from "../mod.ts";
+import { DEFAULTS } from "../lib/defaults.ts";
 import {
   BufferedConn,
   readHead,
@@ -194,6 +195,56 @@ Deno.test("CLI --help prints the flags and exits 0", async () => {
   ) {
     assert.ok(r.stdout.includes(flag), `--help mentions ${flag}`);
   }
+});
+
+Deno.test("CLI --help names each value, fits 100 columns, shows the defaults and examples", async () => {
+  const r = await runCli(["--help"]);
+  assert.equal(r.code, 0, r.stderr);
+  for (
+    const shown of [
+      "--port <port>",
+      "--hostname <address>",
+      "--max-connections <n>",
+      "--host-limit <host=n>",
+      "--lease <duration>",
+      "--head-timeout <duration>",
+      "--redis-url <url>",
+      "--redis-addr <host:port>",
+      "--redis-failure-mode <mode>",
+      "--log-level <level>",
+      "-h, --help",
+      `default ${DEFAULTS.cliPort}`,
+      `default ${DEFAULTS.cliHostname}`,
+      `default ${DEFAULTS.redisTimeout / 1000}s`,
+      `default ${DEFAULTS.lease / 1000}s`,
+      `default ${DEFAULTS.timeouts.idle / 60_000}m`,
+      "Examples:",
+      "dprl --max-connections 25",
+    ]
+  ) {
+    assert.ok(r.stdout.includes(shown), `--help shows ${shown}:\n${r.stdout}`);
+  }
+  assert.doesNotMatch(r.stdout, /<value>/);
+  for (const line of r.stdout.split("\n")) {
+    assert.ok(line.length <= 100, `a line of ${line.length} columns: ${line}`);
+  }
+});
+
+Deno.test("CLI -h prints the same help as --help", async () => {
+  const [short, long] = await Promise.all([runCli(["-h"]), runCli(["--help"])]);
+  assert.equal(short.code, 0, short.stderr);
+  assert.equal(short.stdout, long.stdout);
+});
+
+Deno.test("CLI an unknown option is one line that points at --help, exit 2", async () => {
+  for (const args of [["--no-such-flag"], ["-x"], ["--max-connection", "5"]]) {
+    const r = await runCli(args);
+    assertUsageError(r, args.join(" "));
+    assert.match(r.stderr, new RegExp(`Unknown option ${args[0]}\\b.*--help`), r.stderr);
+  }
+  const missing = await runCli(["--port"]);
+  assertUsageError(missing, "--port");
+  assert.match(missing.stderr, /--port <port>/);
 });
 
 Deno.test("CLI --version prints the version and exits 0", async () => {
