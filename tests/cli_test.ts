@@ -517,3 +517,31 @@ Deno.test("CLI --log-level beats LOG_LEVEL and info hides the connection lines",
   assert.equal((await cli.exit()).code, 0, cli.output);
   assert.ok(!cli.output.includes(up.authority), `no connection lines at info:\n${cli.output}`);
 });
+
+Deno.test("the README's flag table lists exactly the flags of --help, with their variables and defaults", async () => {
+  const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url));
+  const table = new Map<string, { env: string; def: string }>();
+  for (const m of readme.matchAll(/^\| `(?:-[a-z]`, `)?(--[a-z-]+)[^|]*\| ([^|]*)\| ([^|]*)\|/gm)) {
+    table.set(m[1], {
+      env: /`([A-Z_]+)`/.exec(m[2])?.[1] ?? "",
+      def: /`([^`]+)`/.exec(m[3])?.[1] ?? "",
+    });
+  }
+  const r = await runCli(["--help"]);
+  assert.equal(r.code, 0, r.stderr);
+  // One entry per flag: its name, then its description up to the next flag.
+  const entries = r.stdout.split(/\n(?= {2}(?:-h, )?--)/).slice(1);
+  const help = new Map<string, { env: string; def: string }>();
+  for (const entry of entries) {
+    const flat = entry.replace(/\s+/g, " ");
+    const name = /--[a-z-]+/.exec(flat)![0];
+    help.set(name, {
+      env: /\benv ([A-Z_]+)/.exec(flat)?.[1] ?? "",
+      def: /\bdefault ([^\s,)]+)/.exec(flat)?.[1] ?? "",
+    });
+  }
+  assert.deepEqual([...table.keys()].sort(), [...help.keys()].sort());
+  for (const [name, row] of table) {
+    assert.deepEqual(row, help.get(name), `README and --help agree on ${name}`);
+  }
+});

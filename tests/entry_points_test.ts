@@ -422,3 +422,13 @@ Deno.test("CI and the Docker image pin the same Deno version", async () => {
     console.warn(`!!! this Deno is ${Deno.version.deno}; CI and the image use ${ciVersion}`);
   }
 });
+
+Deno.test("every deno task and jsr:@dprl/cli entry point the README shows exists", async () => {
+  const config = JSON.parse(await Deno.readTextFile(`${ROOT}/deno.json`));
+  const tasks = [...README.matchAll(/\bdeno task ([a-z-]+)/g)].map((m) => m[1]);
+  assert.ok(tasks.length > 0);
+  for (const task of tasks) assert.ok(task in config.tasks, `deno.json has the task ${task}`);
+  const entries = [...README.matchAll(/\bjsr:@dprl\/cli(\/[a-z]+)?/g)].map((m) => `.${m[1] ?? ""}`);
+  assert.ok(entries.length > 0);
+  for (const entry of entries) assert.ok(entry in config.exports, `deno.json exports ${entry}`);
+});
