@@ -1,11 +1,20 @@
-FROM denoland/deno:2.5.6
+# dprl in a container. The Deno version is the one .ci/run tests with; a test
+# checks that the two agree.
+FROM denoland/deno:2.9.6
 
 WORKDIR /app
 COPY deno.json deno.lock ./
 COPY mod.ts cli.ts ./
 COPY lib/ lib/
-RUN deno cache cli.ts
 
+# Everything the program loads, the Redis client included, is fetched now, exactly as
+# deno.lock pins it (--frozen fails the build if the lock would change); the container
+# then runs with --cached-only and never downloads code.
 USER deno
+RUN deno cache --frozen cli.ts
+
+# Deno is PID 1 (the exec form, no shell in between): dprl handles SIGTERM and SIGINT
+# itself, stopping gracefully within --shutdown-grace, and starts no child processes,
+# so no init is needed to forward signals or reap zombies.
 EXPOSE 8080
-ENTRYPOINT ["deno", "run", "--allow-net", "--allow-env=DPRL_*,REDIS_*,LOG_LEVEL", "--ignore-env", "--cached-only", "cli.ts"]
+ENTRYPOINT ["deno", "run", "--cached-only", "--frozen", "--allow-net", "--allow-env=DPRL_*,REDIS_*,LOG_LEVEL", "--ignore-env", "cli.ts"]

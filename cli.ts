@@ -3,172 +3,243 @@
  * logging, runs the proxy until SIGINT or SIGTERM, and stops it gracefully.
  *
  * ```sh
- * deno run --allow-net --allow-env jsr:@dprl/cli/cli --max-connections 25
+ * deno run --allow-net --allow-env='DPRL_*,REDIS_*,LOG_LEVEL' --ignore-env jsr:@dprl/cli/cli --help
  * ```
  *
- * Run with `--help` for every flag and its environment variable.
+ * `jsr:@dprl/cli` (the main module) runs the same command line.
  *
  * @module
  */
 
 import { parseArgs } from "node:util";
 import { configure, getStreamSink, getTextFormatter, type LogLevel, reset } from "@logtape/logtape";
-import {
-  type FailureMode,
-  ProxyRateLimiter,
-  type ProxyRateLimiterOptions,
-  type RedisConfig,
-  VERSION,
-} from "./mod.ts";
+import { DEFAULTS } from "./lib/defaults.ts";
 import { parseDuration } from "./lib/duration.ts";
 import { splitHostPort } from "./lib/limit/host_key.ts";
+import type { FailureMode } from "./lib/limit/redis_limiter.ts";
+import type { RedisConfig } from "./lib/limit/redis_config.ts";
+import { ProxyRateLimiter, type ProxyRateLimiterOptions } from "./lib/proxy_rate_limiter.ts";
+import { VERSION } from "./lib/version.ts";
 
-/** A flag: its name, environment variable, default and help text. */
+/** A flag: its value's name, environment variable, default and help text. */
 interface Flag {
+  /** Name of the value in `--help` (`--port <port>`); absent for a switch. */
+  value?: string;
   env?: string;
   default?: string;
   multiple?: boolean;
-  boolean?: boolean;
+  short?: string;
   help: string;
+  /** Heading printed above this flag in `--help`. */
+  section?: string;
+}
+
+/** `ms` as the shortest duration text that parses back to it (`10s`, `5m`). */
+function formatDuration(ms: number): string {
+  for (const [unit, size] of [["h", 3_600_000], ["m", 60_000], ["s", 1000]] as const) {
+    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
 }
 
 const FLAGS: Record<string, Flag> = {
   "port": {
+    section: "Listening and limits:",
+    value: "port",
     env: "DPRL_PORT",
-    default: "8080",
-    help: "port to listen on (0 picks one)",
+    default: String(DEFAULTS.cliPort),
+    help: "port to listen on; 0 picks a free one",
   },
   "hostname": {
+    value: "address",
     env: "DPRL_HOSTNAME",
-    default: "0.0.0.0",
+    default: DEFAULTS.cliHostname,
     help: "address to listen on",
   },
   "max-connections": {
+    value: "n",
     env: "DPRL_MAX_CONNECTIONS",
-    default: "0",
-    help: "default limit of open connections per host (0 = unlimited)",
+    default: String(DEFAULTS.defaultMaxConnectionsPerHost),
+    help: "limit of open connections to each host without a --host-limit; 0 is unlimited",
   },
   "host-limit": {
+    value: "host=n",
     env: "DPRL_HOST_LIMITS",
     multiple: true,
-    help: "per-host limit as host=N, repeatable (env: comma-separated)",
+    help: "limit of one host, repeatable; host:port for ports other than 80 and 443",
   },
   "reject-status": {
+    value: "status",
     env: "DPRL_REJECT_STATUS",
-    default: "500",
+    default: String(DEFAULTS.rejectStatus),
     help: "HTTP status sent when a host is at its limit",
   },
+  "max-idle-per-host": {
+    value: "n",
+    env: "DPRL_MAX_IDLE_PER_HOST",
+    default: String(DEFAULTS.maxIdlePerHost),
+    help: "idle upstream connections kept per host for reuse; 0 keeps none",
+  },
   "log-level": {
+    value: "level",
     env: "LOG_LEVEL",
-    default: "info",
-    help: "debug, info, warn or error",
+    default: DEFAULTS.logLevel,
+    help: "debug (logs every upstream connection), info, warn or error",
+  },
+  "redis-url": {
+    section: "Distributed mode (give one of --redis-url, --redis-addr, --redis-cluster, " +
+      "--redis-sentinels):",
+    value: "url",
+    env: "REDIS_URL",
+    help: "Redis URL, redis:// or rediss:// for TLS",
   },
   "redis-addr": {
+    value: "host:port",
     env: "REDIS_ADDR",
-    help: "Redis host:port; enables distributed mode",
-  },
-  "redis-password": { env: "REDIS_PASSWORD", help: "Redis password" },
-  "redis-db": { env: "REDIS_DB", default: "0", help: "Redis database number" },
-  "redis-url": {
-    env: "REDIS_URL",
-    help: "Redis URL (redis:// or rediss:// for TLS)",
+    help: "address of one Redis",
   },
   "redis-cluster": {
+    value: "host:port,...",
     env: "REDIS_CLUSTER",
-    help: "Redis Cluster seed nodes, host:port,host:port",
+    help: "seed nodes of a Redis Cluster",
   },
   "redis-sentinels": {
+    value: "host:port,...",
     env: "REDIS_SENTINELS",
-    help: "Redis Sentinel nodes, host:port,host:port",
+    help: "Redis Sentinel nodes",
   },
   "redis-master-name": {
+    value: "name",
     env: "REDIS_MASTER_NAME",
-    default: "mymaster",
+    default: DEFAULTS.redisMasterName,
     help: "master name known to the Sentinels",
   },
+  "redis-password": { value: "password", env: "REDIS_PASSWORD", help: "Redis password" },
+  "redis-db": { value: "n", env: "REDIS_DB", help: "Redis database number" },
   "redis-prefix": {
+    value: "prefix",
     env: "DPRL_REDIS_PREFIX",
-    default: "dprl",
+    default: DEFAULTS.redisPrefix,
     help: "prefix of the Redis keys",
   },
   "redis-timeout": {
+    value: "duration",
     env: "DPRL_REDIS_TIMEOUT",
-    default: "1s",
+    default: formatDuration(DEFAULTS.redisTimeout),
     help: "how long a Redis call may take before it counts as failed",
   },
   "redis-failure-mode": {
+    value: "mode",
     env: "DPRL_REDIS_FAILURE_MODE",
-    default: "closed",
-    help: "when Redis is unreachable: closed (refuse), open (admit) or local (limit in memory)",
+    default: DEFAULTS.failureMode,
+    help: "while Redis is unreachable: closed (refuse), open (admit) or local (limit in memory)",
   },
   "lease": {
+    value: "duration",
     env: "DPRL_LEASE",
-    default: "15s",
-    help: "worker lease in Redis; a dead worker's slots return after it",
+    default: formatDuration(DEFAULTS.lease),
+    help: "worker lease in Redis; a dead worker's connections stop counting after it",
   },
   "head-timeout": {
+    section: "Timeouts (500ms, 10s, 2m, 1h; a bare number is seconds):",
+    value: "duration",
     env: "DPRL_HEAD_TIMEOUT",
-    default: "10s",
-    help: "time to receive a request head",
+    default: formatDuration(DEFAULTS.timeouts.head),
+    help: "time a new client has to send its request head",
   },
   "connect-timeout": {
+    value: "duration",
     env: "DPRL_CONNECT_TIMEOUT",
-    default: "10s",
-    help: "time to connect upstream",
+    default: formatDuration(DEFAULTS.timeouts.connect),
+    help: "time to open an upstream connection",
   },
   "idle-timeout": {
+    value: "duration",
     env: "DPRL_IDLE_TIMEOUT",
-    default: "5m",
+    default: formatDuration(DEFAULTS.timeouts.idle),
     help: "time an exchange or tunnel may pass without traffic",
   },
   "keep-alive-timeout": {
+    value: "duration",
     env: "DPRL_KEEP_ALIVE_TIMEOUT",
-    default: "60s",
+    default: formatDuration(DEFAULTS.timeouts.keepAlive),
     help: "time a client connection may idle between requests",
   },
   "upstream-idle-timeout": {
+    value: "duration",
     env: "DPRL_UPSTREAM_IDLE_TIMEOUT",
-    default: "30s",
+    default: formatDuration(DEFAULTS.timeouts.upstreamIdle),
     help: "time an idle upstream connection is kept for reuse",
   },
-  "max-idle-per-host": {
-    env: "DPRL_MAX_IDLE_PER_HOST",
-    default: "64",
-    help: "idle upstream connections kept per host (0 = none)",
-  },
   "shutdown-grace": {
+    value: "duration",
     env: "DPRL_SHUTDOWN_GRACE",
-    default: "10s",
-    help: "on SIGINT/SIGTERM, time open exchanges and tunnels get to finish",
+    default: formatDuration(DEFAULTS.shutdownGrace),
+    help: "on SIGINT or SIGTERM, time open exchanges and tunnels get to finish",
   },
-  "help": { boolean: true, help: "print this help and exit" },
-  "version": { boolean: true, help: "print the version and exit" },
+  "help": { section: "Other:", short: "h", help: "print this help and exit" },
+  "version": { help: "print the version and exit" },
 };
+
+const EXAMPLES = [
+  "dprl --max-connections 25",
+  "dprl --max-connections 50 --host-limit api.example.com=5 --host-limit example.org:8443=2",
+  "dprl --max-connections 50 --redis-url redis://10.0.0.5:6379/0",
+  "DPRL_MAX_CONNECTIONS=10 LOG_LEVEL=debug dprl --port 3128",
+  "curl -x http://127.0.0.1:8080 https://example.com/",
+];
+
+/** Width of `--help` lines. */
+const WIDTH = 100;
+/** Column where the flags' descriptions start. */
+const DESCRIPTION_COLUMN = 32;
+
+/** Breaks `text` into lines of at most `width` characters, each after `indent`. */
+function wrap(text: string, indent: number, width: number): string[] {
+  const lines: string[] = [];
+  let line = "";
+  for (const word of text.split(" ")) {
+    if (line && indent + line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = word;
+    } else {
+      line = line ? `${line} ${word}` : word;
+    }
+  }
+  if (line) lines.push(line);
+  return lines;
+}
+
+/** The help text printed by `--help`: every line fits 100 columns. */
+export function usage(): string {
+  const out = [
+    `dprl ${VERSION}: a forward proxy that caps open connections per upstream host`,
+    "",
+    "Usage: dprl [options]",
+    "",
+    "Each option can also be set by its environment variable; the option wins.",
+  ];
+  for (const [name, f] of Object.entries(FLAGS)) {
+    if (f.section) out.push("", ...wrap(f.section, 0, WIDTH));
+    const left = `  ${f.short ? `-${f.short}, ` : ""}--${name}${f.value ? ` <${f.value}>` : ""}`;
+    const extra = [
+      f.env ? `env ${f.env}${f.multiple ? " comma-separated" : ""}` : "",
+      f.default !== undefined ? `default ${f.default}` : "",
+    ].filter(Boolean).join(", ");
+    const lines = wrap(`${f.help}${extra ? ` (${extra})` : ""}`, DESCRIPTION_COLUMN, WIDTH);
+    if (left.length < DESCRIPTION_COLUMN) {
+      out.push(left.padEnd(DESCRIPTION_COLUMN) + lines.shift());
+    } else {
+      out.push(left);
+    }
+    for (const line of lines) out.push(" ".repeat(DESCRIPTION_COLUMN) + line);
+  }
+  out.push("", "Examples:", ...EXAMPLES.map((e) => `  ${e}`));
+  return out.join("\n");
+}
 
 /** A bad flag or environment value. */
 class UsageError extends Error {}
-
-/** The help text printed by `--help`. */
-export function usage(): string {
-  const rows = Object.entries(FLAGS).map(([name, f]) => {
-    const left = `  --${name}${f.boolean ? "" : " <value>"}`;
-    const extra = [
-      f.env ? `env ${f.env}` : "",
-      f.default !== undefined ? `default ${f.default}` : "",
-    ]
-      .filter(Boolean).join(", ");
-    return `${left.padEnd(34)}${f.help}${extra ? ` (${extra})` : ""}`;
-  });
-  return [
-    `dprl ${VERSION}: a forward proxy with per-host connection limits`,
-    "",
-    "Usage: dprl [flags]",
-    "",
-    ...rows,
-    "",
-    "Flags win over environment variables.",
-  ].join("\n");
-}
 
 function readEnv(name: string): string | undefined {
   try {
@@ -234,6 +305,25 @@ interface CliConfig {
   exit?: "help" | "version";
 }
 
+/** A one-line message for an error of `parseArgs`. */
+function parseError(err: Error & { code?: string }): string {
+  const arg = /'([^']*)'/.exec(err.message)?.[1] ?? "";
+  switch (err.code) {
+    case "ERR_PARSE_ARGS_UNKNOWN_OPTION":
+      return `Unknown option ${arg}: dprl --help lists the options`;
+    case "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL":
+      return `Unexpected argument "${arg}": dprl takes options only, see dprl --help`;
+    case "ERR_PARSE_ARGS_INVALID_OPTION_VALUE": {
+      const name = /--([a-z-]+)/.exec(err.message)?.[1] ?? "";
+      const flag = FLAGS[name];
+      return flag?.value
+        ? `--${name} needs a value: --${name} <${flag.value}>`
+        : `--${name} takes no value`;
+    }
+  }
+  return `${err.message.split("\n")[0]}: see dprl --help`;
+}
+
 /**
  * Parses flags (and, where a flag is absent, its environment variable) into
  * proxy options. Throws an `Error` with a one-line message on a bad value.
@@ -246,16 +336,15 @@ function parseCli(args: string[]): CliConfig {
       strict: true,
       allowPositionals: false,
       options: Object.fromEntries(
-        Object.entries(FLAGS).map((
-          [name, f],
-        ) => [name, {
-          type: f.boolean ? "boolean" : "string",
+        Object.entries(FLAGS).map(([name, f]) => [name, {
+          type: f.value ? "string" : "boolean",
           multiple: f.multiple ?? false,
+          ...(f.short ? { short: f.short } : {}),
         }]),
-      ) as Record<string, { type: "string" | "boolean"; multiple?: boolean }>,
+      ) as Record<string, { type: "string" | "boolean"; multiple?: boolean; short?: string }>,
     }).values as Record<string, string | string[] | boolean | undefined>;
   } catch (err) {
-    throw new UsageError((err as Error).message.split("\n")[0]);
+    throw new UsageError(parseError(err as Error & { code?: string }));
   }
   if (parsed.help) {
     return { options: {}, logLevel: "info", graceMs: 0, exit: "help" };
@@ -360,7 +449,9 @@ function redisConfig(
     );
   }
   const password = value("redis-password") || undefined;
-  const db = integer("redis-db", value("redis-db")!, 0, 1_000_000);
+  const dbText = value("redis-db");
+  // Without --redis-db the client's own default (database 0) applies.
+  const db = dbText === undefined ? {} : { db: integer("redis-db", dbText, 0, 1_000_000) };
   switch (given[0]) {
     case "redis-url": {
       const url = value("redis-url")!;
@@ -373,7 +464,7 @@ function redisConfig(
     }
     case "redis-addr": {
       const [node] = nodes("redis-addr", value("redis-addr")!);
-      return { ...node, password, db };
+      return { ...node, password, ...db };
     }
     case "redis-cluster":
       return {
@@ -385,7 +476,7 @@ function redisConfig(
         sentinels: nodes("redis-sentinels", value("redis-sentinels")!),
         name: value("redis-master-name"),
         password,
-        db,
+        ...db,
       };
   }
   return undefined;

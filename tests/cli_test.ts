@@ -3,6 +3,7 @@
 import assert from "node:assert/strict";
 import { main } from "../cli.ts";
 import { VERSION } from "../mod.ts";
+import { DEFAULTS } from "../lib/defaults.ts";
 import {
   BufferedConn,
   readHead,
@@ -194,6 +195,56 @@ Deno.test("CLI --help prints the flags and exits 0", async () => {
   ) {
     assert.ok(r.stdout.includes(flag), `--help mentions ${flag}`);
   }
+});
+
+Deno.test("CLI --help names each value, fits 100 columns, shows the defaults and examples", async () => {
+  const r = await runCli(["--help"]);
+  assert.equal(r.code, 0, r.stderr);
+  for (
+    const shown of [
+      "--port <port>",
+      "--hostname <address>",
+      "--max-connections <n>",
+      "--host-limit <host=n>",
+      "--lease <duration>",
+      "--head-timeout <duration>",
+      "--redis-url <url>",
+      "--redis-addr <host:port>",
+      "--redis-failure-mode <mode>",
+      "--log-level <level>",
+      "-h, --help",
+      `default ${DEFAULTS.cliPort}`,
+      `default ${DEFAULTS.cliHostname}`,
+      `default ${DEFAULTS.redisTimeout / 1000}s`,
+      `default ${DEFAULTS.lease / 1000}s`,
+      `default ${DEFAULTS.timeouts.idle / 60_000}m`,
+      "Examples:",
+      "dprl --max-connections 25",
+    ]
+  ) {
+    assert.ok(r.stdout.includes(shown), `--help shows ${shown}:\n${r.stdout}`);
+  }
+  assert.doesNotMatch(r.stdout, /<value>/);
+  for (const line of r.stdout.split("\n")) {
+    assert.ok(line.length <= 100, `a line of ${line.length} columns: ${line}`);
+  }
+});
+
+Deno.test("CLI -h prints the same help as --help", async () => {
+  const [short, long] = await Promise.all([runCli(["-h"]), runCli(["--help"])]);
+  assert.equal(short.code, 0, short.stderr);
+  assert.equal(short.stdout, long.stdout);
+});
+
+Deno.test("CLI an unknown option is one line that points at --help, exit 2", async () => {
+  for (const args of [["--no-such-flag"], ["-x"], ["--max-connection", "5"]]) {
+    const r = await runCli(args);
+    assertUsageError(r, args.join(" "));
+    assert.match(r.stderr, new RegExp(`Unknown option ${args[0]}\\b.*--help`), r.stderr);
+  }
+  const missing = await runCli(["--port"]);
+  assertUsageError(missing, "--port");
+  assert.match(missing.stderr, /--port <port>/);
 });
 
 Deno.test("CLI --version prints the version and exits 0", async () => {
@@ -465,4 +516,32 @@ Deno.test("CLI --log-level beats LOG_LEVEL and info hides the connection lines",
   cli.child.kill("SIGTERM");
   assert.equal((await cli.exit()).code, 0, cli.output);
   assert.ok(!cli.output.includes(up.authority), `no connection lines at info:\n${cli.output}`);
+});
+
+Deno.test("the README's flag table lists exactly the flags of --help, with their variables and defaults", async () => {
+  const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url));
+  const table = new Map<string, { env: string; def: string }>();
+  for (const m of readme.matchAll(/^\| `(?:-[a-z]`, `)?(--[a-z-]+)[^|]*\| ([^|]*)\| ([^|]*)\|/gm)) {
+    table.set(m[1], {
+      env: /`([A-Z_]+)`/.exec(m[2])?.[1] ?? "",
+      def: /`([^`]+)`/.exec(m[3])?.[1] ?? "",
+    });
+  }
+  const r = await runCli(["--help"]);
+  assert.equal(r.code, 0, r.stderr);
+  // One entry per flag: its name, then its description up to the next flag.
+  const entries = r.stdout.split(/\n(?= {2}(?:-h, )?--)/).slice(1);
+  const help = new Map<string, { env: string; def: string }>();
+  for (const entry of entries) {
+    const flat = entry.replace(/\s+/g, " ");
+    const name = /--[a-z-]+/.exec(flat)![0];
+    help.set(name, {
+      env: /\benv ([A-Z_]+)/.exec(flat)?.[1] ?? "",
+      def: /\bdefault ([^\s,)]+)/.exec(flat)?.[1] ?? "",
+    });
+  }
+  assert.deepEqual([...table.keys()].sort(), [...help.keys()].sort());
+  for (const [name, row] of table) {
+    assert.deepEqual(row, help.get(name), `README and --help agree on ${name}`);
+  }
 });

@@ -1,0 +1,339 @@
+/**
+ * {@linkcode ProxyRateLimiter}: the proxy with its limits, in memory or shared
+ * through Redis. `mod.ts` re-exports it; the command line builds one.
+ *
+ * @module
+ */
+
+import { getLogger, type Logger } from "@logtape/logtape";
+import { DEFAULTS, type Timeouts } from "./defaults.ts";
+import { LimitTable } from "./limit/limit_table.ts";
+import { hostKey } from "./limit/host_key.ts";
+import type { Limiter } from "./limit/limiter.ts";
+import { LocalLimiter } from "./limit/local_limiter.ts";
+import type { FailureMode } from "./limit/redis_limiter.ts";
+import type { RedisConfig } from "./limit/redis_config.ts";
+import { ProxyServer } from "./proxy/proxy_server.ts";
+
+/**
+ * Options of {@linkcode ProxyRateLimiter}. Every field is optional.
+ *
+ * @example
+ * ```ts
+ * import type { ProxyRateLimiterOptions } from "@dprl/cli";
+ *
+ * const options: ProxyRateLimiterOptions = {
+ *   port: 0, // pick a free port
+ *   defaultMaxConnectionsPerHost: 20,
+ *   hostLimits: { "api.example.com": 5 },
+ * };
+ * ```
+ */
+export interface ProxyRateLimiterOptions {
+  /** Port to listen on; 0 picks a free one. Default 0. */
+  port?: number;
+  /** Address to listen on. Default `"127.0.0.1"`. */
+  hostname?: string;
+  /**
+   * Limit for hosts without an override; 0 or less means unlimited.
+   * Default 0.
+   */
+  defaultMaxConnectionsPerHost?: number;
+  /** Per-host overrides, e.g. `{ "api.example.com": 5 }`. */
+  hostLimits?: Record<string, number>;
+  /** HTTP status sent when a host is at its limit. Default 500. */
+  rejectStatus?: number;
+  /** Timeouts in milliseconds; see {@linkcode Timeouts} for the defaults. */
+  timeouts?: Partial<Timeouts>;
+  /** Largest accepted request or response head, in bytes. Default 65536. */
+  maxHeadSize?: number;
+  /** Idle upstream sockets kept per host for reuse. Default 64. */
+  maxIdlePerHost?: number;
+  /**
+   * Shares the counters through Redis: a `redis://` or `rediss://` URL,
+   * ioredis options, a cluster description or a connected ioredis client.
+   * Without it the counters live in this process's memory and the proxy
+   * needs only `--allow-net`.
+   *
+   * The Redis client is loaded by {@linkcode ProxyRateLimiter.start} and
+   * lists the environment as it loads: Redis mode needs `--ignore-env` (or
+   * `--allow-env`) besides `--allow-net`, and `env: true` in a worker's
+   * permissions.
+   */
+  redis?: RedisConfig;
+  /** Prefix of the Redis keys. Default `"dprl"`. */
+  redisPrefix?: string;
+  /**
+   * This worker's lease in Redis, in milliseconds (the original's
+   * `maxLifetime` safety TTL): a worker that dies stops counting after it.
+   * The heartbeat renews it every third of it. Default 15000.
+   */
+  lease?: number;
+  /** How long a Redis call may take before it counts as failed. Default 1000. */
+  redisTimeout?: number;
+  /**
+   * What to do when Redis cannot be reached: `"closed"` refuses new
+   * connections (the default), `"open"` admits them uncounted, `"local"`
+   * enforces the limits in this process's memory.
+   */
+  failureMode?: FailureMode;
+}
+
+/**
+ * An HTTP/HTTPS forward proxy that enforces per-host concurrent connection
+ * limits locally or, with the `redis` option, across every proxy sharing one
+ * Redis.
+ *
+ * @example
+ * ```ts ignore
+ * import { ProxyRateLimiter } from "@dprl/cli";
+ *
+ * const proxy = new ProxyRateLimiter({ defaultMaxConnectionsPerHost: 2 });
+ * await proxy.start();
+ * console.log(proxy.proxyUrl?.href); // e.g. http://127.0.0.1:40123/
+ * await proxy.stop();
+ * ```
+ */
+export class ProxyRateLimiter implements AsyncDisposable {
+  #options: ProxyRateLimiterOptions;
+  #limits: LimitTable;
+  #logger: Logger;
+  /** The limiter, once loaded (the Redis client is loaded only when asked for). */
+  #limiter: Promise<Limiter> | null = null;
+  #starting: Promise<void> | null = null;
+  #server: ProxyServer | null = null;
+  #url: URL | null = null;
+  #served: Promise<void> | null = null;
+  #stopping: Promise<void> | null = null;
+
+  /** Creates a proxy; nothing listens until {@linkcode start}. */
+  constructor(options: ProxyRateLimiterOptions = {}) {
+    this.#options = options;
+    this.#limits = new LimitTable(
+      options.defaultMaxConnectionsPerHost ?? DEFAULTS.defaultMaxConnectionsPerHost,
+      options.hostLimits,
+    );
+    this.#logger = getLogger(["dprl"]);
+  }
+
+  /**
+   * Sets the limit for hosts without an override; 0 or less means unlimited.
+   *
+   * @example
+   * ```ts
+   * import { ProxyRateLimiter } from "@dprl/cli";
+   * new ProxyRateLimiter().setDefaultMaxConnectionsPerHost(10);
+   * ```
+   */
+  setDefaultMaxConnectionsPerHost(limit: number): void {
+    this.#limits.defaultLimit = limit;
+  }
+
+  /**
+   * Sets or updates one host's limit; a limit of 0 or less removes the
+   * override. `host` may carry a port (`"api.example.com:8443"`).
+   *
+   * @example
+   * ```ts
+   * import { ProxyRateLimiter } from "@dprl/cli";
+   * new ProxyRateLimiter().setHostLimit("api.example.com", 5);
+   * ```
+   */
+  setHostLimit(host: string, limit: number): void {
+    this.#limits.set(host, limit);
+  }
+
+  /**
+   * Replaces every per-host limit; entries of 0 or less are ignored.
+   *
+   * @example
+   * ```ts
+   * import { ProxyRateLimiter } from "@dprl/cli";
+   * new ProxyRateLimiter().setHostLimits({ "a.example": 5, "b.example": 2 });
+   * ```
+   */
+  setHostLimits(limits: Record<string, number>): void {
+    this.#limits.replace(limits);
+  }
+
+  /**
+   * Removes one host's override; the default applies to it again.
+   *
+   * @example
+   * ```ts
+   * import { ProxyRateLimiter } from "@dprl/cli";
+   * new ProxyRateLimiter().removeHostLimit("api.example.com");
+   * ```
+   */
+  removeHostLimit(host: string): void {
+    this.#limits.delete(host);
+  }
+
+  /**
+   * The open upstream connections to `host`: this process's in local mode,
+   * the sum over every live worker in distributed mode.
+   *
+   * @example
+   * ```ts ignore
+   * const n = await proxy.activeConnectionsForHost("api.example.com");
+   * ```
+   */
+  async activeConnectionsForHost(host: string): Promise<number> {
+    return await (await this.#loadLimiter()).count(hostKey(host));
+  }
+
+  /**
+   * The URL to use as the proxy of a client, or `null` before
+   * {@linkcode start}.
+   *
+   * @example
+   * ```ts ignore
+   * const client = Deno.createHttpClient({ proxy: { url: proxy.proxyUrl!.href } });
+   * ```
+   */
+  get proxyUrl(): URL | null {
+    return this.#url;
+  }
+
+  /**
+   * Starts listening and serving in the background; resolves once the port
+   * is bound. In Redis mode it first loads the Redis client.
+   *
+   * @example
+   * ```ts ignore
+   * await proxy.start();
+   * ```
+   */
+  start(): Promise<void> {
+    if (this.#stopping) {
+      return Promise.reject(new Error("Proxy was stopped and cannot start again"));
+    }
+    if (this.#starting) return Promise.reject(new Error("Proxy is already started"));
+    const starting = this.#listen();
+    this.#starting = starting;
+    // A failed start may be tried again.
+    starting.catch(() => {
+      if (this.#starting === starting) this.#starting = null;
+    });
+    return starting;
+  }
+
+  async #listen(): Promise<void> {
+    const limiter = await this.#loadLimiter();
+    const listener = Deno.listen({
+      hostname: this.#options.hostname ?? DEFAULTS.hostname,
+      port: this.#options.port ?? DEFAULTS.port,
+    });
+    const addr = listener.addr;
+    const host = addr.hostname === "::"
+      ? "[::1]"
+      : addr.hostname.includes(":")
+      ? `[${addr.hostname}]`
+      : addr.hostname === "0.0.0.0"
+      ? "127.0.0.1"
+      : addr.hostname;
+    this.#url = new URL(`http://${host}:${addr.port}/`);
+    this.#server = new ProxyServer({
+      listener,
+      limits: this.#limits,
+      limiter,
+      rejectStatus: this.#options.rejectStatus ?? DEFAULTS.rejectStatus,
+      timeouts: this.#options.timeouts,
+      maxHeadSize: this.#options.maxHeadSize,
+      maxIdlePerHost: this.#options.maxIdlePerHost,
+      logger: this.#logger,
+    });
+    this.#served = this.#server.serve();
+    this.#logger.info("Proxy listening on {url} (bound to {address})", {
+      url: this.#url.href,
+      address: `${addr.hostname}:${addr.port}`,
+    });
+  }
+
+  /** The limiter; the Redis client is imported on first use only. */
+  #loadLimiter(): Promise<Limiter> {
+    this.#limiter ??= this.#options.redis === undefined
+      ? Promise.resolve(new LocalLimiter())
+      : this.#loadRedisLimiter(this.#options.redis);
+    return this.#limiter;
+  }
+
+  async #loadRedisLimiter(redis: RedisConfig): Promise<Limiter> {
+    let module;
+    try {
+      module = await import("./limit/redis_limiter.ts");
+    } catch (err) {
+      if (err instanceof Deno.errors.NotCapable) {
+        throw new Deno.errors.NotCapable(
+          "Redis mode needs environment access because the Redis client lists the environment " +
+            "as it loads: run with --ignore-env or --allow-env",
+          { cause: err },
+        );
+      }
+      throw err;
+    }
+    return new module.RedisLimiter({
+      redis,
+      prefix: this.#options.redisPrefix ?? DEFAULTS.redisPrefix,
+      lease: this.#options.lease ?? DEFAULTS.lease,
+      timeout: this.#options.redisTimeout ?? DEFAULTS.redisTimeout,
+      failureMode: this.#options.failureMode ?? DEFAULTS.failureMode,
+      logger: this.#logger.getChild("redis"),
+    });
+  }
+
+  /**
+   * Stops gracefully: stops accepting, lets open exchanges and tunnels finish
+   * for up to `graceMs` milliseconds (default 10000), closes the rest and
+   * removes this worker's entries from Redis.
+   *
+   * @example
+   * ```ts ignore
+   * await proxy.stop({ graceMs: 5000 });
+   * ```
+   */
+  stop(options: { graceMs?: number } = {}): Promise<void> {
+    if (this.#stopping) return this.#stopping;
+    const starting = this.#starting;
+    if (!starting) {
+      // Never started: only a limiter loaded by activeConnectionsForHost to release.
+      const limiter = this.#limiter;
+      this.#limiter = null;
+      return limiter ? limiter.then((l) => l.close(), () => {}) : Promise.resolve();
+    }
+    this.#stopping = (async () => {
+      await starting.catch(() => {});
+      const server = this.#server;
+      this.#server = null;
+      if (server) {
+        await server.shutdown(options.graceMs ?? DEFAULTS.shutdownGrace);
+        await this.#served;
+      }
+      const limiter = await this.#limiter?.catch(() => null);
+      await limiter?.close();
+      this.#url = null;
+      if (server) this.#logger.info("Proxy stopped");
+    })();
+    return this.#stopping;
+  }
+
+  /**
+   * Starts the proxy and resolves when it has stopped (by
+   * {@linkcode stop}) and cleaned up.
+   *
+   * @example
+   * ```ts ignore
+   * await new ProxyRateLimiter({ port: 8080 }).listenAndServe();
+   * ```
+   */
+  async listenAndServe(): Promise<void> {
+    await this.start();
+    await this.#served;
+    await this.#stopping;
+  }
+
+  /** Stops the proxy; used by `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.stop();
+  }
+}
