@@ -6,6 +6,7 @@ import {
   PROXY_AUTHENTICATE,
 } from "../lib/access/client_policy.ts";
 import { parseAccessFlags } from "../lib/access/access_flags.ts";
+import { BCRYPTJS } from "../lib/access/bcrypt_verifier.ts";
 
 /** Two users as `htpasswd -nbB` wrote them: alice / "wonder:land", bob / "builder". */
 const HTPASSWD = [
@@ -113,6 +114,22 @@ Deno.test("bcrypt hashes from htpasswd -B authenticate, and the result is cached
   );
   assert.deepEqual(many, new Array(20).fill(null));
   assert.equal(await policy.authenticate(basic("bob", "builder")), "bob");
+});
+
+Deno.test("clients presenting the same new credentials at once all get their answer", async () => {
+  const policy = new ClientPolicy({ users: parseHtpasswd(HTPASSWD, "users.htpasswd") });
+  const answers = await Promise.all(
+    Array.from(
+      { length: 30 },
+      (_, i) => policy.authenticate(basic("alice", i % 2 ? "wonder:land" : "x")),
+    ),
+  );
+  assert.deepEqual(answers, Array.from({ length: 30 }, (_, i) => i % 2 ? "alice" : null));
+});
+
+Deno.test("the bcrypt worker loads the bcryptjs pinned in deno.json", async () => {
+  const config = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));
+  assert.equal(config.imports.bcryptjs, BCRYPTJS);
 });
 
 Deno.test("DPRL_AUTH may carry bcrypt hashes beside plain passwords", async () => {

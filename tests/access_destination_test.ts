@@ -210,3 +210,35 @@ function listenEcho(): { port: number } & AsyncDisposable {
     },
   };
 }
+
+Deno.test("without --allow-sys a wildcard listener is still protected on loopback, with no prompt", async () => {
+  const module = new URL("../lib/access/destination_policy.ts", import.meta.url).href;
+  const script = `
+    import { DestinationPolicy } from "${module}";
+    const policy = new DestinationPolicy({});
+    await policy.protect("0.0.0.0", 18080);
+    const outcome = [policy.interfacesVisible];
+    for (const host of ["localhost", "127.0.0.1", "0.0.0.0"]) {
+      outcome.push(await policy.check(host, 18080).then(() => "admitted", (e) => e.proxyError));
+    }
+    console.log(JSON.stringify(outcome));
+  `;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--no-prompt", "--allow-net", "-"],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  await writer.write(new TextEncoder().encode(script));
+  await writer.close();
+  const { code, stdout, stderr } = await child.output();
+  assert.equal(code, 0, new TextDecoder().decode(stderr));
+  assert.deepEqual(JSON.parse(new TextDecoder().decode(stdout)), [
+    false,
+    "destination_ip_prohibited",
+    "destination_ip_prohibited",
+    "destination_ip_prohibited",
+  ]);
+});

@@ -6,7 +6,7 @@
  */
 
 import { createHash, timingSafeEqual } from "node:crypto";
-import bcrypt from "bcryptjs";
+import { BcryptVerifier } from "./bcrypt_verifier.ts";
 
 /** The `Proxy-Authenticate` value sent with a 407. */
 export const PROXY_AUTHENTICATE = 'Basic realm="dprl", charset="UTF-8"';
@@ -14,7 +14,6 @@ export const PROXY_AUTHENTICATE = 'Basic realm="dprl", charset="UTF-8"';
 const BCRYPT = /^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$/;
 const BASIC = /^basic[ \t]+([A-Za-z0-9+/]+=*)[ \t]*$/i;
 const CACHE_SIZE = 1024;
-const BCRYPT_CONCURRENCY = 2;
 const BCRYPT_QUEUE = 64;
 
 /** Whether `secret` is a bcrypt hash (`$2a$`, `$2b$` or `$2y$`). */
@@ -91,9 +90,10 @@ function remember<V>(map: Map<string, V>, key: string, value: V): void {
 /**
  * Checks `Proxy-Authorization` values against a user list. Plain passwords
  * are compared in constant time (SHA-256 digests, so lengths do not show);
- * bcrypt hashes are verified at most {@linkcode BCRYPT_CONCURRENCY} at a
- * time, and both outcomes are cached by the SHA-256 of the credentials, so a
- * client pays bcrypt once, and repeating a wrong password costs nothing.
+ * bcrypt hashes are verified one at a time on a worker thread (while 64
+ * checks are under way, new credentials are refused at once), and both
+ * outcomes are cached by the SHA-256 of the credentials, so a client pays
+ * bcrypt once, and repeating a wrong password costs nothing.
  */
 export class ProxyAuth {
   readonly #plain = new Map<string, Uint8Array>();
@@ -102,8 +102,8 @@ export class ProxyAuth {
   readonly #dummyHash: string | undefined;
   readonly #granted = new Map<string, string>();
   readonly #refused = new Map<string, true>();
-  #running = 0;
-  readonly #waiting: (() => void)[] = [];
+  readonly #checking = new Map<string, Promise<string | null>>();
+  readonly #bcrypt = new BcryptVerifier(BCRYPT_QUEUE);
 
   /** Checks against `users` (user -> password or bcrypt hash). */
   constructor(users: Map<string, string>) {
@@ -149,9 +149,13 @@ export class ProxyAuth {
     const cached = this.#granted.get(key);
     if (cached !== undefined) return cached;
     if (this.#refused.has(key)) return null;
+    // Clients that present the same new credentials at once share one check.
+    const checking = this.#checking.get(key);
+    if (checking) return checking;
     // Unknown users are checked against a real hash too, so timing does not
     // tell which users exist.
-    return this.#verify(password, hash ?? this.#dummyHash!).then((ok) => {
+    const check = this.#bcrypt.verify(password, hash ?? this.#dummyHash!).then((ok) => {
+      this.#checking.delete(key);
       if (ok === undefined) return null;
       if (ok && hash !== undefined) {
         remember(this.#granted, key, user);
@@ -160,25 +164,7 @@ export class ProxyAuth {
       remember(this.#refused, key, true);
       return null;
     });
-  }
-
-  /** Runs one bcrypt check when a turn is free; `undefined` when too many wait. */
-  async #verify(password: string, hash: string): Promise<boolean | undefined> {
-    if (this.#running < BCRYPT_CONCURRENCY) {
-      this.#running++;
-    } else {
-      if (this.#waiting.length >= BCRYPT_QUEUE) return undefined;
-      // The finishing check hands its turn over without giving it back.
-      await new Promise<void>((resolve) => this.#waiting.push(resolve));
-    }
-    try {
-      return await bcrypt.compare(password, hash);
-    } catch {
-      return false;
-    } finally {
-      const next = this.#waiting.shift();
-      if (next) next();
-      else this.#running--;
-    }
+    this.#checking.set(key, check);
+    return check;
   }
 }
