@@ -48,9 +48,9 @@ function flag(name: string, value: boolean | string | undefined): boolean {
   throw new RangeError(`${name} must be true or false, got "${value}"`);
 }
 
-async function readAuthFile(path: string): Promise<string> {
+function readAuthFile(path: string): string {
   try {
-    return await Deno.readTextFile(path);
+    return Deno.readTextFileSync(path);
   } catch (err) {
     if (err instanceof Deno.errors.NotCapable || err instanceof Deno.errors.PermissionDenied) {
       throw new RangeError(`--auth-file ${path} cannot be read: run with --allow-read=${path}`);
@@ -65,11 +65,11 @@ async function readAuthFile(path: string): Promise<string> {
  * `RangeError` with a one-line message (never holding a password) on any bad
  * value: the command line prints it and exits with code 2.
  */
-export async function parseAccessFlags(values: AccessFlagValues): Promise<AccessOptions> {
+export function parseAccessFlags(values: AccessFlagValues): AccessOptions {
   const users = parseUsers(values.auth ?? "");
   if (values.authFile) {
     const path = values.authFile;
-    for (const [user, hash] of parseHtpasswd(await readAuthFile(path), path)) {
+    for (const [user, hash] of parseHtpasswd(readAuthFile(path), path)) {
       if (users.has(user)) {
         throw new RangeError(`User "${user}" is in both DPRL_AUTH and --auth-file`);
       }

@@ -66,6 +66,7 @@ export class DestinationPolicy {
   readonly #deny: DestinationRule[];
   readonly #allowNames: DestinationRule[];
   readonly #allowAddresses: DestinationRule[];
+  readonly #denyAddresses: boolean;
   readonly #denyPrivate: boolean;
   readonly #resolveTimeout: number;
   /** Every protected port. */
@@ -87,6 +88,7 @@ export class DestinationPolicy {
     this.#deny = (options.deny ?? []).map(parseDestinationRule);
     this.#allowNames = this.#allow.filter((r) => r.host !== undefined);
     this.#allowAddresses = this.#allow.filter((r) => r.cidr !== undefined);
+    this.#denyAddresses = this.#deny.some((r) => r.cidr !== undefined);
     this.#denyPrivate = options.denyPrivate ?? false;
     this.#resolveTimeout = options.resolveTimeout ?? DEFAULTS.timeouts.connect;
   }
@@ -164,8 +166,8 @@ export class DestinationPolicy {
     if (!nameAllowed && this.#allowAddresses.length === 0) throw this.#notAllowed(shown);
     if (this.#pending.size > 0 && this.#ports.has(port)) await this.#retryPending();
 
-    const needsAddresses = !nameAllowed || this.#denyPrivate || this.#ports.has(port) ||
-      this.#deny.some((r) => r.cidr !== undefined);
+    const needsAddresses = !nameAllowed || this.#denyPrivate || this.#denyAddresses ||
+      this.#ports.has(port);
     if (!literal && !needsAddresses) return [host];
     if (!literal && this.#pending.get(host)?.has(port)) throw this.#protected(shown, host);
 
