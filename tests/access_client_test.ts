@@ -107,6 +107,8 @@ Deno.test("bcrypt hashes from htpasswd -B authenticate, and the result is cached
   const stranger = policy.authenticate(basic("mallory", "builder"));
   assert.ok(stranger instanceof Promise);
   assert.equal(await stranger, null);
+  // Not even with the password of the hash it is checked against.
+  assert.equal(await policy.authenticate(basic("mallory", "wonder:land")), null);
 
   // Many concurrent first checks all settle, and valid ones still pass.
   const many = await Promise.all(
@@ -268,6 +270,93 @@ Deno.test("access flags become policy options, bad values one-line errors", asyn
 function hasHtpasswd(): boolean {
   try {
     new Deno.Command("htpasswd", { args: ["-h"], stderr: "null", stdout: "null" }).outputSync();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test("credentials as curl --proxy-user sends them pass, for plain HTTP and CONNECT", {
+  ignore: !hasCommand("curl"),
+}, async () => {
+  const users = parseHtpasswd(HTPASSWD, "users.htpasswd");
+  users.set("zoë", "pässwörd:with colon");
+  const policy = new ClientPolicy({ users });
+  await using gate = listenAuthGate(policy);
+  const curl = async (user: string, ...args: string[]): Promise<string> => {
+    const { stdout } = await new Deno.Command("curl", {
+      args: [
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{http_connect}",
+        "--max-time",
+        "10",
+        "--proxy",
+        `http://127.0.0.1:${gate.port}`,
+        "--proxy-user",
+        user,
+        ...args,
+      ],
+      env: { NO_PROXY: "", no_proxy: "" },
+    }).output();
+    return new TextDecoder().decode(stdout);
+  };
+  assert.equal(await curl("alice:wonder:land", "http://upstream.test/"), "200 000");
+  assert.equal(await curl("alice:wrong", "http://upstream.test/"), "407 000");
+  assert.equal(await curl("zoë:pässwörd:with colon", "http://upstream.test/"), "200 000");
+  // The tunnel opens (200); the request inside it then meets the closed connection (000).
+  assert.equal(await curl("bob:builder", "-p", "http://upstream.test:8443/"), "000 200");
+  assert.equal(await curl("bob:wrong", "-p", "http://upstream.test:8443/"), "000 407");
+  assert.deepEqual(gate.challenges, [PROXY_AUTHENTICATE, PROXY_AUTHENTICATE]);
+});
+
+/**
+ * A listener that answers each request head with 200 when its
+ * Proxy-Authorization passes `policy`, else 407, and closes.
+ */
+function listenAuthGate(
+  policy: ClientPolicy,
+): { port: number; challenges: string[] } & AsyncDisposable {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const challenges: string[] = [];
+  const answer = async (conn: Deno.Conn) => {
+    let head = "";
+    const buf = new Uint8Array(4096);
+    while (!head.includes("\r\n\r\n")) {
+      const n = await conn.read(buf);
+      if (n === null) return;
+      head += new TextDecoder().decode(buf.subarray(0, n));
+    }
+    const field = /^proxy-authorization:[ \t]*(.*?)[ \t]*$/im.exec(head)?.[1];
+    const user = await policy.authenticate(field);
+    let reply = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    if (user === null) {
+      challenges.push(PROXY_AUTHENTICATE);
+      reply = "HTTP/1.1 407 Proxy Authentication Required\r\n" +
+        `Proxy-Authenticate: ${PROXY_AUTHENTICATE}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`;
+    }
+    await conn.write(new TextEncoder().encode(reply));
+  };
+  const served = (async () => {
+    for await (const conn of listener) {
+      answer(conn).catch(() => {}).finally(() => conn.close());
+    }
+  })();
+  return {
+    port: listener.addr.port,
+    challenges,
+    async [Symbol.asyncDispose]() {
+      listener.close();
+      await served.catch(() => {});
+    },
+  };
+}
+
+function hasCommand(name: string): boolean {
+  try {
+    new Deno.Command(name, { args: ["--version"], stderr: "null", stdout: "null" }).outputSync();
     return true;
   } catch {
     return false;

@@ -80,25 +80,26 @@ export function parseAccessFlags(values: AccessFlagValues): AccessOptions {
   if (values.allowClients !== undefined && values.allowClients.trim() !== "") {
     clients.allowClients = splitList(values.allowClients);
   }
-  const destinations: DestinationPolicyOptions = {
-    allow: (values.allow ?? []).flatMap(splitList),
-    deny: (values.deny ?? []).flatMap(splitList),
-    denyPrivate: flag("--deny-private", values.denyPrivate),
-  };
   new ClientPolicy(clients); // rejects a bad CIDR with a one-line message
-  for (
-    const [name, rules] of [["--allow", destinations.allow!], [
-      "--deny",
-      destinations.deny!,
-    ]] as const
-  ) {
-    for (const rule of rules) {
-      try {
-        parseDestinationRule(rule);
-      } catch (err) {
-        throw new RangeError(`${name}: ${(err as Error).message}`);
-      }
+  return {
+    clients,
+    destinations: {
+      allow: rules("--allow", values.allow),
+      deny: rules("--deny", values.deny),
+      denyPrivate: flag("--deny-private", values.denyPrivate),
+    },
+  };
+}
+
+/** The rules of a repeatable flag, each entry split on commas and checked. */
+function rules(name: string, values: string[] | undefined): string[] {
+  const list = (values ?? []).flatMap(splitList);
+  for (const rule of list) {
+    try {
+      parseDestinationRule(rule);
+    } catch (err) {
+      throw new RangeError(`${name}: ${(err as Error).message}`);
     }
   }
-  return { clients, destinations };
+  return list;
 }
