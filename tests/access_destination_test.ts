@@ -242,3 +242,26 @@ Deno.test("without --allow-sys a wildcard listener is still protected on loopbac
     "destination_ip_prohibited",
   ]);
 });
+
+Deno.test("a malformed destination name gets 400 and is not echoed", async () => {
+  const policy = new DestinationPolicy({});
+  for (
+    const host of [
+      'evil"name',
+      "a b",
+      "x\r\nSet-Cookie: 1",
+      "",
+      "a..b",
+      `${"a".repeat(254)}`,
+      "café.fr",
+    ]
+  ) {
+    await assert.rejects(policy.check(host, 80), (err: Error) => {
+      assert.ok(err instanceof HttpError && !(err instanceof DestinationRefusedError), host);
+      assert.equal(err.status, 400);
+      assert.equal(err.message, "Destination host name is malformed");
+      return true;
+    }, JSON.stringify(host));
+  }
+  assert.deepEqual(await policy.check("under_score-1.example", 80), ["under_score-1.example"]);
+});

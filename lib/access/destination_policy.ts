@@ -50,6 +50,7 @@ const LOOPBACK_OR_UNSPECIFIED = ["127.0.0.0/8", "0.0.0.0/8", "::1/128", "::/128"
   parseCidr(c)!
 );
 const INTERFACES_TTL_MS = 5_000;
+const HOST_NAME = /^(?=.{1,253}$)[a-z0-9_-]+(\.[a-z0-9_-]+)*$/;
 
 /**
  * Checks destinations before the proxy dials them, and tells it which
@@ -145,12 +146,16 @@ export class DestinationPolicy {
    * in order: the IP literal itself, the resolved addresses, or — when no rule
    * depends on addresses and `port` is not protected — the name itself, which
    * then needs no lookup here. Throws a {@linkcode DestinationRefusedError}
-   * (403) when refused, or an `HttpError` (502 `dns_error`, 504
-   * `dns_timeout`) when an address is needed and the name does not resolve.
+   * (403) when refused, or an `HttpError`: 400 when the name is not a host
+   * name or IP literal; 502 `dns_error` or 504 `dns_timeout` when an address
+   * is needed and the name does not resolve.
    */
   async check(hostname: string, port: number): Promise<string[]> {
     const host = normalizeHost(hostname);
     const literal = parseIp(host);
+    if (!literal && !HOST_NAME.test(host)) {
+      throw new HttpError(400, "Destination host name is malformed", "http_request_error");
+    }
     const shown = literal?.family === 6 ? `[${host}]:${port}` : `${host}:${port}`;
     const nameMatches = (r: DestinationRule) =>
       (!literal || r.host === "*") && matchesName(r, host, port);
