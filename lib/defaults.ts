@@ -60,6 +60,15 @@ export const DEFAULTS = {
   failureMode: "closed" as "closed" | "open" | "local",
   /** Log level of the command line. */
   logLevel: "info",
+  /** Clients admitted without authentication: loopback and private networks. */
+  allowClients: [
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+  ] as readonly string[],
   /** Master name known to Redis Sentinels. */
   redisMasterName: "mymaster",
 } as const;

@@ -1,0 +1,48 @@
+/**
+ * Host name resolution for destination checks: the system resolver
+ * (`getaddrinfo`, so `/etc/hosts` and `nsswitch.conf` apply exactly as they
+ * do when a socket connects by name), bounded in time.
+ *
+ * @module
+ */
+
+import { lookup } from "node:dns/promises";
+import { HttpError } from "../proxy/http_head.ts";
+
+/** Resolves a host name to IP addresses, in the order to dial them. */
+export type Resolver = (hostname: string) => Promise<string[]>;
+
+/**
+ * Resolves `hostname` to all its IPv4 and IPv6 addresses in the system
+ * resolver's order. Needs only `--allow-net` for the name. Throws an
+ * {@linkcode HttpError}: 502 `dns_error` when the name does not resolve, 504
+ * `dns_timeout` when no answer comes within `timeoutMs`.
+ */
+export async function resolveHost(hostname: string, timeoutMs: number): Promise<string[]> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new HttpError(504, `Resolving ${hostname} timed out`, "dns_timeout")),
+      timeoutMs,
+    );
+  });
+  try {
+    const found = await Promise.race([
+      lookup(hostname, { all: true, order: "verbatim" }),
+      timeout,
+    ]);
+    const addresses = [...new Set(found.map((a) => a.address))];
+    if (addresses.length === 0) throw new Error("no addresses");
+    return addresses;
+  } catch (err) {
+    if (err instanceof HttpError) throw err;
+    const code = (err as { code?: string }).code;
+    throw new HttpError(
+      502,
+      `Cannot resolve ${hostname}${code ? ` (${code})` : ""}`,
+      "dns_error",
+    );
+  } finally {
+    clearTimeout(timer);
+  }
+}
