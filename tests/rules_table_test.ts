@@ -177,7 +177,7 @@ Deno.test("rule table lookup agrees with a naive scan of every rule", () => {
         assert.deepEqual(got.group, best(members, key), key);
       }
     }),
-    { numRuns: 300 },
+    { numRuns: 500 },
   );
 });
 

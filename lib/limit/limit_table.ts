@@ -83,8 +83,10 @@ export class LimitTable {
   }
 
   /** The limit and group that apply to an already normalised host key. */
-  lookup(key: string): RuleMatch {
-    return { limit: this.limitFor(key), group: this.#rules.group(key) };
+  lookup(key: string): Readonly<RuleMatch> {
+    const match = this.#rules.lookup(key);
+    if (this.#own.size === 0 && this.#default === undefined) return match;
+    return { limit: this.limitFor(key), group: match.group };
   }
 
   /** The runtime overrides, by normalised pattern. */

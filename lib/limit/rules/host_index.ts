@@ -4,39 +4,73 @@
  * @module
  */
 
+/** A node of the wildcard trie: one label, read from the right. */
+interface Node<T> {
+  value: T | undefined;
+  children: Map<string, Node<T>> | undefined;
+}
+
 /**
  * Values keyed by normalised host patterns: exact keys (`api.example.com`,
  * `cdn.example.net:8443`) and wildcards (`*.example.org`).
  *
  * {@linkcode HostIndex.match} finds the most specific pattern for a host key:
  * the exact key (with its port), then the host without its port, then the
- * longest wildcard suffix. It costs one map look-up per label of the host,
- * however many patterns the index holds.
+ * longest wildcard suffix. Exact patterns live in a map; wildcards in a
+ * trie of labels read from the right (`org`, then `example`), so a lookup
+ * costs at most two map accesses for the exact patterns and one per label of
+ * the host for the wildcards, and a host under no wildcard's top-level
+ * label is done after one; however many patterns the index holds.
  */
 export class HostIndex<T> {
   #exact = new Map<string, T>();
-  #wild = new Map<string, T>();
+  #root: Node<T> = { value: undefined, children: undefined };
+  #wildcards = 0;
 
   /** The number of patterns. */
   get size(): number {
-    return this.#exact.size + this.#wild.size;
+    return this.#exact.size + this.#wildcards;
   }
 
   /** Sets the value of a normalised pattern (see `parseHostPattern`). */
   set(pattern: string, value: T): void {
-    if (pattern.startsWith("*.")) this.#wild.set(pattern.slice(2), value);
-    else this.#exact.set(pattern, value);
+    if (!pattern.startsWith("*.")) {
+      this.#exact.set(pattern, value);
+      return;
+    }
+    let node = this.#root;
+    for (const label of pattern.slice(2).split(".").reverse()) {
+      node.children ??= new Map();
+      let child = node.children.get(label);
+      if (!child) node.children.set(label, child = { value: undefined, children: undefined });
+      node = child;
+    }
+    if (node.value === undefined) this.#wildcards++;
+    node.value = value;
   }
 
   /** Removes a normalised pattern. */
   delete(pattern: string): void {
-    if (pattern.startsWith("*.")) this.#wild.delete(pattern.slice(2));
-    else this.#exact.delete(pattern);
-  }
-
-  /** The value of exactly this normalised pattern. */
-  get(pattern: string): T | undefined {
-    return pattern.startsWith("*.") ? this.#wild.get(pattern.slice(2)) : this.#exact.get(pattern);
+    if (!pattern.startsWith("*.")) {
+      this.#exact.delete(pattern);
+      return;
+    }
+    const path = [this.#root];
+    const labels = pattern.slice(2).split(".").reverse();
+    for (const label of labels) {
+      const child = path[path.length - 1].children?.get(label);
+      if (!child) return;
+      path.push(child);
+    }
+    if (path[path.length - 1].value === undefined) return;
+    this.#wildcards--;
+    path[path.length - 1].value = undefined;
+    // Prune the nodes that lead nowhere any more.
+    for (let i = labels.length; i > 0; i--) {
+      const node = path[i];
+      if (node.value !== undefined || node.children?.size) break;
+      path[i - 1].children!.delete(labels[i - 1]);
+    }
   }
 
   /** The value of the most specific pattern matching a host key. */
@@ -50,11 +84,17 @@ export class HostIndex<T> {
       value = this.#exact.get(host);
       if (value !== undefined) return value;
     }
-    if (this.#wild.size === 0 || host.startsWith("[")) return undefined;
-    for (let dot = host.indexOf("."); dot >= 0; dot = host.indexOf(".", dot + 1)) {
-      value = this.#wild.get(host.slice(dot + 1));
-      if (value !== undefined) return value;
+    if (this.#wildcards === 0 || host.startsWith("[")) return undefined;
+    // Walk the labels from the right; the deepest wildcard above the host wins.
+    let node: Node<T> | undefined = this.#root;
+    let end = host.length;
+    while (end > 0) {
+      const dot = host.lastIndexOf(".", end - 1);
+      node = node.children?.get(host.slice(dot + 1, end));
+      if (node === undefined || dot < 0) break;
+      if (node.value !== undefined) value = node.value;
+      end = dot;
     }
-    return undefined;
+    return value;
   }
 }

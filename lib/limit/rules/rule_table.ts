@@ -24,10 +24,11 @@ export interface RuleMatch {
 }
 
 /**
- * Limit rules compiled for lookups: a map for exact patterns and a map of
- * wildcard suffixes, so a lookup costs one map access per label of the host
- * however many rules there are. Immutable: to change the rules, compile a
- * new table and swap it in.
+ * Limit rules compiled for lookups: a map for exact patterns and a trie of
+ * labels for wildcards, each pattern resolved in advance to its limit and
+ * group, so a lookup is one walk of at most one map access per label of the
+ * host, allocates nothing, and costs the same however many rules there are.
+ * Immutable: to change the rules, compile a new table and swap it in.
  *
  * Precedence, for the host limit and (separately) for the group: the exact
  * `host:port`, then the exact host (any port), then the longest matching
@@ -44,14 +45,14 @@ export interface RuleMatch {
  *   groups: [{ name: "storage", match: ["*.s3.amazonaws.com"], limit: 100 }],
  * });
  * table.lookup("a.example.org"); // { limit: 10, group: undefined }
+ * table.lookup("example.org"); // { limit: 25, group: undefined }
  * table.lookup("b.s3.amazonaws.com"); // { limit: 25, group: { name: "storage", limit: 100 } }
  * ```
  */
 export class RuleTable {
   #rules: LimitRules;
-  #default: number;
-  #hosts = new HostIndex<number>();
-  #groups = new HostIndex<GroupMatch>();
+  #default: Readonly<RuleMatch>;
+  #index = new HostIndex<Readonly<RuleMatch>>();
 
   /**
    * Compiles rules. Throws a `RulesError` naming the first invalid rule.
@@ -59,11 +60,24 @@ export class RuleTable {
   constructor(rules: LimitRules = {}) {
     const n = normalizeRules(rules);
     this.#rules = canonicalRules(n);
-    this.#default = n.default ?? 0;
-    for (const [pattern, limit] of n.hosts) this.#hosts.set(pattern, limit);
+    const limit = n.default ?? 0;
+    this.#default = Object.freeze({ limit, group: undefined });
+    const limits = new HostIndex<number>();
+    const groups = new HostIndex<GroupMatch>();
+    for (const [pattern, limit] of n.hosts) limits.set(pattern, limit);
     for (const group of n.groups) {
       const match: GroupMatch = Object.freeze({ name: group.name, limit: group.limit });
-      for (const pattern of group.match) this.#groups.set(pattern, match);
+      for (const pattern of group.match) groups.set(pattern, match);
+    }
+    // Resolve every pattern once: a host whose most specific pattern is P
+    // gets what a lookup of P itself finds (a wildcard `*.s` is looked up as
+    // the key `*.s`, which only wildcards can match). One walk per lookup
+    // then finds both the limit and the group, with nothing to allocate.
+    for (const pattern of new Set([...n.hosts.keys(), ...n.groups.flatMap((g) => g.match)])) {
+      this.#index.set(
+        pattern,
+        Object.freeze({ limit: limits.match(pattern) ?? limit, group: groups.match(pattern) }),
+      );
     }
   }
 
@@ -74,24 +88,11 @@ export class RuleTable {
 
   /** The default limit; 0 is unlimited. */
   get defaultLimit(): number {
-    return this.#default;
-  }
-
-  /** The limit of the most specific host rule matching `key`, if any. */
-  hostLimit(key: string): number | undefined {
-    return this.#hosts.match(key);
-  }
-
-  /** The group of the most specific group pattern matching `key`, if any. */
-  group(key: string): GroupMatch | undefined {
-    return this.#groups.match(key);
+    return this.#default.limit;
   }
 
   /** The limit and group of a host key (see `hostKey`). */
-  lookup(key: string): RuleMatch {
-    return {
-      limit: this.#hosts.match(key) ?? this.#default,
-      group: this.#groups.size ? this.#groups.match(key) : undefined,
-    };
+  lookup(key: string): Readonly<RuleMatch> {
+    return this.#index.match(key) ?? this.#default;
   }
 }
