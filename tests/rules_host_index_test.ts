@@ -34,8 +34,8 @@ Deno.test("host index: a removed wildcard stops matching and its parent still do
 });
 
 Deno.test("host index matches like a scan of every pattern after any sets and deletes", () => {
-  const label = fc.constantFrom("a", "b", "c", "org");
-  const name = fc.array(label, { minLength: 1, maxLength: 4 }).map((l) => l.join("."));
+  const label = fc.constantFrom("a", "b", "org");
+  const name = fc.array(label, { minLength: 1, maxLength: 3 }).map((l) => l.join("."));
   const port = fc.constantFrom("", "", "8080");
   const pattern = fc.oneof(
     fc.tuple(name, port).map(([n, p]) => parseHostPattern(p ? `${n}:${p}` : n)),
@@ -54,7 +54,9 @@ Deno.test("host index matches like a scan of every pattern after any sets and de
           else [index.delete(p), model.delete(p)];
         }
         assert.equal(index.size, model.size);
-        for (const k of keys.map((p) => p.replace("*", "x"))) {
+        // Keys: every pattern used, as a host and with one more label.
+        const all = [...ops.map(([, p]) => p), ...keys].map((p) => p.replace("*.", ""));
+        for (const k of all.flatMap((p) => [p, `x.${p}`])) {
           let want: number | undefined;
           let score = -1;
           for (const [p, v] of model) {

@@ -171,7 +171,11 @@ Deno.test("rule table lookup agrees with a naive scan of every rule", () => {
           { name: g.name, limit: g.limit },
         ])
       );
-      for (const key of keys) {
+      // Keys: random ones, and every pattern as a host, with one and two more labels.
+      const near = [...hosts.keys(), ...members.map(([p]) => p)]
+        .map((p) => p.replace("*.", ""))
+        .flatMap((p) => [p, `x.${p}`, `y.x.${p}`]);
+      for (const key of [...keys, ...near]) {
         const got = t.lookup(key);
         assert.equal(got.limit, best([...hosts], key) ?? rules.default, key);
         assert.deepEqual(got.group, best(members, key), key);
