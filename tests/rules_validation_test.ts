@@ -5,6 +5,7 @@ import {
   layerRules,
   parseHostPattern,
   RulesError,
+  rulesFromLimits,
   validateRules,
 } from "../lib/limit/rules/rules.ts";
 
@@ -156,5 +157,17 @@ Deno.test("rule diff names every differing rule and ignores spelling", () => {
       groups: [{ name: "g", match: ["x", "y"], limit: 1 }],
     }),
     [{ rule: "groups.g", a: "limit 1 for x", b: "limit 1 for x, y" }],
+  );
+});
+
+Deno.test("limits given as options become rules: 0 or less is unlimited or no override", () => {
+  assert.deepEqual(
+    rulesFromLimits({ defaultLimit: -1, hostLimits: { "a.example": 2, "b.example": 0, c: -1 } }),
+    { default: 0, hosts: { "a.example": 2 } },
+  );
+  assert.deepEqual(rulesFromLimits({}), {});
+  assert.deepEqual(
+    layerRules(rulesFromLimits({ defaultLimit: 5 }), { hosts: { "a.example": 1 } }),
+    { default: 5, hosts: { "a.example": 1 } },
   );
 });

@@ -323,3 +323,26 @@ export function layerRules(...layers: LimitRules[]): LimitRules {
   }
   return canonicalRules(out);
 }
+
+/**
+ * The rules that a default limit and per-host limits given as options or
+ * flags stand for: there, 0 or less means unlimited for the default and "no
+ * override" for a host, so a default below 0 becomes 0 and such hosts are
+ * left out.
+ *
+ * @example
+ * ```ts
+ * import { rulesFromLimits } from "./rules.ts";
+ * rulesFromLimits({ defaultLimit: -1, hostLimits: { "a.example": 2, "b.example": 0 } });
+ * // { default: 0, hosts: { "a.example": 2 } }
+ * ```
+ */
+export function rulesFromLimits(
+  options: { defaultLimit?: number; hostLimits?: Record<string, number> },
+): LimitRules {
+  const rules: LimitRules = {};
+  if (options.defaultLimit !== undefined) rules.default = Math.max(0, options.defaultLimit);
+  const hosts = Object.entries(options.hostLimits ?? {}).filter(([, limit]) => limit > 0);
+  if (hosts.length) rules.hosts = Object.fromEntries(hosts);
+  return rules;
+}
