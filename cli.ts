@@ -22,6 +22,7 @@ import {
 } from "./mod.ts";
 import { parseDuration } from "./lib/duration.ts";
 import { splitHostPort } from "./lib/limit/host_key.ts";
+import { parseHostPattern } from "./lib/limit/rules/rules.ts";
 
 /** A flag: its name, environment variable, default and help text. */
 interface Flag {
@@ -287,6 +288,11 @@ function parseCli(args: string[]): CliConfig {
   for (const entry of limitArgs) {
     const m = /^([^=\s]+)=(-?[0-9]+)$/.exec(entry.trim());
     if (!m) throw new UsageError(`--host-limit must be host=N, got "${entry}"`);
+    try {
+      parseHostPattern(m[1]);
+    } catch (err) {
+      throw new UsageError(`--host-limit host "${m[1]}" ${(err as Error).message}`);
+    }
     hostLimits[m[1]] = integer("host-limit", m[2], -1, Number.MAX_SAFE_INTEGER);
   }
 

@@ -128,3 +128,17 @@ Deno.test("LimitTable rejects a host that is not a host pattern and keeps its ov
   assert.throws(() => t.replace({ "b.example": 2, "bad host": 3 }), TypeError);
   assert.deepEqual(t.entries(), { "a.example": 1 });
 });
+
+Deno.test("LimitTable host limit applies to every port of the host unless host:port has its own", () => {
+  const t = new LimitTable(0, { "b.example": 6, "b.example:8443": 2 });
+  assert.equal(t.limitFor("b.example:8080"), 6);
+  assert.equal(t.limitFor("b.example:8443"), 2);
+  assert.equal(t.limitFor("b.example"), 6);
+});
+
+Deno.test("LimitTable runtime wildcard applies to hosts under it", () => {
+  const t = new LimitTable(1);
+  t.set("*.example.org", 4);
+  assert.equal(t.limitFor("a.example.org"), 4);
+  assert.equal(t.limitFor("example.org"), 1);
+});
