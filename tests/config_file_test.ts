@@ -88,9 +88,13 @@ Deno.test("config file may set the default as max-connections, not both", () => 
   );
 });
 
-Deno.test("empty config file sets nothing", () => {
+Deno.test("empty config file or empty sections set nothing", () => {
   assert.deepEqual(parse("dprl.yaml", ""), { settings: {}, rules: {} });
   assert.deepEqual(parse("dprl.yaml", "# only a comment\n"), { settings: {}, rules: {} });
+  assert.deepEqual(parse("dprl.yaml", "hosts:\n  # a.example: 1\ngroups:\n"), {
+    settings: {},
+    rules: {},
+  });
 });
 
 Deno.test("invalid YAML rules name file, line, column and rule", () => {

@@ -203,7 +203,8 @@ export function parseConfig(text: string, options: ConfigOptions & { path: strin
       defaultKey = key;
       rules.default = js[key];
     } else if (key === "hosts" || key === "groups") {
-      rules[key] = js[key];
+      // An empty section (every entry commented out) has no rules.
+      if (js[key] !== null) rules[key] = js[key];
     } else if (key === "host-limit") {
       fail("host-limit is written as hosts in the file, a mapping of host to limit", at);
     } else if (!known.includes(key)) {
