@@ -20,6 +20,7 @@ import type { FailureMode } from "./lib/limit/redis_limiter.ts";
 import type { RedisConfig } from "./lib/limit/redis_config.ts";
 import { ProxyRateLimiter, type ProxyRateLimiterOptions } from "./lib/proxy_rate_limiter.ts";
 import { VERSION } from "./lib/version.ts";
+import { parseHostPattern } from "./lib/limit/rules/rules.ts";
 
 /** A flag: its value's name, environment variable, default and help text. */
 interface Flag {
@@ -376,6 +377,11 @@ function parseCli(args: string[]): CliConfig {
   for (const entry of limitArgs) {
     const m = /^([^=\s]+)=(-?[0-9]+)$/.exec(entry.trim());
     if (!m) throw new UsageError(`--host-limit must be host=N, got "${entry}"`);
+    try {
+      parseHostPattern(m[1]);
+    } catch (err) {
+      throw new UsageError(`--host-limit host "${m[1]}" ${(err as Error).message}`);
+    }
     hostLimits[m[1]] = integer("host-limit", m[2], -1, Number.MAX_SAFE_INTEGER);
   }
 

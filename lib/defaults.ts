@@ -50,6 +50,8 @@ export const DEFAULTS = {
   } as Readonly<Timeouts>,
   /** Grace period of a stop, in milliseconds. */
   shutdownGrace: 10_000,
+  /** Quiet time after a change of the config file before it is reloaded, in milliseconds. */
+  configWatchDebounce: 250,
   /** Prefix of the Redis keys. */
   redisPrefix: "dprl",
   /** Worker lease in Redis, in milliseconds. */

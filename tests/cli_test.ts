@@ -267,6 +267,7 @@ Deno.test("CLI bad flag values give one stderr line and exit code 2", async () =
     ["--host-limit", "nope"],
     ["--host-limit", "a.example=x"],
     ["--host-limit", "=5"],
+    ["--host-limit", "a/b=5"],
     ["--redis-db", "x"],
     ["--head-timeout", "soon"],
     ["--connect-timeout", "-1s"],

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { LimitTable } from "../lib/limit/limit_table.ts";
+import { RuleTable } from "../lib/limit/rules/rule_table.ts";
 import { ProxyRateLimiter } from "../mod.ts";
 
 Deno.test("LimitTable gives the default to hosts without an override", () => {
@@ -76,4 +77,68 @@ Deno.test("ProxyRateLimiter limit setters accept every documented form", () => {
   p.removeHostLimit("c.example");
   p.setHostLimit("e.example", 0);
   assert.equal(p.proxyUrl, null);
+});
+
+Deno.test("LimitTable runtime overrides sit on top of the rules, pattern by pattern", () => {
+  const t = new LimitTable();
+  t.rules = new RuleTable({
+    default: 25,
+    hosts: { "a.example.org": 5, "*.example.org": 10 },
+    groups: [{ name: "g", match: ["*.example.org"], limit: 30 }],
+  });
+  assert.equal(t.limitFor("a.example.org"), 5);
+  assert.equal(t.limitFor("b.example.org"), 10);
+  assert.equal(t.defaultLimit, 25);
+  // A runtime override replaces the same pattern; the most specific pattern still wins.
+  t.set("*.Example.org", 3);
+  assert.equal(t.limitFor("b.example.org"), 3);
+  assert.equal(t.limitFor("a.example.org"), 5);
+  t.set("a.example.org", 1);
+  assert.equal(t.limitFor("a.example.org"), 1);
+  // Removing an override brings the rule back, not the default.
+  t.delete("a.example.org");
+  assert.equal(t.limitFor("a.example.org"), 5);
+  t.set("*.example.org", 0);
+  assert.equal(t.limitFor("b.example.org"), 10);
+  // A runtime default replaces only the rules' default.
+  t.defaultLimit = 2;
+  assert.equal(t.limitFor("other.example"), 2);
+  assert.equal(t.limitFor("b.example.org"), 10);
+  t.deleteDefault();
+  assert.equal(t.limitFor("other.example"), 25);
+  assert.deepEqual(t.lookup("b.example.org").group, { name: "g", limit: 30 });
+  assert.equal(t.lookup("other.example").group, undefined);
+});
+
+Deno.test("LimitTable keeps runtime overrides when new rules are swapped in", () => {
+  const t = new LimitTable(undefined, { "a.example": 7 });
+  t.rules = new RuleTable({ default: 3, hosts: { "a.example": 1, "b.example": 2 } });
+  assert.equal(t.limitFor("a.example"), 7);
+  assert.equal(t.limitFor("b.example"), 2);
+  t.rules = new RuleTable({ default: 4 });
+  assert.equal(t.limitFor("a.example"), 7);
+  assert.equal(t.limitFor("b.example"), 4);
+  assert.deepEqual(t.entries(), { "a.example": 7 });
+});
+
+Deno.test("LimitTable rejects a host that is not a host pattern and keeps its overrides", () => {
+  const t = new LimitTable(0, { "a.example": 1 });
+  assert.throws(() => t.set("not a host", 1), TypeError);
+  assert.throws(() => t.set("a.*.example", 1), TypeError);
+  assert.throws(() => t.replace({ "b.example": 2, "bad host": 3 }), TypeError);
+  assert.deepEqual(t.entries(), { "a.example": 1 });
+});
+
+Deno.test("LimitTable host limit applies to every port of the host unless host:port has its own", () => {
+  const t = new LimitTable(0, { "b.example": 6, "b.example:8443": 2 });
+  assert.equal(t.limitFor("b.example:8080"), 6);
+  assert.equal(t.limitFor("b.example:8443"), 2);
+  assert.equal(t.limitFor("b.example"), 6);
+});
+
+Deno.test("LimitTable runtime wildcard applies to hosts under it", () => {
+  const t = new LimitTable(1);
+  t.set("*.example.org", 4);
+  assert.equal(t.limitFor("a.example.org"), 4);
+  assert.equal(t.limitFor("example.org"), 1);
 });

@@ -1,39 +1,68 @@
-import { hostKey } from "./host_key.ts";
+import { HostIndex } from "./rules/host_index.ts";
+import { type RuleMatch, RuleTable } from "./rules/rule_table.ts";
+import { parseHostPattern } from "./rules/rules.ts";
 
 /**
- * The per-host connection limits of one proxy: a default and per-host
- * overrides, keyed by {@linkcode hostKey}. A limit of 0 or less means
- * unlimited.
+ * The connection limits of one proxy: compiled rules (from the config file
+ * and flags, see {@linkcode RuleTable}) with runtime overrides on top.
+ *
+ * A runtime override replaces the rules' limit for the same host pattern
+ * (`host`, `host:port` or `*.suffix`) and a runtime default replaces the
+ * rules' default; then the most specific pattern wins, as in the rules.
+ * Groups come from the rules alone. A limit of 0 or less means unlimited.
  */
 export class LimitTable {
-  #default: number;
-  #hosts = new Map<string, number>();
+  #rules = new RuleTable();
+  #base = new Map<string, number>();
+  #default: number | undefined;
+  #own = new Map<string, number>();
+  #limits = new HostIndex<number>();
 
-  /** Creates a table with a default limit and optional overrides. */
-  constructor(defaultLimit = 0, hosts: Record<string, number> = {}) {
-    this.#default = defaultLimit;
+  /** Creates a table with a runtime default and runtime overrides. */
+  constructor(defaultLimit?: number, hosts: Record<string, number> = {}) {
+    if (defaultLimit !== undefined) this.defaultLimit = defaultLimit;
     this.replace(hosts);
   }
 
-  /** The limit for hosts without an override. */
-  get defaultLimit(): number {
-    return this.#default;
+  /** The compiled rules under the runtime overrides. */
+  get rules(): RuleTable {
+    return this.#rules;
   }
 
+  /** Swaps in new rules at once; runtime overrides stay on top. */
+  set rules(table: RuleTable) {
+    this.#rules = table;
+    this.#base = new Map(Object.entries(table.rules.hosts ?? {}));
+    this.#rebuild();
+  }
+
+  /** The limit for hosts no rule or override matches. */
+  get defaultLimit(): number {
+    return this.#default ?? this.#rules.defaultLimit;
+  }
+
+  /** Sets the runtime default, which replaces the rules' default. */
   set defaultLimit(limit: number) {
     this.#default = checkLimit(limit);
   }
 
-  /** Sets one host's override; a limit of 0 or less removes it. */
-  set(host: string, limit: number): void {
-    checkLimit(limit);
-    if (limit > 0) this.#hosts.set(hostKey(host), limit);
-    else this.#hosts.delete(hostKey(host));
+  /** Removes the runtime default: the rules' default applies again. */
+  deleteDefault(): void {
+    this.#default = undefined;
   }
 
-  /** Removes one host's override. */
+  /** Sets one pattern's override; a limit of 0 or less removes it. */
+  set(host: string, limit: number): void {
+    checkLimit(limit);
+    const pattern = checkPattern(host);
+    if (limit <= 0) return this.#remove(pattern);
+    this.#own.set(pattern, limit);
+    this.#limits.set(pattern, limit);
+  }
+
+  /** Removes one pattern's override: the rules apply to it again. */
   delete(host: string): void {
-    this.#hosts.delete(hostKey(host));
+    this.#remove(checkPattern(host));
   }
 
   /** Replaces all overrides; entries of 0 or less are ignored. */
@@ -41,19 +70,42 @@ export class LimitTable {
     const next = new Map<string, number>();
     for (const [host, limit] of Object.entries(hosts)) {
       checkLimit(limit);
-      if (limit > 0) next.set(hostKey(host), limit);
+      const pattern = checkPattern(host);
+      if (limit > 0) next.set(pattern, limit);
     }
-    this.#hosts = next;
+    this.#own = next;
+    this.#rebuild();
   }
 
   /** The limit that applies to an already normalised host key. */
   limitFor(key: string): number {
-    return this.#hosts.get(key) ?? this.#default;
+    return this.#limits.match(key) ?? this.#default ?? this.#rules.defaultLimit;
   }
 
-  /** The overrides, by host key. */
+  /** The limit and group that apply to an already normalised host key. */
+  lookup(key: string): Readonly<RuleMatch> {
+    const match = this.#rules.lookup(key);
+    if (this.#own.size === 0 && this.#default === undefined) return match;
+    return { limit: this.limitFor(key), group: match.group };
+  }
+
+  /** The runtime overrides, by normalised pattern. */
   entries(): Record<string, number> {
-    return Object.fromEntries(this.#hosts);
+    return Object.fromEntries(this.#own);
+  }
+
+  #remove(pattern: string): void {
+    this.#own.delete(pattern);
+    const base = this.#base.get(pattern);
+    if (base === undefined) this.#limits.delete(pattern);
+    else this.#limits.set(pattern, base);
+  }
+
+  #rebuild(): void {
+    const limits = new HostIndex<number>();
+    for (const [pattern, limit] of this.#base) limits.set(pattern, limit);
+    for (const [pattern, limit] of this.#own) limits.set(pattern, limit);
+    this.#limits = limits;
   }
 }
 
@@ -62,4 +114,12 @@ function checkLimit(limit: number): number {
     throw new RangeError(`Limit must be an integer, got ${limit}`);
   }
   return limit;
+}
+
+function checkPattern(host: string): string {
+  try {
+    return parseHostPattern(host);
+  } catch (err) {
+    throw new TypeError(`Host ${JSON.stringify(host)} ${(err as Error).message}`);
+  }
 }

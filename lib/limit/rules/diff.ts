@@ -1,0 +1,57 @@
+/**
+ * Differences between two rule sets, rule by rule.
+ *
+ * @module
+ */
+
+import { canonicalRules, type GroupRule, type LimitRules } from "./rules.ts";
+
+/** One rule that differs between two rule sets. */
+export interface RuleDifference {
+  /** The rule: `default`, `hosts.<pattern>` or `groups.<name>`. */
+  rule: string;
+  /** The rule in the first set, as text; `undefined` when absent. */
+  a: string | undefined;
+  /** The rule in the second set, as text; `undefined` when absent. */
+  b: string | undefined;
+}
+
+function groupText(group: GroupRule | undefined): string | undefined {
+  return group && `limit ${group.limit} for ${group.match.join(", ")}`;
+}
+
+/**
+ * The rules that differ between `a` and `b`, sorted by rule name; empty when
+ * they mean the same (patterns are compared normalised, so
+ * `API.example.com:443` and `api.example.com` are one rule). Throws a
+ * `RulesError` when either set is invalid.
+ *
+ * @example
+ * ```ts
+ * import { diffRules } from "./diff.ts";
+ * diffRules({ default: 25, hosts: { "a.example": 5 } }, { default: 25 });
+ * // [{ rule: "hosts.a.example", a: "5", b: undefined }]
+ * ```
+ */
+export function diffRules(a: LimitRules, b: LimitRules): RuleDifference[] {
+  const ca = canonicalRules(a);
+  const cb = canonicalRules(b);
+  const out: RuleDifference[] = [];
+  const add = (rule: string, x: string | undefined, y: string | undefined) => {
+    if (x !== y) out.push({ rule, a: x, b: y });
+  };
+  add("default", ca.default?.toString(), cb.default?.toString());
+  const hosts = new Set([...Object.keys(ca.hosts ?? {}), ...Object.keys(cb.hosts ?? {})]);
+  for (const host of hosts) {
+    add(`hosts.${host}`, ca.hosts?.[host]?.toString(), cb.hosts?.[host]?.toString());
+  }
+  const groups = new Set([...ca.groups ?? [], ...cb.groups ?? []].map((g) => g.name));
+  for (const name of groups) {
+    add(
+      `groups.${name}`,
+      groupText(ca.groups?.find((g) => g.name === name)),
+      groupText(cb.groups?.find((g) => g.name === name)),
+    );
+  }
+  return out.sort((x, y) => x.rule < y.rule ? -1 : x.rule > y.rule ? 1 : 0);
+}
