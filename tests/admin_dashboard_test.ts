@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import type { Page } from "playwright-core";
 import { startAdminServer } from "../lib/admin/admin_server.ts";
 import { TableAdminSource } from "./_helpers/admin_source.ts";
-import { chromiumPath, launchChromium } from "./_helpers/browser.ts";
+import { chromiumPath, launchChromium, waitForExpression } from "./_helpers/browser.ts";
 
 const chromium = chromiumPath();
 const inCi = Deno.env.get("CI") === "true";
@@ -76,10 +76,10 @@ Deno.test({
       await page.fill("#f-host", "api.example.com");
       await page.fill("#f-limit", "5");
       await page.click("#set");
-      await page.waitForFunction(
+      await waitForExpression(
+        page,
         `document.getElementById("message")?.textContent?.includes("now 5")`,
-        undefined,
-        { timeout: 5_000 },
+        5_000,
       );
       assert.deepEqual(source.changes, ["set api.example.com 5"]);
       assert.equal(source.limitFor("api.example.com"), 5);

@@ -28,10 +28,11 @@ th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line
 th { color: var(--muted); font-weight: 600; font-size: 12px; text-transform: uppercase; }
 td.host { font-family: ui-monospace, monospace; max-width: 28em; overflow: hidden; text-overflow: ellipsis; }
 td.num { text-align: right; }
-.bar { position: relative; width: 220px; height: 18px; background: var(--line); border-radius: 4px; overflow: hidden; }
+.use { display: flex; align-items: center; gap: 10px; }
+.bar { position: relative; width: 200px; height: 14px; background: var(--line); border-radius: 4px; overflow: hidden; }
 .bar > i { position: absolute; inset: 0 auto 0 0; background: var(--bar); }
 .bar.full > i { background: var(--bad); } .bar.high > i { background: var(--warn); }
-.bar > span { position: relative; padding-left: 6px; font-size: 12px; font-weight: 600; }
+.usage { font-weight: 600; min-width: 5em; }
 form { display: flex; flex-wrap: wrap; gap: 8px; align-items: center; }
 input { font: inherit; padding: 4px 8px; border: 1px solid var(--line); border-radius: 4px;
   background: var(--bg); color: var(--fg); }
@@ -81,6 +82,8 @@ function duration(seconds) {
   return d ? d + "d " + h + "h" : h ? h + "h " + m + "m" : m ? m + "m " + s + "s" : s + "s";
 }
 
+const count = (n) => n.toLocaleString("en-US");
+
 function renderStatus(s) {
   mode = s.mode;
   $("version").textContent = s.version;
@@ -111,8 +114,9 @@ function renderHosts(data) {
     const rate = seconds > 0 && before !== undefined ? Math.max(0, h.refused - before) / seconds : 0;
     const used = h.fleetOpen ?? h.open;
     const ratio = h.limit > 0 ? Math.min(1, used / h.limit) : 0;
-    const bar = el("div", { class: "bar" + (h.limit > 0 && used >= h.limit ? " full" : ratio >= 0.8 ? " high" : "") },
-      el("i", { style: "width:" + (ratio * 100).toFixed(1) + "%" }),
+    const bar = el("div", { class: "use" },
+      el("div", { class: "bar" + (h.limit > 0 && used >= h.limit ? " full" : ratio >= 0.8 ? " high" : "") },
+        el("i", { style: "width:" + (ratio * 100).toFixed(1) + "%" })),
       el("span", { class: "usage", text: used + " / " + (h.limit > 0 ? h.limit : "\\u221e") }));
     const edit = el("button", { class: "plain", type: "button", text: "edit" });
     edit.addEventListener("click", () => { $("f-host").value = h.host; $("f-limit").value = h.limit; $("f-limit").focus(); });
@@ -120,9 +124,9 @@ function renderHosts(data) {
       el("td", { class: "host", title: h.host, text: h.host }), el("td", {}, bar),
       el("td", { class: "num", text: String(h.open) }), el("td", { class: "num", text: String(h.idle) }),
       el("td", { class: "num", text: h.fleetOpen === null ? "-" : String(h.fleetOpen) }),
-      el("td", { class: "num", text: String(h.admitted) }),
+      el("td", { class: "num", text: count(h.admitted) }),
       el("td", { class: "num refusals", text: rate.toFixed(1) }),
-      el("td", { class: "num", text: String(h.refused) }), el("td", {}, edit));
+      el("td", { class: "num", text: count(h.refused) }), el("td", {}, edit));
     rows.push(tr);
   }
   if (rows.length === 0) rows.push(el("tr", {}, el("td", { class: "empty", colspan: "9", text: "No upstream connections yet" })));

@@ -17,13 +17,15 @@ export interface TableAdminSourceOptions {
   defaultLimit?: number;
   /** Per-host limits. */
   hostLimits?: Record<string, number>;
+  /** The version shown. Default "0.0.0-test". */
+  version?: string;
   /** Distributed mode, with these workers. */
   workers?: WorkerInfo[];
 }
 
 /** An admin source over a limit table, statistics and a hand-set pool. */
 export class TableAdminSource implements AdminSource {
-  readonly version = "0.0.0-test";
+  readonly version: string;
   readonly startedAt: number = Date.now() - 61_000;
   readonly mode: "memory" | "redis";
   readonly workerId?: string;
@@ -42,6 +44,7 @@ export class TableAdminSource implements AdminSource {
   readonly workers?: () => Promise<WorkerInfo[]>;
 
   constructor(options: TableAdminSourceOptions = {}) {
+    this.version = options.version ?? "0.0.0-test";
     this.table = new LimitTable(options.defaultLimit ?? 0, options.hostLimits ?? {});
     const workers = options.workers;
     this.mode = workers === undefined ? "memory" : "redis";

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { type Browser, chromium } from "playwright-core";
+import { type Browser, chromium, type Page } from "playwright-core";
 
 /** The Chromium executable: `CHROMIUM_PATH`, else the first `chromium` found on PATH. */
 export function chromiumPath(): string | null {
@@ -32,4 +32,19 @@ export function launchChromium(executablePath: string): Promise<Browser> {
     args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
     timeout: 60_000,
   });
+}
+
+/**
+ * Waits until a script expression is truthy in the page, polling with
+ * `page.evaluate` (Playwright's `waitForFunction` polls with `eval`, which the
+ * dashboard's Content-Security-Policy forbids). Throws after `ms`.
+ */
+export async function waitForExpression(page: Page, expression: string, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await page.evaluate(expression))) {
+    if (Date.now() > deadline) {
+      throw new Error(`Page never satisfied ${expression} within ${ms} ms`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
 }
