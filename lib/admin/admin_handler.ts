@@ -348,7 +348,7 @@ async function readJson(req: Request, field: string): Promise<number | Response>
   if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) {
     return problem(
       400,
-      `${field} must be a non-negative integer (0 = unlimited), got ${JSON.stringify(value)}`,
+      `${field} must be a non-negative integer, got ${JSON.stringify(value)}`,
     );
   }
   return value;
