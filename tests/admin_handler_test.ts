@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { createAdminHandler } from "../lib/admin/admin_handler.ts";
 import { isLoopback, startAdminServer } from "../lib/admin/admin_server.ts";
 import { TableAdminSource } from "./_helpers/admin_source.ts";
+import { rawExchange, request, text } from "./_helpers/raw.ts";
 
 const BASE = "http://admin.test";
 
@@ -276,4 +277,31 @@ Deno.test("a non-loopback admin address without a token is refused", async () =>
   assert.ok(!isLoopback("0.0.0.0"));
   assert.ok(!isLoopback("::"));
   assert.ok(!isLoopback("10.0.0.1"));
+});
+
+Deno.test("without a token the admin server answers only loopback host names", async () => {
+  const source = new TableAdminSource({ hostLimits: { "a.example": 2 } });
+  const admin = await startAdminServer({ source, port: 0 });
+  try {
+    const put = (host: string) =>
+      rawExchange(
+        admin.url,
+        request("PUT", "/api/limits/a.example", {
+          Host: host,
+          "Content-Type": "application/json",
+          Connection: "close",
+        }, '{"limit": 9}'),
+      );
+    const rebound = await put(`attacker.example:${admin.url.port}`);
+    assert.equal(rebound.status, 403);
+    assert.match(text(rebound.body), /loopback host names/);
+    assert.equal(source.limitFor("a.example"), 2);
+    for (const host of [`localhost:${admin.url.port}`, `127.0.0.1:${admin.url.port}`]) {
+      const res = await put(host);
+      assert.equal(res.status, 200, host);
+    }
+    assert.equal(source.limitFor("a.example"), 9);
+  } finally {
+    await admin.close();
+  }
 });

@@ -34,7 +34,9 @@ export interface AdminServer {
 /**
  * Starts the admin server. A non-loopback address without a token is
  * refused with a RangeError, so that limits cannot be changed from the
- * network by anyone who reaches the port.
+ * network by anyone who reaches the port; without a token, requests must
+ * also name a loopback host (`localhost`, `127.0.0.1`, `[::1]`), which
+ * defeats DNS rebinding from a browser.
  *
  * @example
  * ```ts ignore
@@ -63,12 +65,32 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
     port: options.port,
     onListen: () => {},
     onError: () => new Response("Internal Server Error", { status: 500 }),
-  }, handler);
+  }, options.token === undefined ? loopbackNamesOnly(handler) : handler);
   const addr = server.addr;
   const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
   return {
     url: new URL(`http://${host}:${addr.port}/`),
     close: () => server.shutdown(),
+  };
+}
+
+/**
+ * Without a token, answers only requests whose Host header names a loopback
+ * address: a web page whose domain is re-pointed at 127.0.0.1 (DNS
+ * rebinding) then cannot read the API or change limits from a browser.
+ */
+function loopbackNamesOnly(
+  handler: (req: Request) => Promise<Response>,
+): (req: Request) => Promise<Response> {
+  return (req) => {
+    if (isLoopback(new URL(req.url).hostname)) return handler(req);
+    const detail = "Without an admin token the admin server answers only loopback host names";
+    return Promise.resolve(
+      new Response(
+        JSON.stringify({ type: "about:blank", title: "Forbidden", status: 403, detail }),
+        { status: 403, headers: { "content-type": "application/problem+json" } },
+      ),
+    );
   };
 }
 
