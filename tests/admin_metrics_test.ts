@@ -187,11 +187,14 @@ Deno.test("histogram buckets are cumulative and end with +Inf equal to the count
   assert.equal(value(exp, "dprl_connect_duration_seconds_count"), 6);
 });
 
-Deno.test("a value on a bucket bound counts in that bucket", () => {
+Deno.test("a value on a bucket bound counts in that bucket; NaN and negatives are ignored", () => {
   const h = new Histogram([1, 2]);
   h.observe(1);
   h.observe(2);
   h.observe(2.5);
+  h.observe(NaN);
+  h.observe(-1);
+  h.observe(Infinity);
   assert.deepEqual(h.snapshot(), { cumulative: [1, 2, 3], sum: 5.5, count: 3 });
 });
 

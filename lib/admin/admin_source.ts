@@ -59,7 +59,11 @@ export interface AdminSource {
   ready(): Readiness;
   /** Whether Redis answers; `null` in memory mode. */
   redisUp(): boolean | null;
-  /** The hosts the upstream pool holds connections to, with cached fleet counts. */
+  /**
+   * The hosts the upstream pool holds connections to, with cached fleet
+   * counts; in distributed mode also the hosts only other workers hold
+   * (with `open: 0`), when the fleet counts know them.
+   */
   hosts(): Iterable<UpstreamHostView>;
   /** The limit that applies to a host key (0 or less: unlimited). */
   limitFor(host: string): number;

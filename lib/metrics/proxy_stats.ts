@@ -105,8 +105,9 @@ export class Histogram {
     this.#counts = new Array(bounds.length + 1).fill(0);
   }
 
-  /** Records one value. */
+  /** Records one value; a negative or non-finite value is ignored. */
   observe(value: number): void {
+    if (!(value >= 0 && value < Infinity)) return;
     const bounds = this.bounds;
     let i = 0;
     while (i < bounds.length && value > bounds[i]) i++;
