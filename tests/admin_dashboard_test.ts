@@ -58,6 +58,7 @@ Deno.test({
       });
       await page.goto(new URL("/#token=page-token", admin.url).href);
       await waitForUsage(page, "api.example.com", "1 / 3", 10_000);
+      assert.equal(new URL(page.url()).hash, "", "the token leaves the address bar");
 
       // The proxy now holds 3 tunnels to the host.
       source.setPool("api.example.com", 3);
@@ -85,6 +86,35 @@ Deno.test({
       assert.equal(source.limitFor("api.example.com"), 5);
       await waitForUsage(page, "api.example.com", "3 / 5", 3_000);
       assert.deepEqual(errors, []);
+    } finally {
+      await browser.close();
+      await admin.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "the dashboard asks for the token once and then shows the hosts",
+  ignore: chromium === null && !inCi,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    assert.ok(chromium !== null, "Chromium is required under CI=true");
+    const source = new TableAdminSource({ defaultLimit: 4 });
+    source.setPool("b.example", 2);
+    const admin = await startAdminServer({ source, port: 0, token: "asked-token" });
+    const browser = await launchChromium(chromium);
+    try {
+      const page = await browser.newPage();
+      const prompts: string[] = [];
+      page.on("dialog", (dialog) => {
+        prompts.push(dialog.type());
+        dialog.accept("asked-token");
+      });
+      await page.goto(admin.url.href);
+      await waitForUsage(page, "b.example", "2 / 4", 10_000);
+      assert.deepEqual(prompts, ["prompt"]);
+      assert.equal(new URL(page.url()).hash, "");
     } finally {
       await browser.close();
       await admin.close();

@@ -48,6 +48,8 @@ const SCRIPT = `
 const $ = (id) => document.getElementById(id);
 let token = new URLSearchParams(location.hash.slice(1)).get("token") || sessionStorage.getItem("dprl-token") || "";
 if (token) sessionStorage.setItem("dprl-token", token);
+if (location.hash) history.replaceState(null, "", location.pathname + location.search);
+let asked = false;
 let mode = null;
 let previous = new Map();
 let previousAt = 0;
@@ -57,9 +59,10 @@ async function api(path, init = {}) {
   if (token) headers.set("authorization", "Bearer " + token);
   const res = await fetch(path, { ...init, headers, cache: "no-store" });
   if (res.status === 401) {
-    const given = prompt("Admin token");
+    const given = asked ? null : prompt("Admin token");
+    asked = !given;
     if (given) { token = given.trim(); sessionStorage.setItem("dprl-token", token); }
-    throw new Error("unauthorized");
+    throw new Error("unauthorized: open the page as /#token=<token>");
   }
   const body = res.headers.get("content-type")?.includes("json") ? await res.json() : null;
   if (!res.ok) throw new Error(body?.detail || res.status + " " + res.statusText);
