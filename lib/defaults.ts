@@ -73,4 +73,10 @@ export const DEFAULTS = {
   ] as readonly string[],
   /** Master name known to Redis Sentinels. */
   redisMasterName: "mymaster",
+  /** Address of the admin server (metrics, health, API, dashboard). */
+  adminHostname: "127.0.0.1",
+  /** Most hosts given their own metric series; the rest are summed as `_other`. */
+  metricsMaxHosts: 500,
+  /** Most hosts given their own statistics record; further hosts share `_other`. */
+  statsMaxTrackedHosts: 10_000,
 } as const;

@@ -1,0 +1,78 @@
+/**
+ * The narrow interface between the proxy and its control plane: what the
+ * admin handler reads and changes. The proxy implements it; the admin
+ * handler only calls it.
+ *
+ * @module
+ */
+
+import type { UpstreamHostView } from "../metrics/host_summary.ts";
+import type { ProxyStats } from "../metrics/proxy_stats.ts";
+
+/** One live worker of a distributed fleet, as registered in Redis. */
+export interface WorkerInfo {
+  /** The worker id (the field name in the Redis counters). */
+  id: string;
+  /** The machine's host name. */
+  hostname: string;
+  /** The process id. */
+  pid: number;
+  /** dprl's version on that worker. */
+  version: string;
+  /** The worker's admin URL, if it runs an admin server. */
+  adminUrl?: string;
+  /** When the worker started, in milliseconds since the epoch. */
+  startedAt: number;
+  /** When its lease ends unless renewed, in milliseconds since the epoch. */
+  leaseUntil?: number;
+  /** Upstream connections the worker holds open, over every host. */
+  open: number;
+}
+
+/** Whether the proxy can serve new connections, and why not. */
+export interface Readiness {
+  /** `true` while the proxy port accepts and the limiter can grant. */
+  ok: boolean;
+  /** Why not, as one line (for example "shutting down" or "Redis unreachable"). */
+  reason?: string;
+}
+
+/** The proxy as its admin server sees it. */
+export interface AdminSource {
+  /** dprl's version. */
+  readonly version: string;
+  /** When the proxy started, in milliseconds since the epoch. */
+  readonly startedAt: number;
+  /** Where the connection counts live. */
+  readonly mode: "memory" | "redis";
+  /** This worker's id in Redis (distributed mode). */
+  readonly workerId?: string;
+  /** The proxy's URL, or `null` while it is not listening. */
+  readonly proxyUrl: URL | null;
+  /** The admin server's URL, or `null` when the handler is mounted elsewhere. */
+  readonly adminUrl: URL | null;
+  /** The statistics the engine updates. */
+  readonly stats: ProxyStats;
+  /** The default limit and the per-host overrides, by host key. */
+  readonly limits: { default: number; hosts: Record<string, number> };
+  /** Whether the proxy can serve new connections. */
+  ready(): Readiness;
+  /** Whether Redis answers; `null` in memory mode. */
+  redisUp(): boolean | null;
+  /**
+   * The hosts the upstream pool holds connections to, with cached fleet
+   * counts; in distributed mode also the hosts only other workers hold
+   * (with `open: 0`), when the fleet counts know them.
+   */
+  hosts(): Iterable<UpstreamHostView>;
+  /** The limit that applies to a host key (0 or less: unlimited). */
+  limitFor(host: string): number;
+  /** Sets a host's limit override; throws a RangeError on a bad value. */
+  setHostLimit(host: string, limit: number): void;
+  /** Removes a host's limit override. */
+  removeHostLimit(host: string): void;
+  /** Sets the default limit; throws a RangeError on a bad value. */
+  setDefaultLimit(limit: number): void;
+  /** The live workers of the fleet (distributed mode only). */
+  workers?(): Promise<WorkerInfo[]>;
+}
