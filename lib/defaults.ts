@@ -20,6 +20,11 @@ export interface Timeouts {
   keepAlive: number;
   /** Time an idle upstream socket stays pooled for reuse. Default 30000. */
   upstreamIdle: number;
+  /**
+   * Once one side of a tunnel has ended, time the other side gets before
+   * both close. Default 30000.
+   */
+  fin: number;
 }
 
 /** The defaults, by option. */
@@ -47,7 +52,12 @@ export const DEFAULTS = {
     idle: 300_000,
     keepAlive: 60_000,
     upstreamIdle: 30_000,
+    fin: 30_000,
   } as Readonly<Timeouts>,
+  /** Open client connections in all; beyond it new ones get a 503. 0: no cap. */
+  maxClients: 10_000,
+  /** Open client connections per client address. 0: no cap. */
+  maxClientsPerIp: 0,
   /** Grace period of a stop, in milliseconds. */
   shutdownGrace: 10_000,
   /** Quiet time after a change of the config file before it is reloaded, in milliseconds. */

@@ -12,8 +12,12 @@ import { hostKey } from "./limit/host_key.ts";
 import type { Limiter } from "./limit/limiter.ts";
 import { LocalLimiter } from "./limit/local_limiter.ts";
 import type { FailureMode } from "./limit/redis_limiter.ts";
-import type { RedisConfig } from "./limit/redis_config.ts";
+import type { RedisConfig, RedisOptions } from "./limit/redis_config.ts";
 import { ProxyServer } from "./proxy/proxy_server.ts";
+import { ClientPolicy } from "./access/client_policy.ts";
+import { DestinationPolicy } from "./access/destination_policy.ts";
+import { ProxyStats } from "./metrics/proxy_stats.ts";
+import { logAccess } from "./log_format.ts";
 
 /**
  * Options of {@linkcode ProxyRateLimiter}. Every field is optional.
@@ -77,6 +81,40 @@ export interface ProxyRateLimiterOptions {
    * enforces the limits in this process's memory.
    */
   failureMode?: FailureMode;
+  /**
+   * Client addresses (CIDRs) that may use the proxy. Default: loopback and
+   * the private ranges (`127.0.0.0/8`, `::1`, `10.0.0.0/8`, `172.16.0.0/12`,
+   * `192.168.0.0/16`, `fc00::/7`). With `users`, any address may connect
+   * unless this is given, and every request must authenticate.
+   */
+  allowClients?: string[];
+  /**
+   * Proxy users (Basic authentication): user name to password, or to a
+   * bcrypt hash (`$2y$...`, as `htpasswd -B` writes). Without users no
+   * authentication is asked for.
+   */
+  users?: Record<string, string>;
+  /**
+   * Destinations that may be reached: host globs (`*.example.com`), CIDRs,
+   * each with an optional `:port` or `:port-port`. Without any, every
+   * destination not denied.
+   */
+  allow?: string[];
+  /** Destinations that are refused; they win over `allow`. */
+  deny?: string[];
+  /**
+   * Refuses loopback, private, link-local (cloud metadata included), CGNAT,
+   * ULA, multicast and unspecified addresses, checked on the resolved
+   * addresses that are then dialed. Default `false`. The proxy's own port
+   * and its Redis are refused always.
+   */
+  denyPrivate?: boolean;
+  /** Open client connections in all; beyond it a 503. 0: no cap. Default 10000. */
+  maxClients?: number;
+  /** Open client connections per client address; 0: no cap. Default 0. */
+  maxClientsPerIp?: number;
+  /** Logs one line per exchange or tunnel (category `["dprl", "access"]`). Default `false`. */
+  accessLog?: boolean;
 }
 
 /**
@@ -105,6 +143,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
   #url: URL | null = null;
   #served: Promise<void> | null = null;
   #stopping: Promise<void> | null = null;
+  #stats = new ProxyStats();
 
   /** Creates a proxy; nothing listens until {@linkcode start}. */
   constructor(options: ProxyRateLimiterOptions = {}) {
@@ -233,6 +272,23 @@ export class ProxyRateLimiter implements AsyncDisposable {
       ? "127.0.0.1"
       : addr.hostname;
     this.#url = new URL(`http://${host}:${addr.port}/`);
+    const o = this.#options;
+    const clients = new ClientPolicy({
+      allowClients: o.allowClients,
+      users: o.users && new Map(Object.entries(o.users)),
+    });
+    const destinations = new DestinationPolicy({
+      allow: o.allow,
+      deny: o.deny,
+      denyPrivate: o.denyPrivate,
+      resolveTimeout: o.timeouts?.connect,
+    });
+    // Never a loop through the proxy itself, never a path to its counters.
+    await destinations.protect(addr.hostname, addr.port);
+    for (const node of redisNodes(o.redis)) await destinations.protect(node.host, node.port);
+    const warning = clients.exposureWarning(addr.hostname);
+    if (warning) this.#logger.warn(warning);
+    const access = getLogger(["dprl", "access"]);
     this.#server = new ProxyServer({
       listener,
       limits: this.#limits,
@@ -242,6 +298,12 @@ export class ProxyRateLimiter implements AsyncDisposable {
       maxHeadSize: this.#options.maxHeadSize,
       maxIdlePerHost: this.#options.maxIdlePerHost,
       logger: this.#logger,
+      clients,
+      destinations,
+      stats: this.#stats,
+      onAccess: o.accessLog ? (entry) => logAccess(access, entry) : undefined,
+      maxClients: o.maxClients,
+      maxClientsPerIp: o.maxClientsPerIp,
     });
     this.#served = this.#server.serve();
     this.#logger.info("Proxy listening on {url} (bound to {address})", {
@@ -336,4 +398,24 @@ export class ProxyRateLimiter implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.stop();
   }
+}
+
+/** The Redis nodes a configuration names, to keep them out of clients' reach. */
+function redisNodes(config: RedisConfig | undefined): { host: string; port: number }[] {
+  if (config === undefined) return [];
+  if (typeof config === "string") {
+    try {
+      const url = new URL(config);
+      return [{ host: url.hostname.replace(/^\[|\]$/g, ""), port: Number(url.port || 6379) }];
+    } catch {
+      return [];
+    }
+  }
+  if ("cluster" in config && Array.isArray(config.cluster)) return config.cluster;
+  if ("defineCommand" in config) return []; // a connected client: its address is its own
+  const options = config as RedisOptions;
+  return [
+    ...(options.sentinels ?? []),
+    { host: options.host ?? "127.0.0.1", port: options.port ?? 6379 },
+  ];
 }

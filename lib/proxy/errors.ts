@@ -75,15 +75,27 @@ export class UpstreamTimeoutError extends Error {
   }
 }
 
-/** A destination that the proxy's access rules refuse. */
-export class DestinationRefusedError extends Error {
-  /** `destination_ip_prohibited` or `destination_not_allowed`. */
-  readonly proxyError: string;
+/** The client may not use the proxy (its address, or too many connections). */
+export class ClientRefusedError extends Error {
+  /** 403 for an address, 503 for too many connections. */
+  readonly status: number;
   /** Creates the error with the client-facing message. */
-  constructor(message: string, proxyError = "destination_not_allowed") {
+  constructor(message: string, status = 403) {
     super(message);
-    this.name = "DestinationRefusedError";
-    this.proxyError = proxyError;
+    this.name = "ClientRefusedError";
+    this.status = status;
+  }
+}
+
+/** The request lacks valid `Proxy-Authorization`. */
+export class ProxyAuthRequiredError extends Error {
+  /** The `Proxy-Authenticate` challenge to send. */
+  readonly challenge: string;
+  /** Creates the error with the challenge to send. */
+  constructor(challenge: string) {
+    super("Proxy authentication required");
+    this.name = "ProxyAuthRequiredError";
+    this.challenge = challenge;
   }
 }
 
@@ -95,8 +107,13 @@ export interface ErrorReply {
   proxyError: string;
   /** One line for the body and the `Proxy-Status` details. */
   message: string;
-  /** Whether the log should carry this at info level (not per refusal). */
-  notable: boolean;
+  /**
+   * The upstream failed (counted per host, logged at info); refusals and
+   * client errors are logged at debug, never once per request at info.
+   */
+  upstream: boolean;
+  /** Extra header lines of the reply. */
+  headers?: string[];
 }
 
 /** Turns any failure into the reply the client gets. */
@@ -111,8 +128,14 @@ export function errorReply(err: unknown, rejectStatus: number): ErrorReply {
     const [status, token] = CONNECT_REPLIES[err.failure];
     return reply(status, token, err.message, true);
   }
-  if (err instanceof DestinationRefusedError) {
-    return reply(403, err.proxyError, err.message, false);
+  if (err instanceof ClientRefusedError) {
+    return reply(err.status, "http_request_denied", err.message, false);
+  }
+  if (err instanceof ProxyAuthRequiredError) {
+    return {
+      ...reply(407, "http_request_denied", err.message, false),
+      headers: [`Proxy-Authenticate: ${err.challenge}`],
+    };
   }
   if (err instanceof UpstreamTimeoutError) {
     return reply(504, "http_response_timeout", err.message, true);
@@ -130,7 +153,7 @@ function reply(
   status: number,
   proxyError: string,
   message: string,
-  notable: boolean,
+  upstream: boolean,
 ): ErrorReply {
-  return { status, proxyError, message, notable };
+  return { status, proxyError, message, upstream };
 }

@@ -14,7 +14,7 @@ import type { Logger } from "@logtape/logtape";
 import type { Limiter } from "../limit/limiter.ts";
 import type { LimitTable } from "../limit/limit_table.ts";
 import { hostKey, splitHostPort } from "../limit/host_key.ts";
-import { BufferedReader, TooLargeError, writeAll } from "./buffered_reader.ts";
+import { BufferedReader, TooLargeError, writeAll, type Writer } from "./buffered_reader.ts";
 import { pump, relayBody, WriteError } from "./body.ts";
 import {
   bodyFraming,
@@ -30,7 +30,18 @@ import {
   type RequestHead,
   type ResponseHead,
 } from "./http_head.ts";
-import { errorReply, UpstreamClosedError, UpstreamTimeoutError } from "./errors.ts";
+import {
+  ClientRefusedError,
+  errorReply,
+  ProxyAuthRequiredError,
+  UpstreamClosedError,
+  UpstreamTimeoutError,
+} from "./errors.ts";
+import { ClientPolicy, PROXY_AUTHENTICATE } from "../access/client_policy.ts";
+import type { DestinationPolicy } from "../access/destination_policy.ts";
+import { ProxyStats, type RequestKind } from "../metrics/proxy_stats.ts";
+import type { UpstreamHostView } from "../metrics/host_summary.ts";
+import type { AccessEntry } from "../log_format.ts";
 import { type Upstream, UpstreamPool } from "./upstream_pool.ts";
 import { DEFAULTS, type Timeouts } from "../defaults.ts";
 
@@ -54,6 +65,18 @@ export interface ProxyServerOptions {
   maxIdlePerHost?: number;
   /** Where the engine logs. */
   logger: Logger;
+  /** Who may use the proxy. Default: loopback and private addresses, no authentication. */
+  clients?: ClientPolicy;
+  /** Where the proxy may connect. Default: anywhere. */
+  destinations?: DestinationPolicy;
+  /** Counters the engine updates. Default: a fresh set. */
+  stats?: ProxyStats;
+  /** Called once per finished exchange or tunnel (the access log). */
+  onAccess?: (entry: AccessEntry) => void;
+  /** Open client connections in all; 0 is no cap. */
+  maxClients?: number;
+  /** Open client connections per client address; 0 is no cap. */
+  maxClientsPerIp?: number;
 }
 
 const SWEEP_MS = 250;
@@ -100,11 +123,36 @@ class Session {
   /** A background read watches for the client leaving. */
   watching = false;
   upstream: Upstream | null = null;
+  /** When one side of a tunnel ended: the other gets until then. */
+  finAt = Infinity;
+  /** The client's address (`host:port`) and IP. */
+  readonly client: string;
+  readonly ip: string;
+  /** The current exchange or tunnel, for the access log and metrics. */
+  method = "";
+  key = "";
+  status = 0;
+  bytesUp = 0;
+  bytesDown = 0;
+  startedAt = 0;
   #left = new AbortController();
+  /** Writes towards the upstream of the moment, counted. */
+  readonly toUpstream: Writer = {
+    write: async (p) => {
+      const n = await this.upstream!.conn.write(p);
+      this.bytesUp += n;
+      return n;
+    },
+  };
 
   constructor(conn: Deno.TcpConn) {
     this.conn = conn;
     this.reader = new BufferedReader(conn);
+    const addr = conn.remoteAddr;
+    this.ip = addr.hostname;
+    this.client = addr.hostname.includes(":")
+      ? `[${addr.hostname}]:${addr.port}`
+      : `${addr.hostname}:${addr.port}`;
   }
 
   /** Aborted when the session closes: dials and slot requests give up. */
@@ -117,9 +165,11 @@ class Session {
   }
 
   /** Writes to the client, noting that the response has begun. */
-  write(p: Uint8Array): Promise<number> {
+  async write(p: Uint8Array): Promise<number> {
     this.sent = true;
-    return this.conn.write(p);
+    const n = await this.conn.write(p);
+    this.bytesDown += n;
+    return n;
   }
 
   close(): void {
@@ -165,10 +215,19 @@ export class ProxyServer {
   #maxHead: number;
   #logger: Logger;
   #pool: UpstreamPool;
+  #clients: ClientPolicy;
+  #stats: ProxyStats;
+  #onAccess?: (entry: AccessEntry) => void;
+  #maxClients: number;
+  #maxClientsPerIp: number;
+  #perIp = new Map<string, number>();
   #sessions = new Set<Session>();
   #now = Date.now();
   #closing = false;
   #drained = Promise.withResolvers<void>();
+  /** Accept failures not logged yet (at most one line a second). */
+  #acceptFailures = 0;
+  #acceptLoggedAt = 0;
 
   /** Creates the engine; nothing is served until {@linkcode serve}. */
   constructor(options: ProxyServerOptions) {
@@ -177,14 +236,31 @@ export class ProxyServer {
     this.#timeouts = { ...DEFAULTS.timeouts, ...options.timeouts };
     this.#maxHead = options.maxHeadSize ?? DEFAULTS.maxHeadSize;
     this.#logger = options.logger;
+    this.#clients = options.clients ?? new ClientPolicy({});
+    this.#stats = options.stats ?? new ProxyStats();
+    this.#onAccess = options.onAccess;
+    this.#maxClients = options.maxClients ?? DEFAULTS.maxClients;
+    this.#maxClientsPerIp = options.maxClientsPerIp ?? DEFAULTS.maxClientsPerIp;
     this.#pool = new UpstreamPool({
       limiter: options.limiter,
       limits: options.limits,
+      destinations: options.destinations,
+      stats: this.#stats,
       connectTimeout: this.#timeouts.connect,
       idleTimeout: this.#timeouts.upstreamIdle,
       maxIdlePerHost: options.maxIdlePerHost ?? DEFAULTS.maxIdlePerHost,
       logger: options.logger,
     });
+  }
+
+  /** Each upstream host this process holds connections to. */
+  hosts(): Iterable<UpstreamHostView> {
+    return this.#pool.hosts();
+  }
+
+  /** Whether the server still accepts connections. */
+  get accepting(): boolean {
+    return !this.#closing;
   }
 
   /** Accepts connections until shut down; resolves once all have ended. */
@@ -197,7 +273,8 @@ export class ProxyServer {
           conn = await this.#listener.accept();
         } catch (err) {
           if (this.#closing || err instanceof Deno.errors.BadResource) break;
-          this.#logger.warn("Accept failed: {error}", { error: String(err) });
+          // Out of file descriptors, for one: wait for some to free up.
+          this.#acceptFailed(err);
           await new Promise((r) => setTimeout(r, 50));
           continue;
         }
@@ -211,6 +288,19 @@ export class ProxyServer {
       clearInterval(sweeper);
       this.#pool.closeIdle();
     }
+  }
+
+  /** Logs accept failures, at most one line a second. */
+  #acceptFailed(err: unknown): void {
+    this.#acceptFailures++;
+    const now = Date.now();
+    if (now - this.#acceptLoggedAt < 1000) return;
+    this.#logger.warn("Accept failed {count} time(s): {error}", {
+      count: this.#acceptFailures,
+      error: String(err),
+    });
+    this.#acceptFailures = 0;
+    this.#acceptLoggedAt = now;
   }
 
   /**
@@ -236,7 +326,7 @@ export class ProxyServer {
   #sweep(): void {
     const now = this.#now = Date.now();
     for (const s of this.#sessions) {
-      if (s.deadline > now) continue;
+      if (s.deadline > now && s.finAt > now) continue;
       if (s.phase === "request" && !s.timedOut) {
         // Let the exchange answer 504, then close if it still hangs.
         s.timedOut = true;
@@ -256,8 +346,19 @@ export class ProxyServer {
   async #handle(conn: Deno.TcpConn): Promise<void> {
     const s = new Session(conn);
     this.#sessions.add(s);
+    this.#stats.onClientOpen();
+    const fromIp = (this.#perIp.get(s.ip) ?? 0) + 1;
+    this.#perIp.set(s.ip, fromIp);
     s.deadline = this.#now + this.#timeouts.head;
     try {
+      if (this.#maxClients > 0 && this.#sessions.size > this.#maxClients) {
+        await this.#fail(s, new ClientRefusedError("Too many client connections", 503));
+        return;
+      }
+      if (this.#maxClientsPerIp > 0 && fromIp > this.#maxClientsPerIp) {
+        await this.#fail(s, new ClientRefusedError(`Too many connections from ${s.ip}`, 503));
+        return;
+      }
       while (!s.closed) {
         const req = await this.#readRequest(s);
         if (req === null) return;
@@ -265,7 +366,9 @@ export class ProxyServer {
           await this.#tunnel(s, req);
           return;
         }
-        if (!await this.#exchange(s, req) || this.#closing) return;
+        const more = await this.#exchange(s, req);
+        this.#finished(s);
+        if (!more || this.#closing) return;
         s.phase = "head";
         s.deadline = this.#now + this.#timeouts.keepAlive;
       }
@@ -275,9 +378,51 @@ export class ProxyServer {
       });
     } finally {
       s.close();
+      this.#finished(s);
       this.#sessions.delete(s);
+      this.#stats.onClientClose();
+      const n = this.#perIp.get(s.ip)! - 1;
+      if (n === 0) this.#perIp.delete(s.ip);
+      else this.#perIp.set(s.ip, n);
       if (this.#closing && this.#sessions.size === 0) this.#drained.resolve();
     }
+  }
+
+  /** Counts the bytes of an exchange or tunnel that ended and logs its access line. */
+  #finished(s: Session): void {
+    if (s.method === "") return;
+    this.#stats.onBytes(s.bytesUp, s.bytesDown);
+    this.#onAccess?.({
+      client: s.client,
+      method: s.method,
+      host: s.key,
+      status: s.status,
+      bytesUp: s.bytesUp,
+      bytesDown: s.bytesDown,
+      durationMs: Date.now() - s.startedAt,
+    });
+    s.method = s.key = "";
+    s.status = s.bytesUp = s.bytesDown = 0;
+  }
+
+  /** Starts accounting for a request: its kind, method and host. */
+  #begin(s: Session, kind: RequestKind, method: string, key: string): void {
+    this.#stats.onRequest(kind);
+    s.method = method;
+    s.key = key;
+  }
+
+  /**
+   * Refuses a request whose client may not use the proxy: an address
+   * outside the allow-list, missing or wrong credentials.
+   */
+  async #admit(s: Session, req: RequestHead): Promise<void> {
+    if (!this.#clients.admitsAddress(s.ip)) {
+      throw new ClientRefusedError(`Client address ${s.ip} is not allowed to use this proxy`);
+    }
+    if (!this.#clients.authRequired) return;
+    const user = await this.#clients.authenticate(field(req, "proxy-authorization"));
+    if (user === null) throw new ProxyAuthRequiredError(PROXY_AUTHENTICATE);
   }
 
   /** Reads and parses the next request head; `null` ends the session. */
@@ -288,12 +433,18 @@ export class ProxyServer {
       s.phase = "request";
       s.sent = false;
       s.timedOut = false;
+      s.startedAt = Date.now();
       this.#touch(s);
-      return parseRequestHead(head);
+      const req = parseRequestHead(head);
+      await this.#admit(s, req);
+      return req;
     } catch (err) {
       if (err instanceof TooLargeError) {
         await this.#fail(s, new HttpError(431, "Request head is too large"));
-      } else if (err instanceof HttpError) {
+      } else if (
+        err instanceof HttpError || err instanceof ClientRefusedError ||
+        err instanceof ProxyAuthRequiredError
+      ) {
         await this.#fail(s, err);
       } else throw err;
       return null;
@@ -308,7 +459,10 @@ export class ProxyServer {
   async #fail(s: Session, err: unknown): Promise<void> {
     const r = errorReply(err, this.#rejectStatus);
     const cause = err instanceof Error && err.cause !== undefined ? String(err.cause) : "";
-    if (r.notable) {
+    s.status = r.status;
+    if (r.upstream) this.#stats.onUpstreamError(s.key || "_unknown", r.proxyError);
+    else if (r.status < 500) this.#stats.onClientError(r.status);
+    if (r.upstream) {
       this.#logger.info("{status} {message}", { status: r.status, message: r.message, cause });
     } else {
       this.#logger.debug("{status} {message}", { status: r.status, message: r.message, cause });
@@ -323,6 +477,7 @@ export class ProxyServer {
       "Content-Type: text/plain; charset=utf-8",
       `Content-Length: ${body.length}`,
       `Proxy-Status: dprl; error=${r.proxyError}; details="${text.replace(/["\\]/g, "\\$&")}"`,
+      ...r.headers ?? [],
       "Connection: close",
     ]);
     const out = new Uint8Array(head.length + body.length);
@@ -358,19 +513,22 @@ export class ProxyServer {
       await this.#fail(s, new HttpError(400, "CONNECT needs a host:port target"));
       return;
     }
+    const key = hostKey(hostname, portNumber);
+    this.#begin(s, "connect", "CONNECT", key);
     this.#watchClient(s);
     let up: Upstream;
     try {
-      up = await this.#pool.open(hostKey(hostname, portNumber), hostname, portNumber, s.signal);
+      up = await this.#pool.open(key, hostname, portNumber, s.signal);
     } catch (err) {
       await this.#fail(s, err);
       return;
     }
     s.upstream = up;
     if (s.closed) return up.close();
-    s.phase = "tunnel";
+    s.status = 200;
     this.#touch(s);
     await writeAll(s, ESTABLISHED);
+    s.bytesDown = 0; // tunnel bytes only
     await this.#pipe(s, up);
   }
 
@@ -383,11 +541,16 @@ export class ProxyServer {
     s.phase = "tunnel";
     const touch = () => this.#touch(s);
     let open = 2;
-    const ended = (dst: Deno.TcpConn) => --open === 0 ? s.close() : dst.closeWrite();
+    const ended = (dst: Deno.TcpConn) => {
+      if (--open === 0) return s.close();
+      // The other side gets the fin timeout to finish.
+      s.finAt = this.#now + this.#timeouts.fin;
+      return dst.closeWrite();
+    };
     const fail = () => s.close();
     await Promise.all([
-      pump(s.reader, up.conn, touch).then(() => ended(up.conn)).catch(fail),
-      pump(up.reader, s.conn, touch).then(() => ended(s.conn)).catch(fail),
+      pump(s.reader, s.toUpstream, touch).then(() => ended(up.conn)).catch(fail),
+      pump(up.reader, s, touch).then(() => ended(s.conn)).catch(fail),
     ]);
     s.close();
   }
@@ -404,9 +567,11 @@ export class ProxyServer {
       await this.#fail(s, err);
       return false;
     }
+    this.#begin(s, out.upgrading ? "upgrade" : "http", req.method, out.key);
     this.#watchClient(s);
     try {
       const { up, res, request } = await this.#roundTrip(s, out);
+      s.status = res.status;
       if (res.status === 101 && out.upgrading) {
         await this.#switchProtocols(s, up, res);
         return false;
@@ -452,7 +617,7 @@ export class ProxyServer {
     const request: Answer["request"] = { done: false, error: null };
     if (out.framing.kind === "none") {
       try {
-        await writeAll(up.conn, out.head);
+        await writeAll(s.toUpstream, out.head);
       } catch {
         return null; // a reused connection that had closed: nothing was read
       }
@@ -462,7 +627,7 @@ export class ProxyServer {
       // reading early may still answer.
       s.readingBody = true;
       const touch = () => this.#touch(s);
-      relayBody(s.reader, up.conn, out.framing, out.head, touch, (m) => new HttpError(400, m))
+      relayBody(s.reader, s.toUpstream, out.framing, out.head, touch, (m) => new HttpError(400, m))
         .then(() => {
           request.done = true;
           s.readingBody = false;

@@ -4,6 +4,10 @@ import type { Limiter } from "../limit/limiter.ts";
 import type { LimitTable } from "../limit/limit_table.ts";
 import { BufferedReader } from "./buffered_reader.ts";
 import { ConnectError, LimitReachedError } from "./errors.ts";
+import { LimiterUnavailableError } from "../limit/limiter.ts";
+import type { DestinationPolicy } from "../access/destination_policy.ts";
+import type { ProxyStats } from "../metrics/proxy_stats.ts";
+import type { UpstreamHostView } from "../metrics/host_summary.ts";
 
 const IP_LITERAL = /^(?:[0-9.]+|.*:.*)$/;
 
@@ -46,11 +50,21 @@ export class Upstream {
 
 /** Options of {@linkcode UpstreamPool}. */
 export interface UpstreamPoolOptions {
+  /** Where slots are counted. */
   limiter: Limiter;
+  /** The limits to apply. */
   limits: LimitTable;
+  /** Where the proxy may connect; checked before a slot is taken. */
+  destinations?: DestinationPolicy;
+  /** Counters of admissions, refusals and connect times. */
+  stats: ProxyStats;
+  /** Time a dial may take, in milliseconds. */
   connectTimeout: number;
+  /** Time an idle socket stays pooled, in milliseconds. */
   idleTimeout: number;
+  /** Idle sockets kept per host. */
   maxIdlePerHost: number;
+  /** Where upstream opens and closes are logged (debug). */
   logger: Logger;
 }
 
@@ -124,33 +138,39 @@ export class UpstreamPool {
     port: number,
     signal?: AbortSignal,
   ): Promise<Upstream> {
-    const limit = this.#o.limits.limitFor(key);
-    let granted = await this.#o.limiter.acquire(key, limit);
-    while (!granted) {
-      const idle = this.take(key);
-      if (!idle) throw new LimitReachedError(key, limit);
-      idle.close();
-      granted = await this.#o.limiter.acquire(key, limit);
-    }
+    const addresses = this.#o.destinations
+      ? await this.#o.destinations.check(hostname, port)
+      : [hostname];
+    await this.#acquire(key);
     // The sweep aborts dials past their deadline (no timer per dial).
     const deadline = new AbortController();
     this.#dials.set(deadline, this.#now + this.#o.connectTimeout);
-    let conn: Deno.TcpConn;
+    const dialSignal = signal ? AbortSignal.any([deadline.signal, signal]) : deadline.signal;
+    const started = performance.now();
+    let conn: Deno.TcpConn | undefined;
     try {
-      signal?.throwIfAborted();
-      conn = await Deno.connect({
-        hostname,
-        port,
-        signal: signal ? AbortSignal.any([deadline.signal, signal]) : deadline.signal,
-        // Happy Eyeballs only where a name may resolve to both families.
-        autoSelectFamily: !IP_LITERAL.test(hostname),
-      });
+      for (let i = 0; !conn; i++) {
+        try {
+          dialSignal.throwIfAborted();
+          conn = await Deno.connect({
+            hostname: addresses[i],
+            port,
+            signal: dialSignal,
+            // Happy Eyeballs only where a name may resolve to both families.
+            autoSelectFamily: !IP_LITERAL.test(addresses[i]),
+          });
+        } catch (err) {
+          // The next checked address, while time is left.
+          if (i + 1 >= addresses.length || dialSignal.aborted) throw err;
+        }
+      }
     } catch (err) {
       this.#o.limiter.release(key);
       throw connectError(key, err, deadline.signal.aborted);
     } finally {
       this.#dials.delete(deadline);
     }
+    this.#o.stats.onConnectDuration(performance.now() - started);
     conn.setNoDelay(true);
     const n = (this.#open.get(key) ?? 0) + 1;
     this.#open.set(key, n);
@@ -161,6 +181,37 @@ export class UpstreamPool {
     const up = new Upstream(key, conn, this.#release);
     if (signal?.aborted) up.close();
     return up;
+  }
+
+  /**
+   * Takes a slot of `key`, closing an idle pooled socket of it when that is
+   * what it takes; throws {@linkcode LimitReachedError} at the limit.
+   */
+  async #acquire(key: string): Promise<void> {
+    const limit = this.#o.limits.limitFor(key);
+    try {
+      while (!await this.#o.limiter.acquire(key, limit)) {
+        const idle = this.take(key);
+        if (!idle) {
+          this.#o.stats.onRefused(key, "limit");
+          throw new LimitReachedError(key, limit);
+        }
+        idle.close();
+      }
+    } catch (err) {
+      if (err instanceof LimiterUnavailableError) {
+        this.#o.stats.onRefused(key, "limiter_unavailable");
+      }
+      throw err;
+    }
+    this.#o.stats.onAdmitted(key);
+  }
+
+  /** Each host this process holds connections to: open (idle included) and idle. */
+  *hosts(): Iterable<UpstreamHostView> {
+    for (const [host, open] of this.#open) {
+      yield { host, open, idle: this.#idle.get(host)?.length ?? 0 };
+    }
   }
 
   /** Advances the clock; aborts late dials and closes sockets idle too long. */
