@@ -56,6 +56,10 @@ export const DEFAULTS = {
   } as Readonly<Timeouts>,
   /** Open client connections in all; beyond it new ones get a 503. 0: no cap. */
   maxClients: 10_000,
+  /** Time a request over its host's limit may wait for a slot (ms); 0 refuses at once. */
+  queueTimeout: 0,
+  /** Requests that may wait per host in one process; beyond it, refused at once. */
+  queueMax: 1000,
   /** Open client connections per client address. 0: no cap. */
   maxClientsPerIp: 0,
   /** Grace period of a stop, in milliseconds. */

@@ -113,6 +113,14 @@ export interface ProxyRateLimiterOptions {
   maxClients?: number;
   /** Open client connections per client address; 0: no cap. Default 0. */
   maxClientsPerIp?: number;
+  /**
+   * Time a request or CONNECT over its host's limit waits for a slot, in
+   * milliseconds; slots go to waiters first come first served. Default 0:
+   * refused at once.
+   */
+  queueTimeout?: number;
+  /** Requests that may wait per host in this process; beyond it, refused at once. Default 1000. */
+  queueMax?: number;
   /** Logs one line per exchange or tunnel (category `["dprl", "access"]`). Default `false`. */
   accessLog?: boolean;
 }
@@ -304,6 +312,8 @@ export class ProxyRateLimiter implements AsyncDisposable {
       onAccess: o.accessLog ? (entry) => logAccess(access, entry) : undefined,
       maxClients: o.maxClients,
       maxClientsPerIp: o.maxClientsPerIp,
+      queueTimeout: o.queueTimeout,
+      queueMax: o.queueMax,
     });
     this.#served = this.#server.serve();
     this.#logger.info("Proxy listening on {url} (bound to {address})", {

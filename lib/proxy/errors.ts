@@ -10,19 +10,50 @@
 import { LimiterUnavailableError } from "../limit/limiter.ts";
 import { HttpError } from "./http_head.ts";
 
-/** The host is at its connection limit. */
+/** Why a host's slot was refused: at once, after waiting, or a full line. */
+export type LimitRefusal = "limit" | "queue_timeout" | "queue_full";
+
+/** Options of {@linkcode LimitReachedError}. */
+export interface LimitReachedOptions {
+  /** Why; default `"limit"`. */
+  reason?: LimitRefusal;
+  /** An estimate of when a slot may be free, in seconds. */
+  retryAfter?: number;
+  /** How long the request waited, in milliseconds. */
+  waitedMs?: number;
+}
+
+/** The host is at its connection limit (and a wait for a slot, if any, failed). */
 export class LimitReachedError extends Error {
   /** The host key. */
   readonly key: string;
   /** Its limit. */
   readonly limit: number;
+  /** Refused at once, after a wait, or because the line was full. */
+  readonly reason: LimitRefusal;
+  /** An estimate of when to try again, in whole seconds (at least 1). */
+  readonly retryAfter: number;
+  /** The `Proxy-Status` details. */
+  readonly details: string;
   /** Creates the error for `key` at `limit`. */
-  constructor(key: string, limit: number) {
+  constructor(key: string, limit: number, options: LimitReachedOptions = {}) {
     super(`Connection limit reached for ${key} (limit ${limit})`);
     this.name = "LimitReachedError";
     this.key = key;
     this.limit = limit;
+    this.reason = options.reason ?? "limit";
+    this.retryAfter = Math.max(1, Math.ceil(options.retryAfter ?? 1));
+    this.details = this.reason === "queue_timeout"
+      ? `waited ${formatSeconds(options.waitedMs ?? 0)}`
+      : this.reason === "queue_full"
+      ? "queue full"
+      : this.message;
   }
+}
+
+function formatSeconds(ms: number): string {
+  const s = ms / 1000;
+  return `${Number.isInteger(s) ? s : s.toFixed(1)}s`;
 }
 
 /** Why an upstream connection could not be opened. */
@@ -112,6 +143,8 @@ export interface ErrorReply {
    * client errors are logged at debug, never once per request at info.
    */
   upstream: boolean;
+  /** The `Proxy-Status` details, when other than the message. */
+  details?: string;
   /** Extra header lines of the reply. */
   headers?: string[];
 }
@@ -119,7 +152,11 @@ export interface ErrorReply {
 /** Turns any failure into the reply the client gets. */
 export function errorReply(err: unknown, rejectStatus: number): ErrorReply {
   if (err instanceof LimitReachedError) {
-    return reply(rejectStatus, "connection_limit_reached", err.message, false);
+    return {
+      ...reply(rejectStatus, "connection_limit_reached", err.message, false),
+      details: err.details,
+      headers: [`Retry-After: ${err.retryAfter}`],
+    };
   }
   if (err instanceof LimiterUnavailableError) {
     return reply(503, "proxy_internal_error", "Connection limiter unavailable", false);

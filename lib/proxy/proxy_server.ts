@@ -77,6 +77,10 @@ export interface ProxyServerOptions {
   maxClients?: number;
   /** Open client connections per client address; 0 is no cap. */
   maxClientsPerIp?: number;
+  /** Time a request over its host's limit waits for a slot (ms); 0 refuses at once. */
+  queueTimeout?: number;
+  /** Requests that may wait per host; beyond it, refused at once. */
+  queueMax?: number;
 }
 
 const SWEEP_MS = 250;
@@ -248,6 +252,8 @@ export class ProxyServer {
       stats: this.#stats,
       connectTimeout: this.#timeouts.connect,
       idleTimeout: this.#timeouts.upstreamIdle,
+      queueTimeout: options.queueTimeout ?? DEFAULTS.queueTimeout,
+      queueMax: options.queueMax ?? DEFAULTS.queueMax,
       maxIdlePerHost: options.maxIdlePerHost ?? DEFAULTS.maxIdlePerHost,
       logger: options.logger,
     });
@@ -476,7 +482,7 @@ export class ProxyServer {
     const head = encodeHead(`HTTP/1.1 ${r.status} ${REASONS[r.status] ?? "Error"}`, [
       "Content-Type: text/plain; charset=utf-8",
       `Content-Length: ${body.length}`,
-      `Proxy-Status: dprl; error=${r.proxyError}; details="${text.replace(/["\\]/g, "\\$&")}"`,
+      `Proxy-Status: dprl; error=${r.proxyError}; details="${quoted(r.details ?? text)}"`,
       ...r.headers ?? [],
       "Connection: close",
     ]);
@@ -596,8 +602,9 @@ export class ProxyServer {
     out: Outbound,
   ): Promise<Answer & { up: Upstream }> {
     for (let attempt = 0;; attempt++) {
-      const pooled = this.#pool.take(out.key);
-      const up = pooled ?? await this.#pool.open(out.key, out.hostname, out.port, s.signal);
+      const up = this.#pool.take(out.key) ??
+        await this.#pool.open(out.key, out.hostname, out.port, s.signal, true);
+      const pooled = up.reused;
       s.upstream = up;
       if (s.closed) throw new UpstreamClosedError(out.key);
       const answer = await this.#send(s, up, out);
@@ -714,6 +721,11 @@ export class ProxyServer {
     } else up.close();
     return keepAlive && requestSent;
   }
+}
+
+/** Text for a quoted `Proxy-Status` parameter: printable ASCII, escaped. */
+function quoted(text: string): string {
+  return text.replace(/[^\x20-\x7e]/g, "?").replace(/["\\]/g, "\\$&");
 }
 
 function upstreamProtocolError(message: string): HttpError {

@@ -8,6 +8,7 @@ import { LimiterUnavailableError } from "../limit/limiter.ts";
 import type { DestinationPolicy } from "../access/destination_policy.ts";
 import type { ProxyStats } from "../metrics/proxy_stats.ts";
 import type { UpstreamHostView } from "../metrics/host_summary.ts";
+import { WaitQueue } from "./wait_queue.ts";
 
 const IP_LITERAL = /^(?:[0-9.]+|.*:.*)$/;
 
@@ -18,6 +19,10 @@ export class Upstream {
   readonly reader: BufferedReader;
   /** When an idle pooled socket is closed (coarse clock, ms). */
   idleUntil = 0;
+  /** When it was opened (coarse clock, ms). */
+  openedAt = 0;
+  /** It served an exchange before (it came from the pool). */
+  reused = false;
   #onClose: (up: Upstream) => void;
   #closed = false;
 
@@ -62,6 +67,10 @@ export interface UpstreamPoolOptions {
   connectTimeout: number;
   /** Time an idle socket stays pooled, in milliseconds. */
   idleTimeout: number;
+  /** Time a request may wait for a slot, in milliseconds; 0 refuses at once. */
+  queueTimeout: number;
+  /** Requests that may wait per host; beyond it, refused at once. */
+  queueMax: number;
   /** Idle sockets kept per host. */
   maxIdlePerHost: number;
   /** Where upstream opens and closes are logged (debug). */
@@ -78,6 +87,12 @@ export class UpstreamPool {
   #dials = new Map<AbortController, number>();
   /** The coarse clock, advanced by {@linkcode UpstreamPool.sweep}. */
   #now = Date.now();
+  /** Requests waiting for a slot, per host. */
+  #queue = new WaitQueue();
+  /** Hosts whose line is being served now, and whether a slot came free meanwhile. */
+  #waking = new Map<string, boolean>();
+  /** Average time a slot is held, per host (ms), for Retry-After. */
+  #holdMs = new Map<string, number>();
 
   constructor(options: UpstreamPoolOptions) {
     this.#o = options;
@@ -91,6 +106,9 @@ export class UpstreamPool {
       else this.#open.set(up.key, n);
       this.#removeIdle(up);
       this.#o.limiter.release(up.key);
+      const held = this.#now - up.openedAt;
+      this.#holdMs.set(up.key, 0.8 * (this.#holdMs.get(up.key) ?? held) + 0.2 * held);
+      if (this.#queue.length(up.key) > 0) this.#wake(up.key);
       this.#o.logger.debug(
         "Upstream connection to {host} closed ({count} open here)",
         { host: up.key, count: n },
@@ -106,9 +124,22 @@ export class UpstreamPool {
     return up;
   }
 
+  /** Gives an idle socket to a waiting plain-HTTP request, or its slot to the line. */
+  #handOff(up: Upstream): boolean {
+    if (this.#queue.length(up.key) === 0) return false;
+    const waiter = this.#queue.takeHttp(up.key);
+    if (waiter) {
+      this.#o.stats.onAdmitted(up.key);
+      waiter.grant(up);
+    } else up.close(); // its slot goes to the first in line
+    return true;
+  }
+
   /** Pools a socket whose exchange ended cleanly, or closes it. */
   put(up: Upstream): void {
     if (up.closed) return;
+    up.reused = true;
+    if (this.#handOff(up)) return;
     const list = this.#idle.get(up.key) ?? [];
     if (list.length >= this.#o.maxIdlePerHost || this.#o.idleTimeout <= 0) {
       up.close();
@@ -137,11 +168,13 @@ export class UpstreamPool {
     hostname: string,
     port: number,
     signal?: AbortSignal,
+    http = false,
   ): Promise<Upstream> {
     const addresses = this.#o.destinations
       ? await this.#o.destinations.check(hostname, port)
       : [hostname];
-    await this.#acquire(key);
+    const handed = await this.#slot(key, signal, http);
+    if (handed) return handed;
     // The sweep aborts dials past their deadline (no timer per dial).
     const deadline = new AbortController();
     this.#dials.set(deadline, this.#now + this.#o.connectTimeout);
@@ -179,32 +212,111 @@ export class UpstreamPool {
       { host: key, count: n },
     );
     const up = new Upstream(key, conn, this.#release);
+    up.openedAt = this.#now;
     if (signal?.aborted) up.close();
     return up;
   }
 
   /**
-   * Takes a slot of `key`, closing an idle pooled socket of it when that is
-   * what it takes; throws {@linkcode LimitReachedError} at the limit.
+   * Takes a slot of `key`, or waits in line for one (up to the queue
+   * timeout); a waiting plain-HTTP request may be handed an idle socket
+   * instead, which is returned. Throws {@linkcode LimitReachedError} when
+   * refused and `LimiterUnavailableError` when the limiter cannot decide.
    */
-  async #acquire(key: string): Promise<void> {
+  async #slot(key: string, signal?: AbortSignal, http = false): Promise<Upstream | undefined> {
     const limit = this.#o.limits.limitFor(key);
+    // No overtaking: while others wait, a newcomer joins the line.
+    if (this.#queue.length(key) === 0 && await this.#tryAcquire(key, limit)) {
+      this.#o.stats.onAdmitted(key);
+      return undefined;
+    }
+    const ahead = this.#queue.length(key);
+    const refuse = (reason: "limit" | "queue_full") => {
+      this.#o.stats.onRefused(key, reason);
+      return new LimitReachedError(key, limit, {
+        reason,
+        retryAfter: this.#estimate(key, limit, ahead),
+      });
+    };
+    if (this.#o.queueTimeout <= 0) throw refuse("limit");
+    if (ahead >= this.#o.queueMax) throw refuse("queue_full");
+    const waiting = this.#queue.wait(key, {
+      http,
+      now: this.#now,
+      timeout: this.#o.queueTimeout,
+      signal,
+    });
+    this.#wake(key); // a slot may have come free meanwhile
+    const got = await waiting;
+    if (got === "slot") return undefined;
+    return got;
+  }
+
+  /**
+   * Asks the limiter for a slot, closing idle pooled sockets of `key` while
+   * that is what it takes. Counts a refusal by an unavailable limiter.
+   */
+  async #tryAcquire(key: string, limit: number): Promise<boolean> {
     try {
       while (!await this.#o.limiter.acquire(key, limit)) {
         const idle = this.take(key);
-        if (!idle) {
-          this.#o.stats.onRefused(key, "limit");
-          throw new LimitReachedError(key, limit);
-        }
+        if (!idle) return false;
         idle.close();
       }
+      return true;
     } catch (err) {
       if (err instanceof LimiterUnavailableError) {
         this.#o.stats.onRefused(key, "limiter_unavailable");
       }
       throw err;
     }
-    this.#o.stats.onAdmitted(key);
+  }
+
+  /** Grants slots to the line of `key`, first come first served, while there are any. */
+  async #wake(key: string): Promise<void> {
+    if (this.#waking.has(key)) {
+      this.#waking.set(key, true);
+      return;
+    }
+    this.#waking.set(key, false);
+    try {
+      const limit = this.#o.limits.limitFor(key);
+      for (let waiter = this.#queue.head(key); waiter; waiter = this.#queue.head(key)) {
+        let granted: boolean;
+        try {
+          granted = await this.#tryAcquire(key, limit);
+        } catch (err) {
+          // The limiter cannot decide: the failure mode answers the line.
+          for (let w = this.#queue.head(key); w; w = this.#queue.head(key)) {
+            this.#queue.remove(key, w);
+            w.fail(err);
+          }
+          return;
+        }
+        if (!granted) {
+          // A slot freed while the limiter answered: ask once more.
+          if (!this.#waking.get(key)) return;
+          this.#waking.set(key, false);
+          continue;
+        }
+        if (this.#queue.head(key) !== waiter) {
+          // It left (timed out or gone) while the limiter answered.
+          this.#o.limiter.release(key);
+          continue;
+        }
+        this.#queue.remove(key, waiter);
+        this.#o.stats.onAdmitted(key);
+        waiter.grant("slot");
+      }
+    } finally {
+      this.#waking.delete(key);
+    }
+  }
+
+  /** Seconds until a slot is likely free for the request `ahead` places back. */
+  #estimate(key: string, limit: number, ahead: number): number {
+    const hold = this.#holdMs.get(key) ?? 1000;
+    return (hold * (ahead + 1)) / Math.max(1, limit) / 1000;
   }
 
   /** Each host this process holds connections to: open (idle included) and idle. */
@@ -214,9 +326,25 @@ export class UpstreamPool {
     }
   }
 
-  /** Advances the clock; aborts late dials and closes sockets idle too long. */
+  /**
+   * Advances the clock; aborts late dials, closes sockets idle too long,
+   * refuses waiters past their deadline and asks again for the slots of
+   * every host with a line (a slot freed elsewhere in the fleet).
+   */
   sweep(now: number): void {
     this.#now = now;
+    for (const [key, waiter] of this.#queue.expired(now)) {
+      this.#o.stats.onRefused(key, "queue_timeout");
+      const limit = this.#o.limits.limitFor(key);
+      waiter.fail(
+        new LimitReachedError(key, limit, {
+          reason: "queue_timeout",
+          waitedMs: now - waiter.since,
+          retryAfter: this.#estimate(key, limit, this.#queue.length(key)),
+        }),
+      );
+    }
+    for (const key of [...this.#queue.keys()]) this.#wake(key);
     for (const [abort, deadline] of this.#dials) {
       if (deadline <= now) abort.abort();
     }

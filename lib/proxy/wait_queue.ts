@@ -1,0 +1,111 @@
+/**
+ * Requests waiting for a slot of their host, first come first served: each
+ * host has its own line, a bounded length and a deadline per waiter.
+ *
+ * @module
+ */
+
+import type { Upstream } from "./upstream_pool.ts";
+
+/** What a waiter is given: a slot of its host, or an idle connection to it. */
+export type Grant = "slot" | Upstream;
+
+/** One request in line. */
+export interface Waiter {
+  /** Plain HTTP: an idle pooled connection serves it as well as a slot. */
+  readonly http: boolean;
+  /** When it joined the line (ms). */
+  readonly since: number;
+  /** When it gives up (ms). */
+  readonly deadline: number;
+  /** Hands it what it waited for. */
+  grant(what: Grant): void;
+  /** Ends its wait with an error. */
+  fail(err: unknown): void;
+}
+
+/** Options of {@linkcode WaitQueue.wait}. */
+export interface WaitOptions {
+  /** Plain HTTP (an idle connection will do). */
+  http: boolean;
+  /** The current time (ms). */
+  now: number;
+  /** How long to wait (ms). */
+  timeout: number;
+  /** Aborts the wait: the waiter leaves the line at once. */
+  signal?: AbortSignal;
+}
+
+/** The lines of waiting requests, one per host key. */
+export class WaitQueue {
+  #lines = new Map<string, Waiter[]>();
+
+  /** How many wait for `key`. */
+  length(key: string): number {
+    return this.#lines.get(key)?.length ?? 0;
+  }
+
+  /** The hosts someone waits for. */
+  keys(): IterableIterator<string> {
+    return this.#lines.keys();
+  }
+
+  /** The first in line for `key`. */
+  head(key: string): Waiter | undefined {
+    return this.#lines.get(key)?.[0];
+  }
+
+  /** Joins the line for `key`; resolves with what it is granted. */
+  wait(key: string, options: WaitOptions): Promise<Grant> {
+    const { promise, resolve, reject } = Promise.withResolvers<Grant>();
+    const line = this.#lines.get(key) ?? [];
+    this.#lines.set(key, line);
+    const onAbort = () => {
+      this.remove(key, waiter);
+      reject(options.signal!.reason);
+    };
+    const settle = () => options.signal?.removeEventListener("abort", onAbort);
+    const waiter: Waiter = {
+      http: options.http,
+      since: options.now,
+      deadline: options.now + options.timeout,
+      grant: (what) => {
+        settle();
+        resolve(what);
+      },
+      fail: (err) => {
+        settle();
+        reject(err);
+      },
+    };
+    line.push(waiter);
+    options.signal?.addEventListener("abort", onAbort, { once: true });
+    return promise;
+  }
+
+  /** Takes `waiter` out of the line of `key`. */
+  remove(key: string, waiter: Waiter): void {
+    const line = this.#lines.get(key);
+    if (!line) return;
+    const i = line.indexOf(waiter);
+    if (i >= 0) line.splice(i, 1);
+    if (line.length === 0) this.#lines.delete(key);
+  }
+
+  /** Takes the first plain-HTTP waiter of `key` out of its line. */
+  takeHttp(key: string): Waiter | undefined {
+    const waiter = this.#lines.get(key)?.find((w) => w.http);
+    if (waiter) this.remove(key, waiter);
+    return waiter;
+  }
+
+  /** Takes out every waiter whose deadline passed, with its host key. */
+  *expired(now: number): Generator<[string, Waiter]> {
+    for (const [key, line] of [...this.#lines]) {
+      for (const waiter of line.filter((w) => w.deadline <= now)) {
+        this.remove(key, waiter);
+        yield [key, waiter];
+      }
+    }
+  }
+}
