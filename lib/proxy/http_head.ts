@@ -1,5 +1,6 @@
 /** Parsing, validation and serialisation of HTTP/1.x heads. */
 import { Buffer } from "node:buffer";
+import { DEFAULTS } from "../defaults.ts";
 
 /** A request or response that cannot be framed safely. */
 export class HttpError extends Error {
@@ -25,6 +26,8 @@ export interface Fields {
   names: string[];
   /** Field values without surrounding white space, index-aligned. */
   values: string[];
+  /** The lower-cased tokens of every `Connection` field. */
+  connection: ReadonlySet<string>;
 }
 
 /** A parsed request head. */
@@ -43,7 +46,7 @@ export interface ResponseHead extends Fields {
 }
 
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
-const REQUEST_LINE = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^ ]+) HTTP\/1\.([01])$/;
+const REQUEST_LINE = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([!-~]+) HTTP\/1\.([01])$/;
 const STATUS_LINE = /^HTTP\/1\.([01]) ([0-9]{3})(?: .*)?$/;
 
 /** Decodes bytes one to one into a string (ISO-8859-1). */
@@ -83,13 +86,37 @@ function splitLines(
   return lines;
 }
 
+/** `text` without leading and trailing spaces and tabs (OWS, RFC 9110, 5.6.3). */
+function trimOws(text: string): string {
+  let start = 0;
+  let end = text.length;
+  while (start < end && isOws(text.charCodeAt(start))) start++;
+  while (end > start && isOws(text.charCodeAt(end - 1))) end--;
+  return start === 0 && end === text.length ? text : text.slice(start, end);
+}
+
+function isOws(c: number): boolean {
+  return c === 32 || c === 9;
+}
+
+/** The non-empty, lower-cased elements of a comma-separated list value. */
+function listElements(value: string, into: { add(token: string): unknown }): void {
+  for (const part of value.split(",")) {
+    const t = trimOws(part).toLowerCase();
+    if (t) into.add(t);
+  }
+}
+
 function parseFields(
   lines: string[],
   error: (msg: string) => HttpError,
+  tooMany: () => HttpError,
 ): Fields {
+  if (lines.length - 1 > DEFAULTS.maxHeaderFields) throw tooMany();
   const names: string[] = [];
   const values: string[] = [];
   const kept: string[] = [];
+  const connection = new Set<string>();
   for (let i = 1; i < lines.length; i++) {
     const line = lines[i];
     const c = line.charCodeAt(0);
@@ -98,28 +125,56 @@ function parseFields(
     if (colon <= 0) throw error("Header line without a name");
     const name = line.slice(0, colon);
     if (!TOKEN.test(name)) throw error(`Invalid header name "${name}"`);
-    names.push(name.toLowerCase());
-    values.push(line.slice(colon + 1).trim());
+    const lower = name.toLowerCase();
+    const value = trimOws(line.slice(colon + 1));
+    if (lower === "connection") listElements(value, connection);
+    names.push(lower);
+    values.push(value);
     kept.push(line);
   }
-  return { lines: kept, names, values };
+  return { lines: kept, names, values, connection };
 }
 
-/** Parses and validates a request head (without its final empty line). */
+/**
+ * Fields that frame or route a message: a `Connection` field never removes
+ * them. A request whose `Connection` lists one is refused.
+ */
+const FRAMING = new Set(["content-length", "transfer-encoding", "host"]);
+
+/**
+ * Parses and validates a request head (without its final empty line).
+ * Throws {@linkcode HttpError}: 400 for a malformed head or a `Connection`
+ * field that lists `Content-Length`, `Transfer-Encoding` or `Host`; 431 for
+ * more than `DEFAULTS.maxHeaderFields` fields.
+ */
 export function parseRequestHead(bytes: Uint8Array): RequestHead {
   const error = (msg: string) => new HttpError(400, msg);
   const lines = splitLines(bytes, error);
   const m = REQUEST_LINE.exec(lines[0]);
   if (!m) throw error("Request line is not HTTP/1.x");
+  const fields = parseFields(
+    lines,
+    error,
+    () => new HttpError(431, "Request has too many header fields"),
+  );
+  for (const name of FRAMING) {
+    if (fields.connection.has(name)) {
+      throw error(`Connection must not list ${name}`);
+    }
+  }
   return {
     method: m[1],
     target: m[2],
     minor: m[3] === "1" ? 1 : 0,
-    ...parseFields(lines, error),
+    ...fields,
   };
 }
 
-/** Parses and validates a response head (without its final empty line). */
+/**
+ * Parses and validates a response head (without its final empty line).
+ * Throws {@linkcode HttpError} 502 when it is malformed or has more than
+ * `DEFAULTS.maxHeaderFields` fields.
+ */
 export function parseResponseHead(bytes: Uint8Array): ResponseHead {
   const error = (msg: string) => new HttpError(502, msg, "http_protocol_error");
   const lines = splitLines(bytes, error);
@@ -129,7 +184,11 @@ export function parseResponseHead(bytes: Uint8Array): ResponseHead {
     status: Number(m[2]),
     statusLine: lines[0],
     minor: m[1] === "1" ? 1 : 0,
-    ...parseFields(lines, error),
+    ...parseFields(
+      lines,
+      error,
+      () => error("Upstream response has too many header fields"),
+    ),
   };
 }
 
@@ -142,21 +201,22 @@ export function field(fields: Fields, name: string): string | undefined {
 /** Every comma-separated element of every instance of a field, lower-cased. */
 export function fieldTokens(fields: Fields, name: string): string[] {
   const out: string[] = [];
+  const into = { add: (t: string) => out.push(t) };
   for (let i = 0; i < fields.names.length; i++) {
-    if (fields.names[i] !== name) continue;
-    for (const part of fields.values[i].split(",")) {
-      const t = part.trim().toLowerCase();
-      if (t) out.push(t);
-    }
+    if (fields.names[i] === name) listElements(fields.values[i], into);
   }
   return out;
 }
 
-/** How a message body is framed. */
+/**
+ * How a message body is framed. A `chunked` body with `reusable: false` came
+ * in an HTTP/1.0 message (RFC 9112, 6.1): relay it as chunked, then close
+ * the connection it came on instead of reusing it.
+ */
 export type Framing =
   | { kind: "none" }
   | { kind: "length"; length: number }
-  | { kind: "chunked" }
+  | { kind: "chunked"; reusable?: false }
   | { kind: "close" };
 
 const NONE: Framing = { kind: "none" };
@@ -164,26 +224,27 @@ const NONE: Framing = { kind: "none" };
 /**
  * The framing of a message's body from its Content-Length and
  * Transfer-Encoding fields (RFC 9112, 6.3), strictly: anything a second
- * parser could read differently is an error.
+ * parser could read differently is an error. `head.minor` 0 (HTTP/1.0)
+ * refuses any Transfer-Encoding in a request and makes a chunked response
+ * `reusable: false`; without `minor` the message counts as HTTP/1.1.
  */
 export function bodyFraming(
-  fields: Fields,
+  head: Fields & { minor?: number },
   error: (msg: string) => HttpError,
   isRequest: boolean,
 ): Framing {
-  let te: string[] | null = null;
+  const te: string[] = [];
+  let hasTe = false;
   let length = -1;
-  for (let i = 0; i < fields.names.length; i++) {
-    const name = fields.names[i];
+  const into = { add: (t: string) => te.push(t) };
+  for (let i = 0; i < head.names.length; i++) {
+    const name = head.names[i];
     if (name === "transfer-encoding") {
-      te ??= [];
-      for (const part of fields.values[i].split(",")) {
-        const t = part.trim().toLowerCase();
-        if (t) te.push(t);
-      }
+      hasTe = true;
+      listElements(head.values[i], into);
     } else if (name === "content-length") {
-      for (const part of fields.values[i].split(",")) {
-        const v = part.trim();
+      for (const part of head.values[i].split(",")) {
+        const v = trimOws(part);
         if (!/^[0-9]{1,15}$/.test(v)) throw error("Invalid Content-Length");
         const n = Number(v);
         if (length >= 0 && n !== length) {
@@ -193,13 +254,16 @@ export function bodyFraming(
       }
     }
   }
-  if (te !== null) {
+  if (hasTe) {
     if (length >= 0) throw error("Both Content-Length and Transfer-Encoding");
+    if (isRequest && head.minor === 0) {
+      throw error("Transfer-Encoding in an HTTP/1.0 request");
+    }
     if (te.at(-1) === "chunked") {
       if (te.indexOf("chunked") !== te.length - 1) {
         throw error("Transfer-Encoding chunked applied twice");
       }
-      return { kind: "chunked" };
+      return head.minor === 0 ? { kind: "chunked", reusable: false } : { kind: "chunked" };
     }
     if (isRequest) throw error("Request Transfer-Encoding is not chunked");
     return { kind: "close" };
@@ -207,6 +271,22 @@ export function bodyFraming(
   if (length > 0) return { kind: "length", length };
   if (length === 0 || isRequest) return NONE;
   return { kind: "close" };
+}
+
+/**
+ * The framing of a response to a request with `method`: validated like
+ * {@linkcode bodyFraming} (errors are 502), then none for HEAD, 1xx, 204
+ * and 304 (RFC 9112, 6.3).
+ */
+export function responseFraming(res: ResponseHead, method: string): Framing {
+  const framing = bodyFraming(
+    res,
+    (m) => new HttpError(502, m, "http_protocol_error"),
+    false,
+  );
+  const bare = method === "HEAD" || res.status < 200 || res.status === 204 ||
+    res.status === 304;
+  return bare ? NONE : framing;
 }
 
 /** Serialises a start line and field lines into a head with its end. */
@@ -230,16 +310,31 @@ const HOP_BY_HOP = new Set([
 /**
  * The field lines to forward: without hop-by-hop fields (RFC 9110, 7.6.1),
  * those the Connection field names, `Proxy-*`, and any name in `drop`.
+ * `Content-Length`, `Transfer-Encoding` and `Host` stay even when
+ * `Connection` lists them (a request doing so is refused by
+ * {@linkcode parseRequestHead}). Repeated or listed `Content-Length` values
+ * (`5, 5`) become one `Content-Length: 5` line; validate them first with
+ * {@linkcode bodyFraming}, which refuses differing values.
  */
 export function endToEndLines(fields: Fields, drop?: string): string[] {
-  const listed = fieldTokens(fields, "connection");
   const out: string[] = [];
+  let lengthSeen = false;
   for (let i = 0; i < fields.names.length; i++) {
     const name = fields.names[i];
     if (
       HOP_BY_HOP.has(name) || name === drop || name.startsWith("proxy-") ||
-      (listed.length > 0 && listed.includes(name))
+      (fields.connection.has(name) && !FRAMING.has(name))
     ) continue;
+    if (name === "content-length") {
+      if (lengthSeen) continue;
+      lengthSeen = true;
+      const value = fields.values[i];
+      const comma = value.indexOf(",");
+      if (comma >= 0 || fields.names.indexOf(name, i + 1) >= 0) {
+        out.push(`Content-Length: ${trimOws(comma >= 0 ? value.slice(0, comma) : value)}`);
+        continue;
+      }
+    }
     out.push(fields.lines[i]);
   }
   return out;

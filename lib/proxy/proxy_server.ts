@@ -8,7 +8,6 @@
 import type { Logger } from "@logtape/logtape";
 import type { Limiter } from "../limit/limiter.ts";
 import type { LimitTable } from "../limit/limit_table.ts";
-import { hostKey, splitHostPort } from "../limit/host_key.ts";
 import { BufferedReader, TooLargeError, writeAll } from "./buffered_reader.ts";
 import { pump, relayBody, WriteError } from "./body.ts";
 import {
@@ -25,6 +24,7 @@ import {
   type RequestHead,
   type ResponseHead,
 } from "./http_head.ts";
+import { parseConnectTarget, parseTarget, type Target } from "./target.ts";
 import { type Upstream, UpstreamPool } from "./upstream_pool.ts";
 import { DEFAULTS, type Timeouts } from "../defaults.ts";
 
@@ -278,23 +278,10 @@ export class ProxyServer {
     reader: BufferedReader,
     req: RequestHead,
   ): Promise<void> {
-    const { hostname, port } = splitHostPort(req.target);
-    const portNumber = parsePort(port);
-    if (!hostname || portNumber === null) {
-      await this.#reject(
-        s,
-        new HttpError(400, "CONNECT needs a host:port target"),
-        true,
-      );
-      return;
-    }
     let up: Upstream;
     try {
-      up = await this.#pool.open(
-        hostKey(hostname, portNumber),
-        hostname,
-        portNumber,
-      );
+      const target = parseConnectTarget(req.target);
+      up = await this.#pool.open(target.key, target.hostname, target.port);
     } catch (err) {
       if (!(err instanceof HttpError)) throw err;
       await this.#reject(s, err, true);
@@ -586,57 +573,4 @@ interface Outbound {
   upgrading: boolean;
   /** The client lets its connection carry further requests. */
   clientKeepAlive: boolean;
-}
-
-/** The parts of an absolute-form `http://` request target. */
-interface Target {
-  key: string;
-  hostname: string;
-  port: number;
-  authority: string;
-  path: string;
-}
-
-function parseTarget(target: string): Target {
-  const bad = (msg: string) => new HttpError(400, msg);
-  if (!/^http:\/\//i.test(target)) {
-    if (target.startsWith("/") || target === "*") {
-      throw bad(
-        "dprl is a forward proxy: send absolute-form requests (http://host/path) or CONNECT",
-      );
-    }
-    if (/^https:\/\//i.test(target)) throw bad("Use CONNECT for https targets");
-    throw bad("Request target is not an http:// URL");
-  }
-  const rest = target.slice(7);
-  let end = rest.search(/[/?#]/);
-  if (end < 0) end = rest.length;
-  const authority = rest.slice(0, end);
-  let path = rest.slice(end);
-  const hash = path.indexOf("#");
-  if (hash >= 0) path = path.slice(0, hash);
-  if (path === "" || path.startsWith("?")) path = "/" + path;
-  if (authority.includes("@")) {
-    throw bad("Credentials in the request target are not allowed");
-  }
-  const { hostname, port } = splitHostPort(authority);
-  const portNumber = port === "" ? 80 : parsePort(port);
-  if (
-    !hostname || portNumber === null || !/^[A-Za-z0-9._:%\-]+$/.test(hostname)
-  ) {
-    throw bad(`Invalid host in request target "${authority}"`);
-  }
-  return {
-    key: hostKey(hostname, portNumber),
-    hostname,
-    port: portNumber,
-    authority,
-    path,
-  };
-}
-
-function parsePort(port: string): number | null {
-  if (!/^[0-9]{1,5}$/.test(port)) return null;
-  const n = Number(port);
-  return n >= 1 && n <= 65535 ? n : null;
 }
