@@ -26,7 +26,13 @@ export interface Fields {
   names: string[];
   /** Field values without surrounding white space, index-aligned. */
   values: string[];
-  /** The lower-cased tokens of every `Connection` field. */
+  /**
+   * The tokens of every `Connection` field that matter, lower-cased: those
+   * that name a field of this head, and `close`, `keep-alive`, `upgrade`,
+   * `content-length`, `transfer-encoding`, `host`.
+   * Others are left out, so that thousands of listed names cost a single
+   * pass without allocations.
+   */
   connection: ReadonlySet<string>;
 }
 
@@ -101,9 +107,16 @@ function isOws(c: number): boolean {
 
 /** The non-empty, lower-cased elements of a comma-separated list value. */
 function listElements(value: string, into: { add(token: string): unknown }): void {
-  for (const part of value.split(",")) {
-    const t = trimOws(part).toLowerCase();
-    if (t) into.add(t);
+  const text = value.toLowerCase();
+  let start = 0;
+  for (let i = 0; i <= text.length; i++) {
+    if (i < text.length && text.charCodeAt(i) !== 44) continue;
+    let a = start;
+    let b = i;
+    while (a < b && isOws(text.charCodeAt(a))) a++;
+    while (b > a && isOws(text.charCodeAt(b - 1))) b--;
+    if (a < b) into.add(text.slice(a, b));
+    start = i + 1;
   }
 }
 
@@ -116,7 +129,6 @@ function parseFields(
   const names: string[] = [];
   const values: string[] = [];
   const kept: string[] = [];
-  const connection = new Set<string>();
   for (let i = 1; i < lines.length; i++) {
     const line = lines[i];
     const c = line.charCodeAt(0);
@@ -125,14 +137,78 @@ function parseFields(
     if (colon <= 0) throw error("Header line without a name");
     const name = line.slice(0, colon);
     if (!TOKEN.test(name)) throw error(`Invalid header name "${name}"`);
-    const lower = name.toLowerCase();
-    const value = trimOws(line.slice(colon + 1));
-    if (lower === "connection") listElements(value, connection);
-    names.push(lower);
-    values.push(value);
+    names.push(name.toLowerCase());
+    values.push(trimOws(line.slice(colon + 1)));
     kept.push(line);
   }
-  return { lines: kept, names, values, connection };
+  return { lines: kept, names, values, connection: connectionTokens(names, values) };
+}
+
+/** Connection tokens that matter without a field of their name. */
+const CONNECTION_OPTIONS = [
+  "close",
+  "keep-alive",
+  "upgrade",
+  "content-length",
+  "transfer-encoding",
+  "host",
+];
+
+/** FNV-1a over `text[from, to)`, ASCII letters lower-cased. */
+function hashLower(text: string, from: number, to: number): number {
+  let h = 0x811c9dc5;
+  for (let i = from; i < to; i++) {
+    const c = text.charCodeAt(i);
+    h = Math.imul(h ^ (c >= 65 && c <= 90 ? c | 32 : c), 16777619);
+  }
+  return h >>> 0;
+}
+
+/**
+ * The tokens of the `Connection` fields that name a field of the head or
+ * are one of {@linkcode CONNECTION_OPTIONS}: one pass over the values that
+ * hashes each token in place, matched against at most one entry per field.
+ */
+function connectionTokens(names: string[], values: string[]): Set<string> {
+  const found = new Set<string>();
+  if (!names.includes("connection")) return found;
+  const wanted = new Map<number, string[]>();
+  for (const name of [...names, ...CONNECTION_OPTIONS]) {
+    const h = hashLower(name, 0, name.length);
+    const same = wanted.get(h);
+    if (!same) wanted.set(h, [name]);
+    else if (!same.includes(name)) same.push(name);
+  }
+  for (let f = 0; f < names.length; f++) {
+    if (names[f] !== "connection") continue;
+    const text = values[f];
+    let h = 0x811c9dc5;
+    let start = -1; // first character of the token, -1 before it
+    let end = -1; // end of the token, -1 while it runs
+    let valid = true;
+    for (let i = 0; i <= text.length; i++) {
+      const c = i < text.length ? text.charCodeAt(i) : 44;
+      if (c === 44) {
+        if (start >= 0 && valid) {
+          const same = wanted.get(h >>> 0);
+          if (same) {
+            const token = text.slice(start, end < 0 ? i : end).toLowerCase();
+            if (same.includes(token)) found.add(token);
+          }
+        }
+        h = 0x811c9dc5;
+        start = end = -1;
+        valid = true;
+      } else if (c === 32 || c === 9) {
+        if (start >= 0 && end < 0) end = i;
+      } else {
+        if (start < 0) start = i;
+        else if (end >= 0) valid = false; // white space inside: no token
+        h = Math.imul(h ^ (c >= 65 && c <= 90 ? c | 32 : c), 16777619);
+      }
+    }
+  }
+  return found;
 }
 
 /**
