@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { hostKey } from "../mod.ts";
+import { LimitTable } from "../lib/limit/limit_table.ts";
 
 Deno.test("hostKey lower-cases the host name", () => {
   assert.equal(hostKey("API.Example.COM"), "api.example.com");
@@ -44,4 +45,49 @@ Deno.test("hostKey gives one key for every spelling of the same host", () => {
     new Set(spellings.map((s) => hostKey(s))),
     new Set(["api.example.com"]),
   );
+});
+
+Deno.test("hostKey keys every numeric spelling of an IPv4 address as the address", () => {
+  const spellings = [
+    "127.0.0.1:8080",
+    "127.1:8080",
+    "2130706433:8080",
+    "0x7f000001:8080",
+    "0177.0.0.1:8080",
+    "127.000.000.001:8080",
+    "127.0.0.1.:8080",
+  ];
+  for (const s of spellings) assert.equal(hostKey(s), "127.0.0.1:8080", s);
+  assert.equal(hostKey("0x7f000001", 80), "127.0.0.1");
+  assert.equal(hostKey("10.1"), "10.0.0.1");
+});
+
+Deno.test("hostKey keys IPv4-mapped IPv6 as the IPv4 address it reaches", () => {
+  assert.equal(hostKey("[::ffff:127.0.0.1]:8080"), "127.0.0.1:8080");
+  assert.equal(hostKey("::ffff:7f00:1", 8080), "127.0.0.1:8080");
+  assert.equal(hostKey("[0:0:0:0:0:FFFF:7F00:0001]"), "127.0.0.1");
+});
+
+Deno.test("hostKey keys every IPv6 spelling in its compressed form", () => {
+  assert.equal(hostKey("[0:0:0:0:0:0:0:1]:9000"), "[::1]:9000");
+  assert.equal(hostKey("[0000::0001]:9000"), "[::1]:9000");
+  assert.equal(hostKey("2001:DB8:0:0:1:0:0:1", 9000), "[2001:db8::1:0:0:1]:9000");
+});
+
+Deno.test("configured limits normalise like the hosts they limit", () => {
+  const table = new LimitTable(0, {
+    "0x7f000001:8080": 3,
+    "[0:0::1]:9000": 4,
+    "API.example.com.:443": 5,
+  });
+  assert.equal(table.limitFor(hostKey("127.0.0.1", 8080)), 3);
+  assert.equal(table.limitFor(hostKey("[::1]:9000")), 4);
+  assert.equal(table.limitFor(hostKey("api.example.com")), 5);
+  table.set("2130706433:8080", 7);
+  assert.equal(table.limitFor("127.0.0.1:8080"), 7);
+});
+
+Deno.test("hostKey leaves names it cannot canonicalise lower-cased", () => {
+  assert.equal(hostKey("*.Example.com"), "*.example.com");
+  assert.equal(hostKey("host.0x1:81"), "host.0x1:81");
 });
