@@ -173,12 +173,21 @@ function connectionTokens(names: string[], values: string[]): Set<string> {
   const found = new Set<string>();
   if (!names.includes("connection")) return found;
   const wanted = new Map<number, string[]>();
+  // A filter of the wanted hashes' low bits: most tokens stop there.
+  const filter = new Uint8Array(4096);
   for (const name of [...names, ...CONNECTION_OPTIONS]) {
     const h = hashLower(name, 0, name.length);
+    filter[h & 4095] = 1;
     const same = wanted.get(h);
     if (!same) wanted.set(h, [name]);
     else if (!same.includes(name)) same.push(name);
   }
+  const match = (text: string, h: number, start: number, end: number): void => {
+    const same = filter[h & 4095] === 1 ? wanted.get(h >>> 0) : undefined;
+    if (!same) return;
+    const token = text.slice(start, end).toLowerCase();
+    if (same.includes(token)) found.add(token);
+  };
   for (let f = 0; f < names.length; f++) {
     if (names[f] !== "connection") continue;
     const text = values[f];
@@ -186,16 +195,10 @@ function connectionTokens(names: string[], values: string[]): Set<string> {
     let start = -1; // first character of the token, -1 before it
     let end = -1; // end of the token, -1 while it runs
     let valid = true;
-    for (let i = 0; i <= text.length; i++) {
-      const c = i < text.length ? text.charCodeAt(i) : 44;
+    for (let i = 0; i < text.length; i++) {
+      const c = text.charCodeAt(i);
       if (c === 44) {
-        if (start >= 0 && valid) {
-          const same = wanted.get(h >>> 0);
-          if (same) {
-            const token = text.slice(start, end < 0 ? i : end).toLowerCase();
-            if (same.includes(token)) found.add(token);
-          }
-        }
+        if (start >= 0 && valid) match(text, h, start, end < 0 ? i : end);
         h = 0x811c9dc5;
         start = end = -1;
         valid = true;
@@ -207,6 +210,7 @@ function connectionTokens(names: string[], values: string[]): Set<string> {
         h = Math.imul(h ^ (c >= 65 && c <= 90 ? c | 32 : c), 16777619);
       }
     }
+    if (start >= 0 && valid) match(text, h, start, end < 0 ? text.length : end);
   }
   return found;
 }
