@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { hostKey } from "../mod.ts";
 import { LimitTable } from "../lib/limit/limit_table.ts";
+import { canonicalHost } from "../lib/limit/host_key.ts";
+import fc from "fast-check";
 
 Deno.test("hostKey lower-cases the host name", () => {
   assert.equal(hostKey("API.Example.COM"), "api.example.com");
@@ -90,4 +92,41 @@ Deno.test("configured limits normalise like the hosts they limit", () => {
 Deno.test("hostKey leaves names it cannot canonicalise lower-cased", () => {
   assert.equal(hostKey("*.Example.com"), "*.example.com");
   assert.equal(hostKey("host.0x1:81"), "host.0x1:81");
+});
+
+/** What WHATWG URL parsing makes of a host; IPv4-mapped IPv6 as IPv4. */
+function urlOracle(host: string): string | null {
+  let name: string;
+  try {
+    name = new URL(`http://${host.includes(":") && !host.startsWith("[") ? `[${host}]` : host}/`)
+      .hostname;
+  } catch {
+    return null;
+  }
+  name = name.replace(/^\[|\]$/g, "");
+  const m = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(name);
+  if (m) {
+    const [hi, lo] = [parseInt(m[1], 16), parseInt(m[2], 16)];
+    return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
+  }
+  return name.replace(/\.$/, "");
+}
+
+Deno.test("canonicalHost agrees with URL parsing on generated names and addresses", () => {
+  const label = fc.oneof(
+    fc.string({ unit: fc.constantFrom(..."abfgxzAFXZ019_-"), minLength: 1, maxLength: 6 }),
+    fc.integer({ min: 0, max: 0xffffffff }).map((n) => String(n)),
+    fc.integer({ min: 0, max: 0xffffffff }).map((n) => `0x${n.toString(16)}`),
+    fc.integer({ min: 0, max: 0o777 }).map((n) => `0${n.toString(8)}`),
+    fc.constantFrom("xn--", "xn--bcher-kva", "0x", "0"),
+  );
+  const name = fc.tuple(fc.array(label, { minLength: 1, maxLength: 5 }), fc.boolean())
+    .map(([ls, dot]) => ls.join(".") + (dot ? "." : ""));
+  const ipv6 = fc.tuple(fc.ipV6(), fc.boolean()).map(([a, upper]) => upper ? a.toUpperCase() : a);
+  fc.assert(
+    fc.property(fc.oneof(name, ipv6, fc.ipV4Extended()), (host) => {
+      assert.equal(canonicalHost(host), urlOracle(host), host);
+    }),
+    { numRuns: 2000 },
+  );
 });

@@ -39,6 +39,9 @@ export function hostKey(host: string, port?: number | string): string {
 
 const HOST_CHARS = /^(?:[A-Za-z0-9._-]+|\[?[0-9A-Fa-f:.]+\]?)$/;
 const MAPPED_IPV4 = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/;
+/** A name of plain labels whose last label is no number: URL parsing only lower-cases it. */
+const PLAIN_NAME = /^(?:[a-z0-9_-]+\.)*[a-z0-9_-]*[g-wyz_-][a-z0-9_-]*\.?$/i;
+const PUNYCODE_LABEL = /(?:^|\.)xn--/i;
 
 /**
  * The canonical form of a host name or IP address (an IPv6 literal with or
@@ -52,6 +55,10 @@ const MAPPED_IPV4 = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/;
  * is `null`, as it is for URL parsing.
  */
 export function canonicalHost(hostname: string): string | null {
+  if (PLAIN_NAME.test(hostname) && !PUNYCODE_LABEL.test(hostname)) {
+    const name = hostname.toLowerCase();
+    return name.endsWith(".") ? name.slice(0, -1) : name;
+  }
   if (!HOST_CHARS.test(hostname)) return null;
   const bracketed = hostname.startsWith("[");
   if (bracketed !== hostname.endsWith("]")) return null;
