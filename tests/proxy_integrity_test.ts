@@ -202,3 +202,42 @@ Deno.test("error replies name the problem without internal detail", async () => 
     assert.doesNotMatch(said, /FQDN|os error|label/i, `${target}: ${said}`);
   }
 });
+
+Deno.test("an HTTP/1.0 client never receives Transfer-Encoding: chunked", async () => {
+  await using up = startScriptedUpstream(async (c) => {
+    if (await c.readHead() === null) return;
+    await c.write(
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n",
+    );
+    await c.conn.readToEnd(10_000);
+  });
+  await using tp = await startProxy();
+  const c = await BufferedConn.connect(tp.addr);
+  try {
+    await c.write(`GET ${up.url("/")} HTTP/1.0\r\nHost: ${up.authority}\r\n\r\n`);
+    const res = await readResponse(c);
+    assert.equal(res.status, 200);
+    assert.equal(header(res.head, "transfer-encoding"), null);
+    assert.equal(text(res.body), "hello world");
+    assert.ok(res.closeDelimited);
+  } finally {
+    c.close();
+  }
+});
+
+Deno.test("a chunked HTTP/1.0 response is relayed whole and its connection is not reused", async () => {
+  await using up = startScriptedUpstream(async (c) => {
+    while (await c.readHead() !== null) {
+      await c.write(
+        "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+      );
+    }
+  });
+  await using tp = await startProxy();
+  for (let i = 0; i < 2; i++) {
+    const res = await rawExchange(tp.addr, request("GET", up.url("/"), { Host: up.authority }));
+    assert.equal(res.status, 200);
+    assert.equal(text(res.body), "hello");
+  }
+  assert.equal(up.accepted, 2);
+});

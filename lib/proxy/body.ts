@@ -1,13 +1,17 @@
 /** Relaying message bodies as they are framed, byte for byte. */
 import { type BufferedReader, type Reader, writeAll, type Writer } from "./buffered_reader.ts";
-import { type Framing, type HttpError, latin1 } from "./http_head.ts";
+import type { Framing, HttpError } from "./http_head.ts";
 
 const PUMP_SIZE = 64 * 1024;
 /** The largest tunnel buffer, reached only while reads keep filling it. */
 const MAX_PUMP_SIZE = 256 * 1024;
 const FLUSH_AT = 32 * 1024;
+/** Longest chunk-size line, extensions included. */
 const MAX_LINE = 4096;
-const CHUNK_SIZE_LINE = /^([0-9A-Fa-f]{1,15})(;[\t -~]*)?$/;
+/** Largest trailer section. */
+const MAX_TRAILERS = 64 * 1024;
+/** Chunk data left at which a relay reads it straight into its own buffer. */
+const DIRECT_AT = 1024;
 const CRLF = new Uint8Array([13, 10]);
 
 /** A write to the receiving side failed (it closed or stopped reading). */
@@ -26,9 +30,9 @@ async function send(dst: Writer, data: Uint8Array): Promise<void> {
   }
 }
 
-/** Collects small pieces to send in one write. */
+/** Collects small pieces in one buffer, to send in one write. */
 class Batch {
-  #parts: Uint8Array[] = [];
+  #buf = new Uint8Array(0);
   #size = 0;
   readonly dst: Writer;
 
@@ -43,33 +47,272 @@ class Batch {
 
   /** Adds a copy of `bytes` (views into read buffers do not last). */
   add(bytes: Uint8Array): void {
-    if (bytes.length === 0) return;
-    this.#parts.push(bytes.slice());
-    this.#size += bytes.length;
+    const need = this.#size + bytes.length;
+    if (need > this.#buf.length) {
+      const bigger = new Uint8Array(Math.max(need, 2 * this.#buf.length, 4096));
+      bigger.set(this.#buf.subarray(0, this.#size));
+      this.#buf = bigger;
+    }
+    this.#buf.set(bytes, this.#size);
+    this.#size = need;
   }
 
   async flush(): Promise<void> {
     if (this.#size === 0) return;
-    const parts = this.#parts;
-    let data = parts[0];
-    if (parts.length > 1) {
-      data = new Uint8Array(this.#size);
-      let off = 0;
-      for (const p of parts) {
-        data.set(p, off);
-        off += p.length;
-      }
-    }
-    this.#parts = [];
+    const data = this.#buf.subarray(0, this.#size);
     this.#size = 0;
     await send(this.dst, data);
   }
 }
 
 /**
+ * Fields a trailer section must not carry (RFC 9110, 6.5.1): framing,
+ * routing, hop-by-hop and content metadata. A relay drops them.
+ */
+const NOT_IN_TRAILERS = new Set([
+  "content-length",
+  "transfer-encoding",
+  "host",
+  "connection",
+  "keep-alive",
+  "te",
+  "trailer",
+  "upgrade",
+  "content-encoding",
+  "content-range",
+  "content-type",
+]);
+
+// States of the chunked decoder.
+const SIZE = 0; // first hex digit of a chunk size
+const SIZE_MORE = 1; // further hex digits, `;` or CR
+const EXT_NAME_START = 2;
+const EXT_NAME = 3;
+const EXT_VALUE_START = 4;
+const EXT_TOKEN = 5;
+const EXT_QUOTED = 6;
+const EXT_QUOTED_ESCAPE = 7;
+const EXT_QUOTED_END = 8;
+const SIZE_LF = 9;
+const DATA = 10;
+const DATA_CR = 11;
+const DATA_LF = 12;
+const TRAILER = 13; // inside a trailer line (or at the start of one)
+const TRAILER_LF = 14;
+const DONE = 15;
+
+/** Token characters (RFC 9110, 5.6.2), by byte. */
+const TCHAR = new Uint8Array(256);
+for (const c of "!#$%&'*+-.^_`|~") TCHAR[c.charCodeAt(0)] = 1;
+for (let c = 48; c <= 57; c++) TCHAR[c] = 1;
+for (let c = 65; c <= 90; c++) TCHAR[c] = TCHAR[c + 32] = 1;
+
+function hexValue(c: number): number {
+  if (c >= 48 && c <= 57) return c - 48;
+  const l = c | 32;
+  return l >= 97 && l <= 102 ? l - 87 : -1;
+}
+
+/** Options of {@linkcode ChunkedDecoder}. */
+export interface ChunkedDecoderOptions {
+  /**
+   * Emit only the chunk data (de-chunked, trailers dropped) instead of the
+   * chunked framing itself.
+   */
+  dechunk: boolean;
+  /** Makes the error thrown for broken framing. */
+  error: (msg: string) => HttpError;
+}
+
+/**
+ * A strict decoder of the chunked transfer coding (RFC 9112, 7.1) that runs
+ * on bytes as they come, in pieces of any size. By default it emits the
+ * message as it came, minus trailer fields that {@linkcode NOT_IN_TRAILERS}
+ * names; with `dechunk` it emits only the data. Chunk extensions must be
+ * `;name` or `;name=value` (token or quoted string) with no white space;
+ * anything else, a bare CR or LF, or a chunk size beyond 2^53 is an error.
+ */
+export class ChunkedDecoder {
+  #state = SIZE;
+  #size = 0;
+  #digits = 0;
+  #lineLength = 0;
+  #trailerBytes = 0;
+  #line: number[] = [];
+  #dechunk: boolean;
+  /** Makes the error thrown for broken framing. */
+  readonly error: (msg: string) => HttpError;
+
+  constructor(options: ChunkedDecoderOptions) {
+    this.#dechunk = options.dechunk;
+    this.error = options.error;
+  }
+
+  /** True once the whole body, trailers included, has been decoded. */
+  get done(): boolean {
+    return this.#state === DONE;
+  }
+
+  /** Data bytes still expected in the current chunk (0 outside chunk data). */
+  get dataLeft(): number {
+    return this.#state === DATA ? this.#size : 0;
+  }
+
+  /**
+   * Accounts for `n` bytes of chunk data (at most {@linkcode dataLeft}) that
+   * the caller relays itself.
+   */
+  skipData(n: number): void {
+    if (n > this.dataLeft) throw new RangeError("More than the chunk's data");
+    this.#size -= n;
+    if (this.#size === 0) this.#state = DATA_CR;
+  }
+
+  /**
+   * Decodes `input`, calling `emit` with what to send on (views that last
+   * only until `emit` returns). Returns the number of bytes consumed: all of
+   * them, or fewer when the body ended inside `input`.
+   */
+  feed(input: Uint8Array, emit: (bytes: Uint8Array) => void): number {
+    const dechunk = this.#dechunk;
+    let state = this.#state;
+    let i = 0;
+    const n = input.length;
+    try {
+      while (i < n && state !== DONE) {
+        if (state === DATA) {
+          const take = Math.min(this.#size, n - i);
+          if (dechunk) emit(input.subarray(i, i + take));
+          i += take;
+          this.#size -= take;
+          if (this.#size === 0) state = DATA_CR;
+          continue;
+        }
+        const c = input[i++];
+        if (state < SIZE_LF && ++this.#lineLength > MAX_LINE) {
+          throw this.error("Chunk size line is too long");
+        }
+        switch (state) {
+          case SIZE:
+          case SIZE_MORE: {
+            const h = hexValue(c);
+            if (h >= 0) {
+              this.#size = this.#size * 16 + h;
+              if (++this.#digits > 16 || this.#size > Number.MAX_SAFE_INTEGER) {
+                throw this.error("Chunk size is too large");
+              }
+              state = SIZE_MORE;
+            } else if (state === SIZE) {
+              throw this.error("Invalid chunk size");
+            } else if (c === 59) state = EXT_NAME_START;
+            else if (c === 13) state = SIZE_LF;
+            else throw this.error("Invalid chunk size");
+            break;
+          }
+          case EXT_NAME_START:
+            if (!TCHAR[c]) throw this.error("Invalid chunk extension");
+            state = EXT_NAME;
+            break;
+          case EXT_NAME:
+          case EXT_TOKEN:
+          case EXT_QUOTED_END:
+            if (c === 59) state = EXT_NAME_START;
+            else if (c === 13) state = SIZE_LF;
+            else if (c === 61 && state === EXT_NAME) state = EXT_VALUE_START;
+            else if (!TCHAR[c] || state === EXT_QUOTED_END) {
+              throw this.error("Invalid chunk extension");
+            }
+            break;
+          case EXT_VALUE_START:
+            if (c === 34) state = EXT_QUOTED;
+            else if (TCHAR[c]) state = EXT_TOKEN;
+            else throw this.error("Invalid chunk extension");
+            break;
+          case EXT_QUOTED:
+            if (c === 34) state = EXT_QUOTED_END;
+            else if (c === 92) state = EXT_QUOTED_ESCAPE;
+            else if (c < 32 && c !== 9 || c === 127) {
+              throw this.error("Invalid chunk extension");
+            }
+            break;
+          case EXT_QUOTED_ESCAPE:
+            if (c < 32 && c !== 9 || c === 127) {
+              throw this.error("Invalid chunk extension");
+            }
+            state = EXT_QUOTED;
+            break;
+          case SIZE_LF:
+            if (c !== 10) throw this.error("Chunk size line does not end with CRLF");
+            this.#lineLength = 0;
+            this.#digits = 0;
+            if (this.#size > 0) {
+              state = DATA;
+            } else {
+              state = TRAILER;
+              if (!dechunk) emit(input.subarray(0, i));
+            }
+            break;
+          case DATA_CR:
+            if (c !== 13) throw this.error("Chunk data does not end with CRLF");
+            state = DATA_LF;
+            break;
+          case DATA_LF:
+            if (c !== 10) throw this.error("Chunk data does not end with CRLF");
+            state = SIZE;
+            break;
+          case TRAILER:
+            if (++this.#trailerBytes > MAX_TRAILERS) {
+              throw this.error("Trailer section is too large");
+            }
+            if (c === 13) state = TRAILER_LF;
+            else if (c === 10) throw this.error("Trailer line does not end with CRLF");
+            else this.#line.push(c);
+            break;
+          case TRAILER_LF:
+            if (c !== 10) throw this.error("Trailer line does not end with CRLF");
+            if (this.#line.length === 0) {
+              state = DONE;
+              if (!dechunk) emit(CRLF);
+            } else {
+              this.#trailerLine(dechunk ? null : emit);
+              state = TRAILER;
+            }
+            break;
+        }
+      }
+    } finally {
+      this.#state = state;
+    }
+    if (!dechunk && state < TRAILER) emit(input.subarray(0, i));
+    return i;
+  }
+
+  /** Checks the trailer line collected and emits it unless it is dropped. */
+  #trailerLine(emit: ((bytes: Uint8Array) => void) | null): void {
+    const line = this.#line;
+    this.#line = [];
+    let colon = 0;
+    while (colon < line.length && TCHAR[line[colon]]) colon++;
+    if (colon === 0 || line[colon] !== 58) throw this.error("Invalid trailer field");
+    for (let j = colon + 1; j < line.length; j++) {
+      const c = line[j];
+      if (c < 32 && c !== 9 || c === 127) throw this.error("Invalid trailer field");
+    }
+    if (!emit) return;
+    const name = String.fromCharCode(...line.slice(0, colon)).toLowerCase();
+    if (NOT_IN_TRAILERS.has(name) || name.startsWith("proxy-")) return;
+    const bytes = new Uint8Array(line.length + 2);
+    bytes.set(line);
+    bytes.set(CRLF, line.length);
+    emit(bytes);
+  }
+}
+
+/**
  * Sends `head` (when given) and then the body framed by `framing` from `src`
- * to `dst`, unchanged. `touch` is called on every transfer. Throws
- * {@linkcode HttpError} on broken framing and rethrows socket errors.
+ * to `dst`, unchanged but for trailer fields that must not be trailers.
+ * `touch` is called on every transfer. Throws {@linkcode HttpError} on broken
+ * framing and rethrows socket errors.
  */
 export async function relayBody(
   src: BufferedReader,
@@ -90,9 +333,29 @@ export async function relayBody(
       await relayLength(src, out, Infinity, touch, error);
       break;
     case "chunked":
-      await relayChunked(src, out, touch, error);
+      await relayChunked(src, out, new ChunkedDecoder({ dechunk: false, error }), touch);
       break;
   }
+  await out.flush();
+}
+
+/**
+ * Sends `head` (when given) and then the data of the chunked body from
+ * `src` to `dst` without its chunked framing, trailers dropped: for a
+ * client that must not receive chunked (HTTP/1.0). The head must carry no
+ * `Transfer-Encoding` and no `Content-Length`, and `Connection: close`: the
+ * end of the body is the close of `dst`, which the caller does after this.
+ * Throws like {@linkcode relayBody}.
+ */
+export async function relayDechunked(
+  src: BufferedReader,
+  dst: Writer,
+  head: Uint8Array | null,
+  touch: () => void,
+  error: (msg: string) => HttpError,
+): Promise<void> {
+  const out = new Batch(dst, head);
+  await relayChunked(src, out, new ChunkedDecoder({ dechunk: true, error }), touch);
   await out.flush();
 }
 
@@ -123,43 +386,38 @@ async function relayLength(
   }
 }
 
+/**
+ * Runs `decoder` over `src` into `out`: buffered bytes are decoded in place
+ * with no await; long chunk data is read straight into one buffer.
+ */
 async function relayChunked(
   src: BufferedReader,
   out: Batch,
+  decoder: ChunkedDecoder,
   touch: () => void,
-  error: (msg: string) => HttpError,
 ): Promise<void> {
-  for (;;) {
-    if (src.buffered === 0 || out.size >= FLUSH_AT) await out.flush();
-    const line = await src.readLine(MAX_LINE);
-    touch();
-    const m = CHUNK_SIZE_LINE.exec(latin1(line));
-    if (!m) throw error("Invalid chunk size line");
-    const size = parseInt(m[1], 16);
-    out.add(line);
-    out.add(CRLF);
-    if (size === 0) break;
-    await relayLength(src, out, size, touch, error);
-    if (src.buffered === 0) await out.flush();
-    const end = await src.readLine(MAX_LINE);
-    if (end.length !== 0) throw error("Chunk data does not end with CRLF");
-    out.add(CRLF);
-  }
-  // Trailer section, ended by an empty line.
-  for (let total = 0;;) {
-    if (src.buffered === 0) await out.flush();
-    const line = await src.readLine(MAX_LINE);
-    total += line.length;
-    if (total > PUMP_SIZE) throw error("Trailer section is too large");
-    if (line.length === 0) break;
-    const text = latin1(line);
-    if (!/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t -~\x80-\xff]*$/.test(text)) {
-      throw error("Invalid trailer field");
+  const emit = (bytes: Uint8Array) => out.add(bytes);
+  let direct: Uint8Array | null = null;
+  while (!decoder.done) {
+    if (src.buffered === 0) {
+      await out.flush();
+      const left = decoder.dataLeft;
+      if (left >= DIRECT_AT) {
+        direct ??= new Uint8Array(PUMP_SIZE);
+        const n = await src.readInto(direct.subarray(0, Math.min(left, direct.length)));
+        if (n === null) throw decoder.error("Body ended inside a chunk");
+        touch();
+        decoder.skipData(n);
+        // De-chunked or not, chunk data goes out as it is.
+        await send(out.dst, direct.subarray(0, n));
+        continue;
+      }
+      if (await src.fill() === null) throw decoder.error("Body ended inside a chunked body");
+      touch();
     }
-    out.add(line);
-    out.add(CRLF);
+    src.skip(decoder.feed(src.peek(), emit));
+    if (out.size >= FLUSH_AT) await out.flush();
   }
-  out.add(CRLF);
 }
 
 const SMALL = 2048;

@@ -1,6 +1,5 @@
 /** A read buffer over a connection, for heads, chunk lines and bodies. */
 
-const CRLF_CRLF = [13, 10, 13, 10];
 const INITIAL_SIZE = 4096;
 const EMPTY = new Uint8Array(0);
 
@@ -86,7 +85,10 @@ export class BufferedReader {
   /**
    * Reads a head that ends with an empty line and returns it without the
    * final CRLF CRLF, or `null` when the stream ends before a byte of it.
-   * Empty lines before a head are skipped (RFC 9112, 2.2).
+   * Empty lines before a head are skipped (RFC 9112, 2.2). A bare LF, or a
+   * CR after a line's CRLF without its LF, ends the head at once: the bytes
+   * returned then run through that byte, and the head parser refuses them
+   * without waiting for more.
    */
   async readHead(maxSize: number): Promise<Uint8Array | null> {
     let scanFrom = this.#start;
@@ -99,20 +101,26 @@ export class BufferedReader {
         this.#start += 2;
         if (scanFrom < this.#start) scanFrom = this.#start;
       }
-      const at = indexOf(this.#buf, CRLF_CRLF, scanFrom, this.#end);
-      if (at >= 0) {
-        if (at - this.#start > maxSize) {
-          throw new TooLargeError("Head is too large");
+      const buf = this.#buf.subarray(0, this.#end);
+      let next = this.#end;
+      for (let i = buf.indexOf(10, scanFrom); i >= 0; i = buf.indexOf(10, i + 1)) {
+        if (i === this.#start || buf[i - 1] !== 13) return this.#takeHead(i + 1, i + 1, maxSize);
+        if (i + 2 >= this.#end) {
+          // Too few bytes yet to tell whether this line is the last.
+          if (i + 1 === this.#end || buf[i + 1] === 13) {
+            next = i;
+            break;
+          }
+          continue;
         }
-        const head = this.#buf.slice(this.#start, at);
-        this.#start = at + 4;
-        this.#compact();
-        return head;
+        if (buf[i + 1] !== 13) continue;
+        if (buf[i + 2] === 10) return this.#takeHead(i - 1, i + 3, maxSize);
+        return this.#takeHead(i + 2, i + 2, maxSize);
       }
       if (this.#end - this.#start > maxSize) {
         throw new TooLargeError("Head is too large");
       }
-      scanFrom = Math.max(this.#start, this.#end - 3);
+      scanFrom = next;
       const startBefore = this.#start;
       const n = await this.fill();
       if (n === null) {
@@ -123,26 +131,24 @@ export class BufferedReader {
     }
   }
 
-  /** Reads one line ending in CRLF, returned without it. */
-  async readLine(maxSize: number): Promise<Uint8Array> {
-    let scanFrom = this.#start;
-    for (;;) {
-      const at = indexOf(this.#buf, CRLF_CRLF.slice(2), scanFrom, this.#end);
-      if (at >= 0) {
-        const line = this.#buf.subarray(this.#start, at);
-        this.#start = at + 2;
-        return line;
-      }
-      if (this.#end - this.#start > maxSize) {
-        throw new TooLargeError("Line is too long");
-      }
-      scanFrom = Math.max(this.#start, this.#end - 1);
-      const startBefore = this.#start;
-      if (await this.fill() === null) {
-        throw new Deno.errors.UnexpectedEof("Stream ended inside a line");
-      }
-      scanFrom -= startBefore - this.#start;
-    }
+  /** Takes the head up to `end` and consumes the buffer up to `next`. */
+  #takeHead(end: number, next: number, maxSize: number): Uint8Array {
+    if (end - this.#start > maxSize) throw new TooLargeError("Head is too large");
+    const head = this.#buf.slice(this.#start, end);
+    this.#start = next;
+    this.#compact();
+    return head;
+  }
+
+  /** A view of every buffered byte, valid until the next read. */
+  peek(): Uint8Array {
+    return this.#buf.subarray(this.#start, this.#end);
+  }
+
+  /** Consumes `n` buffered bytes (at most {@linkcode buffered}). */
+  skip(n: number): void {
+    this.#start += Math.min(n, this.#end - this.#start);
+    if (this.#start === this.#end && !this.#pending) this.#start = this.#end = 0;
   }
 
   /**
@@ -202,23 +208,6 @@ export class BufferedReader {
       }
     }
   }
-}
-
-function indexOf(
-  buf: Uint8Array,
-  needle: number[],
-  from: number,
-  to: number,
-): number {
-  const first = needle[0];
-  const last = to - needle.length;
-  for (let i = buf.indexOf(first, from); i >= 0 && i <= last;) {
-    let j = 1;
-    while (j < needle.length && buf[i + j] === needle[j]) j++;
-    if (j === needle.length) return i;
-    i = buf.indexOf(first, i + 1);
-  }
-  return -1;
 }
 
 /** Where bytes can be written: a connection, or a wrapper of one. */

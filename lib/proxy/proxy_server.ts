@@ -13,21 +13,20 @@
 import type { Logger } from "@logtape/logtape";
 import type { Limiter } from "../limit/limiter.ts";
 import type { LimitTable } from "../limit/limit_table.ts";
-import { hostKey, splitHostPort } from "../limit/host_key.ts";
 import { BufferedReader, TooLargeError, writeAll, type Writer } from "./buffered_reader.ts";
-import { pump, relayBody, WriteError } from "./body.ts";
+import { pump, relayBody, relayDechunked, WriteError } from "./body.ts";
 import {
   bodyFraming,
   encodeHead,
   encodeLatin1,
   endToEndLines,
   field,
-  fieldTokens,
   type Framing,
   HttpError,
   parseRequestHead,
   parseResponseHead,
   type RequestHead,
+  responseFraming,
   type ResponseHead,
 } from "./http_head.ts";
 import {
@@ -42,6 +41,7 @@ import type { DestinationPolicy } from "../access/destination_policy.ts";
 import { ProxyStats, type RequestKind } from "../metrics/proxy_stats.ts";
 import type { UpstreamHostView } from "../metrics/host_summary.ts";
 import type { AccessEntry } from "../log_format.ts";
+import { parseConnectTarget, parseTarget } from "./target.ts";
 import { type Upstream, UpstreamPool } from "./upstream_pool.ts";
 import { DEFAULTS, type Timeouts } from "../defaults.ts";
 
@@ -513,18 +513,12 @@ export class ProxyServer {
   }
 
   async #tunnel(s: Session, req: RequestHead): Promise<void> {
-    const { hostname, port } = splitHostPort(req.target);
-    const portNumber = parsePort(port);
-    if (!hostname || portNumber === null) {
-      await this.#fail(s, new HttpError(400, "CONNECT needs a host:port target"));
-      return;
-    }
-    const key = hostKey(hostname, portNumber);
-    this.#begin(s, "connect", "CONNECT", key);
-    this.#watchClient(s);
     let up: Upstream;
     try {
-      up = await this.#pool.open(key, hostname, portNumber, s.signal);
+      const target = parseConnectTarget(req.target);
+      this.#begin(s, "connect", "CONNECT", target.key);
+      this.#watchClient(s);
+      up = await this.#pool.open(target.key, target.hostname, target.port, s.signal);
     } catch (err) {
       await this.#fail(s, err);
       return;
@@ -689,28 +683,21 @@ export class ProxyServer {
     { res, request }: Answer,
   ): Promise<boolean> {
     if (res.status === 101) throw upstreamProtocolError("Upstream switched protocols unasked");
-    const bare = out.req.method === "HEAD" || res.status === 204 || res.status === 304;
-    const framing: Framing = bare
-      ? { kind: "none" }
-      : bodyFraming(res, upstreamProtocolError, false);
-    const resConnection = fieldTokens(res, "connection");
+    const framing = responseFraming(res, out.req.method);
     const reusable = framing.kind !== "close" &&
-      (res.minor === 1
-        ? !resConnection.includes("close")
-        : resConnection.includes("keep-alive") && framing.kind !== "chunked");
-    const keepAlive = out.clientKeepAlive && framing.kind !== "close" && !this.#closing;
-    const lines = endToEndLines(res);
+      !(framing.kind === "chunked" && framing.reusable === false) &&
+      (res.minor === 1 ? !res.connection.has("close") : res.connection.has("keep-alive"));
+    // An HTTP/1.0 client never receives chunked: the data, then the close.
+    const dechunk = framing.kind === "chunked" && out.req.minor === 0;
+    const keepAlive = out.clientKeepAlive && framing.kind !== "close" && !dechunk && !this.#closing;
+    const lines = endToEndLines(res, dechunk ? "transfer-encoding" : undefined);
     if (!keepAlive) lines.push("Connection: close");
     const statusLine = res.minor === 1 ? res.statusLine : `HTTP/1.1${res.statusLine.slice(8)}`;
+    const head = encodeHead(statusLine, lines);
+    const touch = () => this.#touch(s);
     s.phase = "response";
-    await relayBody(
-      up.reader,
-      s,
-      framing,
-      encodeHead(statusLine, lines),
-      () => this.#touch(s),
-      upstreamProtocolError,
-    );
+    if (dechunk) await relayDechunked(up.reader, s, head, touch, upstreamProtocolError);
+    else await relayBody(up.reader, s, framing, head, touch, upstreamProtocolError);
     // A response complete while the client still sends its body, or after
     // a broken request body, ends the client connection too.
     const requestSent = request.done && request.error === null;
@@ -740,8 +727,7 @@ function outbound(req: RequestHead): Outbound {
   if (req.names.indexOf("host") !== req.names.lastIndexOf("host")) {
     throw bad("More than one Host field");
   }
-  const connection = fieldTokens(req, "connection");
-  const upgrade = connection.includes("upgrade") ? field(req, "upgrade") : undefined;
+  const upgrade = req.connection.has("upgrade") ? field(req, "upgrade") : undefined;
   const lines = endToEndLines(req);
   const hostAt = lines.findIndex((l) => /^host:/i.test(l));
   const hostLine = `Host: ${target.authority}`;
@@ -758,62 +744,9 @@ function outbound(req: RequestHead): Outbound {
     framing,
     head: encodeHead(`${req.method} ${target.path} HTTP/1.1`, lines),
     upgrading: upgrade !== undefined,
-    clientKeepAlive: req.minor === 1 && !connection.includes("close"),
+    clientKeepAlive: req.minor === 1 && !req.connection.has("close"),
     replayable: framing.kind === "none" &&
       (IDEMPOTENT.has(req.method) || field(req, "idempotency-key") !== undefined ||
         field(req, "x-idempotency-key") !== undefined),
   };
-}
-
-/** The parts of an absolute-form `http://` request target. */
-interface Target {
-  key: string;
-  hostname: string;
-  port: number;
-  authority: string;
-  path: string;
-}
-
-function parseTarget(target: string): Target {
-  const bad = (msg: string) => new HttpError(400, msg);
-  if (!/^http:\/\//i.test(target)) {
-    if (target.startsWith("/") || target === "*") {
-      throw bad(
-        "dprl is a forward proxy: send absolute-form requests (http://host/path) or CONNECT",
-      );
-    }
-    if (/^https:\/\//i.test(target)) throw bad("Use CONNECT for https targets");
-    throw bad("Request target is not an http:// URL");
-  }
-  const rest = target.slice(7);
-  let end = rest.search(/[/?#]/);
-  if (end < 0) end = rest.length;
-  const authority = rest.slice(0, end);
-  let path = rest.slice(end);
-  const hash = path.indexOf("#");
-  if (hash >= 0) path = path.slice(0, hash);
-  if (path === "" || path.startsWith("?")) path = "/" + path;
-  if (authority.includes("@")) {
-    throw bad("Credentials in the request target are not allowed");
-  }
-  const { hostname, port } = splitHostPort(authority);
-  const portNumber = port === "" ? 80 : parsePort(port);
-  if (
-    !hostname || portNumber === null || !/^[A-Za-z0-9._:%\-]+$/.test(hostname)
-  ) {
-    throw bad(`Invalid host in request target "${authority}"`);
-  }
-  return {
-    key: hostKey(hostname, portNumber),
-    hostname,
-    port: portNumber,
-    authority,
-    path,
-  };
-}
-
-function parsePort(port: string): number | null {
-  if (!/^[0-9]{1,5}$/.test(port)) return null;
-  const n = Number(port);
-  return n >= 1 && n <= 65535 ? n : null;
 }
