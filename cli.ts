@@ -37,6 +37,7 @@ interface Flag {
 
 /** `ms` as the shortest duration text that parses back to it (`10s`, `5m`). */
 function formatDuration(ms: number): string {
+  if (ms === 0) return "0";
   for (const [unit, size] of [["h", 3_600_000], ["m", 60_000], ["s", 1000]] as const) {
     if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
   }
@@ -74,6 +75,19 @@ const FLAGS: Record<string, Flag> = {
     env: "DPRL_REJECT_STATUS",
     default: String(DEFAULTS.rejectStatus),
     help: "HTTP status sent when a host is at its limit",
+  },
+  "queue-timeout": {
+    value: "duration",
+    env: "DPRL_QUEUE_TIMEOUT",
+    default: formatDuration(DEFAULTS.queueTimeout),
+    help: "time a request over its host's limit waits for a slot, first come first served; " +
+      "0 refuses at once",
+  },
+  "queue-max": {
+    value: "n",
+    env: "DPRL_QUEUE_MAX",
+    default: String(DEFAULTS.queueMax),
+    help: "requests that may wait per host; beyond it they are refused at once",
   },
   "max-idle-per-host": {
     value: "n",
@@ -412,6 +426,8 @@ function parseCli(args: string[]): CliConfig {
     ),
     hostLimits,
     rejectStatus: integer("reject-status", value("reject-status")!, 400, 599),
+    queueTimeout: duration("queue-timeout", value("queue-timeout")!),
+    queueMax: integer("queue-max", value("queue-max")!, 0, 1_000_000),
     maxIdlePerHost: integer(
       "max-idle-per-host",
       value("max-idle-per-host")!,
