@@ -571,6 +571,11 @@ await redisTest(
       "client|setinfo",
       "select",
       "time",
+      "get",
+      "set",
+      "del",
+      "hgetall",
+      "zrange",
       "hget",
       "hset",
       "hdel",
@@ -645,12 +650,249 @@ await redisTest(
       }
     }
     assert.ok(nodesUsed.size >= 2, "hosts spread over the masters");
+    // Each host's epoch key lives in the slot of its counters.
+    const epochSlots = new Set<string>();
+    for (const s of cluster.servers) {
+      for (const key of (await s.cli("KEYS", "dprl:*:epoch")).trim().split("\n").filter(Boolean)) {
+        epochSlots.add((await first.cli("CLUSTER", "KEYSLOT", key)).trim());
+      }
+    }
+    for (const host of hosts) {
+      const slot = (await first.cli("CLUSTER", "KEYSLOT", `dprl:{${host}}:n`)).trim();
+      assert.ok(epochSlots.has(slot), `no epoch key in slot ${slot} of ${host}`);
+    }
     for (const host of hosts) {
       const holder = ws.find((w) => w.localCount(host) > 0)!;
       holder.release(host);
     }
     for (const host of hosts) {
       await waitFor(async () => await ws[0].acquire(host, limit), 2_000, host);
+    }
+  },
+);
+
+/**
+ * Three workers hold `limit` slots of a host and a fourth holds none; after
+ * `wipe` (run against the server) clients keep asking every worker for 2.5 s:
+ * none may get a slot, and the counts come back before the next heartbeat.
+ */
+async function lostKeysScenario(
+  wipe: (server: RedisServer, host: string) => Promise<unknown>,
+  holdersFirst = false,
+): Promise<{ logs: LogRecord[] }> {
+  await using redis = await useRedis();
+  const server = redis.server!;
+  const { logger, logs } = testLogger();
+  // A long lease: the heartbeat (every 2 s) alone would come too late.
+  const lease = 6_000;
+  await using ws = limiters(4, { redis: redis.url, prefix: "dprl", logger, lease });
+  const host = "lost.example";
+  const limit = 4;
+  for (let i = 0; i < limit; i++) assert.equal(await ws[i % 3].acquire(host, limit), true);
+  assert.equal(await ws[3].acquire("other.example", 0), true); // knows the epoch
+  assert.equal(await ws[3].acquire(host, limit), false);
+  await wipe(server, host);
+  const wipedAt = Date.now();
+  let extra = 0;
+  let asked = 0;
+  const ask = async (w: RedisLimiter): Promise<void> => {
+    asked++;
+    try {
+      if (await w.acquire(host, limit)) extra++;
+    } catch (error) {
+      assert.ok(error instanceof LimiterUnavailableError, String(error));
+    }
+  };
+  // Only a worker that holds slots of the host can tell that its keys are gone.
+  if (holdersFirst) await Promise.all(ws.slice(0, 3).map(ask));
+  let restoredIn = -1;
+  const until = wipedAt + 2_500;
+  const counts = (async () => {
+    while (Date.now() < until && restoredIn < 0) {
+      const out = await server.cli("HVALS", `dprl:{${host}}:n`);
+      const sum = out.trim().split("\n").filter(Boolean).reduce((a, v) => a + Number(v), 0);
+      if (sum === limit) restoredIn = Date.now() - wipedAt;
+      await sleep(10);
+    }
+  })();
+  await Promise.all(ws.map(async (w) => {
+    while (Date.now() < until) {
+      await ask(w);
+      await sleep(5);
+    }
+  }));
+  await counts;
+  assert.ok(asked > 100, `only ${asked} asks`);
+  assert.equal(extra, 0, `${extra} slots over the limit were granted`);
+  assert.ok(restoredIn >= 0 && restoredIn < lease / 3, `counts restored after ${restoredIn} ms`);
+  // Once the recovery window is over, every worker refuses by the counts.
+  for (const w of ws) {
+    const deadline = Date.now() + 5_000;
+    while (true) {
+      try {
+        assert.equal(await w.acquire(host, limit), false);
+        break;
+      } catch (error) {
+        if (!(error instanceof LimiterUnavailableError) || Date.now() > deadline) throw error;
+        await sleep(50);
+      }
+    }
+  }
+  assert.equal(await ws[3].count(host), limit);
+  ws[0].release(host);
+  await waitFor(async () => await ws[3].acquire(host, limit), 2_000, "a freed slot");
+  return { logs: logs() };
+}
+
+await redisTest(
+  "after FLUSHALL while three workers hold slots, clients that keep asking are never admitted over the limit",
+  "server",
+  async () => {
+    const { logs } = await lostKeysScenario((server) => server.cli("FLUSHALL"));
+    const lost = logs.filter((r) => /lost dprl's counts/.test(text(r)));
+    assert.ok(lost.length >= 1 && lost.length <= 4, logs.map(text).join(" | "));
+  },
+);
+
+await redisTest(
+  "after FLUSHDB while workers hold slots, nothing is admitted over the limit",
+  "server",
+  async () => {
+    await lostKeysScenario((server) => server.cli("FLUSHDB"));
+  },
+);
+
+await redisTest(
+  "after DEL of a host's keys, the next call of a worker holding slots of it notices and nothing is admitted over the limit",
+  "server",
+  async () => {
+    await lostKeysScenario(
+      (server, host) => server.cli("DEL", `dprl:{${host}}:n`, `dprl:{${host}}:w`),
+      true,
+    );
+  },
+);
+
+await redisTest(
+  "a forged worker entry with a far-future lease is ignored at once and one within a lease dies with it",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    const server = redis.server!;
+    await using ws = limiters(1, { redis: redis.url, prefix: "dprl" });
+    const w = ws[0];
+    const host = "poison.example";
+    const n = `dprl:{${host}}:n`;
+    const wk = `dprl:{${host}}:w`;
+    const redisNow = async () => {
+      const [sec, usec] = (await server.cli("TIME")).trim().split("\n").map(Number);
+      return sec * 1000 + Math.floor(usec / 1000);
+    };
+    // A stranger's HSET and ZADD with a lease a year ahead.
+    await server.cli("HSET", n, "fake", "1000");
+    await server.cli("ZADD", wk, String((await redisNow()) + 365 * 86_400_000), "fake");
+    // A count without any lease.
+    await server.cli("HSET", n, "orphan", "1000");
+    assert.equal(await w.count(host), 0);
+    assert.equal(await w.acquire(host, 2), true);
+    assert.equal(await w.acquire(host, 2), true);
+    assert.equal(await w.acquire(host, 2), false);
+    assert.equal((await server.cli("HEXISTS", n, "fake")).trim(), "0");
+    assert.equal((await server.cli("HEXISTS", n, "orphan")).trim(), "0");
+    assert.equal((await server.cli("ZSCORE", wk, "fake")).trim(), "");
+    w.release(host);
+    w.release(host);
+    // A forged lease within one lease counts until it passes.
+    await server.cli("HSET", n, "fake", "1000");
+    await server.cli("ZADD", wk, String((await redisNow()) + LEASE), "fake");
+    assert.equal(await w.acquire(host, 2), false);
+    const forgedAt = Date.now();
+    await waitFor(async () => await w.acquire(host, 2), LEASE + 500, "the forged lease to pass");
+    assert.ok(Date.now() - forgedAt <= LEASE + 500);
+    assert.equal(await w.count(host), 1);
+  },
+);
+
+await redisTest(
+  "a wrong Redis password is one warning that says so, however many requests fail",
+  "server",
+  async () => {
+    await using server = await RedisServer.start({ args: ["--requirepass", "right"] });
+    for (const password of ["wrong", undefined]) {
+      const { logger, logs } = testLogger();
+      await using ws = limiters(1, {
+        redis: { host: "127.0.0.1", port: server.port, password },
+        logger,
+        timeout: 300,
+      });
+      for (let i = 0; i < 30; i++) {
+        await assert.rejects(ws[0].acquire("auth.example", 2), LimiterUnavailableError);
+      }
+      await sleep(300); // a few reconnect attempts
+      for (let i = 0; i < 10; i++) {
+        await assert.rejects(ws[0].acquire("auth.example", 2), LimiterUnavailableError);
+      }
+      assert.equal(ws[0].up, false);
+      const lines = logs();
+      assert.equal(lines.length, 1, lines.map(text).join(" | "));
+      assert.equal(lines[0].level, "warning");
+      assert.match(text(lines[0]), /refused the credentials \((WRONGPASS|NOAUTH).*password/);
+    }
+  },
+);
+
+await redisTest(
+  "a Redis outage is logged once however many requests are refused meanwhile",
+  "server",
+  async () => {
+    await stoppedRedisScenario("closed", async ({ server, ws, host, logs }) => {
+      assert.equal(await ws[0].acquire(host, 5), true);
+      await server.kill();
+      for (let i = 0; i < 200; i++) {
+        await assert.rejects(ws[0].acquire(host, 5), LimiterUnavailableError);
+        ws[0].release(host);
+        await ws[0].count(host).catch(() => {});
+      }
+      const lines = logs();
+      assert.equal(lines.length, 1, lines.map(text).join(" | "));
+      assert.match(text(lines[0]), /unreachable/);
+    });
+  },
+);
+
+await redisTest(
+  "dprl warns once at start when Redis may evict its keys, and not when it may not or will not say",
+  "server",
+  async () => {
+    const cases: [string[], number][] = [
+      [["--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru"], 1],
+      [["--maxmemory", "100mb", "--maxmemory-policy", "volatile-ttl"], 1],
+      [["--maxmemory", "100mb", "--maxmemory-policy", "noeviction"], 0],
+      [["--maxmemory", "0", "--maxmemory-policy", "allkeys-lru"], 0],
+      [[
+        "--maxmemory",
+        "100mb",
+        "--maxmemory-policy",
+        "allkeys-lru",
+        "--rename-command",
+        "CONFIG",
+        "",
+      ], 0],
+    ];
+    for (const [args, warnings] of cases) {
+      await using server = await RedisServer.start({ args });
+      const { logger, logs } = testLogger();
+      await using ws = limiters(2, { redis: server.url, logger });
+      for (let i = 0; i < 5; i++) await ws[i % 2].acquire("evict.example", 0);
+      await waitFor(() => logs().length >= warnings, 2_000, "the warning");
+      await sleep(100);
+      const lines = logs().filter((r) => /evict/.test(text(r)));
+      assert.equal(
+        lines.length,
+        warnings * 2,
+        `${args.join(" ")}: ${logs().map(text).join(" | ")}`,
+      );
+      assert.ok(lines.every((r) => /noeviction/.test(text(r))));
     }
   },
 );

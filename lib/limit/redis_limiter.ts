@@ -11,7 +11,7 @@ import type { ClusterOptions, RedisOptions } from "ioredis";
 import type { RedisConfig } from "./redis_config.ts";
 import { getLogger, type Logger } from "@logtape/logtape";
 import { type Limiter, LimiterUnavailableError } from "./limiter.ts";
-import { ACQUIRE_LUA, COUNT_LUA, RELEASE_LUA, SYNC_LUA } from "./redis_scripts.ts";
+import { ACQUIRE_LUA, COUNT_LUA, REGISTER_LUA, RELEASE_LUA, SYNC_LUA } from "./redis_scripts.ts";
 
 /**
  * What to do when Redis cannot be reached or does not answer in time:
@@ -42,6 +42,24 @@ export interface RedisLimiterOptions {
   workerId?: string;
 }
 
+/** What a worker tells the fleet about itself in the worker registry. */
+export interface WorkerInfo {
+  /** The worker's id (its field in the host hashes). */
+  id: string;
+  /** Host name of its machine, or `""` when unknown. */
+  hostname: string;
+  /** Process id, or 0 when unknown. */
+  pid: number;
+  /** dprl version, or `""` when unknown. */
+  version: string;
+  /** URL of its admin server, or `""` when it has none. */
+  adminUrl: string;
+  /** When it started (ISO 8601). */
+  started: string;
+  /** Its open upstream connections, as of its last heartbeat. */
+  connections: number;
+}
+
 /** What this worker knows about one host. */
 interface HostState {
   /** Slots held that Redis counts, or will count after the next sync. */
@@ -64,22 +82,32 @@ interface ScriptedClient {
   dprlAcquire(
     n: string,
     w: string,
+    e: string,
     worker: string,
     limit: number,
     lease: number,
     floor: number,
     ttl: number,
-  ): Promise<[number, number]>;
+    known: string,
+    fresh: string,
+    trusted: number,
+  ): Promise<[number, number, number, string]>;
   dprlRelease(n: string, w: string, worker: string): Promise<number>;
   dprlSync(
     n: string,
     w: string,
+    e: string,
     worker: string,
     count: number,
     lease: number,
     ttl: number,
-  ): Promise<number>;
-  dprlCount(n: string, w: string): Promise<number>;
+    known: string,
+    fresh: string,
+    floor: number,
+    trusted: number,
+  ): Promise<[number, number, string]>;
+  dprlCount(n: string, w: string, lease: number): Promise<number>;
+  dprlRegister(workers: string, worker: string, lease: number, op: string): Promise<string[]>;
 }
 
 /** How many leases an idle host's keys outlive their last write. */
@@ -139,14 +167,30 @@ export class RedisLimiter implements Limiter {
   #published = new Map<string, number>();
   #closed = false;
   #closing: Promise<void> | null = null;
+  #cluster: boolean;
+  /** The epoch token this worker knows, by epoch key. */
+  #known = new Map<string, string>();
+  /** The token a script sets when it finds the epoch key missing. */
+  #fresh = crypto.randomUUID();
+  /** When lost keys last made this worker re-assert its counts (ms since epoch). */
+  #lossBeatAt = 0;
+  /** The last error the client reported, told when the connection closes. */
+  #lastError: unknown = null;
+  /** This worker's entry in the worker registry. */
+  #info: Omit<WorkerInfo, "id" | "connections">;
+  /** Fleet-wide open connections by host, as of the last answer or heartbeat. */
+  #fleet = new Map<string, number>();
   #onReady = (): void => this.#handleReady();
   #onClose = (): void => {
     if (this.#closed) return;
     this.#awaitingReady = true;
     this.#epoch++;
-    this.#down(new Error("Connection to Redis closed"));
+    const cause = this.#lastError ?? new Error("Connection to Redis closed");
+    this.#lastError = null;
+    this.#down(cause);
   };
   #onError = (error: unknown): void => {
+    this.#lastError = error;
     this.#logger.debug("Redis client error: {error}", { error });
   };
 
@@ -167,10 +211,19 @@ export class RedisLimiter implements Limiter {
     const { client, own } = createClient(options.redis);
     this.#client = client;
     this.#own = own;
-    client.defineCommand("dprlAcquire", { numberOfKeys: 2, lua: ACQUIRE_LUA });
+    this.#cluster = (client as { isCluster?: boolean }).isCluster === true;
+    this.#info = {
+      hostname: hostname(),
+      pid: Deno.pid,
+      version: "",
+      adminUrl: "",
+      started: new Date().toISOString(),
+    };
+    client.defineCommand("dprlAcquire", { numberOfKeys: 3, lua: ACQUIRE_LUA });
     client.defineCommand("dprlRelease", { numberOfKeys: 2, lua: RELEASE_LUA });
-    client.defineCommand("dprlSync", { numberOfKeys: 2, lua: SYNC_LUA });
+    client.defineCommand("dprlSync", { numberOfKeys: 3, lua: SYNC_LUA });
     client.defineCommand("dprlCount", { numberOfKeys: 2, lua: COUNT_LUA });
+    client.defineCommand("dprlRegister", { numberOfKeys: 1, lua: REGISTER_LUA });
     this.#scripts = client as unknown as ScriptedClient;
     client.on("ready", this.#onReady);
     client.on("close", this.#onClose);
@@ -182,6 +235,20 @@ export class RedisLimiter implements Limiter {
    * Refusals are published on `<prefix>:pressure`; setting this subscribes.
    */
   onPressure?: (host: string) => void;
+
+  /**
+   * Called with the duration in milliseconds of every Redis call this
+   * limiter makes (answered, failed or timed out), e.g. for a histogram.
+   */
+  onCall?: (ms: number) => void;
+
+  /**
+   * Whether Redis is reachable: `false` from a lost connection or a failed
+   * call until Redis answers again.
+   */
+  get up(): boolean {
+    return this.#available && !this.#awaitingReady && !this.#closed;
+  }
 
   /** This worker's id: the field and member it writes in Redis. */
   get workerId(): string {
@@ -214,25 +281,30 @@ export class RedisLimiter implements Limiter {
         host,
         s,
         limit,
-        new Error("Redis restarted and the fleet is re-asserting its counts"),
+        new Error("Redis lost its counts and the fleet is re-asserting them"),
       );
     }
     this.#touched.add(host);
     const floor = s.counted;
     const syncsAtSend = s.syncs;
     const epoch = this.#epoch;
+    const epochKey = this.#epochKey(host);
     s.pending++;
-    let reply: [number, number];
+    let reply: [number, number, number, string];
     try {
       reply = await this.#call(() =>
         this.#scripts.dprlAcquire(
           this.#key(host, "n"),
           this.#key(host, "w"),
+          epochKey,
           this.#worker,
           limit,
           this.#lease,
           floor,
           this.#ttl,
+          this.#known.get(epochKey) ?? "",
+          this.#fresh,
+          s.dirty ? 0 : 1,
         )
       );
     } catch (error) {
@@ -257,15 +329,27 @@ export class RedisLimiter implements Limiter {
         new Error("Connection to Redis was lost while acquiring"),
       );
     }
+    // A sync sent after this acquire counted it as held (as pending).
+    const syncedSince = s.syncs !== syncsAtSend;
+    const lost = Number(reply[2]);
+    this.#noteEpoch(epochKey, lost, String(reply[3]));
     if (granted) {
       s.counted++;
       this.#attach(host, s);
+      this.#fleet.set(host, Number(reply[1]));
       return true;
     }
-    if (s.syncs !== syncsAtSend && !this.#closed) {
-      // A sync sent after this acquire counted it as held: take it back.
-      this.#sendRelease(host, s);
+    if (syncedSince && !this.#closed) this.#sendRelease(host, s);
+    if (lost > 0) {
+      // The sum may be partial: decide as if Redis had not answered.
+      return this.#fallback(
+        host,
+        s,
+        limit,
+        new Error("Redis lost its counts and the fleet is re-asserting them"),
+      );
     }
+    this.#fleet.set(host, Number(reply[1]));
     this.#collect(host, s);
     this.#publishPressure(host);
     return false;
@@ -283,13 +367,22 @@ export class RedisLimiter implements Limiter {
     this.#client.publish(`${this.#prefix}:pressure`, host).catch(() => {});
   }
 
+  /**
+   * Subscribes to the fleet's channels: `<prefix>:pressure` (see
+   * {@linkcode onPressure}) and `<prefix>:lost` (a worker saw Redis lose
+   * keys: every worker re-asserts its counts at once).
+   */
   #subscribe(): void {
-    if (this.#subscriber || !this.onPressure || this.#closed) return;
+    if (this.#subscriber || this.#closed) return;
     const sub = this.#client.duplicate();
     this.#subscriber = sub;
-    sub.on("error", this.#onError);
-    sub.on("message", (_channel: string, host: string) => this.onPressure?.(host));
-    sub.subscribe(`${this.#prefix}:pressure`).catch(() => {});
+    sub.on("error", () => {});
+    const pressure = `${this.#prefix}:pressure`;
+    sub.on("message", (channel: string, message: string) => {
+      if (channel === pressure) this.onPressure?.(message);
+      else this.#lossNotice(message);
+    });
+    sub.subscribe(pressure, `${this.#prefix}:lost`).catch(() => {});
   }
 
   /** Gives back one slot of `host`; a host with no slot held is left alone. */
@@ -320,9 +413,13 @@ export class RedisLimiter implements Limiter {
     }
     try {
       if (this.#failFast()) throw new Error("Redis is unreachable");
-      return Number(
-        await this.#call(() => this.#scripts.dprlCount(this.#key(host, "n"), this.#key(host, "w"))),
+      const total = Number(
+        await this.#call(() =>
+          this.#scripts.dprlCount(this.#key(host, "n"), this.#key(host, "w"), this.#lease)
+        ),
       );
+      this.#fleet.set(host, total);
+      return total;
     } catch (error) {
       if (this.#mode === "closed") {
         throw new LimiterUnavailableError(
@@ -356,20 +453,34 @@ export class RedisLimiter implements Limiter {
     const hosts = [...this.#touched];
     this.#touched.clear();
     this.#hosts.clear();
-    if (hosts.length > 0 && client.status === "ready") {
-      await Promise.allSettled(hosts.map((host) =>
+    this.#fleet.clear();
+    if (client.status === "ready") {
+      await Promise.allSettled([
+        ...hosts.map((host) => {
+          const e = this.#epochKey(host);
+          return withTimeout(
+            this.#scripts.dprlSync(
+              this.#key(host, "n"),
+              this.#key(host, "w"),
+              e,
+              this.#worker,
+              0,
+              this.#lease,
+              this.#ttl,
+              this.#known.get(e) ?? "",
+              this.#fresh,
+              0,
+              0,
+            ),
+            this.#timeout,
+          );
+        }),
         withTimeout(
-          this.#scripts.dprlSync(
-            this.#key(host, "n"),
-            this.#key(host, "w"),
-            this.#worker,
-            0,
-            this.#lease,
-            this.#ttl,
-          ),
+          this.#scripts.dprlRegister(this.#workersKey, this.#worker, this.#lease, "del"),
           this.#timeout,
-        )
-      ));
+        ),
+        withTimeout(this.#client.del(this.#workerKey(this.#worker)), this.#timeout),
+      ]);
     }
     if (!this.#own) return;
     if (client.status !== "wait" && client.status !== "end") {
@@ -381,6 +492,88 @@ export class RedisLimiter implements Limiter {
 
   #key(host: string, kind: "n" | "w"): string {
     return `${this.#prefix}:{${host}}:${kind}`;
+  }
+
+  /**
+   * The epoch key of `host`'s slot: `<prefix>:epoch` on a single Redis; on
+   * Cluster one per hash slot, `<prefix>:{<tag>}:epoch` with a tag that
+   * hashes to the slot of the host's keys.
+   */
+  #epochKey(host: string): string {
+    if (!this.#cluster) return `${this.#prefix}:epoch`;
+    return `${this.#prefix}:{${slotTag(keySlot(this.#key(host, "n")))}}:epoch`;
+  }
+
+  get #workersKey(): string {
+    return `${this.#prefix}:workers`;
+  }
+
+  #workerKey(id: string): string {
+    return `${this.#prefix}:worker:${id}`;
+  }
+
+  /**
+   * Takes in the epoch token a script answered with; when it shows that Redis
+   * lost keys since this worker last looked (`lost` 2: this host's keys;
+   * another token than the one known: the slot's keys), starts recovery.
+   */
+  #noteEpoch(key: string, lost: number, token: string): void {
+    if (token === this.#fresh) this.#fresh = crypto.randomUUID();
+    const known = this.#known.get(key);
+    this.#known.set(key, token);
+    if (lost === 2 || (known !== undefined && known !== token)) {
+      this.#recover(
+        lost === 2 ? "a host's keys were deleted or evicted" : "its keys were flushed or evicted",
+        true,
+      );
+    }
+  }
+
+  /**
+   * Redis lost counts: for the recovery window new slots follow the failure
+   * mode, every host is re-asserted at once and, when this worker saw it
+   * first, the fleet is told on `<prefix>:lost` so that every worker does so.
+   */
+  #recover(what: string, tellFleet: boolean): void {
+    if (this.#closed) return;
+    const now = Date.now();
+    const recovering = this.#recoverUntil > now;
+    const window = Math.min(this.#lease / 3, 1_000) + 1_000;
+    this.#recoverUntil = Math.max(this.#recoverUntil, now + window);
+    if (!recovering) {
+      this.#logger.warn(
+        "Redis lost dprl's counts ({what}); for {ms} ms new connections follow failure mode {mode} while the fleet re-asserts its counts",
+        { what, ms: window, mode: this.#mode },
+      );
+      if (tellFleet) {
+        const notice = JSON.stringify({ from: this.#worker, known: [...this.#known] });
+        this.#client.publish(`${this.#prefix}:lost`, notice).catch(() => {});
+      }
+    }
+    if (recovering && now - this.#lossBeatAt < 100) return;
+    this.#lossBeatAt = now;
+    for (const [host, s] of this.#hosts) this.#markDirty(host, s);
+    this.#beat();
+  }
+
+  /** Another worker saw Redis lose keys: adopt its tokens and re-assert. */
+  #lossNotice(message: string): void {
+    let notice: { from?: unknown; known?: unknown };
+    try {
+      notice = JSON.parse(message);
+    } catch {
+      return;
+    }
+    if (notice.from === this.#worker || !Array.isArray(notice.known)) return;
+    for (const entry of notice.known) {
+      if (
+        Array.isArray(entry) && typeof entry[0] === "string" && typeof entry[1] === "string" &&
+        this.#known.has(entry[0])
+      ) {
+        this.#known.set(entry[0], entry[1]);
+      }
+    }
+    this.#recover(`seen by worker ${String(notice.from)}`, false);
   }
 
   #state(host: string): HostState {
@@ -474,30 +667,119 @@ export class RedisLimiter implements Limiter {
   #sync(host: string, s: HostState): void {
     const count = s.counted + s.pending;
     const dirtyAt = s.dirtyGen;
+    const epochKey = this.#epochKey(host);
     s.syncs++;
     this.#touched.add(host);
     this.#call(() =>
       this.#scripts.dprlSync(
         this.#key(host, "n"),
         this.#key(host, "w"),
+        epochKey,
         this.#worker,
         count,
         this.#lease,
         this.#ttl,
+        this.#known.get(epochKey) ?? "",
+        this.#fresh,
+        s.counted,
+        s.dirty ? 0 : 1,
       )
     ).then(
-      () => {
+      (reply) => {
         if (s.dirtyGen === dirtyAt) s.dirty = false;
+        this.#fleet.set(host, Number(reply[0]));
+        this.#noteEpoch(epochKey, Number(reply[1]), String(reply[2]));
         this.#collect(host, s);
       },
       () => this.#markDirty(host, s),
     );
   }
 
-  /** Syncs every host this worker holds or may disagree with Redis on. */
+  /**
+   * Syncs every host this worker holds or may disagree with Redis on,
+   * refreshes the fleet counts of the other hosts it knows of (forgetting
+   * those at 0) and renews this worker's entry in the registry.
+   */
   #beat(): void {
     if (this.#closed || this.#failFast()) return;
     for (const [host, s] of this.#hosts) this.#sync(host, s);
+    for (const host of this.#fleet.keys()) {
+      if (this.#hosts.has(host)) continue;
+      this.#call(() =>
+        this.#scripts.dprlCount(this.#key(host, "n"), this.#key(host, "w"), this.#lease)
+      ).then((total) => {
+        if (Number(total) > 0 || this.#hosts.has(host)) this.#fleet.set(host, Number(total));
+        else this.#fleet.delete(host);
+      }, () => {});
+    }
+    this.#register();
+  }
+
+  /** Renews this worker's entry in `<prefix>:workers` and `<prefix>:worker:<id>`. */
+  #register(): void {
+    let connections = 0;
+    for (const s of this.#hosts.values()) connections += s.counted + s.uncounted;
+    const key = this.#workerKey(this.#worker);
+    this.#call(() => this.#scripts.dprlRegister(this.#workersKey, this.#worker, this.#lease, "add"))
+      .catch(() => {});
+    this.#call(async () => {
+      await this.#client.hset(key, {
+        id: this.#worker,
+        ...this.#info,
+        pid: String(this.#info.pid),
+        connections: String(connections),
+      });
+      await this.#client.pexpire(key, this.#ttl);
+    }).catch(() => {});
+  }
+
+  /**
+   * Sets what this worker tells the fleet about itself (host name, pid,
+   * version, admin URL) and registers it at once; the heartbeat renews the
+   * entry and {@linkcode close} removes it.
+   */
+  setWorkerInfo(info: Partial<Omit<WorkerInfo, "id" | "connections">>): void {
+    this.#info = { ...this.#info, ...info };
+    if (this.#closed) return;
+    this.#startHeartbeat();
+    this.#subscribe();
+    if (!this.#failFast()) this.#register();
+  }
+
+  /**
+   * Every live worker of the fleet (its lease not passed), read from the
+   * worker registry, with its open connections as of its last heartbeat.
+   * Rejects when Redis cannot answer.
+   */
+  async workers(): Promise<WorkerInfo[]> {
+    if (this.#closed) throw new LimiterUnavailableError("Redis limiter is closed");
+    const ids = await this.#call(() =>
+      this.#scripts.dprlRegister(this.#workersKey, "", this.#lease, "list")
+    );
+    const hashes = await Promise.all(
+      ids.map((id) => this.#call(() => this.#client.hgetall(this.#workerKey(id)))),
+    );
+    return ids.map((id, i) => {
+      const h = hashes[i];
+      return {
+        id,
+        hostname: h.hostname ?? "",
+        pid: Number(h.pid ?? 0) || 0,
+        version: h.version ?? "",
+        adminUrl: h.adminUrl ?? "",
+        started: h.started ?? "",
+        connections: Number(h.connections ?? 0) || 0,
+      };
+    });
+  }
+
+  /**
+   * The open connections of the whole fleet (the sum over live workers) for
+   * every host this worker knows of, as of the last answer or heartbeat.
+   * Costs no Redis call: the heartbeat refreshes it.
+   */
+  fleetCounts(): ReadonlyMap<string, number> {
+    return this.#fleet;
   }
 
   #startHeartbeat(): void {
@@ -515,6 +797,7 @@ export class RedisLimiter implements Limiter {
     const reconnect = this.#everReady;
     this.#everReady = true;
     this.#awaitingReady = false;
+    if (!reconnect) this.#checkConfig();
     if (!(this.#client as { isCluster?: boolean }).isCluster) {
       this.#checkRestart();
     }
@@ -557,6 +840,39 @@ export class RedisLimiter implements Limiter {
     );
   }
 
+  /**
+   * Warns once when Redis may evict dprl's keys: a `maxmemory` with a policy
+   * other than `noeviction`. Says nothing (but at debug level) when `CONFIG`
+   * is refused.
+   */
+  async #checkConfig(): Promise<void> {
+    const nodes = this.#cluster
+      ? (this.#client as Cluster).nodes("master")
+      : [this.#client as Redis];
+    for (const node of nodes) {
+      let reply: string[];
+      try {
+        reply = (await withTimeout(node.config("GET", "maxmemory*"), this.#timeout)) as string[];
+      } catch (error) {
+        this.#logger.debug("Cannot read the Redis configuration: {error}", {
+          error: describe(error),
+        });
+        return;
+      }
+      const config = new Map<string, string>();
+      for (let i = 0; i + 1 < reply.length; i += 2) config.set(reply[i], reply[i + 1]);
+      const maxmemory = config.get("maxmemory") ?? "0";
+      const policy = config.get("maxmemory-policy") ?? "noeviction";
+      if (maxmemory !== "0" && policy !== "noeviction") {
+        this.#logger.warn(
+          "Redis may evict dprl's counts (maxmemory {maxmemory}, maxmemory-policy {policy}); set maxmemory-policy noeviction or no maxmemory",
+          { maxmemory, policy },
+        );
+        return;
+      }
+    }
+  }
+
   /** Records that Redis answered; returns whether that ended an outage. */
   #up(): boolean {
     if (this.#available) return false;
@@ -571,6 +887,13 @@ export class RedisLimiter implements Limiter {
   #down(error: unknown): void {
     if (!this.#available || this.#closed) return;
     this.#available = false;
+    if (isAuthError(error)) {
+      this.#logger.warn(
+        "Redis refused the credentials ({error}); check the Redis user name and password. Failure mode {mode} applies until Redis accepts them",
+        { error: describe(error), mode: this.#mode },
+      );
+      return;
+    }
     this.#logger.warn(
       "Redis is unreachable ({error}); failure mode {mode} applies until it is back",
       { error: describe(error), mode: this.#mode },
@@ -580,10 +903,13 @@ export class RedisLimiter implements Limiter {
   /** Runs one Redis call within the timeout and tracks Redis's state. */
   async #call<T>(op: () => Promise<T>): Promise<T> {
     const epoch = this.#epoch;
+    const started = performance.now();
     let result: T;
     try {
       result = await withTimeout(op(), this.#timeout);
+      this.onCall?.(performance.now() - started);
     } catch (error) {
+      this.onCall?.(performance.now() - started);
       // A call cut off by a lost connection tells nothing new.
       if (!(error instanceof RedisReplyError) && epoch === this.#epoch) {
         this.#down(error);
@@ -621,12 +947,77 @@ function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
 
 function isReplyError(error: unknown): boolean {
   return error instanceof Error && error.name === "ReplyError" &&
-    !/^(NOSCRIPT|LOADING|BUSY|MASTERDOWN|READONLY|CLUSTERDOWN|TRYAGAIN)/
+    !/^(NOSCRIPT|LOADING|BUSY|MASTERDOWN|READONLY|CLUSTERDOWN|TRYAGAIN|NOAUTH|WRONGPASS)/
       .test(error.message);
 }
 
+/** Whether Redis refused the client's credentials (or wants some). */
+function isAuthError(error: unknown): boolean {
+  return error instanceof Error &&
+    /^(NOAUTH|WRONGPASS)|invalid password|ERR AUTH/i.test(error.message);
+}
+
 function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
+  if (!(error instanceof Error)) return String(error);
+  const code = (error as { code?: unknown }).code;
+  return typeof code === "string" && !error.message.includes(code)
+    ? `${error.message} (${code})`
+    : error.message;
+}
+
+/** This machine's host name, or `""` when it may not be read. */
+function hostname(): string {
+  try {
+    return Deno.hostname();
+  } catch {
+    return "";
+  }
+}
+
+const CRC16 = (() => {
+  const table = new Uint16Array(256);
+  for (let i = 0; i < 256; i++) {
+    let c = i << 8;
+    for (let j = 0; j < 8; j++) c = c & 0x8000 ? ((c << 1) ^ 0x1021) & 0xffff : (c << 1) & 0xffff;
+    table[i] = c;
+  }
+  return table;
+})();
+
+function crc16(bytes: Uint8Array): number {
+  let crc = 0;
+  for (const b of bytes) crc = ((crc << 8) & 0xffff) ^ CRC16[((crc >> 8) ^ b) & 0xff];
+  return crc;
+}
+
+/** The Redis Cluster hash slot of `key` (its hash tag, when it has one). */
+function keySlot(key: string): number {
+  const open = key.indexOf("{");
+  if (open >= 0) {
+    const close = key.indexOf("}", open + 1);
+    if (close > open + 1) key = key.slice(open + 1, close);
+  }
+  return crc16(new TextEncoder().encode(key)) & 16383;
+}
+
+let slotTags: string[] | null = null;
+
+/** A short hash tag (`e<n>`) whose keys land in `slot`. */
+function slotTag(slot: number): string {
+  if (slotTags === null) {
+    const tags = new Array<string>(16384);
+    const enc = new TextEncoder();
+    for (let i = 0, left = 16384; left > 0; i++) {
+      const tag = `e${i}`;
+      const s = crc16(enc.encode(tag)) & 16383;
+      if (tags[s] === undefined) {
+        tags[s] = tag;
+        left--;
+      }
+    }
+    slotTags = tags;
+  }
+  return slotTags[slot];
 }
 
 function checkMs(what: string, ms: number): number {

@@ -224,7 +224,8 @@ export class RedisServer implements AsyncDisposable {
     await waitFor(
       async () => {
         if (exited) throw new Error("redis-server exited at start");
-        return (await rawCommand(this.port, "PING")).startsWith("+PONG");
+        // A server that wants a password answers -NOAUTH: it is up too.
+        return /^(\+PONG|-NOAUTH)/.test(await rawCommand(this.port, "PING"));
       },
       10_000,
       `redis-server on port ${this.port}`,
