@@ -8,11 +8,15 @@ import {
 } from "../lib/limit/redis_limiter.ts";
 import { LimiterUnavailableError } from "../lib/limit/limiter.ts";
 import {
+  freePort,
+  makeTlsFiles,
   rawCommand,
   redisAvailability,
   RedisClusterServers,
   RedisServer,
   redisTest,
+  redisTlsUnavailable,
+  type TlsFiles,
   waitFor,
 } from "./_helpers/redis_server.ts";
 
@@ -894,5 +898,121 @@ await redisTest(
       );
       assert.ok(lines.every((r) => /noeviction/.test(text(r))));
     }
+  },
+);
+
+/**
+ * Registers a test against a `redis-server` that speaks TLS only, with a CA
+ * and certificates made by `openssl` for the test. Skipped loudly when this
+ * redis-server was built without TLS; fails under `CI=true` when
+ * `redis-server` or `openssl` is missing.
+ */
+async function redisTlsTest(
+  name: string,
+  serverArgs: string[],
+  fn: (ctx: { port: number; files: TlsFiles; pem: (path: string) => string }) => Promise<void>,
+): Promise<void> {
+  const why = await redisTlsUnavailable();
+  if (why === null) {
+    Deno.test(name, async () => {
+      const dir = await Deno.makeTempDir({ prefix: "dprl-tls-" });
+      try {
+        const files = await makeTlsFiles(dir);
+        const port = freePort();
+        await using _server = await RedisServer.start({
+          args: [
+            "--tls-port",
+            String(port),
+            "--tls-cert-file",
+            files.serverCert,
+            "--tls-key-file",
+            files.serverKey,
+            "--tls-ca-cert-file",
+            files.ca,
+            ...serverArgs,
+          ],
+        });
+        await fn({ port, files, pem: (path) => Deno.readTextFileSync(path) });
+      } finally {
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+      }
+    });
+    return;
+  }
+  if (Deno.env.get("CI") === "true" && !/built without TLS/.test(why)) {
+    Deno.test(name, () => {
+      throw new Error(`Cannot run this Redis TLS test on CI: ${why}`);
+    });
+    return;
+  }
+  console.warn(`\n!!! SKIPPED Redis TLS test "${name}": ${why}.\n`);
+  Deno.test({ name, ignore: true, fn() {} });
+}
+
+await redisTlsTest(
+  "Redis over TLS with a private CA given as tls.ca counts slots, by options and by rediss:// URL",
+  ["--tls-auth-clients", "no"],
+  async ({ port, files, pem }) => {
+    const ca = pem(files.ca);
+    await using ws = limiters(1, { redis: { host: "127.0.0.1", port, tls: { ca } } });
+    await using byUrl = limiters(1, { redis: { url: `rediss://127.0.0.1:${port}`, tls: { ca } } });
+    assert.equal(await ws[0].acquire("tls.example", 2), true);
+    assert.equal(await byUrl[0].acquire("tls.example", 2), true);
+    assert.equal(await ws[0].acquire("tls.example", 2), false);
+    assert.equal(await byUrl[0].count("tls.example"), 2);
+    assert.equal(ws[0].up, true);
+  },
+);
+
+await redisTlsTest(
+  "without the private CA the TLS failure is one warning that names the cause",
+  ["--tls-auth-clients", "no"],
+  async ({ port }) => {
+    const { logger, logs } = testLogger();
+    await using ws = limiters(1, {
+      redis: `rediss://127.0.0.1:${port}`,
+      logger,
+      timeout: 500,
+    });
+    for (let i = 0; i < 10; i++) {
+      await assert.rejects(ws[0].acquire("tls.example", 2), LimiterUnavailableError);
+    }
+    await sleep(300);
+    const lines = logs();
+    assert.equal(lines.length, 1, lines.map(text).join(" | "));
+    assert.match(text(lines[0]), /self[- ]signed|certificate/i);
+    assert.match(text(lines[0]), /certificate/i);
+    assert.doesNotMatch(text(lines[0]), /Connection to Redis closed/);
+  },
+);
+
+await redisTlsTest(
+  "mutual TLS: a client certificate from tls.cert and tls.key is accepted, none is refused with a warning",
+  ["--tls-auth-clients", "yes"],
+  async ({ port, files, pem }) => {
+    const ca = pem(files.ca);
+    await using ws = limiters(1, {
+      redis: {
+        host: "127.0.0.1",
+        port,
+        tls: { ca, cert: pem(files.clientCert), key: pem(files.clientKey) },
+      },
+    });
+    assert.equal(await ws[0].acquire("mtls.example", 1), true);
+    assert.equal(await ws[0].acquire("mtls.example", 1), false);
+    const { logger, logs } = testLogger();
+    await using anon = limiters(1, {
+      redis: { host: "127.0.0.1", port, tls: { ca } },
+      logger,
+      timeout: 500,
+    });
+    for (let i = 0; i < 5; i++) {
+      await assert.rejects(anon[0].acquire("mtls.example", 1), LimiterUnavailableError);
+    }
+    await sleep(300);
+    const lines = logs();
+    assert.equal(lines.length, 1, lines.map(text).join(" | "));
+    assert.match(text(lines[0]), /certificate/i);
+    assert.doesNotMatch(text(lines[0]), /Connection to Redis closed/);
   },
 );

@@ -227,7 +227,10 @@ export class RedisLimiter implements Limiter {
     this.#scripts = client as unknown as ScriptedClient;
     client.on("ready", this.#onReady);
     client.on("close", this.#onClose);
-    if (own) client.on("error", this.#onError);
+    if (own) {
+      client.on("error", this.#onError);
+      guardStreams(client);
+    }
   }
 
   /**
@@ -377,6 +380,7 @@ export class RedisLimiter implements Limiter {
     const sub = this.#client.duplicate();
     this.#subscriber = sub;
     sub.on("error", () => {});
+    guardStreams(sub);
     const pressure = `${this.#prefix}:pressure`;
     sub.on("message", (channel: string, message: string) => {
       if (channel === pressure) this.onPressure?.(message);
@@ -965,6 +969,26 @@ function describe(error: unknown): string {
     : error.message;
 }
 
+/**
+ * ioredis listens for one error of each socket; a second one (an EPIPE after
+ * a TLS alert, say) would be thrown as uncaught. Every socket of `client`
+ * gets a listener that ignores what ioredis has already been told.
+ */
+function guardStreams(client: Redis | Cluster): void {
+  if ((client as { isCluster?: boolean }).isCluster) return;
+  const guarded = new WeakSet<object>();
+  const guard = (): void => {
+    const stream = (client as unknown as { stream?: { on(e: string, f: () => void): void } })
+      .stream;
+    if (stream && !guarded.has(stream)) {
+      guarded.add(stream);
+      stream.on("error", () => {});
+    }
+  };
+  client.on("connect", guard);
+  client.on("error", guard);
+}
+
 /** This machine's host name, or `""` when it may not be read. */
 function hostname(): string {
   try {
@@ -1069,5 +1093,12 @@ function createClient(
       own: true,
     };
   }
-  return { client: new Redis({ ...defaults, ...(config as RedisOptions) }), own: true };
+  const { url, ...options } = config as RedisOptions & { url?: unknown };
+  if (url !== undefined) {
+    if (typeof url !== "string" || !/^rediss?:\/\//i.test(url)) {
+      throw new TypeError(`Redis URL must start with redis:// or rediss://, got "${url}"`);
+    }
+    return { client: new Redis(url, { ...defaults, ...options }), own: true };
+  }
+  return { client: new Redis({ ...defaults, ...options }), own: true };
 }
