@@ -547,3 +547,54 @@ Deno.test({
     }
   },
 });
+
+await redisTest(
+  "after FLUSHALL while three proxies hold every slot of a host, tunnels that keep being asked for are never admitted over the limit",
+  "server",
+  async () => {
+    await using redis = await RedisServer.start();
+    await using up = startTcpUpstream();
+    const fleet = [] as ProxyRateLimiter[];
+    try {
+      for (let i = 0; i < 3; i++) {
+        // A long lease: the heartbeat (every 2 s) alone would come too late.
+        const p = new ProxyRateLimiter({
+          port: 0,
+          defaultMaxConnectionsPerHost: 4,
+          redis: redis.url,
+          lease: 6_000,
+        });
+        fleet.push(p);
+        await p.start();
+      }
+      const authority = `127.0.0.1:${up.port}`;
+      const held: Deno.Conn[] = [];
+      try {
+        for (let i = 0; i < 4; i++) {
+          const t = await connectThrough(fleet[i % 3].proxyUrl!, authority);
+          held.push(t.conn);
+          assert.equal(t.status, 200, t.head);
+        }
+        await redis.cli("FLUSHALL");
+        const statuses = new Map<number, number>();
+        const until = Date.now() + 2_500;
+        await Promise.all(fleet.map(async (p) => {
+          while (Date.now() < until) {
+            const t = await connectThrough(p.proxyUrl!, authority);
+            closeQuietly(t.conn);
+            statuses.set(t.status, (statuses.get(t.status) ?? 0) + 1);
+            await sleep(10);
+          }
+        }));
+        assert.equal(statuses.get(200) ?? 0, 0, JSON.stringify([...statuses]));
+        assert.ok([...statuses.values()].reduce((a, b) => a + b, 0) > 50);
+        assert.ok(up.open <= 4, `upstream holds ${up.open}`);
+        assert.equal(await fleet[0].activeConnectionsForHost(authority), 4);
+      } finally {
+        held.forEach(closeQuietly);
+      }
+    } finally {
+      await Promise.all(fleet.map((p) => p.stop({ graceMs: 200 })));
+    }
+  },
+);

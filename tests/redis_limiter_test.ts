@@ -654,6 +654,11 @@ await redisTest(
       }
     }
     assert.ok(nodesUsed.size >= 2, "hosts spread over the masters");
+    // The worker registry works on Cluster too.
+    assert.deepEqual(
+      (await ws[0].workers()).map((w) => w.id).sort(),
+      ws.map((w) => w.workerId).sort(),
+    );
     // Each host's epoch key lives in the slot of its counters.
     const epochSlots = new Set<string>();
     for (const s of cluster.servers) {
@@ -1014,5 +1019,122 @@ await redisTlsTest(
     assert.equal(lines.length, 1, lines.map(text).join(" | "));
     assert.match(text(lines[0]), /certificate/i);
     assert.doesNotMatch(text(lines[0]), /Connection to Redis closed/);
+  },
+);
+
+await redisTest(
+  "every live worker is in the registry with its info and connections, and leaves it on close or within a lease of dying",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    const server = redis.server!;
+    await using ws = limiters(3, { redis: redis.url, prefix: "dprl" });
+    ws.forEach((w, i) =>
+      w.setWorkerInfo({ version: "9.9.9", adminUrl: `http://127.0.0.1:${9000 + i}/` })
+    );
+    for (let i = 0; i < 3; i++) assert.equal(await ws[0].acquire("reg.example", 0), true);
+    assert.equal(await ws[1].acquire("reg.example", 0), true);
+    await waitFor(
+      async () => (await ws[2].workers()).find((w) => w.id === ws[0].workerId)?.connections === 3,
+      LEASE,
+      "connections after a heartbeat",
+    );
+    const list = await ws[2].workers();
+    assert.deepEqual(list.map((w) => w.id).sort(), ws.map((w) => w.workerId).sort());
+    for (const [i, w] of ws.entries()) {
+      const info = list.find((x) => x.id === w.workerId)!;
+      assert.equal(info.version, "9.9.9");
+      assert.equal(info.adminUrl, `http://127.0.0.1:${9000 + i}/`);
+      assert.equal(info.pid, Deno.pid);
+      assert.ok(!Number.isNaN(Date.parse(info.started)), info.started);
+      assert.equal(info.connections, [3, 1, 0][i]);
+      const ttl = Number(await server.cli("PTTL", `dprl:worker:${w.workerId}`));
+      assert.ok(ttl > 0 && ttl <= 4 * LEASE, `PTTL ${ttl}`);
+    }
+    // A forged member with a far-future lease is not a worker.
+    await server.cli("ZADD", "dprl:workers", "99999999999999", "forged");
+    await ws[1].close();
+    const after = (await ws[2].workers()).map((w) => w.id).sort();
+    assert.deepEqual(after, [ws[0].workerId, ws[2].workerId].sort());
+    assert.equal((await server.cli("EXISTS", `dprl:worker:${ws[1].workerId}`)).trim(), "0");
+
+    // A worker process killed with SIGKILL drops out within one lease.
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        new URL("./_helpers/redis_worker.ts", import.meta.url).pathname,
+        redis.url,
+        "reg.example",
+        "2",
+        String(LEASE),
+      ],
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    try {
+      const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+      let out = "";
+      while (!out.includes("held 2")) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        out += value;
+      }
+      reader.releaseLock();
+      assert.equal((await ws[0].workers()).length, 3);
+      child.kill("SIGKILL");
+      await child.status;
+      await waitFor(async () => (await ws[0].workers()).length === 2, LEASE + 300, "gone");
+    } finally {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // already dead
+      }
+      await child.status;
+      await child.stdout.cancel().catch(() => {});
+    }
+  },
+);
+
+await redisTest(
+  "fleet counts sum every live worker per known host, refreshed by the heartbeat",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    await using ws = limiters(3, { redis: redis.url, prefix: "dprl" });
+    const calls: number[] = [];
+    ws[0].onCall = (ms) => calls.push(ms);
+    assert.equal(await ws[0].acquire("a.example", 0), true);
+    assert.equal(await ws[1].acquire("a.example", 0), true);
+    assert.equal(await ws[2].acquire("a.example", 0), true);
+    assert.equal(await ws[1].acquire("b.example", 0), true);
+    assert.ok(calls.length >= 1 && calls.every((ms) => ms >= 0 && Number.isFinite(ms)));
+    await waitFor(
+      () => ws[0].fleetCounts().get("a.example") === 3,
+      LEASE,
+      "a.example at 3 after a heartbeat",
+    );
+    assert.equal(ws[0].fleetCounts().has("b.example"), false); // never seen here
+    ws[1].release("a.example");
+    ws[2].release("a.example");
+    await waitFor(() => ws[0].fleetCounts().get("a.example") === 1, LEASE, "1 after releases");
+    ws[0].release("a.example");
+    await waitFor(() => !ws[0].fleetCounts().has("a.example"), 2 * LEASE, "forgotten at 0");
+  },
+);
+
+await redisTest(
+  "up is false while Redis is down and true once it answers again",
+  "server",
+  async () => {
+    await stoppedRedisScenario("closed", async ({ server, ws, host }) => {
+      assert.equal(await ws[0].acquire(host, 2), true);
+      assert.equal(ws[0].up, true);
+      await server.kill();
+      await waitFor(() => !ws[0].up, 2_000, "down");
+      await server.resume();
+      await waitFor(() => ws[0].up, 5_000, "up again");
+    });
   },
 );

@@ -721,6 +721,7 @@ export class RedisLimiter implements Limiter {
 
   /** Renews this worker's entry in `<prefix>:workers` and `<prefix>:worker:<id>`. */
   #register(): void {
+    if (this.#closed || this.#failFast()) return;
     let connections = 0;
     for (const s of this.#hosts.values()) connections += s.counted + s.uncounted;
     const key = this.#workerKey(this.#worker);
@@ -745,9 +746,9 @@ export class RedisLimiter implements Limiter {
   setWorkerInfo(info: Partial<Omit<WorkerInfo, "id" | "connections">>): void {
     this.#info = { ...this.#info, ...info };
     if (this.#closed) return;
-    this.#startHeartbeat();
     this.#subscribe();
-    if (!this.#failFast()) this.#register();
+    if (this.#heartbeat === null) this.#startHeartbeat();
+    else this.#register();
   }
 
   /**
@@ -794,6 +795,7 @@ export class RedisLimiter implements Limiter {
     );
     Deno.unrefTimer(timer);
     this.#heartbeat = timer;
+    this.#register();
   }
 
   #handleReady(): void {
