@@ -1138,3 +1138,26 @@ await redisTest(
     });
   },
 );
+
+await redisTest(
+  "a heartbeat syncs 300 held hosts in a handful of script calls, not one per host",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    const server = redis.server!;
+    const lease = 3_000; // a heartbeat every second
+    await using ws = limiters(1, { redis: redis.url, prefix: "dprl", lease });
+    const hosts = Array.from({ length: 300 }, (_, i) => `batch${i}.example`);
+    for (const host of hosts) assert.equal(await ws[0].acquire(host, 1), true);
+    await server.cli("CONFIG", "RESETSTAT");
+    await sleep(lease / 3 + 200); // one heartbeat, perhaps two
+    const stats = await server.cli("INFO", "commandstats");
+    const calls = Number(/cmdstat_evalsha:calls=(\d+)/.exec(stats)?.[1] ?? 0);
+    assert.ok(calls >= 5 && calls <= 2 * (Math.ceil(300 / 64) + 1), `${calls} script calls`);
+    // Every host is still held, and by exactly one slot.
+    for (const host of [hosts[0], hosts[150], hosts[299]]) {
+      assert.equal(await ws[0].count(host), 1);
+      assert.equal(await ws[0].acquire(host, 1), false);
+    }
+  },
+);

@@ -93,25 +93,18 @@ interface ScriptedClient {
     trusted: number,
   ): Promise<[number, number, number, string]>;
   dprlRelease(n: string, w: string, worker: string): Promise<number>;
-  dprlSync(
-    n: string,
-    w: string,
-    e: string,
-    worker: string,
-    count: number,
-    lease: number,
-    ttl: number,
-    known: string,
-    fresh: string,
-    floor: number,
-    trusted: number,
-  ): Promise<[number, number, string]>;
-  dprlCount(n: string, w: string, lease: number): Promise<number>;
+  /** `numKeys`, the epoch key, then n and w of each host; then the arguments. */
+  dprlSync(numKeys: number, ...keysAndArgs: (string | number)[]): Promise<(string | number)[]>;
+  /** `numKeys`, n and w of each host, then the lease. */
+  dprlCount(numKeys: number, ...keysAndArgs: (string | number)[]): Promise<number[]>;
   dprlRegister(workers: string, worker: string, lease: number, op: string): Promise<string[]>;
 }
 
 /** How many leases an idle host's keys outlive their last write. */
 const TTL_LEASES = 4;
+
+/** Most hosts one heartbeat script call syncs. */
+const BATCH_HOSTS = 64;
 
 /**
  * A {@linkcode Limiter} whose counters live in Redis, shared by every proxy
@@ -221,8 +214,8 @@ export class RedisLimiter implements Limiter {
     };
     client.defineCommand("dprlAcquire", { numberOfKeys: 3, lua: ACQUIRE_LUA });
     client.defineCommand("dprlRelease", { numberOfKeys: 2, lua: RELEASE_LUA });
-    client.defineCommand("dprlSync", { numberOfKeys: 3, lua: SYNC_LUA });
-    client.defineCommand("dprlCount", { numberOfKeys: 2, lua: COUNT_LUA });
+    client.defineCommand("dprlSync", { lua: SYNC_LUA });
+    client.defineCommand("dprlCount", { lua: COUNT_LUA });
     client.defineCommand("dprlRegister", { numberOfKeys: 1, lua: REGISTER_LUA });
     this.#scripts = client as unknown as ScriptedClient;
     client.on("ready", this.#onReady);
@@ -417,11 +410,7 @@ export class RedisLimiter implements Limiter {
     }
     try {
       if (this.#failFast()) throw new Error("Redis is unreachable");
-      const total = Number(
-        await this.#call(() =>
-          this.#scripts.dprlCount(this.#key(host, "n"), this.#key(host, "w"), this.#lease)
-        ),
-      );
+      const [total] = (await this.#count([host])).map(Number);
       this.#fleet.set(host, total);
       return total;
     } catch (error) {
@@ -460,25 +449,22 @@ export class RedisLimiter implements Limiter {
     this.#fleet.clear();
     if (client.status === "ready") {
       await Promise.allSettled([
-        ...hosts.map((host) => {
-          const e = this.#epochKey(host);
-          return withTimeout(
+        ...this.#batches(hosts).map(([e, batch]) =>
+          withTimeout(
             this.#scripts.dprlSync(
-              this.#key(host, "n"),
-              this.#key(host, "w"),
+              1 + 2 * batch.length,
               e,
+              ...batch.flatMap((host) => [this.#key(host, "n"), this.#key(host, "w")]),
               this.#worker,
-              0,
               this.#lease,
               this.#ttl,
               this.#known.get(e) ?? "",
               this.#fresh,
-              0,
-              0,
+              ...batch.flatMap(() => [0, 0, 0]),
             ),
             this.#timeout,
-          );
-        }),
+          )
+        ),
         withTimeout(
           this.#scripts.dprlRegister(this.#workersKey, this.#worker, this.#lease, "del"),
           this.#timeout,
@@ -668,52 +654,101 @@ export class RedisLimiter implements Limiter {
     ).catch(() => this.#markDirty(host, s));
   }
 
-  #sync(host: string, s: HostState): void {
-    const count = s.counted + s.pending;
-    const dirtyAt = s.dirtyGen;
-    const epochKey = this.#epochKey(host);
-    s.syncs++;
-    this.#touched.add(host);
+  /**
+   * Groups hosts into batches of at most {@linkcode BATCH_HOSTS} whose keys
+   * share one slot (on a single Redis: any hosts), each with its epoch key.
+   */
+  #batches(hosts: Iterable<string>): [string, string[]][] {
+    const groups = new Map<string, string[]>();
+    for (const host of hosts) {
+      const e = this.#epochKey(host);
+      let group = groups.get(e);
+      if (!group) groups.set(e, group = []);
+      group.push(host);
+    }
+    const out: [string, string[]][] = [];
+    for (const [e, group] of groups) {
+      for (let i = 0; i < group.length; i += BATCH_HOSTS) {
+        out.push([e, group.slice(i, i + BATCH_HOSTS)]);
+      }
+    }
+    return out;
+  }
+
+  /** Syncs `hosts` (keys in one slot, epoch key `e`) in one script call. */
+  #sync(e: string, hosts: [string, HostState][]): void {
+    const args: (string | number)[] = [];
+    const dirtyAt: number[] = [];
+    for (const [host, s] of hosts) {
+      args.push(s.counted + s.pending, s.counted, s.dirty ? 0 : 1);
+      dirtyAt.push(s.dirtyGen);
+      s.syncs++;
+      this.#touched.add(host);
+    }
     this.#call(() =>
       this.#scripts.dprlSync(
-        this.#key(host, "n"),
-        this.#key(host, "w"),
-        epochKey,
+        1 + 2 * hosts.length,
+        e,
+        ...hosts.flatMap(([host]) => [this.#key(host, "n"), this.#key(host, "w")]),
         this.#worker,
-        count,
         this.#lease,
         this.#ttl,
-        this.#known.get(epochKey) ?? "",
+        this.#known.get(e) ?? "",
         this.#fresh,
-        s.counted,
-        s.dirty ? 0 : 1,
+        ...args,
       )
     ).then(
       (reply) => {
-        if (s.dirtyGen === dirtyAt) s.dirty = false;
-        this.#fleet.set(host, Number(reply[0]));
-        this.#noteEpoch(epochKey, Number(reply[1]), String(reply[2]));
-        this.#collect(host, s);
+        let lost = Number(reply[1]);
+        hosts.forEach(([host, s], i) => {
+          if (s.dirtyGen === dirtyAt[i]) s.dirty = false;
+          this.#fleet.set(host, Number(reply[2 + 2 * i]));
+          if (Number(reply[3 + 2 * i]) === 2) lost = 2;
+          this.#collect(host, s);
+        });
+        this.#noteEpoch(e, lost, String(reply[0]));
       },
-      () => this.#markDirty(host, s),
+      () => {
+        for (const [host, s] of hosts) this.#markDirty(host, s);
+      },
     );
+  }
+
+  /** The fleet's open connections to each of `hosts`, in batches of one slot each. */
+  async #count(hosts: string[]): Promise<number[]> {
+    const batches = this.#batches(hosts);
+    const totals = new Map<string, number>();
+    await Promise.all(batches.map(async ([, batch]) => {
+      const reply = await this.#call(() =>
+        this.#scripts.dprlCount(
+          2 * batch.length,
+          ...batch.flatMap((host) => [this.#key(host, "n"), this.#key(host, "w")]),
+          this.#lease,
+        )
+      );
+      batch.forEach((host, i) => totals.set(host, Number(reply[i])));
+    }));
+    return hosts.map((host) => totals.get(host) ?? 0);
   }
 
   /**
    * Syncs every host this worker holds or may disagree with Redis on,
    * refreshes the fleet counts of the other hosts it knows of (forgetting
-   * those at 0) and renews this worker's entry in the registry.
+   * those at 0) and renews this worker's entry in the registry: one script
+   * call per batch of hosts, not one per host.
    */
   #beat(): void {
     if (this.#closed || this.#failFast()) return;
-    for (const [host, s] of this.#hosts) this.#sync(host, s);
-    for (const host of this.#fleet.keys()) {
-      if (this.#hosts.has(host)) continue;
-      this.#call(() =>
-        this.#scripts.dprlCount(this.#key(host, "n"), this.#key(host, "w"), this.#lease)
-      ).then((total) => {
-        if (Number(total) > 0 || this.#hosts.has(host)) this.#fleet.set(host, Number(total));
-        else this.#fleet.delete(host);
+    for (const [e, batch] of this.#batches(this.#hosts.keys())) {
+      this.#sync(e, batch.map((host) => [host, this.#hosts.get(host)!]));
+    }
+    const others = [...this.#fleet.keys()].filter((host) => !this.#hosts.has(host));
+    if (others.length > 0) {
+      this.#count(others).then((totals) => {
+        others.forEach((host, i) => {
+          if (totals[i] > 0 || this.#hosts.has(host)) this.#fleet.set(host, totals[i]);
+          else this.#fleet.delete(host);
+        });
       }, () => {});
     }
     this.#register();

@@ -1,12 +1,12 @@
 /**
- * The Lua scripts of the Redis limiter. The scripts of one host take its keys:
- * `KEYS[1]` = `<prefix>:{<host>}:n` (hash: worker id -> open connections),
- * `KEYS[2]` = `<prefix>:{<host>}:w` (sorted set: worker id -> lease deadline
- * in ms) and, for the scripts that write, `KEYS[3]` = the epoch key of the
- * host's slot (a string: a random token set once). In Redis Cluster all three
- * live in one slot. Time comes from Redis `TIME`, never from a worker's clock.
- * No script looks at any other key, so their cost does not depend on the size
- * of the database.
+ * The Lua scripts of the Redis limiter. For host `H` the keys are
+ * `<prefix>:{H}:n` (hash: worker id -> open connections) and `<prefix>:{H}:w`
+ * (sorted set: worker id -> lease deadline in ms); the scripts that write also
+ * take the epoch key of the slot (a string: a random token set once). Every
+ * call touches keys of one slot only, so it runs on Redis Cluster; a
+ * heartbeat syncs a batch of hosts of one slot in one call. Time comes from
+ * Redis `TIME`, never from a worker's clock. No script looks at any other
+ * key, so their cost does not depend on the size of the database.
  *
  * A worker's count is live only while its lease deadline lies between now and
  * now + lease + {@linkcode LEASE_MARGIN_MS}: a field without a live lease, or
@@ -31,68 +31,85 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 `;
 
 /**
- * Sums the live workers' fields into Lua local `sum` and leaves `worker`'s own
- * live count in `mine`. Needs locals `now`, `lease` and `worker`; with local
- * `prune` true, deletes the dead and forged members and fields it meets.
+ * Lua function `live(n, w, worker, prune)`: the sum of the live workers'
+ * fields of one host and `worker`'s own live count. Needs locals `now` and
+ * `lease`; with `prune` true, deletes the dead and forged members and fields
+ * it meets.
  */
-const LIVE_SUM = `
-local horizon = now + lease + ${LEASE_MARGIN_MS}
-if prune then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. now)
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '(' .. horizon, '+inf')
-end
-local live = {}
-local members = redis.call('ZRANGEBYSCORE', KEYS[2], now, horizon)
-for i = 1, #members do live[members[i]] = true end
-local sum = 0
-local mine = 0
-local fields = redis.call('HGETALL', KEYS[1])
-for i = 1, #fields, 2 do
-  local f = fields[i]
-  local v = tonumber(fields[i + 1])
-  if live[f] and v and v > 0 then
-    sum = sum + v
-    if f == worker then mine = v end
-  elseif prune then
-    redis.call('HDEL', KEYS[1], f)
+const LIVE = `
+local function live(n, w, worker, prune)
+  local horizon = now + lease + ${LEASE_MARGIN_MS}
+  if prune then
+    redis.call('ZREMRANGEBYSCORE', w, '-inf', '(' .. now)
+    redis.call('ZREMRANGEBYSCORE', w, '(' .. horizon, '+inf')
   end
+  local alive = {}
+  local members = redis.call('ZRANGEBYSCORE', w, now, horizon)
+  for i = 1, #members do alive[members[i]] = true end
+  local sum = 0
+  local mine = 0
+  local fields = redis.call('HGETALL', n)
+  for i = 1, #fields, 2 do
+    local f = fields[i]
+    local v = tonumber(fields[i + 1])
+    if alive[f] and v and v > 0 then
+      sum = sum + v
+      if f == worker then mine = v end
+    elseif prune then
+      redis.call('HDEL', n, f)
+    end
+  end
+  return sum, mine
 end
 `;
 
 /**
- * Checks the epoch key against Lua local `known` (the token the worker knows,
- * `''` when it knows none) and creates it with `fresh` when it is missing.
- * Leaves the token in `epoch` and in `lost` 1 when the keys of the slot were
- * lost since the worker last looked, else 0.
+ * Lua function `check_epoch(key, known, fresh)`: checks the epoch key against
+ * the token the worker knows (`''` when it knows none) and creates it with
+ * `fresh` when it is missing. Returns the token and 1 when the keys of the
+ * slot were lost since the worker last looked, else 0.
  */
 const EPOCH = `
-local epoch = redis.call('GET', KEYS[3])
-local lost = 0
-if not epoch then
-  epoch = fresh
-  redis.call('SET', KEYS[3], epoch)
-  if known ~= '' then lost = 1 end
-elseif known ~= '' and epoch ~= known then
-  lost = 1
+local function check_epoch(key, known, fresh)
+  local epoch = redis.call('GET', key)
+  if not epoch then
+    redis.call('SET', key, fresh)
+    if known ~= '' then return fresh, 1 end
+    return fresh, 0
+  end
+  if known ~= '' and epoch ~= known then return epoch, 1 end
+  return epoch, 0
 end
 `;
 
-/** Sets `worker`'s field to Lua local `value` and renews its lease and the keys' expiry. */
-const WRITE_MINE = `
-redis.call('HSET', KEYS[1], worker, value)
-redis.call('ZADD', KEYS[2], now + lease, worker)
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('PEXPIRE', KEYS[2], ttl)
+/**
+ * Lua function `write(n, w, worker, value, ttl)`: sets `worker`'s field to
+ * `value` and renews its lease and the keys' expiry; a value of 0 deletes its
+ * field and member. Needs locals `now` and `lease`.
+ */
+const WRITE = `
+local function write(n, w, worker, value, ttl)
+  if value <= 0 then
+    redis.call('HDEL', n, worker)
+    redis.call('ZREM', w, worker)
+    return
+  end
+  redis.call('HSET', n, worker, value)
+  redis.call('ZADD', w, now + lease, worker)
+  redis.call('PEXPIRE', n, ttl)
+  redis.call('PEXPIRE', w, ttl)
+end
 `;
 
 /**
- * `acquire(worker, limit, leaseMs, floor, ttlMs, known, fresh, trusted)`:
- * takes one slot for `worker` unless `limit > 0` and the live workers already
- * hold `limit`, or the keys were lost. `floor` is the number of slots the
- * worker knows it holds: a live count below it is raised to it first; when
- * the worker's last write is known to have landed (`trusted` = 1), a count
- * below it means the host's keys were lost. Returns `{granted (0|1), total,
- * lost (0: no, 1: the slot's keys, 2: this host's keys), epoch}`.
+ * `acquire(worker, limit, leaseMs, floor, ttlMs, known, fresh, trusted)` on
+ * `KEYS` = n, w, epoch: takes one slot for `worker` unless `limit > 0` and the
+ * live workers already hold `limit`, or the keys were lost. `floor` is the
+ * number of slots the worker knows it holds: a live count below it is raised
+ * to it first; when the worker's last write is known to have landed
+ * (`trusted` = 1), a count below it means the host's keys were lost. Returns
+ * `{granted (0|1), total, lost (0: no, 1: the slot's keys, 2: this host's
+ * keys), epoch}`.
  */
 export const ACQUIRE_LUA: string = NOW + `
 local worker = ARGV[1]
@@ -100,23 +117,20 @@ local limit = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
 local floor = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
-local known = ARGV[6]
-local fresh = ARGV[7]
 local trusted = ARGV[8] == '1'
-local prune = true
-` + EPOCH + LIVE_SUM + `
+` + LIVE + EPOCH + WRITE + `
+local epoch, lost = check_epoch(KEYS[3], ARGV[6], ARGV[7])
+local sum, mine = live(KEYS[1], KEYS[2], worker, true)
 if mine < floor then
   if lost == 0 and trusted then lost = 2 end
   sum = sum + floor - mine
   mine = floor
-  local value = mine
-` + WRITE_MINE + `
+  write(KEYS[1], KEYS[2], worker, mine, ttl)
 end
 if lost > 0 or (limit > 0 and sum >= limit) then
   return {0, sum, lost, epoch}
 end
-local value = mine + 1
-` + WRITE_MINE + `
+write(KEYS[1], KEYS[2], worker, mine + 1, ttl)
 return {1, sum + 1, 0, epoch}
 `;
 
@@ -136,44 +150,50 @@ return v
 `;
 
 /**
- * `sync(worker, count, leaseMs, ttlMs, known, fresh, floor, trusted)`: sets
- * `worker`'s field to `count`, its own truth, and renews its lease; a count
- * of 0 deletes its field and member. `floor` and `trusted` detect lost keys as
- * in {@linkcode ACQUIRE_LUA}. Returns `{total, lost, epoch}`.
+ * `sync(worker, leaseMs, ttlMs, known, fresh, [count, floor, trusted]...)` on
+ * `KEYS` = epoch, then n and w of each host, all in one slot: sets `worker`'s
+ * field of each host to its `count`, its own truth, and renews its lease; a
+ * count of 0 deletes its field and member. `floor` and `trusted` detect lost
+ * keys as in {@linkcode ACQUIRE_LUA}. Returns `{epoch, lost, [total,
+ * hostLost]...}`.
  */
 export const SYNC_LUA: string = NOW + `
 local worker = ARGV[1]
-local count = tonumber(ARGV[2])
-local lease = tonumber(ARGV[3])
-local ttl = tonumber(ARGV[4])
-local known = ARGV[5]
-local fresh = ARGV[6]
-local floor = tonumber(ARGV[7])
-local trusted = ARGV[8] == '1'
-local prune = true
-` + EPOCH + LIVE_SUM + `
-if lost == 0 and trusted and mine < floor then lost = 2 end
-sum = sum - mine
-if count <= 0 then
-  redis.call('HDEL', KEYS[1], worker)
-  redis.call('ZREM', KEYS[2], worker)
-  return {sum, lost, epoch}
+local lease = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+` + LIVE + EPOCH + WRITE + `
+local epoch, lost = check_epoch(KEYS[1], ARGV[4], ARGV[5])
+local out = {epoch, lost}
+for h = 0, (#KEYS - 1) / 2 - 1 do
+  local n = KEYS[2 + 2 * h]
+  local w = KEYS[3 + 2 * h]
+  local count = tonumber(ARGV[6 + 3 * h])
+  local floor = tonumber(ARGV[7 + 3 * h])
+  local trusted = ARGV[8 + 3 * h] == '1'
+  local sum, mine = live(n, w, worker, true)
+  local hostLost = 0
+  if trusted and mine < floor then hostLost = 2 end
+  write(n, w, worker, count, ttl)
+  out[#out + 1] = sum - mine + math.max(count, 0)
+  out[#out + 1] = hostLost
 end
-local value = count
-` + WRITE_MINE + `
-return {sum + count, lost, epoch}
+return out
 `;
 
 /**
- * `count(leaseMs)`: the slots held by live workers (dead and forged entries
- * ignored, nothing written). Returns the sum.
+ * `count(leaseMs)` on `KEYS` = n and w of each host: the slots held by live
+ * workers (dead and forged entries ignored, nothing written). Returns the
+ * sums, one per host.
  */
 export const COUNT_LUA: string = NOW + `
 local lease = tonumber(ARGV[1])
-local worker = ''
-local prune = false
-` + LIVE_SUM + `
-return sum
+` + LIVE + `
+local out = {}
+for h = 0, #KEYS / 2 - 1 do
+  local sum = live(KEYS[1 + 2 * h], KEYS[2 + 2 * h], '', false)
+  out[#out + 1] = sum
+end
+return out
 `;
 
 /**
