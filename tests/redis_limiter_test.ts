@@ -1161,3 +1161,46 @@ await redisTest(
     }
   },
 );
+
+await redisTest(
+  "acquires and releases of one host in one event-loop turn go to Redis as one script call, and the cap stays exact",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    const server = redis.server!;
+    // A long lease keeps the heartbeat out of the counts below.
+    await using ws = limiters(2, { redis: redis.url, prefix: "dprl", lease: 60_000 });
+    const host = "turn.example";
+    assert.equal(await ws[0].acquire("warm.example", 0), true);
+    assert.equal(await ws[1].acquire(host, 7), true);
+    // Script calls: EVALSHA, or EVAL when the script was not loaded yet.
+    const evalsha = async () => {
+      const stats = await server.cli("INFO", "commandstats");
+      return [...stats.matchAll(/cmdstat_eval(?:sha)?:calls=(\d+)/g)].reduce(
+        (sum, m) => sum + Number(m[1]),
+        0,
+      );
+    };
+    await server.cli("CONFIG", "RESETSTAT");
+    const first = await Promise.all(Array.from({ length: 50 }, () => ws[0].acquire(host, 7)));
+    assert.equal(first.filter(Boolean).length, 6);
+    assert.deepEqual(first.slice(0, 6), [true, true, true, true, true, true]);
+    assert.equal(await evalsha(), 1);
+    // Four releases and ten acquires in one turn: the releases go first.
+    await server.cli("CONFIG", "RESETSTAT");
+    for (let i = 0; i < 4; i++) ws[0].release(host);
+    const second = await Promise.all(Array.from({ length: 10 }, () => ws[0].acquire(host, 7)));
+    assert.equal(second.filter(Boolean).length, 4);
+    assert.equal(await evalsha(), 1);
+    assert.equal(ws[0].localCount(host), 6);
+    assert.equal(await ws[1].count(host), 7);
+    assert.equal(await ws[1].acquire(host, 7), false);
+    // Releases alone in one turn: one call too.
+    await server.cli("CONFIG", "RESETSTAT");
+    for (let i = 0; i < 6; i++) ws[0].release(host);
+    await waitFor(async () => (await evalsha()) >= 1, 2_000, "the release call");
+    await sleep(100);
+    assert.equal(await evalsha(), 1);
+    assert.equal(await ws[0].count(host), 1);
+  },
+);

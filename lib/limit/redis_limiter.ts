@@ -76,6 +76,21 @@ interface HostState {
   dirtyGen: number;
 }
 
+/** An acquire waiting in a {@linkcode Batch}. */
+interface Waiter {
+  limit: number;
+  resolve: (granted: boolean) => void;
+  reject: (error: unknown) => void;
+}
+
+/** What one host asked of Redis in this event-loop turn, sent as one script call. */
+interface Batch {
+  s: HostState;
+  acquires: Waiter[];
+  /** Slots to give back in Redis (already given back here). */
+  releases: number;
+}
+
 /** An ioredis client with dprl's scripts defined on it. */
 interface ScriptedClient {
   status: string;
@@ -84,15 +99,16 @@ interface ScriptedClient {
     w: string,
     e: string,
     worker: string,
-    limit: number,
     lease: number,
     floor: number,
     ttl: number,
     known: string,
     fresh: string,
     trusted: number,
-  ): Promise<[number, number, number, string]>;
-  dprlRelease(n: string, w: string, worker: string): Promise<number>;
+    releases: number,
+    ...limits: number[]
+  ): Promise<(number | string)[]>;
+  dprlRelease(n: string, w: string, worker: string, count: number): Promise<number>;
   /** `numKeys`, the epoch key, then n and w of each host; then the arguments. */
   dprlSync(numKeys: number, ...keysAndArgs: (string | number)[]): Promise<(string | number)[]>;
   /** `numKeys`, n and w of each host, then the lease. */
@@ -143,6 +159,8 @@ export class RedisLimiter implements Limiter {
   #logger: Logger;
   #worker: string;
   #hosts = new Map<string, HostState>();
+  /** This turn's acquires and releases, by host, until the flush sends them. */
+  #queued = new Map<string, Batch>();
   #touched = new Set<string>();
   #available = true;
   #everReady = false;
@@ -281,12 +299,60 @@ export class RedisLimiter implements Limiter {
       );
     }
     this.#touched.add(host);
+    s.pending++;
+    const batch = this.#batch(host, s);
+    return await new Promise<boolean>((resolve, reject) => {
+      batch.acquires.push({ limit, resolve, reject });
+    });
+  }
+
+  /** The batch of `host` for this turn; the first one schedules the flush. */
+  #batch(host: string, s: HostState): Batch {
+    let batch = this.#queued.get(host);
+    if (!batch) {
+      batch = { s, acquires: [], releases: 0 };
+      this.#queued.set(host, batch);
+      if (this.#queued.size === 1) queueMicrotask(() => this.#flushAll());
+    }
+    return batch;
+  }
+
+  #flushAll(): void {
+    const queued = this.#queued;
+    this.#queued = new Map();
+    for (const [host, batch] of queued) this.#flush(host, batch);
+  }
+
+  /**
+   * Sends what `host` asked for in this turn as one script call: its
+   * releases, then its acquires, granted in order.
+   */
+  async #flush(host: string, batch: Batch): Promise<void> {
+    const { s, acquires, releases } = batch;
+    const k = acquires.length;
+    if (this.#closed) {
+      s.pending -= k;
+      const closed = new LimiterUnavailableError("Redis limiter is closed");
+      for (const waiter of acquires) waiter.reject(closed);
+      return;
+    }
+    if (k === 0) {
+      if (releases > 0 && !this.#closed) this.#sendRelease(host, s, releases);
+      this.#collect(host, s);
+      return;
+    }
     const floor = s.counted;
     const syncsAtSend = s.syncs;
     const epoch = this.#epoch;
     const epochKey = this.#epochKey(host);
-    s.pending++;
-    let reply: [number, number, number, string];
+    const decide = (waiter: Waiter, cause: unknown): void => {
+      try {
+        waiter.resolve(this.#fallback(host, s, waiter.limit, cause));
+      } catch (error) {
+        waiter.reject(error);
+      }
+    };
+    let reply: (number | string)[];
     try {
       reply = await this.#call(() =>
         this.#scripts.dprlAcquire(
@@ -294,61 +360,57 @@ export class RedisLimiter implements Limiter {
           this.#key(host, "w"),
           epochKey,
           this.#worker,
-          limit,
           this.#lease,
           floor,
           this.#ttl,
           this.#known.get(epochKey) ?? "",
           this.#fresh,
           s.dirty ? 0 : 1,
+          releases,
+          ...acquires.map((a) => a.limit),
         )
       );
     } catch (error) {
-      s.pending--;
-      // Redis may have counted it anyway; the next sync sets the truth.
+      s.pending -= k;
+      // Redis may have counted them anyway; the next sync sets the truth.
       this.#markDirty(host, s);
-      return this.#fallback(host, s, limit, error);
+      for (const waiter of acquires) decide(waiter, error);
+      return;
     }
-    s.pending--;
-    const granted = Number(reply[0]) === 1;
+    s.pending -= k;
+    const grants = acquires.map((_, i) => Number(reply[3 + i]) === 1);
+    const granted = grants.filter(Boolean).length;
+    // A sync sent after this call counted all of them as held (as pending).
+    const syncedSince = s.syncs !== syncsAtSend;
     if (epoch !== this.#epoch) {
       // Sent before a lost connection and replayed after it, maybe to a
       // Redis that restarted empty: its answer may rest on partial sums.
       // Take back what it counted and decide as if Redis had not answered.
-      if ((granted || s.syncs !== syncsAtSend) && !this.#closed) {
-        this.#sendRelease(host, s);
-      }
-      return this.#fallback(
-        host,
-        s,
-        limit,
-        new Error("Connection to Redis was lost while acquiring"),
-      );
+      const takeBack = syncedSince ? k : granted;
+      if (takeBack > 0 && !this.#closed) this.#sendRelease(host, s, takeBack);
+      const lostConnection = new Error("Connection to Redis was lost while acquiring");
+      for (const waiter of acquires) decide(waiter, lostConnection);
+      return;
     }
-    // A sync sent after this acquire counted it as held (as pending).
-    const syncedSince = s.syncs !== syncsAtSend;
-    const lost = Number(reply[2]);
-    this.#noteEpoch(epochKey, lost, String(reply[3]));
-    if (granted) {
-      s.counted++;
-      this.#attach(host, s);
-      this.#fleet.set(host, Number(reply[1]));
-      return true;
-    }
-    if (syncedSince && !this.#closed) this.#sendRelease(host, s);
-    if (lost > 0) {
+    const lost = Number(reply[1]);
+    this.#noteEpoch(epochKey, lost, String(reply[2]));
+    s.counted += granted;
+    this.#attach(host, s);
+    this.#fleet.set(host, Number(reply[0]));
+    if (syncedSince && granted < k && !this.#closed) this.#sendRelease(host, s, k - granted);
+    const lostCounts = new Error("Redis lost its counts and the fleet is re-asserting them");
+    let refused = false;
+    acquires.forEach((waiter, i) => {
+      if (grants[i]) waiter.resolve(true);
       // The sum may be partial: decide as if Redis had not answered.
-      return this.#fallback(
-        host,
-        s,
-        limit,
-        new Error("Redis lost its counts and the fleet is re-asserting them"),
-      );
-    }
-    this.#fleet.set(host, Number(reply[1]));
+      else if (lost > 0) decide(waiter, lostCounts);
+      else {
+        refused = true;
+        waiter.resolve(false);
+      }
+    });
     this.#collect(host, s);
-    this.#publishPressure(host);
-    return false;
+    if (refused) this.#publishPressure(host);
   }
 
   /**
@@ -395,7 +457,7 @@ export class RedisLimiter implements Limiter {
     s.counted--;
     if (this.#closed) return;
     if (this.#failFast()) this.#markDirty(host, s);
-    else this.#sendRelease(host, s);
+    else this.#batch(host, s).releases++;
     this.#collect(host, s);
   }
 
@@ -594,7 +656,7 @@ export class RedisLimiter implements Limiter {
   #collect(host: string, s: HostState): void {
     if (
       s.counted === 0 && s.uncounted === 0 && s.pending === 0 && !s.dirty &&
-      this.#hosts.get(host) === s
+      this.#hosts.get(host) === s && !this.#queued.has(host)
     ) {
       this.#hosts.delete(host);
     }
@@ -644,12 +706,14 @@ export class RedisLimiter implements Limiter {
     }
   }
 
-  #sendRelease(host: string, s: HostState): void {
+  /** Gives back `count` slots of this worker in Redis. */
+  #sendRelease(host: string, s: HostState, count = 1): void {
     this.#call(() =>
       this.#scripts.dprlRelease(
         this.#key(host, "n"),
         this.#key(host, "w"),
         this.#worker,
+        count,
       )
     ).catch(() => this.#markDirty(host, s));
   }
@@ -680,7 +744,15 @@ export class RedisLimiter implements Limiter {
     const args: (string | number)[] = [];
     const dirtyAt: number[] = [];
     for (const [host, s] of hosts) {
-      args.push(s.counted + s.pending, s.counted, s.dirty ? 0 : 1);
+      // What is queued reaches Redis after this sync: leave it out.
+      const queued = this.#queued.get(host);
+      const queuedAcquires = queued?.acquires.length ?? 0;
+      const queuedReleases = queued?.releases ?? 0;
+      args.push(
+        s.counted + s.pending - queuedAcquires + queuedReleases,
+        s.counted + queuedReleases,
+        s.dirty ? 0 : 1,
+      );
       dirtyAt.push(s.dirtyGen);
       s.syncs++;
       this.#touched.add(host);

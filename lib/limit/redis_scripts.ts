@@ -102,45 +102,63 @@ end
 `;
 
 /**
- * `acquire(worker, limit, leaseMs, floor, ttlMs, known, fresh, trusted)` on
- * `KEYS` = n, w, epoch: takes one slot for `worker` unless `limit > 0` and the
- * live workers already hold `limit`, or the keys were lost. `floor` is the
- * number of slots the worker knows it holds: a live count below it is raised
- * to it first; when the worker's last write is known to have landed
- * (`trusted` = 1), a count below it means the host's keys were lost. Returns
- * `{granted (0|1), total, lost (0: no, 1: the slot's keys, 2: this host's
- * keys), epoch}`.
+ * `acquire(worker, leaseMs, floor, ttlMs, known, fresh, trusted, releases,
+ * limit...)` on `KEYS` = n, w, epoch: first gives back `releases` slots of
+ * `worker`, then takes one slot per `limit`, in order, for each while `limit`
+ * is 0 or the live workers hold fewer than it, unless the keys were lost.
+ * `floor` is the number of slots the worker knows it holds (after the
+ * releases): a live count below it is raised to it first; when the worker's
+ * last write is known to have landed (`trusted` = 1), a count below it means
+ * the host's keys were lost. Returns `{total, lost (0: no, 1: the slot's keys,
+ * 2: this host's keys), epoch, granted (0|1)...}`.
  */
 export const ACQUIRE_LUA: string = NOW + `
 local worker = ARGV[1]
-local limit = tonumber(ARGV[2])
-local lease = tonumber(ARGV[3])
-local floor = tonumber(ARGV[4])
-local ttl = tonumber(ARGV[5])
-local trusted = ARGV[8] == '1'
+local lease = tonumber(ARGV[2])
+local floor = tonumber(ARGV[3])
+local ttl = tonumber(ARGV[4])
+local trusted = ARGV[7] == '1'
+local releases = tonumber(ARGV[8])
 ` + LIVE + EPOCH + WRITE + `
-local epoch, lost = check_epoch(KEYS[3], ARGV[6], ARGV[7])
+local epoch, lost = check_epoch(KEYS[3], ARGV[5], ARGV[6])
 local sum, mine = live(KEYS[1], KEYS[2], worker, true)
+local changed = false
+if releases > 0 then
+  local r = math.min(releases, mine)
+  mine = mine - r
+  sum = sum - r
+  changed = true
+end
 if mine < floor then
   if lost == 0 and trusted then lost = 2 end
   sum = sum + floor - mine
   mine = floor
-  write(KEYS[1], KEYS[2], worker, mine, ttl)
+  changed = true
 end
-if lost > 0 or (limit > 0 and sum >= limit) then
-  return {0, sum, lost, epoch}
+local out = {0, lost, epoch}
+for i = 9, #ARGV do
+  local limit = tonumber(ARGV[i])
+  if lost == 0 and (limit <= 0 or sum < limit) then
+    sum = sum + 1
+    mine = mine + 1
+    changed = true
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
 end
-write(KEYS[1], KEYS[2], worker, mine + 1, ttl)
-return {1, sum + 1, 0, epoch}
+out[1] = sum
+if changed then write(KEYS[1], KEYS[2], worker, mine, ttl) end
+return out
 `;
 
 /**
- * `release(worker)`: gives back one slot of `worker`; at 0 (or below, when the
- * field was already gone) its field and member are deleted. Returns the
- * worker's remaining count.
+ * `release(worker, count)`: gives back `count` slots of `worker`; at 0 (or
+ * below, when the field was already gone) its field and member are deleted.
+ * Returns the worker's remaining count.
  */
 export const RELEASE_LUA: string = `
-local v = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+local v = redis.call('HINCRBY', KEYS[1], ARGV[1], -tonumber(ARGV[2]))
 if v <= 0 then
   redis.call('HDEL', KEYS[1], ARGV[1])
   redis.call('ZREM', KEYS[2], ARGV[1])
