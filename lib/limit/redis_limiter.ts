@@ -131,6 +131,12 @@ const BATCH_HOSTS = 64;
  * deadline), changed only by Lua scripts that take their time from Redis.
  * A heartbeat re-asserts this worker's counts every third of a lease, and at
  * once after a reconnect, so lost writes and a Redis restart heal themselves.
+ * An epoch key per slot tells a worker when Redis lost keys behind its back
+ * (`FLUSHALL`, eviction); the fleet is then told on `<prefix>:lost` and new
+ * slots follow the failure mode until every worker has re-asserted its counts.
+ * Each worker registers in `<prefix>:workers` and `<prefix>:worker:<id>`
+ * (see {@linkcode RedisLimiter.workers}). Acquires and releases of one host in
+ * one event-loop turn go to Redis as one script call.
  *
  * @example
  * ```ts ignore
@@ -246,7 +252,8 @@ export class RedisLimiter implements Limiter {
 
   /**
    * Called with a host when a worker of the fleet was refused a slot of it.
-   * Refusals are published on `<prefix>:pressure`; setting this subscribes.
+   * Refusals are published on `<prefix>:pressure`, to which the limiter
+   * subscribes at its first acquire.
    */
   onPressure?: (host: string) => void;
 
@@ -910,6 +917,7 @@ export class RedisLimiter implements Limiter {
     const reconnect = this.#everReady;
     this.#everReady = true;
     this.#awaitingReady = false;
+    this.#lastError = null;
     if (!reconnect) this.#checkConfig();
     if (!(this.#client as { isCluster?: boolean }).isCluster) {
       this.#checkRestart();
