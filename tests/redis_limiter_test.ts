@@ -1046,6 +1046,7 @@ await redisTest(
       assert.equal(info.version, "9.9.9");
       assert.equal(info.adminUrl, `http://127.0.0.1:${9000 + i}/`);
       assert.equal(info.pid, Deno.pid);
+      assert.equal(info.hostname, Deno.hostname());
       assert.ok(!Number.isNaN(Date.parse(info.started)), info.started);
       assert.equal(info.connections, [3, 1, 0][i]);
       const ttl = Number(await server.cli("PTTL", `dprl:worker:${w.workerId}`));

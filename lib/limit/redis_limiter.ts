@@ -1106,9 +1106,12 @@ function guardStreams(client: Redis | Cluster): void {
   client.on("error", guard);
 }
 
-/** This machine's host name, or `""` when it may not be read. */
+/** This machine's host name, or `""` when it may not be read (never prompts). */
 function hostname(): string {
   try {
+    if (Deno.permissions.querySync({ name: "sys", kind: "hostname" }).state !== "granted") {
+      return "";
+    }
     return Deno.hostname();
   } catch {
     return "";
