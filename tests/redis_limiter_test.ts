@@ -575,8 +575,8 @@ await redisTest(
       "client|setinfo",
       "select",
       "time",
-      "get",
-      "set",
+      "exists",
+      "hrandfield",
       "del",
       "hgetall",
       "zrange",
@@ -687,7 +687,7 @@ await redisTest(
  */
 async function lostKeysScenario(
   wipe: (server: RedisServer, host: string) => Promise<unknown>,
-  holdersFirst = false,
+  strangerFirst = false,
 ): Promise<{ logs: LogRecord[] }> {
   await using redis = await useRedis();
   const server = redis.server!;
@@ -712,8 +712,8 @@ async function lostKeysScenario(
       assert.ok(error instanceof LimiterUnavailableError, String(error));
     }
   };
-  // Only a worker that holds slots of the host can tell that its keys are gone.
-  if (holdersFirst) await Promise.all(ws.slice(0, 3).map(ask));
+  // The worker that holds nothing of the host asks alone first.
+  if (strangerFirst) await ask(ws[3]);
   let restoredIn = -1;
   const until = wipedAt + 2_500;
   const counts = (async () => {
@@ -771,16 +771,24 @@ await redisTest(
   },
 );
 
-await redisTest(
-  "after DEL of a host's keys, the next call of a worker holding slots of it notices and nothing is admitted over the limit",
-  "server",
-  async () => {
-    await lostKeysScenario(
-      (server, host) => server.cli("DEL", `dprl:{${host}}:n`, `dprl:{${host}}:w`),
-      true,
-    );
-  },
-);
+for (
+  const [what, keys] of [
+    ["DEL of a host's keys", ["n", "w"]],
+    ["eviction of a host's hash alone", ["n"]],
+    ["eviction of a host's lease set alone", ["w"]],
+  ] as const
+) {
+  await redisTest(
+    `after ${what}, a worker holding nothing of it asks first and nothing is admitted over the limit`,
+    "server",
+    async () => {
+      await lostKeysScenario(
+        (server, host) => server.cli("DEL", ...keys.map((k) => `dprl:{${host}}:${k}`)),
+        true,
+      );
+    },
+  );
+}
 
 await redisTest(
   "a forged worker entry with a far-future lease is ignored at once and one within a lease dies with it",

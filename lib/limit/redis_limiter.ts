@@ -106,9 +106,17 @@ interface ScriptedClient {
     fresh: string,
     trusted: number,
     releases: number,
+    host: string,
     ...limits: number[]
   ): Promise<(number | string)[]>;
-  dprlRelease(n: string, w: string, worker: string, count: number): Promise<number>;
+  dprlRelease(
+    n: string,
+    w: string,
+    e: string,
+    worker: string,
+    count: number,
+    host: string,
+  ): Promise<number>;
   /** `numKeys`, the epoch key, then n and w of each host; then the arguments. */
   dprlSync(numKeys: number, ...keysAndArgs: (string | number)[]): Promise<(string | number)[]>;
   /** `numKeys`, n and w of each host, then the lease. */
@@ -237,7 +245,7 @@ export class RedisLimiter implements Limiter {
       started: new Date().toISOString(),
     };
     client.defineCommand("dprlAcquire", { numberOfKeys: 3, lua: ACQUIRE_LUA });
-    client.defineCommand("dprlRelease", { numberOfKeys: 2, lua: RELEASE_LUA });
+    client.defineCommand("dprlRelease", { numberOfKeys: 3, lua: RELEASE_LUA });
     client.defineCommand("dprlSync", { lua: SYNC_LUA });
     client.defineCommand("dprlCount", { lua: COUNT_LUA });
     client.defineCommand("dprlRegister", { numberOfKeys: 1, lua: REGISTER_LUA });
@@ -374,6 +382,7 @@ export class RedisLimiter implements Limiter {
           this.#fresh,
           s.dirty ? 0 : 1,
           releases,
+          host,
           ...acquires.map((a) => a.limit),
         )
       );
@@ -529,7 +538,7 @@ export class RedisLimiter implements Limiter {
               this.#ttl,
               this.#known.get(e) ?? "",
               this.#fresh,
-              ...batch.flatMap(() => [0, 0, 0]),
+              ...batch.flatMap((host) => [0, 0, 0, host]),
             ),
             this.#timeout,
           )
@@ -719,8 +728,10 @@ export class RedisLimiter implements Limiter {
       this.#scripts.dprlRelease(
         this.#key(host, "n"),
         this.#key(host, "w"),
+        this.#epochKey(host),
         this.#worker,
         count,
+        host,
       )
     ).catch(() => this.#markDirty(host, s));
   }
@@ -759,6 +770,7 @@ export class RedisLimiter implements Limiter {
         s.counted + s.pending - queuedAcquires + queuedReleases,
         s.counted + queuedReleases,
         s.dirty ? 0 : 1,
+        host,
       );
       dirtyAt.push(s.dirtyGen);
       s.syncs++;

@@ -64,31 +64,51 @@ end
 `;
 
 /**
- * Lua function `check_epoch(key, known, fresh)`: checks the epoch key against
- * the token the worker knows (`''` when it knows none) and creates it with
- * `fresh` when it is missing. Returns the token and 1 when the keys of the
- * slot were lost since the worker last looked, else 0.
+ * Lua functions of the epoch hash `e` of a slot: field `''` holds the token,
+ * and field `<host>` the time until which the host's keys must exist (their
+ * expiry, less a second), so that a worker can tell lost keys from keys that
+ * were never there or expired. Need locals `now` and `lease`.
+ *
+ * - `check_epoch(e, known, fresh)`: checks the token against the one the
+ *   worker knows (`''` when it knows none) and creates it with `fresh` when
+ *   the hash is missing. Returns the token and 1 when the keys of the slot
+ *   were lost since the worker last looked, else 0.
+ * - `keys_lost(e, host, n, w)`: whether the host's keys are missing while they
+ *   must exist. Then the holders are expected to re-assert within a
+ *   heartbeat; past a lease none is alive, and the mark is dropped.
+ * - `unmark_if_gone(e, host, n)`: drops the mark of a host whose keys are gone.
  */
 const EPOCH = `
-local function check_epoch(key, known, fresh)
-  local epoch = redis.call('GET', key)
+local function check_epoch(e, known, fresh)
+  local epoch = redis.call('HGET', e, '')
   if not epoch then
-    redis.call('SET', key, fresh)
+    redis.call('HSET', e, '', fresh)
     if known ~= '' then return fresh, 1 end
     return fresh, 0
   end
   if known ~= '' and epoch ~= known then return epoch, 1 end
   return epoch, 0
 end
+local function keys_lost(e, host, n, w)
+  local deadline = tonumber(redis.call('HGET', e, host) or '0') or 0
+  if deadline <= now then return false end
+  if redis.call('EXISTS', n) == 1 and redis.call('EXISTS', w) == 1 then return false end
+  redis.call('HSET', e, host, math.min(deadline, now + lease))
+  return true
+end
+local function unmark_if_gone(e, host, n)
+  if redis.call('EXISTS', n) == 0 then redis.call('HDEL', e, host) end
+end
 `;
 
 /**
- * Lua function `write(n, w, worker, value, ttl)`: sets `worker`'s field to
- * `value` and renews its lease and the keys' expiry; a value of 0 deletes its
- * field and member. Needs locals `now` and `lease`.
+ * Lua function `write(n, w, e, host, worker, value, ttl)`: sets `worker`'s
+ * field to `value` and renews its lease, the keys' expiry and the host's mark
+ * in the epoch hash; a value of 0 deletes its field and member. Needs locals
+ * `now` and `lease`.
  */
 const WRITE = `
-local function write(n, w, worker, value, ttl)
+local function write(n, w, e, host, worker, value, ttl)
   if value <= 0 then
     redis.call('HDEL', n, worker)
     redis.call('ZREM', w, worker)
@@ -98,14 +118,15 @@ local function write(n, w, worker, value, ttl)
   redis.call('ZADD', w, now + lease, worker)
   redis.call('PEXPIRE', n, ttl)
   redis.call('PEXPIRE', w, ttl)
+  redis.call('HSET', e, host, now + ttl - 1000)
 end
 `;
 
 /**
  * `acquire(worker, leaseMs, floor, ttlMs, known, fresh, trusted, releases,
- * limit...)` on `KEYS` = n, w, epoch: first gives back `releases` slots of
- * `worker`, then takes one slot per `limit`, in order, for each while `limit`
- * is 0 or the live workers hold fewer than it, unless the keys were lost.
+ * host, limit...)` on `KEYS` = n, w, epoch hash: first gives back `releases`
+ * slots of `worker`, then takes one slot per `limit`, in order, for each while
+ * `limit` is 0 or the live workers hold fewer than it, unless keys were lost.
  * `floor` is the number of slots the worker knows it holds (after the
  * releases): a live count below it is raised to it first; when the worker's
  * last write is known to have landed (`trusted` = 1), a count below it means
@@ -119,8 +140,10 @@ local floor = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
 local trusted = ARGV[7] == '1'
 local releases = tonumber(ARGV[8])
+local host = ARGV[9]
 ` + LIVE + EPOCH + WRITE + `
 local epoch, lost = check_epoch(KEYS[3], ARGV[5], ARGV[6])
+if lost == 0 and keys_lost(KEYS[3], host, KEYS[1], KEYS[2]) then lost = 2 end
 local sum, mine = live(KEYS[1], KEYS[2], worker, true)
 local changed = false
 if releases > 0 then
@@ -136,7 +159,7 @@ if mine < floor then
   changed = true
 end
 local out = {0, lost, epoch}
-for i = 9, #ARGV do
+for i = 10, #ARGV do
   local limit = tonumber(ARGV[i])
   if lost == 0 and (limit <= 0 or sum < limit) then
     sum = sum + 1
@@ -148,52 +171,67 @@ for i = 9, #ARGV do
   end
 end
 out[1] = sum
-if changed then write(KEYS[1], KEYS[2], worker, mine, ttl) end
+if changed then write(KEYS[1], KEYS[2], KEYS[3], host, worker, mine, ttl) end
+unmark_if_gone(KEYS[3], host, KEYS[1])
 return out
 `;
 
 /**
- * `release(worker, count)`: gives back `count` slots of `worker`; at 0 (or
- * below, when the field was already gone) its field and member are deleted.
+ * `release(worker, count, host)` on `KEYS` = n, w, epoch hash: gives back
+ * `count` slots of `worker`; at 0 (or below, when the field was already gone)
+ * its field and member are deleted, and with the last one the host's mark.
  * Returns the worker's remaining count.
  */
 export const RELEASE_LUA: string = `
 local v = redis.call('HINCRBY', KEYS[1], ARGV[1], -tonumber(ARGV[2]))
-if v <= 0 then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return 0
-end
-return v
+if v > 0 then return v end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HDEL', KEYS[3], ARGV[3]) end
+return 0
 `;
 
 /**
- * `sync(worker, leaseMs, ttlMs, known, fresh, [count, floor, trusted]...)` on
- * `KEYS` = epoch, then n and w of each host, all in one slot: sets `worker`'s
- * field of each host to its `count`, its own truth, and renews its lease; a
- * count of 0 deletes its field and member. `floor` and `trusted` detect lost
- * keys as in {@linkcode ACQUIRE_LUA}. Returns `{epoch, lost, [total,
+ * `sync(worker, leaseMs, ttlMs, known, fresh, [count, floor, trusted,
+ * host]...)` on `KEYS` = epoch hash, then n and w of each host, all in one
+ * slot: sets `worker`'s field of each host to its `count`, its own truth, and
+ * renews its lease; a count of 0 deletes its field and member. `floor` and
+ * `trusted` detect lost keys as in {@linkcode ACQUIRE_LUA}. Also drops up to
+ * four marks of hosts whose keys have expired. Returns `{epoch, lost, [total,
  * hostLost]...}`.
  */
 export const SYNC_LUA: string = NOW + `
 local worker = ARGV[1]
 local lease = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
+local e = KEYS[1]
 ` + LIVE + EPOCH + WRITE + `
-local epoch, lost = check_epoch(KEYS[1], ARGV[4], ARGV[5])
+local epoch, lost = check_epoch(e, ARGV[4], ARGV[5])
 local out = {epoch, lost}
 for h = 0, (#KEYS - 1) / 2 - 1 do
   local n = KEYS[2 + 2 * h]
   local w = KEYS[3 + 2 * h]
-  local count = tonumber(ARGV[6 + 3 * h])
-  local floor = tonumber(ARGV[7 + 3 * h])
-  local trusted = ARGV[8 + 3 * h] == '1'
-  local sum, mine = live(n, w, worker, true)
+  local count = tonumber(ARGV[6 + 4 * h])
+  local floor = tonumber(ARGV[7 + 4 * h])
+  local trusted = ARGV[8 + 4 * h] == '1'
+  local host = ARGV[9 + 4 * h]
   local hostLost = 0
+  if keys_lost(e, host, n, w) then hostLost = 2 end
+  local sum, mine = live(n, w, worker, true)
   if trusted and mine < floor then hostLost = 2 end
-  write(n, w, worker, count, ttl)
+  write(n, w, e, host, worker, count, ttl)
+  unmark_if_gone(e, host, n)
   out[#out + 1] = sum - mine + math.max(count, 0)
   out[#out + 1] = hostLost
+end
+-- HRANDFIELD needs Redis 6.2; older ones keep expired marks until touched.
+local ok, sample = pcall(redis.call, 'HRANDFIELD', e, 4, 'WITHVALUES')
+if ok then
+  for i = 1, #sample, 2 do
+    if sample[i] ~= '' and (tonumber(sample[i + 1]) or 0) <= now then
+      redis.call('HDEL', e, sample[i])
+    end
+  end
 end
 return out
 `;
