@@ -484,6 +484,9 @@ await redisTest(
         3_000,
         "local slots re-asserted",
       );
+      // Redis came back empty: during the recovery window that follows,
+      // failure mode local still applies; after it, the fleet's count does.
+      await sleep(Math.min(LEASE / 3, 1_000) + 1_100);
       assert.equal(await ws[1].acquire(host, 3), false);
       assert.ok(logs().some((r) => /failure mode local/.test(text(r))));
     });
@@ -1211,5 +1214,26 @@ await redisTest(
     await sleep(100);
     assert.equal(await evalsha(), 1);
     assert.equal(await ws[0].count(host), 1);
+  },
+);
+
+await redisTest(
+  "lost keys of one host put only that host in recovery; other hosts keep being counted",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    const server = redis.server!;
+    await using ws = limiters(2, { redis: redis.url, prefix: "dprl", lease: 6_000 });
+    assert.equal(await ws[0].acquire("a.example", 1), true);
+    assert.equal(await ws[1].acquire("b.example", 2), true);
+    await server.cli("DEL", "dprl:{a.example}:n", "dprl:{a.example}:w");
+    await assert.rejects(ws[1].acquire("a.example", 1), LimiterUnavailableError);
+    assert.equal(await ws[1].acquire("b.example", 2), true);
+    assert.equal(await ws[1].acquire("b.example", 2), false);
+    await waitFor(
+      async () => (await ws[1].count("a.example")) === 1,
+      2_000,
+      "a.example re-asserted",
+    );
   },
 );

@@ -199,6 +199,10 @@ export class RedisLimiter implements Limiter {
   #fresh = crypto.randomUUID();
   /** When lost keys last made this worker re-assert its counts (ms since epoch). */
   #lossBeatAt = 0;
+  /** Until when (ms since epoch) a loss is not logged again. */
+  #lossLoggedUntil = 0;
+  /** Until when (ms since epoch) new slots of a host whose keys were lost follow the failure mode. */
+  #hostRecoverUntil = new Map<string, number>();
   /** The last error the client reported, told when the connection closes. */
   #lastError: unknown = null;
   /** This worker's entry in the worker registry. */
@@ -305,7 +309,7 @@ export class RedisLimiter implements Limiter {
     this.#startHeartbeat();
     this.#subscribe();
     if (this.#failFast()) return this.#fallback(host, s, limit, null);
-    if (this.#recoverUntil > Date.now()) {
+    if (this.#recovering(host)) {
       return this.#fallback(
         host,
         s,
@@ -409,7 +413,7 @@ export class RedisLimiter implements Limiter {
       return;
     }
     const lost = Number(reply[1]);
-    this.#noteEpoch(epochKey, lost, String(reply[2]));
+    this.#noteEpoch(epochKey, lost, String(reply[2]), host);
     s.counted += granted;
     this.#attach(host, s);
     this.#fleet.set(host, Number(reply[0]));
@@ -585,48 +589,70 @@ export class RedisLimiter implements Limiter {
    * lost keys since this worker last looked (`lost` 2: this host's keys;
    * another token than the one known: the slot's keys), starts recovery.
    */
-  #noteEpoch(key: string, lost: number, token: string): void {
+  #noteEpoch(key: string, lost: number, token: string, host: string): void {
     if (token === this.#fresh) this.#fresh = crypto.randomUUID();
     const known = this.#known.get(key);
     this.#known.set(key, token);
-    if (lost === 2 || (known !== undefined && known !== token)) {
-      this.#recover(
-        lost === 2 ? "a host's keys were deleted or evicted" : "its keys were flushed or evicted",
-        true,
-      );
+    if (known !== undefined && known !== token) {
+      this.#recover("its keys were flushed or evicted", true, null);
+    } else if (lost === 2) {
+      this.#recover(`the keys of ${host} were deleted or evicted`, true, host);
     }
   }
 
+  /** Whether new slots of `host` follow the failure mode while counts are re-asserted. */
+  #recovering(host: string): boolean {
+    const now = Date.now();
+    if (this.#recoverUntil > now) return true;
+    const until = this.#hostRecoverUntil.get(host);
+    if (until === undefined) return false;
+    if (until > now) return true;
+    this.#hostRecoverUntil.delete(host);
+    return false;
+  }
+
   /**
-   * Redis lost counts: for the recovery window new slots follow the failure
-   * mode, every host is re-asserted at once and, when this worker saw it
-   * first, the fleet is told on `<prefix>:lost` so that every worker does so.
+   * Redis lost counts (of one host, or of `null`: all): for the recovery
+   * window new slots of them follow the failure mode, every host is
+   * re-asserted at once and, when this worker saw it first, the fleet is told
+   * on `<prefix>:lost` so that every worker does so. Logged at most once a
+   * window.
    */
-  #recover(what: string, tellFleet: boolean): void {
+  #recover(what: string, tellFleet: boolean, host: string | null): void {
     if (this.#closed) return;
     const now = Date.now();
-    const recovering = this.#recoverUntil > now;
     const window = Math.min(this.#lease / 3, 1_000) + 1_000;
-    this.#recoverUntil = Math.max(this.#recoverUntil, now + window);
-    if (!recovering) {
-      this.#logger.warn(
-        "Redis lost dprl's counts ({what}); for {ms} ms new connections follow failure mode {mode} while the fleet re-asserts its counts",
-        { what, ms: window, mode: this.#mode },
+    // A restart or loss of every count, already told, covers a host too.
+    const announced = this.#recoverUntil > now;
+    const recovering = announced ||
+      (host !== null && (this.#hostRecoverUntil.get(host) ?? 0) > now);
+    if (host === null) this.#recoverUntil = Math.max(this.#recoverUntil, now + window);
+    else {
+      this.#hostRecoverUntil.set(
+        host,
+        Math.max(this.#hostRecoverUntil.get(host) ?? 0, now + window),
       );
-      if (tellFleet) {
-        const notice = JSON.stringify({ from: this.#worker, known: [...this.#known] });
-        this.#client.publish(`${this.#prefix}:lost`, notice).catch(() => {});
-      }
+    }
+    if (!announced && now >= this.#lossLoggedUntil) {
+      this.#lossLoggedUntil = now + window;
+      this.#logger.warn(
+        "Redis lost dprl's counts ({what}); for {ms} ms new connections {scope} follow failure mode {mode} while the fleet re-asserts its counts",
+        { what, ms: window, scope: host === null ? "to any host" : `to ${host}`, mode: this.#mode },
+      );
+    }
+    if (!recovering && tellFleet) {
+      const notice = JSON.stringify({ from: this.#worker, known: [...this.#known], host });
+      this.#client.publish(`${this.#prefix}:lost`, notice).catch(() => {});
     }
     if (recovering && now - this.#lossBeatAt < 100) return;
     this.#lossBeatAt = now;
-    for (const [host, s] of this.#hosts) this.#markDirty(host, s);
+    for (const [h, s] of this.#hosts) this.#markDirty(h, s);
     this.#beat();
   }
 
   /** Another worker saw Redis lose keys: adopt its tokens and re-assert. */
   #lossNotice(message: string): void {
-    let notice: { from?: unknown; known?: unknown };
+    let notice: { from?: unknown; known?: unknown; host?: unknown };
     try {
       notice = JSON.parse(message);
     } catch {
@@ -641,7 +667,8 @@ export class RedisLimiter implements Limiter {
         this.#known.set(entry[0], entry[1]);
       }
     }
-    this.#recover(`seen by worker ${String(notice.from)}`, false);
+    const host = typeof notice.host === "string" ? notice.host : null;
+    this.#recover(`seen by worker ${String(notice.from)}`, false, host);
   }
 
   #state(host: string): HostState {
@@ -790,14 +817,15 @@ export class RedisLimiter implements Limiter {
       )
     ).then(
       (reply) => {
-        let lost = Number(reply[1]);
+        this.#noteEpoch(e, Number(reply[1]), String(reply[0]), "");
         hosts.forEach(([host, s], i) => {
           if (s.dirtyGen === dirtyAt[i]) s.dirty = false;
           this.#fleet.set(host, Number(reply[2 + 2 * i]));
-          if (Number(reply[3 + 2 * i]) === 2) lost = 2;
+          if (Number(reply[3 + 2 * i]) === 2) {
+            this.#recover(`the keys of ${host} were deleted or evicted`, true, host);
+          }
           this.#collect(host, s);
         });
-        this.#noteEpoch(e, lost, String(reply[0]));
       },
       () => {
         for (const [host, s] of hosts) this.#markDirty(host, s);
