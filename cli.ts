@@ -149,6 +149,21 @@ const FLAGS: Record<string, Flag> = {
     default: DEFAULTS.failureMode,
     help: "while Redis is unreachable: closed (refuse), open (admit) or local (limit in memory)",
   },
+  "redis-tls-ca": {
+    value: "file",
+    env: "DPRL_REDIS_TLS_CA",
+    help: "PEM file of the CA that signed Redis's certificate (implies TLS)",
+  },
+  "redis-tls-cert": {
+    value: "file",
+    env: "DPRL_REDIS_TLS_CERT",
+    help: "PEM file of a client certificate for Redis (mutual TLS)",
+  },
+  "redis-tls-key": {
+    value: "file",
+    env: "DPRL_REDIS_TLS_KEY",
+    help: "PEM file of the key of --redis-tls-cert",
+  },
   "lease": {
     value: "duration",
     env: "DPRL_LEASE",
@@ -474,6 +489,7 @@ function redisConfig(
   const dbText = value("redis-db");
   // Without --redis-db the client's own default (database 0) applies.
   const db = dbText === undefined ? {} : { db: integer("redis-db", dbText, 0, 1_000_000) };
+  const tls = redisTls(value);
   switch (given[0]) {
     case "redis-url": {
       const url = value("redis-url")!;
@@ -482,16 +498,19 @@ function redisConfig(
           `--redis-url must be a redis:// or rediss:// URL, got "${url}"`,
         );
       }
-      return url;
+      if (tls && !/^rediss:/i.test(url)) {
+        throw new UsageError(`--redis-tls-* need a rediss:// URL, got "${url}"`);
+      }
+      return tls ? { url, tls } : url;
     }
     case "redis-addr": {
       const [node] = nodes("redis-addr", value("redis-addr")!);
-      return { ...node, password, ...db };
+      return { ...node, password, ...db, tls };
     }
     case "redis-cluster":
       return {
         cluster: nodes("redis-cluster", value("redis-cluster")!),
-        options: { redisOptions: { password } },
+        options: { redisOptions: { password, tls } },
       };
     case "redis-sentinels":
       return {
@@ -499,9 +518,32 @@ function redisConfig(
         name: value("redis-master-name"),
         password,
         ...db,
+        ...(tls ? { tls, sentinelTLS: tls, enableTLSForSentinelMode: true } : {}),
       };
   }
   return undefined;
+}
+
+/** Reads the `--redis-tls-*` files into ioredis TLS options, or `undefined` without them. */
+function redisTls(
+  value: (name: string) => string | undefined,
+): { ca?: string; cert?: string; key?: string } | undefined {
+  const tls: { ca?: string; cert?: string; key?: string } = {};
+  for (const [name, field] of [["ca", "ca"], ["cert", "cert"], ["key", "key"]] as const) {
+    const path = value(`redis-tls-${name}`);
+    if (!path) continue;
+    try {
+      tls[field] = Deno.readTextFileSync(path);
+    } catch (err) {
+      throw new UsageError(
+        `--redis-tls-${name}: cannot read "${path}": ${(err as Error).message.split("\n")[0]}`,
+      );
+    }
+  }
+  if (!tls.cert !== !tls.key) {
+    throw new UsageError("--redis-tls-cert and --redis-tls-key must be given together");
+  }
+  return Object.keys(tls).length > 0 ? tls : undefined;
 }
 
 /**

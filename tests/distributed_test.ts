@@ -2,7 +2,14 @@
 // holds across all of them, including when one of them is killed.
 import assert from "node:assert/strict";
 import { ProxyRateLimiter } from "../mod.ts";
-import { RedisServer, redisTest, waitFor } from "./_helpers/redis_server.ts";
+import {
+  freePort,
+  makeTlsFiles,
+  RedisServer,
+  redisTest,
+  redisTlsUnavailable,
+  waitFor,
+} from "./_helpers/redis_server.ts";
 
 const LEASE = 600;
 const enc = new TextEncoder();
@@ -415,6 +422,179 @@ await redisTest(
     } finally {
       a.close();
       b.close();
+    }
+  },
+);
+
+/** Runs `deno run -A cli.ts args...` until `until` matches its stderr, or it exits. */
+async function runCli(
+  args: string[],
+  until: RegExp,
+): Promise<{ child: Deno.ChildProcess; out: string; exited: boolean }> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL("../cli.ts", import.meta.url).pathname, ...args],
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  let out = "";
+  let exited = false;
+  const guard = setTimeout(() => child.kill("SIGKILL"), 30_000);
+  while (!until.test(out)) {
+    const { value, done } = await reader.read();
+    if (done) {
+      exited = true;
+      break;
+    }
+    out += value;
+  }
+  clearTimeout(guard);
+  reader.releaseLock();
+  return { child, out, exited };
+}
+
+const tlsWhy = await redisTlsUnavailable();
+if (tlsWhy !== null) {
+  console.warn(`\n!!! SKIPPED the Redis TLS command-line test: ${tlsWhy}.\n`);
+}
+Deno.test({
+  name:
+    "the command line reaches a TLS-only Redis with --redis-tls-ca, --redis-tls-cert and --redis-tls-key, and rejects unreadable files with exit 2",
+  ignore: tlsWhy !== null && !(Deno.env.get("CI") === "true" && !/built without TLS/.test(tlsWhy)),
+  async fn() {
+    if (tlsWhy !== null) throw new Error(`Cannot run this Redis TLS test on CI: ${tlsWhy}`);
+    const dir = await Deno.makeTempDir({ prefix: "dprl-tls-" });
+    try {
+      const files = await makeTlsFiles(dir);
+      const tlsPort = freePort();
+      await using redis = await RedisServer.start({
+        args: [
+          "--tls-port",
+          String(tlsPort),
+          "--tls-cert-file",
+          files.serverCert,
+          "--tls-key-file",
+          files.serverKey,
+          "--tls-ca-cert-file",
+          files.ca,
+          "--tls-auth-clients",
+          "yes",
+        ],
+      });
+      await using up = startTcpUpstream();
+      const authority = `127.0.0.1:${up.port}`;
+      for (
+        const target of [
+          ["--redis-url", `rediss://127.0.0.1:${tlsPort}`],
+          ["--redis-addr", `127.0.0.1:${tlsPort}`],
+        ]
+      ) {
+        const { child, out, exited } = await runCli([
+          "--port",
+          "0",
+          "--hostname",
+          "127.0.0.1",
+          "--max-connections",
+          "1",
+          ...target,
+          "--redis-tls-ca",
+          files.ca,
+          "--redis-tls-cert",
+          files.clientCert,
+          "--redis-tls-key",
+          files.clientKey,
+        ], /listening on (\S+)/);
+        try {
+          assert.ok(!exited, out);
+          const url = new URL(/listening on (\S+)/.exec(out)![1]);
+          const t = await connectThrough(url, authority);
+          try {
+            assert.equal(t.status, 200, t.head);
+            const fields = await redis.cli("HVALS", `dprl:{${authority}}:n`);
+            assert.equal(fields.trim(), "1", `${target[0]}: ${fields}`);
+            const over = await connectThrough(url, authority);
+            closeQuietly(over.conn);
+            assert.equal(over.status, 500, over.head);
+          } finally {
+            closeQuietly(t.conn);
+          }
+        } finally {
+          child.kill("SIGTERM");
+          await child.status;
+          await child.stderr.cancel().catch(() => {});
+        }
+      }
+      for (
+        const [args, message] of [
+          [["--redis-tls-ca", `${dir}/missing.pem`], /--redis-tls-ca: cannot read/],
+          [["--redis-tls-cert", files.clientCert], /must be given together/],
+        ] as const
+      ) {
+        const { child, out } = await runCli(
+          ["--port", "0", "--redis-url", `rediss://127.0.0.1:${tlsPort}`, ...args],
+          /\n/,
+        );
+        const status = await child.status;
+        await child.stderr.cancel().catch(() => {});
+        assert.equal(status.code, 2, out);
+        assert.match(out, message);
+        assert.equal(out.trim().split("\n").length, 1, out);
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+await redisTest(
+  "after FLUSHALL while three proxies hold every slot of a host, tunnels that keep being asked for are never admitted over the limit",
+  "server",
+  async () => {
+    await using redis = await RedisServer.start();
+    await using up = startTcpUpstream();
+    const fleet = [] as ProxyRateLimiter[];
+    try {
+      for (let i = 0; i < 3; i++) {
+        // A long lease: the heartbeat (every 2 s) alone would come too late.
+        const p = new ProxyRateLimiter({
+          port: 0,
+          defaultMaxConnectionsPerHost: 4,
+          redis: redis.url,
+          lease: 6_000,
+        });
+        fleet.push(p);
+        await p.start();
+      }
+      const authority = `127.0.0.1:${up.port}`;
+      const held: Deno.Conn[] = [];
+      try {
+        for (let i = 0; i < 4; i++) {
+          const t = await connectThrough(fleet[i % 3].proxyUrl!, authority);
+          held.push(t.conn);
+          assert.equal(t.status, 200, t.head);
+        }
+        await redis.cli("FLUSHALL");
+        const statuses = new Map<number, number>();
+        const until = Date.now() + 2_500;
+        await Promise.all(fleet.map(async (p) => {
+          while (Date.now() < until) {
+            const t = await connectThrough(p.proxyUrl!, authority);
+            closeQuietly(t.conn);
+            statuses.set(t.status, (statuses.get(t.status) ?? 0) + 1);
+            await sleep(10);
+          }
+        }));
+        assert.equal(statuses.get(200) ?? 0, 0, JSON.stringify([...statuses]));
+        assert.ok([...statuses.values()].reduce((a, b) => a + b, 0) > 50);
+        assert.ok(up.open <= 4, `upstream holds ${up.open}`);
+        assert.equal(await fleet[0].activeConnectionsForHost(authority), 4);
+      } finally {
+        held.forEach(closeQuietly);
+      }
+    } finally {
+      await Promise.all(fleet.map((p) => p.stop({ graceMs: 200 })));
     }
   },
 );

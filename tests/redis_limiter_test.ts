@@ -8,11 +8,15 @@ import {
 } from "../lib/limit/redis_limiter.ts";
 import { LimiterUnavailableError } from "../lib/limit/limiter.ts";
 import {
+  freePort,
+  makeTlsFiles,
   rawCommand,
   redisAvailability,
   RedisClusterServers,
   RedisServer,
   redisTest,
+  redisTlsUnavailable,
+  type TlsFiles,
   waitFor,
 } from "./_helpers/redis_server.ts";
 
@@ -480,6 +484,9 @@ await redisTest(
         3_000,
         "local slots re-asserted",
       );
+      // Redis came back empty: during the recovery window that follows,
+      // failure mode local still applies; after it, the fleet's count does.
+      await sleep(Math.min(LEASE / 3, 1_000) + 1_100);
       assert.equal(await ws[1].acquire(host, 3), false);
       assert.ok(logs().some((r) => /failure mode local/.test(text(r))));
     });
@@ -571,6 +578,11 @@ await redisTest(
       "client|setinfo",
       "select",
       "time",
+      "exists",
+      "hrandfield",
+      "del",
+      "hgetall",
+      "zrange",
       "hget",
       "hset",
       "hdel",
@@ -645,6 +657,22 @@ await redisTest(
       }
     }
     assert.ok(nodesUsed.size >= 2, "hosts spread over the masters");
+    // The worker registry works on Cluster too.
+    assert.deepEqual(
+      (await ws[0].workers()).map((w) => w.id).sort(),
+      ws.map((w) => w.workerId).sort(),
+    );
+    // Each host's epoch key lives in the slot of its counters.
+    const epochSlots = new Set<string>();
+    for (const s of cluster.servers) {
+      for (const key of (await s.cli("KEYS", "dprl:*:epoch")).trim().split("\n").filter(Boolean)) {
+        epochSlots.add((await first.cli("CLUSTER", "KEYSLOT", key)).trim());
+      }
+    }
+    for (const host of hosts) {
+      const slot = (await first.cli("CLUSTER", "KEYSLOT", `dprl:{${host}}:n`)).trim();
+      assert.ok(epochSlots.has(slot), `no epoch key in slot ${slot} of ${host}`);
+    }
     for (const host of hosts) {
       const holder = ws.find((w) => w.localCount(host) > 0)!;
       holder.release(host);
@@ -652,5 +680,560 @@ await redisTest(
     for (const host of hosts) {
       await waitFor(async () => await ws[0].acquire(host, limit), 2_000, host);
     }
+  },
+);
+
+/**
+ * Three workers hold `limit` slots of a host and a fourth holds none; after
+ * `wipe` (run against the server) clients keep asking every worker for 2.5 s:
+ * none may get a slot, and the counts come back before the next heartbeat.
+ */
+async function lostKeysScenario(
+  wipe: (server: RedisServer, host: string) => Promise<unknown>,
+  strangerFirst = false,
+): Promise<{ logs: LogRecord[] }> {
+  await using redis = await useRedis();
+  const server = redis.server!;
+  const { logger, logs } = testLogger();
+  // A long lease: the heartbeat (every 2 s) alone would come too late.
+  const lease = 6_000;
+  await using ws = limiters(4, { redis: redis.url, prefix: "dprl", logger, lease });
+  const host = "lost.example";
+  const limit = 4;
+  for (let i = 0; i < limit; i++) assert.equal(await ws[i % 3].acquire(host, limit), true);
+  assert.equal(await ws[3].acquire("other.example", 0), true); // knows the epoch
+  assert.equal(await ws[3].acquire(host, limit), false);
+  await wipe(server, host);
+  const wipedAt = Date.now();
+  let extra = 0;
+  let asked = 0;
+  const ask = async (w: RedisLimiter): Promise<void> => {
+    asked++;
+    try {
+      if (await w.acquire(host, limit)) extra++;
+    } catch (error) {
+      assert.ok(error instanceof LimiterUnavailableError, String(error));
+    }
+  };
+  // The worker that holds nothing of the host asks alone first.
+  if (strangerFirst) await ask(ws[3]);
+  let restoredIn = -1;
+  const until = wipedAt + 2_500;
+  const counts = (async () => {
+    while (Date.now() < until && restoredIn < 0) {
+      const out = await server.cli("HVALS", `dprl:{${host}}:n`);
+      const sum = out.trim().split("\n").filter(Boolean).reduce((a, v) => a + Number(v), 0);
+      if (sum === limit) restoredIn = Date.now() - wipedAt;
+      await sleep(10);
+    }
+  })();
+  await Promise.all(ws.map(async (w) => {
+    while (Date.now() < until) {
+      await ask(w);
+      await sleep(5);
+    }
+  }));
+  await counts;
+  assert.ok(asked > 100, `only ${asked} asks`);
+  assert.equal(extra, 0, `${extra} slots over the limit were granted`);
+  assert.ok(restoredIn >= 0 && restoredIn < lease / 3, `counts restored after ${restoredIn} ms`);
+  // Once the recovery window is over, every worker refuses by the counts.
+  for (const w of ws) {
+    const deadline = Date.now() + 5_000;
+    while (true) {
+      try {
+        assert.equal(await w.acquire(host, limit), false);
+        break;
+      } catch (error) {
+        if (!(error instanceof LimiterUnavailableError) || Date.now() > deadline) throw error;
+        await sleep(50);
+      }
+    }
+  }
+  assert.equal(await ws[3].count(host), limit);
+  ws[0].release(host);
+  await waitFor(async () => await ws[3].acquire(host, limit), 2_000, "a freed slot");
+  return { logs: logs() };
+}
+
+await redisTest(
+  "after FLUSHALL while three workers hold slots, clients that keep asking are never admitted over the limit",
+  "server",
+  async () => {
+    const { logs } = await lostKeysScenario((server) => server.cli("FLUSHALL"));
+    const lost = logs.filter((r) => /lost dprl's counts/.test(text(r)));
+    assert.ok(lost.length >= 1 && lost.length <= 4, logs.map(text).join(" | "));
+  },
+);
+
+await redisTest(
+  "after FLUSHDB while workers hold slots, nothing is admitted over the limit",
+  "server",
+  async () => {
+    await lostKeysScenario((server) => server.cli("FLUSHDB"));
+  },
+);
+
+for (
+  const [what, keys] of [
+    ["DEL of a host's keys", ["n", "w"]],
+    ["eviction of a host's hash alone", ["n"]],
+    ["eviction of a host's lease set alone", ["w"]],
+  ] as const
+) {
+  await redisTest(
+    `after ${what}, a worker holding nothing of it asks first and nothing is admitted over the limit`,
+    "server",
+    async () => {
+      await lostKeysScenario(
+        (server, host) => server.cli("DEL", ...keys.map((k) => `dprl:{${host}}:${k}`)),
+        true,
+      );
+    },
+  );
+}
+
+await redisTest(
+  "a forged worker entry with a far-future lease is ignored at once and one within a lease dies with it",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    const server = redis.server!;
+    await using ws = limiters(1, { redis: redis.url, prefix: "dprl" });
+    const w = ws[0];
+    const host = "poison.example";
+    const n = `dprl:{${host}}:n`;
+    const wk = `dprl:{${host}}:w`;
+    const redisNow = async () => {
+      const [sec, usec] = (await server.cli("TIME")).trim().split("\n").map(Number);
+      return sec * 1000 + Math.floor(usec / 1000);
+    };
+    // A stranger's HSET and ZADD with a lease a year ahead.
+    await server.cli("HSET", n, "fake", "1000");
+    await server.cli("ZADD", wk, String((await redisNow()) + 365 * 86_400_000), "fake");
+    // A count without any lease.
+    await server.cli("HSET", n, "orphan", "1000");
+    assert.equal(await w.count(host), 0);
+    assert.equal(await w.acquire(host, 2), true);
+    assert.equal(await w.acquire(host, 2), true);
+    assert.equal(await w.acquire(host, 2), false);
+    assert.equal((await server.cli("HEXISTS", n, "fake")).trim(), "0");
+    assert.equal((await server.cli("HEXISTS", n, "orphan")).trim(), "0");
+    assert.equal((await server.cli("ZSCORE", wk, "fake")).trim(), "");
+    w.release(host);
+    w.release(host);
+    // A forged lease within one lease counts until it passes.
+    await server.cli("HSET", n, "fake", "1000");
+    await server.cli("ZADD", wk, String((await redisNow()) + LEASE), "fake");
+    assert.equal(await w.acquire(host, 2), false);
+    const forgedAt = Date.now();
+    await waitFor(async () => await w.acquire(host, 2), LEASE + 500, "the forged lease to pass");
+    assert.ok(Date.now() - forgedAt <= LEASE + 500);
+    assert.equal(await w.count(host), 1);
+  },
+);
+
+await redisTest(
+  "a wrong Redis password is one warning that says so, however many requests fail",
+  "server",
+  async () => {
+    await using server = await RedisServer.start({ args: ["--requirepass", "right"] });
+    for (const password of ["wrong", undefined]) {
+      const { logger, logs } = testLogger();
+      await using ws = limiters(1, {
+        redis: { host: "127.0.0.1", port: server.port, password },
+        logger,
+        timeout: 300,
+      });
+      for (let i = 0; i < 30; i++) {
+        await assert.rejects(ws[0].acquire("auth.example", 2), LimiterUnavailableError);
+      }
+      await sleep(300); // a few reconnect attempts
+      for (let i = 0; i < 10; i++) {
+        await assert.rejects(ws[0].acquire("auth.example", 2), LimiterUnavailableError);
+      }
+      assert.equal(ws[0].up, false);
+      const lines = logs();
+      assert.equal(lines.length, 1, lines.map(text).join(" | "));
+      assert.equal(lines[0].level, "warning");
+      assert.match(text(lines[0]), /refused the credentials \((WRONGPASS|NOAUTH).*password/);
+    }
+  },
+);
+
+await redisTest(
+  "a Redis outage is logged once however many requests are refused meanwhile",
+  "server",
+  async () => {
+    await stoppedRedisScenario("closed", async ({ server, ws, host, logs }) => {
+      assert.equal(await ws[0].acquire(host, 5), true);
+      await server.kill();
+      for (let i = 0; i < 200; i++) {
+        await assert.rejects(ws[0].acquire(host, 5), LimiterUnavailableError);
+        ws[0].release(host);
+        await ws[0].count(host).catch(() => {});
+      }
+      const lines = logs();
+      assert.equal(lines.length, 1, lines.map(text).join(" | "));
+      assert.match(text(lines[0]), /unreachable/);
+    });
+  },
+);
+
+await redisTest(
+  "dprl warns once at start when Redis may evict its keys, and not when it may not or will not say",
+  "server",
+  async () => {
+    const cases: [string[], number][] = [
+      [["--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru"], 1],
+      [["--maxmemory", "100mb", "--maxmemory-policy", "volatile-ttl"], 1],
+      [["--maxmemory", "100mb", "--maxmemory-policy", "noeviction"], 0],
+      [["--maxmemory", "0", "--maxmemory-policy", "allkeys-lru"], 0],
+      [[
+        "--maxmemory",
+        "100mb",
+        "--maxmemory-policy",
+        "allkeys-lru",
+        "--rename-command",
+        "CONFIG",
+        "",
+      ], 0],
+    ];
+    for (const [args, warnings] of cases) {
+      await using server = await RedisServer.start({ args });
+      const { logger, logs } = testLogger();
+      await using ws = limiters(2, { redis: server.url, logger });
+      for (let i = 0; i < 5; i++) await ws[i % 2].acquire("evict.example", 0);
+      await waitFor(() => logs().length >= warnings, 2_000, "the warning");
+      await sleep(100);
+      const lines = logs().filter((r) => /evict/.test(text(r)));
+      assert.equal(
+        lines.length,
+        warnings * 2,
+        `${args.join(" ")}: ${logs().map(text).join(" | ")}`,
+      );
+      assert.ok(lines.every((r) => /noeviction/.test(text(r))));
+    }
+  },
+);
+
+/**
+ * Registers a test against a `redis-server` that speaks TLS only, with a CA
+ * and certificates made by `openssl` for the test. Skipped loudly when this
+ * redis-server was built without TLS; fails under `CI=true` when
+ * `redis-server` or `openssl` is missing.
+ */
+async function redisTlsTest(
+  name: string,
+  serverArgs: string[],
+  fn: (ctx: { port: number; files: TlsFiles; pem: (path: string) => string }) => Promise<void>,
+): Promise<void> {
+  const why = await redisTlsUnavailable();
+  if (why === null) {
+    Deno.test(name, async () => {
+      const dir = await Deno.makeTempDir({ prefix: "dprl-tls-" });
+      try {
+        const files = await makeTlsFiles(dir);
+        const port = freePort();
+        await using _server = await RedisServer.start({
+          args: [
+            "--tls-port",
+            String(port),
+            "--tls-cert-file",
+            files.serverCert,
+            "--tls-key-file",
+            files.serverKey,
+            "--tls-ca-cert-file",
+            files.ca,
+            ...serverArgs,
+          ],
+        });
+        await fn({ port, files, pem: (path) => Deno.readTextFileSync(path) });
+      } finally {
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+      }
+    });
+    return;
+  }
+  if (Deno.env.get("CI") === "true" && !/built without TLS/.test(why)) {
+    Deno.test(name, () => {
+      throw new Error(`Cannot run this Redis TLS test on CI: ${why}`);
+    });
+    return;
+  }
+  console.warn(`\n!!! SKIPPED Redis TLS test "${name}": ${why}.\n`);
+  Deno.test({ name, ignore: true, fn() {} });
+}
+
+await redisTlsTest(
+  "Redis over TLS with a private CA given as tls.ca counts slots, by options and by rediss:// URL",
+  ["--tls-auth-clients", "no"],
+  async ({ port, files, pem }) => {
+    const ca = pem(files.ca);
+    await using ws = limiters(1, { redis: { host: "127.0.0.1", port, tls: { ca } } });
+    await using byUrl = limiters(1, { redis: { url: `rediss://127.0.0.1:${port}`, tls: { ca } } });
+    assert.equal(await ws[0].acquire("tls.example", 2), true);
+    assert.equal(await byUrl[0].acquire("tls.example", 2), true);
+    assert.equal(await ws[0].acquire("tls.example", 2), false);
+    assert.equal(await byUrl[0].count("tls.example"), 2);
+    assert.equal(ws[0].up, true);
+  },
+);
+
+await redisTlsTest(
+  "without the private CA the TLS failure is one warning that names the cause",
+  ["--tls-auth-clients", "no"],
+  async ({ port }) => {
+    const { logger, logs } = testLogger();
+    await using ws = limiters(1, {
+      redis: `rediss://127.0.0.1:${port}`,
+      logger,
+      timeout: 500,
+    });
+    for (let i = 0; i < 10; i++) {
+      await assert.rejects(ws[0].acquire("tls.example", 2), LimiterUnavailableError);
+    }
+    await sleep(300);
+    const lines = logs();
+    assert.equal(lines.length, 1, lines.map(text).join(" | "));
+    assert.match(text(lines[0]), /self[- ]signed|certificate/i);
+    assert.match(text(lines[0]), /certificate/i);
+    assert.doesNotMatch(text(lines[0]), /Connection to Redis closed/);
+  },
+);
+
+await redisTlsTest(
+  "mutual TLS: a client certificate from tls.cert and tls.key is accepted, none is refused with a warning",
+  ["--tls-auth-clients", "yes"],
+  async ({ port, files, pem }) => {
+    const ca = pem(files.ca);
+    await using ws = limiters(1, {
+      redis: {
+        host: "127.0.0.1",
+        port,
+        tls: { ca, cert: pem(files.clientCert), key: pem(files.clientKey) },
+      },
+    });
+    assert.equal(await ws[0].acquire("mtls.example", 1), true);
+    assert.equal(await ws[0].acquire("mtls.example", 1), false);
+    const { logger, logs } = testLogger();
+    await using anon = limiters(1, {
+      redis: { host: "127.0.0.1", port, tls: { ca } },
+      logger,
+      timeout: 500,
+    });
+    for (let i = 0; i < 5; i++) {
+      await assert.rejects(anon[0].acquire("mtls.example", 1), LimiterUnavailableError);
+    }
+    await sleep(300);
+    const lines = logs();
+    assert.equal(lines.length, 1, lines.map(text).join(" | "));
+    assert.match(text(lines[0]), /certificate/i);
+    assert.doesNotMatch(text(lines[0]), /Connection to Redis closed/);
+  },
+);
+
+await redisTest(
+  "every live worker is in the registry with its info and connections, and leaves it on close or within a lease of dying",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    const server = redis.server!;
+    await using ws = limiters(3, { redis: redis.url, prefix: "dprl" });
+    ws.forEach((w, i) =>
+      w.setWorkerInfo({ version: "9.9.9", adminUrl: `http://127.0.0.1:${9000 + i}/` })
+    );
+    for (let i = 0; i < 3; i++) assert.equal(await ws[0].acquire("reg.example", 0), true);
+    assert.equal(await ws[1].acquire("reg.example", 0), true);
+    await waitFor(
+      async () => (await ws[2].workers()).find((w) => w.id === ws[0].workerId)?.connections === 3,
+      LEASE,
+      "connections after a heartbeat",
+    );
+    const list = await ws[2].workers();
+    assert.deepEqual(list.map((w) => w.id).sort(), ws.map((w) => w.workerId).sort());
+    for (const [i, w] of ws.entries()) {
+      const info = list.find((x) => x.id === w.workerId)!;
+      assert.equal(info.version, "9.9.9");
+      assert.equal(info.adminUrl, `http://127.0.0.1:${9000 + i}/`);
+      assert.equal(info.pid, Deno.pid);
+      assert.equal(info.hostname, Deno.hostname());
+      assert.ok(!Number.isNaN(Date.parse(info.started)), info.started);
+      assert.equal(info.connections, [3, 1, 0][i]);
+      const ttl = Number(await server.cli("PTTL", `dprl:worker:${w.workerId}`));
+      assert.ok(ttl > 0 && ttl <= 4 * LEASE, `PTTL ${ttl}`);
+    }
+    // A forged member with a far-future lease is not a worker.
+    await server.cli("ZADD", "dprl:workers", "99999999999999", "forged");
+    await ws[1].close();
+    const after = (await ws[2].workers()).map((w) => w.id).sort();
+    assert.deepEqual(after, [ws[0].workerId, ws[2].workerId].sort());
+    assert.equal((await server.cli("EXISTS", `dprl:worker:${ws[1].workerId}`)).trim(), "0");
+
+    // A worker process killed with SIGKILL drops out within one lease.
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        new URL("./_helpers/redis_worker.ts", import.meta.url).pathname,
+        redis.url,
+        "reg.example",
+        "2",
+        String(LEASE),
+      ],
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    try {
+      const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+      let out = "";
+      while (!out.includes("held 2")) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        out += value;
+      }
+      reader.releaseLock();
+      assert.equal((await ws[0].workers()).length, 3);
+      child.kill("SIGKILL");
+      await child.status;
+      await waitFor(async () => (await ws[0].workers()).length === 2, LEASE + 300, "gone");
+    } finally {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // already dead
+      }
+      await child.status;
+      await child.stdout.cancel().catch(() => {});
+    }
+  },
+);
+
+await redisTest(
+  "fleet counts sum every live worker per known host, refreshed by the heartbeat",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    await using ws = limiters(3, { redis: redis.url, prefix: "dprl" });
+    const calls: number[] = [];
+    ws[0].onCall = (ms) => calls.push(ms);
+    assert.equal(await ws[0].acquire("a.example", 0), true);
+    assert.equal(await ws[1].acquire("a.example", 0), true);
+    assert.equal(await ws[2].acquire("a.example", 0), true);
+    assert.equal(await ws[1].acquire("b.example", 0), true);
+    assert.ok(calls.length >= 1 && calls.every((ms) => ms >= 0 && Number.isFinite(ms)));
+    await waitFor(
+      () => ws[0].fleetCounts().get("a.example") === 3,
+      LEASE,
+      "a.example at 3 after a heartbeat",
+    );
+    assert.equal(ws[0].fleetCounts().has("b.example"), false); // never seen here
+    ws[1].release("a.example");
+    ws[2].release("a.example");
+    await waitFor(() => ws[0].fleetCounts().get("a.example") === 1, LEASE, "1 after releases");
+    ws[0].release("a.example");
+    await waitFor(() => !ws[0].fleetCounts().has("a.example"), 2 * LEASE, "forgotten at 0");
+  },
+);
+
+await redisTest(
+  "up is false while Redis is down and true once it answers again",
+  "server",
+  async () => {
+    await stoppedRedisScenario("closed", async ({ server, ws, host }) => {
+      assert.equal(await ws[0].acquire(host, 2), true);
+      assert.equal(ws[0].up, true);
+      await server.kill();
+      await waitFor(() => !ws[0].up, 2_000, "down");
+      await server.resume();
+      await waitFor(() => ws[0].up, 5_000, "up again");
+    });
+  },
+);
+
+await redisTest(
+  "a heartbeat syncs 300 held hosts in a handful of script calls, not one per host",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    const server = redis.server!;
+    const lease = 3_000; // a heartbeat every second
+    await using ws = limiters(1, { redis: redis.url, prefix: "dprl", lease });
+    const hosts = Array.from({ length: 300 }, (_, i) => `batch${i}.example`);
+    for (const host of hosts) assert.equal(await ws[0].acquire(host, 1), true);
+    await server.cli("CONFIG", "RESETSTAT");
+    await sleep(lease / 3 + 200); // one heartbeat, perhaps two
+    const stats = await server.cli("INFO", "commandstats");
+    const calls = Number(/cmdstat_evalsha:calls=(\d+)/.exec(stats)?.[1] ?? 0);
+    assert.ok(calls >= 5 && calls <= 2 * (Math.ceil(300 / 64) + 1), `${calls} script calls`);
+    // Every host is still held, and by exactly one slot.
+    for (const host of [hosts[0], hosts[150], hosts[299]]) {
+      assert.equal(await ws[0].count(host), 1);
+      assert.equal(await ws[0].acquire(host, 1), false);
+    }
+  },
+);
+
+await redisTest(
+  "acquires and releases of one host in one event-loop turn go to Redis as one script call, and the cap stays exact",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    const server = redis.server!;
+    // A long lease keeps the heartbeat out of the counts below.
+    await using ws = limiters(2, { redis: redis.url, prefix: "dprl", lease: 60_000 });
+    const host = "turn.example";
+    assert.equal(await ws[0].acquire("warm.example", 0), true);
+    assert.equal(await ws[1].acquire(host, 7), true);
+    // Script calls: EVALSHA, or EVAL when the script was not loaded yet.
+    const evalsha = async () => {
+      const stats = await server.cli("INFO", "commandstats");
+      return [...stats.matchAll(/cmdstat_eval(?:sha)?:calls=(\d+)/g)].reduce(
+        (sum, m) => sum + Number(m[1]),
+        0,
+      );
+    };
+    await server.cli("CONFIG", "RESETSTAT");
+    const first = await Promise.all(Array.from({ length: 50 }, () => ws[0].acquire(host, 7)));
+    assert.equal(first.filter(Boolean).length, 6);
+    assert.deepEqual(first.slice(0, 6), [true, true, true, true, true, true]);
+    assert.equal(await evalsha(), 1);
+    // Four releases and ten acquires in one turn: the releases go first.
+    await server.cli("CONFIG", "RESETSTAT");
+    for (let i = 0; i < 4; i++) ws[0].release(host);
+    const second = await Promise.all(Array.from({ length: 10 }, () => ws[0].acquire(host, 7)));
+    assert.equal(second.filter(Boolean).length, 4);
+    assert.equal(await evalsha(), 1);
+    assert.equal(ws[0].localCount(host), 6);
+    assert.equal(await ws[1].count(host), 7);
+    assert.equal(await ws[1].acquire(host, 7), false);
+    // Releases alone in one turn: one call too.
+    await server.cli("CONFIG", "RESETSTAT");
+    for (let i = 0; i < 6; i++) ws[0].release(host);
+    await waitFor(async () => (await evalsha()) >= 1, 2_000, "the release call");
+    await sleep(100);
+    assert.equal(await evalsha(), 1);
+    assert.equal(await ws[0].count(host), 1);
+  },
+);
+
+await redisTest(
+  "lost keys of one host put only that host in recovery; other hosts keep being counted",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    const server = redis.server!;
+    await using ws = limiters(2, { redis: redis.url, prefix: "dprl", lease: 6_000 });
+    assert.equal(await ws[0].acquire("a.example", 1), true);
+    assert.equal(await ws[1].acquire("b.example", 2), true);
+    await server.cli("DEL", "dprl:{a.example}:n", "dprl:{a.example}:w");
+    await assert.rejects(ws[1].acquire("a.example", 1), LimiterUnavailableError);
+    assert.equal(await ws[1].acquire("b.example", 2), true);
+    assert.equal(await ws[1].acquire("b.example", 2), false);
+    await waitFor(
+      async () => (await ws[1].count("a.example")) === 1,
+      2_000,
+      "a.example re-asserted",
+    );
   },
 );

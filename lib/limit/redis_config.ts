@@ -21,6 +21,10 @@ export interface RedisNode {
  * import type { RedisOptions } from "@dprl/cli";
  *
  * const direct: RedisOptions = { host: "10.0.0.5", port: 6379, password: "secret", db: 2 };
+ * const privateCa: RedisOptions = {
+ *   url: "rediss://redis.internal:6380",
+ *   tls: { ca: "-----BEGIN CERTIFICATE-----\n..." },
+ * };
  * const sentinel: RedisOptions = {
  *   sentinels: [{ host: "10.0.0.7", port: 26379 }],
  *   name: "mymaster",
@@ -28,6 +32,11 @@ export interface RedisNode {
  * ```
  */
 export interface RedisOptions {
+  /**
+   * A `redis://` or `rediss://` URL; what it says wins over the other
+   * options, which add to it (e.g. `tls` with a private CA for `rediss://`).
+   */
+  url?: string;
   /** Host of a single Redis. Default `"127.0.0.1"`. */
   host?: string;
   /** Port of a single Redis. Default 6379. */
@@ -38,8 +47,21 @@ export interface RedisOptions {
   password?: string;
   /** Database number. Default 0. */
   db?: number;
-  /** TLS options (Node.js `tls.connect` options); `{}` enables TLS. */
-  tls?: Record<string, unknown>;
+  /**
+   * TLS: `{}` enables it with the system's CAs; `ca` (PEM) trusts a private
+   * CA, `cert` and `key` (PEM) present a client certificate for mutual TLS.
+   * Any other Node.js `tls.connect` option may be given too.
+   */
+  tls?: {
+    /** PEM of the CA (or CAs) that signed the server's certificate. */
+    ca?: string;
+    /** PEM of the client certificate, for mutual TLS. */
+    cert?: string;
+    /** PEM of the client certificate's private key. */
+    key?: string;
+    /** Any other `tls.connect` option. */
+    [option: string]: unknown;
+  };
   /** Sentinel nodes; with {@linkcode RedisOptions.name} selects Sentinel mode. */
   sentinels?: RedisNode[];
   /** Name of the master the Sentinels watch. */

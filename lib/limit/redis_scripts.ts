@@ -1,14 +1,28 @@
 /**
- * The Lua scripts of the Redis limiter. Every script takes the two keys of one
- * host, `KEYS[1]` = `<prefix>:{<host>}:n` (hash: worker id -> open
- * connections) and `KEYS[2]` = `<prefix>:{<host>}:w` (sorted set: worker id ->
- * lease deadline in ms), so that in Redis Cluster both live in one slot. Time
- * comes from Redis `TIME`, never from a worker's clock. No script looks at any
- * key but these two, so their cost does not depend on the size of the
- * database.
+ * The Lua scripts of the Redis limiter. For host `H` the keys are
+ * `<prefix>:{H}:n` (hash: worker id -> open connections) and `<prefix>:{H}:w`
+ * (sorted set: worker id -> lease deadline in ms); the scripts that write also
+ * take the epoch key of the slot (a string: a random token set once). Every
+ * call touches keys of one slot only, so it runs on Redis Cluster; a
+ * heartbeat syncs a batch of hosts of one slot in one call. Time comes from
+ * Redis `TIME`, never from a worker's clock. No script looks at any other
+ * key, so their cost does not depend on the size of the database.
+ *
+ * A worker's count is live only while its lease deadline lies between now and
+ * now + lease + {@linkcode LEASE_MARGIN_MS}: a field without a live lease, or
+ * a deadline further ahead than any lease can be (a forged entry), counts for
+ * nothing and is deleted by the next script that writes.
+ *
+ * The epoch key tells a worker whether Redis lost keys behind its back
+ * (`FLUSHALL`, `FLUSHDB`, eviction, a restart): a worker sends the token it
+ * knows; a missing key or another token means the counts of the slot may be
+ * partial, and the script grants nothing.
  *
  * @module
  */
+
+/** How far beyond now + lease a lease deadline may lie and still count, in ms. */
+export const LEASE_MARGIN_MS = 1_000;
 
 /** The current Redis time in milliseconds, as Lua local `now`. */
 const NOW = `
@@ -16,113 +30,246 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 `;
 
-/** Sums the workers' fields into Lua local `sum`. */
-const SUM = `
-local sum = 0
-local values = redis.call('HVALS', KEYS[1])
-for i = 1, #values do
-  local v = tonumber(values[i])
-  if v and v > 0 then sum = sum + v end
+/**
+ * Lua function `live(n, w, worker, prune)`: the sum of the live workers'
+ * fields of one host and `worker`'s own live count. Needs locals `now` and
+ * `lease`; with `prune` true, deletes the dead and forged members and fields
+ * it meets.
+ */
+const LIVE = `
+local function live(n, w, worker, prune)
+  local horizon = now + lease + ${LEASE_MARGIN_MS}
+  if prune then
+    redis.call('ZREMRANGEBYSCORE', w, '-inf', '(' .. now)
+    redis.call('ZREMRANGEBYSCORE', w, '(' .. horizon, '+inf')
+  end
+  local alive = {}
+  local members = redis.call('ZRANGEBYSCORE', w, now, horizon)
+  for i = 1, #members do alive[members[i]] = true end
+  local sum = 0
+  local mine = 0
+  local fields = redis.call('HGETALL', n)
+  for i = 1, #fields, 2 do
+    local f = fields[i]
+    local v = tonumber(fields[i + 1])
+    if alive[f] and v and v > 0 then
+      sum = sum + v
+      if f == worker then mine = v end
+    elseif prune then
+      redis.call('HDEL', n, f)
+    end
+  end
+  return sum, mine
 end
 `;
 
 /**
- * Drops the workers whose lease has passed (their field and their member) and
- * leaves the sum of the remaining fields in Lua local `sum`.
+ * Lua functions of the epoch hash `e` of a slot: field `''` holds the token,
+ * and field `<host>` the time until which the host's keys must exist (their
+ * expiry, less a second), so that a worker can tell lost keys from keys that
+ * were never there or expired. Need locals `now` and `lease`.
+ *
+ * - `check_epoch(e, known, fresh)`: checks the token against the one the
+ *   worker knows (`''` when it knows none) and creates it with `fresh` when
+ *   the hash is missing. Returns the token and 1 when the keys of the slot
+ *   were lost since the worker last looked, else 0.
+ * - `keys_lost(e, host, n, w)`: whether the host's keys are missing while they
+ *   must exist. Then the holders are expected to re-assert within a
+ *   heartbeat; past a lease none is alive, and the mark is dropped.
+ * - `unmark_if_gone(e, host, n)`: drops the mark of a host whose keys are gone.
  */
-const PRUNE_AND_SUM = `
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. now)
-for i = 1, #expired do
-  redis.call('HDEL', KEYS[1], expired[i])
+const EPOCH = `
+local function check_epoch(e, known, fresh)
+  local epoch = redis.call('HGET', e, '')
+  if not epoch then
+    redis.call('HSET', e, '', fresh)
+    if known ~= '' then return fresh, 1 end
+    return fresh, 0
+  end
+  if known ~= '' and epoch ~= known then return epoch, 1 end
+  return epoch, 0
 end
-if #expired > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. now)
+local function keys_lost(e, host, n, w)
+  local deadline = tonumber(redis.call('HGET', e, host) or '0') or 0
+  if deadline <= now then return false end
+  if redis.call('EXISTS', n) == 1 and redis.call('EXISTS', w) == 1 then return false end
+  redis.call('HSET', e, host, math.min(deadline, now + lease))
+  return true
 end
-` + SUM;
+local function unmark_if_gone(e, host, n)
+  if redis.call('EXISTS', n) == 0 then redis.call('HDEL', e, host) end
+end
+`;
 
 /**
- * `acquire(worker, limit, leaseMs, floor, ttlMs)`: takes one slot for
- * `worker` unless `limit > 0` and the live workers already hold `limit`.
- * `floor` is the number of slots the worker knows it holds: a field below it
- * (lost after a Redis restart) is raised to it first. Returns
- * `{granted (0|1), total}`.
+ * Lua function `write(n, w, e, host, worker, value, ttl)`: sets `worker`'s
+ * field to `value` and renews its lease, the keys' expiry and the host's mark
+ * in the epoch hash; a value of 0 deletes its field and member. Needs locals
+ * `now` and `lease`.
  */
-export const ACQUIRE_LUA: string = NOW + PRUNE_AND_SUM + `
+const WRITE = `
+local function write(n, w, e, host, worker, value, ttl)
+  if value <= 0 then
+    redis.call('HDEL', n, worker)
+    redis.call('ZREM', w, worker)
+    return
+  end
+  redis.call('HSET', n, worker, value)
+  redis.call('ZADD', w, now + lease, worker)
+  redis.call('PEXPIRE', n, ttl)
+  redis.call('PEXPIRE', w, ttl)
+  redis.call('HSET', e, host, now + ttl - 1000)
+end
+`;
+
+/**
+ * `acquire(worker, leaseMs, floor, ttlMs, known, fresh, trusted, releases,
+ * host, limit...)` on `KEYS` = n, w, epoch hash: first gives back `releases`
+ * slots of `worker`, then takes one slot per `limit`, in order, for each while
+ * `limit` is 0 or the live workers hold fewer than it, unless keys were lost.
+ * `floor` is the number of slots the worker knows it holds (after the
+ * releases): a live count below it is raised to it first; when the worker's
+ * last write is known to have landed (`trusted` = 1), a count below it means
+ * the host's keys were lost. Returns `{total, lost (0: no, 1: the slot's keys,
+ * 2: this host's keys), epoch, granted (0|1)...}`.
+ */
+export const ACQUIRE_LUA: string = NOW + `
 local worker = ARGV[1]
-local limit = tonumber(ARGV[2])
-local lease = tonumber(ARGV[3])
-local floor = tonumber(ARGV[4])
-local ttl = tonumber(ARGV[5])
-local mine = tonumber(redis.call('HGET', KEYS[1], worker) or '0') or 0
-if mine < 0 then mine = 0 end
-local healed = false
+local lease = tonumber(ARGV[2])
+local floor = tonumber(ARGV[3])
+local ttl = tonumber(ARGV[4])
+local trusted = ARGV[7] == '1'
+local releases = tonumber(ARGV[8])
+local host = ARGV[9]
+` + LIVE + EPOCH + WRITE + `
+local epoch, lost = check_epoch(KEYS[3], ARGV[5], ARGV[6])
+if lost == 0 and keys_lost(KEYS[3], host, KEYS[1], KEYS[2]) then lost = 2 end
+local sum, mine = live(KEYS[1], KEYS[2], worker, true)
+local changed = false
+if releases > 0 then
+  local r = math.min(releases, mine)
+  mine = mine - r
+  sum = sum - r
+  changed = true
+end
 if mine < floor then
+  if lost == 0 and trusted then lost = 2 end
   sum = sum + floor - mine
   mine = floor
-  healed = true
+  changed = true
 end
-if limit > 0 and sum >= limit then
-  if healed then
-    redis.call('HSET', KEYS[1], worker, mine)
-    redis.call('ZADD', KEYS[2], now + lease, worker)
-    redis.call('PEXPIRE', KEYS[1], ttl)
-    redis.call('PEXPIRE', KEYS[2], ttl)
+local out = {0, lost, epoch}
+for i = 10, #ARGV do
+  local limit = tonumber(ARGV[i])
+  if lost == 0 and (limit <= 0 or sum < limit) then
+    sum = sum + 1
+    mine = mine + 1
+    changed = true
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
   end
-  return {0, sum}
 end
-redis.call('HSET', KEYS[1], worker, mine + 1)
-redis.call('ZADD', KEYS[2], now + lease, worker)
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('PEXPIRE', KEYS[2], ttl)
-return {1, sum + 1}
+out[1] = sum
+if changed then write(KEYS[1], KEYS[2], KEYS[3], host, worker, mine, ttl) end
+unmark_if_gone(KEYS[3], host, KEYS[1])
+return out
 `;
 
 /**
- * `release(worker)`: gives back one slot of `worker`; at 0 (or below, when the
- * field was already gone) its field and member are deleted. Returns the
- * worker's remaining count.
+ * `release(worker, count, host)` on `KEYS` = n, w, epoch hash: gives back
+ * `count` slots of `worker`; at 0 (or below, when the field was already gone)
+ * its field and member are deleted, and with the last one the host's mark.
+ * Returns the worker's remaining count.
  */
 export const RELEASE_LUA: string = `
-local v = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
-if v <= 0 then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return 0
-end
-return v
+local v = redis.call('HINCRBY', KEYS[1], ARGV[1], -tonumber(ARGV[2]))
+if v > 0 then return v end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HDEL', KEYS[3], ARGV[3]) end
+return 0
 `;
 
 /**
- * `sync(worker, count, leaseMs, ttlMs)`: sets `worker`'s field to `count`, its
- * own truth, and renews its lease; a count of 0 deletes its field and member.
- * Returns `count`.
+ * `sync(worker, leaseMs, ttlMs, known, fresh, [count, floor, trusted,
+ * host]...)` on `KEYS` = epoch hash, then n and w of each host, all in one
+ * slot: sets `worker`'s field of each host to its `count`, its own truth, and
+ * renews its lease; a count of 0 deletes its field and member. `floor` and
+ * `trusted` detect lost keys as in {@linkcode ACQUIRE_LUA}. Also drops up to
+ * four marks of hosts whose keys have expired. Returns `{epoch, lost, [total,
+ * hostLost]...}`.
  */
 export const SYNC_LUA: string = NOW + `
 local worker = ARGV[1]
-local count = tonumber(ARGV[2])
-if count <= 0 then
-  redis.call('HDEL', KEYS[1], worker)
-  redis.call('ZREM', KEYS[2], worker)
-  return 0
+local lease = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local e = KEYS[1]
+` + LIVE + EPOCH + WRITE + `
+local epoch, lost = check_epoch(e, ARGV[4], ARGV[5])
+local out = {epoch, lost}
+for h = 0, (#KEYS - 1) / 2 - 1 do
+  local n = KEYS[2 + 2 * h]
+  local w = KEYS[3 + 2 * h]
+  local count = tonumber(ARGV[6 + 4 * h])
+  local floor = tonumber(ARGV[7 + 4 * h])
+  local trusted = ARGV[8 + 4 * h] == '1'
+  local host = ARGV[9 + 4 * h]
+  local hostLost = 0
+  if keys_lost(e, host, n, w) then hostLost = 2 end
+  local sum, mine = live(n, w, worker, true)
+  if trusted and mine < floor then hostLost = 2 end
+  write(n, w, e, host, worker, count, ttl)
+  unmark_if_gone(e, host, n)
+  out[#out + 1] = sum - mine + math.max(count, 0)
+  out[#out + 1] = hostLost
 end
-local lease = tonumber(ARGV[3])
-local ttl = tonumber(ARGV[4])
-redis.call('HSET', KEYS[1], worker, count)
-redis.call('ZADD', KEYS[2], now + lease, worker)
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('PEXPIRE', KEYS[2], ttl)
-return count
+-- HRANDFIELD needs Redis 6.2; older ones keep expired marks until touched.
+local ok, sample = pcall(redis.call, 'HRANDFIELD', e, 4, 'WITHVALUES')
+if ok then
+  for i = 1, #sample, 2 do
+    if sample[i] ~= '' and (tonumber(sample[i + 1]) or 0) <= now then
+      redis.call('HDEL', e, sample[i])
+    end
+  end
+end
+return out
 `;
 
 /**
- * `count()`: the slots held by live workers (expired leases ignored, nothing
- * written). Returns the sum.
+ * `count(leaseMs)` on `KEYS` = n and w of each host: the slots held by live
+ * workers (dead and forged entries ignored, nothing written). Returns the
+ * sums, one per host.
  */
-export const COUNT_LUA: string = NOW + SUM + `
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. now)
-for i = 1, #expired do
-  local v = tonumber(redis.call('HGET', KEYS[1], expired[i]) or '0')
-  if v and v > 0 then sum = sum - v end
+export const COUNT_LUA: string = NOW + `
+local lease = tonumber(ARGV[1])
+` + LIVE + `
+local out = {}
+for h = 0, #KEYS / 2 - 1 do
+  local sum = live(KEYS[1 + 2 * h], KEYS[2 + 2 * h], '', false)
+  out[#out + 1] = sum
 end
-return sum
+return out
+`;
+
+/**
+ * `register(worker, leaseMs, op)` on `KEYS[1]` = `<prefix>:workers` (sorted
+ * set: worker id -> lease deadline): `op` `"add"` renews `worker`'s lease,
+ * `"del"` removes it, `"list"` changes nothing of it; each first drops the
+ * members whose lease has passed or lies further ahead than a lease can be.
+ * Returns the live members.
+ */
+export const REGISTER_LUA: string = NOW + `
+local worker = ARGV[1]
+local lease = tonumber(ARGV[2])
+local op = ARGV[3]
+local horizon = now + lease + ${LEASE_MARGIN_MS}
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. horizon, '+inf')
+if op == 'add' then
+  redis.call('ZADD', KEYS[1], now + lease, worker)
+elseif op == 'del' then
+  redis.call('ZREM', KEYS[1], worker)
+end
+return redis.call('ZRANGE', KEYS[1], 0, -1)
 `;

@@ -224,7 +224,8 @@ export class RedisServer implements AsyncDisposable {
     await waitFor(
       async () => {
         if (exited) throw new Error("redis-server exited at start");
-        return (await rawCommand(this.port, "PING")).startsWith("+PONG");
+        // A server that wants a password answers -NOAUTH: it is up too.
+        return /^(\+PONG|-NOAUTH)/.test(await rawCommand(this.port, "PING"));
       },
       10_000,
       `redis-server on port ${this.port}`,
@@ -346,4 +347,115 @@ export class RedisClusterServers implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.stop();
   }
+}
+
+/** PEM files of a throwaway CA, a server certificate and a client certificate. */
+export interface TlsFiles {
+  /** The directory that holds them. */
+  dir: string;
+  /** CA certificate. */
+  ca: string;
+  /** Server certificate (for `127.0.0.1` and `localhost`) and key. */
+  serverCert: string;
+  serverKey: string;
+  /** Client certificate and key, signed by the same CA. */
+  clientCert: string;
+  clientKey: string;
+}
+
+async function openssl(dir: string, ...args: string[]): Promise<void> {
+  const out = await new Deno.Command("openssl", { args, cwd: dir, stdout: "null", stderr: "piped" })
+    .output();
+  if (!out.success) {
+    throw new Error(`openssl ${args[0]} failed: ${new TextDecoder().decode(out.stderr)}`);
+  }
+}
+
+/** Makes a CA, a server and a client certificate with `openssl` in `dir`. */
+export async function makeTlsFiles(dir: string): Promise<TlsFiles> {
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+  await openssl(
+    dir,
+    "req",
+    "-x509",
+    ...ec,
+    "-keyout",
+    "ca.key",
+    "-out",
+    "ca.pem",
+    "-days",
+    "2",
+    "-subj",
+    "/CN=dprl test CA",
+  );
+  await Deno.writeTextFile(`${dir}/server.ext`, "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
+  await Deno.writeTextFile(`${dir}/client.ext`, "extendedKeyUsage=clientAuth\n");
+  for (const who of ["server", "client"]) {
+    await openssl(
+      dir,
+      "req",
+      ...ec,
+      "-keyout",
+      `${who}.key`,
+      "-out",
+      `${who}.csr`,
+      "-subj",
+      `/CN=dprl test ${who}`,
+    );
+    await openssl(
+      dir,
+      "x509",
+      "-req",
+      "-in",
+      `${who}.csr`,
+      "-CA",
+      "ca.pem",
+      "-CAkey",
+      "ca.key",
+      "-CAcreateserial",
+      "-out",
+      `${who}.pem`,
+      "-days",
+      "2",
+      "-extfile",
+      `${who}.ext`,
+    );
+  }
+  return {
+    dir,
+    ca: `${dir}/ca.pem`,
+    serverCert: `${dir}/server.pem`,
+    serverKey: `${dir}/server.key`,
+    clientCert: `${dir}/client.pem`,
+    clientKey: `${dir}/client.key`,
+  };
+}
+
+let tlsSupport: Promise<string | null> | null = null;
+
+/**
+ * Why Redis-over-TLS tests cannot run here (no `openssl`, or a
+ * `redis-server` built without TLS), or `null` when they can.
+ */
+export function redisTlsUnavailable(): Promise<string | null> {
+  tlsSupport ??= (async () => {
+    if (!(await redisAvailability()).server) return "redis-server is not on PATH";
+    try {
+      await new Deno.Command("openssl", { args: ["version"], stdout: "null", stderr: "null" })
+        .output();
+    } catch {
+      return "openssl is not on PATH";
+    }
+    // A build with TLS complains about the missing key; one without rejects the directive.
+    const out = await new Deno.Command("redis-server", {
+      args: ["--port", "0", "--tls-port", String(freePort()), "--tls-cert-file", "/nonexistent"],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+    return /tls-key-file|Failed to configure TLS/i.test(text)
+      ? null
+      : "this redis-server was built without TLS";
+  })();
+  return tlsSupport;
 }
