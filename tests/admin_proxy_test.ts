@@ -287,3 +287,29 @@ Deno.test("the CLI refuses a non-loopback admin address without a token in one l
     );
   }
 });
+
+Deno.test("the image's health check passes while /healthz answers, fails when nothing listens, passes without an admin port", async () => {
+  await using tp = await startProxy({ admin: { port: 0 } });
+  const run = async (env: Record<string, string>): Promise<number> => {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-q",
+        "--allow-net=127.0.0.1",
+        "--allow-env=DPRL_ADMIN_PORT",
+        `${ROOT}scripts/healthcheck.ts`,
+      ],
+      clearEnv: true,
+      env: { PATH: Deno.env.get("PATH") ?? "", HOME: Deno.env.get("HOME") ?? "", ...env },
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    return out.code;
+  };
+  assert.equal(await run({ DPRL_ADMIN_PORT: tp.proxy.adminUrl!.port }), 0);
+  const closed = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = String(closed.addr.port);
+  closed.close();
+  assert.equal(await run({ DPRL_ADMIN_PORT: port }), 1);
+  assert.equal(await run({}), 0);
+});
