@@ -313,3 +313,19 @@ Deno.test("the image's health check passes while /healthz answers, fails when no
   assert.equal(await run({ DPRL_ADMIN_PORT: port }), 1);
   assert.equal(await run({}), 0);
 });
+
+Deno.test("a busy admin port fails the start and leaves the proxy port closed", async () => {
+  using busy = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const free = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = free.addr.port;
+  free.close();
+  const proxy = new ProxyRateLimiter({ port, admin: { port: busy.addr.port } });
+  await assert.rejects(proxy.start(), Deno.errors.AddrInUse);
+  assert.equal(proxy.proxyUrl, null);
+  await assert.rejects(
+    Deno.connect({ hostname: "127.0.0.1", port }),
+    Deno.errors.ConnectionRefused,
+  );
+  assert.equal(proxy.adminUrl, null);
+  await proxy.stop();
+});
