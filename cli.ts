@@ -21,6 +21,8 @@ import type { RedisConfig } from "./lib/limit/redis_config.ts";
 import { ProxyRateLimiter, type ProxyRateLimiterOptions } from "./lib/proxy_rate_limiter.ts";
 import { VERSION } from "./lib/version.ts";
 import { parseHostPattern } from "./lib/limit/rules/rules.ts";
+import { isLoopback } from "./lib/admin/admin_server.ts";
+import { jsonLinesFormatter } from "./lib/log_format.ts";
 
 /** A flag: its value's name, environment variable, default and help text. */
 interface Flag {
@@ -207,6 +209,36 @@ const FLAGS: Record<string, Flag> = {
     default: formatDuration(DEFAULTS.shutdownGrace),
     help: "on SIGINT or SIGTERM, time open exchanges and tunnels get to finish",
   },
+  "admin-port": {
+    section: "Observing and operating:",
+    value: "port",
+    env: "DPRL_ADMIN_PORT",
+    help: "port of the admin server (health, metrics, API, dashboard); 0 picks a free one; " +
+      "unset: no admin server",
+  },
+  "admin-hostname": {
+    value: "address",
+    env: "DPRL_ADMIN_HOSTNAME",
+    default: DEFAULTS.adminHostname,
+    help: "address of the admin server; a non-loopback address needs --admin-token",
+  },
+  "admin-token": {
+    value: "token",
+    env: "DPRL_ADMIN_TOKEN",
+    help: "bearer token every admin endpoint except /healthz and /readyz needs",
+  },
+  "metrics-max-hosts": {
+    value: "n",
+    env: "DPRL_METRICS_MAX_HOSTS",
+    default: String(DEFAULTS.metricsMaxHosts),
+    help: "hosts given their own metric series, the busiest; the rest are summed as _other",
+  },
+  "log-format": {
+    value: "text|json",
+    env: "DPRL_LOG_FORMAT",
+    default: DEFAULTS.logFormat,
+    help: "text, or json for one JSON object per line",
+  },
   "help": { section: "Other:", short: "h", help: "print this help and exit" },
   "version": { help: "print the version and exit" },
 };
@@ -329,6 +361,8 @@ interface CliConfig {
   options: ProxyRateLimiterOptions;
   /** The log level. */
   logLevel: LogLevel;
+  /** The log line format. */
+  logFormat?: "text" | "json";
   /** Grace period on SIGINT/SIGTERM, in milliseconds. */
   graceMs: number;
   /** `--help` or `--version` was given. */
@@ -468,11 +502,37 @@ function parseCli(args: string[]): CliConfig {
   if (options.lease! < 300) {
     throw new UsageError(`--lease must be at least 300ms`);
   }
+  options.admin = adminOptions(value);
+  const logFormat = value("log-format");
+  if (logFormat !== "text" && logFormat !== "json") {
+    throw new UsageError(`--log-format must be text or json, got "${logFormat}"`);
+  }
   return {
     options,
     logLevel,
+    logFormat,
     graceMs: duration("shutdown-grace", value("shutdown-grace")!),
   };
+}
+
+/** The admin server's options, or `undefined` without `--admin-port`. */
+function adminOptions(
+  value: (name: string) => string | undefined,
+): ProxyRateLimiterOptions["admin"] {
+  const port = value("admin-port");
+  const metricsMaxHosts = integer("metrics-max-hosts", value("metrics-max-hosts")!, 0, 1_000_000);
+  if (port === undefined) return undefined;
+  const hostname = value("admin-hostname")!;
+  const token = value("admin-token") || undefined;
+  if (token !== undefined && !/^[!-~]+$/.test(token)) {
+    throw new UsageError("--admin-token must be printable ASCII without spaces");
+  }
+  if (token === undefined && !isLoopback(hostname)) {
+    throw new UsageError(
+      `--admin-hostname ${hostname} is not a loopback address: set --admin-token to expose it`,
+    );
+  }
+  return { port: integer("admin-port", port, 0, 65535), hostname, token, metricsMaxHosts };
 }
 
 function redisConfig(
@@ -572,7 +632,9 @@ export async function main(args: string[]): Promise<number> {
     reset: true,
     sinks: {
       stderr: getStreamSink(Deno.stderr.writable, {
-        formatter: getTextFormatter({ value: "bare" }),
+        formatter: config.logFormat === "json"
+          ? jsonLinesFormatter
+          : getTextFormatter({ value: "bare" }),
       }),
     },
     loggers: [

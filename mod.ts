@@ -45,7 +45,12 @@
 
 import { DEFAULTS } from "./lib/defaults.ts";
 
-export { ProxyRateLimiter, type ProxyRateLimiterOptions } from "./lib/proxy_rate_limiter.ts";
+export {
+  type AdminOptions,
+  ProxyRateLimiter,
+  type ProxyRateLimiterOptions,
+} from "./lib/proxy_rate_limiter.ts";
+export type { AdminHandlerOptions } from "./lib/admin/admin_handler.ts";
 export { hostKey } from "./lib/limit/host_key.ts";
 export type { FailureMode } from "./lib/limit/redis_limiter.ts";
 export type {

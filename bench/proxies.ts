@@ -13,6 +13,8 @@ export interface LaunchOptions {
   max: number;
   /** Redis address `host:port` for the distributed mode. */
   redis?: string;
+  /** Port of dprl's admin server (none without it). */
+  adminPort?: number;
 }
 
 /** A proxy under test. */
@@ -46,6 +48,7 @@ export function proxyDefs(p: Paths, bins: Binaries): ProxyDef[] {
           "--max-connections",
           String(o.max),
           ...(o.redis ? ["--redis-url", `redis://${o.redis}`] : []),
+          ...(o.adminPort === undefined ? [] : ["--admin-port", String(o.adminPort)]),
           "--log-level",
           "warn",
         ], { cwd: p.repo }),

@@ -7,6 +7,7 @@
 
 import type { Facts } from "./machine.ts";
 import type { IdleMemoryResult, ThroughputResult, TunnelsResult, WrkResult } from "./measure.ts";
+import type { ScrapeStats } from "./admin_cost.ts";
 
 /** Everything measured for one proxy (any figure may be missing on error). */
 export interface ProxyFigures {
@@ -44,8 +45,28 @@ export interface Results {
   /** Every round's rate by figure (the tables show the best round). */
   rounds: Record<string, number[]>;
   cap: Record<string, CapResult>;
+  /** dprl without and with its admin server scraped once a second (the `admin` section). */
+  admin?: AdminFigures;
   errors: string[];
 }
+
+/** The control plane's cost: the same loads without and with the admin server. */
+export interface AdminFigures {
+  off: { http?: WrkResult; tunnels?: TunnelsResult };
+  on: { http?: WrkResult; tunnels?: TunnelsResult };
+  /** The once-a-second scrapes during the loads of the best "on" round. */
+  scrapesUnderLoad?: ScrapeStats;
+  /** Back-to-back scrapes of the idle proxy holding 500 hosts' statistics. */
+  scrape500?: ScrapeStats;
+}
+
+/** Labels of the admin section's rates, for the rounds table. */
+export const ADMIN_LABELS = {
+  httpOff: "dprl, no admin server: plain HTTP req/s",
+  httpOn: "dprl, admin server scraped every 1 s: plain HTTP req/s",
+  tunnelsOff: "dprl, no admin server: CONNECT tunnels/s",
+  tunnelsOn: "dprl, admin server scraped every 1 s: CONNECT tunnels/s",
+} as const;
 
 /** One ratio held to a target. */
 export interface Ratio {
@@ -155,6 +176,21 @@ export function ratios(r: Results): Ratio[] {
     go?.tunnels?.perSec,
     "info",
     0,
+  );
+  const a = r.admin;
+  add(
+    "control plane: plain HTTP req/s, admin scraped every 1 s ÷ no admin",
+    a?.on.http?.reqPerSec,
+    a?.off.http?.reqPerSec,
+    ">=",
+    0.95,
+  );
+  add(
+    "control plane: CONNECT tunnels/s, admin scraped every 1 s ÷ no admin",
+    a?.on.tunnels?.perSec,
+    a?.off.tunnels?.perSec,
+    ">=",
+    0.95,
   );
   return out;
 }
@@ -306,7 +342,78 @@ export function ratioTable(r: Results): string {
     cap ? `= ${cap.limit} (exact)` : "= limit (exact)",
     !cap ? "not measured" : capExact(cap) ? "pass" : "**miss**",
   ]);
+  const scrape = r.admin?.scrape500;
+  rows.push([
+    `control plane: one /metrics scrape with ${scrape?.hostSeries ?? 500} host series (p95)`,
+    scrape ? `${scrape.p95Ms.toFixed(1)} ms` : "—",
+    "< 50 ms",
+    !scrape ? "not measured" : scrape.p95Ms < 50 ? "pass" : "**miss**",
+  ]);
   return table(["figure", "ratio", "target", "result"], rows, ["l", "r", "l", "l"]);
+}
+
+/** The admin section: rates without and with the admin server, and scrape times. */
+export function adminTable(r: Results): string {
+  const a = r.admin;
+  if (!a) return "Not measured.";
+  const f = (n: number | undefined, digits = 0): string =>
+    n === undefined || Number.isNaN(n) ? "—" : n.toFixed(digits);
+  const ratio = (x: number | undefined, y: number | undefined): string =>
+    x !== undefined && y !== undefined && y > 0 ? `${(x / y).toFixed(2)}×` : "—";
+  const rates = table(["load", "no admin server", "admin, /metrics every 1 s", "ratio"], [
+    [
+      "plain HTTP req/s",
+      f(a.off.http?.reqPerSec),
+      f(a.on.http?.reqPerSec),
+      ratio(a.on.http?.reqPerSec, a.off.http?.reqPerSec),
+    ],
+    [
+      "CONNECT tunnels/s",
+      f(a.off.tunnels?.perSec),
+      f(a.on.tunnels?.perSec),
+      ratio(a.on.tunnels?.perSec, a.off.tunnels?.perSec),
+    ],
+    [
+      "proxy CPU µs per request",
+      f(a.off.http?.cpuUsPerOp),
+      f(a.on.http?.cpuUsPerOp),
+      ratio(a.on.http?.cpuUsPerOp, a.off.http?.cpuUsPerOp),
+    ],
+    [
+      "proxy CPU µs per tunnel",
+      f(a.off.tunnels?.cpuUsPerOp),
+      f(a.on.tunnels?.cpuUsPerOp),
+      ratio(a.on.tunnels?.cpuUsPerOp, a.off.tunnels?.cpuUsPerOp),
+    ],
+  ], ["l", "r", "r", "r"]);
+  const scrapeRows: [string, ScrapeStats | undefined][] = [
+    ["idle proxy, back to back", a.scrape500],
+    ["under load, once a second", a.scrapesUnderLoad],
+  ];
+  const scrapes = table(
+    [
+      "scrapes of /metrics over HTTP",
+      "count",
+      "host series",
+      "median ms",
+      "p95 ms",
+      "max ms",
+      "failed",
+    ],
+    scrapeRows.map(([label, s]) => [
+      label,
+      f(s?.count),
+      f(s?.hostSeries),
+      f(s?.medianMs, 1),
+      f(s?.p95Ms, 1),
+      f(s?.maxMs, 1),
+      f(s?.failed),
+    ]),
+    ["l", "r", "r", "r", "r", "r", "r"],
+  );
+  return `${rates}
+
+${scrapes}`;
 }
 
 function factsTable(f: Facts): string {
@@ -365,6 +472,12 @@ ${factsTable(r.versions)}
   limiter (and Redis) is on every connection's path; Redis is a fresh
   \`redis-server\` on a free port; 100,000 unrelated keys are written with one
   pipeline of SETs.
+- Control plane: dprl with and without \`--admin-port\`, same loads as above,
+  in alternating order per round; both first get statistics for 500 hosts
+  (one request each to 500 closed loopback ports), so that every scrape
+  renders 500 host series. With the admin server, \`/metrics\` is fetched
+  over HTTP once a second during the loads, as Prometheus would; the scrape
+  time is measured back to back on the idle proxy (30 scrapes).
 - Cap accuracy: 3 proxies sharing one Redis, per-host limit 4; one
   \`loadgen burst\` of 20 clients per proxy at once (\`GET /slow?ms=300\`);
   admitted = 200 responses; peak = the upstream's \`/peak\`.
@@ -380,6 +493,10 @@ ${distributedTable(r)}
 ## Cap accuracy
 
 ${capTable(r)}
+
+## Control plane
+
+${adminTable(r)}
 
 ## Every round
 

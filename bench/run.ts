@@ -11,7 +11,7 @@
  *   measures every proxy (alternating the order) and the best round counts,
  *   which damps other load on a shared machine
  * - `--only=dprl,goproxy-dprl`: measure only these proxies in the per-proxy part
- * - `--skip=distributed,cap`: skip whole sections (`proxies`, `distributed`, `cap`)
+ * - `--skip=distributed,cap`: skip whole sections (`proxies`, `admin`, `distributed`, `cap`)
  * - `--no-write`: print the tables, write no files
  *
  * Environment: `DPRL_BENCH_SHARED`, `DPRL_BENCH_CACHE` (see setup.ts),
@@ -36,7 +36,10 @@ import {
 } from "./process.ts";
 import { proxyChainDir, type ProxyDef, proxyDefs } from "./proxies.ts";
 import { RedisServer } from "./redis_server.ts";
+import { giveHosts, Scraper, type ScrapeStats, scrapeTimes } from "./admin_cost.ts";
 import {
+  ADMIN_LABELS,
+  adminTable,
   capTable,
   DISTRIBUTED_LABELS as L,
   distributedTable,
@@ -130,11 +133,13 @@ async function startProxy(
   def: ProxyDef,
   max: number,
   redis?: string,
+  adminPort?: number,
 ): Promise<{ port: number; proc: Spawned }> {
   const port = freePort();
-  const proc = def.start(port, { max, redis });
+  const proc = def.start(port, { max, redis, adminPort });
   try {
     await waitForPort(port, def.startTimeoutMs, proc);
+    if (adminPort !== undefined) await waitForPort(adminPort, def.startTimeoutMs, proc);
   } catch (e) {
     await proc.stop();
     throw e;
@@ -243,6 +248,69 @@ async function measureMemory(def: ProxyDef, tools: Tools): Promise<void> {
   }
 }
 
+/**
+ * The control plane's cost: dprl's plain-HTTP and tunnel rates without an
+ * admin server and with one scraped once a second, in alternating order
+ * per round, both holding statistics for 500 hosts; and the time of a
+ * scrape with 500 host series.
+ */
+async function measureAdmin(dprl: ProxyDef, tools: Tools): Promise<void> {
+  const a: NonNullable<Results["admin"]> = (results.admin = { off: {}, on: {} });
+  const up = await startUpstream(tools);
+  try {
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const on of round % 2 ? [true, false] : [false, true]) {
+        const side = on ? a.on : a.off;
+        const name = on ? "with admin server" : "without admin server";
+        await attempt(`dprl ${name}, round ${round + 1}`, async () => {
+          const adminPort = on ? freePort() : undefined;
+          const { port, proc } = await startProxy(dprl, 0, undefined, adminPort);
+          let scraper: Scraper | null = null;
+          try {
+            await giveHosts(port);
+            if (adminPort !== undefined && round === 0) {
+              a.scrape500 = await scrapeTimes(adminPort);
+              log(
+                `dprl: /metrics with ${a.scrape500.hostSeries} host series: median ` +
+                  `${a.scrape500.medianMs.toFixed(1)} ms, p95 ${a.scrape500.p95Ms.toFixed(1)} ms`,
+              );
+            }
+            if (adminPort !== undefined) scraper = new Scraper(adminPort);
+            log(`dprl ${name}: plain HTTP and tunnels (${D}s each), round ${round + 1}/${ROUNDS}`);
+            await wrk(tools, port, up.port, WARM);
+            const http = await withCpu(
+              proc,
+              D,
+              (r) => r.requests,
+              () => wrk(tools, port, up.port, D),
+            );
+            await tunnels(tools, port, up.port, WARM);
+            const t = await withCpu(proc, D, (r) => r.ok, () => tunnels(tools, port, up.port, D));
+            const scrapes: ScrapeStats | undefined = await scraper?.stop();
+            scraper = null;
+            if (scrapes && scrapes.failed > 0) {
+              throw new Error(`${scrapes.failed} scrape(s) failed`);
+            }
+            if (scrapes && (best(side.http, http) === http || !a.scrapesUnderLoad)) {
+              a.scrapesUnderLoad = scrapes;
+            }
+            side.http = best(side.http, http);
+            side.tunnels = best(side.tunnels, t);
+            record(on ? ADMIN_LABELS.httpOn : ADMIN_LABELS.httpOff, round, http.reqPerSec);
+            record(on ? ADMIN_LABELS.tunnelsOn : ADMIN_LABELS.tunnelsOff, round, t.perSec);
+          } finally {
+            await scraper?.stop();
+            await proc.stop();
+          }
+        });
+        await sleep(1000);
+      }
+    }
+  } finally {
+    await up.proc.stop();
+  }
+}
+
 /** One distributed configuration: a proxy, a limit, Redis or not. */
 interface DistConfig {
   label: string;
@@ -341,7 +409,12 @@ async function main(): Promise<void> {
   };
   const defs = proxyDefs(P, bins);
   // first starts install the peers (apt, npm); do that before the clock runs
-  for (const def of defs.filter((d) => d.name === "tinyproxy" || d.name === "proxy-chain")) {
+  const only = flags.only?.split(",");
+  const peers = skip.has("proxies")
+    ? []
+    : defs.filter((d) => d.name === "tinyproxy" || d.name === "proxy-chain")
+      .filter((d) => !only || only.includes(d.name));
+  for (const def of peers) {
     await attempt(`${def.name} install`, async () => (await startProxy(def, 0)).proc.stop());
   }
   results.versions = await versionFacts(proxyChainDir(P));
@@ -353,7 +426,6 @@ async function main(): Promise<void> {
   const suiteStart = Date.now();
   const loadBefore = loadAverage();
   try {
-    const only = flags.only?.split(",");
     if (!skip.has("proxies")) {
       log("direct (no proxy) baseline");
       const base = (results.proxies["no proxy"] = {});
@@ -378,6 +450,7 @@ async function main(): Promise<void> {
       }
       for (const def of chosen) await measureMemory(def, tools);
     }
+    if (!skip.has("admin")) await measureAdmin(defs.find((d) => d.name === "dprl")!, tools);
     if (!skip.has("distributed")) await measureDistributed(defs, tools);
     if (!skip.has("cap")) {
       await measureCap(defs[0], tools);
@@ -395,6 +468,7 @@ async function main(): Promise<void> {
 
   console.log("\n## Raw figures per proxy\n\n" + rawTable(results));
   console.log("\n## Distributed (Redis)\n\n" + distributedTable(results));
+  console.log("\n## Control plane\n\n" + adminTable(results));
   console.log("\n## Cap accuracy\n\n" + capTable(results));
   console.log("\n## Ratios and targets\n\n" + ratioTable(results));
   if (results.errors.length) {

@@ -91,6 +91,8 @@ export const DEFAULTS = {
   redisMasterName: "mymaster",
   /** Address of the admin server (metrics, health, API, dashboard). */
   adminHostname: "127.0.0.1",
+  /** Format of the command line's log lines: `text` or `json` (one object per line). */
+  logFormat: "text" as "text" | "json",
   /** Most hosts given their own metric series; the rest are summed as `_other`. */
   metricsMaxHosts: 500,
   /** Most hosts given their own statistics record; further hosts share `_other`. */

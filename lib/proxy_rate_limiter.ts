@@ -18,6 +18,60 @@ import { ClientPolicy } from "./access/client_policy.ts";
 import { DestinationPolicy } from "./access/destination_policy.ts";
 import { ProxyStats } from "./metrics/proxy_stats.ts";
 import { logAccess } from "./log_format.ts";
+import { type AdminHandlerOptions, createAdminHandler } from "./admin/admin_handler.ts";
+import { type AdminServer, isLoopback, startAdminServer } from "./admin/admin_server.ts";
+import type { AdminSource, Readiness, WorkerInfo } from "./admin/admin_source.ts";
+import type { UpstreamHostView } from "./metrics/host_summary.ts";
+import { VERSION } from "./version.ts";
+
+/**
+ * The admin server of a {@linkcode ProxyRateLimiter}: health checks,
+ * Prometheus metrics, the JSON API and the dashboard on their own port.
+ *
+ * @example
+ * ```ts
+ * import type { AdminOptions } from "@dprl/cli";
+ *
+ * const admin: AdminOptions = { port: 9090, token: "a-long-random-secret" };
+ * ```
+ */
+export interface AdminOptions {
+  /** Port of the admin server; 0 picks a free one. */
+  port: number;
+  /**
+   * Address to listen on. Default `"127.0.0.1"`. An address that is not a
+   * loopback address needs a `token`.
+   */
+  hostname?: string;
+  /** Bearer token that every endpoint except `/healthz` and `/readyz` needs. */
+  token?: string;
+  /**
+   * Most hosts given their own metric series, the busiest; the rest are
+   * summed under `host="_other"`. Default 500.
+   */
+  metricsMaxHosts?: number;
+}
+
+/** What the Redis limiter offers the control plane beyond {@linkcode Limiter}, when it has it. */
+interface FleetLimiter {
+  readonly workerId?: string;
+  readonly up?: boolean;
+  onCall?: (ms: number) => void;
+  workers?(): Promise<RegisteredWorker[]>;
+  fleetCounts?(): ReadonlyMap<string, number>;
+  setWorkerInfo?(info: { adminUrl?: string; version?: string }): void;
+}
+
+/** A worker as the Redis worker registry lists it. */
+interface RegisteredWorker {
+  id: string;
+  hostname: string;
+  pid: number;
+  version: string;
+  adminUrl: string;
+  started: string;
+  connections: number;
+}
 
 /**
  * Options of {@linkcode ProxyRateLimiter}. Every field is optional.
@@ -123,6 +177,14 @@ export interface ProxyRateLimiterOptions {
   queueMax?: number;
   /** Logs one line per exchange or tunnel (category `["dprl", "access"]`). Default `false`. */
   accessLog?: boolean;
+  /**
+   * Starts an admin server with the proxy (and stops it with the proxy):
+   * `/healthz`, `/readyz`, `/metrics`, the JSON API under `/api/` and the
+   * dashboard at `/`. Without it no admin port is opened;
+   * {@linkcode ProxyRateLimiter.adminHandler} still serves the same
+   * endpoints from an application's own server.
+   */
+  admin?: AdminOptions;
 }
 
 /**
@@ -152,9 +214,24 @@ export class ProxyRateLimiter implements AsyncDisposable {
   #served: Promise<void> | null = null;
   #stopping: Promise<void> | null = null;
   #stats = new ProxyStats();
+  /** The limiter once loaded, for the control plane's synchronous reads. */
+  #loaded: (Limiter & FleetLimiter) | null = null;
+  #admin: AdminServer | null = null;
+  #adminSource: AdminSource | null = null;
+  #startedAt = Date.now();
 
-  /** Creates a proxy; nothing listens until {@linkcode start}. */
+  /**
+   * Creates a proxy; nothing listens until {@linkcode start}. Throws a
+   * RangeError when the admin server would listen on a non-loopback
+   * address without a token.
+   */
   constructor(options: ProxyRateLimiterOptions = {}) {
+    const admin = options.admin;
+    if (admin && admin.token === undefined && !isLoopback(admin.hostname ?? "127.0.0.1")) {
+      throw new RangeError(
+        `Admin address ${admin.hostname} is not a loopback address; set an admin token to expose it`,
+      );
+    }
     this.#options = options;
     this.#limits = new LimitTable(
       options.defaultMaxConnectionsPerHost ?? DEFAULTS.defaultMaxConnectionsPerHost,
@@ -243,6 +320,41 @@ export class ProxyRateLimiter implements AsyncDisposable {
   }
 
   /**
+   * The URL of the admin server (the `admin` option), or `null` without
+   * one or before {@linkcode start}.
+   *
+   * @example
+   * ```ts ignore
+   * const proxy = new ProxyRateLimiter({ admin: { port: 0 } });
+   * await proxy.start();
+   * await fetch(new URL("/metrics", proxy.adminUrl!));
+   * ```
+   */
+  get adminUrl(): URL | null {
+    return this.#admin?.url ?? null;
+  }
+
+  /**
+   * The admin endpoints (health checks, Prometheus metrics, the JSON API and
+   * the dashboard) as a handler that an application mounts in its own
+   * `Deno.serve`. The token and the metrics host cap default to the `admin`
+   * option's.
+   *
+   * @example
+   * ```ts ignore
+   * const proxy = new ProxyRateLimiter();
+   * await proxy.start();
+   * Deno.serve({ port: 9090 }, proxy.adminHandler({ token: "a-long-random-secret" }));
+   * ```
+   */
+  adminHandler(options: AdminHandlerOptions = {}): (req: Request) => Promise<Response> {
+    return createAdminHandler(this.#source(), {
+      token: options.token ?? this.#options.admin?.token,
+      metricsMaxHosts: options.metricsMaxHosts ?? this.#options.admin?.metricsMaxHosts,
+    });
+  }
+
+  /**
    * Starts listening and serving in the background; resolves once the port
    * is bound. In Redis mode it first loads the Redis client.
    *
@@ -315,11 +427,116 @@ export class ProxyRateLimiter implements AsyncDisposable {
       queueTimeout: o.queueTimeout,
       queueMax: o.queueMax,
     });
+    this.#loaded = limiter;
+    const fleet = limiter as Limiter & FleetLimiter;
+    if (o.redis !== undefined) fleet.onCall = (ms) => this.#stats.onRedisCall(ms);
     this.#served = this.#server.serve();
     this.#logger.info("Proxy listening on {url} (bound to {address})", {
       url: this.#url.href,
       address: `${addr.hostname}:${addr.port}`,
     });
+    if (o.admin) {
+      try {
+        this.#admin = await startAdminServer({ source: this.#source(), ...o.admin });
+      } catch (err) {
+        const server = this.#server;
+        this.#server = null;
+        await server.shutdown(0);
+        await this.#served;
+        this.#url = null;
+        throw err;
+      }
+      fleet.setWorkerInfo?.({ adminUrl: this.#admin.url.href, version: VERSION });
+      this.#logger.info("Admin server listening on {url}", { url: this.#admin.url.href });
+    }
+  }
+
+  /** The proxy as the admin handler sees it. */
+  #source(): AdminSource {
+    if (this.#adminSource) return this.#adminSource;
+    // deno-lint-ignore no-this-alias
+    const proxy = this;
+    const limits = this.#limits;
+    const fleet = (): FleetLimiter | null => this.#loaded;
+    this.#adminSource = {
+      version: VERSION,
+      startedAt: this.#startedAt,
+      mode: this.#options.redis === undefined ? "memory" : "redis",
+      get workerId() {
+        return fleet()?.workerId;
+      },
+      get proxyUrl() {
+        return proxy.#url;
+      },
+      get adminUrl() {
+        return proxy.adminUrl;
+      },
+      stats: this.#stats,
+      get limits() {
+        return { default: limits.defaultLimit, hosts: limits.entries() };
+      },
+      ready: () => this.#readiness(),
+      redisUp: () => {
+        const up = fleet()?.up;
+        return this.#options.redis === undefined || typeof up !== "boolean" ? null : up;
+      },
+      hosts: () => this.#hostViews(),
+      limitFor: (host) => limits.limitFor(hostKey(host)),
+      setHostLimit: (host, limit) => {
+        this.setHostLimit(host, limit);
+        this.#logger.info("Limit of {host} set to {limit} through the admin API", { host, limit });
+      },
+      removeHostLimit: (host) => {
+        this.removeHostLimit(host);
+        this.#logger.info("Limit override of {host} removed through the admin API", { host });
+      },
+      setDefaultLimit: (limit) => {
+        this.setDefaultMaxConnectionsPerHost(limit);
+        this.#logger.info("Default limit set to {limit} through the admin API", { limit });
+      },
+    };
+    if (this.#options.redis !== undefined) {
+      this.#adminSource.workers = async (): Promise<WorkerInfo[]> => {
+        const limiter = fleet();
+        if (!limiter?.workers) {
+          throw new Error(limiter ? "The limiter keeps no worker registry" : "Proxy not started");
+        }
+        return (await limiter.workers()).map((w) => ({
+          id: w.id,
+          hostname: w.hostname,
+          pid: w.pid,
+          version: w.version,
+          adminUrl: w.adminUrl || undefined,
+          startedAt: Date.parse(w.started) || 0,
+          open: w.connections,
+        }));
+      };
+    }
+    return this.#adminSource;
+  }
+
+  #readiness(): Readiness {
+    if (this.#stopping) return { ok: false, reason: "shutting down" };
+    if (!this.#server?.accepting) return { ok: false, reason: "proxy port not listening" };
+    const up = this.#loaded?.up;
+    if (up === false && (this.#options.failureMode ?? DEFAULTS.failureMode) === "closed") {
+      return { ok: false, reason: "Redis unreachable and failure mode is closed" };
+    }
+    return { ok: true };
+  }
+
+  /** The pool's hosts, with the fleet's cached counts in distributed mode. */
+  *#hostViews(): Iterable<UpstreamHostView> {
+    const counts = this.#loaded?.fleetCounts?.();
+    const seen = new Set<string>();
+    for (const view of this.#server?.hosts() ?? []) {
+      seen.add(view.host);
+      yield counts ? { ...view, fleetOpen: counts.get(view.host) ?? view.open } : view;
+    }
+    if (!counts) return;
+    for (const [host, open] of counts) {
+      if (!seen.has(host) && open > 0) yield { host, open: 0, idle: 0, fleetOpen: open };
+    }
   }
 
   /** The limiter; the Redis client is imported on first use only. */
@@ -383,6 +600,8 @@ export class ProxyRateLimiter implements AsyncDisposable {
       }
       const limiter = await this.#limiter?.catch(() => null);
       await limiter?.close();
+      await this.#admin?.close();
+      this.#admin = null;
       this.#url = null;
       if (server) this.#logger.info("Proxy stopped");
     })();
