@@ -43,6 +43,8 @@ export const DEFAULTS = {
   rejectStatus: 500,
   /** Largest request or response head, in bytes. */
   maxHeadSize: 64 * 1024,
+  /** Most header fields in a request head; beyond it a 431. */
+  maxHeaderFields: 100,
   /** Idle upstream sockets kept per host. */
   maxIdlePerHost: 64,
   /** Timeouts, in milliseconds. */

@@ -1,5 +1,6 @@
 /** Parsing, validation and serialisation of HTTP/1.x heads. */
 import { Buffer } from "node:buffer";
+import { DEFAULTS } from "../defaults.ts";
 
 /** A request or response that cannot be framed safely. */
 export class HttpError extends Error {
@@ -111,6 +112,9 @@ export function parseRequestHead(bytes: Uint8Array): RequestHead {
   const lines = splitLines(bytes, error);
   const m = REQUEST_LINE.exec(lines[0]);
   if (!m) throw error("Request line is not HTTP/1.x");
+  if (lines.length - 1 > DEFAULTS.maxHeaderFields) {
+    throw new HttpError(431, `More than ${DEFAULTS.maxHeaderFields} header fields`);
+  }
   return {
     method: m[1],
     target: m[2],
