@@ -1,8 +1,18 @@
-// Resource exhaustion, with the proxy in a subprocess: running out of file
-// descriptors under a low `ulimit -n`, and the memory of a thousand
-// half-sent request heads.
+// dprl in a subprocess: the command line's access flags and variables,
+// running out of file descriptors under a low `ulimit -n`, and the memory of
+// a thousand half-sent request heads.
 import assert from "node:assert/strict";
-import { BufferedConn, rawExchange, request, waitFor, withTimeout } from "./_helpers/raw.ts";
+import bcrypt from "bcryptjs";
+import {
+  BufferedConn,
+  header,
+  rawExchange,
+  request,
+  text,
+  waitFor,
+  withTimeout,
+} from "./_helpers/raw.ts";
+import { connectRequest } from "./_helpers/proxy.ts";
 import { startUpstream, type Upstream } from "./_helpers/upstream.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -29,12 +39,12 @@ class Proc implements AsyncDisposable {
   #pumps: Promise<void>[];
   exited = false;
 
-  constructor(command: string, args: string[]) {
+  constructor(command: string, args: string[], env: Record<string, string> = {}) {
     this.child = new Deno.Command(command, {
       args,
       cwd: ROOT,
       clearEnv: true,
-      env: baseEnv(),
+      env: { ...baseEnv(), ...env },
       stdin: "piped",
       stdout: "piped",
       stderr: "piped",
@@ -242,3 +252,143 @@ Deno.test("memory of a thousand half-sent heads is given back once they are gone
 function mb(n: number): string {
   return `${(n / 1e6).toFixed(1)} MB`;
 }
+
+/** Runs `cli.ts` to its end: exit code and stderr. */
+async function runCli(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "-q", CLI, ...args],
+    cwd: ROOT,
+    clearEnv: true,
+    env: { ...baseEnv(), ...env },
+    stdin: "null",
+  }).output();
+  return { code: out.code, stderr: text(out.stderr) };
+}
+
+/** Starts `cli.ts` on a free loopback port; resolves its address. */
+async function startCli(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ proc: Proc; addr: { hostname: string; port: number } }> {
+  const proc = new Proc(Deno.execPath(), [
+    "run",
+    "-A",
+    "-q",
+    CLI,
+    "--port",
+    "0",
+    "--hostname",
+    "127.0.0.1",
+    ...args,
+  ], env);
+  try {
+    const port = Number(await proc.match(/Proxy listening on http:\/\/127\.0\.0\.1:(\d+)\//));
+    return { proc, addr: { hostname: "127.0.0.1", port } };
+  } catch (err) {
+    await proc[Symbol.asyncDispose]();
+    throw err;
+  }
+}
+
+Deno.test("a bad access flag or variable is one line on stderr and exit 2", async () => {
+  const cases: [string[], Record<string, string>, RegExp][] = [
+    [["--allow-clients", "nope"], {}, /--allow-clients needs CIDRs/],
+    [[], { DPRL_ALLOW_CLIENTS: "10.0.0.0/33" }, /--allow-clients needs CIDRs/],
+    [["--auth-file", "/nonexistent/users.htpasswd"], {}, /--auth-file .* no such file/],
+    [[], { DPRL_AUTH: "alice" }, /DPRL_AUTH entry 1 must be user:password/],
+    [["--deny", "10.0.0.0/99"], {}, /^dprl: --deny: /],
+    [[], { DPRL_ALLOW: "example.com:99999" }, /^dprl: --allow: /],
+    [[], { DPRL_DENY_PRIVATE: "maybe" }, /--deny-private must be true or false/],
+    [[], { DPRL_ACCESS_LOG: "maybe" }, /--access-log must be true or false/],
+    [["--max-clients", "many"], {}, /--max-clients must be an integer/],
+    [[], { DPRL_MAX_CLIENTS_PER_IP: "1.5" }, /--max-clients-per-ip must be an integer/],
+    [["--fin-timeout", "soon"], {}, /--fin-timeout must be a duration/],
+  ];
+  for (const [args, env, pattern] of cases) {
+    const r = await runCli(args, env);
+    const what = `${args.join(" ")} ${JSON.stringify(env)}`;
+    assert.equal(r.code, 2, what);
+    assert.equal(r.stderr.trim().split("\n").length, 1, `${what}: ${r.stderr}`);
+    assert.match(r.stderr, pattern, what);
+  }
+});
+
+Deno.test("the command line asks for credentials from DPRL_AUTH and --auth-file, and logs none", async () => {
+  await using up = await startUpstream();
+  const dir = await Deno.makeTempDir({ prefix: "dprl-auth-" });
+  try {
+    const file = `${dir}/users.htpasswd`;
+    await Deno.writeTextFile(file, `bob:${bcrypt.hashSync("bob's secret", 4)}\n`);
+    const { proc, addr } = await startCli(["--auth-file", file, "--access-log"], {
+      DPRL_AUTH: "alice:alice's secret",
+      LOG_LEVEL: "debug",
+    });
+    await using _ = proc;
+    const get = (user?: string) =>
+      rawExchange(
+        addr,
+        request("GET", up.url("/fixed"), {
+          Host: up.authority,
+          ...(user ? { "Proxy-Authorization": `Basic ${btoa(user)}` } : {}),
+        }),
+      );
+    const denied = await get();
+    assert.equal(denied.status, 407);
+    assert.match(header(denied.head, "proxy-authenticate") ?? "", /^Basic realm="dprl"/);
+    assert.equal((await get("alice:alice's secret")).status, 200);
+    assert.equal((await get("bob:bob's secret")).status, 200);
+    assert.equal((await get("bob:alice's secret")).status, 407);
+    assert.equal(await proc.stop(), 0, proc.stderr);
+    assert.match(proc.stderr, new RegExp(`GET.*${up.authority}.*200`), "the access log ran");
+    for (const secret of ["secret", btoa("alice:alice's secret"), btoa("bob:bob's secret")]) {
+      assert.ok(!proc.stderr.includes(secret), proc.stderr);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("the command line refuses clients outside DPRL_ALLOW_CLIENTS", async () => {
+  await using up = await startUpstream();
+  const { proc, addr } = await startCli([], { DPRL_ALLOW_CLIENTS: "10.0.0.0/8" });
+  await using _ = proc;
+  const res = await rawExchange(addr, request("GET", up.url("/fixed"), { Host: up.authority }));
+  assert.equal(res.status, 403);
+  assert.equal(up.accepted, 0);
+});
+
+Deno.test("an open proxy on all interfaces warns at start; --deny-private and --deny apply", async () => {
+  await using up = await startUpstream();
+  const { proc } = await startCli(
+    ["--hostname", "0.0.0.0", "--allow-clients", "0.0.0.0/0,::/0", "--deny-private"],
+    { DPRL_DENY: "example.com" },
+  );
+  await using _ = proc;
+  const port = Number(/127\.0\.0\.1:(\d+)/.exec(proc.stderr)![1]);
+  const addr = { hostname: "127.0.0.1", port };
+  assert.match(proc.stderr, /Open proxy: anyone at 0\.0\.0\.0\/0/);
+  const cases: [string, RegExp][] = [
+    [`http://localhost:${up.port}/fixed`, /error=destination_ip_prohibited/],
+    ["http://example.com/", /error=destination_not_allowed/],
+  ];
+  for (const [url, status] of cases) {
+    const res = await rawExchange(addr, request("GET", url, { Host: new URL(url).host }));
+    assert.equal(res.status, 403, url);
+    assert.match(header(res.head, "proxy-status") ?? "", status);
+  }
+  // Its own port, on an interface address it learnt with --allow-sys.
+  for (const nic of Deno.networkInterfaces().filter((n) => n.family === "IPv4")) {
+    const c = await BufferedConn.connect(addr);
+    try {
+      await c.write(connectRequest(`${nic.address}:${port}`));
+      const head = (await c.readToEnd()).slice(0, 12);
+      assert.equal(text(head), "HTTP/1.1 403", nic.address);
+    } finally {
+      c.close();
+    }
+  }
+  assert.equal(up.accepted, 0);
+});
