@@ -288,6 +288,14 @@ export class ProxyRateLimiter implements AsyncDisposable {
     for (const node of redisNodes(o.redis)) await destinations.protect(node.host, node.port);
     const warning = clients.exposureWarning(addr.hostname);
     if (warning) this.#logger.warn(warning);
+    if (
+      (addr.hostname === "0.0.0.0" || addr.hostname === "::") && !destinations.interfacesVisible
+    ) {
+      this.#logger.warn(
+        "Cannot see this machine's network addresses: a CONNECT to this proxy's port on one of " +
+          "them is not known to be a loop; run with --allow-sys=networkInterfaces",
+      );
+    }
     const access = getLogger(["dprl", "access"]);
     this.#server = new ProxyServer({
       listener,

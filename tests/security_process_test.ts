@@ -392,3 +392,26 @@ Deno.test("an open proxy on all interfaces warns at start; --deny-private and --
   }
   assert.equal(up.accepted, 0);
 });
+
+Deno.test("on all interfaces without --allow-sys the proxy warns that it cannot see its own addresses", async () => {
+  const run = async (sys: string[]) => {
+    await using proc = new Proc(Deno.execPath(), [
+      "run",
+      "--no-prompt",
+      "--allow-net",
+      ...sys,
+      "--allow-env=DPRL_*,REDIS_*,LOG_LEVEL",
+      "--ignore-env",
+      CLI,
+      "--port",
+      "0",
+      "--hostname",
+      "0.0.0.0",
+    ]);
+    await proc.match(/(Proxy listening)/);
+    assert.equal(await proc.stop(), 0, proc.stderr);
+    return proc.stderr;
+  };
+  assert.match(await run([]), /Cannot see this machine's network addresses.*--allow-sys/);
+  assert.doesNotMatch(await run(["--allow-sys=networkInterfaces"]), /Cannot see/);
+});
