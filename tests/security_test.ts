@@ -105,6 +105,19 @@ Deno.test("a client outside --allow-clients gets 403 with a one-line reason and 
   assert.equal(up.accepted, 0);
 });
 
+Deno.test("a client outside --allow-clients is refused before it sends a byte", async () => {
+  await using proxy = await startProxy({ allowClients: ["10.0.0.0/8"] });
+  const c = await BufferedConn.connect(proxy.addr);
+  try {
+    // Sends nothing: the answer does not wait for a request (or the head timeout).
+    const res = await readResponse(c, { ms: 3_000 });
+    assert.equal(res.status, 403);
+    assert.equal(text(await c.waitClosed(3_000)), "");
+  } finally {
+    c.close();
+  }
+});
+
 Deno.test("a raw request without credentials gets 407 with the Basic challenge, plain and CONNECT", async () => {
   await using up = await startUpstream();
   await using proxy = await startProxy({ users: { alice: HASH } });
