@@ -408,6 +408,14 @@ export class ProxyRateLimiter implements AsyncDisposable {
     for (const node of redisNodes(o.redis)) await destinations.protect(node.host, node.port);
     const warning = clients.exposureWarning(addr.hostname);
     if (warning) this.#logger.warn(warning);
+    if (
+      (addr.hostname === "0.0.0.0" || addr.hostname === "::") && !destinations.interfacesVisible
+    ) {
+      this.#logger.warn(
+        "Cannot see this machine's network addresses: a CONNECT to this proxy's port on one of " +
+          "them is not known to be a loop; run with --allow-sys=networkInterfaces",
+      );
+    }
     const access = getLogger(["dprl", "access"]);
     this.#server = new ProxyServer({
       listener,
@@ -446,6 +454,11 @@ export class ProxyRateLimiter implements AsyncDisposable {
         this.#url = null;
         throw err;
       }
+      // The control plane is no destination either.
+      await destinations.protect(
+        o.admin.hostname ?? DEFAULTS.adminHostname,
+        this.#admin.url.port ? Number(this.#admin.url.port) : 80,
+      );
       fleet.setWorkerInfo?.({ adminUrl: this.#admin.url.href, version: VERSION });
       this.#logger.info("Admin server listening on {url}", { url: this.#admin.url.href });
     }

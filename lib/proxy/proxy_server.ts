@@ -357,6 +357,14 @@ export class ProxyServer {
     this.#perIp.set(s.ip, fromIp);
     s.deadline = this.#now + this.#timeouts.head;
     try {
+      // Refused before a byte is read: a stranger cannot hold a connection.
+      if (!this.#clients.admitsAddress(s.ip)) {
+        await this.#fail(
+          s,
+          new ClientRefusedError(`Client address ${s.ip} is not allowed to use this proxy`),
+        );
+        return;
+      }
       if (this.#maxClients > 0 && this.#sessions.size > this.#maxClients) {
         await this.#fail(s, new ClientRefusedError("Too many client connections", 503));
         return;
@@ -418,14 +426,8 @@ export class ProxyServer {
     s.key = key;
   }
 
-  /**
-   * Refuses a request whose client may not use the proxy: an address
-   * outside the allow-list, missing or wrong credentials.
-   */
-  async #admit(s: Session, req: RequestHead): Promise<void> {
-    if (!this.#clients.admitsAddress(s.ip)) {
-      throw new ClientRefusedError(`Client address ${s.ip} is not allowed to use this proxy`);
-    }
+  /** Refuses a request without valid credentials when authentication is on. */
+  async #admit(req: RequestHead): Promise<void> {
     if (!this.#clients.authRequired) return;
     const user = await this.#clients.authenticate(field(req, "proxy-authorization"));
     if (user === null) throw new ProxyAuthRequiredError(PROXY_AUTHENTICATE);
@@ -442,7 +444,7 @@ export class ProxyServer {
       s.startedAt = Date.now();
       this.#touch(s);
       const req = parseRequestHead(head);
-      await this.#admit(s, req);
+      await this.#admit(req);
       return req;
     } catch (err) {
       if (err instanceof TooLargeError) {
