@@ -11,7 +11,7 @@ import { LimitTable } from "./limit/limit_table.ts";
 import { hostKey } from "./limit/host_key.ts";
 import type { Limiter } from "./limit/limiter.ts";
 import { LocalLimiter } from "./limit/local_limiter.ts";
-import type { FailureMode } from "./limit/redis_limiter.ts";
+import type { FailureMode, RedisLimiter } from "./limit/redis_limiter.ts";
 import type { RedisConfig, RedisOptions } from "./limit/redis_config.ts";
 import { ProxyServer } from "./proxy/proxy_server.ts";
 import { ClientPolicy } from "./access/client_policy.ts";
@@ -52,26 +52,10 @@ export interface AdminOptions {
   metricsMaxHosts?: number;
 }
 
-/** What the Redis limiter offers the control plane beyond {@linkcode Limiter}, when it has it. */
-interface FleetLimiter {
-  readonly workerId?: string;
-  readonly up?: boolean;
-  onCall?: (ms: number) => void;
-  workers?(): Promise<RegisteredWorker[]>;
-  fleetCounts?(): ReadonlyMap<string, number>;
-  setWorkerInfo?(info: { adminUrl?: string; version?: string }): void;
-}
-
-/** A worker as the Redis worker registry lists it. */
-interface RegisteredWorker {
-  id: string;
-  hostname: string;
-  pid: number;
-  version: string;
-  adminUrl: string;
-  started: string;
-  connections: number;
-}
+/** What the Redis limiter offers the control plane beyond {@linkcode Limiter}. */
+type FleetLimiter = Partial<
+  Pick<RedisLimiter, "workerId" | "up" | "onCall" | "workers" | "fleetCounts" | "setWorkerInfo">
+>;
 
 /**
  * Options of {@linkcode ProxyRateLimiter}. Every field is optional.
