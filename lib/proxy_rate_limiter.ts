@@ -54,7 +54,10 @@ export interface AdminOptions {
 
 /** What the Redis limiter offers the control plane beyond {@linkcode Limiter}. */
 type FleetLimiter = Partial<
-  Pick<RedisLimiter, "workerId" | "up" | "onCall" | "workers" | "fleetCounts" | "setWorkerInfo">
+  Pick<
+    RedisLimiter,
+    "workerId" | "up" | "onCall" | "workers" | "fleetCounts" | "setWorkerInfo" | "nodes"
+  >
 >;
 
 /**
@@ -203,6 +206,8 @@ export class ProxyRateLimiter implements AsyncDisposable {
   #admin: AdminServer | null = null;
   #adminSource: AdminSource | null = null;
   #startedAt = Date.now();
+  /** Keeps the Redis servers the limiter meets out of clients' reach. */
+  #guard: ReturnType<typeof setInterval> | undefined;
 
   /**
    * Creates a proxy; nothing listens until {@linkcode start}. Throws a
@@ -422,6 +427,18 @@ export class ProxyRateLimiter implements AsyncDisposable {
     this.#loaded = limiter;
     const fleet = limiter as Limiter & FleetLimiter;
     if (o.redis !== undefined) fleet.onCall = (ms) => this.#stats.onRedisCall(ms);
+    if (fleet.nodes) {
+      // Redis servers met while running (a Sentinel's master, Cluster nodes) are refused too.
+      const guard = () => {
+        for (const node of fleet.nodes!()) {
+          destinations.protect(node.host, node.port).catch(() => {});
+        }
+      };
+      guard();
+      const timer = setInterval(guard, 1000);
+      Deno.unrefTimer(timer);
+      this.#guard = timer;
+    }
     this.#served = this.#server.serve();
     this.#logger.info("Proxy listening on {url} (bound to {address})", {
       url: this.#url.href,
@@ -595,6 +612,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
         await server.shutdown(options.graceMs ?? DEFAULTS.shutdownGrace);
         await this.#served;
       }
+      clearInterval(this.#guard);
       const limiter = await this.#limiter?.catch(() => null);
       await limiter?.close();
       await this.#admin?.close();

@@ -4,6 +4,7 @@
 // client connection caps and the fin timeout of half-closed tunnels.
 import assert from "node:assert/strict";
 import bcrypt from "bcryptjs";
+import { Redis } from "ioredis";
 import { configure, type LogRecord, reset } from "@logtape/logtape";
 import {
   BufferedConn,
@@ -337,6 +338,30 @@ await redisTest("CONNECT to the Redis of a distributed proxy is refused", "serve
   }
   assert.equal((await redis.cli("EXISTS", "dprl:{victim}:n")).trim(), "0");
 });
+
+await redisTest(
+  "CONNECT to the Redis of a connected client passed in is refused",
+  "server",
+  async () => {
+    await using redis = await RedisServer.start();
+    const client = new Redis(redis.url);
+    try {
+      await using proxy = await startProxy({ redis: client });
+      // The limiter reports the server it is connected to within a second.
+      await waitFor(async () => {
+        const c = await BufferedConn.connect(proxy.addr);
+        try {
+          await c.write(connectRequest(`127.0.0.1:${redis.port}`));
+          return (await readResponse(c, { method: "CONNECT" })).status === 403;
+        } finally {
+          c.close();
+        }
+      }, () => "a 403 for the Redis of the passed-in client");
+    } finally {
+      client.disconnect();
+    }
+  },
+);
 
 Deno.test("a request head with more than 100 header fields gets 431 and is closed", async () => {
   await using up = await startUpstream();
