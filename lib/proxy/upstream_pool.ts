@@ -8,7 +8,7 @@ import { LimiterUnavailableError } from "../limit/limiter.ts";
 import type { DestinationPolicy } from "../access/destination_policy.ts";
 import type { ProxyStats } from "../metrics/proxy_stats.ts";
 import type { UpstreamHostView } from "../metrics/host_summary.ts";
-import { WaitQueue } from "./wait_queue.ts";
+import { type Grant, WaitQueue } from "./wait_queue.ts";
 
 const IP_LITERAL = /^(?:[0-9.]+|.*:.*)$/;
 
@@ -99,6 +99,10 @@ export class UpstreamPool {
     // A host at its limit elsewhere in the fleet: idle sockets give way.
     options.limiter.onPressure = (key) => {
       for (const up of [...this.#idle.get(key) ?? []]) up.close();
+    };
+    // A slot came free elsewhere in the fleet: the line asks at once.
+    options.limiter.onWake = (key) => {
+      if (this.#queue.length(key) > 0) this.#wake(key);
     };
     this.#release = (up) => {
       const n = (this.#open.get(up.key) ?? 1) - 1;
@@ -240,14 +244,25 @@ export class UpstreamPool {
     };
     if (this.#o.queueTimeout <= 0) throw refuse("limit");
     if (ahead >= this.#o.queueMax) throw refuse("queue_full");
+    // In a fleet, the request also takes its place in the fleet's line.
+    const ticket = this.#o.limiter.enqueue?.(key);
+    const since = performance.now();
     const waiting = this.#queue.wait(key, {
       http,
       now: this.#now,
       timeout: this.#o.queueTimeout,
       signal,
+      ticket,
     });
     this.#wake(key); // a slot may have come free meanwhile
-    const got = await waiting;
+    let got: Grant;
+    try {
+      got = await waiting;
+    } finally {
+      // Granted, handed a connection, timed out or gone: out of the line.
+      if (ticket !== undefined) this.#o.limiter.dequeue?.(key, ticket);
+    }
+    this.#o.stats.onQueueWait(performance.now() - since);
     if (got === "slot") return undefined;
     return got;
   }
@@ -256,9 +271,9 @@ export class UpstreamPool {
    * Asks the limiter for a slot, closing idle pooled sockets of `key` while
    * that is what it takes. Counts a refusal by an unavailable limiter.
    */
-  async #tryAcquire(key: string, limit: number): Promise<boolean> {
+  async #tryAcquire(key: string, limit: number, ticket?: string): Promise<boolean> {
     try {
-      while (!await this.#o.limiter.acquire(key, limit)) {
+      while (!await this.#o.limiter.acquire(key, limit, ticket)) {
         const idle = this.take(key);
         if (!idle) return false;
         idle.close();
@@ -284,7 +299,7 @@ export class UpstreamPool {
       for (let waiter = this.#queue.head(key); waiter; waiter = this.#queue.head(key)) {
         let granted: boolean;
         try {
-          granted = await this.#tryAcquire(key, limit);
+          granted = await this.#tryAcquire(key, limit, waiter.ticket);
         } catch (err) {
           // The limiter cannot decide: the failure mode answers the line.
           for (let w = this.#queue.head(key); w; w = this.#queue.head(key)) {
@@ -319,10 +334,23 @@ export class UpstreamPool {
     return (hold * (ahead + 1)) / Math.max(1, limit) / 1000;
   }
 
-  /** Each host this process holds connections to: open (idle included) and idle. */
+  /**
+   * Each host this process holds connections to or has requests waiting
+   * for: open (idle included), idle and waiting.
+   */
   *hosts(): Iterable<UpstreamHostView> {
     for (const [host, open] of this.#open) {
-      yield { host, open, idle: this.#idle.get(host)?.length ?? 0 };
+      yield {
+        host,
+        open,
+        idle: this.#idle.get(host)?.length ?? 0,
+        queued: this.#queue.length(host),
+      };
+    }
+    for (const host of this.#queue.keys()) {
+      if (!this.#open.has(host)) {
+        yield { host, open: 0, idle: 0, queued: this.#queue.length(host) };
+      }
     }
   }
 

@@ -14,6 +14,8 @@ export type Grant = "slot" | Upstream;
 export interface Waiter {
   /** Plain HTTP: an idle pooled connection serves it as well as a slot. */
   readonly http: boolean;
+  /** Its ticket in the fleet's line, when the limiter keeps one. */
+  readonly ticket?: string;
   /** When it joined the line (ms). */
   readonly since: number;
   /** When it gives up (ms). */
@@ -34,6 +36,8 @@ export interface WaitOptions {
   timeout: number;
   /** Aborts the wait: the waiter leaves the line at once. */
   signal?: AbortSignal;
+  /** Its ticket in the fleet's line, when the limiter keeps one. */
+  ticket?: string;
 }
 
 /** The lines of waiting requests, one per host key. */
@@ -67,6 +71,7 @@ export class WaitQueue {
     const settle = () => options.signal?.removeEventListener("abort", onAbort);
     const waiter: Waiter = {
       http: options.http,
+      ticket: options.ticket,
       since: options.now,
       deadline: options.now + options.timeout,
       grant: (what) => {
