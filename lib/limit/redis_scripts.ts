@@ -122,7 +122,6 @@ local function write(n, w, e, host, worker, value, ttl)
 end
 `;
 
-
 /**
  * The fleet's line of waiting requests for one host (issue: waiting for a
  * slot). `<prefix>:{H}:q` is a sorted set of tickets (member `<worker>|<n>`,
@@ -135,10 +134,11 @@ end
  * it a sharded channel). Need locals `now` and `lease`.
  *
  * - `prune_line(q, qw)`: drops dead workers and their tickets.
- * - `line_lets(q, qw, sum, limit, ticket)`: whether the line lets an acquire
+ * - `line_lets(q, sum, limit, ticket)`: whether the line lets an acquire
  *   through: one without a ticket (`''`) only while the slots left exceed the
  *   tickets waiting, one with a ticket only while its rank is below
- *   `limit - sum`; a ticket missing from the line (lost keys) joins its end.
+ *   `limit - sum`; a ticket missing from the line (lost keys, or granted
+ *   already) asks as a newcomer (the heartbeat puts lost ones back).
  * - `add_ticket(q, qw, worker, ticket)`: puts a ticket at the end of the line
  *   unless it is in it, and renews the worker's waiting lease.
  * - `wake(q, host)`: tells the waiting workers that a slot may be free, when
@@ -185,13 +185,10 @@ local function add_ticket(q, qw, worker, ticket)
   redis.call('ZADD', q, score, ticket)
   redis.call('ZADD', qw, now + lease, worker)
 end
-local function line_lets(q, qw, sum, limit, ticket)
-  if ticket == '' then return sum + redis.call('ZCARD', q) < limit end
-  local rank = redis.call('ZRANK', q, ticket)
-  if not rank then
-    add_ticket(q, qw, owner_of(ticket), ticket)
-    rank = redis.call('ZCARD', q) - 1
-  end
+local function line_lets(q, sum, limit, ticket)
+  local rank = false
+  if ticket ~= '' then rank = redis.call('ZRANK', q, ticket) end
+  if not rank then return sum + redis.call('ZCARD', q) < limit end
   return rank < limit - sum
 end
 local function wake(q, host)
@@ -254,7 +251,7 @@ if releases > 0 then wake(KEYS[4], host) end
 for i = 10, #ARGV do
   local limit, ticket = string.match(ARGV[i], '^(%S+) ?(.*)$')
   limit = tonumber(limit)
-  if lost == 0 and (limit <= 0 or (sum < limit and line_lets(KEYS[4], KEYS[5], sum, limit, ticket))) then
+  if lost == 0 and (limit <= 0 or (sum < limit and line_lets(KEYS[4], sum, limit, ticket))) then
     sum = sum + 1
     mine = mine + 1
     changed = true

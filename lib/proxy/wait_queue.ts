@@ -97,6 +97,16 @@ export class WaitQueue {
     if (line.length === 0) this.#lines.delete(key);
   }
 
+  /** Whether `waiter` is still in the line of `key`. */
+  has(key: string, waiter: Waiter): boolean {
+    return this.#lines.get(key)?.includes(waiter) ?? false;
+  }
+
+  /** The first plain-HTTP waiter of `key` that `skip` does not rule out, left in line. */
+  firstHttp(key: string, skip: (waiter: Waiter) => boolean): Waiter | undefined {
+    return this.#lines.get(key)?.find((w) => w.http && !skip(w));
+  }
+
   /** Takes the first plain-HTTP waiter of `key` out of its line. */
   takeHttp(key: string): Waiter | undefined {
     const waiter = this.#lines.get(key)?.find((w) => w.http);
