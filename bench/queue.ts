@@ -128,9 +128,7 @@ async function measure(redisUrl: string | null, kind: "http" | "connect", proxie
     "120s",
     ...(redisUrl ? ["--redis-url", redisUrl] : []),
   ];
-  const procs: Spawned[] = ports.map((port, i) =>
-    spawn(`dprl-${i}`, Deno.execPath(), args(port))
-  );
+  const procs: Spawned[] = ports.map((port, i) => spawn(`dprl-${i}`, Deno.execPath(), args(port)));
   try {
     for (const port of ports) await waitForPort(port, 20_000);
     const started = performance.now();
