@@ -6,7 +6,14 @@ import assert from "node:assert/strict";
 import { BufferedConn, readResponse, request } from "./_helpers/raw.ts";
 import { startUpstream } from "./_helpers/upstream.ts";
 import { startProxy, type TestProxy } from "./_helpers/proxy.ts";
-import { rawCommand, RedisServer, redisTest, waitFor } from "./_helpers/redis_server.ts";
+import {
+  rawCommand,
+  RedisClusterServers,
+  RedisServer,
+  redisTest,
+  waitFor,
+} from "./_helpers/redis_server.ts";
+import { RedisLimiter } from "../lib/limit/redis_limiter.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -196,3 +203,38 @@ await redisTest(
     }
   },
 );
+
+for (const cluster of [false, true]) {
+  await redisTest(
+    `a release wakes a worker waiting in the fleet's line at once, by ${
+      cluster ? "sharded pub/sub on Redis Cluster" : "pub/sub"
+    }`,
+    "server",
+    async () => {
+      await using servers = cluster ? await RedisClusterServers.start() : await RedisServer.start();
+      const redis = servers instanceof RedisServer ? servers.url : { cluster: servers.nodes };
+      const a = new RedisLimiter({ redis, timeout: 2_000 });
+      const b = new RedisLimiter({ redis, timeout: 2_000 });
+      try {
+        const host = "api.example:8443";
+        assert.ok(await a.acquire(host, 1));
+        const ticket = b.enqueue(host);
+        assert.equal(await b.acquire(host, 1, ticket), false, "the slot is taken");
+        // No timer asks again here: only a wake-up can tell b.
+        const woken = Promise.withResolvers<string>();
+        b.onWake = woken.resolve;
+        await sleep(300); // the subscription is in place
+        const releasedAt = Date.now();
+        a.release(host);
+        const timer = setTimeout(() => woken.reject(new Error("no wake-up within 5 s")), 5_000);
+        assert.equal(await woken.promise, host);
+        clearTimeout(timer);
+        console.log(`woken ${Date.now() - releasedAt} ms after the release`);
+        assert.ok(await b.acquire(host, 1, ticket), "the ticket is granted");
+        assert.equal(await a.acquire(host, 1), false);
+      } finally {
+        await Promise.all([a.close(), b.close()]);
+      }
+    },
+  );
+}

@@ -500,7 +500,10 @@ export class RedisLimiter implements Limiter {
    */
   #subscribe(): void {
     if (this.#subscriber || this.#closed) return;
-    const sub = this.#client.duplicate();
+    // On Cluster, wake-ups come on sharded channels, each from its slot's node.
+    const sub = this.#cluster
+      ? (this.#client as Cluster).duplicate(undefined, { shardedSubscribers: true })
+      : this.#client.duplicate();
     this.#subscriber = sub;
     sub.on("error", () => {});
     guardStreams(sub);

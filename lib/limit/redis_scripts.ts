@@ -133,7 +133,8 @@ end
  * message on the channel named like the `q` key ({@linkcode forCluster} makes
  * it a sharded channel). Need locals `now` and `lease`.
  *
- * - `prune_line(q, qw)`: drops dead workers and their tickets.
+ * - `prune_line(q, qw)`: drops dead workers and their tickets (nothing to do
+ *   while nobody waits).
  * - `line_lets(q, sum, limit, ticket)`: whether the line lets an acquire
  *   through: one without a ticket (`''`) only while the slots left exceed the
  *   tickets waiting, one with a ticket only while its rank is below
@@ -149,6 +150,7 @@ local function owner_of(ticket)
   return string.match(ticket, '^(.*)|') or ''
 end
 local function prune_line(q, qw)
+  if redis.call('EXISTS', q) == 0 then return end
   local horizon = now + lease + ${LEASE_MARGIN_MS}
   local dead = {}
   local any = false
