@@ -238,3 +238,36 @@ for (const cluster of [false, true]) {
     },
   );
 }
+
+for (const [mode, expected] of [["closed", 503], ["open", 200]] as const) {
+  await redisTest(
+    `Redis going away while requests wait: failure mode ${mode} answers them with ${expected}`,
+    "server",
+    async () => {
+      const redis = await RedisServer.start();
+      try {
+        await using up = await startUpstream();
+        await using tp = await startProxy({
+          redis: redis.url,
+          failureMode: mode,
+          defaultMaxConnectionsPerHost: 1,
+          queueTimeout: 20_000,
+          timeouts: { connect: 2_000 },
+        });
+        const holder = exchange(tp.addr, request("GET", up.url("/slow"), { Host: up.authority }));
+        await up.waitHeld(1);
+        const waiter = exchange(tp.addr, request("GET", up.url("/fixed"), { Host: up.authority }));
+        await waitFor(async () => await lineLength(redis, up.authority) === 1, 5_000, "a ticket");
+        await redis.kill();
+        const killedAt = Date.now();
+        assert.equal(await waiter, expected);
+        const tookMs = Date.now() - killedAt;
+        assert.ok(tookMs < 5_000, `answered ${tookMs} ms after Redis went away`);
+        up.release();
+        await holder;
+      } finally {
+        await redis.stop().catch(() => {});
+      }
+    },
+  );
+}
