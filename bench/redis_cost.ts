@@ -86,16 +86,7 @@ async function tunnel(proxyPort: number, target: string, buf: Uint8Array): Promi
   }
 }
 
-/** `INFO <section>` of the server, whole (through redis-cli). */
-async function info(redis: RedisServer, section: string): Promise<string> {
-  const out = await new Deno.Command("redis-cli", {
-    args: ["-p", String(redis.port), "INFO", section],
-    stdout: "piped",
-    stderr: "null",
-  }).output();
-  return dec.decode(out.stdout);
-}
-
+/** Calls per command from `INFO commandstats`. */
 function commandCalls(info: string): Map<string, number> {
   const calls = new Map<string, number>();
   for (const m of info.matchAll(/cmdstat_([a-z|]+):calls=(\d+)/g)) calls.set(m[1], Number(m[2]));
@@ -106,6 +97,12 @@ function redisCpu(info: string): number {
   const sys = Number(/used_cpu_sys:([\d.]+)/.exec(info)?.[1] ?? NaN);
   const user = Number(/used_cpu_user:([\d.]+)/.exec(info)?.[1] ?? NaN);
   return sys + user;
+}
+
+/** Script calls (EVALSHA, EVAL, FCALL) Redis ran since its last `CONFIG RESETSTAT`. */
+export async function scriptCalls(redis: RedisServer): Promise<number> {
+  const calls = commandCalls(await redis.info("commandstats"));
+  return (calls.get("evalsha") ?? 0) + (calls.get("eval") ?? 0) + (calls.get("fcall") ?? 0);
 }
 
 /** Tunnels per second through a fresh dprl, and the script calls they cost. */
@@ -147,41 +144,57 @@ async function tunnels(redis: RedisServer | null, target: string) {
       }
     }));
     const seconds = (performance.now() - started) / 1000;
-    let scripts = NaN;
-    if (redis) {
-      const calls = commandCalls(await info(redis, "commandstats"));
-      scripts = (calls.get("evalsha") ?? 0) + (calls.get("eval") ?? 0) + (calls.get("fcall") ?? 0);
-    }
+    const scripts = redis ? await scriptCalls(redis) : NaN;
     return { rate: done / seconds, failed, scriptsPerTunnel: scripts / done };
   } finally {
     await proc.stop();
   }
 }
 
-/** Redis's CPU and commands per second while one limiter holds `HOSTS` hosts. */
-async function heartbeat(redis: RedisServer) {
+/** What holding many hosts costs Redis while nothing else happens. */
+export interface HeartbeatCost {
+  /** Hosts held (one slot each). */
+  hosts: number;
+  /** Length of the measurement (three heartbeats). */
+  seconds: number;
+  /** Redis CPU (user + sys, `INFO cpu`) over the time, in percent of a core. */
+  redisCpuPercent: number;
+  /** The same from /proc. */
+  redisProcCpuPercent: number;
+  /** The limiter's Redis calls per second (each one round trip). */
+  roundTripsPerSecond: number;
+  /** EVALSHA and EVAL calls per second. */
+  scriptCallsPerSecond: number;
+}
+
+/**
+ * Redis's CPU and the round trips per second while one limiter (15 s lease,
+ * a heartbeat every 5 s) holds a slot of each of `hosts` hosts; empties Redis
+ * first.
+ */
+export async function heartbeatCost(redis: RedisServer, hosts = HOSTS): Promise<HeartbeatCost> {
   await redis.flushAll();
   const limiter = new RedisLimiter({ redis: redis.url, lease: LEASE_MS, prefix: "bench" });
   try {
-    const hosts = Array.from({ length: HOSTS }, (_, i) => `h${i}.example`);
-    for (let i = 0; i < hosts.length; i += 500) {
-      await Promise.all(hosts.slice(i, i + 500).map((h) => limiter.acquire(h, 0)));
+    const names = Array.from({ length: hosts }, (_, i) => `h${i}.example`);
+    for (let i = 0; i < names.length; i += 500) {
+      await Promise.all(names.slice(i, i + 500).map((h) => limiter.acquire(h, 0)));
     }
     await new Promise((r) => setTimeout(r, 1_000));
     await redis.command("CONFIG", "RESETSTAT");
     let trips = 0;
     limiter.onCall = () => trips++;
-    const cpu0 = redisCpu(await info(redis, "cpu"));
+    const cpu0 = redisCpu(await redis.info("cpu"));
     const proc0 = cpuSeconds(redis.proc.pid);
     const span = 3 * LEASE_MS / 3; // three heartbeats
     const started = performance.now();
     await new Promise((r) => setTimeout(r, span));
     const seconds = (performance.now() - started) / 1000;
-    const cpu1 = redisCpu(await info(redis, "cpu"));
-    const calls = commandCalls(await info(redis, "commandstats"));
+    const cpu1 = redisCpu(await redis.info("cpu"));
+    const calls = commandCalls(await redis.info("commandstats"));
     const proc1 = cpuSeconds(redis.proc.pid);
     return {
-      hosts: HOSTS,
+      hosts,
       seconds: +seconds.toFixed(1),
       redisCpuPercent: +((100 * (cpu1 - cpu0)) / seconds).toFixed(3),
       redisProcCpuPercent: +((100 * (proc1.user + proc1.sys - proc0.user - proc0.sys)) / seconds)
@@ -219,7 +232,7 @@ if (import.meta.main) {
     console.log(
       `${CLIENTS} clients, tunnels to one host; goals: ratio >= 0.9, script calls per tunnel <= 1.0`,
     );
-    console.table([await heartbeat(redis)]);
+    console.table([await heartbeatCost(redis)]);
     console.log("goals: Redis CPU <= 1% of a core, <= 50 round trips/s");
     console.log(`load average after: ${loadAverage()}`);
   } finally {
