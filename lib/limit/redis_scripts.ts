@@ -208,7 +208,8 @@ export function forCluster(lua: string): string {
 
 /**
  * `acquire(worker, leaseMs, floor, ttlMs, known, fresh, trusted, releases,
- * host, limit...)` on `KEYS` = n, w, epoch hash, line q, waiting workers qw:
+ * host, limit...)` on `KEYS` = n, w, epoch hash, then (always last) line q
+ * and waiting workers qw:
  * first gives back `releases` slots of `worker` (and wakes the line), then
  * takes one slot per `limit`, in order, for each while `limit` is 0 or the
  * live workers hold fewer than it and the line lets it through, unless keys
@@ -246,18 +247,19 @@ if mine < floor then
   changed = true
 end
 local out = {0, lost, epoch}
--- The line of waiting tickets: begin
-prune_line(KEYS[4], KEYS[5])
-if releases > 0 then wake(KEYS[4], host) end
+-- The line of waiting tickets (its two keys come last): begin
+local q, qw = KEYS[#KEYS - 1], KEYS[#KEYS]
+prune_line(q, qw)
+if releases > 0 then wake(q, host) end
 -- The line of waiting tickets: end
 for i = 10, #ARGV do
   local limit, ticket = string.match(ARGV[i], '^(%S+) ?(.*)$')
   limit = tonumber(limit)
-  if lost == 0 and (limit <= 0 or (sum < limit and line_lets(KEYS[4], sum, limit, ticket))) then
+  if lost == 0 and (limit <= 0 or (sum < limit and line_lets(q, sum, limit, ticket))) then
     sum = sum + 1
     mine = mine + 1
     changed = true
-    if ticket ~= '' then redis.call('ZREM', KEYS[4], ticket) end
+    if ticket ~= '' then redis.call('ZREM', q, ticket) end
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
