@@ -188,7 +188,8 @@ await redisTest(
       console.log(
         `the survivor's clients were served ${tookMs} ms after the kill (lease ${lease})`,
       );
-      assert.ok(tookMs <= lease + 1_000, `took ${tookMs} ms`);
+      // One lease, then the 250 ms poll that prunes them, then three short exchanges.
+      assert.ok(tookMs <= lease + 1_500, `took ${tookMs} ms`);
       assert.deepEqual(await Promise.all(lost), [0, 0, 0], "the doomed proxy's clients lost it");
       assert.equal(await lineLength(redis, up.authority), 0);
     } finally {
