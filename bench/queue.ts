@@ -1,7 +1,9 @@
 /**
  * The wait queue under load: 200 clients ask at once for a host of limit 10
  * whose every answer takes 100 ms, through a dprl started with a queue
- * timeout, in memory and with Redis. Reported per mode and request kind:
+ * timeout, in memory, with Redis, and with three proxies on one Redis (the
+ * clients spread over them in turn: one line across the fleet). Reported per
+ * mode and request kind:
  *
  * - hand-off latency: from the end of one answer (a slot coming free) to the
  *   arrival of the next waiting request at the upstream, p50 and p99;
@@ -109,10 +111,10 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
 }
 
-async function measure(redisUrl: string | null, kind: "http" | "connect") {
+async function measure(redisUrl: string | null, kind: "http" | "connect", proxies = 1) {
   const upstream = startUpstream();
-  const port = freePort();
-  const args = [
+  const ports = Array.from({ length: proxies }, () => freePort());
+  const args = (port: number) => [
     "run",
     "-A",
     new URL("../cli.ts", import.meta.url).pathname,
@@ -126,12 +128,15 @@ async function measure(redisUrl: string | null, kind: "http" | "connect") {
     "120s",
     ...(redisUrl ? ["--redis-url", redisUrl] : []),
   ];
-  const proxy: Spawned = spawn("dprl", Deno.execPath(), args);
+  const procs: Spawned[] = ports.map((port, i) => spawn(`dprl-${i}`, Deno.execPath(), args(port)));
   try {
-    await waitForPort(port, 20_000);
+    for (const port of ports) await waitForPort(port, 20_000);
     const started = performance.now();
     const results = await Promise.allSettled(
-      Array.from({ length: CLIENTS }, () => client(port, upstream.port, kind)),
+      Array.from(
+        { length: CLIENTS },
+        (_, i) => client(ports[i % proxies], upstream.port, kind),
+      ),
     );
     const wall = performance.now() - started;
     const failed = results.filter((r) => r.status === "rejected").length;
@@ -148,7 +153,7 @@ async function measure(redisUrl: string | null, kind: "http" | "connect") {
     const busy = seen.reduce((sum, s) => sum + (s.answered - s.arrived), 0);
     const span = answers.at(-1)! - arrivals[0];
     return {
-      mode: redisUrl ? "redis" : "memory",
+      mode: redisUrl ? (proxies > 1 ? `redis x${proxies}` : "redis") : "memory",
       kind,
       served: seen.length,
       failed,
@@ -158,7 +163,7 @@ async function measure(redisUrl: string | null, kind: "http" | "connect") {
       utilisation: +(busy / (LIMIT * span)).toFixed(3),
     };
   } finally {
-    await proxy.stop();
+    await Promise.all(procs.map((p) => p.stop()));
     upstream.close();
   }
 }
@@ -168,8 +173,11 @@ if (import.meta.main) {
   const redis = await RedisServer.start(dir);
   try {
     const rows = [];
-    for (const url of [null, `redis://127.0.0.1:${redis.port}`]) {
-      for (const kind of ["http", "connect"] as const) rows.push(await measure(url, kind));
+    const url = `redis://127.0.0.1:${redis.port}`;
+    for (const [redisUrl, proxies] of [[null, 1], [url, 1], [url, 3]] as const) {
+      for (const kind of ["http", "connect"] as const) {
+        rows.push(await measure(redisUrl, kind, proxies));
+      }
     }
     console.table(rows);
     console.log(

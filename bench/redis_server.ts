@@ -92,6 +92,33 @@ export class RedisServer {
     }
   }
 
+  /** The whole reply of `INFO <section>`. */
+  async info(section: string): Promise<string> {
+    const c = await Deno.connect({ hostname: "127.0.0.1", port: this.port });
+    const done = deadline(c, 10_000);
+    try {
+      await writeAll(c, enc.encode(resp(["INFO", section])));
+      const dec = new TextDecoder();
+      const buf = new Uint8Array(65536);
+      let got = "";
+      for (;;) {
+        const n = await c.read(buf);
+        if (n === null) break;
+        got += dec.decode(buf.subarray(0, n));
+        const m = /^\$(\d+)\r\n/.exec(got);
+        if (m && enc.encode(got).length >= m[0].length + Number(m[1])) break;
+      }
+      return got;
+    } finally {
+      done();
+      try {
+        c.close();
+      } catch {
+        // closed by the deadline
+      }
+    }
+  }
+
   /** Number of keys in database 0. */
   async dbsize(): Promise<number> {
     return Number((await this.command("DBSIZE")).replace(/^:/, ""));

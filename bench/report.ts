@@ -47,7 +47,23 @@ export interface Results {
   cap: Record<string, CapResult>;
   /** dprl without and with its admin server scraped once a second (the `admin` section). */
   admin?: AdminFigures;
+  /** What distributed mode costs Redis (the `distributed` section). */
+  redisCost?: RedisCostFigures;
   errors: string[];
+}
+
+/** What distributed mode costs Redis, per round where it is measured per round. */
+export interface RedisCostFigures {
+  /** Script calls (EVALSHA, EVAL, FCALL) per tunnel at 32 concurrent tunnels to one host. */
+  scriptsPerTunnel: number[];
+  /** dprl's Redis-mode tunnels/s over its in-memory tunnels/s, same round. */
+  ratios: number[];
+  /** One worker holding 10,000 hosts, idle. */
+  heartbeat?: {
+    hosts: number;
+    redisCpuPercent: number;
+    roundTripsPerSecond: number;
+  };
 }
 
 /** The control plane's cost: the same loads without and with the admin server. */
@@ -289,6 +305,50 @@ export function distributedTable(r: Results): string {
   );
 }
 
+/** What distributed mode costs Redis, against the goals of one call per tunnel and a cheap heartbeat. */
+export function redisCostTable(r: Results): string {
+  const c = r.redisCost;
+  if (!c) return "Redis cost: not measured";
+  const list = (xs: number[], digits: number) =>
+    xs.length ? xs.map((x) => fmt(x, digits)).join(", ") : "—";
+  const verdict = (ok: boolean | undefined) =>
+    ok === undefined ? "not measured" : ok ? "pass" : "**miss**";
+  const valid = (xs: number[]) => xs.filter((x) => Number.isFinite(x));
+  const spt = valid(c.scriptsPerTunnel);
+  const ratios = valid(c.ratios);
+  const hb = c.heartbeat;
+  return table(
+    ["figure", "value (per round)", "goal", ""],
+    [
+      [
+        "script calls per tunnel, 32 tunnels to one host (INFO commandstats)",
+        list(c.scriptsPerTunnel, 3),
+        "≤ 1.0",
+        verdict(spt.length ? Math.max(...spt) <= 1 : undefined),
+      ],
+      [
+        "Redis-mode tunnels/s ÷ in-memory tunnels/s",
+        list(c.ratios, 2),
+        "≥ 0.9 in every round",
+        verdict(ratios.length ? Math.min(...ratios) >= 0.9 : undefined),
+      ],
+      [
+        `heartbeat, ${fmt(hb?.hosts ?? 10_000)} hosts held: Redis CPU (% of a core)`,
+        hb ? fmt(hb.redisCpuPercent, 2) : "—",
+        "≤ 1",
+        verdict(hb ? hb.redisCpuPercent <= 1 : undefined),
+      ],
+      [
+        `heartbeat, ${fmt(hb?.hosts ?? 10_000)} hosts held: round trips per second`,
+        hb ? fmt(hb.roundTripsPerSecond, 1) : "—",
+        "≤ 50",
+        verdict(hb ? hb.roundTripsPerSecond <= 50 : undefined),
+      ],
+    ],
+    ["l", "r", "r", "l"],
+  );
+}
+
 /** Every round's rate, to show how much the machine's other load moved them. */
 export function roundsTable(r: Results): string {
   const n = r.settings.rounds;
@@ -489,6 +549,8 @@ ${rawTable(r)}
 ## Distributed (Redis)
 
 ${distributedTable(r)}
+
+${redisCostTable(r)}
 
 ## Cap accuracy
 

@@ -46,6 +46,8 @@ import {
   markdown,
   ratioTable,
   rawTable,
+  type RedisCostFigures,
+  redisCostTable,
   type Results,
 } from "./report.ts";
 import { buildBinaries, ensureDebianTools, paths } from "./setup.ts";
@@ -334,6 +336,9 @@ async function measureDistributed(defs: ProxyDef[], tools: Tools): Promise<void>
   const redis = await RedisServer.start(P.cache);
   const up = await startUpstream(tools);
   let full = false;
+  // Loaded here: the Redis client comes with it.
+  const { heartbeatCost, scriptCalls } = await import("./redis_cost.ts");
+  const redisCost: RedisCostFigures = results.redisCost = { scriptsPerTunnel: [], ratios: [] };
   try {
     for (let round = 0; round < ROUNDS; round++) {
       const order = round % 2 ? [...configs].reverse() : configs;
@@ -354,15 +359,30 @@ async function measureDistributed(defs: ProxyDef[], tools: Tools): Promise<void>
           try {
             log(`${c.label} (${D}s), round ${round + 1}/${ROUNDS}`);
             await tunnels(tools, port, up.port, WARM);
+            const counted = c.label === L.dprlRedis;
+            if (counted) await redis.command("CONFIG", "RESETSTAT");
             const r = await withCpu(proc, D, (x) => x.ok, () => tunnels(tools, port, up.port, D));
             results.distributed[c.label] = best(results.distributed[c.label], r)!;
             record(`${c.label}: tunnels/s`, round, r.perSec);
+            if (counted) {
+              const perTunnel = (await scriptCalls(redis)) / r.ok;
+              redisCost.scriptsPerTunnel[round] = perTunnel;
+              log(`  script calls per tunnel, round ${round + 1}: ${perTunnel.toFixed(3)}`);
+            }
           } finally {
             await proc.stop();
           }
         });
       }
+      const mem = results.rounds[`${L.dprlMem}: tunnels/s`]?.[round];
+      const red = results.rounds[`${L.dprlRedis}: tunnels/s`]?.[round];
+      redisCost.ratios[round] = red / mem;
     }
+    await attempt("heartbeat cost, 10,000 hosts", async () => {
+      log("heartbeat cost: one worker holding 10,000 hosts, three heartbeats (about 20 s)");
+      redisCost.heartbeat = await heartbeatCost(redis);
+      full = false;
+    });
   } finally {
     await up.proc.stop();
     await redis.stop();
@@ -468,6 +488,7 @@ async function main(): Promise<void> {
 
   console.log("\n## Raw figures per proxy\n\n" + rawTable(results));
   console.log("\n## Distributed (Redis)\n\n" + distributedTable(results));
+  console.log("\n" + redisCostTable(results));
   console.log("\n## Control plane\n\n" + adminTable(results));
   console.log("\n## Cap accuracy\n\n" + capTable(results));
   console.log("\n## Ratios and targets\n\n" + ratioTable(results));

@@ -140,6 +140,7 @@ Deno.test("GET /api/hosts lists hosts busiest first with their counters", async 
     host: "b.example",
     open: 3,
     idle: 0,
+    queued: 0,
     fleetOpen: null,
     limit: 3,
     admitted: 1,

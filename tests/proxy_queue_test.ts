@@ -161,3 +161,53 @@ Deno.test("an idle pooled connection serves a waiting plain-HTTP request before 
   assert.equal(w.body, "1", "the waiter got the first upstream connection");
   assert.equal(up.accepted, 1);
 });
+
+Deno.test("waiting requests show in dprl_queued, /api/hosts and dprl_queue_wait_seconds; timeouts and full lines count as refusals", async () => {
+  await using up = await startUpstream();
+  await using tp = await startProxy({
+    defaultMaxConnectionsPerHost: 1,
+    queueTimeout: 600,
+    queueMax: 2,
+    admin: { port: 0 },
+  });
+  const base = tp.proxy.adminUrl!;
+  const metrics = async () => await (await fetch(new URL("/metrics", base))).text();
+  const host = up.authority;
+  const holder = exchange(tp.addr, request("GET", up.url("/slow"), { Host: host }));
+  await up.waitHeld(1);
+  const waiters = [0, 1].map(() =>
+    exchange(tp.addr, request("GET", up.url("/fixed"), { Host: host }))
+  );
+  await sleep(100);
+  const full = await exchange(tp.addr, request("GET", up.url("/fixed"), { Host: host }));
+  assert.match(full.proxyStatus, /queue full/);
+  const text = await metrics();
+  assert.match(text, new RegExp(`^dprl_queued\\{host="${host}"\\} 2$`, "m"));
+  const hosts = await (await fetch(new URL("/api/hosts", base))).json();
+  assert.equal(hosts.hosts.find((h: { host: string }) => h.host === host).queued, 2);
+  // Both time out (600 ms) while the holder keeps the slot.
+  for (const w of await Promise.all(waiters)) assert.match(w.proxyStatus, /waited/);
+  up.release();
+  assert.equal((await holder).status, 200);
+  const served = exchange(tp.addr, request("GET", up.url("/slow"), { Host: host }));
+  await up.waitHeld(1);
+  const waited = exchange(tp.addr, request("GET", up.url("/fixed"), { Host: host }));
+  await sleep(100);
+  up.release();
+  assert.equal((await served).status, 200);
+  assert.equal((await waited).status, 200);
+  const after = await metrics();
+  assert.match(after, new RegExp(`^dprl_queued\\{host="${host}"\\} 0$`, "m"));
+  assert.match(after, /^dprl_queue_wait_seconds_count 1$/m);
+  assert.match(
+    after,
+    new RegExp(
+      `^dprl_connections_refused_total\\{host="${host}",reason="queue_timeout"\\} 2$`,
+      "m",
+    ),
+  );
+  assert.match(
+    after,
+    new RegExp(`^dprl_connections_refused_total\\{host="${host}",reason="queue_full"\\} 1$`, "m"),
+  );
+});

@@ -185,7 +185,7 @@ export function createAdminHandler(
           const host = parseHost(rest);
           if (host instanceof Response) return host;
           const row = hostRows().find((r) => r.host === host) ??
-            { host, open: 0, idle: 0, limit: source.limitFor(host) };
+            { host, open: 0, idle: 0, queued: 0, limit: source.limitFor(host) };
           return json(200, hostJson(row));
         },
       },
@@ -293,6 +293,7 @@ function hostJson(row: HostSummary): Record<string, unknown> {
     host: row.host,
     open: row.open,
     idle: row.idle,
+    queued: row.queued,
     fleetOpen: row.fleetOpen ?? null,
     limit: row.limit > 0 ? row.limit : 0,
     admitted: stats?.admitted ?? 0,

@@ -126,13 +126,14 @@ function renderHosts(data) {
     const tr = el("tr", { "data-host": h.host },
       el("td", { class: "host", title: h.host, text: h.host }), el("td", {}, bar),
       el("td", { class: "num", text: String(h.open) }), el("td", { class: "num", text: String(h.idle) }),
+      el("td", { class: "num", text: String(h.queued ?? 0) }),
       el("td", { class: "num", text: h.fleetOpen === null ? "-" : String(h.fleetOpen) }),
       el("td", { class: "num", text: count(h.admitted) }),
       el("td", { class: "num refusals", text: rate.toFixed(1) }),
       el("td", { class: "num", text: count(h.refused) }), el("td", {}, edit));
     rows.push(tr);
   }
-  if (rows.length === 0) rows.push(el("tr", {}, el("td", { class: "empty", colspan: "9", text: "No upstream connections yet" })));
+  if (rows.length === 0) rows.push(el("tr", {}, el("td", { class: "empty", colspan: "10", text: "No upstream connections yet" })));
   body.replaceChildren(...rows);
   $("host-count").textContent = data.total > data.hosts.length ? "(busiest " + data.hosts.length + " of " + data.total + ")" : "";
   previous = next;
@@ -221,7 +222,7 @@ export const DASHBOARD_HTML: string = `<!doctype html>
 <section>
   <h2>Hosts <span class="kv" id="host-count"></span></h2>
   <table>
-    <thead><tr><th>host</th><th>open / limit</th><th>open here</th><th>idle here</th><th>fleet</th>
+    <thead><tr><th>host</th><th>open / limit</th><th>open here</th><th>idle here</th><th>queued here</th><th>fleet</th>
       <th>admitted</th><th>refused/s</th><th>refused</th><th></th></tr></thead>
     <tbody id="hosts"></tbody>
   </table>

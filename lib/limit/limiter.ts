@@ -13,9 +13,12 @@ export interface Limiter {
    * Takes one slot for `host` unless `limit` (when above 0) slots are already
    * taken. Resolves `true` when the slot is granted, `false` when the host is
    * at its limit. Rejects with {@linkcode LimiterUnavailableError} when the
-   * limiter cannot decide and its failure mode says to refuse.
+   * limiter cannot decide and its failure mode says to refuse. With a
+   * `ticket` from {@linkcode Limiter.enqueue}, the slot is granted only when
+   * no earlier ticket still waits for the slots left, and the ticket leaves
+   * the line.
    */
-  acquire(host: string, limit: number): Promise<boolean>;
+  acquire(host: string, limit: number, ticket?: string): Promise<boolean>;
   /** Gives back one slot of `host` taken by {@linkcode Limiter.acquire}. */
   release(host: string): void;
   /** The number of open connections to `host` (across the fleet). */
@@ -28,6 +31,19 @@ export interface Limiter {
    * held here give their slots up.
    */
   onPressure?: (host: string) => void;
+  /**
+   * A limiter shared by a fleet may keep one line of waiting requests per
+   * host across the fleet: puts a request at its end and returns its ticket.
+   * Without it, each process's own line is all there is.
+   */
+  enqueue?(host: string): string;
+  /** Takes a ticket out of the line (no-op once it was granted or is gone). */
+  dequeue?(host: string, ticket: string): void;
+  /**
+   * Set by the owner of waiting requests: called with a host when a slot of
+   * it may have come free elsewhere in the fleet.
+   */
+  onWake?: (host: string) => void;
 }
 
 /** Thrown when a limiter cannot reach its shared storage and must refuse. */

@@ -11,7 +11,15 @@ import type { ClusterOptions, RedisOptions } from "ioredis";
 import type { RedisConfig, RedisNode } from "./redis_config.ts";
 import { getLogger, type Logger } from "@logtape/logtape";
 import { type Limiter, LimiterUnavailableError } from "./limiter.ts";
-import { ACQUIRE_LUA, COUNT_LUA, REGISTER_LUA, RELEASE_LUA, SYNC_LUA } from "./redis_scripts.ts";
+import {
+  ACQUIRE_LUA,
+  COUNT_LUA,
+  forCluster,
+  LINE_LUA,
+  REGISTER_LUA,
+  RELEASE_LUA,
+  SYNC_LUA,
+} from "./redis_scripts.ts";
 
 /**
  * What to do when Redis cannot be reached or does not answer in time:
@@ -79,6 +87,8 @@ interface HostState {
 /** An acquire waiting in a {@linkcode Batch}. */
 interface Waiter {
   limit: number;
+  /** The waiting request's ticket in the fleet's line, or `""`. */
+  ticket: string;
   resolve: (granted: boolean) => void;
   reject: (error: unknown) => void;
 }
@@ -98,6 +108,8 @@ interface ScriptedClient {
     n: string,
     w: string,
     e: string,
+    q: string,
+    qw: string,
     worker: string,
     lease: number,
     floor: number,
@@ -107,12 +119,13 @@ interface ScriptedClient {
     trusted: number,
     releases: number,
     host: string,
-    ...limits: number[]
+    ...limits: (number | string)[]
   ): Promise<(number | string)[]>;
   dprlRelease(
     n: string,
     w: string,
     e: string,
+    q: string,
     worker: string,
     count: number,
     host: string,
@@ -122,6 +135,18 @@ interface ScriptedClient {
   /** `numKeys`, n and w of each host, then the lease. */
   dprlCount(numKeys: number, ...keysAndArgs: (string | number)[]): Promise<number[]>;
   dprlRegister(workers: string, worker: string, lease: number, op: string): Promise<string[]>;
+  /** q and qw of one host, then worker, lease, ttl, op, host, adds, tickets. */
+  dprlLine(q: string, qw: string, ...args: (string | number)[]): Promise<number>;
+}
+
+/** What the fleet's line of one host is to be told in this event-loop turn. */
+interface LineOps {
+  /** Tickets joining the line, in order. */
+  adds: string[];
+  /** Tickets leaving it. */
+  removes: string[];
+  /** This worker has no ticket of the host left: its waiting lease ends. */
+  leave: boolean;
 }
 
 /** How many leases an idle host's keys outlive their last write. */
@@ -173,6 +198,14 @@ export class RedisLimiter implements Limiter {
   #logger: Logger;
   #worker: string;
   #hosts = new Map<string, HostState>();
+  /** This worker's tickets in the fleet's lines, by host, in order. */
+  #tickets = new Map<string, Set<string>>();
+  /** This turn's changes of the fleet's lines, by host, until the flush sends them. */
+  #lineOps = new Map<string, LineOps>();
+  /** Tickets whose acquire is on its way to Redis. */
+  #asking = new Set<string>();
+  /** Tickets issued so far (their ids are this number, padded, so they sort). */
+  #ticketSeq = 0;
   /** This turn's acquires and releases, by host, until the flush sends them. */
   #queued = new Map<string, Batch>();
   #touched = new Set<string>();
@@ -248,8 +281,10 @@ export class RedisLimiter implements Limiter {
       adminUrl: "",
       started: new Date().toISOString(),
     };
-    client.defineCommand("dprlAcquire", { numberOfKeys: 3, lua: ACQUIRE_LUA });
-    client.defineCommand("dprlRelease", { numberOfKeys: 3, lua: RELEASE_LUA });
+    const wakes = (lua: string): string => this.#cluster ? forCluster(lua) : lua;
+    client.defineCommand("dprlAcquire", { numberOfKeys: 5, lua: wakes(ACQUIRE_LUA) });
+    client.defineCommand("dprlRelease", { numberOfKeys: 4, lua: wakes(RELEASE_LUA) });
+    client.defineCommand("dprlLine", { numberOfKeys: 2, lua: wakes(LINE_LUA) });
     client.defineCommand("dprlSync", { lua: SYNC_LUA });
     client.defineCommand("dprlCount", { lua: COUNT_LUA });
     client.defineCommand("dprlRegister", { numberOfKeys: 1, lua: REGISTER_LUA });
@@ -317,7 +352,7 @@ export class RedisLimiter implements Limiter {
    * uncounted slot, `"local"` grants while this process holds fewer than
    * `limit`.
    */
-  async acquire(host: string, limit: number): Promise<boolean> {
+  async acquire(host: string, limit: number, ticket?: string): Promise<boolean> {
     if (this.#closed) {
       throw new LimiterUnavailableError("Redis limiter is closed");
     }
@@ -337,7 +372,9 @@ export class RedisLimiter implements Limiter {
     s.pending++;
     const batch = this.#batch(host, s);
     return await new Promise<boolean>((resolve, reject) => {
-      batch.acquires.push({ limit, resolve, reject });
+      // A ticket that left the line meanwhile asks as a newcomer.
+      const waiting = ticket !== undefined && this.#tickets.get(host)?.has(ticket);
+      batch.acquires.push({ limit, ticket: waiting ? ticket : "", resolve, reject });
     });
   }
 
@@ -353,6 +390,10 @@ export class RedisLimiter implements Limiter {
   }
 
   #flushAll(): void {
+    // The line first: a ticket joins it before it asks for a slot.
+    const lines = this.#lineOps;
+    this.#lineOps = new Map();
+    for (const [host, ops] of lines) this.#sendLine(host, ops, ops.leave ? "leave" : "");
     const queued = this.#queued;
     this.#queued = new Map();
     for (const [host, batch] of queued) this.#flush(host, batch);
@@ -388,12 +429,16 @@ export class RedisLimiter implements Limiter {
       }
     };
     let reply: (number | string)[];
+    const asking = acquires.filter((a) => a.ticket).map((a) => a.ticket);
+    for (const t of asking) this.#asking.add(t);
     try {
       reply = await this.#call(() =>
         this.#scripts.dprlAcquire(
           this.#key(host, "n"),
           this.#key(host, "w"),
           epochKey,
+          this.#key(host, "q"),
+          this.#key(host, "qw"),
           this.#worker,
           this.#lease,
           floor,
@@ -403,7 +448,7 @@ export class RedisLimiter implements Limiter {
           s.dirty ? 0 : 1,
           releases,
           host,
-          ...acquires.map((a) => a.limit),
+          ...acquires.map((a) => a.ticket ? `${a.limit} ${a.ticket}` : a.limit),
         )
       );
     } catch (error) {
@@ -412,6 +457,8 @@ export class RedisLimiter implements Limiter {
       this.#markDirty(host, s);
       for (const waiter of acquires) decide(waiter, error);
       return;
+    } finally {
+      for (const t of asking) this.#asking.delete(t);
     }
     s.pending -= k;
     const grants = acquires.map((_, i) => Number(reply[3 + i]) === 1);
@@ -437,6 +484,7 @@ export class RedisLimiter implements Limiter {
     const lostCounts = new Error("Redis lost its counts and the fleet is re-asserting them");
     let refused = false;
     acquires.forEach((waiter, i) => {
+      if (grants[i] && waiter.ticket) this.#forgetTicket(host, waiter.ticket);
       if (grants[i]) waiter.resolve(true);
       // The sum may be partial: decide as if Redis had not answered.
       else if (lost > 0) decide(waiter, lostCounts);
@@ -468,16 +516,124 @@ export class RedisLimiter implements Limiter {
    */
   #subscribe(): void {
     if (this.#subscriber || this.#closed) return;
-    const sub = this.#client.duplicate();
+    // On Cluster, wake-ups come on sharded channels, each from its slot's node.
+    const sub = this.#cluster
+      ? (this.#client as Cluster).duplicate(undefined, { shardedSubscribers: true })
+      : this.#client.duplicate();
     this.#subscriber = sub;
     sub.on("error", () => {});
     guardStreams(sub);
     const pressure = `${this.#prefix}:pressure`;
+    const lost = `${this.#prefix}:lost`;
     sub.on("message", (channel: string, message: string) => {
       if (channel === pressure) this.onPressure?.(message);
-      else this.#lossNotice(message);
+      else if (channel === lost) this.#lossNotice(message);
+      else if (this.#tickets.has(message)) this.onWake?.(message);
     });
-    sub.subscribe(pressure, `${this.#prefix}:lost`).catch(() => {});
+    sub.on("smessage", (_channel: string, message: string) => {
+      if (this.#tickets.has(message)) this.onWake?.(message);
+    });
+    sub.subscribe(pressure, lost).catch(() => {});
+    for (const host of this.#tickets.keys()) this.#watchLine(host, true);
+  }
+
+  /**
+   * Called with a host when a slot of it was given back anywhere in the
+   * fleet (or a ticket left its line) while this worker waits for it: the
+   * first in line may now be granted. Messages can be lost; owners also ask
+   * again on a timer.
+   */
+  onWake?: (host: string) => void;
+
+  /**
+   * Puts a request waiting for a slot of `host` at the end of the fleet's
+   * line and returns its ticket; {@linkcode acquire} with the ticket is
+   * granted only when no earlier ticket anywhere in the fleet still waits
+   * for the slots left. The ticket lives with this worker's lease: a crashed
+   * worker's tickets vanish within one lease. Give it back with
+   * {@linkcode dequeue} when the request stops waiting.
+   */
+  enqueue(host: string): string {
+    const ticket = `${this.#worker}|${(this.#ticketSeq++).toString(36).padStart(11, "0")}`;
+    if (this.#closed) return ticket;
+    let tickets = this.#tickets.get(host);
+    if (!tickets) {
+      this.#tickets.set(host, tickets = new Set());
+      this.#watchLine(host, true);
+    }
+    tickets.add(ticket);
+    this.#startHeartbeat();
+    this.#subscribe();
+    const ops = this.#lineOp(host);
+    ops.adds.push(ticket);
+    ops.leave = false;
+    return ticket;
+  }
+
+  /** Takes `ticket` out of the fleet's line of `host` (no-op once granted or gone). */
+  dequeue(host: string, ticket: string): void {
+    if (!this.#tickets.get(host)?.has(ticket) || this.#closed) return;
+    this.#forgetTicket(host, ticket);
+    const ops = this.#lineOp(host);
+    const i = ops.adds.indexOf(ticket);
+    if (i >= 0) ops.adds.splice(i, 1);
+    else ops.removes.push(ticket);
+  }
+
+  /** Forgets a ticket that is no longer in line; the last one ends the wait. */
+  #forgetTicket(host: string, ticket: string): void {
+    const tickets = this.#tickets.get(host);
+    if (!tickets?.delete(ticket) || tickets.size > 0) return;
+    this.#tickets.delete(host);
+    this.#watchLine(host, false);
+    this.#lineOp(host).leave = true;
+  }
+
+  #lineOp(host: string): LineOps {
+    let ops = this.#lineOps.get(host);
+    if (!ops) {
+      ops = { adds: [], removes: [], leave: false };
+      if (this.#lineOps.size === 0 && this.#queued.size === 0) {
+        queueMicrotask(() => this.#flushAll());
+      }
+      this.#lineOps.set(host, ops);
+    }
+    return ops;
+  }
+
+  /** Sends changes of the line of `host`; a failure is healed by the heartbeat. */
+  #sendLine(host: string, ops: LineOps, op: "" | "renew" | "leave"): void {
+    if (this.#closed || this.#failFast()) return;
+    if (ops.adds.length === 0 && ops.removes.length === 0 && op === "") return;
+    this.#call(() =>
+      this.#scripts.dprlLine(
+        this.#key(host, "q"),
+        this.#key(host, "qw"),
+        this.#worker,
+        this.#lease,
+        this.#ttl,
+        op,
+        host,
+        ops.adds.length,
+        ...ops.adds,
+        ...ops.removes,
+      )
+    ).catch(() => {});
+  }
+
+  /** Listens for (or stops listening for) the wake-ups of the line of `host`. */
+  #watchLine(host: string, on: boolean): void {
+    const sub = this.#subscriber;
+    if (!sub) return;
+    const channel = this.#key(host, "q");
+    const cluster = sub as unknown as {
+      ssubscribe(c: string): Promise<unknown>;
+      sunsubscribe(c: string): Promise<unknown>;
+    };
+    const call = this.#cluster
+      ? (on ? cluster.ssubscribe(channel) : cluster.sunsubscribe(channel))
+      : (on ? sub.subscribe(channel) : sub.unsubscribe(channel));
+    call.catch(() => {});
   }
 
   /** Gives back one slot of `host`; a host with no slot held is left alone. */
@@ -542,6 +698,8 @@ export class RedisLimiter implements Limiter {
     client.off("ready", this.#onReady);
     client.off("close", this.#onClose);
     const hosts = [...this.#touched];
+    const lines = [...this.#tickets];
+    this.#tickets.clear();
     this.#touched.clear();
     this.#hosts.clear();
     this.#fleet.clear();
@@ -563,6 +721,22 @@ export class RedisLimiter implements Limiter {
             this.#timeout,
           )
         ),
+        ...lines.map(([host, tickets]) =>
+          withTimeout(
+            this.#scripts.dprlLine(
+              this.#key(host, "q"),
+              this.#key(host, "qw"),
+              this.#worker,
+              this.#lease,
+              this.#ttl,
+              "leave",
+              host,
+              0,
+              ...tickets,
+            ),
+            this.#timeout,
+          )
+        ),
         withTimeout(
           this.#scripts.dprlRegister(this.#workersKey, this.#worker, this.#lease, "del"),
           this.#timeout,
@@ -578,7 +752,7 @@ export class RedisLimiter implements Limiter {
     client.off("error", this.#onError);
   }
 
-  #key(host: string, kind: "n" | "w"): string {
+  #key(host: string, kind: "n" | "w" | "q" | "qw"): string {
     return `${this.#prefix}:{${host}}:${kind}`;
   }
 
@@ -772,6 +946,7 @@ export class RedisLimiter implements Limiter {
         this.#key(host, "n"),
         this.#key(host, "w"),
         this.#epochKey(host),
+        this.#key(host, "q"),
         this.#worker,
         count,
         host,
@@ -876,6 +1051,11 @@ export class RedisLimiter implements Limiter {
     if (this.#closed || this.#failFast()) return;
     for (const [e, batch] of this.#batches(this.#hosts.keys())) {
       this.#sync(e, batch.map((host) => [host, this.#hosts.get(host)!]));
+    }
+    for (const [host, tickets] of this.#tickets) {
+      // A ticket being granted right now must not come back as a ghost.
+      const adds = [...tickets].filter((t) => !this.#asking.has(t));
+      this.#sendLine(host, { adds, removes: [], leave: false }, "renew");
     }
     const others = [...this.#fleet.keys()].filter((host) => !this.#hosts.has(host));
     if (others.length > 0) {

@@ -123,10 +123,98 @@ end
 `;
 
 /**
+ * The fleet's line of waiting requests for one host (issue: waiting for a
+ * slot). `<prefix>:{H}:q` is a sorted set of tickets (member `<worker>|<n>`,
+ * score the enqueue time from Redis `TIME`, never lower than the last
+ * ticket's); `<prefix>:{H}:qw` a sorted set of the waiting workers' lease
+ * deadlines. A ticket counts only while its worker's lease lives: the tickets
+ * of a worker whose lease passed are deleted with it, and tickets at the front
+ * of the line without a waiting worker go too. Releases wake the line with a
+ * message on the channel named like the `q` key ({@linkcode forCluster} makes
+ * it a sharded channel). Need locals `now` and `lease`.
+ *
+ * - `prune_line(q, qw)`: drops dead workers and their tickets (nothing to do
+ *   while nobody waits).
+ * - `line_lets(q, sum, limit, ticket)`: whether the line lets an acquire
+ *   through: one without a ticket (`''`) only while the slots left exceed the
+ *   tickets waiting, one with a ticket only while its rank is below
+ *   `limit - sum`; a ticket missing from the line (lost keys, or granted
+ *   already) asks as a newcomer (the heartbeat puts lost ones back).
+ * - `add_ticket(q, qw, worker, ticket)`: puts a ticket at the end of the line
+ *   unless it is in it, and renews the worker's waiting lease.
+ * - `wake(q, host)`: tells the waiting workers that a slot may be free, when
+ *   anyone waits.
+ */
+const LINE = `
+local function owner_of(ticket)
+  return string.match(ticket, '^(.*)|') or ''
+end
+local function prune_line(q, qw)
+  if redis.call('EXISTS', q) == 0 then return end
+  local horizon = now + lease + ${LEASE_MARGIN_MS}
+  local dead = {}
+  local any = false
+  local gone = redis.call('ZRANGEBYSCORE', qw, '-inf', '(' .. now)
+  local forged = redis.call('ZRANGEBYSCORE', qw, '(' .. horizon, '+inf')
+  for _, list in ipairs({gone, forged}) do
+    for i = 1, #list do
+      dead[list[i]] = true
+      any = true
+      redis.call('ZREM', qw, list[i])
+    end
+  end
+  if any then
+    local tickets = redis.call('ZRANGE', q, 0, -1)
+    for i = 1, #tickets do
+      if dead[owner_of(tickets[i])] then redis.call('ZREM', q, tickets[i]) end
+    end
+  end
+  local front = redis.call('ZRANGE', q, 0, 63)
+  local waiting = {}
+  for i = 1, #front do
+    local owner = owner_of(front[i])
+    if waiting[owner] == nil then
+      waiting[owner] = redis.call('ZSCORE', qw, owner) ~= false
+    end
+    if not waiting[owner] then redis.call('ZREM', q, front[i]) end
+  end
+end
+local function add_ticket(q, qw, worker, ticket)
+  if redis.call('ZSCORE', q, ticket) then return end
+  local score = now
+  local last = redis.call('ZRANGE', q, -1, -1, 'WITHSCORES')
+  if #last == 2 then score = math.max(score, tonumber(last[2])) end
+  redis.call('ZADD', q, score, ticket)
+  redis.call('ZADD', qw, now + lease, worker)
+end
+local function line_lets(q, sum, limit, ticket)
+  local rank = false
+  if ticket ~= '' then rank = redis.call('ZRANK', q, ticket) end
+  if not rank then return sum + redis.call('ZCARD', q) < limit end
+  return rank < limit - sum
+end
+local function wake(q, host)
+  if redis.call('EXISTS', q) == 1 then redis.call('PUBLISH', q, host) end
+end
+`;
+
+/**
+ * A script for Redis Cluster: wake-ups go out on sharded channels
+ * (`SPUBLISH`, received with `SSUBSCRIBE` on the node of the host's slot).
+ */
+export function forCluster(lua: string): string {
+  return lua.replaceAll("'PUBLISH'", "'SPUBLISH'");
+}
+
+/**
  * `acquire(worker, leaseMs, floor, ttlMs, known, fresh, trusted, releases,
- * host, limit...)` on `KEYS` = n, w, epoch hash: first gives back `releases`
- * slots of `worker`, then takes one slot per `limit`, in order, for each while
- * `limit` is 0 or the live workers hold fewer than it, unless keys were lost.
+ * host, limit...)` on `KEYS` = n, w, epoch hash, then (always last) line q
+ * and waiting workers qw:
+ * first gives back `releases` slots of `worker` (and wakes the line), then
+ * takes one slot per `limit`, in order, for each while `limit` is 0 or the
+ * live workers hold fewer than it and the line lets it through, unless keys
+ * were lost. A `limit` may carry a ticket (`"<limit> <ticket>"`): granted, the
+ * ticket leaves the line (see `LINE`).
  * `floor` is the number of slots the worker knows it holds (after the
  * releases): a live count below it is raised to it first; when the worker's
  * last write is known to have landed (`trusted` = 1), a count below it means
@@ -141,7 +229,7 @@ local ttl = tonumber(ARGV[4])
 local trusted = ARGV[7] == '1'
 local releases = tonumber(ARGV[8])
 local host = ARGV[9]
-` + LIVE + EPOCH + WRITE + `
+` + LIVE + EPOCH + WRITE + LINE + `
 local epoch, lost = check_epoch(KEYS[3], ARGV[5], ARGV[6])
 if lost == 0 and keys_lost(KEYS[3], host, KEYS[1], KEYS[2]) then lost = 2 end
 local sum, mine = live(KEYS[1], KEYS[2], worker, true)
@@ -159,12 +247,19 @@ if mine < floor then
   changed = true
 end
 local out = {0, lost, epoch}
+-- The line of waiting tickets (its two keys come last): begin
+local q, qw = KEYS[#KEYS - 1], KEYS[#KEYS]
+prune_line(q, qw)
+if releases > 0 then wake(q, host) end
+-- The line of waiting tickets: end
 for i = 10, #ARGV do
-  local limit = tonumber(ARGV[i])
-  if lost == 0 and (limit <= 0 or sum < limit) then
+  local limit, ticket = string.match(ARGV[i], '^(%S+) ?(.*)$')
+  limit = tonumber(limit)
+  if lost == 0 and (limit <= 0 or (sum < limit and line_lets(q, sum, limit, ticket))) then
     sum = sum + 1
     mine = mine + 1
     changed = true
+    if ticket ~= '' then redis.call('ZREM', q, ticket) end
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
@@ -177,13 +272,14 @@ return out
 `;
 
 /**
- * `release(worker, count, host)` on `KEYS` = n, w, epoch hash: gives back
- * `count` slots of `worker`; at 0 (or below, when the field was already gone)
- * its field and member are deleted, and with the last one the host's mark.
- * Returns the worker's remaining count.
+ * `release(worker, count, host)` on `KEYS` = n, w, epoch hash, line q:
+ * gives back `count` slots of `worker` and wakes the line; at 0 (or below,
+ * when the field was already gone) its field and member are deleted, and with
+ * the last one the host's mark. Returns the worker's remaining count.
  */
 export const RELEASE_LUA: string = `
 local v = redis.call('HINCRBY', KEYS[1], ARGV[1], -tonumber(ARGV[2]))
+if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('PUBLISH', KEYS[4], ARGV[3]) end
 if v > 0 then return v end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -272,4 +368,40 @@ elseif op == 'del' then
   redis.call('ZREM', KEYS[1], worker)
 end
 return redis.call('ZRANGE', KEYS[1], 0, -1)
+`;
+
+/**
+ * `line(worker, leaseMs, ttlMs, op, host, adds, ticket...)` on `KEYS` = line
+ * q, waiting workers qw of one host: puts the first `adds` tickets at the end
+ * of the line (in order; one already in it keeps its place) and takes the
+ * others out. `op` `"renew"` also renews `worker`'s waiting lease (the
+ * heartbeat sends every ticket it waits with, so that lost ones come back),
+ * `"leave"` ends it (the worker waits no more). Taking tickets out wakes the
+ * line: the next may now go. Returns the length of the line.
+ */
+export const LINE_LUA: string = NOW + `
+local worker = ARGV[1]
+local lease = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local op = ARGV[4]
+local host = ARGV[5]
+local adds = tonumber(ARGV[6])
+local q = KEYS[1]
+local qw = KEYS[2]
+` + LINE + `
+prune_line(q, qw)
+for i = 7, 6 + adds do add_ticket(q, qw, worker, ARGV[i]) end
+local removed = 0
+for i = 7 + adds, #ARGV do removed = removed + redis.call('ZREM', q, ARGV[i]) end
+if op == 'leave' then
+  redis.call('ZREM', qw, worker)
+elseif op == 'renew' or adds > 0 then
+  redis.call('ZADD', qw, now + lease, worker)
+end
+if redis.call('EXISTS', q) == 1 then
+  redis.call('PEXPIRE', q, ttl)
+  redis.call('PEXPIRE', qw, ttl)
+end
+if removed > 0 then wake(q, host) end
+return redis.call('ZCARD', q)
 `;

@@ -17,6 +17,8 @@ export interface UpstreamHostView {
   idle: number;
   /** Upstream connections open over the whole fleet (distributed mode; cached). */
   fleetOpen?: number;
+  /** Requests of this process waiting for a slot of the host. */
+  queued?: number;
 }
 
 /** One host's current state and counters. */
@@ -29,6 +31,8 @@ export interface HostSummary {
   idle: number;
   /** Open over the fleet, when known. */
   fleetOpen?: number;
+  /** Requests waiting here for a slot. */
+  queued: number;
   /** The limit that applies (0 or less: unlimited). */
   limit: number;
   /** The host's counters, or `undefined` when nothing was counted yet. */
@@ -57,6 +61,7 @@ export function summarizeHosts(options: SummarizeOptions): HostSummary[] {
       open: view.open,
       idle: view.idle,
       fleetOpen: view.fleetOpen,
+      queued: view.queued ?? 0,
       limit: options.limitFor(view.host),
       stats: options.stats.get(view.host),
     });
@@ -64,7 +69,7 @@ export function summarizeHosts(options: SummarizeOptions): HostSummary[] {
   for (const [host, stats] of options.stats) {
     const row = rows.get(host);
     if (row === undefined) {
-      rows.set(host, { host, open: 0, idle: 0, limit: options.limitFor(host), stats });
+      rows.set(host, { host, open: 0, idle: 0, queued: 0, limit: options.limitFor(host), stats });
     }
   }
   return [...rows.values()].sort((a, b) =>
@@ -73,5 +78,5 @@ export function summarizeHosts(options: SummarizeOptions): HostSummary[] {
 }
 
 function busyness(row: HostSummary): number {
-  return row.open + (row.stats?.admitted ?? 0);
+  return row.open + row.queued + (row.stats?.admitted ?? 0);
 }

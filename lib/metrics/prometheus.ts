@@ -87,6 +87,9 @@ export function renderPrometheus(input: PrometheusInput): string {
   );
   rows.forEach((row, i) => out.push(`dprl_upstream_connections_idle{${labels[i]}} ${row.idle}`));
 
+  head(out, "dprl_queued", "gauge", "Requests of this process waiting for a slot of a host.");
+  rows.forEach((row, i) => out.push(`dprl_queued{${labels[i]}} ${row.queued}`));
+
   if (input.distributed) {
     head(
       out,
@@ -185,6 +188,13 @@ export function renderPrometheus(input: PrometheusInput): string {
     stats.connectDuration,
   );
 
+  histogram(
+    out,
+    "dprl_queue_wait_seconds",
+    "Time requests waited in line for a slot before they were served.",
+    stats.queueWait,
+  );
+
   if (input.redisUp !== null) {
     head(out, "dprl_redis_up", "gauge", "Whether the limiter reaches Redis (1) or not (0).");
     out.push(`dprl_redis_up ${input.redisUp ? 1 : 0}`);
@@ -229,6 +239,7 @@ interface MetricRow {
   host: string;
   open: number;
   idle: number;
+  queued: number;
   fleetOpen?: number;
   limit: number;
   admitted: number;
@@ -257,6 +268,7 @@ function foldHosts(rows: HostSummary[], max: number): MetricRow[] {
     }
     other.open += metric.open;
     other.idle += metric.idle;
+    other.queued += metric.queued;
     if (metric.fleetOpen !== undefined) other.fleetOpen = (other.fleetOpen ?? 0) + metric.fleetOpen;
     other.admitted += metric.admitted;
     for (const reason of REFUSAL_REASONS) other.refused[reason] += metric.refused[reason];
@@ -281,6 +293,7 @@ function toMetricRow(row: HostSummary): MetricRow {
     host: row.host,
     open: row.open,
     idle: row.idle,
+    queued: row.queued,
     fleetOpen: row.fleetOpen,
     limit: row.limit,
     admitted: row.stats?.admitted ?? 0,

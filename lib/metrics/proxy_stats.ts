@@ -61,6 +61,23 @@ export const REDIS_BUCKETS: readonly number[] = [
   1,
 ];
 
+/** Upper bounds, in seconds, of the histogram of time spent waiting for a slot. */
+export const QUEUE_WAIT_BUCKETS: readonly number[] = [
+  0.001,
+  0.005,
+  0.01,
+  0.05,
+  0.1,
+  0.25,
+  0.5,
+  1,
+  2.5,
+  5,
+  10,
+  30,
+  60,
+];
+
 /** The host key under which hosts beyond the tracked maximum are counted. */
 export const OTHER_HOST = "_other";
 
@@ -171,6 +188,8 @@ export class ProxyStats {
   readonly connectDuration: Histogram = new Histogram(CONNECT_BUCKETS);
   /** Time of limiter calls to Redis, in seconds. */
   readonly redisCallDuration: Histogram = new Histogram(REDIS_BUCKETS);
+  /** Time requests waited in line before they were served, in seconds. */
+  readonly queueWait: Histogram = new Histogram(QUEUE_WAIT_BUCKETS);
 
   #hosts = new Map<string, HostStats>();
   #maxTracked: number;
@@ -252,6 +271,11 @@ export class ProxyStats {
   /** Records the time an upstream connect took, in milliseconds. */
   onConnectDuration(ms: number): void {
     this.connectDuration.observe(ms / 1000);
+  }
+
+  /** Records the time a request waited in line before it was served, in milliseconds. */
+  onQueueWait(ms: number): void {
+    this.queueWait.observe(ms / 1000);
   }
 
   /** Records the time a limiter call to Redis took, in milliseconds. */

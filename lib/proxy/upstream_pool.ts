@@ -8,7 +8,7 @@ import { LimiterUnavailableError } from "../limit/limiter.ts";
 import type { DestinationPolicy } from "../access/destination_policy.ts";
 import type { ProxyStats } from "../metrics/proxy_stats.ts";
 import type { UpstreamHostView } from "../metrics/host_summary.ts";
-import { WaitQueue } from "./wait_queue.ts";
+import { type Grant, type Waiter, WaitQueue } from "./wait_queue.ts";
 
 const IP_LITERAL = /^(?:[0-9.]+|.*:.*)$/;
 
@@ -23,6 +23,8 @@ export class Upstream {
   openedAt = 0;
   /** It served an exchange before (it came from the pool). */
   reused = false;
+  /** Its slot was given back already: closing it gives nothing back. */
+  slotReturned = false;
   #onClose: (up: Upstream) => void;
   #closed = false;
 
@@ -89,6 +91,8 @@ export class UpstreamPool {
   #now = Date.now();
   /** Requests waiting for a slot, per host. */
   #queue = new WaitQueue();
+  /** Waiters offered an idle socket while the limiter answers. */
+  #swapping = new Set<Waiter>();
   /** Hosts whose line is being served now, and whether a slot came free meanwhile. */
   #waking = new Map<string, boolean>();
   /** Average time a slot is held, per host (ms), for Retry-After. */
@@ -100,12 +104,16 @@ export class UpstreamPool {
     options.limiter.onPressure = (key) => {
       for (const up of [...this.#idle.get(key) ?? []]) up.close();
     };
+    // A slot came free elsewhere in the fleet: the line asks at once.
+    options.limiter.onWake = (key) => {
+      if (this.#queue.length(key) > 0) this.#wake(key);
+    };
     this.#release = (up) => {
       const n = (this.#open.get(up.key) ?? 1) - 1;
       if (n === 0) this.#open.delete(up.key);
       else this.#open.set(up.key, n);
       this.#removeIdle(up);
-      this.#o.limiter.release(up.key);
+      if (!up.slotReturned) this.#o.limiter.release(up.key);
       const held = this.#now - up.openedAt;
       this.#holdMs.set(up.key, 0.8 * (this.#holdMs.get(up.key) ?? held) + 0.2 * held);
       if (this.#queue.length(up.key) > 0) this.#wake(up.key);
@@ -127,12 +135,53 @@ export class UpstreamPool {
   /** Gives an idle socket to a waiting plain-HTTP request, or its slot to the line. */
   #handOff(up: Upstream): boolean {
     if (this.#queue.length(up.key) === 0) return false;
+    if (this.#o.limiter.enqueue) {
+      const waiter = this.#queue.firstHttp(up.key, (w) => this.#swapping.has(w));
+      if (!waiter) up.close(); // its slot goes to the fleet's line
+      else this.#swap(up, waiter);
+      return true;
+    }
     const waiter = this.#queue.takeHttp(up.key);
     if (waiter) {
       this.#o.stats.onAdmitted(up.key);
       waiter.grant(up);
     } else up.close(); // its slot goes to the first in line
     return true;
+  }
+
+  /**
+   * In a fleet, the line decides who uses a freed slot, even one whose
+   * socket is idle here: the slot goes back and is asked for again with
+   * `waiter`'s ticket in the same limiter call. Granted, the waiter gets the
+   * socket; refused (an earlier ticket elsewhere gets the slot), the socket
+   * closes.
+   */
+  async #swap(up: Upstream, waiter: Waiter): Promise<void> {
+    this.#swapping.add(waiter);
+    up.slotReturned = true;
+    this.#o.limiter.release(up.key);
+    let granted = false;
+    try {
+      granted = await this.#o.limiter.acquire(
+        up.key,
+        this.#o.limits.limitFor(up.key),
+        waiter.ticket,
+      );
+    } catch {
+      // The limiter cannot decide: the socket closes, the line is asked again.
+    }
+    this.#swapping.delete(waiter);
+    if (!granted || up.closed) {
+      if (granted) this.#o.limiter.release(up.key);
+      up.close();
+      return;
+    }
+    up.slotReturned = false;
+    if (this.#queue.has(up.key, waiter)) {
+      this.#queue.remove(up.key, waiter);
+      this.#o.stats.onAdmitted(up.key);
+      waiter.grant(up);
+    } else this.put(up); // it left meanwhile: the next one, or the pool
   }
 
   /** Pools a socket whose exchange ended cleanly, or closes it. */
@@ -240,14 +289,25 @@ export class UpstreamPool {
     };
     if (this.#o.queueTimeout <= 0) throw refuse("limit");
     if (ahead >= this.#o.queueMax) throw refuse("queue_full");
+    // In a fleet, the request also takes its place in the fleet's line.
+    const ticket = this.#o.limiter.enqueue?.(key);
+    const since = performance.now();
     const waiting = this.#queue.wait(key, {
       http,
       now: this.#now,
       timeout: this.#o.queueTimeout,
       signal,
+      ticket,
     });
     this.#wake(key); // a slot may have come free meanwhile
-    const got = await waiting;
+    let got: Grant;
+    try {
+      got = await waiting;
+    } finally {
+      // Granted, handed a connection, timed out or gone: out of the line.
+      if (ticket !== undefined) this.#o.limiter.dequeue?.(key, ticket);
+    }
+    this.#o.stats.onQueueWait(performance.now() - since);
     if (got === "slot") return undefined;
     return got;
   }
@@ -256,9 +316,9 @@ export class UpstreamPool {
    * Asks the limiter for a slot, closing idle pooled sockets of `key` while
    * that is what it takes. Counts a refusal by an unavailable limiter.
    */
-  async #tryAcquire(key: string, limit: number): Promise<boolean> {
+  async #tryAcquire(key: string, limit: number, ticket?: string): Promise<boolean> {
     try {
-      while (!await this.#o.limiter.acquire(key, limit)) {
+      while (!await this.#o.limiter.acquire(key, limit, ticket)) {
         const idle = this.take(key);
         if (!idle) return false;
         idle.close();
@@ -284,7 +344,7 @@ export class UpstreamPool {
       for (let waiter = this.#queue.head(key); waiter; waiter = this.#queue.head(key)) {
         let granted: boolean;
         try {
-          granted = await this.#tryAcquire(key, limit);
+          granted = await this.#tryAcquire(key, limit, waiter.ticket);
         } catch (err) {
           // The limiter cannot decide: the failure mode answers the line.
           for (let w = this.#queue.head(key); w; w = this.#queue.head(key)) {
@@ -319,10 +379,23 @@ export class UpstreamPool {
     return (hold * (ahead + 1)) / Math.max(1, limit) / 1000;
   }
 
-  /** Each host this process holds connections to: open (idle included) and idle. */
+  /**
+   * Each host this process holds connections to or has requests waiting
+   * for: open (idle included), idle and waiting.
+   */
   *hosts(): Iterable<UpstreamHostView> {
     for (const [host, open] of this.#open) {
-      yield { host, open, idle: this.#idle.get(host)?.length ?? 0 };
+      yield {
+        host,
+        open,
+        idle: this.#idle.get(host)?.length ?? 0,
+        queued: this.#queue.length(host),
+      };
+    }
+    for (const host of this.#queue.keys()) {
+      if (!this.#open.has(host)) {
+        yield { host, open: 0, idle: 0, queued: this.#queue.length(host) };
+      }
     }
   }
 

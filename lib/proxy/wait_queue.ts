@@ -14,6 +14,8 @@ export type Grant = "slot" | Upstream;
 export interface Waiter {
   /** Plain HTTP: an idle pooled connection serves it as well as a slot. */
   readonly http: boolean;
+  /** Its ticket in the fleet's line, when the limiter keeps one. */
+  readonly ticket?: string;
   /** When it joined the line (ms). */
   readonly since: number;
   /** When it gives up (ms). */
@@ -34,6 +36,8 @@ export interface WaitOptions {
   timeout: number;
   /** Aborts the wait: the waiter leaves the line at once. */
   signal?: AbortSignal;
+  /** Its ticket in the fleet's line, when the limiter keeps one. */
+  ticket?: string;
 }
 
 /** The lines of waiting requests, one per host key. */
@@ -67,6 +71,7 @@ export class WaitQueue {
     const settle = () => options.signal?.removeEventListener("abort", onAbort);
     const waiter: Waiter = {
       http: options.http,
+      ticket: options.ticket,
       since: options.now,
       deadline: options.now + options.timeout,
       grant: (what) => {
@@ -90,6 +95,16 @@ export class WaitQueue {
     const i = line.indexOf(waiter);
     if (i >= 0) line.splice(i, 1);
     if (line.length === 0) this.#lines.delete(key);
+  }
+
+  /** Whether `waiter` is still in the line of `key`. */
+  has(key: string, waiter: Waiter): boolean {
+    return this.#lines.get(key)?.includes(waiter) ?? false;
+  }
+
+  /** The first plain-HTTP waiter of `key` that `skip` does not rule out, left in line. */
+  firstHttp(key: string, skip: (waiter: Waiter) => boolean): Waiter | undefined {
+    return this.#lines.get(key)?.find((w) => w.http && !skip(w));
   }
 
   /** Takes the first plain-HTTP waiter of `key` out of its line. */

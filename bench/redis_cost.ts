@@ -1,0 +1,244 @@
+/**
+ * What distributed mode costs Redis, on loopback:
+ *
+ * - script calls per tunnel: 32 clients open CONNECT tunnels to one host
+ *   through one dprl, one after another each, for a few seconds; EVALSHA,
+ *   EVAL and FCALL calls from `INFO commandstats` over the tunnels opened
+ *   (goal <= 1.0);
+ * - tunnels/s with Redis over tunnels/s in memory, the same load, rounds
+ *   alternating (goal >= 0.9 in every round);
+ * - the idle cost of holding 10,000 hosts: one limiter holds one slot of
+ *   each and only its heartbeat talks to Redis; Redis's CPU (`INFO cpu`) and
+ *   the limiter's calls per second (each one round trip) over three
+ *   heartbeats (goals: <= 1% of a core, <= 50 round trips/s).
+ *
+ * ```sh
+ * deno run -A bench/redis_cost.ts            # 3 rounds of 5 s, 10,000 hosts
+ * deno run -A bench/redis_cost.ts --quick    # 1 round of 3 s
+ * ```
+ *
+ * @module
+ */
+
+import {
+  cpuSeconds,
+  freePort,
+  loadAverage,
+  spawn,
+  type Spawned,
+  stopAll,
+  waitForPort,
+} from "./process.ts";
+import { RedisServer } from "./redis_server.ts";
+import { RedisLimiter } from "../lib/limit/redis_limiter.ts";
+
+const quick = Deno.args.includes("--quick");
+const ROUNDS = quick ? 1 : 3;
+const SECONDS = quick ? 3 : 5;
+const CLIENTS = 32;
+const HOSTS = 10_000;
+const LEASE_MS = 15_000;
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+/** A TCP upstream that answers every byte with the same byte. */
+function startEcho(): { port: number; close(): void } {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  (async () => {
+    for await (const conn of listener) {
+      (async () => {
+        const buf = new Uint8Array(64);
+        try {
+          for (;;) {
+            const n = await conn.read(buf);
+            if (n === null) break;
+            await conn.write(buf.subarray(0, n));
+          }
+        } catch {
+          // closed by the proxy
+        } finally {
+          try {
+            conn.close();
+          } catch { /* closed */ }
+        }
+      })();
+    }
+  })().catch(() => {});
+  return { port: (listener.addr as Deno.NetAddr).port, close: () => listener.close() };
+}
+
+/** One tunnel: CONNECT, one byte there and back, close. */
+async function tunnel(proxyPort: number, target: string, buf: Uint8Array): Promise<void> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: proxyPort });
+  try {
+    await conn.write(enc.encode(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`));
+    let head = "";
+    while (!head.includes("\r\n\r\n")) {
+      const n = await conn.read(buf);
+      if (n === null) throw new Error("proxy closed the connection");
+      head += dec.decode(buf.subarray(0, n));
+    }
+    if (!head.startsWith("HTTP/1.1 200")) throw new Error(head.split("\r\n")[0]);
+    await conn.write(enc.encode("x"));
+    if (await conn.read(buf) === null) throw new Error("tunnel closed");
+  } finally {
+    conn.close();
+  }
+}
+
+/** Calls per command from `INFO commandstats`. */
+function commandCalls(info: string): Map<string, number> {
+  const calls = new Map<string, number>();
+  for (const m of info.matchAll(/cmdstat_([a-z|]+):calls=(\d+)/g)) calls.set(m[1], Number(m[2]));
+  return calls;
+}
+
+function redisCpu(info: string): number {
+  const sys = Number(/used_cpu_sys:([\d.]+)/.exec(info)?.[1] ?? NaN);
+  const user = Number(/used_cpu_user:([\d.]+)/.exec(info)?.[1] ?? NaN);
+  return sys + user;
+}
+
+/** Script calls (EVALSHA, EVAL, FCALL) Redis ran since its last `CONFIG RESETSTAT`. */
+export async function scriptCalls(redis: RedisServer): Promise<number> {
+  const calls = commandCalls(await redis.info("commandstats"));
+  return (calls.get("evalsha") ?? 0) + (calls.get("eval") ?? 0) + (calls.get("fcall") ?? 0);
+}
+
+/** Tunnels per second through a fresh dprl, and the script calls they cost. */
+async function tunnels(redis: RedisServer | null, target: string) {
+  const port = freePort();
+  const proc: Spawned = spawn("dprl", Deno.execPath(), [
+    "run",
+    "-A",
+    new URL("../cli.ts", import.meta.url).pathname,
+    "--port",
+    String(port),
+    "--hostname",
+    "127.0.0.1",
+    "--max-connections",
+    "100000",
+    "--log-level",
+    "warn",
+    ...(redis ? ["--redis-url", redis.url] : []),
+  ]);
+  try {
+    await waitForPort(port, 20_000);
+    // Warm up (JIT, script load), then count.
+    const buf = new Uint8Array(4096);
+    for (let i = 0; i < 200; i++) await tunnel(port, target, buf);
+    await redis?.command("CONFIG", "RESETSTAT");
+    let done = 0;
+    let failed = 0;
+    const until = performance.now() + SECONDS * 1000;
+    const started = performance.now();
+    await Promise.all(Array.from({ length: CLIENTS }, async () => {
+      const b = new Uint8Array(4096);
+      while (performance.now() < until) {
+        try {
+          await tunnel(port, target, b);
+          done++;
+        } catch {
+          failed++;
+        }
+      }
+    }));
+    const seconds = (performance.now() - started) / 1000;
+    const scripts = redis ? await scriptCalls(redis) : NaN;
+    return { rate: done / seconds, failed, scriptsPerTunnel: scripts / done };
+  } finally {
+    await proc.stop();
+  }
+}
+
+/** What holding many hosts costs Redis while nothing else happens. */
+export interface HeartbeatCost {
+  /** Hosts held (one slot each). */
+  hosts: number;
+  /** Length of the measurement (three heartbeats). */
+  seconds: number;
+  /** Redis CPU (user + sys, `INFO cpu`) over the time, in percent of a core. */
+  redisCpuPercent: number;
+  /** The same from /proc. */
+  redisProcCpuPercent: number;
+  /** The limiter's Redis calls per second (each one round trip). */
+  roundTripsPerSecond: number;
+  /** EVALSHA and EVAL calls per second. */
+  scriptCallsPerSecond: number;
+}
+
+/**
+ * Redis's CPU and the round trips per second while one limiter (15 s lease,
+ * a heartbeat every 5 s) holds a slot of each of `hosts` hosts; empties Redis
+ * first.
+ */
+export async function heartbeatCost(redis: RedisServer, hosts = HOSTS): Promise<HeartbeatCost> {
+  await redis.flushAll();
+  const limiter = new RedisLimiter({ redis: redis.url, lease: LEASE_MS, prefix: "bench" });
+  try {
+    const names = Array.from({ length: hosts }, (_, i) => `h${i}.example`);
+    for (let i = 0; i < names.length; i += 500) {
+      await Promise.all(names.slice(i, i + 500).map((h) => limiter.acquire(h, 0)));
+    }
+    await new Promise((r) => setTimeout(r, 1_000));
+    await redis.command("CONFIG", "RESETSTAT");
+    let trips = 0;
+    limiter.onCall = () => trips++;
+    const cpu0 = redisCpu(await redis.info("cpu"));
+    const proc0 = cpuSeconds(redis.proc.pid);
+    const span = 3 * LEASE_MS / 3; // three heartbeats
+    const started = performance.now();
+    await new Promise((r) => setTimeout(r, span));
+    const seconds = (performance.now() - started) / 1000;
+    const cpu1 = redisCpu(await redis.info("cpu"));
+    const calls = commandCalls(await redis.info("commandstats"));
+    const proc1 = cpuSeconds(redis.proc.pid);
+    return {
+      hosts,
+      seconds: +seconds.toFixed(1),
+      redisCpuPercent: +((100 * (cpu1 - cpu0)) / seconds).toFixed(3),
+      redisProcCpuPercent: +((100 * (proc1.user + proc1.sys - proc0.user - proc0.sys)) / seconds)
+        .toFixed(2),
+      roundTripsPerSecond: +(trips / seconds).toFixed(1),
+      scriptCallsPerSecond: +(((calls.get("evalsha") ?? 0) + (calls.get("eval") ?? 0)) / seconds)
+        .toFixed(1),
+    };
+  } finally {
+    await limiter.close();
+  }
+}
+
+if (import.meta.main) {
+  const dir = await Deno.makeTempDir({ prefix: "dprl-bench-redis-cost-" });
+  const redis = await RedisServer.start(dir);
+  const echo = startEcho();
+  const target = `127.0.0.1:${echo.port}`;
+  try {
+    console.log(`load average before: ${loadAverage()}`);
+    const rows = [];
+    for (let round = 1; round <= ROUNDS; round++) {
+      const memory = await tunnels(null, target);
+      const distributed = await tunnels(redis, target);
+      rows.push({
+        round,
+        memoryPerSecond: Math.round(memory.rate),
+        redisPerSecond: Math.round(distributed.rate),
+        ratio: +(distributed.rate / memory.rate).toFixed(2),
+        scriptCallsPerTunnel: +distributed.scriptsPerTunnel.toFixed(3),
+        failed: memory.failed + distributed.failed,
+      });
+    }
+    console.table(rows);
+    console.log(
+      `${CLIENTS} clients, tunnels to one host; goals: ratio >= 0.9, script calls per tunnel <= 1.0`,
+    );
+    console.table([await heartbeatCost(redis)]);
+    console.log("goals: Redis CPU <= 1% of a core, <= 50 round trips/s");
+    console.log(`load average after: ${loadAverage()}`);
+  } finally {
+    echo.close();
+    await redis.stop();
+    await stopAll();
+    await Deno.remove(dir, { recursive: true });
+  }
+}

@@ -1,0 +1,274 @@
+// Waiting for a slot across a fleet: real proxies share one real redis-server
+// and one line per host, so a slot freed anywhere goes to the longest-waiting
+// request anywhere; a client that leaves, or a proxy that dies, never blocks
+// the line.
+import assert from "node:assert/strict";
+import { BufferedConn, readResponse, request } from "./_helpers/raw.ts";
+import { startUpstream } from "./_helpers/upstream.ts";
+import { startProxy, type TestProxy } from "./_helpers/proxy.ts";
+import {
+  rawCommand,
+  RedisClusterServers,
+  RedisServer,
+  redisTest,
+  waitFor,
+} from "./_helpers/redis_server.ts";
+import { RedisLimiter } from "../lib/limit/redis_limiter.ts";
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Sends one request on a fresh connection; resolves its status (0: the connection broke). */
+async function exchange(addr: { hostname: string; port: number }, req: string): Promise<number> {
+  const c = await BufferedConn.connect(addr);
+  try {
+    await c.write(req);
+    return (await readResponse(c, { ms: 30_000 })).status;
+  } catch {
+    return 0;
+  } finally {
+    c.close();
+  }
+}
+
+/** The number of tickets in the fleet's line of `host`. */
+async function lineLength(redis: RedisServer, host: string): Promise<number> {
+  const reply = await rawCommand(redis.port, "ZCARD", `dprl:{${host}}:q`);
+  return Number(/^:(\d+)/.exec(reply)?.[1] ?? NaN);
+}
+
+async function fleet(n: number, redisUrl: string, options: Record<string, number>) {
+  const proxies: TestProxy[] = [];
+  for (let i = 0; i < n; i++) {
+    proxies.push(await startProxy({ redis: redisUrl, ...options }));
+  }
+  return {
+    proxies,
+    async [Symbol.asyncDispose]() {
+      await Promise.all(proxies.map((p) => p[Symbol.asyncDispose]()));
+    },
+  };
+}
+
+await redisTest(
+  "3 proxies x 20 clients at limit 4: all served, never more than 4 at once, no proxy's clients served later than another's",
+  "server",
+  async () => {
+    await using redis = await RedisServer.start();
+    await using up = await startUpstream();
+    await using f = await fleet(3, redis.url, {
+      defaultMaxConnectionsPerHost: 4,
+      queueTimeout: 10_000,
+    });
+    const finished: number[] = []; // proxy index, in finishing order
+    const all: Promise<void>[] = [];
+    const started = performance.now();
+    for (let i = 0; i < 60; i++) {
+      const p = i % 3;
+      const req = request("GET", up.url("/slow?ms=300"), {
+        Host: up.authority,
+        Connection: "close",
+      });
+      all.push(
+        exchange(f.proxies[p].addr, req).then((status) => {
+          assert.equal(status, 200, `client ${i} through proxy ${p}`);
+          finished.push(p);
+        }),
+      );
+      await sleep(10);
+    }
+    await Promise.all(all);
+    const seconds = (performance.now() - started) / 1000;
+    assert.ok(up.peakInFlight <= 4, `upstream peak ${up.peakInFlight}`);
+    const means = [0, 1, 2].map((p) => {
+      const ranks = finished.flatMap((q, rank) => q === p ? [rank] : []);
+      return ranks.reduce((a, b) => a + b, 0) / ranks.length;
+    });
+    console.log(
+      `60 requests in ${seconds.toFixed(2)} s (15 x 300 ms = 4.5 s); ` +
+        `mean finishing rank per proxy ${means.map((m) => m.toFixed(1)).join(", ")} (fair: 29.5)`,
+    );
+    // Arrivals alternate between the proxies, so a fair line gives each the
+    // same mean rank; one proxy keeping its slots for its own line does not.
+    assert.ok(Math.max(...means) - Math.min(...means) < 10, `mean ranks ${means}`);
+    await waitFor(async () => await lineLength(redis, up.authority) === 0, 5_000, "an empty line");
+  },
+);
+
+await redisTest(
+  "a client that disconnects while queued in Redis mode leaves the fleet's line at once",
+  "server",
+  async () => {
+    await using redis = await RedisServer.start();
+    await using up = await startUpstream();
+    // A long lease: only the client's leaving can take its ticket out in time.
+    await using f = await fleet(2, redis.url, {
+      defaultMaxConnectionsPerHost: 1,
+      queueTimeout: 20_000,
+      lease: 15_000,
+    });
+    const [a, b] = f.proxies;
+    const holder = exchange(a.addr, request("GET", up.url("/slow"), { Host: up.authority }));
+    await up.waitHeld(1);
+    const leaver = await BufferedConn.connect(b.addr);
+    await leaver.write(request("GET", up.url("/fixed?leaver"), { Host: up.authority }));
+    await waitFor(async () => await lineLength(redis, up.authority) === 1, 5_000, "its ticket");
+    leaver.close();
+    const leftAt = Date.now();
+    await waitFor(async () => await lineLength(redis, up.authority) === 0, 2_000, "no ticket");
+    const tookMs = Date.now() - leftAt;
+    assert.ok(tookMs < 2_000, `the ticket left after ${tookMs} ms`);
+    // The next in line, on the other proxy, gets the slot as soon as it frees.
+    const next = exchange(a.addr, request("GET", up.url("/fixed?next"), { Host: up.authority }));
+    await waitFor(async () => await lineLength(redis, up.authority) === 1, 5_000, "next ticket");
+    up.release();
+    assert.equal(await holder, 200);
+    assert.equal(await next, 200);
+    assert.equal(up.requests.filter((r) => r.target.includes("leaver")).length, 0);
+    assert.equal(await lineLength(redis, up.authority), 0);
+  },
+);
+
+await redisTest(
+  "a proxy killed with SIGKILL while its clients wait in line stalls the others' clients for at most one lease",
+  "server",
+  async () => {
+    const lease = 1_500;
+    await using redis = await RedisServer.start();
+    await using up = await startUpstream();
+    await using survivor = await startProxy({
+      redis: redis.url,
+      defaultMaxConnectionsPerHost: 1,
+      queueTimeout: 20_000,
+      lease,
+    });
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        new URL("./_helpers/proxy_worker.ts", import.meta.url).pathname,
+        redis.url,
+        "1",
+        String(lease),
+        "20000",
+      ],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "null",
+      env: { NO_COLOR: "1" },
+    }).spawn();
+    const guard = setTimeout(() => child.kill("SIGKILL"), 60_000);
+    try {
+      const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+      let out = "";
+      while (!/listening (\S+)/.test(out)) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        out += value;
+      }
+      reader.releaseLock();
+      const url = new URL(/listening (\S+)/.exec(out)![1]);
+      const doomed = { hostname: url.hostname, port: Number(url.port) };
+      const slow = request("GET", up.url("/slow"), { Host: up.authority, Connection: "close" });
+      const fast = request("GET", up.url("/fixed"), { Host: up.authority, Connection: "close" });
+      const holder = exchange(survivor.addr, slow);
+      await up.waitHeld(1);
+      // Three clients of the doomed proxy wait first, three of the survivor after them.
+      const lost = [0, 1, 2].map(() => exchange(doomed, fast));
+      await waitFor(async () => await lineLength(redis, up.authority) === 3, 5_000, "3 tickets");
+      const served = [0, 1, 2].map(() => exchange(survivor.addr, fast));
+      await waitFor(async () => await lineLength(redis, up.authority) === 6, 5_000, "6 tickets");
+      await sleep(lease); // the doomed proxy has renewed its lease since
+      child.kill("SIGKILL");
+      await child.status;
+      const killedAt = Date.now();
+      up.release();
+      assert.equal(await holder, 200);
+      assert.deepEqual(await Promise.all(served), [200, 200, 200]);
+      const tookMs = Date.now() - killedAt;
+      console.log(
+        `the survivor's clients were served ${tookMs} ms after the kill (lease ${lease})`,
+      );
+      // One lease, then the 250 ms poll that prunes them, then three short exchanges.
+      assert.ok(tookMs <= lease + 1_500, `took ${tookMs} ms`);
+      assert.deepEqual(await Promise.all(lost), [0, 0, 0], "the doomed proxy's clients lost it");
+      assert.equal(await lineLength(redis, up.authority), 0);
+    } finally {
+      clearTimeout(guard);
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // already dead
+      }
+      await child.status;
+      await child.stdout.cancel().catch(() => {});
+    }
+  },
+);
+
+for (const cluster of [false, true]) {
+  await redisTest(
+    `a release wakes a worker waiting in the fleet's line at once, by ${
+      cluster ? "sharded pub/sub on Redis Cluster" : "pub/sub"
+    }`,
+    "server",
+    async () => {
+      await using servers = cluster ? await RedisClusterServers.start() : await RedisServer.start();
+      const redis = servers instanceof RedisServer ? servers.url : { cluster: servers.nodes };
+      const a = new RedisLimiter({ redis, timeout: 2_000 });
+      const b = new RedisLimiter({ redis, timeout: 2_000 });
+      try {
+        const host = "api.example:8443";
+        assert.ok(await a.acquire(host, 1));
+        const ticket = b.enqueue(host);
+        assert.equal(await b.acquire(host, 1, ticket), false, "the slot is taken");
+        // No timer asks again here: only a wake-up can tell b.
+        const woken = Promise.withResolvers<string>();
+        b.onWake = woken.resolve;
+        await sleep(300); // the subscription is in place
+        const releasedAt = Date.now();
+        a.release(host);
+        const timer = setTimeout(() => woken.reject(new Error("no wake-up within 5 s")), 5_000);
+        assert.equal(await woken.promise, host);
+        clearTimeout(timer);
+        console.log(`woken ${Date.now() - releasedAt} ms after the release`);
+        assert.ok(await b.acquire(host, 1, ticket), "the ticket is granted");
+        assert.equal(await a.acquire(host, 1), false);
+      } finally {
+        await Promise.all([a.close(), b.close()]);
+      }
+    },
+  );
+}
+
+for (const [mode, expected] of [["closed", 503], ["open", 200]] as const) {
+  await redisTest(
+    `Redis going away while requests wait: failure mode ${mode} answers them with ${expected}`,
+    "server",
+    async () => {
+      const redis = await RedisServer.start();
+      try {
+        await using up = await startUpstream();
+        await using tp = await startProxy({
+          redis: redis.url,
+          failureMode: mode,
+          defaultMaxConnectionsPerHost: 1,
+          queueTimeout: 20_000,
+          timeouts: { connect: 2_000 },
+        });
+        const holder = exchange(tp.addr, request("GET", up.url("/slow"), { Host: up.authority }));
+        await up.waitHeld(1);
+        const waiter = exchange(tp.addr, request("GET", up.url("/fixed"), { Host: up.authority }));
+        await waitFor(async () => await lineLength(redis, up.authority) === 1, 5_000, "a ticket");
+        await redis.kill();
+        const killedAt = Date.now();
+        assert.equal(await waiter, expected);
+        const tookMs = Date.now() - killedAt;
+        assert.ok(tookMs < 5_000, `answered ${tookMs} ms after Redis went away`);
+        up.release();
+        await holder;
+      } finally {
+        await redis.stop().catch(() => {});
+      }
+    },
+  );
+}
