@@ -10,7 +10,7 @@ import { Cluster, Redis } from "ioredis";
 import type { ClusterOptions, RedisOptions } from "ioredis";
 import type { RedisConfig } from "./redis_config.ts";
 import { getLogger, type Logger } from "@logtape/logtape";
-import { type Limiter, LimiterUnavailableError } from "./limiter.ts";
+import { type Limiter, LimiterUnavailableError, type LimitGroup } from "./limiter.ts";
 import { ACQUIRE_LUA, COUNT_LUA, REGISTER_LUA, RELEASE_LUA, SYNC_LUA } from "./redis_scripts.ts";
 
 /**
@@ -79,6 +79,8 @@ interface HostState {
 /** An acquire waiting in a {@linkcode Batch}. */
 interface Waiter {
   limit: number;
+  /** The group's limit; -1: no group. */
+  groupLimit: number;
   resolve: (granted: boolean) => void;
   reject: (error: unknown) => void;
 }
@@ -89,6 +91,8 @@ interface Batch {
   acquires: Waiter[];
   /** Slots to give back in Redis (already given back here). */
   releases: number;
+  /** The limit of the host's group as the last acquire named it; -1: no group. */
+  groupLimit: number;
 }
 
 /** An ioredis client with dprl's scripts defined on it. */
@@ -98,6 +102,7 @@ interface ScriptedClient {
     n: string,
     w: string,
     e: string,
+    members: string,
     worker: string,
     lease: number,
     floor: number,
@@ -107,6 +112,7 @@ interface ScriptedClient {
     trusted: number,
     releases: number,
     host: string,
+    groupLimit: number,
     ...limits: number[]
   ): Promise<(number | string)[]>;
   dprlRelease(
@@ -173,6 +179,8 @@ export class RedisLimiter implements Limiter {
   #logger: Logger;
   #worker: string;
   #hosts = new Map<string, HostState>();
+  /** The group of each host that is a member of one, taken when the host held nothing. */
+  #groupOf = new Map<string, string>();
   /** This turn's acquires and releases, by host, until the flush sends them. */
   #queued = new Map<string, Batch>();
   #touched = new Set<string>();
@@ -248,7 +256,7 @@ export class RedisLimiter implements Limiter {
       adminUrl: "",
       started: new Date().toISOString(),
     };
-    client.defineCommand("dprlAcquire", { numberOfKeys: 3, lua: ACQUIRE_LUA });
+    client.defineCommand("dprlAcquire", { numberOfKeys: 4, lua: ACQUIRE_LUA });
     client.defineCommand("dprlRelease", { numberOfKeys: 3, lua: RELEASE_LUA });
     client.defineCommand("dprlSync", { lua: SYNC_LUA });
     client.defineCommand("dprlCount", { lua: COUNT_LUA });
@@ -296,32 +304,49 @@ export class RedisLimiter implements Limiter {
 
   /**
    * Takes one slot for `host` unless the fleet already holds `limit` (when
-   * above 0). When Redis cannot decide, the failure mode applies: `"closed"`
-   * rejects with {@linkcode LimiterUnavailableError}, `"open"` grants an
-   * uncounted slot, `"local"` grants while this process holds fewer than
-   * `limit`.
+   * above 0) or, for a member of `group`, the fleet holds `group.limit` (when
+   * above 0) for all members together; both are checked and taken in one
+   * script call. A member's keys carry the group's hash tag
+   * (`<prefix>:{g:<group>}:h:<host>:n`), so on Redis Cluster the host and
+   * its group live in one slot. When Redis cannot decide, the failure mode
+   * applies: `"closed"` rejects with {@linkcode LimiterUnavailableError},
+   * `"open"` grants an uncounted slot, `"local"` grants while this process
+   * holds fewer than `limit` (and fewer than `group.limit` for the group).
    */
-  async acquire(host: string, limit: number): Promise<boolean> {
+  async acquire(host: string, limit: number, group?: LimitGroup): Promise<boolean> {
     if (this.#closed) {
       throw new LimiterUnavailableError("Redis limiter is closed");
     }
+    if (!this.#hosts.has(host) && !this.#queued.has(host)) {
+      // The group (and so the keys) change only while the host holds nothing.
+      if (group) this.#groupOf.set(host, group.name);
+      else this.#groupOf.delete(host);
+    }
+    const groupName = this.#groupOf.get(host);
+    const groupLimit = groupName === undefined
+      ? -1
+      : group?.name === groupName
+      ? Math.max(0, group.limit)
+      : 0;
     const s = this.#state(host);
     this.#startHeartbeat();
     this.#subscribe();
-    if (this.#failFast()) return this.#fallback(host, s, limit, null);
+    if (this.#failFast()) return this.#fallback(host, s, limit, null, groupLimit);
     if (this.#recovering(host)) {
       return this.#fallback(
         host,
         s,
         limit,
         new Error("Redis lost its counts and the fleet is re-asserting them"),
+        groupLimit,
       );
     }
     this.#touched.add(host);
     s.pending++;
     const batch = this.#batch(host, s);
+    batch.groupLimit = groupLimit;
     return await new Promise<boolean>((resolve, reject) => {
-      batch.acquires.push({ limit, resolve, reject });
+      batch.acquires.push({ limit, groupLimit, resolve, reject });
     });
   }
 
@@ -329,7 +354,7 @@ export class RedisLimiter implements Limiter {
   #batch(host: string, s: HostState): Batch {
     let batch = this.#queued.get(host);
     if (!batch) {
-      batch = { s, acquires: [], releases: 0 };
+      batch = { s, acquires: [], releases: 0, groupLimit: -1 };
       this.#queued.set(host, batch);
       if (this.#queued.size === 1) queueMicrotask(() => this.#flushAll());
     }
@@ -366,7 +391,7 @@ export class RedisLimiter implements Limiter {
     const epochKey = this.#epochKey(host);
     const decide = (waiter: Waiter, cause: unknown): void => {
       try {
-        waiter.resolve(this.#fallback(host, s, waiter.limit, cause));
+        waiter.resolve(this.#fallback(host, s, waiter.limit, cause, waiter.groupLimit));
       } catch (error) {
         waiter.reject(error);
       }
@@ -378,6 +403,7 @@ export class RedisLimiter implements Limiter {
           this.#key(host, "n"),
           this.#key(host, "w"),
           epochKey,
+          this.#membersKey(host),
           this.#worker,
           this.#lease,
           floor,
@@ -387,6 +413,7 @@ export class RedisLimiter implements Limiter {
           s.dirty ? 0 : 1,
           releases,
           host,
+          batch.groupLimit,
           ...acquires.map((a) => a.limit),
         )
       );
@@ -563,7 +590,16 @@ export class RedisLimiter implements Limiter {
   }
 
   #key(host: string, kind: "n" | "w"): string {
+    const group = this.#groupOf.get(host);
+    if (group !== undefined) return `${this.#prefix}:{g:${group}}:h:${host}:${kind}`;
     return `${this.#prefix}:{${host}}:${kind}`;
+  }
+
+  /** The member set of `host`'s group, or (no group) its count key, unused then. */
+  #membersKey(host: string): string {
+    const group = this.#groupOf.get(host);
+    if (group !== undefined) return `${this.#prefix}:{g:${group}}:members`;
+    return this.#key(host, "n");
   }
 
   /**
@@ -725,6 +761,7 @@ export class RedisLimiter implements Limiter {
     s: HostState,
     limit: number,
     cause: unknown,
+    groupLimit = -1,
   ): boolean {
     switch (this.#mode) {
       case "open":
@@ -732,7 +769,10 @@ export class RedisLimiter implements Limiter {
         return true;
       case "local": {
         const t = this.#attach(host, s);
-        if (limit > 0 && t.counted + t.uncounted + t.pending >= limit) {
+        if (
+          (limit > 0 && t.counted + t.uncounted + t.pending >= limit) ||
+          (groupLimit > 0 && this.#localGroupCount(this.#groupOf.get(host)) >= groupLimit)
+        ) {
           this.#collect(host, t);
           return false;
         }
@@ -747,6 +787,15 @@ export class RedisLimiter implements Limiter {
           cause === null ? undefined : { cause },
         );
     }
+  }
+
+  /** The slots this process holds for the members of `group`. */
+  #localGroupCount(group: string | undefined): number {
+    let n = 0;
+    for (const [host, s] of this.#hosts) {
+      if (this.#groupOf.get(host) === group) n += s.counted + s.uncounted + s.pending;
+    }
+    return n;
   }
 
   /** Gives back `count` slots of this worker in Redis. */
@@ -860,6 +909,11 @@ export class RedisLimiter implements Limiter {
     if (this.#closed || this.#failFast()) return;
     for (const [e, batch] of this.#batches(this.#hosts.keys())) {
       this.#sync(e, batch.map((host) => [host, this.#hosts.get(host)!]));
+    }
+    for (const host of this.#groupOf.keys()) {
+      if (!this.#hosts.has(host) && !this.#fleet.has(host) && !this.#queued.has(host)) {
+        this.#groupOf.delete(host);
+      }
     }
     const others = [...this.#fleet.keys()].filter((host) => !this.#hosts.has(host));
     if (others.length > 0) {
