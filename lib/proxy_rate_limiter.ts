@@ -8,6 +8,16 @@
 import { getLogger, type Logger } from "@logtape/logtape";
 import { DEFAULTS, type Timeouts } from "./defaults.ts";
 import { LimitTable } from "./limit/limit_table.ts";
+import { RuleTable } from "./limit/rules/rule_table.ts";
+import {
+  canonicalRules,
+  layerRules,
+  type LimitRules,
+  rulesFromLimits,
+  validateRules,
+} from "./limit/rules/rules.ts";
+import { diffRules, type RuleDifference } from "./limit/rules/diff.ts";
+import type { FleetLimitChanges, FleetLimits } from "./limit/fleet_limits.ts";
 import { hostKey } from "./limit/host_key.ts";
 import type { Limiter } from "./limit/limiter.ts";
 import { LocalLimiter } from "./limit/local_limiter.ts";
@@ -55,6 +65,7 @@ export interface AdminOptions {
 /** What the Redis limiter offers the control plane beyond {@linkcode Limiter}, when it has it. */
 interface FleetLimiter {
   readonly workerId?: string;
+  readonly client?: import("ioredis").Redis | import("ioredis").Cluster;
   readonly up?: boolean;
   onCall?: (ms: number) => void;
   workers?(): Promise<RegisteredWorker[]>;
@@ -99,6 +110,19 @@ export interface ProxyRateLimiterOptions {
   defaultMaxConnectionsPerHost?: number;
   /** Per-host overrides, e.g. `{ "api.example.com": 5 }`. */
   hostLimits?: Record<string, number>;
+  /**
+   * Limit rules: a default, per-host limits with wildcards and groups of
+   * hosts with a shared limit (the schema of the config file). They win over
+   * `defaultMaxConnectionsPerHost` and `hostLimits`, rule by rule; changes
+   * made at runtime win over them. See {@linkcode LimitRules}.
+   */
+  rules?: LimitRules;
+  /**
+   * Reads the rules again, for {@linkcode ProxyRateLimiter.reload} (the
+   * command line passes one that reads its config file). Throwing keeps
+   * the current rules.
+   */
+  loadRules?: () => LimitRules | Promise<LimitRules>;
   /** HTTP status sent when a host is at its limit. Default 500. */
   rejectStatus?: number;
   /** Timeouts in milliseconds; see {@linkcode Timeouts} for the defaults. */
@@ -206,6 +230,13 @@ export class ProxyRateLimiter implements AsyncDisposable {
   #options: ProxyRateLimiterOptions;
   #limits: LimitTable;
   #logger: Logger;
+  /** The rules of `defaultMaxConnectionsPerHost` and `hostLimits`: the lowest layer. */
+  #flagRules: LimitRules;
+  /** The rules of the `rules` option, `setRules` or the last reload. */
+  #fileRules: LimitRules;
+  /** The fleet's runtime table (distributed mode): the highest layer of rules. */
+  #fleetRules: LimitRules = {};
+  #fleetLimits: FleetLimits | null = null;
   /** The limiter, once loaded (the Redis client is loaded only when asked for). */
   #limiter: Promise<Limiter> | null = null;
   #starting: Promise<void> | null = null;
@@ -233,11 +264,147 @@ export class ProxyRateLimiter implements AsyncDisposable {
       );
     }
     this.#options = options;
-    this.#limits = new LimitTable(
-      options.defaultMaxConnectionsPerHost ?? DEFAULTS.defaultMaxConnectionsPerHost,
-      options.hostLimits,
-    );
+    this.#flagRules = rulesFromLimits({
+      defaultLimit: options.defaultMaxConnectionsPerHost ?? DEFAULTS.defaultMaxConnectionsPerHost,
+      hostLimits: options.hostLimits,
+    });
+    this.#fileRules = validateRules(options.rules ?? {});
+    this.#limits = new LimitTable();
+    this.#applyRules();
     this.#logger = getLogger(["dprl"]);
+  }
+
+  /** Compiles the layers (flags, then file, then fleet) and swaps the table in at once. */
+  #applyRules(): RuleDifference[] {
+    const table = new RuleTable(layerRules(this.#flagRules, this.#fileRules, this.#fleetRules));
+    const changes = diffRules(this.#limits.rules.rules, table.rules);
+    this.#limits.rules = table;
+    return changes;
+  }
+
+  #logChanges(changes: RuleDifference[], why: string): void {
+    for (const c of changes) {
+      this.#logger.info("Limit rule {rule} {change} ({why})", {
+        rule: c.rule,
+        change: c.a === undefined
+          ? `added: ${c.b}`
+          : c.b === undefined
+          ? `removed (was ${c.a})`
+          : `changed from ${c.a} to ${c.b}`,
+        why,
+      });
+    }
+  }
+
+  /**
+   * The rules in effect, in canonical form: the file's (or the `rules`
+   * option's) over the flags', the fleet's runtime table over both. Runtime
+   * overrides of this process ({@linkcode setHostLimit} & co.) are not in it.
+   *
+   * @example
+   * ```ts
+   * import { ProxyRateLimiter } from "@dprl/cli";
+   * new ProxyRateLimiter({ rules: { hosts: { "*.example.org": 10 } } }).rules;
+   * // { default: 0, hosts: { "*.example.org": 10 } }
+   * ```
+   */
+  get rules(): LimitRules {
+    return this.#limits.rules.rules;
+  }
+
+  /**
+   * Replaces the rules of the `rules` option (the config file's layer) at
+   * once: open connections stay open and counted; a lowered limit admits
+   * nothing new until the count is under it, a raised one admits at once.
+   * Throws a `RulesError` naming the first invalid rule, and then changes
+   * nothing. Returns the rules that changed.
+   *
+   * @example
+   * ```ts
+   * import { ProxyRateLimiter } from "@dprl/cli";
+   * const proxy = new ProxyRateLimiter();
+   * proxy.setRules({
+   *   default: 25,
+   *   hosts: { "api.example.com": 5, "*.example.org": 10 },
+   *   groups: [{ name: "storage", match: ["*.s3.amazonaws.com"], limit: 100 }],
+   * });
+   * ```
+   */
+  setRules(rules: LimitRules): RuleDifference[] {
+    const previous = this.#fileRules;
+    this.#fileRules = validateRules(rules);
+    try {
+      return this.#applyRules();
+    } catch (err) {
+      this.#fileRules = previous;
+      throw err;
+    }
+  }
+
+  /**
+   * Reads the rules again with the `loadRules` option (the command line's
+   * config file) and swaps them in, as {@linkcode setRules} does. A broken
+   * file keeps the current rules and logs one error. Both outcomes count in
+   * `dprl_config_reloads_total{result}`.
+   *
+   * @example
+   * ```ts ignore
+   * const result = await proxy.reload();
+   * if (!result.ok) console.error(result.error);
+   * ```
+   */
+  async reload(): Promise<ReloadOutcome> {
+    const load = this.#options.loadRules;
+    if (!load) throw new Error("Proxy has no loadRules option to reload from");
+    let changes: RuleDifference[];
+    try {
+      changes = this.setRules(await load());
+    } catch (err) {
+      const error = err instanceof Error ? err.message : String(err);
+      this.#stats.onConfigReload("error");
+      this.#logger.error("Config not reloaded, the current limits stay: {error}", { error });
+      return { ok: false, error };
+    }
+    this.#stats.onConfigReload("ok");
+    this.#logChanges(changes, "reload");
+    if (changes.length === 0) this.#logger.info("Config reloaded, no limit changed");
+    this.#compareFiles();
+    return { ok: true, changes };
+  }
+
+  /**
+   * Changes the fleet's runtime limit table: in distributed mode it is kept
+   * in Redis and every proxy of the fleet applies it within a second; it wins
+   * over every config file and flag. In memory mode (or before
+   * {@linkcode start}) it applies to this proxy only. `null` (or a host
+   * limit of 0 or less) removes an entry. Throws a `TypeError` on an invalid
+   * pattern or limit.
+   *
+   * @example
+   * ```ts ignore
+   * await proxy.setFleetLimits({ hosts: { "api.example.com": 3, "*.example.org": null } });
+   * ```
+   */
+  async setFleetLimits(changes: FleetLimitChanges): Promise<void> {
+    if (this.#fleetLimits) return await this.#fleetLimits.set(changes);
+    const hosts: Record<string, number> = { ...this.#fleetRules.hosts };
+    const next: LimitRules = {};
+    const { default: def } = changes;
+    const current = this.#fleetRules.default;
+    const d = def === undefined ? current : def === null ? undefined : checkLimit(def);
+    if (d !== undefined) next.default = Math.max(0, d);
+    const checked = canonicalRules({
+      hosts: Object.fromEntries(
+        Object.entries(changes.hosts ?? {}).map(([h, l]) => [h, l === null ? 0 : checkLimit(l)]),
+      ),
+    }).hosts ?? {};
+    for (const [host, limit] of Object.entries(checked)) {
+      if (limit <= 0) delete hosts[host];
+      else hosts[host] = limit;
+    }
+    if (Object.keys(hosts).length) next.hosts = hosts;
+    this.#fleetRules = next;
+    this.#logChanges(this.#applyRules(), "runtime change");
   }
 
   /**
@@ -431,6 +598,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
     const fleet = limiter as Limiter & FleetLimiter;
     if (o.redis !== undefined) fleet.onCall = (ms) => this.#stats.onRedisCall(ms);
     this.#served = this.#server.serve();
+    if (fleet.client && fleet.workerId) await this.#startFleetLimits(fleet.client);
     this.#logger.info("Proxy listening on {url} (bound to {address})", {
       url: this.#url.href,
       address: `${addr.hostname}:${addr.port}`,
@@ -448,6 +616,50 @@ export class ProxyRateLimiter implements AsyncDisposable {
       }
       fleet.setWorkerInfo?.({ adminUrl: this.#admin.url.href, version: VERSION });
       this.#logger.info("Admin server listening on {url}", { url: this.#admin.url.href });
+    }
+  }
+
+  /** Follows the fleet's runtime limit table in Redis and tells the fleet this file's rules. */
+  async #startFleetLimits(client: NonNullable<FleetLimiter["client"]>): Promise<void> {
+    const { FleetLimits } = await import("./limit/fleet_limits.ts");
+    this.#fleetLimits = new FleetLimits({
+      client,
+      prefix: this.#options.redisPrefix ?? DEFAULTS.redisPrefix,
+      pollMs: DEFAULTS.fleetLimitsPoll,
+      logger: this.#logger,
+      onChange: (rules) => {
+        this.#fleetRules = rules;
+        this.#logChanges(this.#applyRules(), "fleet table");
+      },
+    });
+    await this.#fleetLimits.start();
+    this.#compareFiles();
+  }
+
+  /**
+   * Publishes this proxy's file rules and warns, naming the rules, about
+   * every live worker whose file says otherwise.
+   */
+  async #compareFiles(): Promise<void> {
+    const fleet = this.#fleetLimits;
+    const limiter = this.#loaded;
+    if (!fleet || !limiter?.workerId || !limiter.workers) return;
+    try {
+      const mine = layerRules(this.#flagRules, this.#fileRules);
+      const theirs = await fleet.announceFile(limiter.workerId, mine);
+      const live = new Set((await limiter.workers()).map((w) => w.id));
+      for (const [id, rules] of theirs) {
+        if (!live.has(id) || id === limiter.workerId) continue;
+        const diff = diffRules(mine, rules);
+        if (diff.length === 0) continue;
+        this.#logger.warn("Limit rules differ from worker {worker}: {rules}", {
+          worker: id,
+          rules: diff.map((d) => `${d.rule}: ${d.a ?? "none"} here, ${d.b ?? "none"} there`)
+            .join("; "),
+        });
+      }
+    } catch (error) {
+      this.#logger.debug("Config files of the fleet not compared: {error}", { error });
     }
   }
 
@@ -473,7 +685,10 @@ export class ProxyRateLimiter implements AsyncDisposable {
       },
       stats: this.#stats,
       get limits() {
-        return { default: limits.defaultLimit, hosts: limits.entries() };
+        return {
+          default: limits.defaultLimit,
+          hosts: { ...proxy.#fleetRules.hosts, ...limits.entries() },
+        };
       },
       ready: () => this.#readiness(),
       redisUp: () => {
@@ -482,19 +697,31 @@ export class ProxyRateLimiter implements AsyncDisposable {
       },
       hosts: () => this.#hostViews(),
       limitFor: (host) => limits.limitFor(hostKey(host)),
-      setHostLimit: (host, limit) => {
-        this.setHostLimit(host, limit);
+      // In distributed mode the admin API changes the fleet's table.
+      setHostLimit: async (host, limit) => {
+        if (this.#fleetLimits) await this.setFleetLimits({ hosts: { [host]: limit } });
+        else this.setHostLimit(host, limit);
         this.#logger.info("Limit of {host} set to {limit} through the admin API", { host, limit });
       },
-      removeHostLimit: (host) => {
+      removeHostLimit: async (host) => {
+        if (this.#fleetLimits) await this.setFleetLimits({ hosts: { [host]: null } });
         this.removeHostLimit(host);
         this.#logger.info("Limit override of {host} removed through the admin API", { host });
       },
-      setDefaultLimit: (limit) => {
-        this.setDefaultMaxConnectionsPerHost(limit);
+      setDefaultLimit: async (limit) => {
+        if (this.#fleetLimits) await this.setFleetLimits({ default: limit });
+        else this.setDefaultMaxConnectionsPerHost(limit);
         this.#logger.info("Default limit set to {limit} through the admin API", { limit });
       },
     };
+    if (this.#options.loadRules) {
+      this.#adminSource.reload = async () => {
+        const result = await this.reload();
+        return result.ok
+          ? { ok: true, changes: result.changes.map((c) => c.rule) }
+          : { ok: false, error: result.error };
+      };
+    }
     if (this.#options.redis !== undefined) {
       this.#adminSource.workers = async (): Promise<WorkerInfo[]> => {
         const limiter = fleet();
@@ -598,6 +825,12 @@ export class ProxyRateLimiter implements AsyncDisposable {
         await server.shutdown(options.graceMs ?? DEFAULTS.shutdownGrace);
         await this.#served;
       }
+      const workerId = this.#loaded?.workerId;
+      if (this.#fleetLimits && workerId) {
+        await this.#fleetLimits.forgetFile(workerId).catch(() => {});
+      }
+      this.#fleetLimits?.close();
+      this.#fleetLimits = null;
       const limiter = await this.#limiter?.catch(() => null);
       await limiter?.close();
       await this.#admin?.close();
@@ -627,6 +860,26 @@ export class ProxyRateLimiter implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.stop();
   }
+}
+
+/** The outcome of {@linkcode ProxyRateLimiter.reload}. */
+export type ReloadOutcome =
+  | {
+    /** The rules were read and swapped in. */
+    ok: true;
+    /** The rules that changed, each as `rule`, `a` (before) and `b` (after). */
+    changes: RuleDifference[];
+  }
+  | {
+    /** The rules could not be read; the current ones stay. */
+    ok: false;
+    /** What is wrong, as one line (`dprl.yaml:7:3: ...` for a config file). */
+    error: string;
+  };
+
+function checkLimit(limit: number): number {
+  if (!Number.isSafeInteger(limit)) throw new TypeError(`Limit must be an integer, got ${limit}`);
+  return Math.max(0, limit);
 }
 
 /** The Redis nodes a configuration names, to keep them out of clients' reach. */

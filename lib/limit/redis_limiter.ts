@@ -291,6 +291,11 @@ export class RedisLimiter implements Limiter {
     return this.#available && !this.#awaitingReady && !this.#closed;
   }
 
+  /** The Redis client the limiter uses (for the fleet's limit table). */
+  get client(): Redis | Cluster {
+    return this.#client;
+  }
+
   /** This worker's id: the field and member it writes in Redis. */
   get workerId(): string {
     return this.#worker;

@@ -171,6 +171,8 @@ export class ProxyStats {
   readonly connectDuration: Histogram = new Histogram(CONNECT_BUCKETS);
   /** Time of limiter calls to Redis, in seconds. */
   readonly redisCallDuration: Histogram = new Histogram(REDIS_BUCKETS);
+  /** Reloads of the limit rules from the config file, by result. */
+  readonly configReloads: { ok: number; error: number } = { ok: 0, error: 0 };
 
   #hosts = new Map<string, HostStats>();
   #maxTracked: number;
@@ -252,6 +254,11 @@ export class ProxyStats {
   /** Records the time an upstream connect took, in milliseconds. */
   onConnectDuration(ms: number): void {
     this.connectDuration.observe(ms / 1000);
+  }
+
+  /** Counts a reload of the config file: `"ok"`, or `"error"` when the old rules stayed. */
+  onConfigReload(result: "ok" | "error"): void {
+    this.configReloads[result]++;
   }
 
   /** Records the time a limiter call to Redis took, in milliseconds. */
