@@ -633,6 +633,8 @@ export class ProxyRateLimiter implements AsyncDisposable {
       },
     });
     await this.#fleetLimits.start();
+    // In the worker registry from the start: the fleet compares files among live workers.
+    this.#loaded?.setWorkerInfo?.({ version: VERSION });
     this.#compareFiles();
   }
 
