@@ -20,7 +20,7 @@ import type { FailureMode } from "./lib/limit/redis_limiter.ts";
 import type { RedisConfig } from "./lib/limit/redis_config.ts";
 import { ProxyRateLimiter, type ProxyRateLimiterOptions } from "./lib/proxy_rate_limiter.ts";
 import { VERSION } from "./lib/version.ts";
-import { parseHostPattern } from "./lib/limit/rules/rules.ts";
+import { layerRules, parseHostPattern, rulesFromLimits } from "./lib/limit/rules/rules.ts";
 import { ConfigError, type ConfigFile, loadConfigFile } from "./lib/config/config_file.ts";
 import { watchConfigFile } from "./lib/config/watch.ts";
 import { isLoopback } from "./lib/admin/admin_server.ts";
@@ -573,8 +573,17 @@ function parseValues(
   if (logFormat !== "text" && logFormat !== "json") {
     throw new UsageError(`--log-format must be text or json, got "${logFormat}"`);
   }
-  options.rules = file.rules;
-  if (configPath !== undefined) options.loadRules = () => readRules(configPath);
+  // Limits: the file's rules over the flags' (a flag must not pin a limit a reload cannot change).
+  const flagRules = rulesFromLimits({
+    defaultLimit: options.defaultMaxConnectionsPerHost,
+    hostLimits: options.hostLimits,
+  });
+  delete options.defaultMaxConnectionsPerHost;
+  delete options.hostLimits;
+  options.rules = layerRules(flagRules, file.rules);
+  if (configPath !== undefined) {
+    options.loadRules = async () => layerRules(flagRules, await readRules(configPath));
+  }
   const watchEnv = readEnv("DPRL_WATCH_CONFIG");
   let watchConfig = parsed["watch-config"] === true;
   if (!watchConfig && watchEnv !== undefined && watchEnv !== "") {

@@ -9,13 +9,7 @@ import { getLogger, type Logger } from "@logtape/logtape";
 import { DEFAULTS, type Timeouts } from "./defaults.ts";
 import { LimitTable } from "./limit/limit_table.ts";
 import { RuleTable } from "./limit/rules/rule_table.ts";
-import {
-  canonicalRules,
-  layerRules,
-  type LimitRules,
-  rulesFromLimits,
-  validateRules,
-} from "./limit/rules/rules.ts";
+import { canonicalRules, layerRules, type LimitRules, validateRules } from "./limit/rules/rules.ts";
 import { diffRules, type RuleDifference } from "./limit/rules/diff.ts";
 import type { FleetLimitChanges, FleetLimits } from "./limit/fleet_limits.ts";
 import { hostKey } from "./limit/host_key.ts";
@@ -112,9 +106,12 @@ export interface ProxyRateLimiterOptions {
   hostLimits?: Record<string, number>;
   /**
    * Limit rules: a default, per-host limits with wildcards and groups of
-   * hosts with a shared limit (the schema of the config file). They win over
-   * `defaultMaxConnectionsPerHost` and `hostLimits`, rule by rule; changes
-   * made at runtime win over them. See {@linkcode LimitRules}.
+   * hosts with a shared limit (the schema of the config file). The fleet's
+   * runtime table (distributed mode) wins over them rule by rule, and this
+   * process's overrides (`defaultMaxConnectionsPerHost`, `hostLimits` and
+   * the setters such as {@linkcode ProxyRateLimiter.setHostLimit}) win over
+   * both. The command line puts its `--max-connections` and `--host-limit`
+   * here, under the file's rules. See {@linkcode LimitRules}.
    */
   rules?: LimitRules;
   /**
@@ -230,8 +227,6 @@ export class ProxyRateLimiter implements AsyncDisposable {
   #options: ProxyRateLimiterOptions;
   #limits: LimitTable;
   #logger: Logger;
-  /** The rules of `defaultMaxConnectionsPerHost` and `hostLimits`: the lowest layer. */
-  #flagRules: LimitRules;
   /** The rules of the `rules` option, `setRules` or the last reload. */
   #fileRules: LimitRules;
   /** The fleet's runtime table (distributed mode): the highest layer of rules. */
@@ -264,19 +259,16 @@ export class ProxyRateLimiter implements AsyncDisposable {
       );
     }
     this.#options = options;
-    this.#flagRules = rulesFromLimits({
-      defaultLimit: options.defaultMaxConnectionsPerHost ?? DEFAULTS.defaultMaxConnectionsPerHost,
-      hostLimits: options.hostLimits,
-    });
     this.#fileRules = validateRules(options.rules ?? {});
-    this.#limits = new LimitTable();
+    // This process's overrides, above the rules as before rules existed.
+    this.#limits = new LimitTable(options.defaultMaxConnectionsPerHost, options.hostLimits);
     this.#applyRules();
     this.#logger = getLogger(["dprl"]);
   }
 
-  /** Compiles the layers (flags, then file, then fleet) and swaps the table in at once. */
+  /** Compiles the layers (file, then fleet) and swaps the table in at once. */
   #applyRules(): RuleDifference[] {
-    const table = new RuleTable(layerRules(this.#flagRules, this.#fileRules, this.#fleetRules));
+    const table = new RuleTable(layerRules(this.#fileRules, this.#fleetRules));
     const changes = diffRules(this.#limits.rules.rules, table.rules);
     this.#limits.rules = table;
     return changes;
@@ -297,15 +289,16 @@ export class ProxyRateLimiter implements AsyncDisposable {
   }
 
   /**
-   * The rules in effect, in canonical form: the file's (or the `rules`
-   * option's) over the flags', the fleet's runtime table over both. Runtime
-   * overrides of this process ({@linkcode setHostLimit} & co.) are not in it.
+   * The rules in effect, in canonical form: the `rules` option's (or those
+   * of {@linkcode setRules} or the last reload) with the fleet's runtime
+   * table over them. This process's overrides ({@linkcode setHostLimit} &
+   * co.) are not in it.
    *
    * @example
    * ```ts
    * import { ProxyRateLimiter } from "@dprl/cli";
    * new ProxyRateLimiter({ rules: { hosts: { "*.example.org": 10 } } }).rules;
-   * // { default: 0, hosts: { "*.example.org": 10 } }
+   * // { hosts: { "*.example.org": 10 } }
    * ```
    */
   get rules(): LimitRules {
@@ -647,7 +640,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
     const limiter = this.#loaded;
     if (!fleet || !limiter?.workerId || !limiter.workers) return;
     try {
-      const mine = layerRules(this.#flagRules, this.#fileRules);
+      const mine = this.#fileRules;
       const theirs = await fleet.announceFile(limiter.workerId, mine);
       const live = new Set((await limiter.workers()).map((w) => w.id));
       for (const [id, rules] of theirs) {

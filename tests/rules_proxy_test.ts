@@ -104,17 +104,19 @@ async function api(proxy: ProxyRateLimiter, path: string, init?: RequestInit) {
   return { status: res.status, body: await res.text() };
 }
 
-Deno.test("the rules' layers and patterns through a real proxy: host:port, host, group, default; the file over the flags", async () => {
+Deno.test("the rules through a real proxy: host:port, then host, then group, then default; runtime overrides on top", async () => {
   await using a = startTcpUpstream();
   await using b = startTcpUpstream();
   await using c = startTcpUpstream();
   const proxy = await startProxy({
-    // The flags' layer: the file's rules replace these rule by rule.
-    defaultMaxConnectionsPerHost: 1,
-    hostLimits: { "127.0.0.1": 5, "localhost": 9 },
     rules: {
       default: 2,
-      hosts: { "127.0.0.1": 3, [`127.0.0.1:${b.port}`]: 1, "*.example.org": 4 },
+      hosts: {
+        "127.0.0.1": 3,
+        [`127.0.0.1:${b.port}`]: 1,
+        "*.example.org": 4,
+        "localhost": 9,
+      },
       groups: [{ name: "pair", match: [`localhost:${a.port}`, `localhost:${b.port}`], limit: 3 }],
     },
   });
@@ -125,9 +127,9 @@ Deno.test("the rules' layers and patterns through a real proxy: host:port, host,
       held.push(...open);
       return open.length;
     };
-    assert.equal(await count(`127.0.0.1:${a.port}`), 3, "the exact host, the file over the flag");
+    assert.equal(await count(`127.0.0.1:${a.port}`), 3, "the exact host");
     assert.equal(await count(`127.0.0.1:${b.port}`), 1, "the exact host:port over the host");
-    // localhost: the flag's 9 stays (the file has no localhost rule); the group caps at 3.
+    // localhost: its own limit is 9, the group caps at 3.
     assert.equal(await count(`localhost:${a.port}`), 3, "a member up to the group's cap");
     assert.equal(await count(`localhost:${b.port}`), 0, "the other member: the group is full");
     assert.equal(await count(`localhost:${c.port}`), 9, "outside the group: the host's own limit");
@@ -138,7 +140,11 @@ Deno.test("the rules' layers and patterns through a real proxy: host:port, host,
     assert.equal(other.limit, 2, "the default: *.example.org does not match example.org");
     // A runtime change wins over the file, rule by rule.
     proxy.setHostLimit("127.0.0.1", 4);
-    assert.equal(await count(`127.0.0.1:${a.port}`), 1, "runtime over file: one more");
+    assert.equal(
+      await count(`127.0.0.1:${a.port}`),
+      1,
+      "a runtime override over the rules: one more",
+    );
     assert.equal(await admits(proxy, `127.0.0.1:${b.port}`), false, "the port rule still wins");
   } finally {
     for (const conn of held) closeQuietly(conn);
