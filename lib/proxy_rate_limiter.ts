@@ -619,6 +619,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
       client,
       prefix: this.#options.redisPrefix ?? DEFAULTS.redisPrefix,
       pollMs: DEFAULTS.fleetLimitsPoll,
+      timeout: this.#options.redisTimeout ?? DEFAULTS.redisTimeout,
       logger: this.#logger,
       onChange: (rules) => {
         this.#fleetRules = rules;
@@ -821,7 +822,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
         await this.#served;
       }
       const workerId = this.#loaded?.workerId;
-      if (this.#fleetLimits && workerId) {
+      if (this.#fleetLimits && workerId && this.#loaded?.up !== false) {
         await this.#fleetLimits.forgetFile(workerId).catch(() => {});
       }
       this.#fleetLimits?.close();

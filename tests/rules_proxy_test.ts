@@ -323,3 +323,29 @@ await redisTest(
     }
   },
 );
+
+Deno.test("with Redis unreachable the proxy still starts, and a fleet-wide change is refused, not hung", async () => {
+  const closed = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (closed.addr as Deno.NetAddr).port;
+  closed.close();
+  const proxy = await startProxy({
+    redis: `redis://127.0.0.1:${port}`,
+    failureMode: "open",
+    redisTimeout: 300,
+    rules: { default: 4 },
+  });
+  try {
+    const started = performance.now();
+    const put = await api(proxy, "/api/limits/api.example.com", {
+      method: "PUT",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ limit: 2 }),
+    });
+    assert.equal(put.status, 503, put.body);
+    assert.match(put.body, /The limit was not changed/);
+    assert.ok(performance.now() - started < 5_000);
+    assert.equal(JSON.parse((await api(proxy, "/api/hosts/api.example.com")).body).limit, 4);
+  } finally {
+    await proxy.stop({ graceMs: 100 });
+  }
+});

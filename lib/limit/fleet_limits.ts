@@ -28,6 +28,8 @@ export interface FleetLimitsOptions {
   onChange: (rules: LimitRules) => void;
   /** How often the version is checked, in milliseconds. */
   pollMs: number;
+  /** How long a Redis call may take before it counts as failed, in milliseconds. */
+  timeout: number;
   /** Where failures are logged. */
   logger: Logger;
 }
@@ -65,10 +67,23 @@ export class FleetLimits {
     this.#sub = sub;
     sub.on("error", () => {});
     sub.on("message", () => this.#check());
-    await sub.subscribe(this.#key).catch(() => {});
+    sub.subscribe(this.#key).catch(() => {});
     this.#timer = setInterval(() => this.#check(), this.#o.pollMs);
     Deno.unrefTimer(this.#timer);
-    await this.#check();
+    // Redis down at start: the periodic check catches up later.
+    await this.#bounded(this.#check()).catch(() => {});
+  }
+
+  /** `promise`, or a rejection once the timeout has passed. */
+  #bounded<T>(promise: Promise<T>): Promise<T> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`Redis did not answer within ${this.#o.timeout} ms`)),
+        this.#o.timeout,
+      );
+    });
+    return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
   }
 
   /** Reads the version and, when it changed, the table. */
@@ -94,9 +109,10 @@ export class FleetLimits {
   /**
    * Writes changes to the fleet's table and tells the fleet; resolves once
    * Redis has them and this proxy applied them. Throws a `TypeError` on an
-   * invalid pattern or limit, before writing anything.
+   * invalid pattern or limit, before writing anything, and an `Error` when
+   * Redis does not answer in time.
    */
-  async set(changes: FleetLimitChanges): Promise<void> {
+  set(changes: FleetLimitChanges): Promise<void> {
     const put: Record<string, string> = {};
     const del: string[] = [];
     const entry = (field: string, limit: number | null | undefined) => {
@@ -118,11 +134,13 @@ export class FleetLimits {
       entry(pattern, limit);
     }
     const client = this.#o.client;
-    if (Object.keys(put).length) await client.hset(this.#key, put);
-    if (del.length) await client.hdel(this.#key, ...del);
-    await client.incr(`${this.#key}:v`);
-    await client.publish(this.#key, "changed");
-    await this.#check();
+    return this.#bounded((async () => {
+      if (Object.keys(put).length) await client.hset(this.#key, put);
+      if (del.length) await client.hdel(this.#key, ...del);
+      await client.incr(`${this.#key}:v`);
+      await client.publish(this.#key, "changed");
+      await this.#check();
+    })());
   }
 
   /**
@@ -131,9 +149,9 @@ export class FleetLimits {
    */
   async announceFile(worker: string, rules: LimitRules): Promise<Map<string, LimitRules>> {
     const key = `${this.#o.prefix}:files`;
-    await this.#o.client.hset(key, worker, JSON.stringify(canonicalRules(rules)));
+    await this.#bounded(this.#o.client.hset(key, worker, JSON.stringify(canonicalRules(rules))));
     const out = new Map<string, LimitRules>();
-    for (const [id, text] of Object.entries(await this.#o.client.hgetall(key))) {
+    for (const [id, text] of Object.entries(await this.#bounded(this.#o.client.hgetall(key)))) {
       try {
         out.set(id, canonicalRules(JSON.parse(text)));
       } catch {
@@ -145,7 +163,7 @@ export class FleetLimits {
 
   /** Forgets `worker`'s file rules (at shutdown). */
   async forgetFile(worker: string): Promise<void> {
-    await this.#o.client.hdel(`${this.#o.prefix}:files`, worker);
+    await this.#bounded(this.#o.client.hdel(`${this.#o.prefix}:files`, worker));
   }
 
   /** Stops following the table. */

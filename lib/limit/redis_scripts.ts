@@ -106,8 +106,8 @@ end
  * field to `value` and renews its lease, the keys' expiry and the host's mark
  * in the epoch hash; a value of 0 deletes its field and member. A member of a
  * group (keys `<prefix>:{g:<group>}:h:<host>:n`) is also listed in the
- * group's member set, `<prefix>:{g:<group>}:members`. Needs locals `now` and
- * `lease`.
+ * group's member set, `<prefix>:{g:<group>}:members`, whose expiry every
+ * member's write renews. Needs locals `now` and `lease`.
  */
 const WRITE = `
 local function write(n, w, e, host, worker, value, ttl)
@@ -118,7 +118,9 @@ local function write(n, w, e, host, worker, value, ttl)
     return
   end
   if member then
-    redis.call('SADD', string.match(member, '^(.-{g:[^}]*}):h:') .. ':members', member)
+    local members = string.match(member, '^(.-{g:[^}]*}):h:') .. ':members'
+    redis.call('SADD', members, member)
+    redis.call('PEXPIRE', members, ttl)
   end
   redis.call('HSET', n, worker, value)
   redis.call('ZADD', w, now + lease, worker)
