@@ -69,3 +69,24 @@ await redisTest(
     await fleetHoldsGroupCap({ cluster: cluster.nodes });
   },
 );
+
+Deno.test("RedisLimiter in failure mode local caps a group in this process while Redis is down", async () => {
+  const closed = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (closed.addr as Deno.NetAddr).port;
+  closed.close();
+  const limiter = new RedisLimiter({
+    redis: `redis://127.0.0.1:${port}`,
+    failureMode: "local",
+    timeout: 200,
+  });
+  try {
+    const group = { name: "storage", limit: 2 };
+    const grants = [];
+    for (const host of ["a.s3", "b.s3", "c.s3"]) grants.push(await limiter.acquire(host, 5, group));
+    assert.deepEqual(grants, [true, true, false]);
+    limiter.release("a.s3");
+    assert.equal(await limiter.acquire("c.s3", 5, group), true, "a release frees a group slot");
+  } finally {
+    await limiter.close();
+  }
+});
