@@ -193,3 +193,27 @@ await redisTest(
     );
   },
 );
+
+Deno.test("CLI the README's config file examples start the proxy", async () => {
+  const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url));
+  const section = readme.slice(
+    readme.indexOf("## Limit rules"),
+    readme.indexOf("## Distributed mode"),
+  );
+  const blocks = [...section.matchAll(/```(yaml|json)\n([\s\S]*?)```/g)];
+  assert.ok(blocks.length >= 3, "the section has its examples");
+  for (const [, format, text] of blocks) {
+    // Without Redis and on free ports: the rest of each example as written.
+    const local = format === "json"
+      ? JSON.stringify({
+        ...JSON.parse(text),
+        "redis-url": undefined,
+        port: 0,
+        hostname: "127.0.0.1",
+      })
+      : text.replace(/^redis-url:.*$/m, "").replace(/^admin-port:.*$/m, "admin-port: 0") +
+        "\nport: 0\nhostname: 127.0.0.1\n";
+    await using cli = new Cli(["--config", await tempFile(`dprl.${format}`, local)]);
+    await cli.waitOutput(/Proxy listening on/);
+  }
+});
