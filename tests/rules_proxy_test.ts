@@ -349,3 +349,73 @@ Deno.test("with Redis unreachable the proxy still starts, and a fleet-wide chang
     await proxy.stop({ graceMs: 100 });
   }
 });
+
+await redisTest(
+  "reloads during traffic through two proxies on Redis drop no tunnel and leave no count",
+  "server",
+  async () => {
+    await using redis = await RedisServer.start();
+    await using up = startTcpUpstream();
+    const target = `127.0.0.1:${up.port}`;
+    const variants = [
+      { hosts: { [target]: 5 } },
+      { hosts: { [target]: 8 }, groups: [{ name: "g", match: [target], limit: 6 }] },
+      { hosts: { [target]: 3 } },
+    ];
+    let current = 0;
+    const fleet: ProxyRateLimiter[] = [];
+    for (let i = 0; i < 2; i++) {
+      fleet.push(
+        await startProxy({
+          redis: redis.url,
+          redisPrefix: "load",
+          lease: 3000,
+          rules: variants[0],
+          loadRules: () => variants[current],
+        }),
+      );
+    }
+    let admitted = 0;
+    let broken = 0;
+    try {
+      const client = async (n: number) => {
+        for (let i = 0; i < 15; i++) {
+          const [status, conn] = await tunnel(fleet[(n + i) % 2], target);
+          try {
+            if (status !== 200) continue;
+            admitted++;
+            // Held across reloads: it must keep relaying.
+            for (let k = 0; k < 3; k++) {
+              await conn.write(enc.encode("ping"));
+              const buf = new Uint8Array(4);
+              if (await conn.read(buf) !== 4) broken++;
+              await new Promise((r) => setTimeout(r, 5));
+            }
+          } catch {
+            broken++;
+          } finally {
+            closeQuietly(conn);
+          }
+        }
+      };
+      const reloads = (async () => {
+        for (let i = 1; i <= 12; i++) {
+          current = i % variants.length;
+          for (const p of fleet) assert.equal((await p.reload()).ok, true);
+          await new Promise((r) => setTimeout(r, 15));
+        }
+      })();
+      await Promise.all([...Array.from({ length: 12 }, (_, n) => client(n)), reloads]);
+      assert.ok(admitted > 0);
+      assert.equal(broken, 0, "no admitted tunnel was dropped by a reload");
+      for (const p of fleet) {
+        await waitFor(async () => await p.activeConnectionsForHost(target) === 0, 5_000, "0 open");
+      }
+      await waitFor(() => up.open === 0, 5_000, "the upstream sees no connection");
+    } finally {
+      await Promise.all(fleet.map((p) => p.stop({ graceMs: 500 })));
+    }
+    const left = (await redis.cli("KEYS", "load:*:n")).trim();
+  assert.equal(left, "", `no count left in Redis: ${left}`);
+  },
+);
