@@ -416,6 +416,6 @@ await redisTest(
       await Promise.all(fleet.map((p) => p.stop({ graceMs: 500 })));
     }
     const left = (await redis.cli("KEYS", "load:*:n")).trim();
-  assert.equal(left, "", `no count left in Redis: ${left}`);
+    assert.equal(left, "", `no count left in Redis: ${left}`);
   },
 );
