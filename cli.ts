@@ -25,6 +25,7 @@ import { ConfigError, type ConfigFile, loadConfigFile } from "./lib/config/confi
 import { watchConfigFile } from "./lib/config/watch.ts";
 import { isLoopback } from "./lib/admin/admin_server.ts";
 import { jsonLinesFormatter } from "./lib/log_format.ts";
+import { parseAccessFlags, parseSwitch, splitList } from "./lib/access/access_flags.ts";
 
 /** A flag: its value's name, environment variable, default and help text. */
 interface Flag {
@@ -115,6 +116,53 @@ const FLAGS: Record<string, Flag> = {
     env: "LOG_LEVEL",
     default: DEFAULTS.logLevel,
     help: "debug (logs every upstream connection), info, warn or error",
+  },
+  "allow-clients": {
+    section: "Access (DPRL_AUTH, environment only: user:password pairs, comma-separated, " +
+      "turns proxy authentication on):",
+    value: "cidr,...",
+    env: "DPRL_ALLOW_CLIENTS",
+    help: "client addresses that may use the proxy; without it loopback and the private " +
+      "ranges, or any address once authentication is on",
+  },
+  "auth-file": {
+    value: "file",
+    env: "DPRL_AUTH_FILE",
+    help: "htpasswd file of bcrypt hashes (htpasswd -B); every request must then authenticate",
+  },
+  "allow": {
+    value: "rule",
+    env: "DPRL_ALLOW",
+    multiple: true,
+    help: "destination allowed (host, *.glob, address or CIDR, optional :port or :port-port), " +
+      "repeatable; when any is given, only these",
+  },
+  "deny": {
+    value: "rule",
+    env: "DPRL_DENY",
+    multiple: true,
+    help: "destination refused, repeatable; deny wins over allow",
+  },
+  "deny-private": {
+    env: "DPRL_DENY_PRIVATE",
+    help: "refuse loopback, private, link-local (cloud metadata), CGNAT, ULA and multicast " +
+      "destinations, checked on the resolved addresses",
+  },
+  "max-clients": {
+    value: "n",
+    env: "DPRL_MAX_CLIENTS",
+    default: String(DEFAULTS.maxClients),
+    help: "open client connections in all; beyond it a new one gets 503; 0 is no cap",
+  },
+  "max-clients-per-ip": {
+    value: "n",
+    env: "DPRL_MAX_CLIENTS_PER_IP",
+    default: String(DEFAULTS.maxClientsPerIp),
+    help: "open client connections from one address; beyond it a new one gets 503; 0 is no cap",
+  },
+  "access-log": {
+    env: "DPRL_ACCESS_LOG",
+    help: "log one line per exchange or tunnel: client, method, host, status, bytes, duration",
   },
   "redis-url": {
     section: "Distributed mode (give one of --redis-url, --redis-addr, --redis-cluster, " +
@@ -216,6 +264,12 @@ const FLAGS: Record<string, Flag> = {
     default: formatDuration(DEFAULTS.timeouts.upstreamIdle),
     help: "time an idle upstream connection is kept for reuse",
   },
+  "fin-timeout": {
+    value: "duration",
+    env: "DPRL_FIN_TIMEOUT",
+    default: formatDuration(DEFAULTS.timeouts.fin),
+    help: "once one side of a tunnel has ended, time the other side gets before both close",
+  },
   "shutdown-grace": {
     value: "duration",
     env: "DPRL_SHUTDOWN_GRACE",
@@ -261,6 +315,7 @@ const EXAMPLES = [
   "dprl --max-connections 50 --host-limit api.example.com=5 --host-limit example.org:8443=2",
   "dprl --max-connections 50 --redis-url redis://10.0.0.5:6379/0",
   "DPRL_MAX_CONNECTIONS=10 LOG_LEVEL=debug dprl --port 3128",
+  "dprl --auth-file users.htpasswd --allow-clients 10.0.0.0/8 --deny-private",
   "dprl --config /etc/dprl/dprl.yaml --watch-config",
   "curl -x http://127.0.0.1:8080 https://example.com/",
 ];
@@ -530,6 +585,32 @@ function parseValues(
     );
   }
 
+  const list = (name: string): string[] | undefined => {
+    const v = parsed[name] as string[] | undefined;
+    if (v) return v;
+    const env = readEnv(FLAGS[name].env!);
+    const fromFile = file.settings[name];
+    if ((env === undefined || env === "") && Array.isArray(fromFile)) return fromFile;
+    return splitList(env);
+  };
+  /** A switch: the flag, else its variable (text, checked later), else the file's. */
+  const toggle = (name: string): boolean | string | undefined => {
+    if (parsed[name] === true) return true;
+    const env = readEnv(FLAGS[name].env!);
+    if (env !== undefined && env !== "") return env;
+    const fromFile = file.settings[name];
+    return typeof fromFile === "boolean" ? fromFile : undefined;
+  };
+  const access = parseAccessFlags({
+    allowClients: value("allow-clients"),
+    auth: readEnv("DPRL_AUTH"),
+    authFile: value("auth-file"),
+    allow: list("allow"),
+    deny: list("deny"),
+    denyPrivate: toggle("deny-private"),
+  });
+  const users = access.clients.users!;
+
   const options: ProxyRateLimiterOptions = {
     port: integer("port", value("port")!, 0, 65535),
     hostname: value("hostname"),
@@ -558,7 +639,16 @@ function parseValues(
         "upstream-idle-timeout",
         value("upstream-idle-timeout")!,
       ),
+      fin: duration("fin-timeout", value("fin-timeout")!),
     },
+    allowClients: access.clients.allowClients,
+    users: users.size > 0 ? Object.fromEntries(users) : undefined,
+    allow: access.destinations.allow,
+    deny: access.destinations.deny,
+    denyPrivate: access.destinations.denyPrivate,
+    maxClients: integer("max-clients", value("max-clients")!, 0, 1_000_000_000),
+    maxClientsPerIp: integer("max-clients-per-ip", value("max-clients-per-ip")!, 0, 1_000_000_000),
+    accessLog: parseSwitch("--access-log", toggle("access-log")),
     redis: redisConfig(value),
     redisPrefix: prefix,
     lease: duration("lease", value("lease")!),
@@ -584,14 +674,7 @@ function parseValues(
   if (configPath !== undefined) {
     options.loadRules = async () => layerRules(flagRules, await readRules(configPath));
   }
-  const watchEnv = readEnv("DPRL_WATCH_CONFIG");
-  let watchConfig = parsed["watch-config"] === true;
-  if (!watchConfig && watchEnv !== undefined && watchEnv !== "") {
-    if (!/^(true|false|1|0)$/i.test(watchEnv)) {
-      throw new UsageError(`DPRL_WATCH_CONFIG must be true or false, got "${watchEnv}"`);
-    }
-    watchConfig = /^(true|1)$/i.test(watchEnv);
-  } else if (!watchConfig) watchConfig = file.settings["watch-config"] === true;
+  const watchConfig = parseSwitch("--watch-config", toggle("watch-config"));
   if (watchConfig && configPath === undefined) {
     throw new UsageError("--watch-config needs --config");
   }

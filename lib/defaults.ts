@@ -43,8 +43,8 @@ export const DEFAULTS = {
   rejectStatus: 500,
   /** Largest request or response head, in bytes. */
   maxHeadSize: 64 * 1024,
-  /** Most header fields in a request (more gets 431) or a response (502). */
-  maxHeaderFields: 256,
+  /** Most header fields in a request (more gets 431) or a response (502), as Apache's default. */
+  maxHeaderFields: 100,
   /** Idle upstream sockets kept per host. */
   maxIdlePerHost: 64,
   /** Timeouts, in milliseconds. */

@@ -15,7 +15,7 @@ import type { FleetLimitChanges, FleetLimits } from "./limit/fleet_limits.ts";
 import { hostKey } from "./limit/host_key.ts";
 import type { Limiter } from "./limit/limiter.ts";
 import { LocalLimiter } from "./limit/local_limiter.ts";
-import type { FailureMode } from "./limit/redis_limiter.ts";
+import type { FailureMode, RedisLimiter } from "./limit/redis_limiter.ts";
 import type { RedisConfig, RedisOptions } from "./limit/redis_config.ts";
 import { ProxyServer } from "./proxy/proxy_server.ts";
 import { ClientPolicy } from "./access/client_policy.ts";
@@ -56,27 +56,13 @@ export interface AdminOptions {
   metricsMaxHosts?: number;
 }
 
-/** What the Redis limiter offers the control plane beyond {@linkcode Limiter}, when it has it. */
-interface FleetLimiter {
-  readonly workerId?: string;
-  readonly client?: import("ioredis").Redis | import("ioredis").Cluster;
-  readonly up?: boolean;
-  onCall?: (ms: number) => void;
-  workers?(): Promise<RegisteredWorker[]>;
-  fleetCounts?(): ReadonlyMap<string, number>;
-  setWorkerInfo?(info: { adminUrl?: string; version?: string }): void;
-}
-
-/** A worker as the Redis worker registry lists it. */
-interface RegisteredWorker {
-  id: string;
-  hostname: string;
-  pid: number;
-  version: string;
-  adminUrl: string;
-  started: string;
-  connections: number;
-}
+/** What the Redis limiter offers the control plane beyond {@linkcode Limiter}. */
+type FleetLimiter = Partial<
+  Pick<
+    RedisLimiter,
+    "workerId" | "up" | "onCall" | "workers" | "fleetCounts" | "setWorkerInfo" | "nodes" | "client"
+  >
+>;
 
 /**
  * Options of {@linkcode ProxyRateLimiter}. Every field is optional.
@@ -245,6 +231,8 @@ export class ProxyRateLimiter implements AsyncDisposable {
   #admin: AdminServer | null = null;
   #adminSource: AdminSource | null = null;
   #startedAt = Date.now();
+  /** Keeps the Redis servers the limiter meets out of clients' reach. */
+  #guard: ReturnType<typeof setInterval> | undefined;
 
   /**
    * Creates a proxy; nothing listens until {@linkcode start}. Throws a
@@ -568,6 +556,14 @@ export class ProxyRateLimiter implements AsyncDisposable {
     for (const node of redisNodes(o.redis)) await destinations.protect(node.host, node.port);
     const warning = clients.exposureWarning(addr.hostname);
     if (warning) this.#logger.warn(warning);
+    if (
+      (addr.hostname === "0.0.0.0" || addr.hostname === "::") && !destinations.interfacesVisible
+    ) {
+      this.#logger.warn(
+        "Cannot see this machine's network addresses: a CONNECT to this proxy's port on one of " +
+          "them is not known to be a loop; run with --allow-sys=networkInterfaces",
+      );
+    }
     const access = getLogger(["dprl", "access"]);
     this.#server = new ProxyServer({
       listener,
@@ -590,6 +586,18 @@ export class ProxyRateLimiter implements AsyncDisposable {
     this.#loaded = limiter;
     const fleet = limiter as Limiter & FleetLimiter;
     if (o.redis !== undefined) fleet.onCall = (ms) => this.#stats.onRedisCall(ms);
+    if (fleet.nodes) {
+      // Redis servers met while running (a Sentinel's master, Cluster nodes) are refused too.
+      const guard = () => {
+        for (const node of fleet.nodes!()) {
+          destinations.protect(node.host, node.port).catch(() => {});
+        }
+      };
+      guard();
+      const timer = setInterval(guard, 1000);
+      Deno.unrefTimer(timer);
+      this.#guard = timer;
+    }
     this.#served = this.#server.serve();
     if (fleet.client && fleet.workerId) await this.#startFleetLimits(fleet.client);
     this.#logger.info("Proxy listening on {url} (bound to {address})", {
@@ -607,6 +615,11 @@ export class ProxyRateLimiter implements AsyncDisposable {
         this.#url = null;
         throw err;
       }
+      // The control plane is no destination either.
+      await destinations.protect(
+        o.admin.hostname ?? DEFAULTS.adminHostname,
+        this.#admin.url.port ? Number(this.#admin.url.port) : 80,
+      );
       fleet.setWorkerInfo?.({ adminUrl: this.#admin.url.href, version: VERSION });
       this.#logger.info("Admin server listening on {url}", { url: this.#admin.url.href });
     }
@@ -821,6 +834,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
         await server.shutdown(options.graceMs ?? DEFAULTS.shutdownGrace);
         await this.#served;
       }
+      clearInterval(this.#guard);
       const workerId = this.#loaded?.workerId;
       if (this.#fleetLimits && workerId && this.#loaded?.up !== false) {
         await this.#fleetLimits.forgetFile(workerId).catch(() => {});

@@ -215,7 +215,7 @@ Deno.test("forwarded lines carry repeated Content-Length values as one line", ()
 
 Deno.test("a 64 KiB head with thousands of Connection tokens parses and filters right", () => {
   // Linear work: every field is checked against a Set of the listed tokens.
-  const listed = Array.from({ length: 8500 }, (_, i) => `x-${i}`);
+  const listed = Array.from({ length: 8700 }, (_, i) => `x-${i}`);
   const fields = [`Connection: ${listed.join(",")}`];
   for (let i = 0; i < 250; i++) fields.push(`X-${i * 20}: v`, ...(i < 3 ? [`Y-${i}: kept`] : []));
   const head = reqHead(fields.slice(0, DEFAULTS.maxHeaderFields));

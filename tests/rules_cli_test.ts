@@ -217,3 +217,40 @@ Deno.test("CLI the README's config file examples start the proxy", async () => {
     await cli.waitOutput(/Proxy listening on/);
   }
 });
+
+Deno.test("CLI lists and switches from the file: the variable over the file", async () => {
+  const up = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (up.addr as Deno.NetAddr).port;
+  const accepted = (async () => {
+    for await (const conn of up) conn.close();
+  })().catch(() => {});
+  const file = await tempFile(
+    "dprl.yaml",
+    `port: 0\nhostname: 127.0.0.1\ndeny: ["127.0.0.1:${port}"]\naccess-log: true\n`,
+  );
+  const status = async (cli: Cli) => {
+    const proxyPort = await listeningPort(cli);
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: proxyPort });
+    const target = `127.0.0.1:${port}`;
+    await conn.write(
+      new TextEncoder().encode(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`),
+    );
+    const buf = new Uint8Array(1024);
+    const n = await conn.read(buf);
+    conn.close();
+    return Number(new TextDecoder().decode(buf.subarray(0, n ?? 0)).split(" ")[1]);
+  };
+  try {
+    await using fromFile = new Cli(["--config", file]);
+    assert.equal(await status(fromFile), 403, "the file's deny list applies");
+    await fromFile.waitOutput(/CONNECT 127\.0\.0\.1:\d+ 403/);
+    await using fromEnv = new Cli(["--config", file], {
+      DPRL_DENY: "10.9.9.9",
+      DPRL_ACCESS_LOG: "false",
+    });
+    assert.equal(await status(fromEnv), 200, "the variable's list replaces the file's");
+  } finally {
+    up.close();
+    await accepted;
+  }
+});

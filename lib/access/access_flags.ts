@@ -40,7 +40,12 @@ export function splitList(text: string | undefined): string[] {
   return (text ?? "").split(",").map((s) => s.trim()).filter(Boolean);
 }
 
-function flag(name: string, value: boolean | string | undefined): boolean {
+/**
+ * A switch given as a flag (`true`) or an environment value: `1`, `true`,
+ * `yes`, `on` or `0`, `false`, `no`, `off`, empty. Throws a `RangeError`
+ * naming `name` on anything else.
+ */
+export function parseSwitch(name: string, value: boolean | string | undefined): boolean {
   if (typeof value === "boolean" || value === undefined) return value ?? false;
   const v = value.trim().toLowerCase();
   if (["1", "true", "yes", "on"].includes(v)) return true;
@@ -86,7 +91,7 @@ export function parseAccessFlags(values: AccessFlagValues): AccessOptions {
     destinations: {
       allow: rules("--allow", values.allow),
       deny: rules("--deny", values.deny),
-      denyPrivate: flag("--deny-private", values.denyPrivate),
+      denyPrivate: parseSwitch("--deny-private", values.denyPrivate),
     },
   };
 }

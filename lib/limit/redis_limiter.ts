@@ -8,7 +8,7 @@
 
 import { Cluster, Redis } from "ioredis";
 import type { ClusterOptions, RedisOptions } from "ioredis";
-import type { RedisConfig } from "./redis_config.ts";
+import type { RedisConfig, RedisNode } from "./redis_config.ts";
 import { getLogger, type Logger } from "@logtape/logtape";
 import { type Limiter, LimiterUnavailableError, type LimitGroup } from "./limiter.ts";
 import { ACQUIRE_LUA, COUNT_LUA, REGISTER_LUA, RELEASE_LUA, SYNC_LUA } from "./redis_scripts.ts";
@@ -299,6 +299,22 @@ export class RedisLimiter implements Limiter {
   /** This worker's id: the field and member it writes in Redis. */
   get workerId(): string {
     return this.#worker;
+  }
+
+  /**
+   * The Redis servers this limiter talks to now, as connected (a Sentinel's
+   * master, every Cluster node it knows), so the proxy can keep them out of
+   * its clients' reach.
+   */
+  nodes(): RedisNode[] {
+    const client = this.#client;
+    const list = client instanceof Cluster ? client.nodes("all") : [client];
+    return list.flatMap((node) => {
+      const stream = (node as { stream?: { remoteAddress?: string; remotePort?: number } }).stream;
+      const host = stream?.remoteAddress ?? node.options.host;
+      const port = stream?.remotePort ?? node.options.port;
+      return host && port ? [{ host, port }] : [];
+    });
   }
 
   /** The slots this process holds for `host`, counted or not. */

@@ -235,7 +235,7 @@ export function parseRequestHead(bytes: Uint8Array): RequestHead {
   const fields = parseFields(
     lines,
     error,
-    () => new HttpError(431, "Request has too many header fields"),
+    () => new HttpError(431, `More than ${DEFAULTS.maxHeaderFields} header fields`),
   );
   for (const name of FRAMING) {
     if (fields.connection.has(name)) {

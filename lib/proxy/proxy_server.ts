@@ -357,14 +357,9 @@ export class ProxyServer {
     this.#perIp.set(s.ip, fromIp);
     s.deadline = this.#now + this.#timeouts.head;
     try {
-      if (this.#maxClients > 0 && this.#sessions.size > this.#maxClients) {
-        await this.#fail(s, new ClientRefusedError("Too many client connections", 503));
-        return;
-      }
-      if (this.#maxClientsPerIp > 0 && fromIp > this.#maxClientsPerIp) {
-        await this.#fail(s, new ClientRefusedError(`Too many connections from ${s.ip}`, 503));
-        return;
-      }
+      // Refused before a byte is read: a stranger cannot hold a connection.
+      const refusal = this.#refusal(s, fromIp);
+      if (refusal) return await this.#fail(s, refusal);
       while (!s.closed) {
         const req = await this.#readRequest(s);
         if (req === null) return;
@@ -394,6 +389,20 @@ export class ProxyServer {
     }
   }
 
+  /** Why a new client connection is refused at once, if it is. */
+  #refusal(s: Session, fromIp: number): ClientRefusedError | null {
+    if (!this.#clients.admitsAddress(s.ip)) {
+      return new ClientRefusedError(`Client address ${s.ip} is not allowed to use this proxy`);
+    }
+    if (this.#maxClients > 0 && this.#sessions.size > this.#maxClients) {
+      return new ClientRefusedError("Too many client connections", 503);
+    }
+    if (this.#maxClientsPerIp > 0 && fromIp > this.#maxClientsPerIp) {
+      return new ClientRefusedError(`Too many connections from ${s.ip}`, 503);
+    }
+    return null;
+  }
+
   /** Counts the bytes of an exchange or tunnel that ended and logs its access line. */
   #finished(s: Session): void {
     if (s.method === "") return;
@@ -418,14 +427,8 @@ export class ProxyServer {
     s.key = key;
   }
 
-  /**
-   * Refuses a request whose client may not use the proxy: an address
-   * outside the allow-list, missing or wrong credentials.
-   */
-  async #admit(s: Session, req: RequestHead): Promise<void> {
-    if (!this.#clients.admitsAddress(s.ip)) {
-      throw new ClientRefusedError(`Client address ${s.ip} is not allowed to use this proxy`);
-    }
+  /** Refuses a request without valid credentials when authentication is on. */
+  async #authenticate(req: RequestHead): Promise<void> {
     if (!this.#clients.authRequired) return;
     const user = await this.#clients.authenticate(field(req, "proxy-authorization"));
     if (user === null) throw new ProxyAuthRequiredError(PROXY_AUTHENTICATE);
@@ -442,17 +445,14 @@ export class ProxyServer {
       s.startedAt = Date.now();
       this.#touch(s);
       const req = parseRequestHead(head);
-      await this.#admit(s, req);
+      await this.#authenticate(req);
       return req;
     } catch (err) {
-      if (err instanceof TooLargeError) {
-        await this.#fail(s, new HttpError(431, "Request head is too large"));
-      } else if (
-        err instanceof HttpError || err instanceof ClientRefusedError ||
-        err instanceof ProxyAuthRequiredError
-      ) {
-        await this.#fail(s, err);
-      } else throw err;
+      const bad = err instanceof TooLargeError
+        ? new HttpError(431, "Request head is too large")
+        : err;
+      if (!(bad instanceof HttpError || bad instanceof ProxyAuthRequiredError)) throw err;
+      await this.#fail(s, bad);
       return null;
     }
   }
