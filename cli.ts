@@ -20,7 +20,9 @@ import type { FailureMode } from "./lib/limit/redis_limiter.ts";
 import type { RedisConfig } from "./lib/limit/redis_config.ts";
 import { ProxyRateLimiter, type ProxyRateLimiterOptions } from "./lib/proxy_rate_limiter.ts";
 import { VERSION } from "./lib/version.ts";
-import { parseHostPattern } from "./lib/limit/rules/rules.ts";
+import { layerRules, parseHostPattern, rulesFromLimits } from "./lib/limit/rules/rules.ts";
+import { ConfigError, type ConfigFile, loadConfigFile } from "./lib/config/config_file.ts";
+import { watchConfigFile } from "./lib/config/watch.ts";
 import { isLoopback } from "./lib/admin/admin_server.ts";
 import { jsonLinesFormatter } from "./lib/log_format.ts";
 import { parseAccessFlags, parseSwitch, splitList } from "./lib/access/access_flags.ts";
@@ -72,6 +74,17 @@ const FLAGS: Record<string, Flag> = {
     env: "DPRL_HOST_LIMITS",
     multiple: true,
     help: "limit of one host, repeatable; host:port for ports other than 80 and 443",
+  },
+  "config": {
+    value: "file",
+    env: "DPRL_CONFIG",
+    help: "YAML or JSON file of limit rules (wildcards, groups) and any of these settings " +
+      "under its long name; its limits win over --max-connections and --host-limit",
+  },
+  "watch-config": {
+    env: "DPRL_WATCH_CONFIG",
+    help: "reload the limit rules of --config when the file changes (SIGHUP and " +
+      "POST /api/reload always do)",
   },
   "reject-status": {
     value: "status",
@@ -303,6 +316,7 @@ const EXAMPLES = [
   "dprl --max-connections 50 --redis-url redis://10.0.0.5:6379/0",
   "DPRL_MAX_CONNECTIONS=10 LOG_LEVEL=debug dprl --port 3128",
   "dprl --auth-file users.htpasswd --allow-clients 10.0.0.0/8 --deny-private",
+  "dprl --config /etc/dprl/dprl.yaml --watch-config",
   "curl -x http://127.0.0.1:8080 https://example.com/",
 ];
 
@@ -334,7 +348,9 @@ export function usage(): string {
     "",
     "Usage: dprl [options]",
     "",
-    "Each option can also be set by its environment variable; the option wins.",
+    "Each option can also be set by its environment variable, and in the --config file under its",
+    "long name: the option wins, then the variable, then the file. Limits are the exception: the",
+    "file's rules win over --max-connections and --host-limit, and runtime changes win over both.",
   ];
   for (const [name, f] of Object.entries(FLAGS)) {
     if (f.section) out.push("", ...wrap(f.section, 0, WIDTH));
@@ -422,6 +438,20 @@ interface CliConfig {
   graceMs: number;
   /** `--help` or `--version` was given. */
   exit?: "help" | "version";
+  /** The config file, if any. */
+  configPath?: string;
+  /** Reload the config file when it changes. */
+  watchConfig?: boolean;
+}
+
+/** The flags as the config file knows them. */
+const FILE_FLAGS = Object.fromEntries(
+  Object.entries(FLAGS).map(([name, f]) => [name, { boolean: !f.value, multiple: f.multiple }]),
+);
+
+/** Reads the config file: its limit rules, for a reload. */
+async function readRules(path: string) {
+  return (await loadConfigFile(path, { flags: FILE_FLAGS })).rules;
 }
 
 /** A one-line message for an error of `parseArgs`. */
@@ -444,10 +474,11 @@ function parseError(err: Error & { code?: string }): string {
 }
 
 /**
- * Parses flags (and, where a flag is absent, its environment variable) into
- * proxy options. Throws an `Error` with a one-line message on a bad value.
+ * Parses flags (and, where a flag is absent, its environment variable, then
+ * the config file's setting) into proxy options. Throws an `Error` with a
+ * one-line message on a bad value.
  */
-function parseCli(args: string[]): CliConfig {
+async function parseCli(args: string[]): Promise<CliConfig> {
   let parsed;
   try {
     parsed = parseArgs({
@@ -472,14 +503,49 @@ function parseCli(args: string[]): CliConfig {
     return { options: {}, logLevel: "info", graceMs: 0, exit: "version" };
   }
 
+  const fromEnv = (name: string): string | undefined => {
+    const f = FLAGS[name];
+    const text = f.env ? readEnv(f.env) : undefined;
+    return text !== undefined && text !== "" ? text : undefined;
+  };
+  const configPath = typeof parsed.config === "string" ? parsed.config : fromEnv("config");
+  let file: ConfigFile = { settings: {}, rules: {}, places: {} };
+  if (configPath !== undefined) file = await loadConfigFile(configPath, { flags: FILE_FLAGS });
+  /** Which layer each setting came from: a bad value in the file names its place. */
+  const fromFile = new Set<string>();
   const value = (name: string): string | undefined => {
     const v = parsed[name];
     if (typeof v === "string") return v;
-    const f = FLAGS[name];
-    const fromEnv = f.env ? readEnv(f.env) : undefined;
-    return fromEnv !== undefined && fromEnv !== "" ? fromEnv : f.default;
+    const env = fromEnv(name);
+    if (env !== undefined) return env;
+    const setting = file.settings[name];
+    if (typeof setting === "string") {
+      fromFile.add(name);
+      return setting;
+    }
+    return FLAGS[name].default;
   };
+  try {
+    return parseValues(parsed, value, file, configPath);
+  } catch (err) {
+    const name = /^--([a-z-]+)/.exec((err as Error).message)?.[1];
+    if (!(err instanceof UsageError) || !name || !fromFile.has(name) || !configPath) throw err;
+    const place = file.places[name];
+    throw new ConfigError(
+      configPath,
+      (err as Error).message.replace(/^--/, ""),
+      place ?? {},
+    );
+  }
+}
 
+/** The options the flags, environment and file settings ask for. */
+function parseValues(
+  parsed: Record<string, string | string[] | boolean | undefined>,
+  value: (name: string) => string | undefined,
+  file: ConfigFile,
+  configPath: string | undefined,
+): CliConfig {
   const logLevel = LEVELS[value("log-level")!.toLowerCase()];
   if (!logLevel) {
     throw new UsageError(
@@ -521,7 +587,19 @@ function parseCli(args: string[]): CliConfig {
 
   const list = (name: string): string[] | undefined => {
     const v = parsed[name] as string[] | undefined;
-    return v ?? splitList(readEnv(FLAGS[name].env!));
+    if (v) return v;
+    const env = readEnv(FLAGS[name].env!);
+    const fromFile = file.settings[name];
+    if ((env === undefined || env === "") && Array.isArray(fromFile)) return fromFile;
+    return splitList(env);
+  };
+  /** A switch: the flag, else its variable (text, checked later), else the file's. */
+  const toggle = (name: string): boolean | string | undefined => {
+    if (parsed[name] === true) return true;
+    const env = readEnv(FLAGS[name].env!);
+    if (env !== undefined && env !== "") return env;
+    const fromFile = file.settings[name];
+    return typeof fromFile === "boolean" ? fromFile : undefined;
   };
   const access = parseAccessFlags({
     allowClients: value("allow-clients"),
@@ -529,7 +607,7 @@ function parseCli(args: string[]): CliConfig {
     authFile: value("auth-file"),
     allow: list("allow"),
     deny: list("deny"),
-    denyPrivate: parsed["deny-private"] === true || readEnv("DPRL_DENY_PRIVATE"),
+    denyPrivate: toggle("deny-private"),
   });
   const users = access.clients.users!;
 
@@ -570,8 +648,7 @@ function parseCli(args: string[]): CliConfig {
     denyPrivate: access.destinations.denyPrivate,
     maxClients: integer("max-clients", value("max-clients")!, 0, 1_000_000_000),
     maxClientsPerIp: integer("max-clients-per-ip", value("max-clients-per-ip")!, 0, 1_000_000_000),
-    accessLog: parsed["access-log"] === true ||
-      parseSwitch("--access-log", readEnv("DPRL_ACCESS_LOG")),
+    accessLog: parseSwitch("--access-log", toggle("access-log")),
     redis: redisConfig(value),
     redisPrefix: prefix,
     lease: duration("lease", value("lease")!),
@@ -586,11 +663,28 @@ function parseCli(args: string[]): CliConfig {
   if (logFormat !== "text" && logFormat !== "json") {
     throw new UsageError(`--log-format must be text or json, got "${logFormat}"`);
   }
+  // Limits: the file's rules over the flags' (a flag must not pin a limit a reload cannot change).
+  const flagRules = rulesFromLimits({
+    defaultLimit: options.defaultMaxConnectionsPerHost,
+    hostLimits: options.hostLimits,
+  });
+  delete options.defaultMaxConnectionsPerHost;
+  delete options.hostLimits;
+  options.rules = layerRules(flagRules, file.rules);
+  if (configPath !== undefined) {
+    options.loadRules = async () => layerRules(flagRules, await readRules(configPath));
+  }
+  const watchConfig = parseSwitch("--watch-config", toggle("watch-config"));
+  if (watchConfig && configPath === undefined) {
+    throw new UsageError("--watch-config needs --config");
+  }
   return {
     options,
     logLevel,
     logFormat,
     graceMs: duration("shutdown-grace", value("shutdown-grace")!),
+    configPath,
+    watchConfig,
   };
 }
 
@@ -692,9 +786,11 @@ function redisTls(
 export async function main(args: string[]): Promise<number> {
   let config: CliConfig;
   try {
-    config = parseCli(args);
+    config = await parseCli(args);
   } catch (err) {
-    if (!(err instanceof UsageError || err instanceof RangeError)) throw err;
+    if (!(err instanceof UsageError || err instanceof RangeError || err instanceof ConfigError)) {
+      throw err;
+    }
     console.error(`dprl: ${err.message}`);
     return 2;
   }
@@ -734,13 +830,22 @@ export async function main(args: string[]): Promise<number> {
   };
   const names: Deno.Signal[] = ["SIGINT", "SIGTERM"];
   for (const name of names) Deno.addSignalListener(name, onSignal);
+  const reload = () => void proxy.reload();
+  const hangup = config.configPath !== undefined && Deno.build.os !== "windows";
+  if (hangup) Deno.addSignalListener("SIGHUP", reload);
+  let watcher: { close(): Promise<void> } | undefined;
   try {
+    if (config.watchConfig) {
+      watcher = watchConfigFile({ path: config.configPath!, onChange: reload });
+    }
     await proxy.listenAndServe();
     return 0;
   } catch (err) {
     console.error(`dprl: ${err instanceof Error ? err.message : err}`);
     return 1;
   } finally {
+    await watcher?.close();
+    if (hangup) Deno.removeSignalListener("SIGHUP", reload);
     for (const name of names) Deno.removeSignalListener(name, onSignal);
     await reset();
   }

@@ -49,7 +49,17 @@ export {
   type AdminOptions,
   ProxyRateLimiter,
   type ProxyRateLimiterOptions,
+  type ReloadOutcome,
 } from "./lib/proxy_rate_limiter.ts";
+export {
+  type GroupRule,
+  type LimitRules,
+  type RulePath,
+  RulesError,
+  validateRules,
+} from "./lib/limit/rules/rules.ts";
+export type { RuleDifference } from "./lib/limit/rules/diff.ts";
+export type { FleetLimitChanges } from "./lib/limit/fleet_limits.ts";
 export type { AdminHandlerOptions } from "./lib/admin/admin_handler.ts";
 export { hostKey } from "./lib/limit/host_key.ts";
 export type { FailureMode } from "./lib/limit/redis_limiter.ts";

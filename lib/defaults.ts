@@ -68,6 +68,8 @@ export const DEFAULTS = {
   shutdownGrace: 10_000,
   /** Quiet time after a change of the config file before it is reloaded, in milliseconds. */
   configWatchDebounce: 250,
+  /** How often each proxy checks the version of the fleet's limit table, in milliseconds. */
+  fleetLimitsPoll: 500,
   /** Prefix of the Redis keys. */
   redisPrefix: "dprl",
   /** Worker lease in Redis, in milliseconds. */

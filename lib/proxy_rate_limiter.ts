@@ -8,6 +8,10 @@
 import { getLogger, type Logger } from "@logtape/logtape";
 import { DEFAULTS, type Timeouts } from "./defaults.ts";
 import { LimitTable } from "./limit/limit_table.ts";
+import { RuleTable } from "./limit/rules/rule_table.ts";
+import { canonicalRules, layerRules, type LimitRules, validateRules } from "./limit/rules/rules.ts";
+import { diffRules, type RuleDifference } from "./limit/rules/diff.ts";
+import type { FleetLimitChanges, FleetLimits } from "./limit/fleet_limits.ts";
 import { hostKey } from "./limit/host_key.ts";
 import type { Limiter } from "./limit/limiter.ts";
 import { LocalLimiter } from "./limit/local_limiter.ts";
@@ -56,7 +60,7 @@ export interface AdminOptions {
 type FleetLimiter = Partial<
   Pick<
     RedisLimiter,
-    "workerId" | "up" | "onCall" | "workers" | "fleetCounts" | "setWorkerInfo" | "nodes"
+    "workerId" | "up" | "onCall" | "workers" | "fleetCounts" | "setWorkerInfo" | "nodes" | "client"
   >
 >;
 
@@ -86,6 +90,22 @@ export interface ProxyRateLimiterOptions {
   defaultMaxConnectionsPerHost?: number;
   /** Per-host overrides, e.g. `{ "api.example.com": 5 }`. */
   hostLimits?: Record<string, number>;
+  /**
+   * Limit rules: a default, per-host limits with wildcards and groups of
+   * hosts with a shared limit (the schema of the config file). The fleet's
+   * runtime table (distributed mode) wins over them rule by rule, and this
+   * process's overrides (`defaultMaxConnectionsPerHost`, `hostLimits` and
+   * the setters such as {@linkcode ProxyRateLimiter.setHostLimit}) win over
+   * both. The command line puts its `--max-connections` and `--host-limit`
+   * here, under the file's rules. See {@linkcode LimitRules}.
+   */
+  rules?: LimitRules;
+  /**
+   * Reads the rules again, for {@linkcode ProxyRateLimiter.reload} (the
+   * command line passes one that reads its config file). Throwing keeps
+   * the current rules.
+   */
+  loadRules?: () => LimitRules | Promise<LimitRules>;
   /** HTTP status sent when a host is at its limit. Default 500. */
   rejectStatus?: number;
   /** Timeouts in milliseconds; see {@linkcode Timeouts} for the defaults. */
@@ -193,6 +213,11 @@ export class ProxyRateLimiter implements AsyncDisposable {
   #options: ProxyRateLimiterOptions;
   #limits: LimitTable;
   #logger: Logger;
+  /** The rules of the `rules` option, `setRules` or the last reload. */
+  #fileRules: LimitRules;
+  /** The fleet's runtime table (distributed mode): the highest layer of rules. */
+  #fleetRules: LimitRules = {};
+  #fleetLimits: FleetLimits | null = null;
   /** The limiter, once loaded (the Redis client is loaded only when asked for). */
   #limiter: Promise<Limiter> | null = null;
   #starting: Promise<void> | null = null;
@@ -222,11 +247,145 @@ export class ProxyRateLimiter implements AsyncDisposable {
       );
     }
     this.#options = options;
-    this.#limits = new LimitTable(
-      options.defaultMaxConnectionsPerHost ?? DEFAULTS.defaultMaxConnectionsPerHost,
-      options.hostLimits,
-    );
+    this.#fileRules = validateRules(options.rules ?? {});
+    // This process's overrides, above the rules as before rules existed.
+    this.#limits = new LimitTable(options.defaultMaxConnectionsPerHost, options.hostLimits);
+    this.#applyRules();
     this.#logger = getLogger(["dprl"]);
+  }
+
+  /** Compiles the layers (file, then fleet) and swaps the table in at once. */
+  #applyRules(): RuleDifference[] {
+    const table = new RuleTable(layerRules(this.#fileRules, this.#fleetRules));
+    const changes = diffRules(this.#limits.rules.rules, table.rules);
+    this.#limits.rules = table;
+    return changes;
+  }
+
+  #logChanges(changes: RuleDifference[], why: string): void {
+    for (const c of changes) {
+      this.#logger.info("Limit rule {rule} {change} ({why})", {
+        rule: c.rule,
+        change: c.a === undefined
+          ? `added: ${c.b}`
+          : c.b === undefined
+          ? `removed (was ${c.a})`
+          : `changed from ${c.a} to ${c.b}`,
+        why,
+      });
+    }
+  }
+
+  /**
+   * The rules in effect, in canonical form: the `rules` option's (or those
+   * of {@linkcode setRules} or the last reload) with the fleet's runtime
+   * table over them. This process's overrides ({@linkcode setHostLimit} &
+   * co.) are not in it.
+   *
+   * @example
+   * ```ts
+   * import { ProxyRateLimiter } from "@dprl/cli";
+   * new ProxyRateLimiter({ rules: { hosts: { "*.example.org": 10 } } }).rules;
+   * // { hosts: { "*.example.org": 10 } }
+   * ```
+   */
+  get rules(): LimitRules {
+    return this.#limits.rules.rules;
+  }
+
+  /**
+   * Replaces the rules of the `rules` option (the config file's layer) at
+   * once: open connections stay open and counted; a lowered limit admits
+   * nothing new until the count is under it, a raised one admits at once.
+   * Throws a `RulesError` naming the first invalid rule, and then changes
+   * nothing. Returns the rules that changed.
+   *
+   * @example
+   * ```ts
+   * import { ProxyRateLimiter } from "@dprl/cli";
+   * const proxy = new ProxyRateLimiter();
+   * proxy.setRules({
+   *   default: 25,
+   *   hosts: { "api.example.com": 5, "*.example.org": 10 },
+   *   groups: [{ name: "storage", match: ["*.s3.amazonaws.com"], limit: 100 }],
+   * });
+   * ```
+   */
+  setRules(rules: LimitRules): RuleDifference[] {
+    const previous = this.#fileRules;
+    this.#fileRules = validateRules(rules);
+    try {
+      return this.#applyRules();
+    } catch (err) {
+      this.#fileRules = previous;
+      throw err;
+    }
+  }
+
+  /**
+   * Reads the rules again with the `loadRules` option (the command line's
+   * config file) and swaps them in, as {@linkcode setRules} does. A broken
+   * file keeps the current rules and logs one error. Both outcomes count in
+   * `dprl_config_reloads_total{result}`.
+   *
+   * @example
+   * ```ts ignore
+   * const result = await proxy.reload();
+   * if (!result.ok) console.error(result.error);
+   * ```
+   */
+  async reload(): Promise<ReloadOutcome> {
+    const load = this.#options.loadRules;
+    if (!load) throw new Error("Proxy has no loadRules option to reload from");
+    let changes: RuleDifference[];
+    try {
+      changes = this.setRules(await load());
+    } catch (err) {
+      const error = err instanceof Error ? err.message : String(err);
+      this.#stats.onConfigReload("error");
+      this.#logger.error("Config not reloaded, the current limits stay: {error}", { error });
+      return { ok: false, error };
+    }
+    this.#stats.onConfigReload("ok");
+    this.#logChanges(changes, "reload");
+    if (changes.length === 0) this.#logger.info("Config reloaded, no limit changed");
+    this.#compareFiles();
+    return { ok: true, changes };
+  }
+
+  /**
+   * Changes the fleet's runtime limit table: in distributed mode it is kept
+   * in Redis and every proxy of the fleet applies it within a second; it wins
+   * over every config file and flag. In memory mode (or before
+   * {@linkcode start}) it applies to this proxy only. `null` (or a host
+   * limit of 0 or less) removes an entry. Throws a `TypeError` on an invalid
+   * pattern or limit.
+   *
+   * @example
+   * ```ts ignore
+   * await proxy.setFleetLimits({ hosts: { "api.example.com": 3, "*.example.org": null } });
+   * ```
+   */
+  async setFleetLimits(changes: FleetLimitChanges): Promise<void> {
+    if (this.#fleetLimits) return await this.#fleetLimits.set(changes);
+    const hosts: Record<string, number> = { ...this.#fleetRules.hosts };
+    const next: LimitRules = {};
+    const { default: def } = changes;
+    const current = this.#fleetRules.default;
+    const d = def === undefined ? current : def === null ? undefined : checkLimit(def);
+    if (d !== undefined) next.default = Math.max(0, d);
+    const checked = canonicalRules({
+      hosts: Object.fromEntries(
+        Object.entries(changes.hosts ?? {}).map(([h, l]) => [h, l === null ? 0 : checkLimit(l)]),
+      ),
+    }).hosts ?? {};
+    for (const [host, limit] of Object.entries(checked)) {
+      if (limit <= 0) delete hosts[host];
+      else hosts[host] = limit;
+    }
+    if (Object.keys(hosts).length) next.hosts = hosts;
+    this.#fleetRules = next;
+    this.#logChanges(this.#applyRules(), "runtime change");
   }
 
   /**
@@ -440,6 +599,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
       this.#guard = timer;
     }
     this.#served = this.#server.serve();
+    if (fleet.client && fleet.workerId) await this.#startFleetLimits(fleet.client);
     this.#logger.info("Proxy listening on {url} (bound to {address})", {
       url: this.#url.href,
       address: `${addr.hostname}:${addr.port}`,
@@ -465,6 +625,53 @@ export class ProxyRateLimiter implements AsyncDisposable {
     }
   }
 
+  /** Follows the fleet's runtime limit table in Redis and tells the fleet this file's rules. */
+  async #startFleetLimits(client: NonNullable<FleetLimiter["client"]>): Promise<void> {
+    const { FleetLimits } = await import("./limit/fleet_limits.ts");
+    this.#fleetLimits = new FleetLimits({
+      client,
+      prefix: this.#options.redisPrefix ?? DEFAULTS.redisPrefix,
+      pollMs: DEFAULTS.fleetLimitsPoll,
+      timeout: this.#options.redisTimeout ?? DEFAULTS.redisTimeout,
+      logger: this.#logger,
+      onChange: (rules) => {
+        this.#fleetRules = rules;
+        this.#logChanges(this.#applyRules(), "fleet table");
+      },
+    });
+    await this.#fleetLimits.start();
+    // In the worker registry from the start: the fleet compares files among live workers.
+    this.#loaded?.setWorkerInfo?.({ version: VERSION });
+    this.#compareFiles();
+  }
+
+  /**
+   * Publishes this proxy's file rules and warns, naming the rules, about
+   * every live worker whose file says otherwise.
+   */
+  async #compareFiles(): Promise<void> {
+    const fleet = this.#fleetLimits;
+    const limiter = this.#loaded;
+    if (!fleet || !limiter?.workerId || !limiter.workers) return;
+    try {
+      const mine = this.#fileRules;
+      const theirs = await fleet.announceFile(limiter.workerId, mine);
+      const live = new Set((await limiter.workers()).map((w) => w.id));
+      for (const [id, rules] of theirs) {
+        if (!live.has(id) || id === limiter.workerId) continue;
+        const diff = diffRules(mine, rules);
+        if (diff.length === 0) continue;
+        this.#logger.warn("Limit rules differ from worker {worker}: {rules}", {
+          worker: id,
+          rules: diff.map((d) => `${d.rule}: ${d.a ?? "none"} here, ${d.b ?? "none"} there`)
+            .join("; "),
+        });
+      }
+    } catch (error) {
+      this.#logger.debug("Config files of the fleet not compared: {error}", { error });
+    }
+  }
+
   /** The proxy as the admin handler sees it. */
   #source(): AdminSource {
     if (this.#adminSource) return this.#adminSource;
@@ -487,7 +694,10 @@ export class ProxyRateLimiter implements AsyncDisposable {
       },
       stats: this.#stats,
       get limits() {
-        return { default: limits.defaultLimit, hosts: limits.entries() };
+        return {
+          default: limits.defaultLimit,
+          hosts: { ...proxy.#fleetRules.hosts, ...limits.entries() },
+        };
       },
       ready: () => this.#readiness(),
       redisUp: () => {
@@ -496,19 +706,31 @@ export class ProxyRateLimiter implements AsyncDisposable {
       },
       hosts: () => this.#hostViews(),
       limitFor: (host) => limits.limitFor(hostKey(host)),
-      setHostLimit: (host, limit) => {
-        this.setHostLimit(host, limit);
+      // In distributed mode the admin API changes the fleet's table.
+      setHostLimit: async (host, limit) => {
+        if (this.#fleetLimits) await this.setFleetLimits({ hosts: { [host]: limit } });
+        else this.setHostLimit(host, limit);
         this.#logger.info("Limit of {host} set to {limit} through the admin API", { host, limit });
       },
-      removeHostLimit: (host) => {
+      removeHostLimit: async (host) => {
+        if (this.#fleetLimits) await this.setFleetLimits({ hosts: { [host]: null } });
         this.removeHostLimit(host);
         this.#logger.info("Limit override of {host} removed through the admin API", { host });
       },
-      setDefaultLimit: (limit) => {
-        this.setDefaultMaxConnectionsPerHost(limit);
+      setDefaultLimit: async (limit) => {
+        if (this.#fleetLimits) await this.setFleetLimits({ default: limit });
+        else this.setDefaultMaxConnectionsPerHost(limit);
         this.#logger.info("Default limit set to {limit} through the admin API", { limit });
       },
     };
+    if (this.#options.loadRules) {
+      this.#adminSource.reload = async () => {
+        const result = await this.reload();
+        return result.ok
+          ? { ok: true, changes: result.changes.map((c) => c.rule) }
+          : { ok: false, error: result.error };
+      };
+    }
     if (this.#options.redis !== undefined) {
       this.#adminSource.workers = async (): Promise<WorkerInfo[]> => {
         const limiter = fleet();
@@ -613,6 +835,12 @@ export class ProxyRateLimiter implements AsyncDisposable {
         await this.#served;
       }
       clearInterval(this.#guard);
+      const workerId = this.#loaded?.workerId;
+      if (this.#fleetLimits && workerId && this.#loaded?.up !== false) {
+        await this.#fleetLimits.forgetFile(workerId).catch(() => {});
+      }
+      this.#fleetLimits?.close();
+      this.#fleetLimits = null;
       const limiter = await this.#limiter?.catch(() => null);
       await limiter?.close();
       await this.#admin?.close();
@@ -642,6 +870,26 @@ export class ProxyRateLimiter implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.stop();
   }
+}
+
+/** The outcome of {@linkcode ProxyRateLimiter.reload}. */
+export type ReloadOutcome =
+  | {
+    /** The rules were read and swapped in. */
+    ok: true;
+    /** The rules that changed, each as `rule`, `a` (before) and `b` (after). */
+    changes: RuleDifference[];
+  }
+  | {
+    /** The rules could not be read; the current ones stay. */
+    ok: false;
+    /** What is wrong, as one line (`dprl.yaml:7:3: ...` for a config file). */
+    error: string;
+  };
+
+function checkLimit(limit: number): number {
+  if (!Number.isSafeInteger(limit)) throw new TypeError(`Limit must be an integer, got ${limit}`);
+  return Math.max(0, limit);
 }
 
 /** The Redis nodes a configuration names, to keep them out of clients' reach. */

@@ -89,11 +89,16 @@ Deno.test("config file may set the default as max-connections, not both", () => 
 });
 
 Deno.test("empty config file or empty sections set nothing", () => {
-  assert.deepEqual(parse("dprl.yaml", ""), { settings: {}, rules: {} });
-  assert.deepEqual(parse("dprl.yaml", "# only a comment\n"), { settings: {}, rules: {} });
+  assert.deepEqual(parse("dprl.yaml", ""), { settings: {}, rules: {}, places: {} });
+  assert.deepEqual(parse("dprl.yaml", "# only a comment\n"), {
+    settings: {},
+    rules: {},
+    places: {},
+  });
   assert.deepEqual(parse("dprl.yaml", "hosts:\n  # a.example: 1\ngroups:\n"), {
     settings: {},
     rules: {},
+    places: {},
   });
 });
 

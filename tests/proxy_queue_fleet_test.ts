@@ -220,7 +220,7 @@ for (const cluster of [false, true]) {
         const host = "api.example:8443";
         assert.ok(await a.acquire(host, 1));
         const ticket = b.enqueue(host);
-        assert.equal(await b.acquire(host, 1, ticket), false, "the slot is taken");
+        assert.equal(await b.acquire(host, 1, { ticket }), false, "the slot is taken");
         // No timer asks again here: only a wake-up can tell b.
         const woken = Promise.withResolvers<string>();
         b.onWake = woken.resolve;
@@ -231,7 +231,7 @@ for (const cluster of [false, true]) {
         assert.equal(await woken.promise, host);
         clearTimeout(timer);
         console.log(`woken ${Date.now() - releasedAt} ms after the release`);
-        assert.ok(await b.acquire(host, 1, ticket), "the ticket is granted");
+        assert.ok(await b.acquire(host, 1, { ticket }), "the ticket is granted");
         assert.equal(await a.acquire(host, 1), false);
       } finally {
         await Promise.all([a.close(), b.close()]);

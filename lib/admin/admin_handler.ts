@@ -51,7 +51,9 @@ interface Route {
  * `GET /api/status`, `GET /api/hosts`, `GET /api/hosts/{host}`,
  * `GET /api/limits`, `PUT /api/limits` (`{"default": N}`),
  * `PUT /api/limits/{host}` (`{"limit": N}`), `DELETE /api/limits/{host}`,
- * `GET /api/workers` (distributed mode) and `GET /` (the dashboard).
+ * `POST /api/reload` (reads the config file again), `GET /api/workers`
+ * (distributed mode) and `GET /` (the dashboard). In distributed mode the
+ * limit changes go to the fleet's table.
  * Errors are RFC 9457 `application/problem+json`; bad input changes nothing.
  *
  * @example
@@ -197,7 +199,7 @@ export function createAdminHandler(
         PUT: async (req) => {
           const body = await readJson(req, "default");
           if (body instanceof Response) return body;
-          const bad = tryChange(() => source.setDefaultLimit(body));
+          const bad = await tryChange(() => source.setDefaultLimit(body));
           return bad ?? json(200, limitsJson(source));
         },
       },
@@ -210,14 +212,28 @@ export function createAdminHandler(
           if (host instanceof Response) return host;
           const body = await readJson(req, "limit");
           if (body instanceof Response) return body;
-          const bad = tryChange(() => source.setHostLimit(host, body));
+          const bad = await tryChange(() => source.setHostLimit(host, body));
           return bad ?? json(200, { host, limit: source.limitFor(host) });
         },
-        DELETE: (_req, _url, rest) => {
+        DELETE: async (_req, _url, rest) => {
           const host = parseHost(rest);
           if (host instanceof Response) return host;
-          source.removeHostLimit(host);
-          return json(200, { host, limit: source.limitFor(host) });
+          const bad = await tryChange(() => source.removeHostLimit(host));
+          return bad ?? json(200, { host, limit: source.limitFor(host) });
+        },
+      },
+    },
+    {
+      path: "/api/reload",
+      methods: {
+        POST: async () => {
+          if (source.reload === undefined) {
+            return problem(404, "The proxy has no config file to reload");
+          }
+          const result = await source.reload();
+          return result.ok
+            ? json(200, { reloaded: true, changes: result.changes })
+            : problem(422, `The config file is invalid; the old rules stay: ${result.error}`);
         },
       },
     },
@@ -379,12 +395,12 @@ async function readBounded(req: Request): Promise<Uint8Array | null> {
 }
 
 /** Runs a change; a RangeError or TypeError from the source becomes a 400. */
-function tryChange(change: () => void): Response | undefined {
+async function tryChange(change: () => void | Promise<void>): Promise<Response | undefined> {
   try {
-    change();
+    await change();
   } catch (err) {
     if (err instanceof RangeError || err instanceof TypeError) return problem(400, err.message);
-    throw err;
+    return problem(503, `The limit was not changed: ${message(err)}`);
   }
   return undefined;
 }

@@ -68,11 +68,17 @@ export interface AdminSource {
   /** The limit that applies to a host key (0 or less: unlimited). */
   limitFor(host: string): number;
   /** Sets a host's limit override; throws a RangeError on a bad value. */
-  setHostLimit(host: string, limit: number): void;
+  setHostLimit(host: string, limit: number): void | Promise<void>;
   /** Removes a host's limit override. */
-  removeHostLimit(host: string): void;
+  removeHostLimit(host: string): void | Promise<void>;
   /** Sets the default limit; throws a RangeError on a bad value. */
-  setDefaultLimit(limit: number): void;
+  setDefaultLimit(limit: number): void | Promise<void>;
+  /**
+   * Reads the config file again and swaps in its rules; resolves with the
+   * error (one line) when the file is broken and the old rules stay.
+   * Absent when the proxy has no config file.
+   */
+  reload?(): Promise<{ ok: true; changes: string[] } | { ok: false; error: string }>;
   /** The live workers of the fleet (distributed mode only). */
   workers?(): Promise<WorkerInfo[]>;
 }

@@ -51,6 +51,8 @@ export interface ConfigFile {
   settings: Record<string, SettingValue>;
   /** The limit rules: `default` (or `max-connections`), `hosts`, `groups`. */
   rules: LimitRules;
+  /** Where each setting's value is in the file, for errors found later. */
+  places: Record<string, { line: number; column: number }>;
 }
 
 /** Options of {@linkcode parseConfig} and {@linkcode loadConfigFile}. */
@@ -180,11 +182,12 @@ export function parseConfig(text: string, options: ConfigOptions & { path: strin
   }
   const root = deref(doc.contents, doc);
   if (root === undefined || (isScalar(root) && root.value === null)) {
-    return { settings: {}, rules: {} };
+    return { settings: {}, rules: {}, places: {} };
   }
   if (!isMap(root)) return fail("the file must hold a mapping of settings", root.range?.[0]);
 
   const settings: Record<string, SettingValue> = {};
+  const places: ConfigFile["places"] = {};
   const rules: Record<string, unknown> = {};
   let defaultKey: string | undefined;
   const known = [
@@ -211,6 +214,11 @@ export function parseConfig(text: string, options: ConfigOptions & { path: strin
       fail(`${key} is not a setting${suggestion(key, known)}`, at);
     } else {
       settings[key] = setting(key, flags[key], valueNode, { doc, fail });
+      const offset = valueNode?.range?.[0] ?? at;
+      if (offset !== undefined) {
+        const { line, col } = lines.linePos(offset);
+        places[key] = { line, column: col };
+      }
     }
   }
   try {
@@ -225,7 +233,7 @@ export function parseConfig(text: string, options: ConfigOptions & { path: strin
     }
     fail(problem, locate(root, path, { doc, inKey: err.inKey }));
   }
-  return { settings, rules: rules as LimitRules };
+  return { settings, rules: rules as LimitRules, places };
 }
 
 /** The node itself, or the node an alias points to. */

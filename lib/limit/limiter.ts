@@ -4,22 +4,45 @@
  * @module
  */
 
+/** A group of hosts that share one limit, as an acquire names it. */
+export interface LimitGroup {
+  /** The group's name. */
+  readonly name: string;
+  /** The open connections all members may hold together; 0 is unlimited. */
+  readonly limit: number;
+}
+
+/** What else an acquire names besides the host's own limit. */
+export interface AcquireOptions {
+  /** The group the host belongs to, whose limit it shares. */
+  group?: LimitGroup;
+  /** The request's ticket in the fleet's line ({@linkcode Limiter.enqueue}). */
+  ticket?: string;
+}
+
 /**
  * Counts open upstream connections per host key and grants new ones while a
- * host is under its limit.
+ * host is under its limit (and, for a member of a group, while the group is
+ * under the group's limit).
  */
 export interface Limiter {
   /**
    * Takes one slot for `host` unless `limit` (when above 0) slots are already
-   * taken. Resolves `true` when the slot is granted, `false` when the host is
-   * at its limit. Rejects with {@linkcode LimiterUnavailableError} when the
-   * limiter cannot decide and its failure mode says to refuse. With a
-   * `ticket` from {@linkcode Limiter.enqueue}, the slot is granted only when
-   * no earlier ticket still waits for the slots left, and the ticket leaves
-   * the line.
+   * taken, or `host` belongs to `group` and the group's members hold
+   * `group.limit` (when above 0) slots together; both are checked and taken
+   * at once. Resolves `true` when the slot is granted, `false` when the host
+   * or its group is at its limit. Rejects with
+   * {@linkcode LimiterUnavailableError} when the limiter cannot decide and its
+   * failure mode says to refuse. With a `ticket` from
+   * {@linkcode Limiter.enqueue}, the slot is granted only when no earlier
+   * ticket still waits for the slots left, and the ticket leaves the line.
+   *
+   * A host keeps the group it had when it held no slot until it holds none
+   * again: a change of group applies to a host's next connections once its
+   * open ones are closed.
    */
-  acquire(host: string, limit: number, ticket?: string): Promise<boolean>;
-  /** Gives back one slot of `host` taken by {@linkcode Limiter.acquire}. */
+  acquire(host: string, limit: number, options?: AcquireOptions): Promise<boolean>;
+  /** Gives back one slot of `host` (and of its group) taken by {@linkcode Limiter.acquire}. */
   release(host: string): void;
   /** The number of open connections to `host` (across the fleet). */
   count(host: string): Promise<number>;

@@ -1,22 +1,45 @@
-import type { Limiter } from "./limiter.ts";
+import type { AcquireOptions, Limiter } from "./limiter.ts";
 
 /** A {@linkcode Limiter} that counts in this process's memory. */
 export class LocalLimiter implements Limiter {
   #counts = new Map<string, number>();
+  /** The group of each host that holds slots. */
+  #groupOf = new Map<string, string>();
+  #groupCounts = new Map<string, number>();
 
-  /** Takes a slot unless the host is at `limit` (0 or less: unlimited). */
-  acquire(host: string, limit: number): Promise<boolean> {
+  /**
+   * Takes a slot unless the host is at `limit` or its group at
+   * `group.limit` (0 or less: unlimited).
+   */
+  acquire(host: string, limit: number, { group }: AcquireOptions = {}): Promise<boolean> {
     const n = this.#counts.get(host) ?? 0;
     if (limit > 0 && n >= limit) return Promise.resolve(false);
+    const name = n > 0 ? this.#groupOf.get(host) : group?.name;
+    if (name !== undefined) {
+      const g = this.#groupCounts.get(name) ?? 0;
+      const cap = group?.name === name ? group.limit : 0;
+      if (cap > 0 && g >= cap) return Promise.resolve(false);
+      this.#groupCounts.set(name, g + 1);
+      this.#groupOf.set(host, name);
+    }
     this.#counts.set(host, n + 1);
     return Promise.resolve(true);
   }
 
-  /** Gives back one slot of `host`. */
+  /** Gives back one slot of `host` and of its group. */
   release(host: string): void {
     const n = this.#counts.get(host) ?? 0;
-    if (n <= 1) this.#counts.delete(host);
-    else this.#counts.set(host, n - 1);
+    if (n <= 0) return;
+    const name = this.#groupOf.get(host);
+    if (name !== undefined) {
+      const g = (this.#groupCounts.get(name) ?? 1) - 1;
+      if (g <= 0) this.#groupCounts.delete(name);
+      else this.#groupCounts.set(name, g);
+    }
+    if (n <= 1) {
+      this.#counts.delete(host);
+      this.#groupOf.delete(host);
+    } else this.#counts.set(host, n - 1);
   }
 
   /** The open connections to `host` counted here. */
@@ -24,9 +47,16 @@ export class LocalLimiter implements Limiter {
     return Promise.resolve(this.#counts.get(host) ?? 0);
   }
 
+  /** The open connections of the members of group `name` counted here. */
+  groupCount(name: string): number {
+    return this.#groupCounts.get(name) ?? 0;
+  }
+
   /** Forgets every count. */
   close(): Promise<void> {
     this.#counts.clear();
+    this.#groupOf.clear();
+    this.#groupCounts.clear();
     return Promise.resolve();
   }
 }

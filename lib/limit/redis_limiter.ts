@@ -10,7 +10,7 @@ import { Cluster, Redis } from "ioredis";
 import type { ClusterOptions, RedisOptions } from "ioredis";
 import type { RedisConfig, RedisNode } from "./redis_config.ts";
 import { getLogger, type Logger } from "@logtape/logtape";
-import { type Limiter, LimiterUnavailableError } from "./limiter.ts";
+import { type AcquireOptions, type Limiter, LimiterUnavailableError } from "./limiter.ts";
 import {
   ACQUIRE_LUA,
   COUNT_LUA,
@@ -89,6 +89,8 @@ interface Waiter {
   limit: number;
   /** The waiting request's ticket in the fleet's line, or `""`. */
   ticket: string;
+  /** The group's limit; -1: no group. */
+  groupLimit: number;
   resolve: (granted: boolean) => void;
   reject: (error: unknown) => void;
 }
@@ -99,6 +101,8 @@ interface Batch {
   acquires: Waiter[];
   /** Slots to give back in Redis (already given back here). */
   releases: number;
+  /** The limit of the host's group as the last acquire named it; -1: no group. */
+  groupLimit: number;
 }
 
 /** An ioredis client with dprl's scripts defined on it. */
@@ -108,6 +112,7 @@ interface ScriptedClient {
     n: string,
     w: string,
     e: string,
+    members: string,
     q: string,
     qw: string,
     worker: string,
@@ -119,6 +124,7 @@ interface ScriptedClient {
     trusted: number,
     releases: number,
     host: string,
+    groupLimit: number,
     ...limits: (number | string)[]
   ): Promise<(number | string)[]>;
   dprlRelease(
@@ -206,6 +212,8 @@ export class RedisLimiter implements Limiter {
   #asking = new Set<string>();
   /** Tickets issued so far (their ids are this number, padded, so they sort). */
   #ticketSeq = 0;
+  /** The group of each host that is a member of one, taken when the host held nothing. */
+  #groupOf = new Map<string, string>();
   /** This turn's acquires and releases, by host, until the flush sends them. */
   #queued = new Map<string, Batch>();
   #touched = new Set<string>();
@@ -282,7 +290,7 @@ export class RedisLimiter implements Limiter {
       started: new Date().toISOString(),
     };
     const wakes = (lua: string): string => this.#cluster ? forCluster(lua) : lua;
-    client.defineCommand("dprlAcquire", { numberOfKeys: 5, lua: wakes(ACQUIRE_LUA) });
+    client.defineCommand("dprlAcquire", { numberOfKeys: 6, lua: wakes(ACQUIRE_LUA) });
     client.defineCommand("dprlRelease", { numberOfKeys: 4, lua: wakes(RELEASE_LUA) });
     client.defineCommand("dprlLine", { numberOfKeys: 2, lua: wakes(LINE_LUA) });
     client.defineCommand("dprlSync", { lua: SYNC_LUA });
@@ -318,6 +326,11 @@ export class RedisLimiter implements Limiter {
     return this.#available && !this.#awaitingReady && !this.#closed;
   }
 
+  /** The Redis client the limiter uses (for the fleet's limit table). */
+  get client(): Redis | Cluster {
+    return this.#client;
+  }
+
   /** This worker's id: the field and member it writes in Redis. */
   get workerId(): string {
     return this.#worker;
@@ -347,34 +360,52 @@ export class RedisLimiter implements Limiter {
 
   /**
    * Takes one slot for `host` unless the fleet already holds `limit` (when
-   * above 0). When Redis cannot decide, the failure mode applies: `"closed"`
-   * rejects with {@linkcode LimiterUnavailableError}, `"open"` grants an
-   * uncounted slot, `"local"` grants while this process holds fewer than
-   * `limit`.
+   * above 0) or, for a member of `group`, the fleet holds `group.limit` (when
+   * above 0) for all members together; both are checked and taken in one
+   * script call. A member's keys carry the group's hash tag
+   * (`<prefix>:{g:<group>}:h:<host>:n`), so on Redis Cluster the host and
+   * its group live in one slot. When Redis cannot decide, the failure mode
+   * applies: `"closed"` rejects with {@linkcode LimiterUnavailableError},
+   * `"open"` grants an uncounted slot, `"local"` grants while this process
+   * holds fewer than `limit` (and fewer than `group.limit` for the group).
    */
-  async acquire(host: string, limit: number, ticket?: string): Promise<boolean> {
+  async acquire(host: string, limit: number, options: AcquireOptions = {}): Promise<boolean> {
+    const { group, ticket } = options;
     if (this.#closed) {
       throw new LimiterUnavailableError("Redis limiter is closed");
     }
+    if (!this.#hosts.has(host) && !this.#queued.has(host)) {
+      // The group (and so the keys) change only while the host holds nothing.
+      if (group) this.#groupOf.set(host, group.name);
+      else this.#groupOf.delete(host);
+    }
+    const groupName = this.#groupOf.get(host);
+    const groupLimit = groupName === undefined
+      ? -1
+      : group?.name === groupName
+      ? Math.max(0, group.limit)
+      : 0;
     const s = this.#state(host);
     this.#startHeartbeat();
     this.#subscribe();
-    if (this.#failFast()) return this.#fallback(host, s, limit, null);
+    if (this.#failFast()) return this.#fallback(host, s, limit, null, groupLimit);
     if (this.#recovering(host)) {
       return this.#fallback(
         host,
         s,
         limit,
         new Error("Redis lost its counts and the fleet is re-asserting them"),
+        groupLimit,
       );
     }
     this.#touched.add(host);
     s.pending++;
     const batch = this.#batch(host, s);
+    batch.groupLimit = groupLimit;
     return await new Promise<boolean>((resolve, reject) => {
       // A ticket that left the line meanwhile asks as a newcomer.
       const waiting = ticket !== undefined && this.#tickets.get(host)?.has(ticket);
-      batch.acquires.push({ limit, ticket: waiting ? ticket : "", resolve, reject });
+      batch.acquires.push({ limit, groupLimit, ticket: waiting ? ticket : "", resolve, reject });
     });
   }
 
@@ -382,7 +413,7 @@ export class RedisLimiter implements Limiter {
   #batch(host: string, s: HostState): Batch {
     let batch = this.#queued.get(host);
     if (!batch) {
-      batch = { s, acquires: [], releases: 0 };
+      batch = { s, acquires: [], releases: 0, groupLimit: -1 };
       this.#queued.set(host, batch);
       if (this.#queued.size === 1) queueMicrotask(() => this.#flushAll());
     }
@@ -423,7 +454,7 @@ export class RedisLimiter implements Limiter {
     const epochKey = this.#epochKey(host);
     const decide = (waiter: Waiter, cause: unknown): void => {
       try {
-        waiter.resolve(this.#fallback(host, s, waiter.limit, cause));
+        waiter.resolve(this.#fallback(host, s, waiter.limit, cause, waiter.groupLimit));
       } catch (error) {
         waiter.reject(error);
       }
@@ -437,6 +468,7 @@ export class RedisLimiter implements Limiter {
           this.#key(host, "n"),
           this.#key(host, "w"),
           epochKey,
+          this.#membersKey(host),
           this.#key(host, "q"),
           this.#key(host, "qw"),
           this.#worker,
@@ -448,6 +480,7 @@ export class RedisLimiter implements Limiter {
           s.dirty ? 0 : 1,
           releases,
           host,
+          batch.groupLimit,
           ...acquires.map((a) => a.ticket ? `${a.limit} ${a.ticket}` : a.limit),
         )
       );
@@ -753,7 +786,16 @@ export class RedisLimiter implements Limiter {
   }
 
   #key(host: string, kind: "n" | "w" | "q" | "qw"): string {
+    const group = this.#groupOf.get(host);
+    if (group !== undefined) return `${this.#prefix}:{g:${group}}:h:${host}:${kind}`;
     return `${this.#prefix}:{${host}}:${kind}`;
+  }
+
+  /** The member set of `host`'s group, or (no group) its count key, unused then. */
+  #membersKey(host: string): string {
+    const group = this.#groupOf.get(host);
+    if (group !== undefined) return `${this.#prefix}:{g:${group}}:members`;
+    return this.#key(host, "n");
   }
 
   /**
@@ -915,6 +957,7 @@ export class RedisLimiter implements Limiter {
     s: HostState,
     limit: number,
     cause: unknown,
+    groupLimit = -1,
   ): boolean {
     switch (this.#mode) {
       case "open":
@@ -922,7 +965,10 @@ export class RedisLimiter implements Limiter {
         return true;
       case "local": {
         const t = this.#attach(host, s);
-        if (limit > 0 && t.counted + t.uncounted + t.pending >= limit) {
+        if (
+          (limit > 0 && t.counted + t.uncounted + t.pending >= limit) ||
+          (groupLimit > 0 && this.#localGroupCount(this.#groupOf.get(host)) >= groupLimit)
+        ) {
           this.#collect(host, t);
           return false;
         }
@@ -937,6 +983,15 @@ export class RedisLimiter implements Limiter {
           cause === null ? undefined : { cause },
         );
     }
+  }
+
+  /** The slots this process holds for the members of `group`. */
+  #localGroupCount(group: string | undefined): number {
+    let n = 0;
+    for (const [host, s] of this.#hosts) {
+      if (this.#groupOf.get(host) === group) n += s.counted + s.uncounted + s.pending;
+    }
+    return n;
   }
 
   /** Gives back `count` slots of this worker in Redis. */
@@ -1056,6 +1111,14 @@ export class RedisLimiter implements Limiter {
       // A ticket being granted right now must not come back as a ghost.
       const adds = [...tickets].filter((t) => !this.#asking.has(t));
       this.#sendLine(host, { adds, removes: [], leave: false }, "renew");
+    }
+    for (const host of this.#groupOf.keys()) {
+      if (
+        !this.#hosts.has(host) && !this.#fleet.has(host) && !this.#queued.has(host) &&
+        !this.#tickets.has(host)
+      ) {
+        this.#groupOf.delete(host);
+      }
     }
     const others = [...this.#fleet.keys()].filter((host) => !this.#hosts.has(host));
     if (others.length > 0) {

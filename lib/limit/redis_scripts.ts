@@ -104,15 +104,23 @@ end
 /**
  * Lua function `write(n, w, e, host, worker, value, ttl)`: sets `worker`'s
  * field to `value` and renews its lease, the keys' expiry and the host's mark
- * in the epoch hash; a value of 0 deletes its field and member. Needs locals
- * `now` and `lease`.
+ * in the epoch hash; a value of 0 deletes its field and member. A member of a
+ * group (keys `<prefix>:{g:<group>}:h:<host>:n`) is also listed in the
+ * group's member set, `<prefix>:{g:<group>}:members`, whose expiry every
+ * member's write renews. Needs locals `now` and `lease`.
  */
 const WRITE = `
 local function write(n, w, e, host, worker, value, ttl)
+  local member = string.match(n, '^(.-{g:[^}]*}:h:.*):n$')
   if value <= 0 then
     redis.call('HDEL', n, worker)
     redis.call('ZREM', w, worker)
     return
+  end
+  if member then
+    local members = string.match(member, '^(.-{g:[^}]*}):h:') .. ':members'
+    redis.call('SADD', members, member)
+    redis.call('PEXPIRE', members, ttl)
   end
   redis.call('HSET', n, worker, value)
   redis.call('ZADD', w, now + lease, worker)
@@ -208,18 +216,22 @@ export function forCluster(lua: string): string {
 
 /**
  * `acquire(worker, leaseMs, floor, ttlMs, known, fresh, trusted, releases,
- * host, limit...)` on `KEYS` = n, w, epoch hash, then (always last) line q
- * and waiting workers qw:
- * first gives back `releases` slots of `worker` (and wakes the line), then
- * takes one slot per `limit`, in order, for each while `limit` is 0 or the
- * live workers hold fewer than it and the line lets it through, unless keys
- * were lost. A `limit` may carry a ticket (`"<limit> <ticket>"`): granted, the
- * ticket leaves the line (see `LINE`).
- * `floor` is the number of slots the worker knows it holds (after the
- * releases): a live count below it is raised to it first; when the worker's
- * last write is known to have landed (`trusted` = 1), a count below it means
- * the host's keys were lost. Returns `{total, lost (0: no, 1: the slot's keys,
- * 2: this host's keys), epoch, granted (0|1)...}`.
+ * host, groupLimit, limit...)` on `KEYS` = n, w, epoch hash, group member
+ * set, then (always last) line q and waiting workers qw: first gives back
+ * `releases` slots of `worker` (and wakes the line), then takes one slot per
+ * `limit`, in order, for each while `limit` is 0 or the live workers hold
+ * fewer than it and the line lets it through, unless keys were lost. A
+ * `limit` may carry a ticket (`"<limit> <ticket>"`): granted, the ticket
+ * leaves the line (see `LINE`). For a member of a group (`groupLimit` 0 or
+ * more; -1: no group, and `KEYS[4]` is unused), a slot also needs the
+ * group's members together to hold fewer than `groupLimit` (when above 0):
+ * their live counts are summed over the group's member set, in the same slot
+ * (members whose keys are gone leave the set). `floor` is the number of slots
+ * the worker knows it holds (after the releases): a live count below it is
+ * raised to it first; when the worker's last write is known to have landed
+ * (`trusted` = 1), a count below it means the host's keys were lost. Returns
+ * `{total, lost (0: no, 1: the slot's keys, 2: this host's keys), epoch,
+ * granted (0|1)...}`.
  */
 export const ACQUIRE_LUA: string = NOW + `
 local worker = ARGV[1]
@@ -246,17 +258,36 @@ if mine < floor then
   mine = floor
   changed = true
 end
+local glimit = tonumber(ARGV[10])
+local gsum = 0
+if glimit > 0 then
+  local self = string.sub(KEYS[1], 1, -3)
+  local members = redis.call('SMEMBERS', KEYS[4])
+  for i = 1, #members do
+    local m = members[i]
+    if m ~= self then
+      if redis.call('EXISTS', m .. ':n') == 0 then
+        redis.call('SREM', KEYS[4], m)
+      else
+        gsum = gsum + live(m .. ':n', m .. ':w', '', false)
+      end
+    end
+  end
+  gsum = gsum + sum
+end
 local out = {0, lost, epoch}
 -- The line of waiting tickets (its two keys come last): begin
 local q, qw = KEYS[#KEYS - 1], KEYS[#KEYS]
 prune_line(q, qw)
 if releases > 0 then wake(q, host) end
 -- The line of waiting tickets: end
-for i = 10, #ARGV do
+for i = 11, #ARGV do
   local limit, ticket = string.match(ARGV[i], '^(%S+) ?(.*)$')
   limit = tonumber(limit)
-  if lost == 0 and (limit <= 0 or (sum < limit and line_lets(q, sum, limit, ticket))) then
+  if lost == 0 and (limit <= 0 or (sum < limit and line_lets(q, sum, limit, ticket))) and
+      (glimit <= 0 or gsum < glimit) then
     sum = sum + 1
+    gsum = gsum + 1
     mine = mine + 1
     changed = true
     if ticket ~= '' then redis.call('ZREM', q, ticket) end

@@ -206,6 +206,15 @@ export function renderPrometheus(input: PrometheusInput): string {
     );
   }
 
+  head(
+    out,
+    "dprl_config_reloads_total",
+    "counter",
+    "Reloads of the config file, by result (error: the old rules stayed).",
+  );
+  out.push(`dprl_config_reloads_total{result="ok"} ${stats.configReloads.ok}`);
+  out.push(`dprl_config_reloads_total{result="error"} ${stats.configReloads.error}`);
+
   head(out, "dprl_build_info", "gauge", "Always 1; the version in a label.");
   out.push(`dprl_build_info{version="${escapeLabel(input.version)}"} 1`);
 

@@ -190,6 +190,8 @@ export class ProxyStats {
   readonly redisCallDuration: Histogram = new Histogram(REDIS_BUCKETS);
   /** Time requests waited in line before they were served, in seconds. */
   readonly queueWait: Histogram = new Histogram(QUEUE_WAIT_BUCKETS);
+  /** Reloads of the limit rules from the config file, by result. */
+  readonly configReloads: { ok: number; error: number } = { ok: 0, error: 0 };
 
   #hosts = new Map<string, HostStats>();
   #maxTracked: number;
@@ -276,6 +278,11 @@ export class ProxyStats {
   /** Records the time a request waited in line before it was served, in milliseconds. */
   onQueueWait(ms: number): void {
     this.queueWait.observe(ms / 1000);
+  }
+
+  /** Counts a reload of the config file: `"ok"`, or `"error"` when the old rules stayed. */
+  onConfigReload(result: "ok" | "error"): void {
+    this.configReloads[result]++;
   }
 
   /** Records the time a limiter call to Redis took, in milliseconds. */

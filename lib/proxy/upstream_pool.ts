@@ -2,6 +2,7 @@
 import type { Logger } from "@logtape/logtape";
 import type { Limiter } from "../limit/limiter.ts";
 import type { LimitTable } from "../limit/limit_table.ts";
+import type { RuleMatch } from "../limit/rules/rule_table.ts";
 import { BufferedReader } from "./buffered_reader.ts";
 import { ConnectError, LimitReachedError } from "./errors.ts";
 import { LimiterUnavailableError } from "../limit/limiter.ts";
@@ -162,11 +163,11 @@ export class UpstreamPool {
     this.#o.limiter.release(up.key);
     let granted = false;
     try {
-      granted = await this.#o.limiter.acquire(
-        up.key,
-        this.#o.limits.limitFor(up.key),
-        waiter.ticket,
-      );
+      const match = this.#o.limits.lookup(up.key);
+      granted = await this.#o.limiter.acquire(up.key, match.limit, {
+        group: match.group,
+        ticket: waiter.ticket,
+      });
     } catch {
       // The limiter cannot decide: the socket closes, the line is asked again.
     }
@@ -273,9 +274,10 @@ export class UpstreamPool {
    * refused and `LimiterUnavailableError` when the limiter cannot decide.
    */
   async #slot(key: string, signal?: AbortSignal, http = false): Promise<Upstream | undefined> {
-    const limit = this.#o.limits.limitFor(key);
+    const match = this.#o.limits.lookup(key);
+    const limit = match.limit;
     // No overtaking: while others wait, a newcomer joins the line.
-    if (this.#queue.length(key) === 0 && await this.#tryAcquire(key, limit)) {
+    if (this.#queue.length(key) === 0 && await this.#tryAcquire(key, match)) {
       this.#o.stats.onAdmitted(key);
       return undefined;
     }
@@ -313,12 +315,14 @@ export class UpstreamPool {
   }
 
   /**
-   * Asks the limiter for a slot, closing idle pooled sockets of `key` while
-   * that is what it takes. Counts a refusal by an unavailable limiter.
+   * Asks the limiter for a slot within the host's limit and its group's,
+   * closing idle pooled sockets of `key` while that is what it takes. Counts
+   * a refusal by an unavailable limiter.
    */
-  async #tryAcquire(key: string, limit: number, ticket?: string): Promise<boolean> {
+  async #tryAcquire(key: string, match: Readonly<RuleMatch>, ticket?: string): Promise<boolean> {
     try {
-      while (!await this.#o.limiter.acquire(key, limit, ticket)) {
+      const options = { group: match.group, ticket };
+      while (!await this.#o.limiter.acquire(key, match.limit, options)) {
         const idle = this.take(key);
         if (!idle) return false;
         idle.close();
@@ -340,11 +344,11 @@ export class UpstreamPool {
     }
     this.#waking.set(key, false);
     try {
-      const limit = this.#o.limits.limitFor(key);
       for (let waiter = this.#queue.head(key); waiter; waiter = this.#queue.head(key)) {
         let granted: boolean;
         try {
-          granted = await this.#tryAcquire(key, limit, waiter.ticket);
+          // Looked up each time: a reload applies to the line at once.
+          granted = await this.#tryAcquire(key, this.#o.limits.lookup(key), waiter.ticket);
         } catch (err) {
           // The limiter cannot decide: the failure mode answers the line.
           for (let w = this.#queue.head(key); w; w = this.#queue.head(key)) {

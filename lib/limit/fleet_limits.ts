@@ -1,0 +1,196 @@
+/**
+ * The fleet's limit table in Redis: runtime limit changes shared by every
+ * proxy of a fleet.
+ *
+ * @module
+ */
+
+import type { Cluster, Redis } from "ioredis";
+import type { Logger } from "@logtape/logtape";
+import type { LimitRules } from "./rules/rules.ts";
+import { canonicalRules, parseHostPattern } from "./rules/rules.ts";
+
+/** Changes to the fleet's limit table; `null` removes an entry. */
+export interface FleetLimitChanges {
+  /** The default limit for hosts no rule matches; `null` removes it. */
+  default?: number | null;
+  /** Limits by host pattern; `null` (or a limit of 0 or less) removes one. */
+  hosts?: Record<string, number | null>;
+}
+
+/** Options of {@linkcode FleetLimits}. */
+export interface FleetLimitsOptions {
+  /** The limiter's Redis client (a duplicate subscribes). */
+  client: Redis | Cluster;
+  /** Prefix of the keys and channel. */
+  prefix: string;
+  /** Called with the whole table whenever its version changes. */
+  onChange: (rules: LimitRules) => void;
+  /** How often the version is checked, in milliseconds. */
+  pollMs: number;
+  /** How long a Redis call may take before it counts as failed, in milliseconds. */
+  timeout: number;
+  /** Where failures are logged. */
+  logger: Logger;
+}
+
+/** The field of the default limit; no host pattern can be `*`. */
+const DEFAULT_FIELD = "*";
+
+/**
+ * Keeps `<prefix>:limits` (hash: host pattern, or `*` for the default, to
+ * limit) and `<prefix>:limits:v` (version counter): a change is written,
+ * the version bumped and a notice published on `<prefix>:limits`; every
+ * proxy reloads the table on the notice and, in case a notice is lost, when
+ * its periodic check finds another version.
+ */
+export class FleetLimits {
+  #o: FleetLimitsOptions;
+  #sub: Redis | Cluster | null = null;
+  #timer: ReturnType<typeof setInterval> | null = null;
+  #version: string | null = null;
+  #checking: Promise<void> | null = null;
+  #closed = false;
+
+  /** Creates the table; {@linkcode start} loads it. */
+  constructor(options: FleetLimitsOptions) {
+    this.#o = options;
+  }
+
+  get #key(): string {
+    return `${this.#o.prefix}:limits`;
+  }
+
+  /** Loads the table once, then follows its changes. */
+  async start(): Promise<void> {
+    const sub = this.#o.client.duplicate();
+    this.#sub = sub;
+    sub.on("error", () => {});
+    sub.on("message", () => this.#check());
+    sub.subscribe(this.#key).catch(() => {});
+    this.#timer = setInterval(() => this.#check(), this.#o.pollMs);
+    Deno.unrefTimer(this.#timer);
+    // Redis down at start: the periodic check catches up later.
+    await this.#bounded(this.#check()).catch(() => {});
+  }
+
+  /** `promise`, or a rejection once the timeout has passed. */
+  #bounded<T>(promise: Promise<T>): Promise<T> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`Redis did not answer within ${this.#o.timeout} ms`)),
+        this.#o.timeout,
+      );
+    });
+    return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+  }
+
+  /** Reads the version and, when it changed, the table. */
+  #check(): Promise<void> {
+    this.#checking ??= (async () => {
+      try {
+        const client = this.#o.client;
+        const version = await client.get(`${this.#key}:v`);
+        if (this.#closed || version === this.#version) return;
+        const hash = await client.hgetall(this.#key);
+        if (this.#closed) return;
+        this.#version = version;
+        this.#o.onChange(toRules(hash));
+      } catch (error) {
+        this.#o.logger.debug("Fleet limit table not read: {error}", { error });
+      } finally {
+        this.#checking = null;
+      }
+    })();
+    return this.#checking;
+  }
+
+  /**
+   * Writes changes to the fleet's table and tells the fleet; resolves once
+   * Redis has them and this proxy applied them. Throws a `TypeError` on an
+   * invalid pattern or limit, before writing anything, and an `Error` when
+   * Redis does not answer in time.
+   */
+  set(changes: FleetLimitChanges): Promise<void> {
+    const put: Record<string, string> = {};
+    const del: string[] = [];
+    const entry = (field: string, limit: number | null | undefined) => {
+      if (limit === undefined) return;
+      if (limit !== null && !Number.isSafeInteger(limit)) {
+        throw new TypeError(`Limit must be an integer, got ${limit}`);
+      }
+      if (limit === null || (limit <= 0 && field !== DEFAULT_FIELD)) del.push(field);
+      else put[field] = String(Math.max(0, limit));
+    };
+    entry(DEFAULT_FIELD, changes.default);
+    for (const [host, limit] of Object.entries(changes.hosts ?? {})) {
+      let pattern: string;
+      try {
+        pattern = parseHostPattern(host);
+      } catch (err) {
+        throw new TypeError(`Host ${JSON.stringify(host)} ${(err as Error).message}`);
+      }
+      entry(pattern, limit);
+    }
+    const client = this.#o.client;
+    return this.#bounded((async () => {
+      if (Object.keys(put).length) await client.hset(this.#key, put);
+      if (del.length) await client.hdel(this.#key, ...del);
+      await client.incr(`${this.#key}:v`);
+      await client.publish(this.#key, "changed");
+      await this.#check();
+    })());
+  }
+
+  /**
+   * Stores the rules of `worker`'s config file in `<prefix>:files` (hash:
+   * worker id to rules as JSON) and returns every worker's stored rules.
+   */
+  async announceFile(worker: string, rules: LimitRules): Promise<Map<string, LimitRules>> {
+    const key = `${this.#o.prefix}:files`;
+    await this.#bounded(this.#o.client.hset(key, worker, JSON.stringify(canonicalRules(rules))));
+    const out = new Map<string, LimitRules>();
+    for (const [id, text] of Object.entries(await this.#bounded(this.#o.client.hgetall(key)))) {
+      try {
+        out.set(id, canonicalRules(JSON.parse(text)));
+      } catch {
+        // Not rules: ignored.
+      }
+    }
+    return out;
+  }
+
+  /** Forgets `worker`'s file rules (at shutdown). */
+  async forgetFile(worker: string): Promise<void> {
+    await this.#bounded(this.#o.client.hdel(`${this.#o.prefix}:files`, worker));
+  }
+
+  /** Stops following the table. */
+  close(): void {
+    this.#closed = true;
+    if (this.#timer !== null) clearInterval(this.#timer);
+    this.#sub?.disconnect();
+    this.#sub = null;
+  }
+}
+
+/** The table as rules; entries that are not valid are skipped. */
+function toRules(hash: Record<string, string>): LimitRules {
+  const rules: LimitRules = {};
+  const hosts: Record<string, number> = {};
+  for (const [field, text] of Object.entries(hash)) {
+    const limit = Number(text);
+    if (!Number.isSafeInteger(limit) || limit < 0) continue;
+    if (field === DEFAULT_FIELD) rules.default = limit;
+    else {
+      try {
+        hosts[parseHostPattern(field)] = limit;
+      } catch {
+        // Written by something else: ignored.
+      }
+    }
+  }
+  if (Object.keys(hosts).length) rules.hosts = hosts;
+  return rules;
+}

@@ -1,0 +1,256 @@
+// The config file on the command line, run as a real subprocess: precedence
+// of flags, variables and file, a broken file at start, and reloads by
+// SIGHUP, POST /api/reload and --watch-config.
+import assert from "node:assert/strict";
+import { RedisServer, redisTest, waitFor } from "./_helpers/redis_server.ts";
+
+const CLI = new URL("../cli.ts", import.meta.url).pathname;
+
+/** A running `deno run -A cli.ts` with its output collected. */
+class Cli implements AsyncDisposable {
+  readonly child: Deno.ChildProcess;
+  output = "";
+  #pumps: Promise<void>[];
+
+  constructor(args: string[], env: Record<string, string> = {}) {
+    const base = Object.fromEntries(
+      Object.entries(Deno.env.toObject()).filter(([k]) =>
+        !/^(DPRL_|REDIS_|LOG_LEVEL$|https?_proxy$|all_proxy$|no_proxy$)/i.test(k)
+      ),
+    );
+    this.child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "-q", CLI, ...args],
+      clearEnv: true,
+      env: { ...base, NO_COLOR: "1", ...env },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const pump = async (stream: ReadableStream<Uint8Array>) => {
+      for await (const s of stream.pipeThrough(new TextDecoderStream())) this.output += s;
+    };
+    this.#pumps = [pump(this.child.stdout), pump(this.child.stderr)];
+  }
+
+  async waitOutput(re: RegExp, ms = 20_000): Promise<RegExpMatchArray> {
+    await waitFor(() => re.test(this.output), ms, `output matching ${re}:\n${this.output}`, 20);
+    return this.output.match(re)!;
+  }
+
+  async exit(): Promise<number> {
+    const status = await this.child.status;
+    await Promise.all(this.#pumps);
+    return status.code;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    try {
+      this.child.kill("SIGKILL");
+    } catch {
+      // exited already
+    }
+    await this.exit();
+  }
+}
+
+function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+async function tempFile(name: string, text: string): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix: "dprl-cli-rules-" });
+  await Deno.writeTextFile(`${dir}/${name}`, text);
+  return `${dir}/${name}`;
+}
+
+async function listeningPort(cli: Cli): Promise<number> {
+  const m = await cli.waitOutput(/Proxy listening on http:\/\/[^:]+:(\d+)/);
+  return Number(m[1]);
+}
+
+Deno.test("CLI settings: the flag over the variable over the file over the default", async () => {
+  const [fromFile, fromEnv, fromFlag] = [freePort(), freePort(), freePort()];
+  const file = await tempFile("dprl.yaml", `port: ${fromFile}\nhostname: 127.0.0.1\n`);
+  const cases: [string[], Record<string, string>, number][] = [
+    [["--config", file], {}, fromFile],
+    [["--config", file], { DPRL_PORT: String(fromEnv) }, fromEnv],
+    [["--config", file, "--port", String(fromFlag)], { DPRL_PORT: String(fromEnv) }, fromFlag],
+    [[], { DPRL_CONFIG: file }, fromFile],
+  ];
+  for (const [args, env, port] of cases) {
+    await using cli = new Cli(args, env);
+    assert.equal(await listeningPort(cli), port, `${args.join(" ")} ${JSON.stringify(env)}`);
+  }
+});
+
+Deno.test("CLI limits: the file's rules over --max-connections and --host-limit", async () => {
+  const file = await tempFile(
+    "dprl.json",
+    JSON.stringify({ default: 1, hosts: { "a.example": 2 }, port: 0, hostname: "127.0.0.1" }),
+  );
+  await using cli = new Cli([
+    "--config",
+    file,
+    "--max-connections",
+    "7",
+    "--host-limit",
+    "a.example=9",
+    "--host-limit",
+    "b.example=4",
+    "--admin-port",
+    "0",
+  ]);
+  const admin = (await cli.waitOutput(/Admin server listening on (http:\/\/\S+?\/)/))[1];
+  const limit = async (host: string) =>
+    (await (await fetch(new URL(`/api/hosts/${host}`, admin))).json()).limit;
+  assert.equal(await limit("a.example"), 2, "the file over --host-limit");
+  assert.equal(await limit("b.example"), 4, "a flag rule the file does not replace stays");
+  assert.equal(await limit("c.example"), 1, "the file's default over --max-connections");
+});
+
+Deno.test("CLI a broken config file at start is one line naming file:line:col, exit 2", async () => {
+  const file = await tempFile("dprl.yaml", "default: 25\nhosts:\n  api.example.com: -1\n");
+  await using cli = new Cli(["--config", file]);
+  assert.equal(await cli.exit(), 2);
+  const lines = cli.output.trim().split("\n");
+  assert.equal(lines.length, 1, cli.output);
+  assert.match(
+    lines[0],
+    /^dprl: .*dprl\.yaml:3:20: hosts\.api\.example\.com must be an integer >= 0/,
+  );
+  await using typo = new Cli(["--config", await tempFile("d.yaml", "max-conections: 3\n")]);
+  assert.equal(await typo.exit(), 2);
+  assert.match(
+    typo.output,
+    /d\.yaml:1:1: max-conections is not a setting \(did you mean max-connections\?\)/,
+  );
+});
+
+Deno.test("CLI SIGHUP and POST /api/reload reload the rules; a broken file keeps them", async () => {
+  const file = await tempFile("dprl.yaml", "port: 0\nhostname: 127.0.0.1\ndefault: 3\n");
+  await using cli = new Cli(["--config", file, "--admin-port", "0"]);
+  const admin = (await cli.waitOutput(/Admin server listening on (http:\/\/\S+?\/)/))[1];
+  const limit = async () =>
+    (await (await fetch(new URL("/api/hosts/x.example", admin))).json()).limit;
+  assert.equal(await limit(), 3);
+
+  await Deno.writeTextFile(file, "port: 0\nhostname: 127.0.0.1\ndefault: 5\n");
+  cli.child.kill("SIGHUP");
+  await waitFor(async () => await limit() === 5, 10_000, "SIGHUP reloads", 50);
+  await cli.waitOutput(/Limit rule default changed from 3 to 5 \(reload\)/);
+
+  await Deno.writeTextFile(file, "port: 0\nhostname: 127.0.0.1\ndefault: 6\n");
+  const res = await fetch(new URL("/api/reload", admin), { method: "POST" });
+  assert.equal(res.status, 200, await res.text());
+  assert.equal(await limit(), 6, "POST /api/reload reloads before it answers");
+
+  await Deno.writeTextFile(file, "port: 0\nhostname: 127.0.0.1\ndefault: [\n");
+  cli.child.kill("SIGHUP");
+  await cli.waitOutput(/Config not reloaded, the current limits stay: .*dprl\.yaml:\d+:\d+/);
+  const bad = await fetch(new URL("/api/reload", admin), { method: "POST" });
+  assert.equal(bad.status, 422);
+  assert.match(await bad.text(), /dprl\.yaml:\d+:\d+/);
+  assert.equal(await limit(), 6, "the old rules stay");
+  const metrics = await (await fetch(new URL("/metrics", admin))).text();
+  assert.match(metrics, /dprl_config_reloads_total\{result="ok"\} 2\n/);
+  assert.match(metrics, /dprl_config_reloads_total\{result="error"\} 2\n/);
+});
+
+Deno.test("CLI --watch-config reloads the rules when the file changes", async () => {
+  const file = await tempFile("dprl.yaml", "port: 0\nhostname: 127.0.0.1\ndefault: 3\n");
+  await using cli = new Cli(["--config", file, "--admin-port", "0"], { DPRL_WATCH_CONFIG: "true" });
+  const admin = (await cli.waitOutput(/Admin server listening on (http:\/\/\S+?\/)/))[1];
+  const limit = async () =>
+    (await (await fetch(new URL("/api/hosts/x.example", admin))).json()).limit;
+  assert.equal(await limit(), 3);
+  // Replaced by a rename, as editors and ConfigMaps do.
+  await Deno.writeTextFile(`${file}.new`, "port: 0\nhostname: 127.0.0.1\ndefault: 4\n");
+  await Deno.rename(`${file}.new`, file);
+  await waitFor(async () => await limit() === 4, 10_000, "--watch-config reloads", 50);
+});
+
+await redisTest(
+  "CLI proxies of one fleet whose files differ log a warning naming the rules",
+  "server",
+  async () => {
+    await using redis = await RedisServer.start();
+    const a = await tempFile(
+      "a.yaml",
+      "port: 0\nhostname: 127.0.0.1\nhosts:\n  api.example.com: 5\n",
+    );
+    const b = await tempFile(
+      "b.yaml",
+      "port: 0\nhostname: 127.0.0.1\nhosts:\n  api.example.com: 3\n",
+    );
+    await using first = new Cli(["--config", a, "--redis-url", redis.url]);
+    await first.waitOutput(/Proxy listening/);
+    await using second = new Cli(["--config", b, "--redis-url", redis.url]);
+    await second.waitOutput(
+      /Limit rules differ from worker \S+: hosts\.api\.example\.com: 3 here, 5 there/,
+    );
+  },
+);
+
+Deno.test("CLI the README's config file examples start the proxy", async () => {
+  const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url));
+  const section = readme.slice(
+    readme.indexOf("## Limit rules"),
+    readme.indexOf("## Distributed mode"),
+  );
+  const blocks = [...section.matchAll(/```(yaml|json)\n([\s\S]*?)```/g)];
+  assert.ok(blocks.length >= 3, "the section has its examples");
+  for (const [, format, text] of blocks) {
+    // Without Redis and on free ports: the rest of each example as written.
+    const local = format === "json"
+      ? JSON.stringify({
+        ...JSON.parse(text),
+        "redis-url": undefined,
+        port: 0,
+        hostname: "127.0.0.1",
+      })
+      : text.replace(/^redis-url:.*$/m, "").replace(/^admin-port:.*$/m, "admin-port: 0") +
+        "\nport: 0\nhostname: 127.0.0.1\n";
+    await using cli = new Cli(["--config", await tempFile(`dprl.${format}`, local)]);
+    await cli.waitOutput(/Proxy listening on/);
+  }
+});
+
+Deno.test("CLI lists and switches from the file: the variable over the file", async () => {
+  const up = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (up.addr as Deno.NetAddr).port;
+  const accepted = (async () => {
+    for await (const conn of up) conn.close();
+  })().catch(() => {});
+  const file = await tempFile(
+    "dprl.yaml",
+    `port: 0\nhostname: 127.0.0.1\ndeny: ["127.0.0.1:${port}"]\naccess-log: true\n`,
+  );
+  const status = async (cli: Cli) => {
+    const proxyPort = await listeningPort(cli);
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: proxyPort });
+    const target = `127.0.0.1:${port}`;
+    await conn.write(
+      new TextEncoder().encode(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`),
+    );
+    const buf = new Uint8Array(1024);
+    const n = await conn.read(buf);
+    conn.close();
+    return Number(new TextDecoder().decode(buf.subarray(0, n ?? 0)).split(" ")[1]);
+  };
+  try {
+    await using fromFile = new Cli(["--config", file]);
+    assert.equal(await status(fromFile), 403, "the file's deny list applies");
+    await fromFile.waitOutput(/CONNECT 127\.0\.0\.1:\d+ 403/);
+    await using fromEnv = new Cli(["--config", file], {
+      DPRL_DENY: "10.9.9.9",
+      DPRL_ACCESS_LOG: "false",
+    });
+    assert.equal(await status(fromEnv), 200, "the variable's list replaces the file's");
+  } finally {
+    up.close();
+    await accepted;
+  }
+});
