@@ -1,6 +1,8 @@
 /** A read buffer over a connection, for heads, chunk lines and bodies. */
 
 const INITIAL_SIZE = 4096;
+/** The buffer of a watch while nothing is buffered. */
+const WATCH_SIZE = 512;
 const EMPTY = new Uint8Array(0);
 
 /** Thrown when a head or line grows past its allowed size. */
@@ -41,8 +43,14 @@ export class BufferedReader {
    */
   watch(): Promise<number | null> {
     if (this.#pending) return this.#pending;
-    const pending: Promise<number | null> = this.#readMore().finally(() => {
-      // Once settled, its bytes are in the buffer for any reader.
+    if (this.#start === this.#end) {
+      // Nothing buffered: wait with a small buffer, not the head-sized one
+      // (an idle tunnel or pooled socket may wait like this for minutes).
+      this.#start = this.#end = 0;
+      this.#buf = new Uint8Array(WATCH_SIZE);
+    }
+    // Once settled, its bytes are in the buffer for any reader.
+    const pending = this.#readMore(() => {
       if (this.#pending === pending) this.#pending = null;
     });
     return this.#pending = pending;
@@ -58,8 +66,14 @@ export class BufferedReader {
     return this.#readMore();
   }
 
-  async #readMore(): Promise<number | null> {
-    if (this.#eof) return null;
+  /** Reads more bytes into the buffer; `settled` runs first once the read ends. */
+  #readMore(settled?: () => void): Promise<number | null> {
+    if (this.#eof) {
+      return Promise.resolve(null).then((n) => {
+        settled?.();
+        return n;
+      });
+    }
     if (this.#buf.length === 0) {
       this.#buf = new Uint8Array(INITIAL_SIZE);
     } else if (this.#end === this.#buf.length) {
@@ -73,13 +87,16 @@ export class BufferedReader {
         this.#buf = bigger;
       }
     }
-    const n = await this.conn.read(this.#buf.subarray(this.#end));
-    if (n === null) {
-      this.#eof = true;
-      return null;
-    }
-    this.#end += n;
-    return n;
+    // A plain promise, not an async frame: an idle socket may wait here for minutes.
+    return this.conn.read(this.#buf.subarray(this.#end)).then((n) => {
+      settled?.();
+      if (n === null) this.#eof = true;
+      else this.#end += n;
+      return n;
+    }, (err) => {
+      settled?.();
+      throw err;
+    });
   }
 
   /**
@@ -177,10 +194,24 @@ export class BufferedReader {
    * connection; the buffer is let go once drained (for pipes, which never
    * read a head again).
    */
-  async read(p: Uint8Array): Promise<number | null> {
-    const n = await this.readInto(p);
-    if (this.#start === this.#end && !this.#pending) this.#buf = EMPTY;
-    return n;
+  read(p: Uint8Array): Promise<number | null> {
+    if (this.#start < this.#end) {
+      const n = Math.min(p.length, this.#end - this.#start);
+      p.set(this.#buf.subarray(this.#start, this.#start + n));
+      this.#start += n;
+      if (this.#start === this.#end && !this.#pending) this.#release();
+      return Promise.resolve(n);
+    }
+    if (this.#pending) return this.fill().then((n) => n === null ? null : this.read(p));
+    // Drained: let go of the buffer before a read that may wait for minutes,
+    // and read straight from the connection (no frame of ours kept waiting).
+    this.#release();
+    return this.#eof ? Promise.resolve(null) : this.conn.read(p);
+  }
+
+  #release(): void {
+    this.#buf = EMPTY;
+    this.#start = this.#end = 0;
   }
 
   /** A view of up to `max` buffered bytes, consumed; empty when none. */

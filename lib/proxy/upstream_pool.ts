@@ -228,7 +228,11 @@ export class UpstreamPool {
     // The sweep aborts dials past their deadline (no timer per dial).
     const deadline = new AbortController();
     this.#dials.set(deadline, this.#now + this.#o.connectTimeout);
-    const dialSignal = signal ? AbortSignal.any([deadline.signal, signal]) : deadline.signal;
+    // The client leaving aborts the dial too (a listener, not AbortSignal.any,
+    // whose joined signal would live as long as the client's).
+    const leave = () => deadline.abort();
+    signal?.addEventListener("abort", leave, { once: true });
+    const dialSignal = deadline.signal;
     const started = performance.now();
     let conn: Deno.TcpConn | undefined;
     try {
@@ -249,9 +253,10 @@ export class UpstreamPool {
       }
     } catch (err) {
       this.#o.limiter.release(key);
-      throw connectError(key, err, deadline.signal.aborted);
+      throw connectError(key, err, deadline.signal.aborted && !signal?.aborted);
     } finally {
       this.#dials.delete(deadline);
+      signal?.removeEventListener("abort", leave);
     }
     this.#o.stats.onConnectDuration(performance.now() - started);
     conn.setNoDelay(true);
