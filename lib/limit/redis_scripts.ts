@@ -102,31 +102,38 @@ end
 `;
 
 /**
- * Lua function `write(n, w, e, host, worker, value, ttl)`: sets `worker`'s
- * field to `value` and renews its lease, the keys' expiry and the host's mark
- * in the epoch hash; a value of 0 deletes its field and member. A member of a
- * group (keys `<prefix>:{g:<group>}:h:<host>:n`) is also listed in the
- * group's member set, `<prefix>:{g:<group>}:members`, whose expiry every
- * member's write renews. Needs locals `now` and `lease`.
+ * Lua functions that write a host's keys. Need locals `now` and `lease`.
+ *
+ * - `renew_keys(n, w, e, host, ttl)`: renews the keys' expiry and the host's
+ *   mark in the epoch hash. A member of a group (keys
+ *   `<prefix>:{g:<group>}:h:<host>:n`) is also listed in the group's member
+ *   set, `<prefix>:{g:<group>}:members`, whose expiry every member's renewal
+ *   renews.
+ * - `write(n, w, e, host, worker, value, ttl)`: sets `worker`'s field to
+ *   `value`, renews its lease and the keys (`renew_keys`); a value of 0
+ *   deletes its field and member.
  */
 const WRITE = `
-local function write(n, w, e, host, worker, value, ttl)
+local function renew_keys(n, w, e, host, ttl)
   local member = string.match(n, '^(.-{g:[^}]*}:h:.*):n$')
-  if value <= 0 then
-    redis.call('HDEL', n, worker)
-    redis.call('ZREM', w, worker)
-    return
-  end
   if member then
     local members = string.match(member, '^(.-{g:[^}]*}):h:') .. ':members'
     redis.call('SADD', members, member)
     redis.call('PEXPIRE', members, ttl)
   end
-  redis.call('HSET', n, worker, value)
-  redis.call('ZADD', w, now + lease, worker)
   redis.call('PEXPIRE', n, ttl)
   redis.call('PEXPIRE', w, ttl)
   redis.call('HSET', e, host, now + ttl - 1000)
+end
+local function write(n, w, e, host, worker, value, ttl)
+  if value <= 0 then
+    redis.call('HDEL', n, worker)
+    redis.call('ZREM', w, worker)
+    return
+  end
+  redis.call('HSET', n, worker, value)
+  redis.call('ZADD', w, now + lease, worker)
+  renew_keys(n, w, e, host, ttl)
 end
 `;
 
@@ -319,13 +326,24 @@ return 0
 `;
 
 /**
- * `sync(worker, leaseMs, ttlMs, known, fresh, [count, floor, trusted,
+ * `sync(worker, leaseMs, ttlMs, known, fresh, [count, floor, trusted, path,
  * host]...)` on `KEYS` = epoch hash, then n and w of each host, all in one
  * slot: sets `worker`'s field of each host to its `count`, its own truth, and
  * renews its lease; a count of 0 deletes its field and member. `floor` and
  * `trusted` detect lost keys as in {@linkcode ACQUIRE_LUA}. Also drops up to
  * four marks of hosts whose keys have expired. Returns `{epoch, lost, [total,
  * hostLost]...}`.
+ *
+ * With `path` 1 or 2 (the worker's count is `trusted` and its lease, renewed
+ * lately, cannot have passed), a host takes a fast path when its hash holds
+ * exactly this worker's field, at `count`, and its lease set holds this
+ * worker: the lease is renewed and nothing else is read or written; with
+ * `path` 2, the keys' expiry, the host's mark in the epoch hash and its
+ * group's member set are renewed too, once the lease set holds no other
+ * member. The total is then `count` (nobody else holds the host). Every other
+ * host (`path` 0, a loss, another worker's field, dead or forged entries, a
+ * count to change) takes the full path, which prunes, checks and writes
+ * everything.
  */
 export const SYNC_LUA: string = NOW + `
 local worker = ARGV[1]
@@ -333,22 +351,37 @@ local lease = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local e = KEYS[1]
 ` + LIVE + EPOCH + WRITE + `
+-- The new deadline, formatted once for every host.
+local deadline = string.format('%d', now + lease)
+local function fast(n, w, count, renew)
+  local fields = redis.call('HGETALL', n)
+  if #fields ~= 2 or fields[1] ~= worker or tonumber(fields[2]) ~= count then return false end
+  if renew and redis.call('ZCARD', w) ~= 1 then return false end
+  -- Only an existing member: a missing one means lost keys (the full path says so).
+  return redis.call('ZADD', w, 'XX', 'CH', deadline, worker) == 1
+end
 local epoch, lost = check_epoch(e, ARGV[4], ARGV[5])
 local out = {epoch, lost}
 for h = 0, (#KEYS - 1) / 2 - 1 do
   local n = KEYS[2 + 2 * h]
   local w = KEYS[3 + 2 * h]
-  local count = tonumber(ARGV[6 + 4 * h])
-  local floor = tonumber(ARGV[7 + 4 * h])
-  local trusted = ARGV[8 + 4 * h] == '1'
-  local host = ARGV[9 + 4 * h]
+  local count = tonumber(ARGV[6 + 5 * h])
+  local floor = tonumber(ARGV[7 + 5 * h])
+  local trusted = ARGV[8 + 5 * h] == '1'
+  local path = ARGV[9 + 5 * h]
+  local host = ARGV[10 + 5 * h]
   local hostLost = 0
-  if keys_lost(e, host, n, w) then hostLost = 2 end
-  local sum, mine = live(n, w, worker, true)
-  if trusted and mine < floor then hostLost = 2 end
-  write(n, w, e, host, worker, count, ttl)
-  unmark_if_gone(e, host, n)
-  out[#out + 1] = sum - mine + math.max(count, 0)
+  if lost == 0 and path ~= '0' and count > 0 and fast(n, w, count, path == '2') then
+    if path == '2' then renew_keys(n, w, e, host, ttl) end
+    out[#out + 1] = count
+  else
+    if keys_lost(e, host, n, w) then hostLost = 2 end
+    local sum, mine = live(n, w, worker, true)
+    if trusted and mine < floor then hostLost = 2 end
+    write(n, w, e, host, worker, count, ttl)
+    unmark_if_gone(e, host, n)
+    out[#out + 1] = sum - mine + math.max(count, 0)
+  end
   out[#out + 1] = hostLost
 end
 -- HRANDFIELD needs Redis 6.2; older ones keep expired marks until touched.
