@@ -1143,14 +1143,15 @@ export class RedisLimiter implements Limiter {
       const queuedReleases = queued?.releases ?? 0;
       // The fast path (see SYNC_LUA) only for a count Redis has and a lease
       // that cannot have passed; the full path renews the keys as well.
-      const path = s.dirty || now - s.leaseAt >= this.#lease / 2
+      const count = s.counted + s.pending - queuedAcquires + queuedReleases;
+      const path = s.dirty || count <= 0 || now - s.leaseAt >= this.#lease / 2
         ? 0
         : now - s.renewedAt >= this.#renewEvery
         ? 2
         : 1;
       paths.push(path);
       args.push(
-        s.counted + s.pending - queuedAcquires + queuedReleases,
+        count,
         s.counted + queuedReleases,
         s.dirty ? 0 : 1,
         path,

@@ -355,34 +355,40 @@ local e = KEYS[1]
 local deadline = string.format('%d', now + lease)
 local function fast(n, w, count, renew)
   local fields = redis.call('HGETALL', n)
-  if #fields ~= 2 or fields[1] ~= worker or tonumber(fields[2]) ~= count then return false end
+  if fields[3] or fields[1] ~= worker or fields[2] ~= count then return false end
   if renew and redis.call('ZCARD', w) ~= 1 then return false end
-  -- Only an existing member: a missing one means lost keys (the full path says so).
-  return redis.call('ZADD', w, 'XX', 'CH', deadline, worker) == 1
+  if redis.call('ZADD', w, deadline, worker) == 0 then return true end
+  -- The member was missing: lost keys. Undo, and let the full path say so.
+  redis.call('ZREM', w, worker)
+  return false
 end
 local epoch, lost = check_epoch(e, ARGV[4], ARGV[5])
 local out = {epoch, lost}
+local o = 2
 for h = 0, (#KEYS - 1) / 2 - 1 do
   local n = KEYS[2 + 2 * h]
   local w = KEYS[3 + 2 * h]
-  local count = tonumber(ARGV[6 + 5 * h])
-  local floor = tonumber(ARGV[7 + 5 * h])
-  local trusted = ARGV[8 + 5 * h] == '1'
+  local count = ARGV[6 + 5 * h]
   local path = ARGV[9 + 5 * h]
   local host = ARGV[10 + 5 * h]
   local hostLost = 0
-  if lost == 0 and path ~= '0' and count > 0 and fast(n, w, count, path == '2') then
+  -- The fast path never sees a count of 0: the worker sends path 0 then.
+  if lost == 0 and path ~= '0' and fast(n, w, count, path == '2') then
     if path == '2' then renew_keys(n, w, e, host, ttl) end
-    out[#out + 1] = count
+    out[o + 1] = tonumber(count)
   else
+    count = tonumber(count)
+    local floor = tonumber(ARGV[7 + 5 * h])
+    local trusted = ARGV[8 + 5 * h] == '1'
     if keys_lost(e, host, n, w) then hostLost = 2 end
     local sum, mine = live(n, w, worker, true)
     if trusted and mine < floor then hostLost = 2 end
     write(n, w, e, host, worker, count, ttl)
     unmark_if_gone(e, host, n)
-    out[#out + 1] = sum - mine + math.max(count, 0)
+    out[o + 1] = sum - mine + math.max(count, 0)
   end
-  out[#out + 1] = hostLost
+  out[o + 2] = hostLost
+  o = o + 2
 end
 -- HRANDFIELD needs Redis 6.2; older ones keep expired marks until touched.
 local ok, sample = pcall(redis.call, 'HRANDFIELD', e, 4, 'WITHVALUES')
