@@ -92,7 +92,7 @@ end
 local function keys_lost(e, host, n, w)
   local deadline = tonumber(redis.call('HGET', e, host) or '0') or 0
   if deadline <= now then return false end
-  if redis.call('EXISTS', n) == 1 and redis.call('EXISTS', w) == 1 then return false end
+  if redis.call('EXISTS', n, w) == 2 then return false end
   redis.call('HSET', e, host, math.min(deadline, now + lease))
   return true
 end
@@ -149,12 +149,13 @@ end
  * it a sharded channel). Need locals `now` and `lease`.
  *
  * - `prune_line(q, qw)`: drops dead workers and their tickets (nothing to do
- *   while nobody waits).
- * - `line_lets(q, sum, limit, ticket)`: whether the line lets an acquire
- *   through: one without a ticket (`''`) only while the slots left exceed the
- *   tickets waiting, one with a ticket only while its rank is below
- *   `limit - sum`; a ticket missing from the line (lost keys, or granted
- *   already) asks as a newcomer (the heartbeat puts lost ones back).
+ *   while nobody waits); returns whether anyone still waits.
+ * - `line_lets(q, queued, sum, limit, ticket)`: whether the line (`queued`:
+ *   anyone waits in it) lets an acquire through: one without a ticket (`''`)
+ *   only while the slots left exceed the tickets waiting, one with a ticket
+ *   only while its rank is below `limit - sum`; a ticket missing from the
+ *   line (lost keys, or granted already) asks as a newcomer (the heartbeat
+ *   puts lost ones back).
  * - `add_ticket(q, qw, worker, ticket)`: puts a ticket at the end of the line
  *   unless it is in it, and renews the worker's waiting lease.
  * - `wake(q, host)`: tells the waiting workers that a slot may be free, when
@@ -165,7 +166,7 @@ local function owner_of(ticket)
   return string.match(ticket, '^(.*)|') or ''
 end
 local function prune_line(q, qw)
-  if redis.call('EXISTS', q) == 0 then return end
+  if redis.call('EXISTS', q) == 0 then return false end
   local horizon = now + lease + ${LEASE_MARGIN_MS}
   local dead = {}
   local any = false
@@ -193,6 +194,7 @@ local function prune_line(q, qw)
     end
     if not waiting[owner] then redis.call('ZREM', q, front[i]) end
   end
+  return redis.call('EXISTS', q) == 1
 end
 local function add_ticket(q, qw, worker, ticket)
   if redis.call('ZSCORE', q, ticket) then return end
@@ -202,8 +204,9 @@ local function add_ticket(q, qw, worker, ticket)
   redis.call('ZADD', q, score, ticket)
   redis.call('ZADD', qw, now + lease, worker)
 end
-local function line_lets(q, sum, limit, ticket)
+local function line_lets(q, queued, sum, limit, ticket)
   local rank = false
+  if not queued then return sum < limit end
   if ticket ~= '' then rank = redis.call('ZRANK', q, ticket) end
   if not rank then return sum + redis.call('ZCARD', q) < limit end
   return rank < limit - sum
@@ -285,13 +288,13 @@ end
 local out = {0, lost, epoch}
 -- The line of waiting tickets (its two keys come last): begin
 local q, qw = KEYS[#KEYS - 1], KEYS[#KEYS]
-prune_line(q, qw)
-if releases > 0 then wake(q, host) end
+local queued = prune_line(q, qw)
+if releases > 0 and queued then redis.call('PUBLISH', q, host) end
 -- The line of waiting tickets: end
 for i = 11, #ARGV do
   local limit, ticket = string.match(ARGV[i], '^(%S+) ?(.*)$')
   limit = tonumber(limit)
-  if lost == 0 and (limit <= 0 or (sum < limit and line_lets(q, sum, limit, ticket))) and
+  if lost == 0 and (limit <= 0 or (sum < limit and line_lets(q, queued, sum, limit, ticket))) and
       (glimit <= 0 or gsum < glimit) then
     sum = sum + 1
     gsum = gsum + 1
@@ -305,7 +308,8 @@ for i = 11, #ARGV do
 end
 out[1] = sum
 if changed then write(KEYS[1], KEYS[2], KEYS[3], host, worker, mine, ttl) end
-unmark_if_gone(KEYS[3], host, KEYS[1])
+-- With a count of its own, this worker's field keeps the hash.
+if mine <= 0 then unmark_if_gone(KEYS[3], host, KEYS[1]) end
 return out
 `;
 
