@@ -10,11 +10,13 @@
  * - the idle cost of holding 10,000 hosts: one limiter holds one slot of
  *   each and only its heartbeat talks to Redis; Redis's CPU (`INFO cpu`) and
  *   the limiter's calls per second (each one round trip) over three
- *   heartbeats (goals: <= 1% of a core, <= 50 round trips/s).
+ *   heartbeats, from halfway between two (goals: <= 1% of a core, <= 50
+ *   round trips/s).
  *
  * ```sh
  * deno run -A bench/redis_cost.ts            # 3 rounds of 5 s, 10,000 hosts
  * deno run -A bench/redis_cost.ts --quick    # 1 round of 3 s
+ * deno run -A bench/redis_cost.ts --cluster  # also the heartbeat on a 3-master Cluster
  * ```
  *
  * @module
@@ -31,6 +33,7 @@ import {
 } from "./process.ts";
 import { RedisServer } from "./redis_server.ts";
 import { RedisLimiter } from "../lib/limit/redis_limiter.ts";
+import { RedisClusterServers } from "../tests/_helpers/redis_server.ts";
 
 const quick = Deno.args.includes("--quick");
 const ROUNDS = quick ? 1 : 3;
@@ -168,6 +171,72 @@ export interface HeartbeatCost {
 }
 
 /**
+ * Takes one slot of each of `hosts` hosts, then waits until halfway between
+ * two heartbeats, so that a span of three heartbeats from then holds exactly
+ * three.
+ */
+async function holdUntilBetweenBeats(limiter: RedisLimiter, hosts: number): Promise<void> {
+  const names = Array.from({ length: hosts }, (_, i) => `h${i}.example`);
+  for (let i = 0; i < names.length; i += 500) {
+    await Promise.all(names.slice(i, i + 500).map((h) => limiter.acquire(h, 0)));
+  }
+  let beat = Promise.withResolvers<void>();
+  limiter.onCall = () => beat.resolve();
+  await new Promise((r) => setTimeout(r, 1_000));
+  beat = Promise.withResolvers<void>();
+  await beat.promise;
+  await new Promise((r) => setTimeout(r, LEASE_MS / 6));
+}
+
+/**
+ * The same on a 3-master Redis Cluster: each master's CPU, in percent of a
+ * core, and the limiter's round trips and the script calls per second.
+ */
+export async function clusterHeartbeatCost(hosts = HOSTS): Promise<{
+  hosts: number;
+  seconds: number;
+  redisCpuPercentPerNode: string;
+  roundTripsPerSecond: number;
+  scriptCallsPerSecond: number;
+}> {
+  await using cluster = await RedisClusterServers.start();
+  const limiter = new RedisLimiter({
+    redis: { cluster: cluster.nodes },
+    lease: LEASE_MS,
+    prefix: "bench",
+    timeout: 5_000,
+  });
+  const cpus = () =>
+    Promise.all(cluster.servers.map(async (s) => redisCpu(await s.cli("INFO", "cpu"))));
+  try {
+    await holdUntilBetweenBeats(limiter, hosts);
+    for (const s of cluster.servers) await s.cli("CONFIG", "RESETSTAT");
+    let trips = 0;
+    limiter.onCall = () => trips++;
+    const cpu0 = await cpus();
+    const started = performance.now();
+    await new Promise((r) => setTimeout(r, LEASE_MS)); // three heartbeats
+    const seconds = (performance.now() - started) / 1000;
+    const cpu1 = await cpus();
+    let scripts = 0;
+    for (const s of cluster.servers) {
+      const calls = commandCalls(await s.cli("INFO", "commandstats"));
+      scripts += (calls.get("evalsha") ?? 0) + (calls.get("eval") ?? 0);
+    }
+    return {
+      hosts,
+      seconds: +seconds.toFixed(1),
+      redisCpuPercentPerNode: cpu1.map((c, i) => ((100 * (c - cpu0[i])) / seconds).toFixed(3))
+        .join(" "),
+      roundTripsPerSecond: +(trips / seconds).toFixed(1),
+      scriptCallsPerSecond: +(scripts / seconds).toFixed(1),
+    };
+  } finally {
+    await limiter.close();
+  }
+}
+
+/**
  * Redis's CPU and the round trips per second while one limiter (15 s lease,
  * a heartbeat every 5 s) holds a slot of each of `hosts` hosts; empties Redis
  * first.
@@ -176,11 +245,7 @@ export async function heartbeatCost(redis: RedisServer, hosts = HOSTS): Promise<
   await redis.flushAll();
   const limiter = new RedisLimiter({ redis: redis.url, lease: LEASE_MS, prefix: "bench" });
   try {
-    const names = Array.from({ length: hosts }, (_, i) => `h${i}.example`);
-    for (let i = 0; i < names.length; i += 500) {
-      await Promise.all(names.slice(i, i + 500).map((h) => limiter.acquire(h, 0)));
-    }
-    await new Promise((r) => setTimeout(r, 1_000));
+    await holdUntilBetweenBeats(limiter, hosts);
     await redis.command("CONFIG", "RESETSTAT");
     let trips = 0;
     limiter.onCall = () => trips++;
@@ -233,6 +298,7 @@ if (import.meta.main) {
       `${CLIENTS} clients, tunnels to one host; goals: ratio >= 0.9, script calls per tunnel <= 1.0`,
     );
     console.table([await heartbeatCost(redis)]);
+    if (Deno.args.includes("--cluster")) console.table([await clusterHeartbeatCost()]);
     console.log("goals: Redis CPU <= 1% of a core, <= 50 round trips/s");
     console.log(`load average after: ${loadAverage()}`);
   } finally {

@@ -82,6 +82,14 @@ interface HostState {
   dirty: boolean;
   /** Bumped whenever `dirty` is set, so a sync only clears what it saw. */
   dirtyGen: number;
+  /**
+   * When (ms since epoch) this worker last renewed the expiry of the host's
+   * keys, or a time before it: spread at random over the renewal interval
+   * when first seen, so that renewals of many hosts spread over heartbeats.
+   */
+  renewedAt: number;
+  /** When (ms since epoch) the last sync that renewed this worker's lease of the host was sent. */
+  leaseAt: number;
 }
 
 /** An acquire waiting in a {@linkcode Batch}. */
@@ -145,6 +153,23 @@ interface ScriptedClient {
   dprlLine(q: string, qw: string, ...args: (string | number)[]): Promise<number>;
 }
 
+/** A pipeline of an ioredis client with dprl's heartbeat script defined on it. */
+interface ScriptedPipeline {
+  /** Queues a sync; see {@linkcode ScriptedClient.dprlSync}. */
+  dprlSync(numKeys: number, ...keysAndArgs: (string | number)[]): void;
+  exec(): Promise<[Error | null, unknown][] | null>;
+}
+
+/** One heartbeat script call, ready to be sent. */
+interface PreparedSync {
+  /** The arguments of {@linkcode ScriptedClient.dprlSync}. */
+  keysAndArgs: [number, ...(string | number)[]];
+  /** Takes in the script's answer. */
+  answered: (reply: (string | number)[]) => void;
+  /** The call failed: its hosts are synced again at the next heartbeat. */
+  failed: () => void;
+}
+
 /** What the fleet's line of one host is to be told in this event-loop turn. */
 interface LineOps {
   /** Tickets joining the line, in order. */
@@ -158,8 +183,18 @@ interface LineOps {
 /** How many leases an idle host's keys outlive their last write. */
 const TTL_LEASES = 4;
 
+/**
+ * How many leases may pass before a heartbeat renews a held host's keys'
+ * expiry (they outlive their last renewal by {@linkcode TTL_LEASES}); the
+ * heartbeats between only renew the lease.
+ */
+const RENEW_LEASES = 2;
+
 /** Most hosts one heartbeat script call syncs. */
-const BATCH_HOSTS = 64;
+const BATCH_HOSTS = 256;
+
+/** Most hosts the script calls of one heartbeat pipeline (one round trip) sync. */
+const PIPELINE_HOSTS = 2_048;
 
 /**
  * A {@linkcode Limiter} whose counters live in Redis, shared by every proxy
@@ -199,6 +234,8 @@ export class RedisLimiter implements Limiter {
   #prefix: string;
   #lease: number;
   #ttl: number;
+  /** A heartbeat renews the keys of a host last renewed at least this long ago (ms). */
+  #renewEvery: number;
   #timeout: number;
   #mode: FailureMode;
   #logger: Logger;
@@ -270,6 +307,8 @@ export class RedisLimiter implements Limiter {
     this.#lease = checkMs("Lease", options.lease ?? 15_000);
     this.#timeout = checkMs("Timeout", options.timeout ?? 1_000);
     this.#ttl = this.#lease * TTL_LEASES;
+    // Due at the heartbeat at which RENEW_LEASES leases have nearly passed.
+    this.#renewEvery = this.#lease * RENEW_LEASES - this.#lease / 6;
     this.#mode = options.failureMode ?? "closed";
     if (!["closed", "open", "local"].includes(this.#mode)) {
       throw new TypeError(
@@ -749,7 +788,7 @@ export class RedisLimiter implements Limiter {
               this.#ttl,
               this.#known.get(e) ?? "",
               this.#fresh,
-              ...batch.flatMap((host) => [0, 0, 0, host]),
+              ...batch.flatMap((host) => [0, 0, 0, 0, host]),
             ),
             this.#timeout,
           )
@@ -913,6 +952,8 @@ export class RedisLimiter implements Limiter {
         syncs: 0,
         dirty: false,
         dirtyGen: 0,
+        renewedAt: Date.now() - Math.random() * this.#renewEvery,
+        leaseAt: Date.now(),
       };
       this.#hosts.set(host, s);
     }
@@ -1030,27 +1071,98 @@ export class RedisLimiter implements Limiter {
     return out;
   }
 
-  /** Syncs `hosts` (keys in one slot, epoch key `e`) in one script call. */
-  #sync(e: string, hosts: [string, HostState][]): void {
+  /**
+   * Syncs batches of hosts (each: keys in one slot, with its epoch key), one
+   * script call per batch, sent in pipelines of up to
+   * {@linkcode PIPELINE_HOSTS} hosts to one node: a single Redis, or one
+   * master of a Cluster. Each pipeline is one round trip.
+   */
+  #syncAll(batches: [string, string[]][]): void {
+    const byNode = new Map<string, [string, string[]][]>();
+    for (const batch of batches) {
+      const node = this.#cluster
+        ? (this.#client as Cluster).slots[keySlot(batch[0])]?.[0] ?? ""
+        : "";
+      let list = byNode.get(node);
+      if (!list) byNode.set(node, list = []);
+      list.push(batch);
+    }
+    for (const list of byNode.values()) {
+      let chunk: PreparedSync[] = [];
+      let size = 0;
+      for (const [e, hosts] of list) {
+        chunk.push(this.#prepareSync(e, hosts.map((host) => [host, this.#hosts.get(host)!])));
+        size += hosts.length;
+        if (size >= PIPELINE_HOSTS) {
+          this.#sendSyncs(chunk);
+          chunk = [];
+          size = 0;
+        }
+      }
+      if (chunk.length > 0) this.#sendSyncs(chunk);
+    }
+  }
+
+  /** Sends prepared syncs of one node as one pipeline. */
+  #sendSyncs(syncs: PreparedSync[]): void {
+    this.#call(async () => {
+      const pipeline = this.#client.pipeline() as unknown as ScriptedPipeline;
+      for (const sync of syncs) pipeline.dprlSync(...sync.keysAndArgs);
+      const results = await pipeline.exec();
+      // A pipeline answers every error in its results: Redis did not answer these.
+      const unanswered = results?.find(([error]) => error && !isReplyError(error));
+      if (unanswered) throw unanswered[0];
+      return results;
+    }).then(
+      (results) => {
+        syncs.forEach((sync, i) => {
+          const [error, reply] = results?.[i] ?? [new Error("No reply")];
+          if (error) sync.failed();
+          else sync.answered(reply as (string | number)[]);
+        });
+      },
+      () => {
+        for (const sync of syncs) sync.failed();
+      },
+    );
+  }
+
+  /**
+   * The script call that syncs `hosts` (keys in one slot, epoch key `e`),
+   * and what to do with its answer.
+   */
+  #prepareSync(e: string, hosts: [string, HostState][]): PreparedSync {
     const args: (string | number)[] = [];
     const dirtyAt: number[] = [];
+    const now = Date.now();
+    const paths: number[] = [];
     for (const [host, s] of hosts) {
       // What is queued reaches Redis after this sync: leave it out.
       const queued = this.#queued.get(host);
       const queuedAcquires = queued?.acquires.length ?? 0;
       const queuedReleases = queued?.releases ?? 0;
+      // The fast path (see SYNC_LUA) only for a count Redis has and a lease
+      // that cannot have passed; the full path renews the keys as well.
+      const count = s.counted + s.pending - queuedAcquires + queuedReleases;
+      const path = s.dirty || count <= 0 || now - s.leaseAt >= this.#lease / 2
+        ? 0
+        : now - s.renewedAt >= this.#renewEvery
+        ? 2
+        : 1;
+      paths.push(path);
       args.push(
-        s.counted + s.pending - queuedAcquires + queuedReleases,
+        count,
         s.counted + queuedReleases,
         s.dirty ? 0 : 1,
+        path,
         host,
       );
       dirtyAt.push(s.dirtyGen);
       s.syncs++;
       this.#touched.add(host);
     }
-    this.#call(() =>
-      this.#scripts.dprlSync(
+    return {
+      keysAndArgs: [
         1 + 2 * hosts.length,
         e,
         ...hosts.flatMap(([host]) => [this.#key(host, "n"), this.#key(host, "w")]),
@@ -1060,12 +1172,13 @@ export class RedisLimiter implements Limiter {
         this.#known.get(e) ?? "",
         this.#fresh,
         ...args,
-      )
-    ).then(
-      (reply) => {
+      ],
+      answered: (reply) => {
         this.#noteEpoch(e, Number(reply[1]), String(reply[0]), "");
         hosts.forEach(([host, s], i) => {
           if (s.dirtyGen === dirtyAt[i]) s.dirty = false;
+          s.leaseAt = now;
+          if (paths[i] !== 1) s.renewedAt = now;
           this.#fleet.set(host, Number(reply[2 + 2 * i]));
           if (Number(reply[3 + 2 * i]) === 2) {
             this.#recover(`the keys of ${host} were deleted or evicted`, true, host);
@@ -1073,10 +1186,10 @@ export class RedisLimiter implements Limiter {
           this.#collect(host, s);
         });
       },
-      () => {
+      failed: () => {
         for (const [host, s] of hosts) this.#markDirty(host, s);
       },
-    );
+    };
   }
 
   /** The fleet's open connections to each of `hosts`, in batches of one slot each. */
@@ -1104,9 +1217,7 @@ export class RedisLimiter implements Limiter {
    */
   #beat(): void {
     if (this.#closed || this.#failFast()) return;
-    for (const [e, batch] of this.#batches(this.#hosts.keys())) {
-      this.#sync(e, batch.map((host) => [host, this.#hosts.get(host)!]));
-    }
+    this.#syncAll(this.#batches(this.#hosts.keys()));
     for (const [host, tickets] of this.#tickets) {
       // A ticket being granted right now must not come back as a ghost.
       const adds = [...tickets].filter((t) => !this.#asking.has(t));

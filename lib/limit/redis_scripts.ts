@@ -92,7 +92,7 @@ end
 local function keys_lost(e, host, n, w)
   local deadline = tonumber(redis.call('HGET', e, host) or '0') or 0
   if deadline <= now then return false end
-  if redis.call('EXISTS', n) == 1 and redis.call('EXISTS', w) == 1 then return false end
+  if redis.call('EXISTS', n, w) == 2 then return false end
   redis.call('HSET', e, host, math.min(deadline, now + lease))
   return true
 end
@@ -102,31 +102,38 @@ end
 `;
 
 /**
- * Lua function `write(n, w, e, host, worker, value, ttl)`: sets `worker`'s
- * field to `value` and renews its lease, the keys' expiry and the host's mark
- * in the epoch hash; a value of 0 deletes its field and member. A member of a
- * group (keys `<prefix>:{g:<group>}:h:<host>:n`) is also listed in the
- * group's member set, `<prefix>:{g:<group>}:members`, whose expiry every
- * member's write renews. Needs locals `now` and `lease`.
+ * Lua functions that write a host's keys. Need locals `now` and `lease`.
+ *
+ * - `renew_keys(n, w, e, host, ttl)`: renews the keys' expiry and the host's
+ *   mark in the epoch hash. A member of a group (keys
+ *   `<prefix>:{g:<group>}:h:<host>:n`) is also listed in the group's member
+ *   set, `<prefix>:{g:<group>}:members`, whose expiry every member's renewal
+ *   renews.
+ * - `write(n, w, e, host, worker, value, ttl)`: sets `worker`'s field to
+ *   `value`, renews its lease and the keys (`renew_keys`); a value of 0
+ *   deletes its field and member.
  */
 const WRITE = `
-local function write(n, w, e, host, worker, value, ttl)
+local function renew_keys(n, w, e, host, ttl)
   local member = string.match(n, '^(.-{g:[^}]*}:h:.*):n$')
-  if value <= 0 then
-    redis.call('HDEL', n, worker)
-    redis.call('ZREM', w, worker)
-    return
-  end
   if member then
     local members = string.match(member, '^(.-{g:[^}]*}):h:') .. ':members'
     redis.call('SADD', members, member)
     redis.call('PEXPIRE', members, ttl)
   end
-  redis.call('HSET', n, worker, value)
-  redis.call('ZADD', w, now + lease, worker)
   redis.call('PEXPIRE', n, ttl)
   redis.call('PEXPIRE', w, ttl)
   redis.call('HSET', e, host, now + ttl - 1000)
+end
+local function write(n, w, e, host, worker, value, ttl)
+  if value <= 0 then
+    redis.call('HDEL', n, worker)
+    redis.call('ZREM', w, worker)
+    return
+  end
+  redis.call('HSET', n, worker, value)
+  redis.call('ZADD', w, now + lease, worker)
+  renew_keys(n, w, e, host, ttl)
 end
 `;
 
@@ -142,12 +149,13 @@ end
  * it a sharded channel). Need locals `now` and `lease`.
  *
  * - `prune_line(q, qw)`: drops dead workers and their tickets (nothing to do
- *   while nobody waits).
- * - `line_lets(q, sum, limit, ticket)`: whether the line lets an acquire
- *   through: one without a ticket (`''`) only while the slots left exceed the
- *   tickets waiting, one with a ticket only while its rank is below
- *   `limit - sum`; a ticket missing from the line (lost keys, or granted
- *   already) asks as a newcomer (the heartbeat puts lost ones back).
+ *   while nobody waits); returns whether anyone still waits.
+ * - `line_lets(q, queued, sum, limit, ticket)`: whether the line (`queued`:
+ *   anyone waits in it) lets an acquire through: one without a ticket (`''`)
+ *   only while the slots left exceed the tickets waiting, one with a ticket
+ *   only while its rank is below `limit - sum`; a ticket missing from the
+ *   line (lost keys, or granted already) asks as a newcomer (the heartbeat
+ *   puts lost ones back).
  * - `add_ticket(q, qw, worker, ticket)`: puts a ticket at the end of the line
  *   unless it is in it, and renews the worker's waiting lease.
  * - `wake(q, host)`: tells the waiting workers that a slot may be free, when
@@ -158,7 +166,7 @@ local function owner_of(ticket)
   return string.match(ticket, '^(.*)|') or ''
 end
 local function prune_line(q, qw)
-  if redis.call('EXISTS', q) == 0 then return end
+  if redis.call('EXISTS', q) == 0 then return false end
   local horizon = now + lease + ${LEASE_MARGIN_MS}
   local dead = {}
   local any = false
@@ -186,6 +194,7 @@ local function prune_line(q, qw)
     end
     if not waiting[owner] then redis.call('ZREM', q, front[i]) end
   end
+  return redis.call('EXISTS', q) == 1
 end
 local function add_ticket(q, qw, worker, ticket)
   if redis.call('ZSCORE', q, ticket) then return end
@@ -195,8 +204,9 @@ local function add_ticket(q, qw, worker, ticket)
   redis.call('ZADD', q, score, ticket)
   redis.call('ZADD', qw, now + lease, worker)
 end
-local function line_lets(q, sum, limit, ticket)
+local function line_lets(q, queued, sum, limit, ticket)
   local rank = false
+  if not queued then return sum < limit end
   if ticket ~= '' then rank = redis.call('ZRANK', q, ticket) end
   if not rank then return sum + redis.call('ZCARD', q) < limit end
   return rank < limit - sum
@@ -278,13 +288,13 @@ end
 local out = {0, lost, epoch}
 -- The line of waiting tickets (its two keys come last): begin
 local q, qw = KEYS[#KEYS - 1], KEYS[#KEYS]
-prune_line(q, qw)
-if releases > 0 then wake(q, host) end
+local queued = prune_line(q, qw)
+if releases > 0 and queued then redis.call('PUBLISH', q, host) end
 -- The line of waiting tickets: end
 for i = 11, #ARGV do
   local limit, ticket = string.match(ARGV[i], '^(%S+) ?(.*)$')
   limit = tonumber(limit)
-  if lost == 0 and (limit <= 0 or (sum < limit and line_lets(q, sum, limit, ticket))) and
+  if lost == 0 and (limit <= 0 or (sum < limit and line_lets(q, queued, sum, limit, ticket))) and
       (glimit <= 0 or gsum < glimit) then
     sum = sum + 1
     gsum = gsum + 1
@@ -298,7 +308,8 @@ for i = 11, #ARGV do
 end
 out[1] = sum
 if changed then write(KEYS[1], KEYS[2], KEYS[3], host, worker, mine, ttl) end
-unmark_if_gone(KEYS[3], host, KEYS[1])
+-- With a count of its own, this worker's field keeps the hash.
+if mine <= 0 then unmark_if_gone(KEYS[3], host, KEYS[1]) end
 return out
 `;
 
@@ -319,13 +330,24 @@ return 0
 `;
 
 /**
- * `sync(worker, leaseMs, ttlMs, known, fresh, [count, floor, trusted,
+ * `sync(worker, leaseMs, ttlMs, known, fresh, [count, floor, trusted, path,
  * host]...)` on `KEYS` = epoch hash, then n and w of each host, all in one
  * slot: sets `worker`'s field of each host to its `count`, its own truth, and
  * renews its lease; a count of 0 deletes its field and member. `floor` and
  * `trusted` detect lost keys as in {@linkcode ACQUIRE_LUA}. Also drops up to
  * four marks of hosts whose keys have expired. Returns `{epoch, lost, [total,
  * hostLost]...}`.
+ *
+ * With `path` 1 or 2 (the worker's count is `trusted` and its lease, renewed
+ * lately, cannot have passed), a host takes a fast path when its hash holds
+ * exactly this worker's field, at `count`, and its lease set holds this
+ * worker: the lease is renewed and nothing else is read or written; with
+ * `path` 2, the keys' expiry, the host's mark in the epoch hash and its
+ * group's member set are renewed too, once the lease set holds no other
+ * member. The total is then `count` (nobody else holds the host). Every other
+ * host (`path` 0, a loss, another worker's field, dead or forged entries, a
+ * count to change) takes the full path, which prunes, checks and writes
+ * everything.
  */
 export const SYNC_LUA: string = NOW + `
 local worker = ARGV[1]
@@ -333,23 +355,44 @@ local lease = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local e = KEYS[1]
 ` + LIVE + EPOCH + WRITE + `
+-- The new deadline, formatted once for every host.
+local deadline = string.format('%d', now + lease)
+local function fast(n, w, count, renew)
+  local fields = redis.call('HGETALL', n)
+  if fields[3] or fields[1] ~= worker or fields[2] ~= count then return false end
+  if renew and redis.call('ZCARD', w) ~= 1 then return false end
+  if redis.call('ZADD', w, deadline, worker) == 0 then return true end
+  -- The member was missing: lost keys. Undo, and let the full path say so.
+  redis.call('ZREM', w, worker)
+  return false
+end
 local epoch, lost = check_epoch(e, ARGV[4], ARGV[5])
 local out = {epoch, lost}
+local o = 2
 for h = 0, (#KEYS - 1) / 2 - 1 do
   local n = KEYS[2 + 2 * h]
   local w = KEYS[3 + 2 * h]
-  local count = tonumber(ARGV[6 + 4 * h])
-  local floor = tonumber(ARGV[7 + 4 * h])
-  local trusted = ARGV[8 + 4 * h] == '1'
-  local host = ARGV[9 + 4 * h]
+  local count = ARGV[6 + 5 * h]
+  local path = ARGV[9 + 5 * h]
+  local host = ARGV[10 + 5 * h]
   local hostLost = 0
-  if keys_lost(e, host, n, w) then hostLost = 2 end
-  local sum, mine = live(n, w, worker, true)
-  if trusted and mine < floor then hostLost = 2 end
-  write(n, w, e, host, worker, count, ttl)
-  unmark_if_gone(e, host, n)
-  out[#out + 1] = sum - mine + math.max(count, 0)
-  out[#out + 1] = hostLost
+  -- The fast path never sees a count of 0: the worker sends path 0 then.
+  if lost == 0 and path ~= '0' and fast(n, w, count, path == '2') then
+    if path == '2' then renew_keys(n, w, e, host, ttl) end
+    out[o + 1] = tonumber(count)
+  else
+    count = tonumber(count)
+    local floor = tonumber(ARGV[7 + 5 * h])
+    local trusted = ARGV[8 + 5 * h] == '1'
+    if keys_lost(e, host, n, w) then hostLost = 2 end
+    local sum, mine = live(n, w, worker, true)
+    if trusted and mine < floor then hostLost = 2 end
+    write(n, w, e, host, worker, count, ttl)
+    unmark_if_gone(e, host, n)
+    out[o + 1] = sum - mine + math.max(count, 0)
+  end
+  out[o + 2] = hostLost
+  o = o + 2
 end
 -- HRANDFIELD needs Redis 6.2; older ones keep expired marks until touched.
 local ok, sample = pcall(redis.call, 'HRANDFIELD', e, 4, 'WITHVALUES')
