@@ -11,6 +11,9 @@ import { DEFAULTS } from "../defaults.ts";
 
 export { parseHtpasswd, parseUsers, PROXY_AUTHENTICATE } from "./proxy_auth.ts";
 
+/** Client addresses whose answer is remembered, at most. */
+const SEEN_MAX = 4096;
+
 /** Options of a {@linkcode ClientPolicy}. */
 export interface ClientPolicyOptions {
   /** Client CIDRs; default loopback and the private ranges. */
@@ -35,6 +38,8 @@ export class ClientPolicy {
   readonly #clients: Cidr[];
   readonly #explicit: boolean;
   readonly #auth: ProxyAuth;
+  /** Answers of {@linkcode ClientPolicy.admitsAddress} for recent addresses. */
+  readonly #seen = new Map<string, boolean>();
 
   /** Throws a `RangeError` with a one-line message on a bad CIDR. */
   constructor(options: ClientPolicyOptions) {
@@ -64,8 +69,15 @@ export class ClientPolicy {
    */
   admitsAddress(address: string): boolean {
     if (this.authRequired && !this.#explicit) return true;
-    const ip = parseIp(address);
-    return ip !== null && this.#clients.some((cidr) => cidr.contains(ip));
+    let admitted = this.#seen.get(address);
+    if (admitted === undefined) {
+      const ip = parseIp(address);
+      admitted = ip !== null && this.#clients.some((cidr) => cidr.contains(ip));
+      // Clients come back: remember the answer for the last addresses seen.
+      if (this.#seen.size >= SEEN_MAX) this.#seen.clear();
+      this.#seen.set(address, admitted);
+    }
+    return admitted;
   }
 
   /**

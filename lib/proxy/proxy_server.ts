@@ -86,6 +86,8 @@ export interface ProxyServerOptions {
 const SWEEP_MS = 250;
 /** Client bytes read ahead (pipelined requests) while an exchange runs. */
 const WATCH_LIMIT = 64 * 1024;
+/** The abort reason of a closed session (a DOMException per close would cost a stack trace). */
+const CLIENT_LEFT = new Error("Client connection closed");
 /** Methods that may be sent again when a reused connection drops them. */
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE"]);
 const ESTABLISHED = encodeLatin1("HTTP/1.1 200 Connection Established\r\n\r\n");
@@ -178,7 +180,7 @@ class Session {
 
   close(): void {
     if (this.closed) return;
-    this.#left.abort();
+    this.#left.abort(CLIENT_LEFT);
     try {
       this.conn.close();
     } catch { /* already closed */ }
