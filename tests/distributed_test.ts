@@ -10,6 +10,7 @@ import {
   redisTlsUnavailable,
   waitFor,
 } from "./_helpers/redis_server.ts";
+import { startEchoUpstream } from "./_helpers/upstream.ts";
 
 const LEASE = 600;
 const enc = new TextEncoder();
@@ -47,53 +48,6 @@ function startHoldingUpstream(holdMs: number) {
     async [Symbol.asyncDispose]() {
       ac.abort();
       await server.finished;
-    },
-  };
-}
-
-/** A TCP upstream that accepts and holds connections (echoing), for tunnels. */
-function startTcpUpstream() {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const conns = new Set<Deno.Conn>();
-  const loop = (async () => {
-    for await (const conn of listener) {
-      conns.add(conn);
-      (async () => {
-        const buf = new Uint8Array(1024);
-        try {
-          while (true) {
-            const n = await conn.read(buf);
-            if (n === null) break;
-            await conn.write(buf.subarray(0, n));
-          }
-        } catch {
-          // closed
-        } finally {
-          conns.delete(conn);
-          try {
-            conn.close();
-          } catch {
-            // already closed
-          }
-        }
-      })();
-    }
-  })().catch(() => {});
-  return {
-    port: (listener.addr as Deno.NetAddr).port,
-    get open() {
-      return conns.size;
-    },
-    async [Symbol.asyncDispose]() {
-      listener.close();
-      for (const c of conns) {
-        try {
-          c.close();
-        } catch {
-          // already closed
-        }
-      }
-      await loop;
     },
   };
 }
@@ -237,7 +191,7 @@ await redisTest(
   "server",
   async () => {
     await using redis = await RedisServer.start();
-    await using up = startTcpUpstream();
+    await using up = startEchoUpstream();
     await using fleet = await startFleet(3, redis.url, 4);
     const authority = `127.0.0.1:${up.port}`;
     const open: Deno.Conn[] = [];
@@ -285,7 +239,7 @@ await redisTest(
   "server",
   async () => {
     await using redis = await RedisServer.start();
-    await using up = startTcpUpstream();
+    await using up = startEchoUpstream();
     await using fleet = await startFleet(2, redis.url, 4);
     const authority = `127.0.0.1:${up.port}`;
     const child = new Deno.Command(Deno.execPath(), {
@@ -372,7 +326,7 @@ await redisTest(
   "server",
   async () => {
     await using redis = await RedisServer.start();
-    await using up = startTcpUpstream();
+    await using up = startEchoUpstream();
     await using fleet = await startFleet(2, redis.url, 4);
     const authority = `127.0.0.1:${up.port}`;
     const t = await connectThrough(fleet[0].proxyUrl!, authority);
@@ -483,7 +437,7 @@ Deno.test({
           "yes",
         ],
       });
-      await using up = startTcpUpstream();
+      await using up = startEchoUpstream();
       const authority = `127.0.0.1:${up.port}`;
       for (
         const target of [
@@ -553,7 +507,7 @@ await redisTest(
   "server",
   async () => {
     await using redis = await RedisServer.start();
-    await using up = startTcpUpstream();
+    await using up = startEchoUpstream();
     const fleet = [] as ProxyRateLimiter[];
     try {
       for (let i = 0; i < 3; i++) {

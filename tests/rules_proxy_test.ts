@@ -5,44 +5,10 @@ import assert from "node:assert/strict";
 import { ProxyRateLimiter, type ProxyRateLimiterOptions } from "../mod.ts";
 import { loadConfigFile } from "../lib/config/config_file.ts";
 import { RedisServer, redisTest, waitFor } from "./_helpers/redis_server.ts";
+import { startEchoUpstream } from "./_helpers/upstream.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
-
-/** A TCP upstream that accepts and holds connections, echoing. */
-function startTcpUpstream() {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const conns = new Set<Deno.Conn>();
-  const loop = (async () => {
-    for await (const conn of listener) {
-      conns.add(conn);
-      (async () => {
-        const buf = new Uint8Array(1024);
-        try {
-          for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
-            await conn.write(buf.subarray(0, n));
-          }
-        } catch {
-          // closed
-        } finally {
-          conns.delete(conn);
-          closeQuietly(conn);
-        }
-      })();
-    }
-  })().catch(() => {});
-  return {
-    port: (listener.addr as Deno.NetAddr).port,
-    get open() {
-      return conns.size;
-    },
-    async [Symbol.asyncDispose]() {
-      listener.close();
-      for (const c of conns) closeQuietly(c);
-      await loop;
-    },
-  };
-}
 
 function closeQuietly(conn: Deno.Conn): void {
   try {
@@ -105,9 +71,9 @@ async function api(proxy: ProxyRateLimiter, path: string, init?: RequestInit) {
 }
 
 Deno.test("the rules through a real proxy: host:port, then host, then group, then default; runtime overrides on top", async () => {
-  await using a = startTcpUpstream();
-  await using b = startTcpUpstream();
-  await using c = startTcpUpstream();
+  await using a = startEchoUpstream();
+  await using b = startEchoUpstream();
+  await using c = startEchoUpstream();
   const proxy = await startProxy({
     rules: {
       default: 2,
@@ -153,7 +119,7 @@ Deno.test("the rules through a real proxy: host:port, then host, then group, the
 });
 
 Deno.test("setRules: an invalid rule changes nothing; a group applies at once", async () => {
-  await using a = startTcpUpstream();
+  await using a = startEchoUpstream();
   const proxy = await startProxy({ rules: { default: 5 } });
   const held: Deno.Conn[] = [];
   try {
@@ -172,7 +138,7 @@ Deno.test("setRules: an invalid rule changes nothing; a group applies at once", 
 });
 
 Deno.test("a reload under load drops no tunnel; lowering admits nothing until under, raising admits at once; counts end at 0", async () => {
-  await using up = startTcpUpstream();
+  await using up = startEchoUpstream();
   const dir = await Deno.makeTempDir({ prefix: "dprl-rules-" });
   const file = `${dir}/dprl.yaml`;
   const target = `127.0.0.1:${up.port}`;
@@ -236,8 +202,8 @@ async function startFleet(redis: string, options: ProxyRateLimiterOptions) {
 
 await redisTest("a group cap is held exactly by three proxies on one Redis", "server", async () => {
   await using redis = await RedisServer.start();
-  await using a = startTcpUpstream();
-  await using b = startTcpUpstream();
+  await using a = startEchoUpstream();
+  await using b = startEchoUpstream();
   const members = [`127.0.0.1:${a.port}`, `localhost:${b.port}`];
   const fleet = await startFleet(redis.url, {
     rules: { default: 10, groups: [{ name: "shared", match: members, limit: 5 }] },
@@ -277,7 +243,7 @@ await redisTest(
   "server",
   async () => {
     await using redis = await RedisServer.start();
-    await using up = startTcpUpstream();
+    await using up = startEchoUpstream();
     const target = `127.0.0.1:${up.port}`;
     const fleet = await startFleet(redis.url, { rules: { hosts: { [target]: 10 } } });
     const held: Deno.Conn[] = [];
@@ -355,7 +321,7 @@ await redisTest(
   "server",
   async () => {
     await using redis = await RedisServer.start();
-    await using up = startTcpUpstream();
+    await using up = startEchoUpstream();
     const target = `127.0.0.1:${up.port}`;
     const variants = [
       { hosts: { [target]: 5 } },

@@ -700,3 +700,53 @@ export async function blackHole(): Promise<BlackHole> {
   }
   return { authority: `127.0.0.1:${port}`, port, [Symbol.dispose]: close };
 }
+
+/** A raw TCP echo server, for tunnels that stay open. */
+export interface EchoUpstream extends AsyncDisposable {
+  /** The port it listens on (127.0.0.1). */
+  readonly port: number;
+  /** Connections open right now. */
+  readonly open: number;
+}
+
+/** Starts a TCP server on 127.0.0.1 that holds every connection and echoes what it reads. */
+export function startEchoUpstream(): EchoUpstream {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<Deno.Conn>();
+  const closeQuietly = (conn: Deno.Conn) => {
+    try {
+      conn.close();
+    } catch {
+      // already closed
+    }
+  };
+  const loop = (async () => {
+    for await (const conn of listener) {
+      conns.add(conn);
+      (async () => {
+        const buf = new Uint8Array(1024);
+        try {
+          for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
+            await conn.write(buf.subarray(0, n));
+          }
+        } catch {
+          // closed
+        } finally {
+          conns.delete(conn);
+          closeQuietly(conn);
+        }
+      })();
+    }
+  })().catch(() => {});
+  return {
+    port: (listener.addr as Deno.NetAddr).port,
+    get open() {
+      return conns.size;
+    },
+    async [Symbol.asyncDispose]() {
+      listener.close();
+      for (const c of conns) closeQuietly(c);
+      await loop;
+    },
+  };
+}
