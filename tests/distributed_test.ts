@@ -1,6 +1,7 @@
 // Fleet tests: several real proxies share one real redis-server, and the cap
 // holds across all of them, including when one of them is killed.
 import assert from "node:assert/strict";
+import { killChild } from "./_helpers/process.ts";
 import { ProxyRateLimiter } from "../mod.ts";
 import {
   freePort,
@@ -310,13 +311,7 @@ await redisTest(
       }
     } finally {
       tunnels.forEach(closeQuietly);
-      try {
-        child.kill("SIGKILL");
-      } catch {
-        // already dead
-      }
-      await child.status;
-      await child.stdout.cancel().catch(() => {});
+      await killChild(child);
     }
   },
 );

@@ -3,6 +3,7 @@
 // request anywhere; a client that leaves, or a proxy that dies, never blocks
 // the line.
 import assert from "node:assert/strict";
+import { killChild } from "./_helpers/process.ts";
 import { BufferedConn, readResponse, request } from "./_helpers/raw.ts";
 import { startUpstream } from "./_helpers/upstream.ts";
 import { startProxy, type TestProxy } from "./_helpers/proxy.ts";
@@ -194,13 +195,7 @@ await redisTest(
       assert.equal(await lineLength(redis, up.authority), 0);
     } finally {
       clearTimeout(guard);
-      try {
-        child.kill("SIGKILL");
-      } catch {
-        // already dead
-      }
-      await child.status;
-      await child.stdout.cancel().catch(() => {});
+      await killChild(child);
     }
   },
 );

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { killChild } from "./_helpers/process.ts";
 import { Redis } from "ioredis";
 import { configure, getLogger, type LogRecord } from "@logtape/logtape";
 import {
@@ -254,13 +255,7 @@ await redisTest(
       assert.ok(Date.now() - killedAt <= LEASE + 300);
       assert.equal(await ws[0].count(host), 1);
     } finally {
-      try {
-        child.kill("SIGKILL");
-      } catch {
-        // already dead
-      }
-      await child.status;
-      await child.stdout.cancel().catch(() => {});
+      await killChild(child);
     }
   },
 );
@@ -1101,13 +1096,7 @@ await redisTest(
       await child.status;
       await waitFor(async () => (await ws[0].workers()).length === 2, LEASE + 300, "gone");
     } finally {
-      try {
-        child.kill("SIGKILL");
-      } catch {
-        // already dead
-      }
-      await child.status;
-      await child.stdout.cancel().catch(() => {});
+      await killChild(child);
     }
   },
 );
