@@ -141,6 +141,62 @@ await redisTest(
   },
 );
 
+/** EVALSHA and EVAL calls `server` ran since its last `CONFIG RESETSTAT`. */
+async function scriptCalls(server: RedisServer): Promise<number> {
+  const info = await server.cli("INFO", "commandstats");
+  let calls = 0;
+  for (const m of info.matchAll(/cmdstat_(?:evalsha|eval):calls=(\d+)/g)) calls += Number(m[1]);
+  return calls;
+}
+
+await redisTest(
+  "a slot given back and taken again at once by the same worker costs no Redis call",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    const server = redis.server!;
+    await using ws = limiters(1, { redis: redis.url, prefix: "p" });
+    const w = ws[0];
+    const host = "kept.example";
+    const n = `p:{${host}}:n`;
+    assert.equal(await w.acquire(host, 4), true);
+    await server.cli("CONFIG", "RESETSTAT");
+    for (let i = 0; i < 50; i++) {
+      w.release(host);
+      assert.equal(w.localCount(host), 0);
+      assert.equal(await w.acquire(host, 4), true);
+    }
+    assert.equal(await scriptCalls(server), 0);
+    // Kept or held, Redis counted the slot all along; given back, it goes.
+    assert.equal((await server.cli("HGET", n, w.workerId)).trim(), "1");
+    w.release(host);
+    await waitFor(async () => (await server.cli("EXISTS", n)).trim() === "0", 2_000, "released");
+  },
+);
+
+await redisTest(
+  "a slot given back is kept only while the fleet has room, and count tells the truth at once",
+  "any",
+  async () => {
+    await using redis = await useRedis();
+    await using ws = limiters(2, { redis: redis.url, prefix: redis.prefix });
+    const [a, b] = ws;
+    const host = "full.example";
+    assert.equal(await a.acquire(host, 1), true);
+    a.release(host); // the host is at its limit: no keeping
+    await Promise.resolve(); // the turn's release is sent
+    await a.client.ping(); // ... and answered
+    assert.equal(await b.acquire(host, 1), true);
+    b.release(host);
+    assert.equal(await b.count(host), 0);
+    assert.equal(await a.acquire(host, 3), true);
+    assert.equal(await a.acquire(host, 3), true);
+    a.release(host);
+    assert.equal(await b.count(host), 2); // kept by a, still counted
+    assert.equal(await a.count(host), 1); // a gives it back to count
+  },
+);
+
 await redisTest(
   "limit 0 admits everything and release never drives a count below zero",
   "any",

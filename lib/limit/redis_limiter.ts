@@ -74,6 +74,13 @@ interface HostState {
   counted: number;
   /** Slots admitted in failure mode `"open"`, never counted in Redis. */
   uncounted: number;
+  /**
+   * Of `counted`, slots given back here but still counted in Redis, kept for
+   * this worker's next acquire of the host (see {@linkcode KEEP_MS}).
+   */
+  kept: number;
+  /** The limit the last acquire named (0: none). */
+  limit: number;
   /** Acquires sent to Redis and not answered yet. */
   pending: number;
   /** Syncs sent so far (tells an acquire whether a sync counted it). */
@@ -190,6 +197,17 @@ const TTL_LEASES = 4;
  */
 const RENEW_LEASES = 2;
 
+/**
+ * How long a slot given back stays counted in Redis for this worker's next
+ * acquire of the same host, in ms: a worker that closes a connection and
+ * opens another to the host within it makes no Redis call for either. A slot
+ * is kept only while the fleet holds fewer than the host's limit with it (so
+ * nobody else is refused for it), the host is in no group and no request of
+ * this worker waits in its line; a refusal anywhere in the fleet
+ * (`<prefix>:pressure`) gives the host's kept slots back at once.
+ */
+export const KEEP_MS = 5;
+
 /** Most hosts one heartbeat script call syncs. */
 const BATCH_HOSTS = 256;
 
@@ -254,6 +272,8 @@ export class RedisLimiter implements Limiter {
   /** This turn's acquires and releases, by host, until the flush sends them. */
   #queued = new Map<string, Batch>();
   #touched = new Set<string>();
+  /** Hosts with kept slots; {@linkcode KEEP_MS} after the first, they are given back. */
+  #keeping = new Set<string>();
   #available = true;
   #everReady = false;
   /** The connection closed and no 'ready' has been handled since. */
@@ -394,7 +414,7 @@ export class RedisLimiter implements Limiter {
   /** The slots this process holds for `host`, counted or not. */
   localCount(host: string): number {
     const s = this.#hosts.get(host);
-    return s ? s.counted + s.uncounted : 0;
+    return s ? s.counted - s.kept + s.uncounted : 0;
   }
 
   /**
@@ -436,6 +456,14 @@ export class RedisLimiter implements Limiter {
         new Error("Redis lost its counts and the fleet is re-asserting them"),
         groupLimit,
       );
+    }
+    s.limit = limit;
+    if (s.kept > 0) {
+      if (ticket === undefined && this.#mayKeep(host, s, 0)) {
+        s.kept--;
+        return true;
+      }
+      this.#giveBackKept([host]);
     }
     this.#touched.add(host);
     s.pending++;
@@ -598,7 +626,10 @@ export class RedisLimiter implements Limiter {
     const pressure = `${this.#prefix}:pressure`;
     const lost = `${this.#prefix}:lost`;
     sub.on("message", (channel: string, message: string) => {
-      if (channel === pressure) this.onPressure?.(message);
+      if (channel === pressure) {
+        if (this.#keeping.has(message)) this.#giveBackKept([message]);
+        this.onPressure?.(message);
+      }
       else if (channel === lost) this.#lossNotice(message);
       else if (this.#tickets.has(message)) this.onWake?.(message);
     });
@@ -628,6 +659,7 @@ export class RedisLimiter implements Limiter {
   enqueue(host: string): string {
     const ticket = `${this.#worker}|${(this.#ticketSeq++).toString(36).padStart(11, "0")}`;
     if (this.#closed) return ticket;
+    if (this.#keeping.has(host)) this.#giveBackKept([host]);
     let tickets = this.#tickets.get(host);
     if (!tickets) {
       this.#tickets.set(host, tickets = new Set());
@@ -717,12 +749,47 @@ export class RedisLimiter implements Limiter {
       this.#collect(host, s);
       return;
     }
-    if (s.counted <= 0) return;
+    if (s.counted - s.kept <= 0) return;
+    if (this.#closed) {
+      s.counted--;
+      return;
+    }
+    if (!this.#failFast() && this.#mayKeep(host, s, 1)) {
+      s.kept++;
+      if (this.#keeping.size === 0) setTimeout(() => this.#giveBackKept(), KEEP_MS);
+      this.#keeping.add(host);
+      return;
+    }
     s.counted--;
-    if (this.#closed) return;
     if (this.#failFast()) this.#markDirty(host, s);
     else this.#batch(host, s).releases++;
     this.#collect(host, s);
+  }
+
+  /**
+   * Whether a slot of `host` may stay with this worker: no group, no request
+   * of this worker in its line, and the fleet (as last answered, kept slots
+   * included) holds at most its limit less `room`.
+   */
+  #mayKeep(host: string, s: HostState, room: number): boolean {
+    if (this.#groupOf.has(host) || this.#tickets.has(host)) return false;
+    return s.limit <= 0 || (this.#fleet.get(host) ?? Infinity) <= s.limit - room;
+  }
+
+  /** Gives back the kept slots of `hosts` (default: every host keeping some). */
+  #giveBackKept(hosts: Iterable<string> = this.#keeping): void {
+    for (const host of [...hosts]) {
+      this.#keeping.delete(host);
+      const s = this.#hosts.get(host);
+      if (!s || s.kept === 0) continue;
+      const n = s.kept;
+      s.kept = 0;
+      s.counted -= n;
+      if (this.#closed) continue;
+      if (this.#failFast()) this.#markDirty(host, s);
+      else this.#batch(host, s).releases += n;
+      this.#collect(host, s);
+    }
   }
 
   /**
@@ -736,6 +803,9 @@ export class RedisLimiter implements Limiter {
     }
     try {
       if (this.#failFast()) throw new Error("Redis is unreachable");
+      if (this.#keeping.has(host)) this.#giveBackKept([host]);
+      // This turn's releases are sent before the count.
+      if (this.#queued.has(host)) await Promise.resolve();
       const [total] = (await this.#count([host])).map(Number);
       this.#fleet.set(host, total);
       return total;
@@ -948,6 +1018,8 @@ export class RedisLimiter implements Limiter {
       s = {
         counted: 0,
         uncounted: 0,
+        kept: 0,
+        limit: 0,
         pending: 0,
         syncs: 0,
         dirty: false,
@@ -1247,7 +1319,7 @@ export class RedisLimiter implements Limiter {
   #register(): void {
     if (this.#closed || this.#failFast()) return;
     let connections = 0;
-    for (const s of this.#hosts.values()) connections += s.counted + s.uncounted;
+    for (const s of this.#hosts.values()) connections += s.counted - s.kept + s.uncounted;
     const key = this.#workerKey(this.#worker);
     this.#call(() => this.#scripts.dprlRegister(this.#workersKey, this.#worker, this.#lease, "add"))
       .catch(() => {});
