@@ -162,6 +162,8 @@ export interface HeartbeatCost {
   seconds: number;
   /** Redis CPU (user + sys, `INFO cpu`) over the time, in percent of a core. */
   redisCpuPercent: number;
+  /** The same for the idle Redis over 5 s before the limiter holds any host. */
+  idleCpuPercent: number;
   /** The same from /proc. */
   redisProcCpuPercent: number;
   /** The limiter's Redis calls per second (each one round trip). */
@@ -243,6 +245,11 @@ export async function clusterHeartbeatCost(hosts = HOSTS): Promise<{
  */
 export async function heartbeatCost(redis: RedisServer, hosts = HOSTS): Promise<HeartbeatCost> {
   await redis.flushAll();
+  const idle0 = redisCpu(await redis.info("cpu"));
+  const idleStarted = performance.now();
+  await new Promise((r) => setTimeout(r, 5_000));
+  const idleCpuPercent = (100 * (redisCpu(await redis.info("cpu")) - idle0)) /
+    ((performance.now() - idleStarted) / 1000);
   const limiter = new RedisLimiter({ redis: redis.url, lease: LEASE_MS, prefix: "bench" });
   try {
     await holdUntilBetweenBeats(limiter, hosts);
@@ -262,6 +269,7 @@ export async function heartbeatCost(redis: RedisServer, hosts = HOSTS): Promise<
       hosts,
       seconds: +seconds.toFixed(1),
       redisCpuPercent: +((100 * (cpu1 - cpu0)) / seconds).toFixed(3),
+      idleCpuPercent: +idleCpuPercent.toFixed(3),
       redisProcCpuPercent: +((100 * (proc1.user + proc1.sys - proc0.user - proc0.sys)) / seconds)
         .toFixed(2),
       roundTripsPerSecond: +(trips / seconds).toFixed(1),

@@ -62,6 +62,8 @@ export interface RedisCostFigures {
   heartbeat?: {
     hosts: number;
     redisCpuPercent: number;
+    /** The idle Redis alone, before the hosts are held. */
+    idleCpuPercent?: number;
     roundTripsPerSecond: number;
   };
 }
@@ -337,6 +339,12 @@ export function redisCostTable(r: Results): string {
         hb ? fmt(hb.redisCpuPercent, 2) : "—",
         "≤ 1",
         verdict(hb ? hb.redisCpuPercent <= 1 : undefined),
+      ],
+      [
+        "the same Redis idle, before any host is held (% of a core)",
+        hb?.idleCpuPercent !== undefined ? fmt(hb.idleCpuPercent, 2) : "—",
+        "",
+        "",
       ],
       [
         `heartbeat, ${fmt(hb?.hosts ?? 10_000)} hosts held: round trips per second`,

@@ -4,7 +4,7 @@
 // the line.
 import assert from "node:assert/strict";
 import { killChild } from "./_helpers/process.ts";
-import { BufferedConn, readResponse, request } from "./_helpers/raw.ts";
+import { BufferedConn, header, readResponse, request } from "./_helpers/raw.ts";
 import { startUpstream } from "./_helpers/upstream.ts";
 import { startProxy, type TestProxy } from "./_helpers/proxy.ts";
 import {
@@ -267,3 +267,45 @@ for (const [mode, expected] of [["closed", 503], ["open", 200]] as const) {
     },
   );
 }
+
+await redisTest(
+  "a refusal's Retry-After counts the fleet's line, not only this proxy's",
+  "server",
+  async () => {
+    await using redis = await RedisServer.start();
+    await using up = await startUpstream();
+    await using waits = await startProxy({
+      redis: redis.url,
+      defaultMaxConnectionsPerHost: 1,
+      queueTimeout: 20_000,
+    });
+    await using refuses = await startProxy({ redis: redis.url, defaultMaxConnectionsPerHost: 1 });
+    const held = [exchange(waits.addr, request("GET", up.url("/slow"), { Host: up.authority }))];
+    await up.waitHeld(1);
+    for (let i = 0; i < 7; i++) {
+      held.push(exchange(waits.addr, request("GET", up.url("/slow"), { Host: up.authority })));
+    }
+    await waitFor(async () => await lineLength(redis, up.authority) === 7, 5_000, "7 tickets");
+    const c = await BufferedConn.connect(refuses.addr);
+    try {
+      await c.write(request("GET", up.url("/fixed"), { Host: up.authority, Connection: "close" }));
+      const res = await readResponse(c);
+      assert.match(new TextDecoder().decode(res.body), /Connection limit reached/);
+      // Nothing held or waits here: only the fleet's line of 7 says 8 holds to go.
+      const retryAfter = Number(header(res.head, "retry-after"));
+      assert.ok(retryAfter >= 8, `Retry-After: ${retryAfter}`);
+    } finally {
+      c.close();
+    }
+    let served = false;
+    const all = Promise.all(held).then((statuses) => {
+      served = true;
+      return statuses;
+    });
+    for (let i = 0; i < 200 && !served; i++) {
+      up.release();
+      await sleep(50);
+    }
+    assert.deepEqual(await all, Array(8).fill(200));
+  },
+);

@@ -62,6 +62,8 @@ export interface Limiter {
   enqueue?(host: string): string;
   /** Takes a ticket out of the line (no-op once it was granted or is gone). */
   dequeue?(host: string, ticket: string): void;
+  /** The requests waiting for `host` in the fleet's line, as last seen. */
+  waiting?(host: string): number;
   /**
    * Set by the owner of waiting requests: called with a host when a slot of
    * it may have come free elsewhere in the fleet.

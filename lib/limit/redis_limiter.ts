@@ -95,8 +95,6 @@ interface HostState {
    * when first seen, so that renewals of many hosts spread over heartbeats.
    */
   renewedAt: number;
-  /** When (ms since epoch) the last sync that renewed this worker's lease of the host was sent. */
-  leaseAt: number;
 }
 
 /** An acquire waiting in a {@linkcode Batch}. */
@@ -125,7 +123,7 @@ interface ScriptedClient {
   status: string;
   dprlAcquire(
     n: string,
-    w: string,
+    leases: string,
     e: string,
     members: string,
     q: string,
@@ -144,16 +142,15 @@ interface ScriptedClient {
   ): Promise<(number | string)[]>;
   dprlRelease(
     n: string,
-    w: string,
     e: string,
     q: string,
     worker: string,
     count: number,
     host: string,
   ): Promise<number>;
-  /** `numKeys`, the epoch key, then n and w of each host; then the arguments. */
+  /** `numKeys`, the epoch key, the slot's lease set, then n of each host; then the arguments. */
   dprlSync(numKeys: number, ...keysAndArgs: (string | number)[]): Promise<(string | number)[]>;
-  /** `numKeys`, n and w of each host, then the lease. */
+  /** `numKeys`, n and the lease set of each host, then the lease. */
   dprlCount(numKeys: number, ...keysAndArgs: (string | number)[]): Promise<number[]>;
   dprlRegister(workers: string, worker: string, lease: number, op: string): Promise<string[]>;
   /** q and qw of one host, then worker, lease, ttl, op, host, adds, tickets. */
@@ -188,14 +185,21 @@ interface LineOps {
 }
 
 /** How many leases an idle host's keys outlive their last write. */
-const TTL_LEASES = 4;
+const TTL_LEASES = 8;
 
 /**
  * How many leases may pass before a heartbeat renews a held host's keys'
  * expiry (they outlive their last renewal by {@linkcode TTL_LEASES}); the
- * heartbeats between only renew the lease.
+ * heartbeats between only renew the worker's lease of the slot.
  */
-const RENEW_LEASES = 2;
+const RENEW_LEASES = 4;
+
+/**
+ * How many held hosts that need no sync a heartbeat checks all the same (the
+ * ones checked longest ago): with up to this many, every heartbeat checks
+ * every count; with more, each is checked in turn.
+ */
+const CHECK_HOSTS = 256;
 
 /**
  * How long a slot given back stays counted in Redis for this worker's next
@@ -219,10 +223,14 @@ const PIPELINE_HOSTS = 2_048;
  * of a fleet.
  *
  * For host `H` it keeps `<prefix>:{H}:n` (hash: worker id -> this worker's
- * open connections) and `<prefix>:{H}:w` (sorted set: worker id -> lease
- * deadline), changed only by Lua scripts that take their time from Redis.
- * A heartbeat re-asserts this worker's counts every third of a lease, and at
- * once after a reconnect, so lost writes and a Redis restart heal themselves.
+ * open connections), and per Cluster slot (on a single Redis: once) a lease
+ * set (sorted set: worker id -> lease deadline), changed only by Lua scripts
+ * that take their time from Redis. A heartbeat every third of a lease renews
+ * this worker's lease once per slot, whatever the number of hosts it holds
+ * there, and re-asserts the counts of the hosts that need it (changed, due to
+ * renew their keys' expiry, and a bounded number checked in turn); at once
+ * after a reconnect it re-asserts every count, so lost writes and a Redis
+ * restart heal themselves.
  * An epoch key per slot tells a worker when Redis lost keys behind its back
  * (`FLUSHALL`, eviction); the fleet is then told on `<prefix>:lost` and new
  * slots follow the failure mode until every worker has re-asserted its counts.
@@ -307,6 +315,10 @@ export class RedisLimiter implements Limiter {
   #info: Omit<WorkerInfo, "id" | "connections">;
   /** Fleet-wide open connections by host, as of the last answer or heartbeat. */
   #fleet = new Map<string, number>();
+  /** Lengths of the fleet's lines, by host, as last answered (hosts with none left out). */
+  #lines = new Map<string, number>();
+  /** When (ms since epoch) the last answered sync renewing this worker's lease of a slot was sent, by epoch key. */
+  #leasedAt = new Map<string, number>();
   #onReady = (): void => this.#handleReady();
   #onClose = (): void => {
     if (this.#closed) return;
@@ -350,7 +362,7 @@ export class RedisLimiter implements Limiter {
     };
     const wakes = (lua: string): string => this.#cluster ? forCluster(lua) : lua;
     client.defineCommand("dprlAcquire", { numberOfKeys: 6, lua: wakes(ACQUIRE_LUA) });
-    client.defineCommand("dprlRelease", { numberOfKeys: 4, lua: wakes(RELEASE_LUA) });
+    client.defineCommand("dprlRelease", { numberOfKeys: 3, lua: wakes(RELEASE_LUA) });
     client.defineCommand("dprlLine", { numberOfKeys: 2, lua: wakes(LINE_LUA) });
     client.defineCommand("dprlSync", { lua: SYNC_LUA });
     client.defineCommand("dprlCount", { lua: COUNT_LUA });
@@ -533,7 +545,7 @@ export class RedisLimiter implements Limiter {
       reply = await this.#call(() =>
         this.#scripts.dprlAcquire(
           this.#key(host, "n"),
-          this.#key(host, "w"),
+          this.#leaseKey(epochKey),
           epochKey,
           this.#membersKey(host),
           this.#key(host, "q"),
@@ -562,6 +574,7 @@ export class RedisLimiter implements Limiter {
     }
     s.pending -= k;
     const grants = acquires.map((_, i) => Number(reply[3 + i]) === 1);
+    this.#noteLine(host, Number(reply[3 + k]));
     const granted = grants.filter(Boolean).length;
     // A sync sent after this call counted all of them as held (as pending).
     const syncedSince = s.syncs !== syncsAtSend;
@@ -629,8 +642,7 @@ export class RedisLimiter implements Limiter {
       if (channel === pressure) {
         if (this.#keeping.has(message)) this.#giveBackKept([message]);
         this.onPressure?.(message);
-      }
-      else if (channel === lost) this.#lossNotice(message);
+      } else if (channel === lost) this.#lossNotice(message);
       else if (this.#tickets.has(message)) this.onWake?.(message);
     });
     sub.on("smessage", (_channel: string, message: string) => {
@@ -722,7 +734,22 @@ export class RedisLimiter implements Limiter {
         ...ops.adds,
         ...ops.removes,
       )
-    ).catch(() => {});
+    ).then((length) => this.#noteLine(host, Number(length)), () => {});
+  }
+
+  /** Takes in the length of the fleet's line of `host` as a script answered it. */
+  #noteLine(host: string, length: number): void {
+    if (length > 0) this.#lines.set(host, length);
+    else this.#lines.delete(host);
+  }
+
+  /**
+   * The requests waiting for `host` in the fleet's line, as Redis last
+   * answered (an acquire, a change of the line or a heartbeat); 0 when none
+   * is known to wait.
+   */
+  waiting(host: string): number {
+    return this.#lines.get(host) ?? 0;
   }
 
   /** Listens for (or stops listening for) the wake-ups of the line of `host`. */
@@ -845,20 +872,23 @@ export class RedisLimiter implements Limiter {
     this.#touched.clear();
     this.#hosts.clear();
     this.#fleet.clear();
+    this.#lines.clear();
     if (client.status === "ready") {
       await Promise.allSettled([
         ...this.#batches(hosts).map(([e, batch]) =>
           withTimeout(
             this.#scripts.dprlSync(
-              1 + 2 * batch.length,
+              2 + batch.length,
               e,
-              ...batch.flatMap((host) => [this.#key(host, "n"), this.#key(host, "w")]),
+              this.#leaseKey(e),
+              ...batch.map((host) => this.#key(host, "n")),
               this.#worker,
               this.#lease,
               this.#ttl,
               this.#known.get(e) ?? "",
               this.#fresh,
-              ...batch.flatMap((host) => [0, 0, 0, 0, host]),
+              "leave",
+              ...batch.flatMap((host) => [0, 0, 0, host]),
             ),
             this.#timeout,
           )
@@ -894,7 +924,7 @@ export class RedisLimiter implements Limiter {
     client.off("error", this.#onError);
   }
 
-  #key(host: string, kind: "n" | "w" | "q" | "qw"): string {
+  #key(host: string, kind: "n" | "q" | "qw"): string {
     const group = this.#groupOf.get(host);
     if (group !== undefined) return `${this.#prefix}:{g:${group}}:h:${host}:${kind}`;
     return `${this.#prefix}:{${host}}:${kind}`;
@@ -915,6 +945,11 @@ export class RedisLimiter implements Limiter {
   #epochKey(host: string): string {
     if (!this.#cluster) return `${this.#prefix}:epoch`;
     return `${this.#prefix}:{${slotTag(keySlot(this.#key(host, "n")))}}:epoch`;
+  }
+
+  /** The lease set of the slot whose epoch key is `epochKey`: `<prefix>:leases` on a single Redis. */
+  #leaseKey(epochKey: string): string {
+    return `${epochKey.slice(0, -"epoch".length)}leases`;
   }
 
   get #workersKey(): string {
@@ -1025,7 +1060,6 @@ export class RedisLimiter implements Limiter {
         dirty: false,
         dirtyGen: 0,
         renewedAt: Date.now() - Math.random() * this.#renewEvery,
-        leaseAt: Date.now(),
       };
       this.#hosts.set(host, s);
     }
@@ -1112,7 +1146,6 @@ export class RedisLimiter implements Limiter {
     this.#call(() =>
       this.#scripts.dprlRelease(
         this.#key(host, "n"),
-        this.#key(host, "w"),
         this.#epochKey(host),
         this.#key(host, "q"),
         this.#worker,
@@ -1138,6 +1171,42 @@ export class RedisLimiter implements Limiter {
     for (const [e, group] of groups) {
       for (let i = 0; i < group.length; i += BATCH_HOSTS) {
         out.push([e, group.slice(i, i + BATCH_HOSTS)]);
+      }
+    }
+    return out;
+  }
+
+  /**
+   * What a heartbeat sends: for every slot in which this worker holds a host,
+   * one call that renews its lease there, with the hosts that need a sync
+   * (changed behind Redis's back, holding nothing, due to renew their keys'
+   * expiry, or in a slot whose lease may have passed) and the
+   * {@linkcode CHECK_HOSTS} others synced longest ago. Batches of at most
+   * {@linkcode BATCH_HOSTS} hosts.
+   */
+  #dueBatches(): [string, string[]][] {
+    const now = Date.now();
+    const slots = new Map<string, string[]>();
+    let rest: [string, HostState, string][] = [];
+    for (const [host, s] of this.#hosts) {
+      const e = this.#epochKey(host);
+      let due = slots.get(e);
+      if (!due) slots.set(e, due = []);
+      if (
+        s.dirty || this.#syncCount(host, s) <= 0 || now - s.renewedAt >= this.#renewEvery ||
+        !this.#leaseHeld(e, now)
+      ) due.push(host);
+      else rest.push([host, s, e]);
+    }
+    if (rest.length > CHECK_HOSTS) {
+      rest = rest.sort((a, b) => a[1].renewedAt - b[1].renewedAt).slice(0, CHECK_HOSTS);
+    }
+    for (const [host, , e] of rest) slots.get(e)!.push(host);
+    const out: [string, string[]][] = [];
+    for (const [e, due] of slots) {
+      out.push([e, due.slice(0, BATCH_HOSTS)]);
+      for (let i = BATCH_HOSTS; i < due.length; i += BATCH_HOSTS) {
+        out.push([e, due.slice(i, i + BATCH_HOSTS)]);
       }
     }
     return out;
@@ -1200,33 +1269,19 @@ export class RedisLimiter implements Limiter {
   }
 
   /**
-   * The script call that syncs `hosts` (keys in one slot, epoch key `e`),
-   * and what to do with its answer.
+   * The script call that renews this worker's lease of the slot of epoch key
+   * `e` and syncs `hosts` (keys in that slot), and what to do with its answer.
    */
   #prepareSync(e: string, hosts: [string, HostState][]): PreparedSync {
     const args: (string | number)[] = [];
     const dirtyAt: number[] = [];
     const now = Date.now();
-    const paths: number[] = [];
     for (const [host, s] of hosts) {
-      // What is queued reaches Redis after this sync: leave it out.
       const queued = this.#queued.get(host);
-      const queuedAcquires = queued?.acquires.length ?? 0;
-      const queuedReleases = queued?.releases ?? 0;
-      // The fast path (see SYNC_LUA) only for a count Redis has and a lease
-      // that cannot have passed; the full path renews the keys as well.
-      const count = s.counted + s.pending - queuedAcquires + queuedReleases;
-      const path = s.dirty || count <= 0 || now - s.leaseAt >= this.#lease / 2
-        ? 0
-        : now - s.renewedAt >= this.#renewEvery
-        ? 2
-        : 1;
-      paths.push(path);
       args.push(
-        count,
-        s.counted + queuedReleases,
+        this.#syncCount(host, s),
+        s.counted + (queued?.releases ?? 0),
         s.dirty ? 0 : 1,
-        path,
         host,
       );
       dirtyAt.push(s.dirtyGen);
@@ -1235,22 +1290,26 @@ export class RedisLimiter implements Limiter {
     }
     return {
       keysAndArgs: [
-        1 + 2 * hosts.length,
+        2 + hosts.length,
         e,
-        ...hosts.flatMap(([host]) => [this.#key(host, "n"), this.#key(host, "w")]),
+        this.#leaseKey(e),
+        ...hosts.map(([host]) => this.#key(host, "n")),
         this.#worker,
         this.#lease,
         this.#ttl,
         this.#known.get(e) ?? "",
         this.#fresh,
+        this.#leaseHeld(e, now) ? 1 : 0,
         ...args,
       ],
       answered: (reply) => {
-        this.#noteEpoch(e, Number(reply[1]), String(reply[0]), "");
+        this.#leasedAt.set(e, now);
+        const lost = Number(reply[1]);
+        this.#noteEpoch(e, lost, String(reply[0]), "");
+        if (lost === 1) this.#recover("the lease set of a slot was deleted or evicted", true, null);
         hosts.forEach(([host, s], i) => {
           if (s.dirtyGen === dirtyAt[i]) s.dirty = false;
-          s.leaseAt = now;
-          if (paths[i] !== 1) s.renewedAt = now;
+          s.renewedAt = now;
           this.#fleet.set(host, Number(reply[2 + 2 * i]));
           if (Number(reply[3 + 2 * i]) === 2) {
             this.#recover(`the keys of ${host} were deleted or evicted`, true, host);
@@ -1264,6 +1323,17 @@ export class RedisLimiter implements Limiter {
     };
   }
 
+  /** The count of `host` a sync sends: what is queued reaches Redis after it. */
+  #syncCount(host: string, s: HostState): number {
+    const queued = this.#queued.get(host);
+    return s.counted + s.pending - (queued?.acquires.length ?? 0) + (queued?.releases ?? 0);
+  }
+
+  /** Whether this worker's lease of the slot of epoch key `e` cannot have passed. */
+  #leaseHeld(e: string, now: number): boolean {
+    return now - (this.#leasedAt.get(e) ?? -Infinity) < this.#lease / 2;
+  }
+
   /** The fleet's open connections to each of `hosts`, in batches of one slot each. */
   async #count(hosts: string[]): Promise<number[]> {
     const batches = this.#batches(hosts);
@@ -1272,7 +1342,7 @@ export class RedisLimiter implements Limiter {
       const reply = await this.#call(() =>
         this.#scripts.dprlCount(
           2 * batch.length,
-          ...batch.flatMap((host) => [this.#key(host, "n"), this.#key(host, "w")]),
+          ...batch.flatMap((host) => [this.#key(host, "n"), this.#leaseKey(this.#epochKey(host))]),
           this.#lease,
         )
       );
@@ -1289,7 +1359,7 @@ export class RedisLimiter implements Limiter {
    */
   #beat(): void {
     if (this.#closed || this.#failFast()) return;
-    this.#syncAll(this.#batches(this.#hosts.keys()));
+    this.#syncAll(this.#dueBatches());
     for (const [host, tickets] of this.#tickets) {
       // A ticket being granted right now must not come back as a ghost.
       const adds = [...tickets].filter((t) => !this.#asking.has(t));

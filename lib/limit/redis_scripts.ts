@@ -1,12 +1,14 @@
 /**
- * The Lua scripts of the Redis limiter. For host `H` the keys are
- * `<prefix>:{H}:n` (hash: worker id -> open connections) and `<prefix>:{H}:w`
- * (sorted set: worker id -> lease deadline in ms); the scripts that write also
- * take the epoch key of the slot (a string: a random token set once). Every
- * call touches keys of one slot only, so it runs on Redis Cluster; a
- * heartbeat syncs a batch of hosts of one slot in one call. Time comes from
- * Redis `TIME`, never from a worker's clock. No script looks at any other
- * key, so their cost does not depend on the size of the database.
+ * The Lua scripts of the Redis limiter. For host `H` the count key is
+ * `<prefix>:{H}:n` (hash: worker id -> open connections). The workers'
+ * leases live once per slot, not per host: in the lease set `L` of the
+ * host's slot (sorted set: worker id -> lease deadline in ms;
+ * `<prefix>:leases` on a single Redis, `<prefix>:{<tag>}:leases` per slot on
+ * Cluster), beside the slot's epoch hash. A heartbeat renews one lease per
+ * slot whatever the number of hosts held in it. Every call touches keys of
+ * one slot only, so it runs on Redis Cluster. Time comes from Redis `TIME`,
+ * never from a worker's clock. No script looks at any other key, so their
+ * cost does not depend on the size of the database.
  *
  * A worker's count is live only while its lease deadline lies between now and
  * now + lease + {@linkcode LEASE_MARGIN_MS}: a field without a live lease, or
@@ -31,20 +33,20 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 `;
 
 /**
- * Lua function `live(n, w, worker, prune)`: the sum of the live workers'
+ * Lua function `live(n, L, worker, prune)`: the sum of the live workers'
  * fields of one host and `worker`'s own live count. Needs locals `now` and
  * `lease`; with `prune` true, deletes the dead and forged members and fields
  * it meets.
  */
 const LIVE = `
-local function live(n, w, worker, prune)
+local function live(n, L, worker, prune)
   local horizon = now + lease + ${LEASE_MARGIN_MS}
   if prune then
-    redis.call('ZREMRANGEBYSCORE', w, '-inf', '(' .. now)
-    redis.call('ZREMRANGEBYSCORE', w, '(' .. horizon, '+inf')
+    redis.call('ZREMRANGEBYSCORE', L, '-inf', '(' .. now)
+    redis.call('ZREMRANGEBYSCORE', L, '(' .. horizon, '+inf')
   end
   local alive = {}
-  local members = redis.call('ZRANGEBYSCORE', w, now, horizon)
+  local members = redis.call('ZRANGEBYSCORE', L, now, horizon)
   for i = 1, #members do alive[members[i]] = true end
   local sum = 0
   local mine = 0
@@ -73,7 +75,7 @@ end
  *   worker knows (`''` when it knows none) and creates it with `fresh` when
  *   the hash is missing. Returns the token and 1 when the keys of the slot
  *   were lost since the worker last looked, else 0.
- * - `keys_lost(e, host, n, w)`: whether the host's keys are missing while they
+ * - `keys_lost(e, host, n, L)`: whether the host's keys are missing while they
  *   must exist. Then the holders are expected to re-assert within a
  *   heartbeat; past a lease none is alive, and the mark is dropped.
  * - `unmark_if_gone(e, host, n)`: drops the mark of a host whose keys are gone.
@@ -89,10 +91,10 @@ local function check_epoch(e, known, fresh)
   if known ~= '' and epoch ~= known then return epoch, 1 end
   return epoch, 0
 end
-local function keys_lost(e, host, n, w)
+local function keys_lost(e, host, n, L)
   local deadline = tonumber(redis.call('HGET', e, host) or '0') or 0
   if deadline <= now then return false end
-  if redis.call('EXISTS', n, w) == 2 then return false end
+  if redis.call('EXISTS', n, L) == 2 then return false end
   redis.call('HSET', e, host, math.min(deadline, now + lease))
   return true
 end
@@ -104,17 +106,17 @@ end
 /**
  * Lua functions that write a host's keys. Need locals `now` and `lease`.
  *
- * - `renew_keys(n, w, e, host, ttl)`: renews the keys' expiry and the host's
+ * - `renew_keys(n, L, e, host, ttl)`: renews the keys' expiry and the host's
  *   mark in the epoch hash. A member of a group (keys
  *   `<prefix>:{g:<group>}:h:<host>:n`) is also listed in the group's member
  *   set, `<prefix>:{g:<group>}:members`, whose expiry every member's renewal
  *   renews.
- * - `write(n, w, e, host, worker, value, ttl)`: sets `worker`'s field to
+ * - `write(n, L, e, host, worker, value, ttl)`: sets `worker`'s field to
  *   `value`, renews its lease and the keys (`renew_keys`); a value of 0
  *   deletes its field and member.
  */
 const WRITE = `
-local function renew_keys(n, w, e, host, ttl)
+local function renew_keys(n, L, e, host, ttl)
   local member = string.match(n, '^(.-{g:[^}]*}:h:.*):n$')
   if member then
     local members = string.match(member, '^(.-{g:[^}]*}):h:') .. ':members'
@@ -122,18 +124,18 @@ local function renew_keys(n, w, e, host, ttl)
     redis.call('PEXPIRE', members, ttl)
   end
   redis.call('PEXPIRE', n, ttl)
-  redis.call('PEXPIRE', w, ttl)
+  redis.call('PEXPIRE', L, ttl)
   redis.call('HSET', e, host, now + ttl - 1000)
 end
-local function write(n, w, e, host, worker, value, ttl)
+local function write(n, L, e, host, worker, value, ttl)
   if value <= 0 then
+    -- The lease stays: it is the slot's, and outlives the worker's last field.
     redis.call('HDEL', n, worker)
-    redis.call('ZREM', w, worker)
     return
   end
   redis.call('HSET', n, worker, value)
-  redis.call('ZADD', w, now + lease, worker)
-  renew_keys(n, w, e, host, ttl)
+  redis.call('ZADD', L, now + lease, worker)
+  renew_keys(n, L, e, host, ttl)
 end
 `;
 
@@ -226,8 +228,8 @@ export function forCluster(lua: string): string {
 
 /**
  * `acquire(worker, leaseMs, floor, ttlMs, known, fresh, trusted, releases,
- * host, groupLimit, limit...)` on `KEYS` = n, w, epoch hash, group member
- * set, then (always last) line q and waiting workers qw: first gives back
+ * host, groupLimit, limit...)` on `KEYS` = n, the slot's lease set, epoch
+ * hash, group member set, then (always last) line q and waiting workers qw: first gives back
  * `releases` slots of `worker` (and wakes the line), then takes one slot per
  * `limit`, in order, for each while `limit` is 0 or the live workers hold
  * fewer than it and the line lets it through, unless keys were lost. A
@@ -241,7 +243,7 @@ export function forCluster(lua: string): string {
  * raised to it first; when the worker's last write is known to have landed
  * (`trusted` = 1), a count below it means the host's keys were lost. Returns
  * `{total, lost (0: no, 1: the slot's keys, 2: this host's keys), epoch,
- * granted (0|1)...}`.
+ * granted (0|1)..., tickets in the line}`.
  */
 export const ACQUIRE_LUA: string = NOW + `
 local worker = ARGV[1]
@@ -279,7 +281,7 @@ if glimit > 0 then
       if redis.call('EXISTS', m .. ':n') == 0 then
         redis.call('SREM', KEYS[4], m)
       else
-        gsum = gsum + live(m .. ':n', m .. ':w', '', false)
+        gsum = gsum + live(m .. ':n', KEYS[2], '', false)
       end
     end
   end
@@ -307,6 +309,7 @@ for i = 11, #ARGV do
   end
 end
 out[1] = sum
+out[#out + 1] = queued and redis.call('ZCARD', q) or 0
 if changed then write(KEYS[1], KEYS[2], KEYS[3], host, worker, mine, ttl) end
 -- With a count of its own, this worker's field keeps the hash.
 if mine <= 0 then unmark_if_gone(KEYS[3], host, KEYS[1]) end
@@ -314,83 +317,65 @@ return out
 `;
 
 /**
- * `release(worker, count, host)` on `KEYS` = n, w, epoch hash, line q:
- * gives back `count` slots of `worker` and wakes the line; at 0 (or below,
- * when the field was already gone) its field and member are deleted, and with
- * the last one the host's mark. Returns the worker's remaining count.
+ * `release(worker, count, host)` on `KEYS` = n, epoch hash, line q: gives
+ * back `count` slots of `worker` and wakes the line; at 0 (or below, when the
+ * field was already gone) its field is deleted, and with the last one the
+ * host's mark. Returns the worker's remaining count.
  */
 export const RELEASE_LUA: string = `
 local v = redis.call('HINCRBY', KEYS[1], ARGV[1], -tonumber(ARGV[2]))
-if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('PUBLISH', KEYS[4], ARGV[3]) end
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('PUBLISH', KEYS[3], ARGV[3]) end
 if v > 0 then return v end
 redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HDEL', KEYS[3], ARGV[3]) end
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HDEL', KEYS[2], ARGV[3]) end
 return 0
 `;
 
 /**
- * `sync(worker, leaseMs, ttlMs, known, fresh, [count, floor, trusted, path,
- * host]...)` on `KEYS` = epoch hash, then n and w of each host, all in one
- * slot: sets `worker`'s field of each host to its `count`, its own truth, and
- * renews its lease; a count of 0 deletes its field and member. `floor` and
- * `trusted` detect lost keys as in {@linkcode ACQUIRE_LUA}. Also drops up to
- * four marks of hosts whose keys have expired. Returns `{epoch, lost, [total,
- * hostLost]...}`.
- *
- * With `path` 1 or 2 (the worker's count is `trusted` and its lease, renewed
- * lately, cannot have passed), a host takes a fast path when its hash holds
- * exactly this worker's field, at `count`, and its lease set holds this
- * worker: the lease is renewed and nothing else is read or written; with
- * `path` 2, the keys' expiry, the host's mark in the epoch hash and its
- * group's member set are renewed too, once the lease set holds no other
- * member. The total is then `count` (nobody else holds the host). Every other
- * host (`path` 0, a loss, another worker's field, dead or forged entries, a
- * count to change) takes the full path, which prunes, checks and writes
- * everything.
+ * `sync(worker, leaseMs, ttlMs, known, fresh, held, [count, floor, trusted,
+ * host]...)` on `KEYS` = epoch hash, lease set `L` of one slot, then n of
+ * each host in that slot: renews `worker`'s lease of the slot (one write,
+ * however many hosts it holds there), then sets its field of each host given
+ * to its `count`, its own truth (0 deletes it), renewing the keys' expiry.
+ * `floor` and `trusted` detect lost keys as in {@linkcode ACQUIRE_LUA}. With
+ * `held` = 1 the worker's lease of the slot cannot have passed: a lease found
+ * missing means the lease set was lost; `held` = `"leave"` (with every count
+ * 0) ends the lease instead. Also drops up to four marks of hosts
+ * whose keys have expired. Returns `{epoch, lost (0: no, 1: the slot's
+ * keys), [total, hostLost]...}`.
  */
 export const SYNC_LUA: string = NOW + `
 local worker = ARGV[1]
 local lease = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local e = KEYS[1]
+local L = KEYS[2]
 ` + LIVE + EPOCH + WRITE + `
--- The new deadline, formatted once for every host.
-local deadline = string.format('%d', now + lease)
-local function fast(n, w, count, renew)
-  local fields = redis.call('HGETALL', n)
-  if fields[3] or fields[1] ~= worker or fields[2] ~= count then return false end
-  if renew and redis.call('ZCARD', w) ~= 1 then return false end
-  if redis.call('ZADD', w, deadline, worker) == 0 then return true end
-  -- The member was missing: lost keys. Undo, and let the full path say so.
-  redis.call('ZREM', w, worker)
-  return false
-end
 local epoch, lost = check_epoch(e, ARGV[4], ARGV[5])
+-- The slot's lease set, pruned as live() would, then this worker's lease.
+redis.call('ZREMRANGEBYSCORE', L, '-inf', '(' .. now)
+redis.call('ZREMRANGEBYSCORE', L, '(' .. (now + lease + ${LEASE_MARGIN_MS}), '+inf')
+if ARGV[6] == 'leave' then
+  redis.call('ZREM', L, worker)
+elseif redis.call('ZADD', L, now + lease, worker) == 1 and ARGV[6] == '1' then
+  lost = 1
+end
+redis.call('PEXPIRE', L, ttl)
 local out = {epoch, lost}
 local o = 2
-for h = 0, (#KEYS - 1) / 2 - 1 do
-  local n = KEYS[2 + 2 * h]
-  local w = KEYS[3 + 2 * h]
-  local count = ARGV[6 + 5 * h]
-  local path = ARGV[9 + 5 * h]
-  local host = ARGV[10 + 5 * h]
+for h = 0, #KEYS - 3 do
+  local n = KEYS[3 + h]
+  local count = tonumber(ARGV[7 + 4 * h])
+  local floor = tonumber(ARGV[8 + 4 * h])
+  local trusted = ARGV[9 + 4 * h] == '1'
+  local host = ARGV[10 + 4 * h]
   local hostLost = 0
-  -- The fast path never sees a count of 0: the worker sends path 0 then.
-  if lost == 0 and path ~= '0' and fast(n, w, count, path == '2') then
-    if path == '2' then renew_keys(n, w, e, host, ttl) end
-    out[o + 1] = tonumber(count)
-  else
-    count = tonumber(count)
-    local floor = tonumber(ARGV[7 + 5 * h])
-    local trusted = ARGV[8 + 5 * h] == '1'
-    if keys_lost(e, host, n, w) then hostLost = 2 end
-    local sum, mine = live(n, w, worker, true)
-    if trusted and mine < floor then hostLost = 2 end
-    write(n, w, e, host, worker, count, ttl)
-    unmark_if_gone(e, host, n)
-    out[o + 1] = sum - mine + math.max(count, 0)
-  end
+  if keys_lost(e, host, n, L) then hostLost = 2 end
+  local sum, mine = live(n, L, worker, true)
+  if trusted and mine < floor then hostLost = 2 end
+  write(n, L, e, host, worker, count, ttl)
+  unmark_if_gone(e, host, n)
+  out[o + 1] = sum - mine + math.max(count, 0)
   out[o + 2] = hostLost
   o = o + 2
 end
@@ -407,7 +392,7 @@ return out
 `;
 
 /**
- * `count(leaseMs)` on `KEYS` = n and w of each host: the slots held by live
+ * `count(leaseMs)` on `KEYS` = n and lease set of each host: the slots held by live
  * workers (dead and forged entries ignored, nothing written). Returns the
  * sums, one per host.
  */

@@ -385,7 +385,9 @@ export class UpstreamPool {
   /** Seconds until a slot is likely free for the request `ahead` places back. */
   #estimate(key: string, limit: number, ahead: number): number {
     const hold = this.#holdMs.get(key) ?? 1000;
-    return (hold * (ahead + 1)) / Math.max(1, limit) / 1000;
+    // In a fleet, the line is the fleet's.
+    const waiting = Math.max(ahead, this.#o.limiter.waiting?.(key) ?? 0);
+    return (hold * (waiting + 1)) / Math.max(1, limit) / 1000;
   }
 
   /**
