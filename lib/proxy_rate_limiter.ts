@@ -103,7 +103,10 @@ export interface ProxyRateLimiterOptions {
    * process's overrides (`defaultMaxConnectionsPerHost`, `hostLimits` and
    * the setters such as {@linkcode ProxyRateLimiter.setHostLimit}) win over
    * both. The command line puts its `--max-connections` and `--host-limit`
-   * here, under the file's rules. See {@linkcode LimitRules}.
+   * here, under the file's rules. A host rule or group may also set
+   * `queue-timeout` and `queue-max` for its hosts, over `queueTimeout` and
+   * `queueMax`; the layers above change limits only. See
+   * {@linkcode LimitRules}.
    */
   rules?: LimitRules;
   /**

@@ -280,9 +280,10 @@ export class UpstreamPool {
 
   /**
    * Takes a slot of `key`, or waits in line for one (up to the queue
-   * timeout, the host's rule's or the process's); a waiting plain-HTTP request may be handed an idle socket
-   * instead, which is returned. Throws {@linkcode LimitReachedError} when
-   * refused and `LimiterUnavailableError` when the limiter cannot decide.
+   * timeout, the host's rule's or the process's); a waiting plain-HTTP
+   * request may be handed an idle socket instead, which is returned.
+   * Throws {@linkcode LimitReachedError} when refused and
+   * `LimiterUnavailableError` when the limiter cannot decide.
    */
   async #slot(key: string, signal?: AbortSignal, http = false): Promise<Upstream | undefined> {
     const match = this.#o.limits.lookup(key);
