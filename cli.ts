@@ -14,7 +14,7 @@
 import { parseArgs } from "node:util";
 import { configure, getStreamSink, getTextFormatter, type LogLevel, reset } from "@logtape/logtape";
 import { DEFAULTS } from "./lib/defaults.ts";
-import { parseDuration } from "./lib/duration.ts";
+import { formatDuration, parseDuration } from "./lib/duration.ts";
 import { splitHostPort } from "./lib/limit/host_key.ts";
 import type { FailureMode } from "./lib/limit/redis_limiter.ts";
 import type { RedisConfig } from "./lib/limit/redis_config.ts";
@@ -38,15 +38,6 @@ interface Flag {
   help: string;
   /** Heading printed above this flag in `--help`. */
   section?: string;
-}
-
-/** `ms` as the shortest duration text that parses back to it (`10s`, `5m`). */
-function formatDuration(ms: number): string {
-  if (ms === 0) return "0";
-  for (const [unit, size] of [["h", 3_600_000], ["m", 60_000], ["s", 1000]] as const) {
-    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
-  }
-  return `${ms}ms`;
 }
 
 const FLAGS: Record<string, Flag> = {

@@ -53,7 +53,9 @@ export {
 } from "./lib/proxy_rate_limiter.ts";
 export {
   type GroupRule,
+  type HostRule,
   type LimitRules,
+  type QueueRule,
   type RulePath,
   RulesError,
   validateRules,

@@ -13,7 +13,7 @@
 import { parseArgs } from "node:util";
 import { LimitTable } from "../lib/limit/limit_table.ts";
 import { RuleTable } from "../lib/limit/rules/rule_table.ts";
-import type { LimitRules } from "../lib/limit/rules/rules.ts";
+import { hostLimits, type LimitRules } from "../lib/limit/rules/rules.ts";
 
 const args = parseArgs({
   args: Deno.args,
@@ -78,7 +78,7 @@ function measure(lookup: (key: string) => number, list: string[]): number {
 
 /** The most specific rule by scanning all of them: what O(rules) costs. */
 function naive(r: LimitRules): (key: string) => number {
-  const entries = Object.entries(r.hosts ?? {});
+  const entries = Object.entries(hostLimits(r));
   return (key) => {
     const colon = key.lastIndexOf(":");
     const host = colon > key.lastIndexOf("]") ? key.slice(0, colon) : key;

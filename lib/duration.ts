@@ -20,3 +20,15 @@ export function parseDuration(text: string): number {
   }
   return Math.round(Number(m[1]) * UNITS[m[2] ?? "s"]);
 }
+
+/**
+ * Writes milliseconds as the shortest duration that {@linkcode parseDuration}
+ * reads back exactly: `0`, `500ms`, `10s`, `2m` or `1h`.
+ */
+export function formatDuration(ms: number): string {
+  if (ms === 0) return "0";
+  for (const [unit, size] of [["h", 3_600_000], ["m", 60_000], ["s", 1000]] as const) {
+    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
+}

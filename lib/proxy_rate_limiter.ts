@@ -9,7 +9,13 @@ import { getLogger, type Logger } from "@logtape/logtape";
 import { DEFAULTS, type Timeouts } from "./defaults.ts";
 import { LimitTable } from "./limit/limit_table.ts";
 import { RuleTable } from "./limit/rules/rule_table.ts";
-import { canonicalRules, layerRules, type LimitRules, validateRules } from "./limit/rules/rules.ts";
+import {
+  canonicalRules,
+  hostLimits,
+  layerRules,
+  type LimitRules,
+  validateRules,
+} from "./limit/rules/rules.ts";
 import { diffRules, type RuleDifference } from "./limit/rules/diff.ts";
 import type { FleetLimitChanges, FleetLimits } from "./limit/fleet_limits.ts";
 import { hostKey } from "./limit/host_key.ts";
@@ -97,7 +103,10 @@ export interface ProxyRateLimiterOptions {
    * process's overrides (`defaultMaxConnectionsPerHost`, `hostLimits` and
    * the setters such as {@linkcode ProxyRateLimiter.setHostLimit}) win over
    * both. The command line puts its `--max-connections` and `--host-limit`
-   * here, under the file's rules. See {@linkcode LimitRules}.
+   * here, under the file's rules. A host rule or group may also set
+   * `queue-timeout` and `queue-max` for its hosts, over `queueTimeout` and
+   * `queueMax`; the layers above change limits only. See
+   * {@linkcode LimitRules}.
    */
   rules?: LimitRules;
   /**
@@ -177,10 +186,15 @@ export interface ProxyRateLimiterOptions {
   /**
    * Time a request or CONNECT over its host's limit waits for a slot, in
    * milliseconds; slots go to waiters first come first served. Default 0:
-   * refused at once.
+   * refused at once. A host rule or group of `rules` may set its own
+   * (`queue-timeout`).
    */
   queueTimeout?: number;
-  /** Requests that may wait per host in this process; beyond it, refused at once. Default 1000. */
+  /**
+   * Requests that may wait per host in this process; beyond it, refused at
+   * once. Default 1000. A host rule or group of `rules` may set its own
+   * (`queue-max`).
+   */
   queueMax?: number;
   /** Logs one line per exchange or tunnel (category `["dprl", "access"]`). Default `false`. */
   accessLog?: boolean;
@@ -368,17 +382,17 @@ export class ProxyRateLimiter implements AsyncDisposable {
    */
   async setFleetLimits(changes: FleetLimitChanges): Promise<void> {
     if (this.#fleetLimits) return await this.#fleetLimits.set(changes);
-    const hosts: Record<string, number> = { ...this.#fleetRules.hosts };
+    const hosts = hostLimits(this.#fleetRules);
     const next: LimitRules = {};
     const { default: def } = changes;
     const current = this.#fleetRules.default;
     const d = def === undefined ? current : def === null ? undefined : checkLimit(def);
     if (d !== undefined) next.default = Math.max(0, d);
-    const checked = canonicalRules({
+    const checked = hostLimits(canonicalRules({
       hosts: Object.fromEntries(
         Object.entries(changes.hosts ?? {}).map(([h, l]) => [h, l === null ? 0 : checkLimit(l)]),
       ),
-    }).hosts ?? {};
+    }));
     for (const [host, limit] of Object.entries(checked)) {
       if (limit <= 0) delete hosts[host];
       else hosts[host] = limit;
@@ -696,7 +710,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
       get limits() {
         return {
           default: limits.defaultLimit,
-          hosts: { ...proxy.#fleetRules.hosts, ...limits.entries() },
+          hosts: { ...hostLimits(proxy.#fleetRules), ...limits.entries() },
         };
       },
       ready: () => this.#readiness(),

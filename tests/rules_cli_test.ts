@@ -3,6 +3,8 @@
 // SIGHUP, POST /api/reload and --watch-config.
 import assert from "node:assert/strict";
 import { RedisServer, redisTest, waitFor } from "./_helpers/redis_server.ts";
+import { rawExchange, request } from "./_helpers/raw.ts";
+import { startUpstream } from "./_helpers/upstream.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
 
@@ -157,6 +159,35 @@ Deno.test("CLI SIGHUP and POST /api/reload reload the rules; a broken file keeps
   const metrics = await (await fetch(new URL("/metrics", admin))).text();
   assert.match(metrics, /dprl_config_reloads_total\{result="ok"\} 2\n/);
   assert.match(metrics, /dprl_config_reloads_total\{result="error"\} 2\n/);
+});
+
+Deno.test("CLI a rule's queue-timeout from the file: SIGHUP makes a request over the limit wait", async () => {
+  await using up = await startUpstream();
+  const rules = (rule: string) =>
+    `port: 0\nhostname: 127.0.0.1\nreject-status: 503\nhosts:\n  "${up.authority}": ${rule}\n`;
+  const file = await tempFile("dprl.yaml", rules("1"));
+  await using cli = new Cli(["--config", file, "--admin-port", "0"]);
+  const proxy = { hostname: "127.0.0.1", port: await listeningPort(cli) };
+  const admin = (await cli.waitOutput(/Admin server listening on (http:\/\/\S+?\/)/))[1];
+  const queued = async () =>
+    (await (await fetch(new URL(`/api/hosts/${up.authority}`, admin))).json()).queued;
+  const get = (path: string) =>
+    rawExchange(proxy, request("GET", up.url(path), { Host: up.authority }), { ms: 30_000 });
+
+  const holder = get("/slow");
+  await up.waitHeld(1);
+  assert.equal((await get("/fixed")).status, 503, "--queue-timeout is 0: refused at once");
+
+  await Deno.writeTextFile(file, rules("{ limit: 1, queue-timeout: 30s }"));
+  cli.child.kill("SIGHUP");
+  await cli.waitOutput(
+    /Limit rule hosts\.127\.0\.0\.1:\d+ changed from 1 to 1 \(queue-timeout 30s\) \(reload\)/,
+  );
+  const waiter = get("/fixed");
+  await waitFor(async () => await queued() === 1, 10_000, "the request waits in line", 20);
+  up.release();
+  assert.equal((await holder).status, 200);
+  assert.equal((await waiter).status, 200, "it got the slot");
 });
 
 Deno.test("CLI --watch-config reloads the rules when the file changes", async () => {

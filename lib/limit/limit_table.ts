@@ -1,6 +1,6 @@
 import { HostIndex } from "./rules/host_index.ts";
 import { type RuleMatch, RuleTable } from "./rules/rule_table.ts";
-import { parseHostPattern } from "./rules/rules.ts";
+import { hostLimits, parseHostPattern } from "./rules/rules.ts";
 
 /**
  * The connection limits of one proxy: compiled rules (from the config file
@@ -9,7 +9,8 @@ import { parseHostPattern } from "./rules/rules.ts";
  * A runtime override replaces the rules' limit for the same host pattern
  * (`host`, `host:port` or `*.suffix`) and a runtime default replaces the
  * rules' default; then the most specific pattern wins, as in the rules.
- * Groups come from the rules alone. A limit of 0 or less means unlimited.
+ * Groups and queue settings come from the rules alone. A limit of 0 or less
+ * means unlimited.
  */
 export class LimitTable {
   #rules = new RuleTable();
@@ -32,7 +33,7 @@ export class LimitTable {
   /** Swaps in new rules at once; runtime overrides stay on top. */
   set rules(table: RuleTable) {
     this.#rules = table;
-    this.#base = new Map(Object.entries(table.rules.hosts ?? {}));
+    this.#base = new Map(Object.entries(hostLimits(table.rules)));
     this.#rebuild();
   }
 
@@ -82,11 +83,14 @@ export class LimitTable {
     return this.#limits.match(key) ?? this.#default ?? this.#rules.defaultLimit;
   }
 
-  /** The limit and group that apply to an already normalised host key. */
+  /**
+   * The limit, group and queue settings that apply to an already normalised
+   * host key; the queue settings come from the rules alone.
+   */
   lookup(key: string): Readonly<RuleMatch> {
     const match = this.#rules.lookup(key);
     if (this.#own.size === 0 && this.#default === undefined) return match;
-    return { limit: this.limitFor(key), group: match.group };
+    return { ...match, limit: this.limitFor(key) };
   }
 
   /** The runtime overrides, by normalised pattern. */

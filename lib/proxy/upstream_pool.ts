@@ -70,9 +70,15 @@ export interface UpstreamPoolOptions {
   connectTimeout: number;
   /** Time an idle socket stays pooled, in milliseconds. */
   idleTimeout: number;
-  /** Time a request may wait for a slot, in milliseconds; 0 refuses at once. */
+  /**
+   * Time a request may wait for a slot, in milliseconds; 0 refuses at once.
+   * A host's rule may set its own (`RuleMatch.queueTimeout`).
+   */
   queueTimeout: number;
-  /** Requests that may wait per host; beyond it, refused at once. */
+  /**
+   * Requests that may wait per host; beyond it, refused at once. A host's
+   * rule may set its own (`RuleMatch.queueMax`).
+   */
   queueMax: number;
   /** Idle sockets kept per host. */
   maxIdlePerHost: number;
@@ -274,9 +280,10 @@ export class UpstreamPool {
 
   /**
    * Takes a slot of `key`, or waits in line for one (up to the queue
-   * timeout); a waiting plain-HTTP request may be handed an idle socket
-   * instead, which is returned. Throws {@linkcode LimitReachedError} when
-   * refused and `LimiterUnavailableError` when the limiter cannot decide.
+   * timeout, the host's rule's or the process's); a waiting plain-HTTP
+   * request may be handed an idle socket instead, which is returned.
+   * Throws {@linkcode LimitReachedError} when refused and
+   * `LimiterUnavailableError` when the limiter cannot decide.
    */
   async #slot(key: string, signal?: AbortSignal, http = false): Promise<Upstream | undefined> {
     const match = this.#o.limits.lookup(key);
@@ -294,15 +301,17 @@ export class UpstreamPool {
         retryAfter: this.#estimate(key, limit, ahead),
       });
     };
-    if (this.#o.queueTimeout <= 0) throw refuse("limit");
-    if (ahead >= this.#o.queueMax) throw refuse("queue_full");
+    // A rule's queue settings win over the process's.
+    const timeout = match.queueTimeout ?? this.#o.queueTimeout;
+    if (timeout <= 0) throw refuse("limit");
+    if (ahead >= (match.queueMax ?? this.#o.queueMax)) throw refuse("queue_full");
     // In a fleet, the request also takes its place in the fleet's line.
     const ticket = this.#o.limiter.enqueue?.(key);
     const since = performance.now();
     const waiting = this.#queue.wait(key, {
       http,
       now: this.#now,
-      timeout: this.#o.queueTimeout,
+      timeout,
       signal,
       ticket,
     });

@@ -4,7 +4,13 @@
  * @module
  */
 
-import { canonicalRules, type GroupRule, type LimitRules } from "./rules.ts";
+import {
+  canonicalRules,
+  type GroupRule,
+  type HostRule,
+  type LimitRules,
+  type QueueRule,
+} from "./rules.ts";
 
 /** One rule that differs between two rule sets. */
 export interface RuleDifference {
@@ -16,15 +22,30 @@ export interface RuleDifference {
   b: string | undefined;
 }
 
+/** Canonical queue settings as text: ` (queue-timeout 30s, queue-max 50)`, or nothing. */
+function queueText(rule: QueueRule): string {
+  const parts = [];
+  if (rule["queue-timeout"] !== undefined) parts.push(`queue-timeout ${rule["queue-timeout"]}`);
+  if (rule["queue-max"] !== undefined) parts.push(`queue-max ${rule["queue-max"]}`);
+  return parts.length ? ` (${parts.join(", ")})` : "";
+}
+
+function hostText(rule: number | HostRule | undefined): string | undefined {
+  if (rule === undefined || typeof rule === "number") return rule?.toString();
+  return `${rule.limit}${queueText(rule)}`;
+}
+
 function groupText(group: GroupRule | undefined): string | undefined {
-  return group && `limit ${group.limit} for ${group.match.join(", ")}`;
+  return group && `limit ${group.limit}${queueText(group)} for ${group.match.join(", ")}`;
 }
 
 /**
  * The rules that differ between `a` and `b`, sorted by rule name; empty when
  * they mean the same (patterns are compared normalised, so
- * `API.example.com:443` and `api.example.com` are one rule). Throws a
- * `RulesError` when either set is invalid.
+ * `API.example.com:443` and `api.example.com` are one rule, and `30s` and
+ * `30000ms` one queue timeout). A host rule reads as its limit with its
+ * queue settings in brackets (`2 (queue-timeout 30s, queue-max 50)`).
+ * Throws a `RulesError` when either set is invalid.
  *
  * @example
  * ```ts
@@ -43,7 +64,7 @@ export function diffRules(a: LimitRules, b: LimitRules): RuleDifference[] {
   add("default", ca.default?.toString(), cb.default?.toString());
   const hosts = new Set([...Object.keys(ca.hosts ?? {}), ...Object.keys(cb.hosts ?? {})]);
   for (const host of hosts) {
-    add(`hosts.${host}`, ca.hosts?.[host]?.toString(), cb.hosts?.[host]?.toString());
+    add(`hosts.${host}`, hostText(ca.hosts?.[host]), hostText(cb.hosts?.[host]));
   }
   const groups = new Set([...ca.groups ?? [], ...cb.groups ?? []].map((g) => g.name));
   for (const name of groups) {

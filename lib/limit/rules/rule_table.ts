@@ -1,11 +1,12 @@
 /**
- * Compiled limit rules: the limit and group of a host in O(labels).
+ * Compiled limit rules: the limit, group and queue settings of a host in
+ * O(labels).
  *
  * @module
  */
 
 import { HostIndex } from "./host_index.ts";
-import { canonicalRules, type LimitRules, normalizeRules } from "./rules.ts";
+import { canonicalRules, type LimitRules, type NormalGroup, normalizeRules } from "./rules.ts";
 
 /** The group a host belongs to, as a lookup returns it. */
 export interface GroupMatch {
@@ -21,6 +22,17 @@ export interface RuleMatch {
   limit: number;
   /** The group the host belongs to, if any. */
   group?: GroupMatch;
+  /**
+   * Time a request over the limit waits for a slot, in milliseconds, when a
+   * host rule or the group sets `queue-timeout`; else the process's setting
+   * applies.
+   */
+  queueTimeout?: number;
+  /**
+   * Requests that may wait for this host in this process, when a host rule
+   * or the group sets `queue-max`; else the process's setting applies.
+   */
+  queueMax?: number;
 }
 
 /**
@@ -30,10 +42,12 @@ export interface RuleMatch {
  * host, allocates nothing, and costs the same however many rules there are.
  * Immutable: to change the rules, compile a new table and swap it in.
  *
- * Precedence, for the host limit and (separately) for the group: the exact
- * `host:port`, then the exact host (any port), then the longest matching
- * wildcard suffix (`*.example.org` matches `a.example.org` and
- * `a.b.example.org`, not `example.org`), then the default (no group).
+ * Precedence, for the host limit, each queue setting and (separately) for
+ * the group: the exact `host:port`, then the exact host (any port), then the
+ * longest matching wildcard suffix (`*.example.org` matches `a.example.org`
+ * and `a.b.example.org`, not `example.org`), then the default (no group).
+ * A queue setting no host rule gives comes from the host's group, if it
+ * gives it; otherwise the lookup leaves it out (the process's applies).
  *
  * @example
  * ```ts
@@ -41,12 +55,14 @@ export interface RuleMatch {
  *
  * const table = new RuleTable({
  *   default: 25,
- *   hosts: { "*.example.org": 10 },
- *   groups: [{ name: "storage", match: ["*.s3.amazonaws.com"], limit: 100 }],
+ *   hosts: { "*.example.org": 10, "slow.example.org": { limit: 2, "queue-timeout": "30s" } },
+ *   groups: [{ name: "storage", match: ["*.s3.amazonaws.com"], limit: 100, "queue-max": 50 }],
  * });
  * table.lookup("a.example.org"); // { limit: 10, group: undefined }
+ * table.lookup("slow.example.org"); // { limit: 2, group: undefined, queueTimeout: 30000 }
  * table.lookup("example.org"); // { limit: 25, group: undefined }
- * table.lookup("b.s3.amazonaws.com"); // { limit: 25, group: { name: "storage", limit: 100 } }
+ * table.lookup("b.s3.amazonaws.com");
+ * // { limit: 25, group: { name: "storage", limit: 100 }, queueMax: 50 }
  * ```
  */
 export class RuleTable {
@@ -63,21 +79,31 @@ export class RuleTable {
     const limit = n.default ?? 0;
     this.#default = Object.freeze({ limit, group: undefined });
     const limits = new HostIndex<number>();
-    const groups = new HostIndex<GroupMatch>();
-    for (const [pattern, limit] of n.hosts) limits.set(pattern, limit);
+    const timeouts = new HostIndex<number>();
+    const maxes = new HostIndex<number>();
+    const groups = new HostIndex<[GroupMatch, NormalGroup]>();
+    for (const [pattern, rule] of n.hosts) {
+      limits.set(pattern, rule.limit);
+      if (rule.queueTimeout !== undefined) timeouts.set(pattern, rule.queueTimeout);
+      if (rule.queueMax !== undefined) maxes.set(pattern, rule.queueMax);
+    }
     for (const group of n.groups) {
       const match: GroupMatch = Object.freeze({ name: group.name, limit: group.limit });
-      for (const pattern of group.match) groups.set(pattern, match);
+      for (const pattern of group.match) groups.set(pattern, [match, group]);
     }
     // Resolve every pattern once: a host whose most specific pattern is P
     // gets what a lookup of P itself finds (a wildcard `*.s` is looked up as
     // the key `*.s`, which only wildcards can match). One walk per lookup
-    // then finds both the limit and the group, with nothing to allocate.
+    // then finds the limit, the group and the queue settings, with nothing
+    // to allocate.
     for (const pattern of new Set([...n.hosts.keys(), ...n.groups.flatMap((g) => g.match)])) {
-      this.#index.set(
-        pattern,
-        Object.freeze({ limit: limits.match(pattern) ?? limit, group: groups.match(pattern) }),
-      );
+      const [group, groupRule] = groups.match(pattern) ?? [];
+      const match: RuleMatch = { limit: limits.match(pattern) ?? limit, group };
+      const queueTimeout = timeouts.match(pattern) ?? groupRule?.queueTimeout;
+      if (queueTimeout !== undefined) match.queueTimeout = queueTimeout;
+      const queueMax = maxes.match(pattern) ?? groupRule?.queueMax;
+      if (queueMax !== undefined) match.queueMax = queueMax;
+      this.#index.set(pattern, Object.freeze(match));
     }
   }
 
@@ -91,7 +117,7 @@ export class RuleTable {
     return this.#default.limit;
   }
 
-  /** The limit and group of a host key (see `hostKey`). */
+  /** The limit, group and queue settings of a host key (see `hostKey`). */
   lookup(key: string): Readonly<RuleMatch> {
     return this.#index.match(key) ?? this.#default;
   }

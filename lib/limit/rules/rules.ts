@@ -5,13 +5,38 @@
  * @module
  */
 
+import { formatDuration, parseDuration } from "../../duration.ts";
 import { hostKey, splitHostPort } from "../host_key.ts";
+
+/**
+ * The queue settings a rule may override for the hosts it matches, under
+ * the names of the flags they override (`--queue-timeout`, `--queue-max`).
+ */
+export interface QueueRule {
+  /**
+   * Time a request over the limit waits for a slot: a duration as the flag
+   * takes it (`500ms`, `10s`, `2m`; a bare number is seconds); 0 refuses at
+   * once.
+   */
+  "queue-timeout"?: string | number;
+  /** Requests that may wait per host in each process, from 0 to 1000000. */
+  "queue-max"?: number;
+}
+
+/**
+ * A host rule in full: its limit and the queue settings for the hosts it
+ * matches. A plain number is a rule with a limit alone.
+ */
+export interface HostRule extends QueueRule {
+  /** The open connections each matching host may hold; 0 is unlimited. */
+  limit: number;
+}
 
 /**
  * A group: hosts that share one limit on their open connections together,
  * on top of each host's own limit.
  */
-export interface GroupRule {
+export interface GroupRule extends QueueRule {
   /** The group's name: letters, digits, `.`, `_` or `-`. */
   name: string;
   /** Host patterns of the members: `host`, `host:port` or `*.suffix`. */
@@ -29,7 +54,12 @@ export interface GroupRule {
  *
  * const rules: LimitRules = {
  *   default: 25,
- *   hosts: { "api.example.com": 5, "*.example.org": 10, "cdn.example.net:8443": 2 },
+ *   hosts: {
+ *     "api.example.com": 5,
+ *     "*.example.org": 10,
+ *     "cdn.example.net:8443": 2,
+ *     "slow.example.com": { limit: 2, "queue-timeout": "30s", "queue-max": 50 },
+ *   },
  *   groups: [{ name: "storage", match: ["*.s3.amazonaws.com", "s3.amazonaws.com"], limit: 100 }],
  * };
  * ```
@@ -37,8 +67,11 @@ export interface GroupRule {
 export interface LimitRules {
   /** The limit of hosts no other rule matches; 0 (the default) is unlimited. */
   default?: number;
-  /** Per-host limits by pattern (`host`, `host:port` or `*.suffix`); 0 is unlimited. */
-  hosts?: Record<string, number>;
+  /**
+   * Per-host rules by pattern (`host`, `host:port` or `*.suffix`): a limit
+   * (0 is unlimited), or a {@linkcode HostRule} with queue settings too.
+   */
+  hosts?: Record<string, number | HostRule>;
   /** Groups of hosts with a shared limit; a host belongs to at most one. */
   groups?: GroupRule[];
 }
@@ -125,18 +158,46 @@ export function parseHostPattern(pattern: string): string {
   return hostKey(text);
 }
 
+/** Queue settings a rule overrides, validated. */
+export interface NormalQueue {
+  /** Time a request waits for a slot, in milliseconds. */
+  queueTimeout?: number;
+  /** Requests that may wait per host in each process. */
+  queueMax?: number;
+}
+
+/** A validated host rule. */
+export interface NormalHostRule extends NormalQueue {
+  /** The limit; 0 is unlimited. */
+  limit: number;
+}
+
+/** A validated group, its patterns normalised. */
+export interface NormalGroup extends NormalQueue {
+  /** The group's name. */
+  name: string;
+  /** Normalised patterns of the members. */
+  match: string[];
+  /** The limit of all members together; 0 is unlimited. */
+  limit: number;
+}
+
 /** Validated rules with normalised patterns. */
 export interface NormalRules {
   /** The default limit. */
   default: number | undefined;
-  /** Limits by normalised pattern. */
-  hosts: Map<string, number>;
+  /** Host rules by normalised pattern. */
+  hosts: Map<string, NormalHostRule>;
   /** Groups, their patterns normalised. */
-  groups: GroupRule[];
+  groups: NormalGroup[];
 }
 
 const RULE_FIELDS = ["default", "hosts", "groups"];
-const GROUP_FIELDS = ["name", "match", "limit"];
+const QUEUE_FIELDS = ["queue-timeout", "queue-max"];
+const HOST_FIELDS = ["limit", ...QUEUE_FIELDS];
+const GROUP_FIELDS = ["name", "match", "limit", ...QUEUE_FIELDS];
+/** The largest `queue-max`, as for the flag. */
+const QUEUE_MAX = 1_000_000;
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
@@ -155,6 +216,55 @@ function checkLimit(value: unknown, path: RulePath): number {
     throw new RulesError(path, `must be an integer >= 0, got ${describe(value)}`);
   }
   return value as number;
+}
+
+/** Checks the queue settings of a host rule or group at `path`. */
+function checkQueue(rule: Record<string, unknown>, path: RulePath): NormalQueue {
+  const out: NormalQueue = {};
+  const timeout = rule["queue-timeout"];
+  if (timeout !== undefined) {
+    let ms = NaN;
+    if (typeof timeout === "string" || typeof timeout === "number") {
+      try {
+        ms = parseDuration(String(timeout));
+      } catch {
+        // Reported below.
+      }
+    }
+    if (!Number.isSafeInteger(ms)) {
+      throw new RulesError(
+        [...path, "queue-timeout"],
+        `must be a duration such as 500ms, 10s or 2m, got ${describe(timeout)}`,
+      );
+    }
+    out.queueTimeout = ms;
+  }
+  const max = rule["queue-max"];
+  if (max !== undefined) {
+    if (!Number.isSafeInteger(max) || (max as number) < 0 || (max as number) > QUEUE_MAX) {
+      throw new RulesError(
+        [...path, "queue-max"],
+        `must be an integer between 0 and ${QUEUE_MAX}, got ${describe(max)}`,
+      );
+    }
+    out.queueMax = max as number;
+  }
+  return out;
+}
+
+/** Checks a host rule: a limit, or a mapping of a limit and queue settings. */
+function checkHostRule(value: unknown, path: RulePath): NormalHostRule {
+  if (!isRecord(value)) return { limit: checkLimit(value, path) };
+  for (const field of Object.keys(value)) {
+    if (!HOST_FIELDS.includes(field)) {
+      throw new RulesError(
+        [...path, field],
+        `is not a host rule field (${HOST_FIELDS.join(", ")})`,
+        { inKey: true },
+      );
+    }
+  }
+  return { limit: checkLimit(value.limit, [...path, "limit"]), ...checkQueue(value, path) };
 }
 
 /**
@@ -183,7 +293,7 @@ export function normalizeRules(value: unknown): NormalRules {
       );
     }
     const seen = new Map<string, string>();
-    for (const [pattern, limit] of Object.entries(value.hosts)) {
+    for (const [pattern, rule] of Object.entries(value.hosts)) {
       const path = ["hosts", pattern];
       const key = checkPattern(pattern, path);
       const first = seen.get(key);
@@ -191,7 +301,7 @@ export function normalizeRules(value: unknown): NormalRules {
         throw new RulesError(path, `is the same rule as hosts.${first}`, { inKey: true });
       }
       seen.set(key, pattern);
-      out.hosts.set(key, checkLimit(limit, path));
+      out.hosts.set(key, checkHostRule(rule, path));
     }
   }
 
@@ -251,7 +361,12 @@ export function normalizeRules(value: unknown): NormalRules {
         members.set(key, name);
         return key;
       });
-      out.groups.push({ name, match: patterns, limit: checkLimit(limit, [...at, "limit"]) });
+      out.groups.push({
+        name,
+        match: patterns,
+        limit: checkLimit(limit, [...at, "limit"]),
+        ...checkQueue(group, at),
+      });
     });
   }
   return out;
@@ -280,30 +395,75 @@ export function validateRules(value: unknown): LimitRules {
   return value as LimitRules;
 }
 
+/** Queue settings as the rules write them: `queue-timeout` as a duration. */
+function queueFields(q: NormalQueue): QueueRule {
+  const out: QueueRule = {};
+  if (q.queueTimeout !== undefined) out["queue-timeout"] = formatDuration(q.queueTimeout);
+  if (q.queueMax !== undefined) out["queue-max"] = q.queueMax;
+  return out;
+}
+
 /**
  * The rules in canonical form: patterns normalised, hosts and group members
- * sorted, groups sorted by name. Two rule sets that mean the same have the
- * same canonical form (and the same `JSON.stringify`).
+ * sorted, groups sorted by name, a host rule without queue settings written
+ * as its limit and `queue-timeout` as the shortest duration (`30s`). Two
+ * rule sets that mean the same have the same canonical form (and the same
+ * `JSON.stringify`).
  */
 export function canonicalRules(rules: LimitRules | NormalRules): LimitRules {
   const n = rules.hosts instanceof Map ? rules as NormalRules : normalizeRules(rules);
   const out: LimitRules = {};
   if (n.default !== undefined) out.default = n.default;
   if (n.hosts.size) {
-    out.hosts = Object.fromEntries([...n.hosts].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0));
+    out.hosts = Object.fromEntries(
+      [...n.hosts]
+        .sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0)
+        .map(([pattern, rule]) => {
+          const queue = queueFields(rule);
+          return [
+            pattern,
+            Object.keys(queue).length ? { limit: rule.limit, ...queue } : rule.limit,
+          ];
+        }),
+    );
   }
   if (n.groups.length) {
     out.groups = [...n.groups]
       .sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0)
-      .map((g) => ({ name: g.name, match: [...g.match].sort(), limit: g.limit }));
+      .map((g) => ({
+        name: g.name,
+        match: [...g.match].sort(),
+        limit: g.limit,
+        ...queueFields(g),
+      }));
+  }
+  return out;
+}
+
+/**
+ * The limit of each host rule, by pattern as written (the queue settings
+ * left out).
+ *
+ * @example
+ * ```ts
+ * import { hostLimits } from "./rules.ts";
+ * hostLimits({ hosts: { "a.example": 2, "b.example": { limit: 3, "queue-timeout": "5s" } } });
+ * // { "a.example": 2, "b.example": 3 }
+ * ```
+ */
+export function hostLimits(rules: LimitRules): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [pattern, rule] of Object.entries(rules.hosts ?? {})) {
+    out[pattern] = typeof rule === "number" ? rule : rule.limit;
   }
   return out;
 }
 
 /**
  * Layers rule sets, lowest first: a higher layer replaces a lower one's
- * default, its limit for the same host pattern, and (when it has groups)
- * all groups. Patterns are compared normalised. The result is canonical.
+ * default, its limit for the same host pattern (and each queue setting the
+ * higher rule sets, the others kept), and (when it has groups) all groups.
+ * Patterns are compared normalised. The result is canonical.
  *
  * @example
  * ```ts
@@ -318,7 +478,7 @@ export function layerRules(...layers: LimitRules[]): LimitRules {
   for (const layer of layers) {
     const n = normalizeRules(layer);
     if (n.default !== undefined) out.default = n.default;
-    for (const [key, limit] of n.hosts) out.hosts.set(key, limit);
+    for (const [key, rule] of n.hosts) out.hosts.set(key, { ...out.hosts.get(key), ...rule });
     if (layer.groups !== undefined) out.groups = n.groups;
   }
   return canonicalRules(out);
