@@ -17,6 +17,7 @@
  * deno run -A bench/redis_cost.ts            # 3 rounds of 5 s, 10,000 hosts
  * deno run -A bench/redis_cost.ts --quick    # 1 round of 3 s
  * deno run -A bench/redis_cost.ts --cluster  # also the heartbeat on a 3-master Cluster
+ * deno run -A bench/redis_cost.ts --limit 32 # the host's limit equal to the clients
  * ```
  *
  * @module
@@ -39,6 +40,10 @@ const quick = Deno.args.includes("--quick");
 const ROUNDS = quick ? 1 : 3;
 const SECONDS = quick ? 3 : 5;
 const CLIENTS = 32;
+/** The host's limit (`--limit N`); by default far above the clients. */
+const LIMIT = Deno.args.includes("--limit")
+  ? Number(Deno.args[Deno.args.indexOf("--limit") + 1])
+  : 100_000;
 const HOSTS = 10_000;
 const LEASE_MS = 15_000;
 const enc = new TextEncoder();
@@ -120,7 +125,7 @@ async function tunnels(redis: RedisServer | null, target: string) {
     "--hostname",
     "127.0.0.1",
     "--max-connections",
-    "100000",
+    String(LIMIT),
     "--log-level",
     "warn",
     ...(redis ? ["--redis-url", redis.url] : []),

@@ -1167,13 +1167,7 @@ export class RedisLimiter implements Limiter {
       if (!group) groups.set(e, group = []);
       group.push(host);
     }
-    const out: [string, string[]][] = [];
-    for (const [e, group] of groups) {
-      for (let i = 0; i < group.length; i += BATCH_HOSTS) {
-        out.push([e, group.slice(i, i + BATCH_HOSTS)]);
-      }
-    }
-    return out;
+    return this.#split(groups);
   }
 
   /**
@@ -1202,11 +1196,18 @@ export class RedisLimiter implements Limiter {
       rest = rest.sort((a, b) => a[1].renewedAt - b[1].renewedAt).slice(0, CHECK_HOSTS);
     }
     for (const [host, , e] of rest) slots.get(e)!.push(host);
+    return this.#split(slots);
+  }
+
+  /**
+   * Splits the hosts of each slot (by epoch key) into batches of at most
+   * {@linkcode BATCH_HOSTS}; a slot without hosts is one empty batch.
+   */
+  #split(slots: Map<string, string[]>): [string, string[]][] {
     const out: [string, string[]][] = [];
-    for (const [e, due] of slots) {
-      out.push([e, due.slice(0, BATCH_HOSTS)]);
-      for (let i = BATCH_HOSTS; i < due.length; i += BATCH_HOSTS) {
-        out.push([e, due.slice(i, i + BATCH_HOSTS)]);
+    for (const [e, hosts] of slots) {
+      for (let i = 0; i === 0 || i < hosts.length; i += BATCH_HOSTS) {
+        out.push([e, hosts.slice(i, i + BATCH_HOSTS)]);
       }
     }
     return out;
