@@ -161,16 +161,20 @@ interface ScriptedClient {
 interface ScriptedPipeline {
   /** Queues a sync; see {@linkcode ScriptedClient.dprlSync}. */
   dprlSync(numKeys: number, ...keysAndArgs: (string | number)[]): void;
+  zadd(key: string, score: number, member: string): void;
+  pexpire(key: string, ms: number): void;
   exec(): Promise<[Error | null, unknown][] | null>;
 }
 
-/** One heartbeat script call, ready to be sent. */
+/** What a heartbeat sends for one slot, ready to be queued on a pipeline. */
 interface PreparedSync {
-  /** The arguments of {@linkcode ScriptedClient.dprlSync}. */
-  keysAndArgs: [number, ...(string | number)[]];
-  /** Takes in the script's answer. */
-  answered: (reply: (string | number)[]) => void;
-  /** The call failed: its hosts are synced again at the next heartbeat. */
+  /** It needs Redis's time on its node (see {@linkcode PreparedSync.queue}). */
+  needsTime: boolean;
+  /** Queues its commands, given Redis's time in ms; returns how many it queued. */
+  queue: (pipeline: ScriptedPipeline, redisNow: number) => number;
+  /** Takes in the answers of its commands, in order. */
+  answered: (replies: unknown[]) => void;
+  /** Redis did not answer: its hosts are synced again at the next heartbeat. */
   failed: () => void;
 }
 
@@ -185,19 +189,21 @@ interface LineOps {
 }
 
 /** How many leases an idle host's keys outlive their last write. */
-const TTL_LEASES = 8;
+const TTL_LEASES = 12;
 
 /**
- * How many leases may pass before a heartbeat renews a held host's keys'
- * expiry (they outlive their last renewal by {@linkcode TTL_LEASES}); the
- * heartbeats between only renew the worker's lease of the slot.
+ * Every held host is synced in full (its count checked, its keys' expiry
+ * renewed) about once in this many leases: each heartbeat syncs the hosts
+ * synced longest ago, as many as that takes, and at least
+ * {@linkcode CHECK_HOSTS}. A host not synced for `TTL_LEASES - 2` leases
+ * (after a burst of new hosts) is synced at the next heartbeat whatever the
+ * count.
  */
-const RENEW_LEASES = 4;
+const RENEW_LEASES = 6;
 
 /**
- * How many held hosts that need no sync a heartbeat checks all the same (the
- * ones checked longest ago): with up to this many, every heartbeat checks
- * every count; with more, each is checked in turn.
+ * The fewest held hosts a heartbeat syncs in full: with up to this many,
+ * every heartbeat checks every count.
  */
 const CHECK_HOSTS = 256;
 
@@ -260,7 +266,7 @@ export class RedisLimiter implements Limiter {
   #prefix: string;
   #lease: number;
   #ttl: number;
-  /** A heartbeat renews the keys of a host last renewed at least this long ago (ms). */
+  /** A held host is synced in full about this often (ms); see {@linkcode RENEW_LEASES}. */
   #renewEvery: number;
   #timeout: number;
   #mode: FailureMode;
@@ -339,8 +345,7 @@ export class RedisLimiter implements Limiter {
     this.#lease = checkMs("Lease", options.lease ?? 15_000);
     this.#timeout = checkMs("Timeout", options.timeout ?? 1_000);
     this.#ttl = this.#lease * TTL_LEASES;
-    // Due at the heartbeat at which RENEW_LEASES leases have nearly passed.
-    this.#renewEvery = this.#lease * RENEW_LEASES - this.#lease / 6;
+    this.#renewEvery = this.#lease * RENEW_LEASES;
     this.#mode = options.failureMode ?? "closed";
     if (!["closed", "open", "local"].includes(this.#mode)) {
       throw new TypeError(
@@ -1059,7 +1064,7 @@ export class RedisLimiter implements Limiter {
         syncs: 0,
         dirty: false,
         dirtyGen: 0,
-        renewedAt: Date.now() - Math.random() * this.#renewEvery,
+        renewedAt: Date.now(),
       };
       this.#hosts.set(host, s);
     }
@@ -1172,14 +1177,16 @@ export class RedisLimiter implements Limiter {
 
   /**
    * What a heartbeat sends: for every slot in which this worker holds a host,
-   * one call that renews its lease there, with the hosts that need a sync
-   * (changed behind Redis's back, holding nothing, due to renew their keys'
-   * expiry, or in a slot whose lease may have passed) and the
-   * {@linkcode CHECK_HOSTS} others synced longest ago. Batches of at most
+   * its lease there, with the hosts that need a sync (changed behind Redis's
+   * back, holding nothing, not synced for `TTL_LEASES - 2` leases, or in a
+   * slot whose lease may have passed) and the others synced longest ago, as
+   * many as it takes to sync each about every {@linkcode RENEW_LEASES}
+   * leases and at least {@linkcode CHECK_HOSTS}. Batches of at most
    * {@linkcode BATCH_HOSTS} hosts.
    */
   #dueBatches(): [string, string[]][] {
     const now = Date.now();
+    const overdue = now - this.#lease * (TTL_LEASES - 2);
     const slots = new Map<string, string[]>();
     let rest: [string, HostState, string][] = [];
     for (const [host, s] of this.#hosts) {
@@ -1187,13 +1194,17 @@ export class RedisLimiter implements Limiter {
       let due = slots.get(e);
       if (!due) slots.set(e, due = []);
       if (
-        s.dirty || this.#syncCount(host, s) <= 0 || now - s.renewedAt >= this.#renewEvery ||
+        s.dirty || this.#syncCount(host, s) <= 0 || s.renewedAt <= overdue ||
         !this.#leaseHeld(e, now)
       ) due.push(host);
       else rest.push([host, s, e]);
     }
-    if (rest.length > CHECK_HOSTS) {
-      rest = rest.sort((a, b) => a[1].renewedAt - b[1].renewedAt).slice(0, CHECK_HOSTS);
+    const share = Math.max(
+      CHECK_HOSTS,
+      Math.ceil((this.#hosts.size * this.#lease) / 3 / this.#renewEvery),
+    );
+    if (rest.length > share) {
+      rest = rest.sort((a, b) => a[1].renewedAt - b[1].renewedAt).slice(0, share);
     }
     for (const [host, , e] of rest) slots.get(e)!.push(host);
     return this.#split(slots);
@@ -1229,44 +1240,97 @@ export class RedisLimiter implements Limiter {
       if (!list) byNode.set(node, list = []);
       list.push(batch);
     }
-    for (const list of byNode.values()) {
+    for (const [node, list] of byNode) {
       let chunk: PreparedSync[] = [];
       let size = 0;
       for (const [e, hosts] of list) {
-        chunk.push(this.#prepareSync(e, hosts.map((host) => [host, this.#hosts.get(host)!])));
-        size += hosts.length;
+        chunk.push(
+          hosts.length === 0
+            ? this.#prepareLease(e)
+            : this.#prepareSync(e, hosts.map((host) => [host, this.#hosts.get(host)!])),
+        );
+        size += Math.max(1, hosts.length);
         if (size >= PIPELINE_HOSTS) {
-          this.#sendSyncs(chunk);
+          this.#sendSyncs(node, chunk);
           chunk = [];
           size = 0;
         }
       }
-      if (chunk.length > 0) this.#sendSyncs(chunk);
+      if (chunk.length > 0) this.#sendSyncs(node, chunk);
     }
   }
 
-  /** Sends prepared syncs of one node as one pipeline. */
-  #sendSyncs(syncs: PreparedSync[]): void {
-    this.#call(async () => {
-      const pipeline = this.#client.pipeline() as unknown as ScriptedPipeline;
-      for (const sync of syncs) pipeline.dprlSync(...sync.keysAndArgs);
-      const results = await pipeline.exec();
-      // A pipeline answers every error in its results: Redis did not answer these.
-      const unanswered = results?.find(([error]) => error && !isReplyError(error));
-      if (unanswered) throw unanswered[0];
-      return results;
-    }).then(
+  /**
+   * Sends what a heartbeat prepared for one node (`""`: the single Redis) as
+   * one pipeline, after asking the node's time when a lease needs it.
+   */
+  #sendSyncs(node: string, syncs: PreparedSync[]): void {
+    const counts: number[] = [];
+    const time = syncs.some((sync) => sync.needsTime)
+      ? this.#call(() => this.#redisTime(node))
+      : Promise.resolve(0);
+    time.then((redisNow) =>
+      this.#call(async () => {
+        const pipeline = this.#client.pipeline() as unknown as ScriptedPipeline;
+        for (const sync of syncs) counts.push(sync.queue(pipeline, redisNow));
+        const results = await pipeline.exec();
+        // A pipeline answers every error in its results: Redis did not answer these.
+        const unanswered = results?.find(([error]) => error && !isReplyError(error));
+        if (unanswered) throw unanswered[0];
+        return results ?? [];
+      })
+    ).then(
       (results) => {
+        let at = 0;
         syncs.forEach((sync, i) => {
-          const [error, reply] = results?.[i] ?? [new Error("No reply")];
-          if (error) sync.failed();
-          else sync.answered(reply as (string | number)[]);
+          const own = results.slice(at, at += counts[i]);
+          if (own.length < counts[i] || own.some(([error]) => error)) sync.failed();
+          else sync.answered(own.map(([, reply]) => reply));
         });
       },
       () => {
         for (const sync of syncs) sync.failed();
       },
     );
+  }
+
+  /** Redis's time (ms since epoch) on `node` (`""`: the single Redis). */
+  async #redisTime(node: string): Promise<number> {
+    const client = this.#cluster
+      ? (this.#client as Cluster).nodes("master").find((n) =>
+        `${n.options.host}:${n.options.port}` === node
+      )
+      : this.#client as Redis;
+    if (!client) throw new Error(`No connection to Redis node ${node}`);
+    const [sec, usec] = await client.time();
+    return Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
+  }
+
+  /**
+   * Renews this worker's lease of the slot of epoch key `e`, where no host
+   * needs a sync: a `ZADD` with a deadline from Redis's time and a
+   * `PEXPIRE`, no script. A lease found missing while it cannot have passed
+   * means the lease set was lost.
+   */
+  #prepareLease(e: string): PreparedSync {
+    const key = this.#leaseKey(e);
+    const now = Date.now();
+    const held = this.#leaseHeld(e, now);
+    return {
+      needsTime: true,
+      queue: (pipeline, redisNow) => {
+        pipeline.zadd(key, redisNow + this.#lease, this.#worker);
+        pipeline.pexpire(key, this.#ttl);
+        return 2;
+      },
+      answered: ([added]) => {
+        this.#leasedAt.set(e, now);
+        if (Number(added) === 1 && held) {
+          this.#recover("the lease set of a slot was deleted or evicted", true, null);
+        }
+      },
+      failed: () => {},
+    };
   }
 
   /**
@@ -1289,21 +1353,27 @@ export class RedisLimiter implements Limiter {
       s.syncs++;
       this.#touched.add(host);
     }
+    const keysAndArgs: [number, ...(string | number)[]] = [
+      2 + hosts.length,
+      e,
+      this.#leaseKey(e),
+      ...hosts.map(([host]) => this.#key(host, "n")),
+      this.#worker,
+      this.#lease,
+      this.#ttl,
+      this.#known.get(e) ?? "",
+      this.#fresh,
+      this.#leaseHeld(e, now) ? 1 : 0,
+      ...args,
+    ];
     return {
-      keysAndArgs: [
-        2 + hosts.length,
-        e,
-        this.#leaseKey(e),
-        ...hosts.map(([host]) => this.#key(host, "n")),
-        this.#worker,
-        this.#lease,
-        this.#ttl,
-        this.#known.get(e) ?? "",
-        this.#fresh,
-        this.#leaseHeld(e, now) ? 1 : 0,
-        ...args,
-      ],
-      answered: (reply) => {
+      needsTime: false,
+      queue: (pipeline) => {
+        pipeline.dprlSync(...keysAndArgs);
+        return 1;
+      },
+      answered: ([answer]) => {
+        const reply = answer as (string | number)[];
         this.#leasedAt.set(e, now);
         const lost = Number(reply[1]);
         this.#noteEpoch(e, lost, String(reply[0]), "");

@@ -336,7 +336,9 @@ return 0
  * host]...)` on `KEYS` = epoch hash, lease set `L` of one slot, then n of
  * each host in that slot: renews `worker`'s lease of the slot (one write,
  * however many hosts it holds there), then sets its field of each host given
- * to its `count`, its own truth (0 deletes it), renewing the keys' expiry.
+ * to its `count`, its own truth (0 deletes it), renewing the keys' expiry. A
+ * host whose hash holds only this worker's field, at `count` (with `trusted`
+ * 1), only has its keys' expiry renewed.
  * `floor` and `trusted` detect lost keys as in {@linkcode ACQUIRE_LUA}. With
  * `held` = 1 the worker's lease of the slot cannot have passed: a lease found
  * missing means the lease set was lost; `held` = `"leave"` (with every count
@@ -370,12 +372,19 @@ for h = 0, #KEYS - 3 do
   local trusted = ARGV[9 + 4 * h] == '1'
   local host = ARGV[10 + 4 * h]
   local hostLost = 0
-  if keys_lost(e, host, n, L) then hostLost = 2 end
-  local sum, mine = live(n, L, worker, true)
-  if trusted and mine < floor then hostLost = 2 end
-  write(n, L, e, host, worker, count, ttl)
-  unmark_if_gone(e, host, n)
-  out[o + 1] = sum - mine + math.max(count, 0)
+  local fields = trusted and count > 0 and redis.call('HGETALL', n) or {}
+  if #fields == 2 and fields[1] == worker and tonumber(fields[2]) == count then
+    -- Only this worker's count, as it knows it: renew the keys, nothing else.
+    renew_keys(n, L, e, host, ttl)
+    out[o + 1] = count
+  else
+    if keys_lost(e, host, n, L) then hostLost = 2 end
+    local sum, mine = live(n, L, worker, true)
+    if trusted and mine < floor then hostLost = 2 end
+    write(n, L, e, host, worker, count, ttl)
+    unmark_if_gone(e, host, n)
+    out[o + 1] = sum - mine + math.max(count, 0)
+  end
   out[o + 2] = hostLost
   o = o + 2
 end
