@@ -173,6 +173,18 @@ await redisTest(
     assert.equal((await server.cli("HGET", n, w.workerId)).trim(), "1");
     w.release(host);
     await waitFor(async () => (await server.cli("EXISTS", n)).trim() === "0", 2_000, "released");
+    // Slots kept longest go back first; one in constant use stays kept.
+    for (let i = 0; i < 3; i++) assert.equal(await w.acquire(host, 4), true);
+    for (let i = 0; i < 3; i++) w.release(host);
+    await server.cli("CONFIG", "RESETSTAT");
+    const until = Date.now() + 100;
+    while (Date.now() < until) {
+      assert.equal(await w.acquire(host, 4), true);
+      await sleep(1);
+      w.release(host);
+    }
+    assert.equal((await server.cli("HGET", n, w.workerId)).trim(), "1");
+    assert.ok(await scriptCalls(server) <= 2, `${await scriptCalls(server)} script calls`);
   },
 );
 

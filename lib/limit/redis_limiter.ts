@@ -76,9 +76,10 @@ interface HostState {
   uncounted: number;
   /**
    * Of `counted`, slots given back here but still counted in Redis, kept for
-   * this worker's next acquire of the host (see {@linkcode KEEP_MS}).
+   * this worker's next acquire of the host (see {@linkcode KEEP_MS}): when
+   * each was given back (`performance.now()`), oldest first.
    */
-  kept: number;
+  kept: number[];
   /** The limit the last acquire named (0: none). */
   limit: number;
   /** Acquires sent to Redis and not answered yet. */
@@ -286,8 +287,10 @@ export class RedisLimiter implements Limiter {
   /** This turn's acquires and releases, by host, until the flush sends them. */
   #queued = new Map<string, Batch>();
   #touched = new Set<string>();
-  /** Hosts with kept slots; {@linkcode KEEP_MS} after the first, they are given back. */
+  /** Hosts with kept slots: each is given back once kept {@linkcode KEEP_MS}. */
   #keeping = new Set<string>();
+  /** The next sweep of kept slots, while any are kept. */
+  #keepTimer: ReturnType<typeof setTimeout> | null = null;
   #available = true;
   #everReady = false;
   /** The connection closed and no 'ready' has been handled since. */
@@ -431,7 +434,7 @@ export class RedisLimiter implements Limiter {
   /** The slots this process holds for `host`, counted or not. */
   localCount(host: string): number {
     const s = this.#hosts.get(host);
-    return s ? s.counted - s.kept + s.uncounted : 0;
+    return s ? s.counted - s.kept.length + s.uncounted : 0;
   }
 
   /**
@@ -475,12 +478,12 @@ export class RedisLimiter implements Limiter {
       );
     }
     s.limit = limit;
-    if (s.kept > 0) {
+    if (s.kept.length > 0) {
       if (ticket === undefined && this.#mayKeep(host, s, 0)) {
-        s.kept--;
+        s.kept.pop(); // the newest: the older ones go back first
         return true;
       }
-      this.#giveBackKept([host]);
+      this.#giveBackKept(host);
     }
     this.#touched.add(host);
     s.pending++;
@@ -645,7 +648,7 @@ export class RedisLimiter implements Limiter {
     const lost = `${this.#prefix}:lost`;
     sub.on("message", (channel: string, message: string) => {
       if (channel === pressure) {
-        if (this.#keeping.has(message)) this.#giveBackKept([message]);
+        if (this.#keeping.has(message)) this.#giveBackKept(message);
         this.onPressure?.(message);
       } else if (channel === lost) this.#lossNotice(message);
       else if (this.#tickets.has(message)) this.onWake?.(message);
@@ -676,7 +679,7 @@ export class RedisLimiter implements Limiter {
   enqueue(host: string): string {
     const ticket = `${this.#worker}|${(this.#ticketSeq++).toString(36).padStart(11, "0")}`;
     if (this.#closed) return ticket;
-    if (this.#keeping.has(host)) this.#giveBackKept([host]);
+    if (this.#keeping.has(host)) this.#giveBackKept(host);
     let tickets = this.#tickets.get(host);
     if (!tickets) {
       this.#tickets.set(host, tickets = new Set());
@@ -781,15 +784,15 @@ export class RedisLimiter implements Limiter {
       this.#collect(host, s);
       return;
     }
-    if (s.counted - s.kept <= 0) return;
+    if (s.counted - s.kept.length <= 0) return;
     if (this.#closed) {
       s.counted--;
       return;
     }
     if (!this.#failFast() && this.#mayKeep(host, s, 1)) {
-      s.kept++;
-      if (this.#keeping.size === 0) setTimeout(() => this.#giveBackKept(), KEEP_MS);
+      s.kept.push(performance.now());
       this.#keeping.add(host);
+      this.#keepTimer ??= setTimeout(() => this.#sweepKept(), KEEP_MS);
       return;
     }
     s.counted--;
@@ -808,20 +811,32 @@ export class RedisLimiter implements Limiter {
     return s.limit <= 0 || (this.#fleet.get(host) ?? Infinity) <= s.limit - room;
   }
 
-  /** Gives back the kept slots of `hosts` (default: every host keeping some). */
-  #giveBackKept(hosts: Iterable<string> = this.#keeping): void {
-    for (const host of [...hosts]) {
-      this.#keeping.delete(host);
-      const s = this.#hosts.get(host);
-      if (!s || s.kept === 0) continue;
-      const n = s.kept;
-      s.kept = 0;
-      s.counted -= n;
-      if (this.#closed) continue;
-      if (this.#failFast()) this.#markDirty(host, s);
-      else this.#batch(host, s).releases += n;
-      this.#collect(host, s);
+  /** Gives back the slots kept {@linkcode KEEP_MS} or longer; runs while any are kept. */
+  #sweepKept(): void {
+    this.#keepTimer = null;
+    const due = performance.now() - KEEP_MS;
+    let next = Infinity;
+    for (const host of this.#keeping) {
+      const kept = this.#hosts.get(host)?.kept ?? [];
+      let n = 0;
+      while (n < kept.length && kept[n] <= due) n++;
+      if (n < kept.length) next = Math.min(next, kept[n]);
+      this.#giveBackKept(host, n);
     }
+    if (next < Infinity) this.#keepTimer = setTimeout(() => this.#sweepKept(), next - due);
+  }
+
+  /** Gives back the `n` oldest (default: all) kept slots of `host`. */
+  #giveBackKept(host: string, n = Infinity): void {
+    const s = this.#hosts.get(host);
+    const back = s?.kept.splice(0, n).length ?? 0;
+    if (!s || s.kept.length === 0) this.#keeping.delete(host);
+    if (!s || back === 0) return;
+    s.counted -= back;
+    if (this.#closed) return;
+    if (this.#failFast()) this.#markDirty(host, s);
+    else this.#batch(host, s).releases += back;
+    this.#collect(host, s);
   }
 
   /**
@@ -835,7 +850,7 @@ export class RedisLimiter implements Limiter {
     }
     try {
       if (this.#failFast()) throw new Error("Redis is unreachable");
-      if (this.#keeping.has(host)) this.#giveBackKept([host]);
+      if (this.#keeping.has(host)) this.#giveBackKept(host);
       // This turn's releases are sent before the count.
       if (this.#queued.has(host)) await Promise.resolve();
       const [total] = (await this.#count([host])).map(Number);
@@ -866,6 +881,9 @@ export class RedisLimiter implements Limiter {
     this.#closed = true;
     if (this.#heartbeat !== null) clearInterval(this.#heartbeat);
     this.#heartbeat = null;
+    if (this.#keepTimer !== null) clearTimeout(this.#keepTimer);
+    this.#keepTimer = null;
+    this.#keeping.clear();
     this.#subscriber?.disconnect();
     this.#subscriber = null;
     const client = this.#client;
@@ -1058,7 +1076,7 @@ export class RedisLimiter implements Limiter {
       s = {
         counted: 0,
         uncounted: 0,
-        kept: 0,
+        kept: [],
         limit: 0,
         pending: 0,
         syncs: 0,
@@ -1460,7 +1478,7 @@ export class RedisLimiter implements Limiter {
   #register(): void {
     if (this.#closed || this.#failFast()) return;
     let connections = 0;
-    for (const s of this.#hosts.values()) connections += s.counted - s.kept + s.uncounted;
+    for (const s of this.#hosts.values()) connections += s.counted - s.kept.length + s.uncounted;
     const key = this.#workerKey(this.#worker);
     this.#call(() => this.#scripts.dprlRegister(this.#workersKey, this.#worker, this.#lease, "add"))
       .catch(() => {});
