@@ -5,8 +5,9 @@
  *   through one dprl, one after another each, for a few seconds; EVALSHA,
  *   EVAL and FCALL calls from `INFO commandstats` over the tunnels opened
  *   (goal <= 1.0);
- * - tunnels/s with Redis over tunnels/s in memory, the same load, rounds
- *   alternating (goal >= 0.9 in every round);
+ * - tunnels/s with Redis over tunnels/s in memory, the same load on two
+ *   proxies running side by side, alternating in half-second slices (goal
+ *   >= 0.9 in every round), and each proxy's CPU per tunnel;
  * - the idle cost of holding 10,000 hosts: one limiter holds one slot of
  *   each and only its heartbeat talks to Redis; Redis's CPU (`INFO cpu`) and
  *   the limiter's calls per second (each one round trip) over three
@@ -113,8 +114,8 @@ export async function scriptCalls(redis: RedisServer): Promise<number> {
   return (calls.get("evalsha") ?? 0) + (calls.get("eval") ?? 0) + (calls.get("fcall") ?? 0);
 }
 
-/** Tunnels per second through a fresh dprl, and the script calls they cost. */
-async function tunnels(redis: RedisServer | null, target: string) {
+/** A dprl for the tunnel load, in memory or on `redis`. */
+async function startDprl(redis: RedisServer | null, target: string) {
   const port = freePort();
   const proc: Spawned = spawn("dprl", Deno.execPath(), [
     "run",
@@ -130,32 +131,80 @@ async function tunnels(redis: RedisServer | null, target: string) {
     "warn",
     ...(redis ? ["--redis-url", redis.url] : []),
   ]);
-  try {
-    await waitForPort(port, 20_000);
-    // Warm up (JIT, script load), then count.
-    const buf = new Uint8Array(4096);
-    for (let i = 0; i < 200; i++) await tunnel(port, target, buf);
-    await redis?.command("CONFIG", "RESETSTAT");
-    let done = 0;
-    let failed = 0;
-    const until = performance.now() + SECONDS * 1000;
-    const started = performance.now();
-    await Promise.all(Array.from({ length: CLIENTS }, async () => {
-      const b = new Uint8Array(4096);
-      while (performance.now() < until) {
-        try {
-          await tunnel(port, target, b);
-          done++;
-        } catch {
-          failed++;
-        }
+  await waitForPort(port, 20_000);
+  // Warm up (JIT, script load).
+  const buf = new Uint8Array(4096);
+  for (let i = 0; i < 200; i++) await tunnel(port, target, buf);
+  return { port, proc };
+}
+
+/** What one dprl did over the slices of a round. */
+interface Tally {
+  done: number;
+  failed: number;
+  seconds: number;
+  cpuSeconds: number;
+}
+
+/** `CLIENTS` clients open tunnels through the proxy on `port` for `ms`. */
+async function load(port: number, target: string, ms: number, tally: Tally): Promise<void> {
+  const until = performance.now() + ms;
+  const started = performance.now();
+  await Promise.all(Array.from({ length: CLIENTS }, async () => {
+    const b = new Uint8Array(4096);
+    while (performance.now() < until) {
+      try {
+        await tunnel(port, target, b);
+        tally.done++;
+      } catch {
+        tally.failed++;
       }
+    }
+  }));
+  tally.seconds += (performance.now() - started) / 1000;
+}
+
+/**
+ * Tunnels per second through a dprl in memory and one on Redis, both
+ * running, the load alternating between them in half-second slices (the
+ * first of each pair alternating too), so that both see the same machine;
+ * with the proxies' CPU per tunnel and the Redis one's script calls.
+ */
+export async function tunnelsSideBySide(redis: RedisServer, target: string): Promise<{
+  memory: number;
+  redis: number;
+  cpuUs: number[];
+  scriptsPerTunnel: number;
+  failed: number;
+}> {
+  const memory = await startDprl(null, target);
+  const distributed = await startDprl(redis, target);
+  try {
+    await redis.command("CONFIG", "RESETSTAT");
+    const pairs = [memory, distributed].map((d) => ({
+      ...d,
+      cpu0: cpuSeconds(d.proc.pid),
+      tally: { done: 0, failed: 0, seconds: 0, cpuSeconds: 0 },
     }));
-    const seconds = (performance.now() - started) / 1000;
-    const scripts = redis ? await scriptCalls(redis) : NaN;
-    return { rate: done / seconds, failed, scriptsPerTunnel: scripts / done };
+    const slices = SECONDS * 2;
+    for (let i = 0; i < slices; i++) {
+      for (const p of i % 2 ? [pairs[1], pairs[0]] : pairs) await load(p.port, target, 500, p.tally);
+    }
+    for (const p of pairs) {
+      const cpu = cpuSeconds(p.proc.pid);
+      p.tally.cpuSeconds = cpu.user + cpu.sys - p.cpu0.user - p.cpu0.sys;
+    }
+    const scripts = await scriptCalls(redis);
+    const [m, r] = pairs.map((p) => p.tally);
+    return {
+      memory: m.done / m.seconds,
+      redis: r.done / r.seconds,
+      cpuUs: [m, r].map((t) => (1e6 * t.cpuSeconds) / t.done),
+      scriptsPerTunnel: scripts / r.done,
+      failed: m.failed + r.failed,
+    };
   } finally {
-    await proc.stop();
+    await Promise.all([memory.proc.stop(), distributed.proc.stop()]);
   }
 }
 
@@ -295,15 +344,15 @@ if (import.meta.main) {
     console.log(`load average before: ${loadAverage()}`);
     const rows = [];
     for (let round = 1; round <= ROUNDS; round++) {
-      const memory = await tunnels(null, target);
-      const distributed = await tunnels(redis, target);
+      const t = await tunnelsSideBySide(redis, target);
       rows.push({
         round,
-        memoryPerSecond: Math.round(memory.rate),
-        redisPerSecond: Math.round(distributed.rate),
-        ratio: +(distributed.rate / memory.rate).toFixed(2),
-        scriptCallsPerTunnel: +distributed.scriptsPerTunnel.toFixed(3),
-        failed: memory.failed + distributed.failed,
+        memoryPerSecond: Math.round(t.memory),
+        redisPerSecond: Math.round(t.redis),
+        ratio: +(t.redis / t.memory).toFixed(2),
+        proxyCpuUsPerTunnel: t.cpuUs.map(Math.round).join(" / "),
+        scriptCallsPerTunnel: +t.scriptsPerTunnel.toFixed(3),
+        failed: t.failed,
       });
     }
     console.table(rows);

@@ -337,7 +337,7 @@ async function measureDistributed(defs: ProxyDef[], tools: Tools): Promise<void>
   const up = await startUpstream(tools);
   let full = false;
   // Loaded here: the Redis client comes with it.
-  const { heartbeatCost, scriptCalls } = await import("./redis_cost.ts");
+  const { heartbeatCost, scriptCalls, tunnelsSideBySide } = await import("./redis_cost.ts");
   const redisCost: RedisCostFigures = results.redisCost = { scriptsPerTunnel: [], ratios: [] };
   try {
     for (let round = 0; round < ROUNDS; round++) {
@@ -378,6 +378,16 @@ async function measureDistributed(defs: ProxyDef[], tools: Tools): Promise<void>
       const red = results.rounds[`${L.dprlRedis}: tunnels/s`]?.[round];
       redisCost.ratios[round] = red / mem;
     }
+    await attempt("Redis ÷ memory side by side", async () => {
+      await redis.flushAll();
+      full = false;
+      redisCost.sideBySide = [];
+      for (let round = 0; round < ROUNDS; round++) {
+        log(`dprl in memory and on Redis side by side, round ${round + 1}/${ROUNDS}`);
+        const t = await tunnelsSideBySide(redis, `127.0.0.1:${up.port}`);
+        redisCost.sideBySide.push({ ratio: t.redis / t.memory, cpuUs: t.cpuUs });
+      }
+    });
     await attempt("heartbeat cost, 10,000 hosts", async () => {
       log("heartbeat cost: one worker holding 10,000 hosts, three heartbeats (about 20 s)");
       redisCost.heartbeat = await heartbeatCost(redis);
