@@ -188,7 +188,9 @@ export async function tunnelsSideBySide(redis: RedisServer, target: string): Pro
     }));
     const slices = SECONDS * 2;
     for (let i = 0; i < slices; i++) {
-      for (const p of i % 2 ? [pairs[1], pairs[0]] : pairs) await load(p.port, target, 500, p.tally);
+      for (const p of i % 2 ? [pairs[1], pairs[0]] : pairs) {
+        await load(p.port, target, 500, p.tally);
+      }
     }
     for (const p of pairs) {
       const cpu = cpuSeconds(p.proc.pid);
@@ -252,18 +254,24 @@ export async function clusterHeartbeatCost(hosts = HOSTS): Promise<{
   hosts: number;
   seconds: number;
   redisCpuPercentPerNode: string;
+  idleCpuPercentPerNode: string;
   roundTripsPerSecond: number;
   scriptCallsPerSecond: number;
 }> {
   await using cluster = await RedisClusterServers.start();
+  const cpus = () =>
+    Promise.all(cluster.servers.map(async (s) => redisCpu(await s.cli("INFO", "cpu"))));
+  const percents = (c0: number[], c1: number[], seconds: number) =>
+    c1.map((c, i) => ((100 * (c - c0[i])) / seconds).toFixed(3)).join(" ");
+  const idle0 = await cpus();
+  await new Promise((r) => setTimeout(r, 5_000));
+  const idleCpuPercentPerNode = percents(idle0, await cpus(), 5);
   const limiter = new RedisLimiter({
     redis: { cluster: cluster.nodes },
     lease: LEASE_MS,
     prefix: "bench",
     timeout: 5_000,
   });
-  const cpus = () =>
-    Promise.all(cluster.servers.map(async (s) => redisCpu(await s.cli("INFO", "cpu"))));
   try {
     await holdUntilBetweenBeats(limiter, hosts);
     for (const s of cluster.servers) await s.cli("CONFIG", "RESETSTAT");
@@ -282,8 +290,8 @@ export async function clusterHeartbeatCost(hosts = HOSTS): Promise<{
     return {
       hosts,
       seconds: +seconds.toFixed(1),
-      redisCpuPercentPerNode: cpu1.map((c, i) => ((100 * (c - cpu0[i])) / seconds).toFixed(3))
-        .join(" "),
+      redisCpuPercentPerNode: percents(cpu0, cpu1, seconds),
+      idleCpuPercentPerNode,
       roundTripsPerSecond: +(trips / seconds).toFixed(1),
       scriptCallsPerSecond: +(scripts / seconds).toFixed(1),
     };

@@ -113,7 +113,7 @@ end
  *   renews.
  * - `write(n, L, e, host, worker, value, ttl)`: sets `worker`'s field to
  *   `value`, renews its lease and the keys (`renew_keys`); a value of 0
- *   deletes its field and member.
+ *   deletes its field.
  */
 const WRITE = `
 local function renew_keys(n, L, e, host, ttl)
@@ -229,10 +229,11 @@ export function forCluster(lua: string): string {
 /**
  * `acquire(worker, leaseMs, floor, ttlMs, known, fresh, trusted, releases,
  * host, groupLimit, limit...)` on `KEYS` = n, the slot's lease set, epoch
- * hash, group member set, then (always last) line q and waiting workers qw: first gives back
- * `releases` slots of `worker` (and wakes the line), then takes one slot per
- * `limit`, in order, for each while `limit` is 0 or the live workers hold
- * fewer than it and the line lets it through, unless keys were lost. A
+ * hash, group member set, then (always last) line q and waiting workers qw:
+ * first gives back `releases` slots of `worker` (and wakes the line), then
+ * takes one slot per `limit`, in order, for each while `limit` is 0 or the
+ * live workers hold fewer than it and the line lets it through, unless keys
+ * were lost. A
  * `limit` may carry a ticket (`"<limit> <ticket>"`): granted, the ticket
  * leaves the line (see `LINE`). For a member of a group (`groupLimit` 0 or
  * more; -1: no group, and `KEYS[4]` is unused), a slot also needs the
