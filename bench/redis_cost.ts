@@ -51,7 +51,7 @@ const enc = new TextEncoder();
 const dec = new TextDecoder();
 
 /** A TCP upstream that answers every byte with the same byte. */
-function startEcho(): { port: number; close(): void } {
+export function startEcho(): { port: number; close(): void } {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   (async () => {
     for await (const conn of listener) {
@@ -167,10 +167,15 @@ async function load(port: number, target: string, ms: number, tally: Tally): Pro
 /**
  * Tunnels per second through a dprl in memory and one on Redis, both
  * running, the load alternating between them in half-second slices (the
- * first of each pair alternating too), so that both see the same machine;
- * with the proxies' CPU per tunnel and the Redis one's script calls.
+ * first of each pair alternating too) for `seconds` in all, so that both see
+ * the same machine; with the proxies' CPU per tunnel and the Redis one's
+ * script calls. `target` must echo (see {@linkcode startEcho}).
  */
-export async function tunnelsSideBySide(redis: RedisServer, target: string): Promise<{
+export async function tunnelsSideBySide(
+  redis: RedisServer,
+  target: string,
+  seconds: number = SECONDS,
+): Promise<{
   memory: number;
   redis: number;
   cpuUs: number[];
@@ -186,7 +191,7 @@ export async function tunnelsSideBySide(redis: RedisServer, target: string): Pro
       cpu0: cpuSeconds(d.proc.pid),
       tally: { done: 0, failed: 0, seconds: 0, cpuSeconds: 0 },
     }));
-    const slices = SECONDS * 2;
+    const slices = seconds * 2;
     for (let i = 0; i < slices; i++) {
       for (const p of i % 2 ? [pairs[1], pairs[0]] : pairs) {
         await load(p.port, target, 500, p.tally);

@@ -327,7 +327,6 @@ async function measureDistributed(defs: ProxyDef[], tools: Tools): Promise<void>
   const dprl = defs.find((d) => d.name === "dprl")!;
   const go = defs.find((d) => d.name === "goproxy-dprl")!;
   const configs: DistConfig[] = [
-    { label: L.dprlMem, def: dprl, max: 100_000, redis: false, full: false },
     { label: L.dprlRedis, def: dprl, max: 100_000, redis: true, full: false },
     { label: L.dprlRedisFull, def: dprl, max: 100_000, redis: true, full: true },
     { label: L.goRedis, def: go, max: 0, redis: true, full: false },
@@ -337,8 +336,10 @@ async function measureDistributed(defs: ProxyDef[], tools: Tools): Promise<void>
   const up = await startUpstream(tools);
   let full = false;
   // Loaded here: the Redis client comes with it.
-  const { heartbeatCost, scriptCalls, tunnelsSideBySide } = await import("./redis_cost.ts");
-  const redisCost: RedisCostFigures = results.redisCost = { scriptsPerTunnel: [], ratios: [] };
+  const { heartbeatCost, scriptCalls, startEcho, tunnelsSideBySide } = await import(
+    "./redis_cost.ts"
+  );
+  const redisCost: RedisCostFigures = results.redisCost = { scriptsPerTunnel: [], sideBySide: [] };
   try {
     for (let round = 0; round < ROUNDS; round++) {
       const order = round % 2 ? [...configs].reverse() : configs;
@@ -374,18 +375,20 @@ async function measureDistributed(defs: ProxyDef[], tools: Tools): Promise<void>
           }
         });
       }
-      const mem = results.rounds[`${L.dprlMem}: tunnels/s`]?.[round];
-      const red = results.rounds[`${L.dprlRedis}: tunnels/s`]?.[round];
-      redisCost.ratios[round] = red / mem;
     }
     await attempt("Redis ÷ memory side by side", async () => {
       await redis.flushAll();
       full = false;
-      redisCost.sideBySide = [];
-      for (let round = 0; round < ROUNDS; round++) {
-        log(`dprl in memory and on Redis side by side, round ${round + 1}/${ROUNDS}`);
-        const t = await tunnelsSideBySide(redis, `127.0.0.1:${up.port}`);
-        redisCost.sideBySide.push({ ratio: t.redis / t.memory, cpuUs: t.cpuUs });
+      const echo = startEcho();
+      try {
+        for (let round = 0; round < ROUNDS; round++) {
+          log(`dprl in memory and on Redis side by side (${D}s), round ${round + 1}/${ROUNDS}`);
+          const t = await tunnelsSideBySide(redis, `127.0.0.1:${echo.port}`, D);
+          redisCost.sideBySide.push({ memory: t.memory, redis: t.redis, cpuUs: t.cpuUs });
+          log(`  Redis ÷ memory, round ${round + 1}: ${(t.redis / t.memory).toFixed(2)}`);
+        }
+      } finally {
+        echo.close();
       }
     });
     await attempt("heartbeat cost, 10,000 hosts", async () => {
