@@ -4,6 +4,7 @@
 // clients: a rule's queue-timeout and queue-max, and a reload that changes them.
 import assert from "node:assert/strict";
 import fc from "fast-check";
+import { best } from "./_helpers/naive_rules.ts";
 import { hostKey } from "../lib/limit/host_key.ts";
 import { LimitTable } from "../lib/limit/limit_table.ts";
 import { diffRules } from "../lib/limit/rules/diff.ts";
@@ -113,25 +114,6 @@ const queue = fc.record(
   { "queue-timeout": fc.nat(120).map((s) => `${s}s`), "queue-max": fc.nat(100) },
   { requiredKeys: [] },
 );
-
-function rank(pattern: string, key: string): number {
-  const colon = key.lastIndexOf(":");
-  const host = colon > key.lastIndexOf("]") ? key.slice(0, colon) : key;
-  if (pattern === key) return 1_000_000;
-  if (pattern === host) return 999_999;
-  if (pattern.startsWith("*.") && host.endsWith(pattern.slice(1))) return pattern.length;
-  return -1;
-}
-
-function best<T>(entries: [string, T][], key: string): T | undefined {
-  let found: T | undefined;
-  let score = -1;
-  for (const [p, v] of entries) {
-    const r = rank(p, key);
-    if (r > score) [found, score] = [v, r];
-  }
-  return found;
-}
 
 Deno.test("rule table queue settings agree with a naive scan: host rules, then the group", () => {
   const rulesArb = fc.record({

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
+import { best } from "./_helpers/naive_rules.ts";
 import { hostKey } from "../lib/limit/host_key.ts";
 import { RuleTable } from "../lib/limit/rules/rule_table.ts";
 import type { LimitRules } from "../lib/limit/rules/rules.ts";
@@ -118,26 +119,6 @@ const exactPattern = fc.tuple(name, port).map(([n, p]) => p ? `${n}:${p}` : n);
 const wildPattern = name.map((n) => `*.${n}`);
 const pattern = fc.oneof(exactPattern, wildPattern);
 const hostKeyArb = fc.tuple(name, port).map(([n, p]) => hostKey(p ? `${n}:${p}` : n));
-
-/** The specificity of a pattern for a key, or -1 when it does not match. */
-function rank(pattern: string, key: string): number {
-  const colon = key.lastIndexOf(":");
-  const host = colon > key.lastIndexOf("]") ? key.slice(0, colon) : key;
-  if (pattern === key) return 1_000_000;
-  if (pattern === host) return 999_999;
-  if (pattern.startsWith("*.") && host.endsWith(pattern.slice(1))) return pattern.length;
-  return -1;
-}
-
-function best<T>(entries: [string, T][], key: string): T | undefined {
-  let found: T | undefined;
-  let score = -1;
-  for (const [p, v] of entries) {
-    const r = rank(p, key);
-    if (r > score) [found, score] = [v, r];
-  }
-  return found;
-}
 
 Deno.test("rule table lookup agrees with a naive scan of every rule", () => {
   const rulesArb = fc.record({
