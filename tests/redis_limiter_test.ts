@@ -4,6 +4,7 @@ import { Redis } from "ioredis";
 import { configure, getLogger, type LogRecord } from "@logtape/logtape";
 import {
   type FailureMode,
+  KEEP_MS,
   RedisLimiter,
   type RedisLimiterOptions,
 } from "../lib/limit/redis_limiter.ts";
@@ -178,7 +179,7 @@ await redisTest(
     for (let i = 0; i < 3; i++) assert.equal(await w.acquire(host, 4), true);
     for (let i = 0; i < 3; i++) w.release(host);
     await server.cli("CONFIG", "RESETSTAT");
-    const until = Date.now() + 100;
+    const until = Date.now() + 3 * KEEP_MS;
     while (Date.now() < until) {
       assert.equal(await w.acquire(host, 4), true);
       await sleep(1);

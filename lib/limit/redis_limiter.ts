@@ -217,7 +217,7 @@ const CHECK_HOSTS = 256;
  * this worker waits in its line; a refusal anywhere in the fleet
  * (`<prefix>:pressure`) gives the host's kept slots back at once.
  */
-export const KEEP_MS = 20;
+export const KEEP_MS = 100;
 
 /** Most hosts one heartbeat script call syncs. */
 const BATCH_HOSTS = 256;
