@@ -1343,9 +1343,7 @@ export class RedisLimiter implements Limiter {
       },
       answered: ([added]) => {
         this.#leasedAt.set(e, now);
-        if (Number(added) === 1 && held) {
-          this.#recover("the lease set of a slot was deleted or evicted", true, null);
-        }
+        if (Number(added) === 1 && held) this.#leaseLost();
       },
       failed: () => {},
     };
@@ -1395,7 +1393,7 @@ export class RedisLimiter implements Limiter {
         this.#leasedAt.set(e, now);
         const lost = Number(reply[1]);
         this.#noteEpoch(e, lost, String(reply[0]), "");
-        if (lost === 1) this.#recover("the lease set of a slot was deleted or evicted", true, null);
+        if (lost === 1) this.#leaseLost();
         hosts.forEach(([host, s], i) => {
           if (s.dirtyGen === dirtyAt[i]) s.dirty = false;
           s.renewedAt = now;
@@ -1410,6 +1408,11 @@ export class RedisLimiter implements Limiter {
         for (const [host, s] of hosts) this.#markDirty(host, s);
       },
     };
+  }
+
+  /** A lease of this worker that cannot have passed was missing: its slot's lease set was lost. */
+  #leaseLost(): void {
+    this.#recover("the lease set of a slot was deleted or evicted", true, null);
   }
 
   /** The count of `host` a sync sends: what is queued reaches Redis after it. */
