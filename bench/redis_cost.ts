@@ -215,6 +215,16 @@ export async function tunnelsSideBySide(
   }
 }
 
+/** The CPU of the servers `cpus` reads, in percent of a core, over 5 s of nothing. */
+async function idlePercents(cpus: () => Promise<number[]>): Promise<number[]> {
+  const c0 = await cpus();
+  const started = performance.now();
+  await new Promise((r) => setTimeout(r, 5_000));
+  const c1 = await cpus();
+  const seconds = (performance.now() - started) / 1000;
+  return c1.map((c, i) => (100 * (c - c0[i])) / seconds);
+}
+
 /** What holding many hosts costs Redis while nothing else happens. */
 export interface HeartbeatCost {
   /** Hosts held (one slot each). */
@@ -268,9 +278,7 @@ export async function clusterHeartbeatCost(hosts = HOSTS): Promise<{
     Promise.all(cluster.servers.map(async (s) => redisCpu(await s.cli("INFO", "cpu"))));
   const percents = (c0: number[], c1: number[], seconds: number) =>
     c1.map((c, i) => ((100 * (c - c0[i])) / seconds).toFixed(3)).join(" ");
-  const idle0 = await cpus();
-  await new Promise((r) => setTimeout(r, 5_000));
-  const idleCpuPercentPerNode = percents(idle0, await cpus(), 5);
+  const idleCpuPercentPerNode = (await idlePercents(cpus)).map((p) => p.toFixed(3)).join(" ");
   const limiter = new RedisLimiter({
     redis: { cluster: cluster.nodes },
     lease: LEASE_MS,
@@ -312,11 +320,7 @@ export async function clusterHeartbeatCost(hosts = HOSTS): Promise<{
  */
 export async function heartbeatCost(redis: RedisServer, hosts = HOSTS): Promise<HeartbeatCost> {
   await redis.flushAll();
-  const idle0 = redisCpu(await redis.info("cpu"));
-  const idleStarted = performance.now();
-  await new Promise((r) => setTimeout(r, 5_000));
-  const idleCpuPercent = (100 * (redisCpu(await redis.info("cpu")) - idle0)) /
-    ((performance.now() - idleStarted) / 1000);
+  const [idleCpuPercent] = await idlePercents(async () => [redisCpu(await redis.info("cpu"))]);
   const limiter = new RedisLimiter({ redis: redis.url, lease: LEASE_MS, prefix: "bench" });
   try {
     await holdUntilBetweenBeats(limiter, hosts);
