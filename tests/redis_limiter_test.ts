@@ -437,6 +437,36 @@ await redisTest(
   },
 );
 
+await redisTest(
+  "one Redis restart opens one recovery window: a worker that held nothing through it is not refused after it",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    const server = redis.server!;
+    const { logger, logs } = testLogger();
+    await using ws = limiters(2, { redis: redis.url, prefix: "dprl", logger });
+    const [holder, idle] = ws;
+    assert.equal(await holder.acquire("held.example", 4), true);
+    // The idle worker has talked to Redis (it knows the epoch) but holds nothing.
+    assert.equal(await idle.acquire("once.example", 4), true);
+    idle.release("once.example");
+    // A call answered after the one that connected: each worker knows Redis's run id.
+    assert.equal(await idle.count("once.example"), 0);
+    assert.equal(await holder.count("held.example"), 1);
+    await server.restart();
+    const restarted = () => logs().filter((r) => text(r).includes("restarted or failed over"));
+    await waitFor(() => restarted().length === 2, 10_000, "both workers saw the restart")
+      .catch((error) => {
+        throw new Error(`${error.message}; logged: ${logs().map(text).join(" | ")}`);
+      });
+    // Ask through the idle worker until its recovery window is over.
+    await waitFor(() => idle.acquire("new.example", 4), 10_000, "a slot after the window");
+    assert.equal(await holder.acquire("other.example", 4), true);
+    const lost = logs().filter((r) => text(r).includes("lost dprl's counts"));
+    assert.deepEqual(lost.map(text), [], "a second window after the restart window");
+  },
+);
+
 async function stoppedRedisScenario(
   mode: FailureMode,
   body: (

@@ -1599,6 +1599,10 @@ export class RedisLimiter implements Limiter {
       return;
     }
     this.#recoverUntil = Date.now() + window;
+    // This window covers the restart: epoch tokens and leases known from
+    // before it would report the same loss again at this worker's next call.
+    this.#known.clear();
+    this.#leasedAt.clear();
     this.#logger.warn(
       "Redis restarted or failed over; for {ms} ms new connections follow failure mode {mode} while the fleet re-asserts its counts",
       { ms: window, mode: this.#mode },
