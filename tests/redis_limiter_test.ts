@@ -693,6 +693,7 @@ await redisTest(
       "ping",
       "publish",
       "subscribe",
+      "type",
     ]);
     for (const cmd of used) {
       if (cmd.startsWith("config") || cmd.startsWith("debug")) continue;

@@ -148,14 +148,14 @@ interface ScriptedClient {
     worker: string,
     count: number,
     host: string,
-  ): Promise<number>;
+  ): Promise<(number | string)[]>;
   /** `numKeys`, the epoch key, the slot's lease set, then n of each host; then the arguments. */
   dprlSync(numKeys: number, ...keysAndArgs: (string | number)[]): Promise<(string | number)[]>;
   /** `numKeys`, n and the lease set of each host, then the lease. */
-  dprlCount(numKeys: number, ...keysAndArgs: (string | number)[]): Promise<number[]>;
+  dprlCount(numKeys: number, ...keysAndArgs: (string | number)[]): Promise<(number | string)[]>;
   dprlRegister(workers: string, worker: string, lease: number, op: string): Promise<string[]>;
   /** q and qw of one host, then worker, lease, ttl, op, host, adds, tickets. */
-  dprlLine(q: string, qw: string, ...args: (string | number)[]): Promise<number>;
+  dprlLine(q: string, qw: string, ...args: (string | number)[]): Promise<(number | string)[]>;
 }
 
 /** A pipeline of an ioredis client with dprl's heartbeat script defined on it. */
@@ -597,7 +597,8 @@ export class RedisLimiter implements Limiter {
       return;
     }
     const lost = Number(reply[1]);
-    this.#noteEpoch(epochKey, lost, String(reply[2]), host);
+    const healed = this.#healed(reply.slice(4 + k));
+    this.#noteEpoch(epochKey, lost, String(reply[2]), host, healed);
     s.counted += granted;
     this.#attach(host, s);
     this.#fleet.set(host, Number(reply[0]));
@@ -742,7 +743,10 @@ export class RedisLimiter implements Limiter {
         ...ops.adds,
         ...ops.removes,
       )
-    ).then((length) => this.#noteLine(host, Number(length)), () => {});
+    ).then((reply) => {
+      this.#noteLine(host, Number(reply[0]));
+      this.#healed(reply.slice(1));
+    }, () => {});
   }
 
   /** Takes in the length of the fleet's line of `host` as a script answered it. */
@@ -988,15 +992,45 @@ export class RedisLimiter implements Limiter {
    * lost keys since this worker last looked (`lost` 2: this host's keys;
    * another token than the one known: the slot's keys), starts recovery.
    */
-  #noteEpoch(key: string, lost: number, token: string, host: string): void {
+  #noteEpoch(
+    key: string,
+    lost: number,
+    token: string,
+    host: string,
+    healed: Set<string> = new Set(),
+  ): void {
     if (token === this.#fresh) this.#fresh = crypto.randomUUID();
     const known = this.#known.get(key);
     this.#known.set(key, token);
     if (known !== undefined && known !== token) {
-      this.#recover("its keys were flushed or evicted", true, null);
-    } else if (lost === 2) {
-      this.#recover(`the keys of ${host} were deleted or evicted`, true, host);
+      this.#recover(healed.has(key) ? null : "its keys were flushed or evicted", true, null);
+    } else if (lost === 2) this.#hostLost(host, healed);
+  }
+
+  /** The keys of `host` were lost; a count key the reply `healed` is named there already. */
+  #hostLost(host: string, healed: Set<string>): void {
+    const what = healed.has(this.#key(host, "n"))
+      ? null
+      : `the keys of ${host} were deleted or evicted`;
+    this.#recover(what, true, host);
+  }
+
+  /**
+   * Logs the keys a script found holding another type than the one dprl
+   * keeps there, and deleted (`[key, type, kind]...`), one WARN each: the
+   * counts they held are re-asserted like lost ones. Returns those keys.
+   */
+  #healed(entries: unknown[]): Set<string> {
+    const keys = new Set<string>();
+    for (let i = 0; i + 2 < entries.length; i += 3) {
+      const [key, type, kind] = entries.slice(i, i + 3).map(String);
+      keys.add(key);
+      this.#logger.warn(
+        "Redis key {key} held a {type} where dprl keeps a {kind}; dprl deleted it and the fleet re-asserts its counts",
+        { key, type, kind },
+      );
     }
+    return keys;
   }
 
   /** Whether new slots of `host` follow the failure mode while counts are re-asserted. */
@@ -1015,9 +1049,9 @@ export class RedisLimiter implements Limiter {
    * window new slots of them follow the failure mode, every host is
    * re-asserted at once and, when this worker saw it first, the fleet is told
    * on `<prefix>:lost` so that every worker does so. Logged at most once a
-   * window.
+   * window; not at all with `what` null (the cause was logged already).
    */
-  #recover(what: string, tellFleet: boolean, host: string | null): void {
+  #recover(what: string | null, tellFleet: boolean, host: string | null): void {
     if (this.#closed) return;
     const now = Date.now();
     const window = Math.min(this.#lease / 3, 1_000) + 1_000;
@@ -1032,7 +1066,7 @@ export class RedisLimiter implements Limiter {
         Math.max(this.#hostRecoverUntil.get(host) ?? 0, now + window),
       );
     }
-    if (!announced && now >= this.#lossLoggedUntil) {
+    if (!announced && now >= this.#lossLoggedUntil && what !== null) {
       this.#lossLoggedUntil = now + window;
       this.#logger.warn(
         "Redis lost dprl's counts ({what}); for {ms} ms new connections {scope} follow failure mode {mode} while the fleet re-asserts its counts",
@@ -1175,7 +1209,7 @@ export class RedisLimiter implements Limiter {
         count,
         host,
       )
-    ).catch(() => this.#markDirty(host, s));
+    ).then((reply) => this.#healed(reply.slice(1)), () => this.#markDirty(host, s));
   }
 
   /**
@@ -1343,7 +1377,7 @@ export class RedisLimiter implements Limiter {
       },
       answered: ([added]) => {
         this.#leasedAt.set(e, now);
-        if (Number(added) === 1 && held) this.#leaseLost();
+        if (Number(added) === 1 && held) this.#leaseLost(false);
       },
       failed: () => {},
     };
@@ -1392,15 +1426,14 @@ export class RedisLimiter implements Limiter {
         const reply = answer as (string | number)[];
         this.#leasedAt.set(e, now);
         const lost = Number(reply[1]);
-        this.#noteEpoch(e, lost, String(reply[0]), "");
-        if (lost === 1) this.#leaseLost();
+        const healed = this.#healed(reply.slice(2 + 2 * hosts.length));
+        this.#noteEpoch(e, lost, String(reply[0]), "", healed);
+        if (lost === 1) this.#leaseLost(healed.has(this.#leaseKey(e)));
         hosts.forEach(([host, s], i) => {
           if (s.dirtyGen === dirtyAt[i]) s.dirty = false;
           s.renewedAt = now;
           this.#fleet.set(host, Number(reply[2 + 2 * i]));
-          if (Number(reply[3 + 2 * i]) === 2) {
-            this.#recover(`the keys of ${host} were deleted or evicted`, true, host);
-          }
+          if (Number(reply[3 + 2 * i]) === 2) this.#hostLost(host, healed);
           this.#collect(host, s);
         });
       },
@@ -1410,9 +1443,12 @@ export class RedisLimiter implements Limiter {
     };
   }
 
-  /** A lease of this worker that cannot have passed was missing: its slot's lease set was lost. */
-  #leaseLost(): void {
-    this.#recover("the lease set of a slot was deleted or evicted", true, null);
+  /**
+   * A lease of this worker that cannot have passed was missing: its slot's
+   * lease set was lost (or, `healed`, deleted for its type and logged so).
+   */
+  #leaseLost(healed: boolean): void {
+    this.#recover(healed ? null : "the lease set of a slot was deleted or evicted", true, null);
   }
 
   /** The count of `host` a sync sends: what is queued reaches Redis after it. */
@@ -1439,6 +1475,7 @@ export class RedisLimiter implements Limiter {
         )
       );
       batch.forEach((host, i) => totals.set(host, Number(reply[i])));
+      this.#healed(reply.slice(batch.length));
     }));
     return hosts.map((host) => totals.get(host) ?? 0);
   }

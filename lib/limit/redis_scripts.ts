@@ -33,6 +33,30 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 `;
 
 /**
+ * Lua function `own(key, kind)`: deletes `key` when it holds another type
+ * than `kind` (`'hash'`, `'zset'`, `'set'`), which dprl never writes there
+ * (a stray `SET` by hand), and lists it in local `healed` as key, type,
+ * kind; every script that answers a table ends its answer with `healed`.
+ * Run on every key a script touches before the first command on it.
+ */
+const OWN = `
+local healed = {}
+local function own(key, kind)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= kind then
+    redis.call('DEL', key)
+    healed[#healed + 1] = key
+    healed[#healed + 1] = t
+    healed[#healed + 1] = kind
+  end
+end
+local function with_healed(out)
+  for i = 1, #healed do out[#out + 1] = healed[i] end
+  return out
+end
+`;
+
+/**
  * Lua function `live(n, L, worker, prune)`: the sum of the live workers'
  * fields of one host and `worker`'s own live count. Needs locals `now` and
  * `lease`; with `prune` true, deletes the dead and forged members and fields
@@ -244,7 +268,7 @@ export function forCluster(lua: string): string {
  * raised to it first; when the worker's last write is known to have landed
  * (`trusted` = 1), a count below it means the host's keys were lost. Returns
  * `{total, lost (0: no, 1: the slot's keys, 2: this host's keys), epoch,
- * granted (0|1)..., tickets in the line}`.
+ * granted (0|1)..., tickets in the line, healed...}` (see `OWN`).
  */
 export const ACQUIRE_LUA: string = NOW + `
 local worker = ARGV[1]
@@ -254,7 +278,13 @@ local ttl = tonumber(ARGV[4])
 local trusted = ARGV[7] == '1'
 local releases = tonumber(ARGV[8])
 local host = ARGV[9]
-` + LIVE + EPOCH + WRITE + LINE + `
+` + OWN + LIVE + EPOCH + WRITE + LINE + `
+own(KEYS[1], 'hash')
+own(KEYS[2], 'zset')
+own(KEYS[3], 'hash')
+if tonumber(ARGV[10]) >= 0 then own(KEYS[4], 'set') end
+own(KEYS[5], 'zset')
+own(KEYS[6], 'zset')
 local epoch, lost = check_epoch(KEYS[3], ARGV[5], ARGV[6])
 if lost == 0 and keys_lost(KEYS[3], host, KEYS[1], KEYS[2]) then lost = 2 end
 local sum, mine = live(KEYS[1], KEYS[2], worker, true)
@@ -279,6 +309,7 @@ if glimit > 0 then
   for i = 1, #members do
     local m = members[i]
     if m ~= self then
+      own(m .. ':n', 'hash')
       if redis.call('EXISTS', m .. ':n') == 0 then
         redis.call('SREM', KEYS[4], m)
       else
@@ -314,22 +345,24 @@ out[#out + 1] = queued and redis.call('ZCARD', q) or 0
 if changed then write(KEYS[1], KEYS[2], KEYS[3], host, worker, mine, ttl) end
 -- With a count of its own, this worker's field keeps the hash.
 if mine <= 0 then unmark_if_gone(KEYS[3], host, KEYS[1]) end
-return out
+return with_healed(out)
 `;
 
 /**
  * `release(worker, count, host)` on `KEYS` = n, epoch hash, line q: gives
  * back `count` slots of `worker` and wakes the line; at 0 (or below, when the
  * field was already gone) its field is deleted, and with the last one the
- * host's mark. Returns the worker's remaining count.
+ * host's mark. Returns `{remaining count, healed...}`.
  */
-export const RELEASE_LUA: string = `
+export const RELEASE_LUA: string = OWN + `
+own(KEYS[1], 'hash')
+own(KEYS[2], 'hash')
 local v = redis.call('HINCRBY', KEYS[1], ARGV[1], -tonumber(ARGV[2]))
 if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('PUBLISH', KEYS[3], ARGV[3]) end
-if v > 0 then return v end
+if v > 0 then return with_healed({v}) end
 redis.call('HDEL', KEYS[1], ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HDEL', KEYS[2], ARGV[3]) end
-return 0
+return with_healed({0})
 `;
 
 /**
@@ -345,7 +378,7 @@ return 0
  * missing means the lease set was lost; `held` = `"leave"` (with every count
  * 0) ends the lease instead. Also drops up to four marks of hosts
  * whose keys have expired. Returns `{epoch, lost (0: no, 1: the slot's
- * keys), [total, hostLost]...}`.
+ * keys), [total, hostLost]..., healed...}`.
  */
 export const SYNC_LUA: string = NOW + `
 local worker = ARGV[1]
@@ -353,7 +386,8 @@ local lease = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local e = KEYS[1]
 local L = KEYS[2]
-` + LIVE + EPOCH + WRITE + `
+` + OWN + LIVE + EPOCH + WRITE + `
+for i = 1, #KEYS do own(KEYS[i], i == 2 and 'zset' or 'hash') end
 local epoch, lost = check_epoch(e, ARGV[4], ARGV[5])
 -- The slot's lease set, pruned as live() would, then this worker's lease.
 redis.call('ZREMRANGEBYSCORE', L, '-inf', '(' .. now)
@@ -398,23 +432,24 @@ if ok then
     end
   end
 end
-return out
+return with_healed(out)
 `;
 
 /**
  * `count(leaseMs)` on `KEYS` = n and lease set of each host: the slots held by live
- * workers (dead and forged entries ignored, nothing written). Returns the
- * sums, one per host.
+ * workers (dead and forged entries ignored, nothing written but keys of
+ * another type deleted). Returns the sums, one per host, then `healed...`.
  */
 export const COUNT_LUA: string = NOW + `
 local lease = tonumber(ARGV[1])
-` + LIVE + `
+` + OWN + LIVE + `
+for i = 1, #KEYS do own(KEYS[i], i % 2 == 1 and 'hash' or 'zset') end
 local out = {}
 for h = 0, #KEYS / 2 - 1 do
   local sum = live(KEYS[1 + 2 * h], KEYS[2 + 2 * h], '', false)
   out[#out + 1] = sum
 end
-return out
+return with_healed(out)
 `;
 
 /**
@@ -446,7 +481,7 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
  * others out. `op` `"renew"` also renews `worker`'s waiting lease (the
  * heartbeat sends every ticket it waits with, so that lost ones come back),
  * `"leave"` ends it (the worker waits no more). Taking tickets out wakes the
- * line: the next may now go. Returns the length of the line.
+ * line: the next may now go. Returns `{length of the line, healed...}`.
  */
 export const LINE_LUA: string = NOW + `
 local worker = ARGV[1]
@@ -457,7 +492,9 @@ local host = ARGV[5]
 local adds = tonumber(ARGV[6])
 local q = KEYS[1]
 local qw = KEYS[2]
-` + LINE + `
+` + OWN + LINE + `
+own(q, 'zset')
+own(qw, 'zset')
 prune_line(q, qw)
 for i = 7, 6 + adds do add_ticket(q, qw, worker, ARGV[i]) end
 local removed = 0
@@ -472,5 +509,5 @@ if redis.call('EXISTS', q) == 1 then
   redis.call('PEXPIRE', qw, ttl)
 end
 if removed > 0 then wake(q, host) end
-return redis.call('ZCARD', q)
+return with_healed({redis.call('ZCARD', q)})
 `;
