@@ -467,6 +467,39 @@ await redisTest(
   },
 );
 
+await redisTest(
+  "a worker forgets every host it holds nothing of, and close costs nothing for them",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    const server = redis.server!;
+    await using ws = limiters(2, { redis: redis.url, prefix: "dprl" });
+    const [w, other] = ws;
+    // A host held elsewhere at its limit: refused here.
+    assert.equal(await other.acquire("full.example", 1), true);
+    const hosts = 2_000;
+    for (let i = 0; i < hosts; i += 200) {
+      await Promise.all(Array.from({ length: 200 }, async (_, j) => {
+        const host = `h${i + j}.example`;
+        if (await w.acquire(host, 4)) w.release(host);
+      }));
+      assert.equal(await w.acquire("full.example", 1), false);
+    }
+    other.release("full.example");
+    await waitFor(() => w.trackedHosts() === 0, 5_000, "no host tracked")
+      .catch((error) => {
+        throw new Error(`${error.message}: ${w.trackedHosts()} tracked`);
+      });
+    await server.cli("CONFIG", "RESETSTAT");
+    await w.close();
+    const stats = await server.cli("INFO", "commandstats");
+    const calls = (cmd: string): number =>
+      Number(new RegExp(`cmdstat_${cmd}:calls=(\\d+)`).exec(stats)?.[1] ?? 0);
+    assert.ok(calls("hdel") <= 4, `close sent ${calls("hdel")} HDEL:\n${stats}`);
+    assert.ok(calls("evalsha") <= 4, `close sent ${calls("evalsha")} scripts:\n${stats}`);
+  },
+);
+
 async function stoppedRedisScenario(
   mode: FailureMode,
   body: (

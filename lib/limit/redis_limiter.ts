@@ -286,6 +286,7 @@ export class RedisLimiter implements Limiter {
   #groupOf = new Map<string, string>();
   /** This turn's acquires and releases, by host, until the flush sends them. */
   #queued = new Map<string, Batch>();
+  /** Hosts whose field in Redis this worker may hold: {@linkcode close} deletes them. */
   #touched = new Set<string>();
   /** Hosts with kept slots: each is given back once kept {@linkcode KEEP_MS}. */
   #keeping = new Set<string>();
@@ -532,6 +533,8 @@ export class RedisLimiter implements Limiter {
     }
     if (k === 0) {
       if (releases > 0 && !this.#closed) this.#sendRelease(host, s, releases);
+      const fleet = this.#fleet.get(host);
+      if (fleet !== undefined) this.#fleet.set(host, Math.max(0, fleet - releases));
       this.#collect(host, s);
       return;
     }
@@ -893,7 +896,7 @@ export class RedisLimiter implements Limiter {
     const client = this.#client;
     client.off("ready", this.#onReady);
     client.off("close", this.#onClose);
-    const hosts = [...this.#touched];
+    const hosts = [...new Set([...this.#touched, ...this.#hosts.keys()])];
     const lines = [...this.#tickets];
     this.#tickets.clear();
     this.#touched.clear();
@@ -1131,14 +1134,42 @@ export class RedisLimiter implements Limiter {
     return s;
   }
 
-  /** Forgets a host that holds nothing and that Redis agrees on. */
+  /**
+   * Forgets a host that holds nothing and that Redis agrees on, with its
+   * fleet count when nobody else is known to hold it: a worker's state grows
+   * with the hosts it holds, not with every host it ever asked for.
+   */
   #collect(host: string, s: HostState): void {
     if (
       s.counted === 0 && s.uncounted === 0 && s.pending === 0 && !s.dirty &&
       this.#hosts.get(host) === s && !this.#queued.has(host)
     ) {
       this.#hosts.delete(host);
+      this.#touched.delete(host);
+      if (this.#fleet.get(host) === 0) this.#fleet.delete(host);
+      if ((this.#hostRecoverUntil.get(host) ?? 0) <= Date.now()) {
+        this.#hostRecoverUntil.delete(host);
+      }
     }
+  }
+
+  /**
+   * How many hosts this limiter keeps any state of: held, given back but not
+   * yet synced, waiting in a line, in a group, or known to be held elsewhere
+   * in the fleet. Returns to 0 once nothing is held or waited for anywhere.
+   */
+  trackedHosts(): number {
+    const hosts = new Set([
+      ...this.#hosts.keys(),
+      ...this.#touched,
+      ...this.#fleet.keys(),
+      ...this.#tickets.keys(),
+      ...this.#lines.keys(),
+      ...this.#groupOf.keys(),
+      ...this.#hostRecoverUntil.keys(),
+      ...this.#published.keys(),
+    ]);
+    return hosts.size;
   }
 
   #markDirty(host: string, s: HostState): void {
@@ -1488,6 +1519,8 @@ export class RedisLimiter implements Limiter {
    */
   #beat(): void {
     if (this.#closed || this.#failFast()) return;
+    const stale = Date.now() - 100;
+    for (const [host, at] of this.#published) if (at < stale) this.#published.delete(host);
     this.#syncAll(this.#dueBatches());
     for (const [host, tickets] of this.#tickets) {
       // A ticket being granted right now must not come back as a ghost.

@@ -122,7 +122,9 @@ export class UpstreamPool {
       this.#removeIdle(up);
       if (!up.slotReturned) this.#o.limiter.release(up.key);
       const held = this.#now - up.openedAt;
-      this.#holdMs.set(up.key, 0.8 * (this.#holdMs.get(up.key) ?? held) + 0.2 * held);
+      // Kept while the host is in use: forgotten hosts cost nothing.
+      if (n === 0 && this.#queue.length(up.key) === 0) this.#holdMs.delete(up.key);
+      else this.#holdMs.set(up.key, 0.8 * (this.#holdMs.get(up.key) ?? held) + 0.2 * held);
       if (this.#queue.length(up.key) > 0) this.#wake(up.key);
       this.#o.logger.debug(
         "Upstream connection to {host} closed ({count} open here)",
