@@ -233,6 +233,27 @@ Deno.test("per-host series are capped at the busiest hosts and the rest fold int
   );
 });
 
+Deno.test("records of hosts not in use fold into _other beyond the idle maximum, least active first, totals whole", () => {
+  const stats = new ProxyStats({ idleHosts: 2 });
+  for (let i = 0; i < 6; i++) {
+    for (let n = 0; n <= i; n++) stats.onAdmitted(`h${i}`);
+    stats.onUpstreamError(`h${i}`, "connection_refused");
+  }
+  stats.onRefused("h0", "limit");
+  stats.forgetIdle((key) => key === "h1");
+  // h1 is in use; of the idle ones the two most active (h5, h4) stay.
+  assert.deepEqual([...stats.hosts().keys()].sort(), ["_other", "h1", "h4", "h5"]);
+  const other = stats.host("_other");
+  assert.equal(other.admitted, 1 + 3 + 4);
+  assert.equal(other.refused.limit, 1);
+  assert.equal(other.upstreamErrors.get("connection_refused"), 3);
+  let admitted = 0;
+  for (const record of stats.hosts().values()) admitted += record.admitted;
+  assert.equal(admitted, 1 + 2 + 3 + 4 + 5 + 6);
+  stats.forgetIdle(() => false);
+  assert.deepEqual([...stats.hosts().keys()].sort(), ["_other", "h4", "h5"]);
+});
+
 Deno.test("statistics beyond the tracked maximum share the _other record", () => {
   const stats = new ProxyStats({ maxTrackedHosts: 2 });
   stats.onAdmitted("a");

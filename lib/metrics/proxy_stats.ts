@@ -105,6 +105,11 @@ export class HostStats {
   }
 }
 
+/** How much a host was used: its admitted and refused connections. */
+function activity(record: HostStats): number {
+  return record.admitted + record.refusedTotal;
+}
+
 /**
  * A histogram with fixed buckets: `observe` costs a short loop over at most
  * a dozen bounds; the counts are kept per bucket and made cumulative only
@@ -156,6 +161,13 @@ export interface ProxyStatsOptions {
    * `DEFAULTS.statsMaxTrackedHosts` (10000).
    */
   maxTrackedHosts?: number;
+  /**
+   * Most hosts not in use that keep a record of their own after
+   * {@linkcode ProxyStats.forgetIdle}; the others are folded into
+   * {@linkcode OTHER_HOST}. Default `DEFAULTS.metricsMaxHosts` (500), the
+   * per-host series that `/metrics` shows.
+   */
+  idleHosts?: number;
 }
 
 /**
@@ -195,10 +207,38 @@ export class ProxyStats {
 
   #hosts = new Map<string, HostStats>();
   #maxTracked: number;
+  #idleHosts: number;
 
   /** Creates empty statistics. */
   constructor(options: ProxyStatsOptions = {}) {
     this.#maxTracked = options.maxTrackedHosts ?? DEFAULTS.statsMaxTrackedHosts;
+    this.#idleHosts = options.idleHosts ?? DEFAULTS.metricsMaxHosts;
+  }
+
+  /**
+   * Folds the records of hosts not in use (`inUse` says which are) into
+   * {@linkcode OTHER_HOST}, the least active first, until at most
+   * `idleHosts` of them keep a record of their own: the totals stay whole,
+   * and memory does not grow with every host ever seen. Costs O(1) while
+   * there are no more records than that.
+   */
+  forgetIdle(inUse: (key: string) => boolean): void {
+    if (this.#hosts.size <= this.#idleHosts + 1) return;
+    const idle = [...this.#hosts].filter(([key]) => key !== OTHER_HOST && !inUse(key));
+    const excess = idle.length - this.#idleHosts;
+    if (excess <= 0) return;
+    idle.sort((a, b) => activity(a[1]) - activity(b[1]));
+    const other = this.#hosts.get(OTHER_HOST) ?? new HostStats();
+    this.#hosts.delete(OTHER_HOST);
+    for (const [key, record] of idle.slice(0, excess)) {
+      other.admitted += record.admitted;
+      for (const reason of REFUSAL_REASONS) other.refused[reason] += record.refused[reason];
+      for (const [token, n] of record.upstreamErrors) {
+        other.upstreamErrors.set(token, (other.upstreamErrors.get(token) ?? 0) + n);
+      }
+      this.#hosts.delete(key);
+    }
+    this.#hosts.set(OTHER_HOST, other);
   }
 
   /**

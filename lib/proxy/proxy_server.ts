@@ -345,6 +345,7 @@ export class ProxyServer {
       }
     }
     this.#pool.sweep(now);
+    this.#stats.forgetIdle((key) => this.#pool.inUse(key));
   }
 
   #touch(s: Session): void {

@@ -401,6 +401,11 @@ export class UpstreamPool {
     return (hold * (waiting + 1)) / Math.max(1, limit) / 1000;
   }
 
+  /** Whether this process holds connections to `key` or has requests waiting for it. */
+  inUse(key: string): boolean {
+    return this.#open.has(key) || this.#queue.length(key) > 0;
+  }
+
   /**
    * Each host this process holds connections to or has requests waiting
    * for: open (idle included), idle and waiting.
