@@ -239,7 +239,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
   #url: URL | null = null;
   #served: Promise<void> | null = null;
   #stopping: Promise<void> | null = null;
-  #stats = new ProxyStats();
+  #stats: ProxyStats;
   /** The limiter once loaded, for the control plane's synchronous reads. */
   #loaded: (Limiter & FleetLimiter) | null = null;
   #admin: AdminServer | null = null;
@@ -261,6 +261,8 @@ export class ProxyRateLimiter implements AsyncDisposable {
       );
     }
     this.#options = options;
+    // Idle hosts keep a record of their own as far as /metrics shows one.
+    this.#stats = new ProxyStats({ idleHosts: admin?.metricsMaxHosts });
     this.#fileRules = validateRules(options.rules ?? {});
     // This process's overrides, above the rules as before rules existed.
     this.#limits = new LimitTable(options.defaultMaxConnectionsPerHost, options.hostLimits);
