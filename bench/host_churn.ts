@@ -10,6 +10,7 @@
  * deno run -A bench/host_churn.ts --hosts=60000 --modes=memory
  * deno run -A bench/host_churn.ts --repo ../other-checkout
  * deno run -A bench/host_churn.ts --flags="--metrics-max-hosts 100"
+ * deno run -A bench/host_churn.ts --rounds=3   # new hosts each round
  * ```
  *
  * @module
@@ -27,12 +28,15 @@ const { values: args } = parseArgs({
     settle: { type: "string" },
     repo: { type: "string" },
     flags: { type: "string" },
+    rounds: { type: "string" },
   },
 });
 const HOSTS = Math.min(Number(args.hosts ?? 30_000), 200_000);
 const MODES = (args.modes ?? "memory,redis").split(",");
 /** How long the proxy idles after the traffic before the last figure, in s. */
 const SETTLE_S = Number(args.settle ?? 20);
+/** Rounds of traffic and settling, each with hosts never asked for before. */
+const ROUNDS = Math.max(1, Math.min(Number(args.rounds ?? 1), 10));
 const CONCURRENCY = 32;
 /** The checkout whose proxy is measured. */
 const REPO = args.repo ?? new URL("..", import.meta.url).pathname;
@@ -87,7 +91,8 @@ interface Figures {
   mode: string;
   idleMiB: number;
   afterTrafficMiB: number;
-  settledMiB: number;
+  /** After each round's settle time. */
+  settledMiB: number[];
   trafficS: number;
   statuses: string;
   stopCalls?: string;
@@ -121,16 +126,21 @@ async function measure(mode: string, redis: RedisServer | null): Promise<Figures
   await sleep(3_000);
   const idle = rssKiB(proxy.pid);
   const started = performance.now();
-  const statuses = await churn(port, HOSTS, (i) => hostOf(i, closed));
-  const trafficS = (performance.now() - started) / 1000;
-  const afterTraffic = rssKiB(proxy.pid);
-  // A trickle on one host, as a live proxy sees, while the rest is forgotten.
-  const end = Date.now() + SETTLE_S * 1000;
-  while (Date.now() < end) {
-    await connectOnce(port, `127.0.0.1:${closed}`);
-    await sleep(200);
+  let statuses = new Map<number, number>();
+  let afterTraffic = 0;
+  const settled: number[] = [];
+  for (let round = 0; round < ROUNDS; round++) {
+    statuses = await churn(port, HOSTS, (i) => hostOf(round * HOSTS + i, closed));
+    afterTraffic = Math.max(afterTraffic, rssKiB(proxy.pid));
+    // A trickle on one host, as a live proxy sees, while the rest is forgotten.
+    const end = Date.now() + SETTLE_S * 1000;
+    while (Date.now() < end) {
+      await connectOnce(port, `127.0.0.1:${closed}`);
+      await sleep(200);
+    }
+    settled.push(rssKiB(proxy.pid));
   }
-  const settled = rssKiB(proxy.pid);
+  const trafficS = (performance.now() - started) / 1000 - ROUNDS * SETTLE_S;
   let stopCalls: string | undefined;
   if (redis) await redis.command("CONFIG", "RESETSTAT");
   await proxy.stop(15_000);
@@ -145,7 +155,7 @@ async function measure(mode: string, redis: RedisServer | null): Promise<Figures
     mode,
     idleMiB: mib(idle),
     afterTrafficMiB: mib(afterTraffic),
-    settledMiB: mib(settled),
+    settledMiB: settled.map(mib),
     trafficS: Math.round(trafficS * 10) / 10,
     statuses: [...statuses].map(([s, n]) => `${s}×${n}`).join(" "),
     stopCalls,
@@ -163,14 +173,14 @@ try {
       await redis?.proc.stop();
     }
   }
-  console.log(`${HOSTS} distinct hosts, ${SETTLE_S} s settle`);
+  console.log(`${HOSTS} distinct hosts a round, ${ROUNDS} rounds, ${SETTLE_S} s settle`);
   console.log("| mode | RSS idle | after traffic | settled | traffic | statuses | on stop |");
   console.log("| ---- | -------: | ------------: | ------: | ------: | -------- | ------- |");
   for (const r of rows) {
     console.log(
-      `| ${r.mode} | ${r.idleMiB} MiB | ${r.afterTrafficMiB} MiB | ${r.settledMiB} MiB | ${r.trafficS} s | ${r.statuses} | ${
-        r.stopCalls ?? "-"
-      } |`,
+      `| ${r.mode} | ${r.idleMiB} MiB | ${r.afterTrafficMiB} MiB | ${
+        r.settledMiB.join(", ")
+      } MiB | ${r.trafficS} s | ${r.statuses} | ${r.stopCalls ?? "-"} |`,
     );
   }
 } finally {
