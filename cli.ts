@@ -3,7 +3,7 @@
  * logging, runs the proxy until SIGINT or SIGTERM, and stops it gracefully.
  *
  * ```sh
- * deno run --allow-net --allow-env='DPRL_*,REDIS_*,LOG_LEVEL' --ignore-env jsr:@dprl/cli/cli --help
+ * deno run --allow-net --allow-sys=networkInterfaces,hostname --allow-read=/etc/dprl --allow-env='DPRL_*,REDIS_*,LOG_LEVEL' --ignore-env jsr:@dprl/cli/cli --help
  * ```
  *
  * `jsr:@dprl/cli` (the main module) runs the same command line.
@@ -11,6 +11,7 @@
  * @module
  */
 
+import { dirname } from "node:path";
 import { parseArgs } from "node:util";
 import { configure, getStreamSink, getTextFormatter, type LogLevel, reset } from "@logtape/logtape";
 import { DEFAULTS } from "./lib/defaults.ts";
@@ -306,7 +307,7 @@ const EXAMPLES = [
   "dprl --max-connections 50 --host-limit api.example.com=5 --host-limit example.org:8443=2",
   "dprl --max-connections 50 --redis-url redis://10.0.0.5:6379/0",
   "DPRL_MAX_CONNECTIONS=10 LOG_LEVEL=debug dprl --port 3128",
-  "dprl --auth-file users.htpasswd --allow-clients 10.0.0.0/8 --deny-private",
+  "dprl --auth-file /etc/dprl/users.htpasswd --allow-clients 10.0.0.0/8 --deny-private",
   "dprl --config /etc/dprl/dprl.yaml --watch-config",
   "curl -x http://127.0.0.1:8080 https://example.com/",
 ];
@@ -373,15 +374,26 @@ function readEnv(name: string): string | undefined {
   }
 }
 
+/** What 0 means for the numeric flags where it is special, said in their range errors. */
+const ZERO_MEANS: Record<string, string> = {
+  "port": "0 picks a free one",
+  "admin-port": "0 picks a free one",
+  "max-connections": "0 is unlimited",
+  "host-limit": "0 leaves the host to the default",
+  "max-idle-per-host": "0 keeps none",
+  "max-clients": "0 is no cap",
+  "max-clients-per-ip": "0 is no cap",
+};
+
 function integer(name: string, text: string, min: number, max: number): number {
   if (!/^-?[0-9]+$/.test(text.trim())) {
     throw new UsageError(`--${name} must be an integer, got "${text}"`);
   }
   const n = Number(text);
   if (n < min || n > max) {
-    throw new UsageError(
-      `--${name} must be between ${min} and ${max}, got ${n}`,
-    );
+    const range = max >= 1_000_000 && min === 0 ? "0 or more" : `between ${min} and ${max}`;
+    const zero = min === 0 && ZERO_MEANS[name] ? ` (${ZERO_MEANS[name]})` : "";
+    throw new UsageError(`--${name} must be ${range}${zero}, got ${n}`);
   }
   return n;
 }
@@ -445,6 +457,41 @@ async function readRules(path: string) {
   return (await loadConfigFile(path, { flags: FILE_FLAGS })).rules;
 }
 
+/**
+ * Throws a {@linkcode UsageError} naming the permission to add when this
+ * process may not read `path`, the value of `--flag` (or, with `folder`, the
+ * folder that `--watch-config` watches). Asks ahead: a denied read would
+ * only say "permission denied".
+ */
+function requireRead(flag: string, path: string, folder = false): void {
+  const target = folder ? dirname(path) : path;
+  if (Deno.permissions.querySync({ name: "read", path: target }).state === "granted") return;
+  throw new UsageError(
+    folder
+      ? `--${flag} watches the folder of ${path}: run deno with --allow-read=${target}`
+      : `--${flag} ${path} cannot be read: run deno with --allow-read=${path}` +
+        (flag === "config" ? ` (--allow-read=${dirname(path)} with --watch-config)` : ""),
+  );
+}
+
+/**
+ * Joins a flag that takes a value with a negative number after it
+ * (`--max-connections -1`), which `parseArgs` would take for an option, so
+ * that both spellings meet the same range check.
+ */
+function joinNegativeValues(args: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const name = /^--([a-z-]+)$/.exec(args[i])?.[1];
+    if (name && FLAGS[name]?.value && /^-[0-9]/.test(args[i + 1] ?? "")) {
+      out.push(`${args[i]}=${args[++i]}`);
+    } else {
+      out.push(args[i]);
+    }
+  }
+  return out;
+}
+
 /** A one-line message for an error of `parseArgs`. */
 function parseError(err: Error & { code?: string }): string {
   const arg = /'([^']*)'/.exec(err.message)?.[1] ?? "";
@@ -473,7 +520,7 @@ async function parseCli(args: string[]): Promise<CliConfig> {
   let parsed;
   try {
     parsed = parseArgs({
-      args,
+      args: joinNegativeValues(args),
       strict: true,
       allowPositionals: false,
       options: Object.fromEntries(
@@ -501,8 +548,7 @@ async function parseCli(args: string[]): Promise<CliConfig> {
   };
   const configPath = typeof parsed.config === "string" ? parsed.config : fromEnv("config");
   let file: ConfigFile = { settings: {}, rules: {}, places: {} };
-  if (configPath !== undefined) file = await loadConfigFile(configPath, { flags: FILE_FLAGS });
-  /** Which layer each setting came from: a bad value in the file names its place. */
+  /** Which layer each setting came from: a bad value names its variable or its place. */
   const fromFile = new Set<string>();
   const value = (name: string): string | undefined => {
     const v = parsed[name];
@@ -517,14 +563,24 @@ async function parseCli(args: string[]): Promise<CliConfig> {
     return FLAGS[name].default;
   };
   try {
+    if (configPath !== undefined) {
+      requireRead("config", configPath);
+      file = await loadConfigFile(configPath, { flags: FILE_FLAGS });
+    }
     return parseValues(parsed, value, file, configPath);
   } catch (err) {
-    const name = /^--([a-z-]+)/.exec((err as Error).message)?.[1];
-    if (!(err instanceof UsageError) || !name || !fromFile.has(name) || !configPath) throw err;
+    const message = (err as Error).message;
+    const name = /^--([a-z-]+)/.exec(message)?.[1];
+    if (!(err instanceof UsageError || err instanceof RangeError) || !name) throw err;
+    const env = FLAGS[name]?.env;
+    if (parsed[name] === undefined && env && readEnv(env)) {
+      throw new UsageError(message.replace(`--${name}`, env));
+    }
+    if (!fromFile.has(name) || !configPath) throw err;
     const place = file.places[name];
     throw new ConfigError(
       configPath,
-      (err as Error).message.replace(/^--/, ""),
+      message.replace(/^--/, ""),
       place ?? {},
     );
   }
@@ -557,7 +613,7 @@ function parseValues(
     } catch (err) {
       throw new UsageError(`--host-limit host "${m[1]}" ${(err as Error).message}`);
     }
-    hostLimits[m[1]] = integer("host-limit", m[2], -1, Number.MAX_SAFE_INTEGER);
+    hostLimits[m[1]] = integer("host-limit", m[2], 0, Number.MAX_SAFE_INTEGER);
   }
 
   const failureMode = value("redis-failure-mode");
@@ -592,10 +648,12 @@ function parseValues(
     const fromFile = file.settings[name];
     return typeof fromFile === "boolean" ? fromFile : undefined;
   };
+  const authFile = value("auth-file");
+  if (authFile) requireRead("auth-file", authFile);
   const access = parseAccessFlags({
     allowClients: value("allow-clients"),
     auth: readEnv("DPRL_AUTH"),
-    authFile: value("auth-file"),
+    authFile,
     allow: list("allow"),
     deny: list("deny"),
     denyPrivate: toggle("deny-private"),
@@ -608,7 +666,7 @@ function parseValues(
     defaultMaxConnectionsPerHost: integer(
       "max-connections",
       value("max-connections")!,
-      -1,
+      0,
       Number.MAX_SAFE_INTEGER,
     ),
     hostLimits,
@@ -669,6 +727,7 @@ function parseValues(
   if (watchConfig && configPath === undefined) {
     throw new UsageError("--watch-config needs --config");
   }
+  if (watchConfig) requireRead("watch-config", configPath!, true);
   return {
     options,
     logLevel,
@@ -756,6 +815,7 @@ function redisTls(
   for (const [name, field] of [["ca", "ca"], ["cert", "cert"], ["key", "key"]] as const) {
     const path = value(`redis-tls-${name}`);
     if (!path) continue;
+    requireRead(`redis-tls-${name}`, path);
     try {
       tls[field] = Deno.readTextFileSync(path);
     } catch (err) {

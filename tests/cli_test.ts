@@ -293,6 +293,67 @@ Deno.test("CLI bad environment values give one stderr line and exit code 2", asy
   results.forEach((r, i) => assertUsageError(r, JSON.stringify(cases[i])));
 });
 
+Deno.test("CLI a negative number is refused alike in every spelling: 0 or more, saying what 0 means", async () => {
+  const cases: [string[], Record<string, string>, RegExp][] = [
+    [
+      ["--max-connections", "-1"],
+      {},
+      /^dprl: --max-connections must be 0 or more \(0 is unlimited\), got -1$/,
+    ],
+    [
+      ["--max-connections=-5"],
+      {},
+      /^dprl: --max-connections must be 0 or more \(0 is unlimited\), got -5$/,
+    ],
+    [
+      [],
+      { DPRL_MAX_CONNECTIONS: "-1" },
+      /^dprl: DPRL_MAX_CONNECTIONS must be 0 or more \(0 is unlimited\), got -1$/,
+    ],
+    [
+      ["--host-limit", "a.example=-1"],
+      {},
+      /^dprl: --host-limit must be 0 or more \(0 leaves the host to the default\), got -1$/,
+    ],
+    [
+      ["--max-clients", "-2"],
+      {},
+      /^dprl: --max-clients must be 0 or more \(0 is no cap\), got -2$/,
+    ],
+    [
+      ["--port", "-1"],
+      {},
+      /^dprl: --port must be between 0 and 65535 \(0 picks a free one\), got -1$/,
+    ],
+  ];
+  const results = await Promise.all(cases.map(([args, env]) => runCli(args, env)));
+  results.forEach((r, i) => {
+    assertUsageError(r, cases[i][0].join(" ") || JSON.stringify(cases[i][1]));
+    assert.match(r.stderr.trim(), cases[i][2]);
+  });
+  const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url));
+  const row = readme.split("\n").find((l) => l.startsWith("| `--max-connections`"));
+  assert.match(row ?? "", /0 is unlimited/);
+  assert.doesNotMatch(row ?? "", /or less/);
+});
+
+Deno.test("CLI a bad value from an environment variable names the variable, not the flag", async () => {
+  const cases: [Record<string, string>, RegExp][] = [
+    [{ DPRL_PORT: "abc" }, /^dprl: DPRL_PORT must be an integer, got "abc"$/],
+    [{ LOG_LEVEL: "loud" }, /^dprl: LOG_LEVEL must be debug, info, warn or error, got "loud"$/],
+    [{ DPRL_ACCESS_LOG: "maybe" }, /^dprl: DPRL_ACCESS_LOG must be true or false, got "maybe"$/],
+    [{ DPRL_QUEUE_TIMEOUT: "soon" }, /^dprl: DPRL_QUEUE_TIMEOUT must be a duration/],
+  ];
+  const results = await Promise.all(cases.map(([env]) => runCli([], env)));
+  results.forEach((r, i) => {
+    assertUsageError(r, JSON.stringify(cases[i][0]));
+    assert.match(r.stderr.trim(), cases[i][1]);
+  });
+  // The flag still wins, and its own bad value names the flag.
+  const flag = await runCli(["--port", "x"], { DPRL_PORT: "abc" });
+  assert.match(flag.stderr.trim(), /^dprl: --port must be an integer, got "x"$/);
+});
+
 Deno.test("CLI main() returns the exit code instead of exiting", async () => {
   const log = console.log;
   const error = console.error;

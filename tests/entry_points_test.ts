@@ -3,134 +3,12 @@
 // `--allow-net` alone, a worker, the README's `deno install` line, `deno task
 // compile`, and the Deno version that CI and the Docker image pin.
 import assert from "node:assert/strict";
-import { BufferedConn, readResponse, request, text, waitFor, withTimeout } from "./_helpers/raw.ts";
+import { BufferedConn, readResponse, request, text } from "./_helpers/raw.ts";
+import { consumer, Proc, ROOT, run, shellWords, tempDir } from "./_helpers/spawn.ts";
 import { FIXED_BODY, startUpstream, type Upstream } from "./_helpers/upstream.ts";
 import { VERSION } from "../mod.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const README = Deno.readTextFileSync(`${ROOT}/README.md`);
-/** Bound on every start, exit and answer awaited here. */
-const WAIT_MS = 60_000;
-
-/** The parent's environment without anything that configures dprl or proxies. */
-function baseEnv(): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(Deno.env.toObject())) {
-    if (
-      /^(DPRL_|REDIS_)/.test(k) || k === "LOG_LEVEL" ||
-      /^(http_proxy|https_proxy|all_proxy|no_proxy)$/i.test(k)
-    ) continue;
-    env[k] = v;
-  }
-  env.NO_COLOR = "1";
-  // The installed command's launcher runs `deno` from PATH.
-  const bin = Deno.execPath().replace(/\/[^/]*$/, "");
-  env.PATH = `${bin}:${env.PATH ?? "/usr/bin:/bin"}`;
-  return env;
-}
-
-/** A subprocess with its output collected; disposing kills it and waits for it. */
-class Proc implements AsyncDisposable {
-  readonly child: Deno.ChildProcess;
-  readonly what: string;
-  stdout = "";
-  stderr = "";
-  #pumps: Promise<void>[];
-  #exited = false;
-
-  constructor(cmd: string, args: string[], cwd: string, env: Record<string, string> = {}) {
-    this.what = [cmd, ...args].join(" ");
-    this.child = new Deno.Command(cmd, {
-      args,
-      cwd,
-      clearEnv: true,
-      env: { ...baseEnv(), ...env },
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    this.#pumps = [
-      this.#pump(this.child.stdout, (s) => (this.stdout += s)),
-      this.#pump(this.child.stderr, (s) => (this.stderr += s)),
-    ];
-    this.child.status.then(() => (this.#exited = true));
-  }
-
-  async #pump(stream: ReadableStream<Uint8Array>, add: (s: string) => void): Promise<void> {
-    for await (const s of stream.pipeThrough(new TextDecoderStream())) add(s);
-  }
-
-  get output(): string {
-    return `$ ${this.what}\n${this.stdout}${this.stderr}`;
-  }
-
-  /** Waits for the proxy's start line and returns its bound address. */
-  async listening(): Promise<{ hostname: string; port: number }> {
-    const m = await waitFor(
-      () => {
-        const m = this.stderr.match(/bound to ([0-9.]+):([0-9]+)/);
-        if (!m && this.#exited) throw new Error(`It exited before listening:\n${this.output}`);
-        return m;
-      },
-      () => `the start line; output so far:\n${this.output}`,
-      WAIT_MS,
-    );
-    return { hostname: m![1], port: Number(m![2]) };
-  }
-
-  /** Waits (bounded) for the exit; returns the exit code. */
-  async exit(): Promise<number> {
-    const status = await withTimeout(this.child.status, WAIT_MS, `the exit of ${this.what}`);
-    await Promise.all(this.#pumps);
-    return status.code;
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    try {
-      this.child.kill("SIGKILL");
-    } catch {
-      // exited already
-    }
-    await this.child.status;
-    await Promise.all(this.#pumps);
-  }
-}
-
-/** Runs a command to its end (bounded); returns its exit code and output. */
-async function run(
-  cmd: string,
-  args: string[],
-  cwd: string,
-): Promise<{ code: number; stdout: string; output: string }> {
-  await using p = new Proc(cmd, args, cwd);
-  const code = await p.exit();
-  return { code, stdout: p.stdout, output: p.output };
-}
-
-/** A temporary folder, removed on dispose. */
-async function tempDir(): Promise<{ path: string } & AsyncDisposable> {
-  const path = await Deno.makeTempDir({ prefix: "dprl_entry_" });
-  return {
-    path,
-    [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }),
-  };
-}
-
-/**
- * A consumer project as `deno add jsr:@dprl/cli` leaves it, whose deno.json
- * links this checkout so that `jsr:@dprl/cli` resolves to it.
- */
-async function consumer(files: Record<string, string> = {}): Promise<
-  { path: string } & AsyncDisposable
-> {
-  const dir = await tempDir();
-  const config = { imports: { "@dprl/cli": "jsr:@dprl/cli@^0.1.0" }, links: [ROOT] };
-  await Deno.writeTextFile(`${dir.path}/deno.json`, JSON.stringify(config, null, 2));
-  for (const [name, content] of Object.entries(files)) {
-    await Deno.writeTextFile(`${dir.path}/${name}`, content);
-  }
-  return dir;
-}
 
 async function statusThrough(
   addr: { hostname: string; port: number },
@@ -192,11 +70,6 @@ function readmeCommands(prefix: string): string[] {
   return blocks.flatMap((b) => b.split("\n")).map((l) => l.trim()).filter((l) =>
     l.startsWith(prefix)
   );
-}
-
-/** Splits a shell line into words as sh does: spaces separate, single quotes group. */
-function shellWords(line: string): string[] {
-  return [...line.matchAll(/(?:'[^']*'|[^\s'])+/g)].map((m) => m[0].replaceAll("'", ""));
 }
 
 Deno.test("jsr:@dprl/cli --version and --help print and exit 0", async () => {
