@@ -121,18 +121,22 @@ Deno.test("a file outside the grant gets one line naming the --allow-read to add
   assert.match(watching.stderr.trim(), new RegExp(`--allow-read=${elsewhere.path}$`));
 });
 
-await redisTest("with the documented permissions each worker shows its host name", "server", async () => {
-  await using redis = await RedisServer.start();
-  await using etc = await tempDir();
-  await using proxy = startCli(etc.path, ["--redis-url", redis.url, "--admin-port", "0"]);
-  const admin = (await proxy.waitStderr(/Admin server listening on (http:\/\/\S+)/))[1];
-  const res = await fetch(new URL("/api/workers", admin));
-  const { workers } = await res.json();
-  assert.equal(workers.length, 1, JSON.stringify(workers));
-  assert.equal(workers[0].hostname, Deno.hostname());
-  proxy.child.kill("SIGTERM");
-  assert.equal(await proxy.exit(), 0, proxy.output);
-});
+await redisTest(
+  "with the documented permissions each worker shows its host name",
+  "server",
+  async () => {
+    await using redis = await RedisServer.start();
+    await using etc = await tempDir();
+    await using proxy = startCli(etc.path, ["--redis-url", redis.url, "--admin-port", "0"]);
+    const admin = (await proxy.waitStderr(/Admin server listening on (http:\/\/\S+)/))[1];
+    const res = await fetch(new URL("/api/workers", admin));
+    const { workers } = await res.json();
+    assert.equal(workers.length, 1, JSON.stringify(workers));
+    assert.equal(workers[0].hostname, Deno.hostname());
+    proxy.child.kill("SIGTERM");
+    assert.equal(await proxy.exit(), 0, proxy.output);
+  },
+);
 
 /** The npm packages a fresh DENO_DIR holds, `name@version`. */
 async function cachedPackages(denoDir: string): Promise<string[]> {

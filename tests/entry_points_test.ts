@@ -251,6 +251,26 @@ if (compileBlocked) {
   );
 }
 
+if (!compileBlocked) {
+  console.warn(
+    `\n!!! SKIPPED: "deno task compile explains in one line why it cannot build": ` +
+      `deno compile can build here\n`,
+  );
+}
+
+Deno.test({
+  name: "deno task compile explains in one line why it cannot build",
+  ignore: compileBlocked === null,
+  fn: async () => {
+    const r = await run(Deno.execPath(), ["task", "compile"], ROOT, { DENORT_BIN: "" });
+    assert.equal(r.code, 1, r.output);
+    const lines = r.stderr.trim().split("\n").filter((l) => !/^Task compile /.test(l));
+    assert.equal(lines.length, 1, r.output);
+    assert.match(lines[0], /^deno compile failed: .+; it needs the Deno runtime .*DENORT_BIN/);
+    assert.doesNotMatch(r.output, /backtrace|Caused by/i);
+  },
+});
+
 Deno.test({
   name: "deno task compile builds a binary that proxies and limits with narrow permissions",
   ignore: compileBlocked !== null,
