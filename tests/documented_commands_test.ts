@@ -85,12 +85,12 @@ Deno.test("deno task start reads --config, --watch-config and --auth-file from t
     await conn.write(
       request("GET", up.url("/fixed"), { Host: up.authority, "Proxy-Authorization": auth }),
     );
-    assert.equal((await readResponse(conn)).status, 200, proxy.output);
+    assert.equal((await readResponse(conn)).status, 200, proxy.transcript);
   } finally {
     conn.close();
   }
   proxy.child.kill("SIGTERM");
-  assert.equal(await proxy.exit(), 0, proxy.output);
+  assert.equal(await proxy.exit(), 0, proxy.transcript);
 });
 
 Deno.test("a file outside the grant gets one line naming the --allow-read to add, exit 2", async () => {
@@ -110,14 +110,14 @@ Deno.test("a file outside the grant gets one line naming the --allow-read to add
   ];
   for (const [args, env, expected] of refusals) {
     await using cli = startCli(etc.path, args, env);
-    assert.equal(await cli.exit(), 2, cli.output);
-    assert.equal(cli.stderr.trim().split("\n").length, 1, cli.output);
+    assert.equal(await cli.exit(), 2, cli.transcript);
+    assert.equal(cli.stderr.trim().split("\n").length, 1, cli.transcript);
     assert.match(cli.stderr.trim(), expected);
   }
   // The file alone granted: --watch-config still needs its folder, and says so.
   const argv = ["run", ...startFlags(file), "cli.ts", "--config", file, "--watch-config"];
   const watching = await run(Deno.execPath(), argv, ROOT);
-  assert.equal(watching.code, 2, watching.output);
+  assert.equal(watching.code, 2, watching.transcript);
   assert.match(watching.stderr.trim(), new RegExp(`--allow-read=${elsewhere.path}$`));
 });
 
@@ -134,7 +134,7 @@ await redisTest(
     assert.equal(workers.length, 1, JSON.stringify(workers));
     assert.equal(workers[0].hostname, Deno.hostname());
     proxy.child.kill("SIGTERM");
-    assert.equal(await proxy.exit(), 0, proxy.output);
+    assert.equal(await proxy.exit(), 0, proxy.transcript);
   },
 );
 
@@ -167,19 +167,19 @@ Deno.test("deno task start and the image's cache step download the program's pac
   const start = await run(Deno.execPath(), ["task", "start", "--version"], ROOT, {
     DENO_DIR: startDir.path,
   });
-  assert.equal(start.code, 0, start.output);
+  assert.equal(start.code, 0, start.transcript);
   assert.deepEqual(await cachedPackages(startDir.path), program);
 
   const dockerfile = await Deno.readTextFile(`${ROOT}/Dockerfile`);
   const cache = shellWords(/^RUN (deno cache .*)$/m.exec(dockerfile)![1]);
   await using imageDir = await tempDir();
   const cached = await run(Deno.execPath(), cache.slice(1), ROOT, { DENO_DIR: imageDir.path });
-  assert.equal(cached.code, 0, cached.output);
+  assert.equal(cached.code, 0, cached.transcript);
   assert.deepEqual(await cachedPackages(imageDir.path), program);
   // The entry point runs from that cache alone.
   const entry: string[] = JSON.parse(/^ENTRYPOINT (\[.*\])$/m.exec(dockerfile)![1]);
   const version = await run(Deno.execPath(), [...entry.slice(1), "--version"], ROOT, {
     DENO_DIR: imageDir.path,
   });
-  assert.equal(version.code, 0, version.output);
+  assert.equal(version.code, 0, version.transcript);
 });

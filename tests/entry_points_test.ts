@@ -80,11 +80,11 @@ Deno.test("jsr:@dprl/cli --version and --help print and exit 0", async () => {
     run(deno, ["run", "-A", "jsr:@dprl/cli", "--help"], project.path),
     run(deno, ["run", "-A", "jsr:@dprl/cli/cli", "--version"], project.path),
   ]);
-  assert.equal(version.code, 0, version.output);
+  assert.equal(version.code, 0, version.transcript);
   assert.equal(version.stdout.trim(), `dprl ${VERSION}`);
-  assert.equal(help.code, 0, help.output);
+  assert.equal(help.code, 0, help.transcript);
   assert.match(help.stdout, /--max-connections <n>/);
-  assert.equal(cliVersion.code, 0, cliVersion.output);
+  assert.equal(cliVersion.code, 0, cliVersion.transcript);
   assert.equal(cliVersion.stdout.trim(), `dprl ${VERSION}`);
 });
 
@@ -105,7 +105,7 @@ Deno.test("deno run -A jsr:@dprl/cli proxies, refuses over the limit and exits 0
   const addr = await proxy.listening();
   await assertProxiesAndLimitsToOne(addr, up);
   proxy.child.kill("SIGTERM");
-  assert.equal(await proxy.exit(), 0, proxy.output);
+  assert.equal(await proxy.exit(), 0, proxy.transcript);
 });
 
 const LIBRARY_PROGRAM = `
@@ -129,8 +129,8 @@ Deno.test("the library serves in memory mode under --allow-net alone", async () 
     ["run", "--allow-net", "main.ts", up.url("/fixed"), up.authority],
     project.path,
   );
-  assert.equal(r.code, 0, r.output);
-  assert.ok(r.stdout.split("\n").includes(`200 ${JSON.stringify(FIXED_BODY)}`), r.output);
+  assert.equal(r.code, 0, r.transcript);
+  assert.ok(r.stdout.split("\n").includes(`200 ${JSON.stringify(FIXED_BODY)}`), r.transcript);
   assert.match(r.stdout, /^open [01]$/m);
   assert.equal(up.requests.length, 1);
 });
@@ -159,9 +159,9 @@ Deno.test("Redis mode says it needs --ignore-env under --allow-net alone, and st
     run(deno, ["run", "--allow-net", "main.ts", port], project.path),
     run(deno, ["run", "--allow-net", "--ignore-env", "main.ts", port], project.path),
   ]);
-  assert.equal(narrow.code, 0, narrow.output);
+  assert.equal(narrow.code, 0, narrow.transcript);
   assert.match(narrow.stdout, /^refused: Redis mode needs .*--ignore-env/m);
-  assert.equal(ignoring.code, 0, ignoring.output);
+  assert.equal(ignoring.code, 0, ignoring.transcript);
   assert.match(ignoring.stdout, /^started$/m);
 });
 
@@ -191,7 +191,7 @@ Deno.test("the README's worker example starts a proxy in a worker, serves and st
     w.startsWith("--allow-read=") ? `${w},${ROOT}` : w
   );
   const r = await run(Deno.execPath(), [...args, up.url("/fixed")], project.path);
-  assert.equal(r.code, 0, r.output);
+  assert.equal(r.code, 0, r.transcript);
   assert.match(r.stdout, /^200$/m);
   assert.match(r.stdout, /^stopped$/m);
   assert.equal(up.requests.length, 1);
@@ -205,12 +205,12 @@ Deno.test("the README's deno install line works from a clone and the command run
   const words = shellWords(line);
   words.splice(words.indexOf("--global") + 1, 0, "--root", root.path);
   const installed = await run(Deno.execPath(), words.slice(1), ROOT);
-  assert.equal(installed.code, 0, installed.output);
+  assert.equal(installed.code, 0, installed.transcript);
   const name = words[words.indexOf("--name") + 1] ?? words[words.indexOf("-n") + 1];
   const bin = `${root.path}/bin/${name}`;
 
   const version = await run(bin, ["--version"], elsewhere.path);
-  assert.equal(version.code, 0, version.output);
+  assert.equal(version.code, 0, version.transcript);
   assert.match(version.stdout, /^dprl \d+\.\d+\.\d+/);
 
   await using up = await startUpstream();
@@ -223,7 +223,7 @@ Deno.test("the README's deno install line works from a clone and the command run
   );
   await assertProxiesAndLimitsToOne(await proxy.listening(), up);
   proxy.child.kill("SIGTERM");
-  assert.equal(await proxy.exit(), 0, proxy.output);
+  assert.equal(await proxy.exit(), 0, proxy.transcript);
 });
 
 /**
@@ -239,7 +239,7 @@ async function compileUnavailable(): Promise<string | null> {
     dir.path,
   );
   if (r.code === 0) return null;
-  const errors = r.output.split("\n").map((l) => l.trim()).filter((l) => /error/i.test(l));
+  const errors = r.transcript.split("\n").map((l) => l.trim()).filter((l) => /error/i.test(l));
   return [...new Set([errors[0], errors.at(-1)])].filter(Boolean).join(" ... ") || `exit ${r.code}`;
 }
 
@@ -263,11 +263,11 @@ Deno.test({
   ignore: compileBlocked === null,
   fn: async () => {
     const r = await run(Deno.execPath(), ["task", "compile"], ROOT, { DENORT_BIN: "" });
-    assert.equal(r.code, 1, r.output);
+    assert.equal(r.code, 1, r.transcript);
     const lines = r.stderr.trim().split("\n").filter((l) => !/^Task compile /.test(l));
-    assert.equal(lines.length, 1, r.output);
+    assert.equal(lines.length, 1, r.transcript);
     assert.match(lines[0], /^deno compile failed: .+; it needs the Deno runtime .*DENORT_BIN/);
-    assert.doesNotMatch(r.output, /backtrace|Caused by/i);
+    assert.doesNotMatch(r.transcript, /backtrace|Caused by/i);
   },
 });
 
@@ -285,9 +285,9 @@ Deno.test({
     await using elsewhere = await tempDir();
     try {
       const built = await run(Deno.execPath(), ["task", "compile"], ROOT);
-      assert.equal(built.code, 0, built.output);
+      assert.equal(built.code, 0, built.transcript);
       const version = await run(out, ["--version"], elsewhere.path);
-      assert.equal(version.code, 0, version.output);
+      assert.equal(version.code, 0, version.transcript);
       await using up = await startUpstream();
       await using proxy = new Proc(
         out,
@@ -296,7 +296,7 @@ Deno.test({
       );
       await assertProxiesAndLimitsToOne(await proxy.listening(), up);
       proxy.child.kill("SIGTERM");
-      assert.equal(await proxy.exit(), 0, proxy.output);
+      assert.equal(await proxy.exit(), 0, proxy.transcript);
     } finally {
       if (!existed) await Deno.remove(out).catch(() => {});
     }

@@ -33,7 +33,11 @@ Deno.test("every TypeScript block of the README type-checks against this checkou
       ["check", "-q", ...group.map((b) => b.name)],
       project.path,
     );
-    assert.equal(r.code, 0, `${group.map((b) => `${b.name}:\n${b.code}`).join("\n")}\n${r.output}`);
+    assert.equal(
+      r.code,
+      0,
+      `${group.map((b) => `${b.name}:\n${b.code}`).join("\n")}\n${r.transcript}`,
+    );
   }
 });
 
@@ -50,7 +54,7 @@ Deno.test("the README's blocks that open nothing run as written", async () => {
       ["run", "--allow-net", "--allow-read=.", b.name],
       project.path,
     );
-    assert.equal(r.code, 0, `${b.name}:\n${b.code}\n${r.output}`);
+    assert.equal(r.code, 0, `${b.name}:\n${b.code}\n${r.transcript}`);
   }
 });
 

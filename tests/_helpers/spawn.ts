@@ -39,18 +39,30 @@ export class Proc implements AsyncDisposable {
   stderr = "";
   #pumps: Promise<void>[];
   #exited = false;
+  #stdin?: WritableStreamDefaultWriter<Uint8Array>;
 
-  constructor(cmd: string, args: string[], cwd: string, env: Record<string, string> = {}) {
+  /**
+   * Starts `cmd` in `cwd` with {@linkcode baseEnv} and `env`; with
+   * `stdin: true` its standard input is a pipe for {@linkcode Proc.send}.
+   */
+  constructor(
+    cmd: string,
+    args: string[],
+    cwd: string,
+    env: Record<string, string> = {},
+    options: { stdin?: boolean } = {},
+  ) {
     this.what = [cmd, ...args].join(" ");
     this.child = new Deno.Command(cmd, {
       args,
       cwd,
       clearEnv: true,
       env: { ...baseEnv(), ...env },
-      stdin: "null",
+      stdin: options.stdin ? "piped" : "null",
       stdout: "piped",
       stderr: "piped",
     }).spawn();
+    if (options.stdin) this.#stdin = this.child.stdin.getWriter();
     this.#pumps = [
       this.#pump(this.child.stdout, (s) => (this.stdout += s)),
       this.#pump(this.child.stderr, (s) => (this.stderr += s)),
@@ -58,25 +70,49 @@ export class Proc implements AsyncDisposable {
     this.child.status.then(() => (this.#exited = true));
   }
 
+  /** Whether it has exited. */
+  get exited(): boolean {
+    return this.#exited;
+  }
+
+  /** Writes a line to its standard input (started with `stdin: true`). */
+  async send(line: string): Promise<void> {
+    await this.#stdin!.write(new TextEncoder().encode(`${line}\n`));
+  }
+
   async #pump(stream: ReadableStream<Uint8Array>, add: (s: string) => void): Promise<void> {
     for await (const s of stream.pipeThrough(new TextDecoderStream())) add(s);
   }
 
-  /** The command line and everything it printed. */
+  /** Everything it printed, stdout then stderr. */
   get output(): string {
-    return `$ ${this.what}\n${this.stdout}${this.stderr}`;
+    return this.stdout + this.stderr;
+  }
+
+  /** The command line and everything it printed, for assertion messages. */
+  get transcript(): string {
+    return `$ ${this.what}\n${this.output}`;
   }
 
   /** Waits until stderr matches `re` (failing early if the process exits); returns the match. */
-  waitStderr(re: RegExp): Promise<RegExpMatchArray> {
+  waitStderr(re: RegExp, ms = SPAWN_WAIT_MS): Promise<RegExpMatchArray> {
+    return this.#wait(() => this.stderr, re, ms);
+  }
+
+  /** Waits until stdout or stderr matches `re` (failing early if it exits); returns the match. */
+  waitOutput(re: RegExp, ms = SPAWN_WAIT_MS): Promise<RegExpMatchArray> {
+    return this.#wait(() => this.output, re, ms);
+  }
+
+  #wait(text: () => string, re: RegExp, ms: number): Promise<RegExpMatchArray> {
     return waitFor(
       () => {
-        const m = this.stderr.match(re);
-        if (!m && this.#exited) throw new Error(`It exited before ${re}:\n${this.output}`);
+        const m = text().match(re);
+        if (!m && this.#exited) throw new Error(`It exited before ${re}:\n${this.transcript}`);
         return m;
       },
-      () => `${re}; output so far:\n${this.output}`,
-      SPAWN_WAIT_MS,
+      () => `${re}; output so far:\n${this.transcript}`,
+      ms,
     ) as Promise<RegExpMatchArray>;
   }
 
@@ -87,10 +123,17 @@ export class Proc implements AsyncDisposable {
   }
 
   /** Waits (bounded) for the exit; returns the exit code. */
-  async exit(): Promise<number> {
-    const status = await withTimeout(this.child.status, SPAWN_WAIT_MS, `the exit of ${this.what}`);
+  async exit(ms = SPAWN_WAIT_MS): Promise<number> {
+    const status = await withTimeout(this.child.status, ms, `the exit of ${this.what}`);
+    await this.#stdin?.close().catch(() => {});
     await Promise.all(this.#pumps);
     return status.code;
+  }
+
+  /** Sends SIGTERM (unless it has exited) and waits for the exit code. */
+  stop(ms = SPAWN_WAIT_MS): Promise<number> {
+    if (!this.#exited) this.child.kill("SIGTERM");
+    return this.exit(ms);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -100,8 +143,18 @@ export class Proc implements AsyncDisposable {
       // exited already
     }
     await this.child.status;
+    await this.#stdin?.close().catch(() => {});
     await Promise.all(this.#pumps);
   }
+}
+
+/** What {@linkcode run} returns: the exit code and the output. */
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+  /** The command line and everything it printed, for assertion messages. */
+  transcript: string;
 }
 
 /** Runs a command to its end (bounded); returns its exit code and output. */
@@ -110,10 +163,10 @@ export async function run(
   args: string[],
   cwd: string,
   env: Record<string, string> = {},
-): Promise<{ code: number; stdout: string; stderr: string; output: string }> {
+): Promise<RunResult> {
   await using p = new Proc(cmd, args, cwd, env);
   const code = await p.exit();
-  return { code, stdout: p.stdout, stderr: p.stderr, output: p.output };
+  return { code, stdout: p.stdout, stderr: p.stderr, transcript: p.transcript };
 }
 
 /** A temporary folder, removed on dispose. */
@@ -127,6 +180,19 @@ export async function tempDir(): Promise<{ path: string } & AsyncDisposable> {
 
 /** The checkout's root folder, without a trailing slash. */
 export const ROOT: string = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
+
+/** The command line's module. */
+export const CLI: string = `${ROOT}/cli.ts`;
+
+/** Starts `deno run -A cli.ts` with `args`, in the checkout, with {@linkcode baseEnv} and `env`. */
+export function startCli(args: string[], env: Record<string, string> = {}): Proc {
+  return new Proc(Deno.execPath(), ["run", "-A", "-q", CLI, ...args], ROOT, env);
+}
+
+/** Runs `deno run -A cli.ts` with `args` to its end (bounded): exit code and output. */
+export function runCli(args: string[], env: Record<string, string> = {}): Promise<RunResult> {
+  return run(Deno.execPath(), ["run", "-A", "-q", CLI, ...args], ROOT, env);
+}
 
 /**
  * A consumer project as `deno add jsr:@dprl/cli` leaves it, whose deno.json
