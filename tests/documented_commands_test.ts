@@ -114,6 +114,12 @@ Deno.test("a file outside the grant gets one line naming the --allow-read to add
     assert.equal(cli.stderr.trim().split("\n").length, 1, cli.transcript);
     assert.match(cli.stderr.trim(), expected);
   }
+  // The README quotes the line word for word.
+  const quoted = /`(dprl: --config (\S+) cannot be read[^`]*)`/.exec(README);
+  assert.ok(quoted, "the README quotes the refusal");
+  await using readmeCase = startCli(etc.path, ["--config", quoted[2]]);
+  assert.equal(await readmeCase.exit(), 2, readmeCase.transcript);
+  assert.equal(readmeCase.stderr.trim(), quoted[1]);
   // The file alone granted: --watch-config still needs its folder, and says so.
   const argv = ["run", ...startFlags(file), "cli.ts", "--config", file, "--watch-config"];
   const watching = await run(Deno.execPath(), argv, ROOT);
