@@ -29,6 +29,9 @@ import { jsonLinesFormatter } from "./lib/log_format.ts";
 import { parseAccessFlags, parseSwitch, splitList } from "./lib/access/access_flags.ts";
 
 export { usage };
+/** The flags as `parseArgs` returns them. */
+type ParsedArgs = Record<string, string | string[] | boolean | undefined>;
+
 /** A bad flag or environment value. */
 class UsageError extends Error {}
 
@@ -254,7 +257,7 @@ async function parseCli(args: string[]): Promise<CliConfig> {
 
 /** The options the flags, environment and file settings ask for. */
 function parseValues(
-  parsed: Record<string, string | string[] | boolean | undefined>,
+  parsed: ParsedArgs,
   value: (name: string) => string | undefined,
   file: ConfigFile,
   configPath: string | undefined,
@@ -266,66 +269,6 @@ function parseValues(
     );
   }
 
-  const hostLimits: Record<string, number> = {};
-  const limitArgs = parsed["host-limit"] as string[] | undefined ??
-    (readEnv("DPRL_HOST_LIMITS") ?? "").split(",").map((s) => s.trim()).filter(
-      Boolean,
-    );
-  for (const entry of limitArgs) {
-    const m = /^([^=\s]+)=(-?[0-9]+)$/.exec(entry.trim());
-    if (!m) throw new UsageError(`--host-limit must be host=N, got "${entry}"`);
-    try {
-      parseHostPattern(m[1]);
-    } catch (err) {
-      throw new UsageError(`--host-limit host "${m[1]}" ${(err as Error).message}`);
-    }
-    hostLimits[m[1]] = integer("host-limit", m[2], 0, Number.MAX_SAFE_INTEGER);
-  }
-
-  const failureMode = value("redis-failure-mode");
-  if (
-    failureMode !== "closed" && failureMode !== "open" &&
-    failureMode !== "local"
-  ) {
-    throw new UsageError(
-      `--redis-failure-mode must be closed, open or local, got "${failureMode}"`,
-    );
-  }
-  const prefix = value("redis-prefix")!;
-  if (!/^[^\s{}]+$/.test(prefix)) {
-    throw new UsageError(
-      `--redis-prefix must be non-empty without spaces or braces`,
-    );
-  }
-
-  const list = (name: string): string[] | undefined => {
-    const v = parsed[name] as string[] | undefined;
-    if (v) return v;
-    const env = readEnv(FLAGS[name].env!);
-    const fromFile = file.settings[name];
-    if ((env === undefined || env === "") && Array.isArray(fromFile)) return fromFile;
-    return splitList(env);
-  };
-  /** A switch: the flag, else its variable (text, checked later), else the file's. */
-  const toggle = (name: string): boolean | string | undefined => {
-    if (parsed[name] === true) return true;
-    const env = readEnv(FLAGS[name].env!);
-    if (env !== undefined && env !== "") return env;
-    const fromFile = file.settings[name];
-    return typeof fromFile === "boolean" ? fromFile : undefined;
-  };
-  const authFile = value("auth-file");
-  if (authFile) requireRead("auth-file", authFile);
-  const access = parseAccessFlags({
-    allowClients: value("allow-clients"),
-    auth: readEnv("DPRL_AUTH"),
-    authFile,
-    allow: list("allow"),
-    deny: list("deny"),
-    denyPrivate: toggle("deny-private"),
-  });
-  const users = access.clients.users!;
-
   const options: ProxyRateLimiterOptions = {
     port: integer("port", value("port")!, 0, 65535),
     hostname: value("hostname"),
@@ -335,7 +278,7 @@ function parseValues(
       0,
       Number.MAX_SAFE_INTEGER,
     ),
-    hostLimits,
+    hostLimits: parseHostLimits(parsed),
     rejectStatus: integer("reject-status", value("reject-status")!, 400, 599),
     queueTimeout: duration("queue-timeout", value("queue-timeout")!),
     queueMax: integer("queue-max", value("queue-max")!, 0, 1_000_000),
@@ -356,24 +299,13 @@ function parseValues(
       ),
       fin: duration("fin-timeout", value("fin-timeout")!),
     },
-    allowClients: access.clients.allowClients,
-    users: users.size > 0 ? Object.fromEntries(users) : undefined,
-    allow: access.destinations.allow,
-    deny: access.destinations.deny,
-    denyPrivate: access.destinations.denyPrivate,
+    ...accessOptions(parsed, value, file),
     maxClients: integer("max-clients", value("max-clients")!, 0, 1_000_000_000),
     maxClientsPerIp: integer("max-clients-per-ip", value("max-clients-per-ip")!, 0, 1_000_000_000),
-    accessLog: parseSwitch("--access-log", toggle("access-log")),
-    redis: redisConfig(value),
-    redisPrefix: prefix,
-    lease: duration("lease", value("lease")!),
-    redisTimeout: duration("redis-timeout", value("redis-timeout")!),
-    failureMode: failureMode as FailureMode,
+    accessLog: parseSwitch("--access-log", toggle(parsed, file, "access-log")),
+    ...redisOptions(value),
+    admin: adminOptions(value),
   };
-  if (options.lease! < 300) {
-    throw new UsageError(`--lease must be at least 300ms`);
-  }
-  options.admin = adminOptions(value);
   const logFormat = value("log-format");
   if (logFormat !== "text" && logFormat !== "json") {
     throw new UsageError(`--log-format must be text or json, got "${logFormat}"`);
@@ -389,7 +321,7 @@ function parseValues(
   if (configPath !== undefined) {
     options.loadRules = async () => layerRules(flagRules, await readRules(configPath));
   }
-  const watchConfig = parseSwitch("--watch-config", toggle("watch-config"));
+  const watchConfig = parseSwitch("--watch-config", toggle(parsed, file, "watch-config"));
   if (watchConfig && configPath === undefined) {
     throw new UsageError("--watch-config needs --config");
   }
@@ -401,6 +333,95 @@ function parseValues(
     graceMs: duration("shutdown-grace", value("shutdown-grace")!),
     configPath,
     watchConfig,
+  };
+}
+
+/** The values of `--host-limit` (else of `DPRL_HOST_LIMITS`), checked. */
+function parseHostLimits(parsed: ParsedArgs): Record<string, number> {
+  const hostLimits: Record<string, number> = {};
+  const limitArgs = parsed["host-limit"] as string[] | undefined ??
+    splitList(readEnv("DPRL_HOST_LIMITS"));
+  for (const entry of limitArgs) {
+    const m = /^([^=\s]+)=(-?[0-9]+)$/.exec(entry.trim());
+    if (!m) throw new UsageError(`--host-limit must be host=N, got "${entry}"`);
+    try {
+      parseHostPattern(m[1]);
+    } catch (err) {
+      throw new UsageError(`--host-limit host "${m[1]}" ${(err as Error).message}`);
+    }
+    hostLimits[m[1]] = integer("host-limit", m[2], 0, Number.MAX_SAFE_INTEGER);
+  }
+  return hostLimits;
+}
+
+/** A switch: the flag, else its variable (text, checked later), else the file's. */
+function toggle(parsed: ParsedArgs, file: ConfigFile, name: string): boolean | string | undefined {
+  if (parsed[name] === true) return true;
+  const env = readEnv(FLAGS[name].env!);
+  if (env !== undefined && env !== "") return env;
+  const fromFile = file.settings[name];
+  return typeof fromFile === "boolean" ? fromFile : undefined;
+}
+
+/** Who may use the proxy and where it may go, reading the auth file. */
+function accessOptions(
+  parsed: ParsedArgs,
+  value: (name: string) => string | undefined,
+  file: ConfigFile,
+): Pick<ProxyRateLimiterOptions, "allowClients" | "users" | "allow" | "deny" | "denyPrivate"> {
+  const list = (name: string): string[] | undefined => {
+    const v = parsed[name] as string[] | undefined;
+    if (v) return v;
+    const env = readEnv(FLAGS[name].env!);
+    const fromFile = file.settings[name];
+    if ((env === undefined || env === "") && Array.isArray(fromFile)) return fromFile;
+    return splitList(env);
+  };
+  const authFile = value("auth-file");
+  if (authFile) requireRead("auth-file", authFile);
+  const access = parseAccessFlags({
+    allowClients: value("allow-clients"),
+    auth: readEnv("DPRL_AUTH"),
+    authFile,
+    allow: list("allow"),
+    deny: list("deny"),
+    denyPrivate: toggle(parsed, file, "deny-private"),
+  });
+  const users = access.clients.users!;
+  return {
+    allowClients: access.clients.allowClients,
+    users: users.size > 0 ? Object.fromEntries(users) : undefined,
+    allow: access.destinations.allow,
+    deny: access.destinations.deny,
+    denyPrivate: access.destinations.denyPrivate,
+  };
+}
+
+/** The distributed mode's options: Redis, its key prefix, the lease and the failure mode. */
+function redisOptions(
+  value: (name: string) => string | undefined,
+): Pick<
+  ProxyRateLimiterOptions,
+  "redis" | "redisPrefix" | "lease" | "redisTimeout" | "failureMode"
+> {
+  const failureMode = value("redis-failure-mode");
+  if (failureMode !== "closed" && failureMode !== "open" && failureMode !== "local") {
+    throw new UsageError(
+      `--redis-failure-mode must be closed, open or local, got "${failureMode}"`,
+    );
+  }
+  const redisPrefix = value("redis-prefix")!;
+  if (!/^[^\s{}]+$/.test(redisPrefix)) {
+    throw new UsageError(`--redis-prefix must be non-empty without spaces or braces`);
+  }
+  const lease = duration("lease", value("lease")!);
+  if (lease < 300) throw new UsageError(`--lease must be at least 300ms`);
+  return {
+    redis: redisConfig(value),
+    redisPrefix,
+    lease,
+    redisTimeout: duration("redis-timeout", value("redis-timeout")!),
+    failureMode: failureMode as FailureMode,
   };
 }
 
