@@ -24,7 +24,7 @@ import { LocalLimiter } from "./limit/local_limiter.ts";
 import type { FailureMode, RedisLimiter } from "./limit/redis_limiter.ts";
 import type { RedisConfig, RedisOptions } from "./limit/redis_config.ts";
 import { ProxyServer } from "./proxy/proxy_server.ts";
-import { ClientPolicy } from "./access/client_policy.ts";
+import { checkUsers, ClientPolicy } from "./access/client_policy.ts";
 import { DestinationPolicy } from "./access/destination_policy.ts";
 import { ProxyStats } from "./metrics/proxy_stats.ts";
 import { logAccess } from "./log_format.ts";
@@ -160,8 +160,9 @@ export interface ProxyRateLimiterOptions {
   allowClients?: string[];
   /**
    * Proxy users (Basic authentication): user name to password, or to a
-   * bcrypt hash (`$2y$...`, as `htpasswd -B` writes). Without users no
-   * authentication is asked for.
+   * bcrypt hash (`$2y$...`, as `htpasswd -B` writes); any other hash
+   * (`$apr1$...`, `{SHA}...`) is refused. Without users no authentication
+   * is asked for.
    */
   users?: Record<string, string>;
   /**
@@ -251,7 +252,8 @@ export class ProxyRateLimiter implements AsyncDisposable {
   /**
    * Creates a proxy; nothing listens until {@linkcode start}. Throws a
    * RangeError when the admin server would listen on a non-loopback
-   * address without a token.
+   * address without a token, and a RangeError or TypeError on a bad entry
+   * of `users` (a value that looks like a hash but is not bcrypt, say).
    */
   constructor(options: ProxyRateLimiterOptions = {}) {
     const admin = options.admin;
@@ -260,6 +262,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
         `Admin address ${admin.hostname} is not a loopback address; set an admin token to expose it`,
       );
     }
+    checkUsers(options.users ?? {});
     this.#options = options;
     this.#fileRules = validateRules(options.rules ?? {});
     // This process's overrides, above the rules as before rules existed.

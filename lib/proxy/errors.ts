@@ -7,6 +7,7 @@
  * @module
  */
 
+import { AuthBusyError } from "../access/proxy_auth.ts";
 import { LimiterUnavailableError } from "../limit/limiter.ts";
 import { HttpError } from "./http_head.ts";
 
@@ -167,6 +168,12 @@ export function errorReply(err: unknown, rejectStatus: number): ErrorReply {
   }
   if (err instanceof ClientRefusedError) {
     return reply(err.status, "http_request_denied", err.message, false);
+  }
+  if (err instanceof AuthBusyError) {
+    return {
+      ...reply(503, "http_request_denied", err.message, false),
+      headers: [`Retry-After: ${err.retryAfter}`],
+    };
   }
   if (err instanceof ProxyAuthRequiredError) {
     return {

@@ -36,7 +36,7 @@ import {
   UpstreamClosedError,
   UpstreamTimeoutError,
 } from "./errors.ts";
-import { ClientPolicy, PROXY_AUTHENTICATE } from "../access/client_policy.ts";
+import { AuthBusyError, ClientPolicy, PROXY_AUTHENTICATE } from "../access/client_policy.ts";
 import type { DestinationPolicy } from "../access/destination_policy.ts";
 import { ProxyStats, type RequestKind } from "../metrics/proxy_stats.ts";
 import type { UpstreamHostView } from "../metrics/host_summary.ts";
@@ -430,9 +430,9 @@ export class ProxyServer {
   }
 
   /** Refuses a request without valid credentials when authentication is on. */
-  async #authenticate(req: RequestHead): Promise<void> {
+  async #authenticate(req: RequestHead, ip: string): Promise<void> {
     if (!this.#clients.authRequired) return;
-    const user = await this.#clients.authenticate(field(req, "proxy-authorization"));
+    const user = await this.#clients.authenticate(field(req, "proxy-authorization"), ip);
     if (user === null) throw new ProxyAuthRequiredError(PROXY_AUTHENTICATE);
   }
 
@@ -447,13 +447,16 @@ export class ProxyServer {
       s.startedAt = Date.now();
       this.#touch(s);
       const req = parseRequestHead(head);
-      await this.#authenticate(req);
+      await this.#authenticate(req, s.ip);
       return req;
     } catch (err) {
       const bad = err instanceof TooLargeError
         ? new HttpError(431, "Request head is too large")
         : err;
-      if (!(bad instanceof HttpError || bad instanceof ProxyAuthRequiredError)) throw err;
+      if (
+        !(bad instanceof HttpError || bad instanceof ProxyAuthRequiredError ||
+          bad instanceof AuthBusyError)
+      ) throw err;
       await this.#fail(s, bad);
       return null;
     }
