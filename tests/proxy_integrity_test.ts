@@ -93,6 +93,27 @@ Deno.test("a POST on a reused connection that closes unanswered is sent once and
   assert.equal(up.heads.filter((h) => h.startsWith("POST")).length, 1);
 });
 
+Deno.test("a POST whose Idempotency-Key the Connection field strips is not retried", async () => {
+  await using up = answerOnceThenDrop();
+  await using tp = await startProxy();
+  const c = await BufferedConn.connect(tp.addr);
+  try {
+    await c.write(request("GET", up.url("/first"), { Host: up.authority }));
+    assert.equal((await readResponse(c)).status, 200);
+    await c.write(request("POST", up.url("/pay"), {
+      Host: up.authority,
+      "Idempotency-Key": "abc123",
+      Connection: "Idempotency-Key",
+    }));
+    assert.equal((await readResponse(c)).status, 502);
+  } finally {
+    c.close();
+  }
+  const posts = up.heads.filter((h) => h.startsWith("POST"));
+  assert.equal(posts.length, 1, "sent once");
+  assert.doesNotMatch(posts[0], /idempotency-key/i, "the key was stripped as asked");
+});
+
 for (
   const [what, method, extra] of [
     ["a GET", "GET", {}],
@@ -152,7 +173,12 @@ Deno.test("a client that leaves while the dial hangs frees its slot at once", as
     defaultMaxConnectionsPerHost: 1,
     timeouts: { connect: 120_000 },
   });
-  for (const req of [connectRequest(hole.authority), request("GET", `http://${hole.authority}/`)]) {
+  for (
+    const req of [
+      connectRequest(hole.authority),
+      request("GET", `http://${hole.authority}/`, { Host: hole.authority }),
+    ]
+  ) {
     const c = await BufferedConn.connect(tp.addr);
     await c.write(req);
     await tp.waitCount(hole.authority, 1);
@@ -196,7 +222,7 @@ Deno.test("a client that leaves with pipelined requests queued frees its slot at
 Deno.test("error replies name the problem without internal detail", async () => {
   await using tp = await startProxy();
   for (const target of ["http://a..b/", "http://255.255.255.255:9/"]) {
-    const res = await rawExchange(tp.addr, request("GET", target));
+    const res = await rawExchange(tp.addr, request("GET", target, { Host: new URL(target).host }));
     assert.ok(res.status >= 400, `${target}: ${res.status}`);
     const said = text(res.body) + (header(res.head, "proxy-status") ?? "");
     assert.doesNotMatch(said, /FQDN|os error|label/i, `${target}: ${said}`);

@@ -207,10 +207,18 @@ interface Outbound {
   replayable: boolean;
 }
 
+/** How the sending of a request goes. */
+interface Sending {
+  done: boolean;
+  error: unknown;
+  /** Settles when the request body relay has ended, either way. */
+  ended: Promise<void>;
+}
+
 /** The final response head and how the request's sending went. */
 interface Answer {
   res: ResponseHead;
-  request: { done: boolean; error: unknown };
+  request: Sending;
 }
 
 /** Serves the proxy port until {@linkcode ProxyServer.shutdown}. */
@@ -447,6 +455,7 @@ export class ProxyServer {
       s.startedAt = Date.now();
       this.#touch(s);
       const req = parseRequestHead(head);
+      checkHost(req);
       await this.#authenticate(req);
       return req;
     } catch (err) {
@@ -504,6 +513,8 @@ export class ProxyServer {
    */
   #watchClient(s: Session): void {
     if (s.watching || s.readingBody || s.closed || s.reader.buffered >= WATCH_LIMIT) return;
+    // A pipe reads the client itself.
+    if (s.phase !== "request" && s.phase !== "response") return;
     s.watching = true;
     s.reader.watch().then((n) => {
       s.watching = false;
@@ -537,9 +548,11 @@ export class ProxyServer {
   /**
    * Pipes both ways until both sides have ended, then closes both. The end
    * of one direction is passed on as a half-close while the other flows.
-   * Bytes already buffered on either side go first.
+   * Bytes already buffered on either side go first. The client's bytes
+   * follow once `upward` resolves (the request body relay has ended: only
+   * one reader of the client at a time); a rejection closes both.
    */
-  async #pipe(s: Session, up: Upstream): Promise<void> {
+  async #pipe(s: Session, up: Upstream, upward = Promise.resolve()): Promise<void> {
     s.phase = "tunnel";
     const touch = () => this.#touch(s);
     let open = 2;
@@ -551,7 +564,8 @@ export class ProxyServer {
     };
     const fail = () => s.close();
     await Promise.all([
-      pump(s.reader, s.toUpstream, touch).then(() => ended(up.conn)).catch(fail),
+      upward.then(() => pump(s.reader, s.toUpstream, touch)).then(() => ended(up.conn))
+        .catch(fail),
       pump(up.reader, s, touch).then(() => ended(s.conn)).catch(fail),
     ]);
     s.close();
@@ -575,7 +589,7 @@ export class ProxyServer {
       const { up, res, request } = await this.#roundTrip(s, out);
       s.status = res.status;
       if (res.status === 101 && out.upgrading) {
-        await this.#switchProtocols(s, up, res);
+        await this.#switchProtocols(s, up, res, request);
         return false;
       }
       return await this.#relayResponse(s, up, out, { res, request });
@@ -617,7 +631,7 @@ export class ProxyServer {
    * head. Resolves `null` when the upstream closed without a byte of answer.
    */
   async #send(s: Session, up: Upstream, out: Outbound): Promise<Answer | null> {
-    const request: Answer["request"] = { done: false, error: null };
+    const request: Sending = { done: false, error: null, ended: Promise.resolve() };
     if (out.framing.kind === "none") {
       try {
         await writeAll(s.toUpstream, out.head);
@@ -630,7 +644,14 @@ export class ProxyServer {
       // reading early may still answer.
       s.readingBody = true;
       const touch = () => this.#touch(s);
-      relayBody(s.reader, s.toUpstream, out.framing, out.head, touch, (m) => new HttpError(400, m))
+      request.ended = relayBody(
+        s.reader,
+        s.toUpstream,
+        out.framing,
+        out.head,
+        touch,
+        (m) => new HttpError(400, m),
+      )
         .then(() => {
           request.done = true;
           s.readingBody = false;
@@ -660,17 +681,30 @@ export class ProxyServer {
       const res = parseResponseHead(head);
       this.#touch(s);
       if (res.status >= 200 || res.status === 101) return { res, request };
-      // Interim 1xx: relay and keep waiting for the final response.
-      await writeAll(s, encodeHead(res.statusLine, endToEndLines(res)));
+      // Interim 1xx: relay (never to an HTTP/1.0 client, RFC 9110, 15.2)
+      // and keep waiting for the final response.
+      if (out.req.minor === 1) await writeAll(s, encodeHead(res.statusLine, endToEndLines(res)));
     }
   }
 
-  /** Relays a 101 answer and turns the exchange into a two-way pipe. */
-  async #switchProtocols(s: Session, up: Upstream, res: ResponseHead): Promise<void> {
+  /**
+   * Relays a 101 answer and turns the exchange into a two-way pipe. The
+   * upstream may switch before it has read the request body: the client's
+   * side of the pipe takes over where the body relay ends.
+   */
+  async #switchProtocols(
+    s: Session,
+    up: Upstream,
+    res: ResponseHead,
+    request: Sending,
+  ): Promise<void> {
     const lines = endToEndLines(res);
     lines.push("Connection: Upgrade", `Upgrade: ${field(res, "upgrade") ?? ""}`);
     await writeAll(s, encodeHead(res.statusLine, lines));
-    await this.#pipe(s, up);
+    const bodySent = request.ended.then(() => {
+      if (request.error !== null) throw request.error;
+    });
+    await this.#pipe(s, up, bodySent);
   }
 
   /**
@@ -726,9 +760,6 @@ function outbound(req: RequestHead): Outbound {
   const bad = (msg: string) => new HttpError(400, msg);
   const target = parseTarget(req.target);
   const framing = bodyFraming(req, bad, true);
-  if (req.names.indexOf("host") !== req.names.lastIndexOf("host")) {
-    throw bad("More than one Host field");
-  }
   const upgrade = req.connection.has("upgrade") ? field(req, "upgrade") : undefined;
   const lines = endToEndLines(req);
   const hostAt = lines.findIndex((l) => /^host:/i.test(l));
@@ -747,8 +778,21 @@ function outbound(req: RequestHead): Outbound {
     head: encodeHead(`${req.method} ${target.path} HTTP/1.1`, lines),
     upgrading: upgrade !== undefined,
     clientKeepAlive: req.minor === 1 && !req.connection.has("close"),
+    // Judged by what is forwarded: a key the Connection field strips does not count.
     replayable: framing.kind === "none" &&
-      (IDEMPOTENT.has(req.method) || field(req, "idempotency-key") !== undefined ||
-        field(req, "x-idempotency-key") !== undefined),
+      (IDEMPOTENT.has(req.method) || lines.some((l) => IDEMPOTENCY_KEY.test(l))),
   };
+}
+
+/** A forwarded line carrying an idempotency key. */
+const IDEMPOTENCY_KEY = /^(?:x-)?idempotency-key:/i;
+
+/**
+ * Refuses an HTTP/1.1 request, CONNECT included, without exactly one Host
+ * field (RFC 9112, 3.2: a server answers 400). HTTP/1.0 may omit it.
+ */
+function checkHost(req: RequestHead): void {
+  const first = req.names.indexOf("host");
+  if (first !== req.names.lastIndexOf("host")) throw new HttpError(400, "More than one Host field");
+  if (first < 0 && req.minor === 1) throw new HttpError(400, "Missing Host field");
 }
