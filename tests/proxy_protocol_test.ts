@@ -7,14 +7,11 @@ import fc from "fast-check";
 import {
   BufferedConn,
   concat,
-  CRLFCRLF,
   header,
   rawExchange,
   readHead,
-  readResponse,
   statusOf,
   text,
-  utf8,
 } from "./_helpers/raw.ts";
 import { patternBytes } from "./_helpers/upstream.ts";
 import { startScriptedUpstream } from "./_helpers/scripted_upstream.ts";
