@@ -3,7 +3,15 @@
 // broken response gets a 502, a client that leaves frees its slot at once,
 // and replies carry no internal detail.
 import assert from "node:assert/strict";
-import { BufferedConn, header, rawExchange, readResponse, request, text } from "./_helpers/raw.ts";
+import {
+  BufferedConn,
+  header,
+  rawExchange,
+  readResponse,
+  request,
+  text,
+  waitFor,
+} from "./_helpers/raw.ts";
 import { blackHole } from "./_helpers/upstream.ts";
 import { startScriptedUpstream } from "./_helpers/scripted_upstream.ts";
 import { connectRequest, startProxy } from "./_helpers/proxy.ts";
@@ -167,12 +175,14 @@ for (
   });
 }
 
-Deno.test("a client that leaves while the dial hangs frees its slot at once", async () => {
+Deno.test("a client that leaves while the dial hangs frees its slot at once, no upstream failure", async () => {
   using hole = await blackHole();
   await using tp = await startProxy({
     defaultMaxConnectionsPerHost: 1,
     timeouts: { connect: 120_000 },
+    admin: { port: 0 },
   });
+  const metrics = async () => await (await fetch(new URL("/metrics", tp.proxy.adminUrl!))).text();
   for (
     const req of [
       connectRequest(hole.authority),
@@ -185,6 +195,8 @@ Deno.test("a client that leaves while the dial hangs frees its slot at once", as
     c.close();
     await tp.waitCount(hole.authority, 0);
   }
+  await waitFor(async () => /^dprl_client_connections 0$/m.test(await metrics()), "clients gone");
+  assert.doesNotMatch(await metrics(), /^dprl_upstream_errors_total\{.*\} [1-9]/m);
 });
 
 /** Reads a request head and holds it unanswered until the proxy closes. */

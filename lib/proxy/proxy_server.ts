@@ -30,6 +30,7 @@ import {
   type ResponseHead,
 } from "./http_head.ts";
 import {
+  ClientGoneError,
   ClientRefusedError,
   errorReply,
   ProxyAuthRequiredError,
@@ -87,7 +88,7 @@ const SWEEP_MS = 250;
 /** Client bytes read ahead (pipelined requests) while an exchange runs. */
 const WATCH_LIMIT = 64 * 1024;
 /** The abort reason of a closed session (a DOMException per close would cost a stack trace). */
-const CLIENT_LEFT = new Error("Client connection closed");
+const CLIENT_LEFT = new ClientGoneError();
 /** Methods that may be sent again when a reused connection drops them. */
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE"]);
 const ESTABLISHED = encodeLatin1("HTTP/1.1 200 Connection Established\r\n\r\n");
@@ -474,6 +475,13 @@ export class ProxyServer {
    * was sent yet; otherwise the connection is closed. Causes are logged.
    */
   async #fail(s: Session, err: unknown): Promise<void> {
+    if (err instanceof ClientGoneError) {
+      // Nobody to answer and nothing failed: logged as nginx does (499).
+      s.status = 499;
+      this.#logger.debug("Client left before its answer");
+      s.close();
+      return;
+    }
     const r = errorReply(err, this.#rejectStatus);
     const cause = err instanceof Error && err.cause !== undefined ? String(err.cause) : "";
     s.status = r.status;
@@ -616,7 +624,7 @@ export class ProxyServer {
         await this.#pool.open(out.key, out.hostname, out.port, s.signal, true);
       const pooled = up.reused;
       s.upstream = up;
-      if (s.closed) throw new UpstreamClosedError(out.key);
+      if (s.closed) throw CLIENT_LEFT;
       const answer = await this.#send(s, up, out);
       if (answer !== null) return { ...answer, up };
       up.close();
