@@ -165,7 +165,10 @@ Deno.test("a wait past the queue timeout lasts the full timeout and reports what
   await using tp = await startProxy({ defaultMaxConnectionsPerHost: 1, queueTimeout: 1000 });
   const holder = exchange(tp.addr, request("GET", up.url("/slow"), { Host: up.authority }));
   await up.waitHeld(1);
-  for (let i = 0; i < 3; i++) {
+  // Arrivals at different offsets (not a synchronisation): a wait must not
+  // depend on where it starts relative to any periodic timer of the proxy.
+  for (const offset of [0, 80, 160]) {
+    await sleep(offset);
     const started = performance.now();
     const late = await exchange(tp.addr, request("GET", up.url("/fixed"), { Host: up.authority }));
     const elapsed = performance.now() - started;
