@@ -4,7 +4,8 @@
  * upstream sockets opened within each host's limit.
  *
  * One client connection is a {@linkcode Session} that moves through named
- * phases; the sweep decides from the phase what a passed deadline means.
+ * phases and is always under one named deadline; the sweep runs the action
+ * of the deadline's kind once it passes.
  * Every failure is an error named where it happens and turned into a reply
  * in one place, {@linkcode ProxyServer.#fail}.
  *
@@ -115,11 +116,30 @@ const REASONS: Record<number, string> = {
  */
 type Phase = "head" | "request" | "response" | "tunnel";
 
+/**
+ * Which timeout a session is under, and what its passing does:
+ * - `head`: a request head is awaited (`--head-timeout`); a half-sent head
+ *   gets 408, a silent connection is closed quietly;
+ * - `keepAlive`: idle between requests (`--keep-alive-timeout`); like `head`;
+ * - `idle`: an exchange or tunnel with no byte either way (`--idle-timeout`);
+ *   a request still awaiting its answer gets 504, anything else is closed;
+ * - `fin`: one side of a pipe ended and the other's time is up
+ *   (`--fin-timeout`); closed, whatever still flows;
+ * - `reply`: an error reply had its time to go out; closed.
+ */
+type DeadlineKind = "head" | "keepAlive" | "idle" | "fin" | "reply";
+
+/** Time an error reply of the sweep's (408, 504) has to go out before the close. */
+const REPLY_GRACE_MS = 1000;
+
 /** One client connection. */
 class Session {
   readonly conn: Deno.TcpConn;
   readonly reader: BufferedReader;
   phase: Phase = "head";
+  /** The timeout the session is under. */
+  kind: DeadlineKind = "head";
+  /** When it passes (coarse clock, ms). */
   deadline = 0;
   /** A byte of the current response reached the client. */
   sent = false;
@@ -130,8 +150,6 @@ class Session {
   /** A background read watches for the client leaving. */
   watching = false;
   upstream: Upstream | null = null;
-  /** When one side of a tunnel ended: the other gets until then. */
-  finAt = Infinity;
   /** The client's address (`host:port`) and IP. */
   readonly client: string;
   readonly ip: string;
@@ -169,6 +187,12 @@ class Session {
 
   get closed(): boolean {
     return this.#left.signal.aborted;
+  }
+
+  /** Puts the session under the timeout `kind`, passing at `deadline`. */
+  until(kind: DeadlineKind, deadline: number): void {
+    this.kind = kind;
+    this.deadline = deadline;
   }
 
   /** Writes to the client, noting that the response has begun. */
@@ -342,22 +366,36 @@ export class ProxyServer {
 
   #sweep(): void {
     const now = this.#now = Date.now();
-    for (const s of this.#sessions) {
-      if (s.deadline > now && s.finAt > now) continue;
-      if (s.phase === "request" && !s.timedOut) {
-        // Let the exchange answer 504, then close if it still hangs.
-        s.timedOut = true;
-        s.deadline = now + 1000;
-        s.upstream?.close();
-      } else {
-        s.close();
-      }
-    }
+    for (const s of this.#sessions) if (s.deadline <= now) this.#expire(s, now);
     this.#pool.sweep(now);
   }
 
+  /** Runs the action of the passed deadline of `s`, by its kind. */
+  #expire(s: Session, now: number): void {
+    switch (s.kind) {
+      case "head":
+      case "keepAlive":
+        if (s.reader.buffered === 0) return s.close();
+        s.until("reply", now + REPLY_GRACE_MS);
+        this.#fail(s, new HttpError(408, "Request head not received in time"));
+        return;
+      case "idle":
+        if (s.phase !== "request" || s.timedOut) return s.close();
+        // The exchange answers 504 (see #exchange) once the upstream is closed.
+        s.timedOut = true;
+        s.until("reply", now + REPLY_GRACE_MS);
+        s.upstream?.close();
+        return;
+      case "fin":
+      case "reply":
+        return s.close();
+    }
+  }
+
+  /** Bytes moved: the idle timeout starts again (not once a pipe is ending or a reply going). */
   #touch(s: Session): void {
-    s.deadline = this.#now + this.#timeouts.idle;
+    if (s.kind === "fin" || s.kind === "reply") return;
+    s.until("idle", this.#now + this.#timeouts.idle);
   }
 
   async #handle(conn: Deno.TcpConn): Promise<void> {
@@ -366,7 +404,7 @@ export class ProxyServer {
     this.#stats.onClientOpen();
     const fromIp = (this.#perIp.get(s.ip) ?? 0) + 1;
     this.#perIp.set(s.ip, fromIp);
-    s.deadline = this.#now + this.#timeouts.head;
+    s.until("head", this.#now + this.#timeouts.head);
     try {
       // Refused before a byte is read: a stranger cannot hold a connection.
       const refusal = this.#refusal(s, fromIp);
@@ -382,7 +420,8 @@ export class ProxyServer {
         this.#finished(s);
         if (!more || this.#closing) return;
         s.phase = "head";
-        s.deadline = this.#now + this.#timeouts.keepAlive;
+        s.sent = false; // a 408 may answer a half-sent next head
+        s.until("keepAlive", this.#now + this.#timeouts.keepAlive);
       }
     } catch (err) {
       this.#logger.debug("Client connection ended: {error}", {
@@ -451,7 +490,6 @@ export class ProxyServer {
       const head = await s.reader.readHead(this.#maxHead);
       if (head === null) return null;
       s.phase = "request";
-      s.sent = false;
       s.timedOut = false;
       s.startedAt = Date.now();
       this.#touch(s);
@@ -567,7 +605,7 @@ export class ProxyServer {
     const ended = (dst: Deno.TcpConn) => {
       if (--open === 0) return s.close();
       // The other side gets the fin timeout to finish.
-      s.finAt = this.#now + this.#timeouts.fin;
+      s.until("fin", this.#now + this.#timeouts.fin);
       return dst.closeWrite();
     };
     const fail = () => s.close();
