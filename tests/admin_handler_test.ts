@@ -57,7 +57,9 @@ Deno.test("PUT /api/limits/{host} sets the limit and GET /api/limits shows it", 
   assert.deepEqual(await res.json(), { host: "api.example.com", limit: 3 });
   assert.equal(source.limitFor("api.example.com"), 3);
   const limits = await call(handler, "GET", "/api/limits");
-  assert.deepEqual(await limits.json(), { default: 5, hosts: { "api.example.com": 3 } });
+  const table = await limits.json();
+  assert.deepEqual([table.default, table.hosts], [5, { "api.example.com": 3 }]);
+  assert.deepEqual(table.sources.hosts, { "api.example.com": "runtime" });
 
   const ipv6 = await call(handler, "PUT", "/api/limits/%5B::1%5D:9000", '{"limit": 2}');
   assert.deepEqual(await ipv6.json(), { host: "[::1]:9000", limit: 2 });
@@ -68,7 +70,8 @@ Deno.test("PUT /api/limits/{host} sets the limit and GET /api/limits shows it", 
 
   const def = await call(handler, "PUT", "/api/limits", '{"default": 7}');
   assert.equal(def.status, 200);
-  assert.deepEqual(await def.json(), { default: 7, hosts: { "[::1]:9000": 2 } });
+  const after = await def.json();
+  assert.deepEqual([after.default, after.hosts], [7, { "[::1]:9000": 2 }]);
   assert.equal(source.table.defaultLimit, 7);
 });
 
@@ -101,7 +104,7 @@ Deno.test("bad limit input gets a problem+json 4xx and changes nothing", async (
     const res = await call(handler, method, path, body, headers);
     await assertProblem(res, status, detail);
   }
-  assert.deepEqual(source.limits, { default: 5, hosts: { "a.example": 2 } });
+  assert.deepEqual([source.defaultLimit, source.table.entries()], [5, { "a.example": 2 }]);
   assert.deepEqual(source.changes, []);
 });
 

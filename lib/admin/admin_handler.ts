@@ -123,7 +123,7 @@ export function createAdminHandler(
             stats: source.stats,
             hosts: source.hosts(),
             limitFor: (host) => source.limitFor(host),
-            defaultLimit: source.limits.default,
+            defaultLimit: source.defaultLimit,
             version: source.version,
             startedAt: source.startedAt,
             redisUp: source.redisUp(),
@@ -152,7 +152,7 @@ export function createAdminHandler(
             proxyUrl: source.proxyUrl?.href ?? null,
             adminUrl: source.adminUrl?.href ?? null,
             ready: source.ready(),
-            defaultLimit: source.limits.default,
+            defaultLimit: source.defaultLimit,
             clientConnections: stats.clientConnections,
             requests: stats.requests,
             bytesRelayed: stats.bytesRelayed,
@@ -195,12 +195,12 @@ export function createAdminHandler(
     {
       path: "/api/limits",
       methods: {
-        GET: () => json(200, limitsJson(source)),
+        GET: () => json(200, source.limitTable()),
         PUT: async (req) => {
           const body = await readJson(req, "default");
           if (body instanceof Response) return body;
           const bad = await tryChange(() => source.setDefaultLimit(body));
-          return bad ?? json(200, limitsJson(source));
+          return bad ?? json(200, source.limitTable());
         },
       },
     },
@@ -293,6 +293,10 @@ export function createAdminHandler(
       res.headers.set("allow", allow.join(", "));
       return res;
     }
+    if (!head && req.method !== "GET") {
+      const refused = refuseChange(req, url, tokenDigest === undefined && source.mode === "redis");
+      if (refused) return refused;
+    }
     let res: Response;
     try {
       res = await handler(req, url, rest);
@@ -321,11 +325,6 @@ function hostJson(row: HostSummary): Record<string, unknown> {
   };
 }
 
-function limitsJson(source: AdminSource): Record<string, unknown> {
-  const { default: defaultLimit, hosts } = source.limits;
-  return { default: defaultLimit, hosts };
-}
-
 /** Decodes and normalises the host segment of a path, or answers 400. */
 function parseHost(segment: string): string | Response {
   let decoded: string;
@@ -341,12 +340,49 @@ function parseHost(segment: string): string | Response {
   return key;
 }
 
-/** Reads `{"<field>": N}` with N a non-negative integer, or answers 400/413/415. */
-async function readJson(req: Request, field: string): Promise<number | Response> {
+/**
+ * Refuses a state-changing request that a web page of another origin may
+ * have sent (403, as Go's `CrossOriginProtection` does: `Sec-Fetch-Site`
+ * other than `same-origin` or `none`, or an `Origin` whose host is not the
+ * request's), one whose content type is not JSON (415: HTML forms and
+ * `fetch` without a preflight can only send `text/plain`, form and
+ * multipart bodies), and, when `tokenNeeded`, every one (403: in
+ * distributed mode a change needs the admin token, see README "Security").
+ */
+function refuseChange(req: Request, url: URL, tokenNeeded: boolean): Response | undefined {
+  const site = req.headers.get("sec-fetch-site");
+  if (site !== null && site !== "same-origin" && site !== "none") {
+    return problem(403, `A ${site} request cannot change the admin server's state`);
+  }
+  const origin = req.headers.get("origin");
+  if (origin !== null && originHost(origin) !== url.host) {
+    return problem(403, `Origin ${origin.slice(0, 200)} may not change the admin server's state`);
+  }
   const type = req.headers.get("content-type");
   if (type !== null && !/^application\/(.+\+)?json\s*(;|$)/i.test(type)) {
-    return problem(415, `Body must be application/json, got ${type}`);
+    return problem(415, `Body must be application/json, got ${type.slice(0, 200)}`);
   }
+  if (tokenNeeded) {
+    return problem(
+      403,
+      "In distributed mode a change through the admin API needs an admin token (--admin-token): " +
+        "without one, a client of any proxy of the fleet could reach this port",
+    );
+  }
+  return undefined;
+}
+
+/** The host (and port) of an `Origin` header, or `null` for `null` and garbage. */
+function originHost(origin: string): string | null {
+  try {
+    return new URL(origin).host || null;
+  } catch {
+    return null;
+  }
+}
+
+/** Reads `{"<field>": N}` with N a non-negative integer, or answers 400/413. */
+async function readJson(req: Request, field: string): Promise<number | Response> {
   const bytes = await readBounded(req);
   if (bytes === null) return problem(413, `Body is larger than ${MAX_BODY} bytes`);
   let body: unknown;
@@ -444,6 +480,7 @@ function json(status: number, body: unknown): Response {
 const TITLES: Record<number, string> = {
   400: "Bad Request",
   401: "Unauthorized",
+  403: "Forbidden",
   404: "Not Found",
   405: "Method Not Allowed",
   413: "Content Too Large",
