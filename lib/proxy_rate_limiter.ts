@@ -100,11 +100,12 @@ export interface ProxyRateLimiterOptions {
   /**
    * Limit rules: a default, per-host limits with wildcards and groups of
    * hosts with a shared limit (the schema of the config file). The fleet's
-   * runtime table (distributed mode) wins over them rule by rule, and this
-   * process's overrides (`defaultMaxConnectionsPerHost`, `hostLimits` and
-   * the setters such as {@linkcode ProxyRateLimiter.setHostLimit}) win over
-   * both. The command line puts its `--max-connections` and `--host-limit`
-   * here, under the file's rules. A host rule or group may also set
+   * runtime table (the admin API's; the fleet's in distributed mode) wins
+   * over them rule by rule, and this process's overrides
+   * (`defaultMaxConnectionsPerHost`, `hostLimits` and the setters such as
+   * {@linkcode ProxyRateLimiter.setHostLimit}) win over both. The command
+   * line puts its config file's rules here and its flags in `flagRules`.
+   * A host rule or group may also set
    * `queue-timeout` and `queue-max` for its hosts, over `queueTimeout` and
    * `queueMax`; the layers above change limits only. See
    * {@linkcode LimitRules}.
@@ -752,17 +753,21 @@ export class ProxyRateLimiter implements AsyncDisposable {
       },
       hosts: () => this.#hostViews(),
       limitFor: (host) => limits.limitFor(hostKey(host)),
-      // The admin API changes the runtime table: the fleet's in distributed mode.
+      // The admin API changes the runtime table (the fleet's in distributed mode), and this
+      // process's override of the same rule gives way, so that the change applies here.
       setHostLimit: async (host, limit) => {
         await this.setFleetLimits({ hosts: { [host]: limit } });
+        limits.delete(host);
         this.#logger.info("Limit of {host} set to {limit} through the admin API", { host, limit });
       },
       removeHostLimit: async (host) => {
         await this.setFleetLimits({ hosts: { [host]: null } });
-        this.#logger.info("Runtime limit of {host} removed through the admin API", { host });
+        limits.delete(host);
+        this.#logger.info("Limit of {host} removed through the admin API", { host });
       },
       setDefaultLimit: async (limit) => {
         await this.setFleetLimits({ default: limit });
+        limits.deleteDefault();
         this.#logger.info("Default limit set to {limit} through the admin API", { limit });
       },
     };

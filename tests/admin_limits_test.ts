@@ -101,6 +101,11 @@ Deno.test("in memory mode GET /api/limits shows every limit in effect with its s
   tp.proxy.setHostLimit("c.test", 9);
   const table = await api(tp, "/api/limits");
   assert.deepEqual([table.hosts["c.test"], table.sources.hosts["c.test"]], [9, "override"]);
+  // A change through the admin API applies here: the override of the same rule gives way.
+  const put = await api(tp, "/api/limits/c.test", "PUT", { limit: 2 });
+  assert.deepEqual(put, { host: "c.test", limit: 2 });
+  const after = await api(tp, "/api/limits");
+  assert.deepEqual([after.sources.hosts["c.test"], after.layers.override], ["runtime", {}]);
 });
 
 await redisTest(

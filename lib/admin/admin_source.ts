@@ -74,12 +74,16 @@ export interface AdminSource {
   limitFor(host: string): number;
   /**
    * Sets a host's limit in the runtime table (the fleet's, in distributed
-   * mode); throws a RangeError or TypeError on a bad value.
+   * mode), over any override of this process; throws a RangeError or
+   * TypeError on a bad value.
    */
   setHostLimit(host: string, limit: number): void | Promise<void>;
-  /** Removes a host's limit from the runtime table. */
+  /** Removes a host's limit from the runtime table and this process's overrides. */
   removeHostLimit(host: string): void | Promise<void>;
-  /** Sets the runtime table's default limit; throws a RangeError on a bad value. */
+  /**
+   * Sets the runtime table's default limit, over any default of this
+   * process; throws a RangeError or TypeError on a bad value.
+   */
   setDefaultLimit(limit: number): void | Promise<void>;
   /**
    * Reads the config file again and swaps in its rules; resolves with the
