@@ -309,3 +309,33 @@ Deno.test("without a token the admin server answers only loopback host names", a
     await admin.close();
   }
 });
+
+Deno.test("a bug in the source is a 500, a Redis failure a 503, and only the handler's own checks a 400", async () => {
+  const source = new TableAdminSource({ defaultLimit: 5 });
+  const handler = createAdminHandler(source);
+  source.setHostLimit = () => {
+    throw new TypeError("Cannot read properties of undefined (reading 'set')");
+  };
+  await assertProblem(
+    await call(handler, "PUT", "/api/limits/a.example", '{"limit": 3}'),
+    500,
+    /Admin request failed: Cannot read properties/,
+  );
+  source.setHostLimit = () => Promise.reject(new Error("Redis did not answer within 300 ms"));
+  await assertProblem(
+    await call(handler, "PUT", "/api/limits/a.example", '{"limit": 3}'),
+    503,
+    /The limit was not changed: Redis did not answer/,
+  );
+  source.setDefaultLimit = () => {
+    throw new RangeError("Invalid array length");
+  };
+  await assertProblem(await call(handler, "PUT", "/api/limits", '{"default": 3}'), 500);
+  // A pattern the rules refuse is bad input, found before the source is asked.
+  await assertProblem(
+    await call(handler, "PUT", "/api/limits/a*b.example", '{"limit": 3}'),
+    400,
+    /Host "a\*b\.example"/,
+  );
+  assert.deepEqual(source.changes, []);
+});

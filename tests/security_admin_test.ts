@@ -3,7 +3,7 @@
 // origin must not change anything. Real proxies on a real redis-server, real
 // clients and raw sockets.
 import assert from "node:assert/strict";
-import { ProxyRateLimiter } from "../mod.ts";
+import type { ProxyRateLimiter } from "../mod.ts";
 import { RedisServer, redisTest } from "./_helpers/redis_server.ts";
 import { startProxy, type TestProxy } from "./_helpers/proxy.ts";
 import {
