@@ -161,5 +161,14 @@ await redisTest(
     assert.match(line(warned[0]), /\* ?=3|x\.test=7/);
     const dropped = since.filter((r) => /Limit rule .* (removed|changed)/.test(line(r)));
     assert.deepEqual(dropped.map(line), [], "no proxy fell back to its file in between");
+    // The version moved on past the one the proxies held (2), so no other proxy
+    // takes the written-back table for another loss: a later removal sticks.
+    assert.ok(Number(await redis.cli("GET", "dprl:limits:v")) >= 3);
+    await api(b, "/api/limits/x.test", "DELETE");
+    await waitFor(async () => {
+      const tables = [await api(a, "/api/limits"), await api(b, "/api/limits")];
+      return tables.every((t) => t.hosts["x.test"] === undefined && t.default === 3);
+    }, "both proxies drop x.test");
+    assert.doesNotMatch(await redis.cli("HGETALL", "dprl:limits"), /x\.test/);
   },
 );

@@ -122,8 +122,9 @@ export class FleetLimits {
 
   /**
    * Writes back the entries this proxy holds that the table lacks (changes
-   * made since the loss win), bumps the version and tells the fleet, as the
-   * counts are re-asserted after a restart. Returns the version to read.
+   * made since the loss win), sets the version past the one it held and
+   * tells the fleet, as the counts are re-asserted after a restart. Returns
+   * the version to read.
    */
   async #writeBack(seen: string | null): Promise<string | null> {
     const client = this.#o.client;
@@ -134,7 +135,9 @@ export class FleetLimits {
     // Another proxy wrote them back already.
     if (Object.keys(missing).length === 0) return seen;
     await client.hset(this.#key, missing);
-    const version = String(await client.incr(`${this.#key}:v`));
+    // Past the version this proxy held: the others see a newer table, not another loss.
+    const version = String((Number(this.#version) || 0) + 1);
+    await client.set(`${this.#key}:v`, version);
     await client.publish(this.#key, "changed");
     this.#o.logger.warn(
       "Redis lost the fleet's runtime limit table (version {held}, now {seen}); wrote back {count} " +
@@ -178,6 +181,8 @@ export class FleetLimits {
     }
     const client = this.#o.client;
     return this.#bounded((async () => {
+      // A table Redis lost is written back first, so that this change is not undone by it.
+      await this.#check();
       if (Object.keys(put).length) await client.hset(this.#key, put);
       if (del.length) await client.hdel(this.#key, ...del);
       await client.incr(`${this.#key}:v`);
