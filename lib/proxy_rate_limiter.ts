@@ -105,10 +105,9 @@ export interface ProxyRateLimiterOptions {
    * (`defaultMaxConnectionsPerHost`, `hostLimits` and the setters such as
    * {@linkcode ProxyRateLimiter.setHostLimit}) win over both. The command
    * line puts its config file's rules here and its flags in `flagRules`.
-   * A host rule or group may also set
-   * `queue-timeout` and `queue-max` for its hosts, over `queueTimeout` and
-   * `queueMax`; the layers above change limits only. See
-   * {@linkcode LimitRules}.
+   * A host rule or group may also set `queue-timeout` and `queue-max` for
+   * its hosts, over `queueTimeout` and `queueMax`; the layers above change
+   * limits only. See {@linkcode LimitRules}.
    */
   rules?: LimitRules;
   /**
