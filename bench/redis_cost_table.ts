@@ -33,7 +33,10 @@ export interface RedisCostFigures {
   };
 }
 
-/** What distributed mode costs Redis, against the goals of one call per tunnel and a cheap heartbeat. */
+/**
+ * What distributed mode costs Redis, against its goals: few script calls per
+ * tunnel (to one host and over many), tunnels/s near memory's, a cheap heartbeat.
+ */
 export function redisCostTable(c: RedisCostFigures | undefined): string {
   if (!c) return "Redis cost: not measured";
   const list = (xs: number[], digits: number) =>

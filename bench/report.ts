@@ -160,6 +160,14 @@ export function ratios(r: Results): Ratio[] {
     ">=",
     0.9,
   );
+  const many = r.redisCost?.manyHosts;
+  add(
+    "distributed cost over 2,000 hosts round-robin: dprl tunnels/s, Redis ÷ in memory (side by side)",
+    many?.redis,
+    many?.memory,
+    ">=",
+    0.9,
+  );
   add(
     "Redis size: dprl tunnels/s, 100k keys ÷ empty",
     d[DIST.dprlRedisFull]?.perSec,
