@@ -390,10 +390,7 @@ async function measureDistributed(defs: ProxyDef[], tools: Tools): Promise<void>
         echo.close();
       }
     });
-    await attempt(
-      `Redis ÷ memory side by side, ${MANY_HOSTS} hosts`,
-      () => manyHosts(redis, redisCost),
-    );
+    await attempt(`side by side, ${MANY_HOSTS} hosts`, () => manyHosts(redis, redisCost));
     await attempt("heartbeat cost, 10,000 hosts", async () => {
       log("heartbeat cost: one worker holding 10,000 hosts, three heartbeats (about 20 s)");
       redisCost.heartbeat = await heartbeatCost(redis);
