@@ -21,7 +21,7 @@ import type { FailureMode } from "./lib/limit/redis_limiter.ts";
 import type { RedisConfig } from "./lib/limit/redis_config.ts";
 import { ProxyRateLimiter, type ProxyRateLimiterOptions } from "./lib/proxy_rate_limiter.ts";
 import { VERSION } from "./lib/version.ts";
-import { layerRules, parseHostPattern, rulesFromLimits } from "./lib/limit/rules/rules.ts";
+import { parseHostPattern, rulesFromLimits } from "./lib/limit/rules/rules.ts";
 import { ConfigError, type ConfigFile, loadConfigFile } from "./lib/config/config_file.ts";
 import { watchConfigFile } from "./lib/config/watch.ts";
 import { isLoopback } from "./lib/admin/admin_server.ts";
@@ -317,10 +317,9 @@ function parseValues(
   });
   delete options.defaultMaxConnectionsPerHost;
   delete options.hostLimits;
-  options.rules = layerRules(flagRules, file.rules);
-  if (configPath !== undefined) {
-    options.loadRules = async () => layerRules(flagRules, await readRules(configPath));
-  }
+  options.flagRules = flagRules;
+  options.rules = file.rules;
+  if (configPath !== undefined) options.loadRules = () => readRules(configPath);
   const watchConfig = parseSwitch("--watch-config", toggle(parsed, file, "watch-config"));
   if (watchConfig && configPath === undefined) {
     throw new UsageError("--watch-config needs --config");

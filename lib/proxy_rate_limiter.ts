@@ -18,13 +18,14 @@ import {
 } from "./limit/rules/rules.ts";
 import { diffRules, type RuleDifference } from "./limit/rules/diff.ts";
 import type { FleetLimitChanges, FleetLimits } from "./limit/fleet_limits.ts";
+import { type LimitsView, limitsView } from "./limit/limit_layers.ts";
 import { hostKey } from "./limit/host_key.ts";
 import type { Limiter } from "./limit/limiter.ts";
 import { LocalLimiter } from "./limit/local_limiter.ts";
 import type { FailureMode, RedisLimiter } from "./limit/redis_limiter.ts";
 import type { RedisConfig, RedisOptions } from "./limit/redis_config.ts";
 import { ProxyServer } from "./proxy/proxy_server.ts";
-import { ClientPolicy } from "./access/client_policy.ts";
+import { checkUsers, ClientPolicy } from "./access/client_policy.ts";
 import { DestinationPolicy } from "./access/destination_policy.ts";
 import { ProxyStats } from "./metrics/proxy_stats.ts";
 import { logAccess } from "./log_format.ts";
@@ -99,16 +100,22 @@ export interface ProxyRateLimiterOptions {
   /**
    * Limit rules: a default, per-host limits with wildcards and groups of
    * hosts with a shared limit (the schema of the config file). The fleet's
-   * runtime table (distributed mode) wins over them rule by rule, and this
-   * process's overrides (`defaultMaxConnectionsPerHost`, `hostLimits` and
-   * the setters such as {@linkcode ProxyRateLimiter.setHostLimit}) win over
-   * both. The command line puts its `--max-connections` and `--host-limit`
-   * here, under the file's rules. A host rule or group may also set
-   * `queue-timeout` and `queue-max` for its hosts, over `queueTimeout` and
-   * `queueMax`; the layers above change limits only. See
-   * {@linkcode LimitRules}.
+   * runtime table (the admin API's; the fleet's in distributed mode) wins
+   * over them rule by rule, and this process's overrides
+   * (`defaultMaxConnectionsPerHost`, `hostLimits` and the setters such as
+   * {@linkcode ProxyRateLimiter.setHostLimit}) win over both. The command
+   * line puts its config file's rules here and its flags in `flagRules`.
+   * A host rule or group may also set `queue-timeout` and `queue-max` for
+   * its hosts, over `queueTimeout` and `queueMax`; the layers above change
+   * limits only. See {@linkcode LimitRules}.
    */
   rules?: LimitRules;
+  /**
+   * Rules under `rules`, which win over them rule by rule: the command
+   * line's `--max-connections` and `--host-limit`. `GET /api/limits` names
+   * their source `flag`. Default none.
+   */
+  flagRules?: LimitRules;
   /**
    * Reads the rules again, for {@linkcode ProxyRateLimiter.reload} (the
    * command line passes one that reads its config file). Throwing keeps
@@ -160,8 +167,9 @@ export interface ProxyRateLimiterOptions {
   allowClients?: string[];
   /**
    * Proxy users (Basic authentication): user name to password, or to a
-   * bcrypt hash (`$2y$...`, as `htpasswd -B` writes). Without users no
-   * authentication is asked for.
+   * bcrypt hash (`$2y$...`, as `htpasswd -B` writes); any other hash
+   * (`$apr1$...`, `{SHA}...`) is refused. Without users no authentication
+   * is asked for.
    */
   users?: Record<string, string>;
   /**
@@ -227,6 +235,8 @@ export class ProxyRateLimiter implements AsyncDisposable {
   #options: ProxyRateLimiterOptions;
   #limits: LimitTable;
   #logger: Logger;
+  /** The rules of the `flagRules` option, under the file's. */
+  #flagRules: LimitRules;
   /** The rules of the `rules` option, `setRules` or the last reload. */
   #fileRules: LimitRules;
   /** The fleet's runtime table (distributed mode): the highest layer of rules. */
@@ -247,11 +257,14 @@ export class ProxyRateLimiter implements AsyncDisposable {
   #startedAt = Date.now();
   /** Keeps the Redis servers the limiter meets out of clients' reach. */
   #guard: ReturnType<typeof setInterval> | undefined;
+  /** Whether the fleet's addresses are being read from the registry. */
+  #guarding = false;
 
   /**
    * Creates a proxy; nothing listens until {@linkcode start}. Throws a
    * RangeError when the admin server would listen on a non-loopback
-   * address without a token.
+   * address without a token, and a RangeError or TypeError on a bad entry
+   * of `users` (a value that looks like a hash but is not bcrypt, say).
    */
   constructor(options: ProxyRateLimiterOptions = {}) {
     const admin = options.admin;
@@ -260,7 +273,9 @@ export class ProxyRateLimiter implements AsyncDisposable {
         `Admin address ${admin.hostname} is not a loopback address; set an admin token to expose it`,
       );
     }
+    checkUsers(options.users ?? {});
     this.#options = options;
+    this.#flagRules = validateRules(options.flagRules ?? {});
     this.#fileRules = validateRules(options.rules ?? {});
     // This process's overrides, above the rules as before rules existed.
     this.#limits = new LimitTable(options.defaultMaxConnectionsPerHost, options.hostLimits);
@@ -268,9 +283,9 @@ export class ProxyRateLimiter implements AsyncDisposable {
     this.#logger = getLogger(["dprl"]);
   }
 
-  /** Compiles the layers (file, then fleet) and swaps the table in at once. */
+  /** Compiles the layers (flags, file, then fleet) and swaps the table in at once. */
   #applyRules(): RuleDifference[] {
-    const table = new RuleTable(layerRules(this.#fileRules, this.#fleetRules));
+    const table = new RuleTable(layerRules(this.#flagRules, this.#fileRules, this.#fleetRules));
     const changes = diffRules(this.#limits.rules.rules, table.rules);
     this.#limits.rules = table;
     return changes;
@@ -601,11 +616,14 @@ export class ProxyRateLimiter implements AsyncDisposable {
     const fleet = limiter as Limiter & FleetLimiter;
     if (o.redis !== undefined) fleet.onCall = (ms) => this.#stats.onRedisCall(ms);
     if (fleet.nodes) {
-      // Redis servers met while running (a Sentinel's master, Cluster nodes) are refused too.
+      // Redis servers met while running (a Sentinel's master, Cluster nodes) are refused too,
+      // and so are the proxy and admin ports of the fleet's workers, read from the registry.
+      let ticks = 0;
       const guard = () => {
         for (const node of fleet.nodes!()) {
           destinations.protect(node.host, node.port).catch(() => {});
         }
+        if (ticks++ % FLEET_GUARD_TICKS === 0) this.#guardFleet(destinations);
       };
       guard();
       const timer = setInterval(guard, 1000);
@@ -639,6 +657,25 @@ export class ProxyRateLimiter implements AsyncDisposable {
     }
   }
 
+  /**
+   * Refuses as destinations the proxy and admin addresses of every worker in
+   * the registry, replacing the last list; keeps it while Redis is down.
+   */
+  async #guardFleet(destinations: DestinationPolicy): Promise<void> {
+    if (this.#guarding) return;
+    this.#guarding = true;
+    try {
+      const workers = await this.#loaded?.workers?.();
+      if (!workers) return;
+      const members = workers.flatMap((w) => [w.adminUrl, w.proxyUrl]).flatMap(urlAddress);
+      await destinations.protectFleet(members);
+    } catch (error) {
+      this.#logger.debug("Fleet addresses not refreshed: {error}", { error });
+    } finally {
+      this.#guarding = false;
+    }
+  }
+
   /** Follows the fleet's runtime limit table in Redis and tells the fleet this file's rules. */
   async #startFleetLimits(client: NonNullable<FleetLimiter["client"]>): Promise<void> {
     const { FleetLimits } = await import("./limit/fleet_limits.ts");
@@ -655,7 +692,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
     });
     await this.#fleetLimits.start();
     // In the worker registry from the start: the fleet compares files among live workers.
-    this.#loaded?.setWorkerInfo?.({ version: VERSION });
+    this.#loaded?.setWorkerInfo?.({ version: VERSION, proxyUrl: this.#url?.href ?? "" });
     this.#compareFiles();
   }
 
@@ -668,7 +705,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
     const limiter = this.#loaded;
     if (!fleet || !limiter?.workerId || !limiter.workers) return;
     try {
-      const mine = this.#fileRules;
+      const mine = layerRules(this.#flagRules, this.#fileRules);
       const theirs = await fleet.announceFile(limiter.workerId, mine);
       const live = new Set((await limiter.workers()).map((w) => w.id));
       for (const [id, rules] of theirs) {
@@ -707,12 +744,10 @@ export class ProxyRateLimiter implements AsyncDisposable {
         return proxy.adminUrl;
       },
       stats: this.#stats,
-      get limits() {
-        return {
-          default: limits.defaultLimit,
-          hosts: { ...hostLimits(proxy.#fleetRules), ...limits.entries() },
-        };
+      get defaultLimit() {
+        return limits.defaultLimit;
       },
+      limitTable: () => this.#limitsView(),
       ready: () => this.#readiness(),
       redisUp: () => {
         const up = fleet()?.up;
@@ -720,20 +755,21 @@ export class ProxyRateLimiter implements AsyncDisposable {
       },
       hosts: () => this.#hostViews(),
       limitFor: (host) => limits.limitFor(hostKey(host)),
-      // In distributed mode the admin API changes the fleet's table.
+      // The admin API changes the runtime table (the fleet's in distributed mode), and this
+      // process's override of the same rule gives way, so that the change applies here.
       setHostLimit: async (host, limit) => {
-        if (this.#fleetLimits) await this.setFleetLimits({ hosts: { [host]: limit } });
-        else this.setHostLimit(host, limit);
+        await this.setFleetLimits({ hosts: { [host]: limit } });
+        limits.delete(host);
         this.#logger.info("Limit of {host} set to {limit} through the admin API", { host, limit });
       },
       removeHostLimit: async (host) => {
-        if (this.#fleetLimits) await this.setFleetLimits({ hosts: { [host]: null } });
-        this.removeHostLimit(host);
-        this.#logger.info("Limit override of {host} removed through the admin API", { host });
+        await this.setFleetLimits({ hosts: { [host]: null } });
+        limits.delete(host);
+        this.#logger.info("Limit of {host} removed through the admin API", { host });
       },
       setDefaultLimit: async (limit) => {
-        if (this.#fleetLimits) await this.setFleetLimits({ default: limit });
-        else this.setDefaultMaxConnectionsPerHost(limit);
+        await this.setFleetLimits({ default: limit });
+        limits.deleteDefault();
         this.#logger.info("Default limit set to {limit} through the admin API", { limit });
       },
     };
@@ -757,12 +793,26 @@ export class ProxyRateLimiter implements AsyncDisposable {
           pid: w.pid,
           version: w.version,
           adminUrl: w.adminUrl || undefined,
+          proxyUrl: w.proxyUrl || undefined,
           startedAt: Date.parse(w.started) || 0,
           open: w.connections,
         }));
       };
     }
     return this.#adminSource;
+  }
+
+  /** The limits in effect, each with its layer. */
+  #limitsView(): LimitsView {
+    const overrides: LimitRules = { hosts: this.#limits.entries() };
+    const ownDefault = this.#limits.ownDefault;
+    if (ownDefault !== undefined) overrides.default = ownDefault;
+    return limitsView([
+      { source: "flag", rules: this.#flagRules },
+      { source: "file", rules: this.#fileRules },
+      { source: "runtime", rules: this.#fleetRules },
+      { source: "override", rules: overrides },
+    ]);
   }
 
   #readiness(): Readiness {
@@ -900,6 +950,20 @@ export type ReloadOutcome =
     /** What is wrong, as one line (`dprl.yaml:7:3: ...` for a config file). */
     error: string;
   };
+
+/** Guard ticks (of a second) between two reads of the fleet's addresses. */
+const FLEET_GUARD_TICKS = 5;
+
+/** The address of a URL from the worker registry, or none. */
+function urlAddress(url: string): { hostname: string; port: number }[] {
+  try {
+    const u = new URL(url);
+    const port = Number(u.port || (u.protocol === "https:" ? 443 : 80));
+    return [{ hostname: u.hostname.replace(/^\[|\]$/g, ""), port }];
+  } catch {
+    return [];
+  }
+}
 
 function checkLimit(limit: number): number {
   if (!Number.isSafeInteger(limit)) throw new TypeError(`Limit must be an integer, got ${limit}`);

@@ -145,7 +145,7 @@ Deno.test("/readyz answers 503 with the reason while the proxy stops, then the a
 Deno.test("PUT and DELETE /api/limits/{host} change what the proxy enforces", async () => {
   await using up = await startUpstream();
   const host = up.authority;
-  await using tp = await startProxy({ hostLimits: { [host]: 1 }, admin: { port: 0 } });
+  await using tp = await startProxy({ rules: { hosts: { [host]: 1 } }, admin: { port: 0 } });
   const base = tp.proxy.adminUrl!;
   const open: BufferedConn[] = [];
   const put = (limit: unknown) =>
@@ -172,18 +172,23 @@ Deno.test("PUT and DELETE /api/limits/{host} change what the proxy enforces", as
     assert.equal((await tunnel(tp, up)).status, 500, "a refused change changes nothing");
 
     const removed = await admin(base, `/api/limits/${host}`, { method: "DELETE" });
-    assert.deepEqual(JSON.parse(removed.body), { host, limit: 0 });
-    const third = await tunnel(tp, up);
-    assert.equal(third.status, 200, "without the override the default (unlimited) applies");
-    open.push(third.c);
+    assert.deepEqual(JSON.parse(removed.body), { host, limit: 1 });
+    open.pop()!.close();
+    await tp.waitCount(host, 1);
+    assert.equal(
+      (await tunnel(tp, up)).status,
+      500,
+      "without the runtime limit the file's 1 holds",
+    );
 
     const defaults = await admin(base, "/api/limits", {
       method: "PUT",
       headers: { "content-type": "application/json" },
       body: '{"default": 3}',
     });
-    assert.deepEqual(JSON.parse(defaults.body), { default: 3, hosts: {} });
-    assert.equal((await tunnel(tp, up)).status, 500, "the new default of 3 holds");
+    const table = JSON.parse(defaults.body);
+    assert.deepEqual([table.default, table.hosts], [3, { [host]: 1 }]);
+    assert.deepEqual(table.sources, { default: "runtime", hosts: { [host]: "file" }, groups: {} });
   } finally {
     for (const c of open) c.close();
   }
@@ -199,7 +204,8 @@ Deno.test("the admin handler mounts in an application's own Deno.serve with its 
   const limits = await admin(base, "/api/limits", {
     headers: { authorization: "Bearer app-secret" },
   });
-  assert.deepEqual(JSON.parse(limits.body), { default: 7, hosts: {} });
+  const table = JSON.parse(limits.body);
+  assert.deepEqual([table.default, table.hosts, table.sources.default], [7, {}, "override"]);
   assert.equal((await admin(base, "/healthz")).status, 200);
 });
 

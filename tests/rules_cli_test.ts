@@ -113,6 +113,43 @@ Deno.test("CLI SIGHUP and POST /api/reload reload the rules; a broken file keeps
   assert.match(metrics, /dprl_config_reloads_total\{result="error"\} 2\n/);
 });
 
+Deno.test("CLI GET /api/limits names the flag or the file behind each limit, before and after a reload", async () => {
+  const file = await tempFile(
+    "dprl.yaml",
+    "port: 0\nhostname: 127.0.0.1\ndefault: 3\nhosts:\n  b.test: 2\n",
+  );
+  await using cli = startCli([
+    "--config",
+    file,
+    "--admin-port",
+    "0",
+    "--max-connections",
+    "7",
+    "--host-limit",
+    "a.test=1",
+    "--host-limit",
+    "b.test=1",
+  ]);
+  const admin = (await cli.waitOutput(/Admin server listening on (http:\/\/\S+?\/)/))[1];
+  const table = async () => {
+    const t = await (await fetch(new URL("/api/limits", admin))).json();
+    return { default: t.default, hosts: t.hosts, sources: t.sources };
+  };
+  assert.deepEqual(await table(), {
+    default: 3,
+    hosts: { "a.test": 1, "b.test": 2 },
+    sources: { default: "file", hosts: { "a.test": "flag", "b.test": "file" }, groups: {} },
+  });
+  await Deno.writeTextFile(file, "port: 0\nhostname: 127.0.0.1\n");
+  const res = await fetch(new URL("/api/reload", admin), { method: "POST" });
+  assert.equal(res.status, 200, await res.text());
+  assert.deepEqual(await table(), {
+    default: 7,
+    hosts: { "a.test": 1, "b.test": 1 },
+    sources: { default: "flag", hosts: { "a.test": "flag", "b.test": "flag" }, groups: {} },
+  });
+});
+
 Deno.test("CLI a rule's queue-timeout from the file: SIGHUP makes a request over the limit wait", async () => {
   await using up = await startUpstream();
   const rules = (rule: string) =>

@@ -210,6 +210,12 @@ Deno.test("a bad access flag or variable is one line on stderr and exit 2", asyn
     [[], { DPRL_ALLOW_CLIENTS: "10.0.0.0/33" }, /^dprl: DPRL_ALLOW_CLIENTS needs CIDRs/],
     [["--auth-file", "/nonexistent/users.htpasswd"], {}, /--auth-file .* no such file/],
     [[], { DPRL_AUTH: "alice" }, /DPRL_AUTH entry 1 must be user:password/],
+    ...["$apr1$abcdefgh$0123456789abcdefghijkl", "{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", "$2b$10$abc"]
+      .map((hash): [string[], Record<string, string>, RegExp] => [
+        ["--port", "0", "--hostname", "127.0.0.1"],
+        { DPRL_AUTH: `alice:pw,bob:${hash}` },
+        /^dprl: DPRL_AUTH entry 2 for user "bob" looks like a hash but is not a bcrypt hash/,
+      ]),
     [["--deny", "10.0.0.0/99"], {}, /^dprl: --deny: /],
     [[], { DPRL_ALLOW: "example.com:99999" }, /^dprl: DPRL_ALLOW: /],
     [[], { DPRL_DENY_PRIVATE: "maybe" }, /^dprl: DPRL_DENY_PRIVATE must be true or false/],

@@ -47,6 +47,11 @@ export class LimitTable {
     this.#default = checkLimit(limit);
   }
 
+  /** The runtime default, when one is set. */
+  get ownDefault(): number | undefined {
+    return this.#default;
+  }
+
   /** Removes the runtime default: the rules' default applies again. */
   deleteDefault(): void {
     this.#default = undefined;

@@ -7,6 +7,7 @@
  * @module
  */
 
+import { AuthBusyError } from "../access/proxy_auth.ts";
 import { LimiterUnavailableError } from "../limit/limiter.ts";
 import { HttpError } from "./http_head.ts";
 
@@ -51,9 +52,9 @@ export class LimitReachedError extends Error {
   }
 }
 
+/** Seconds to a tenth, rounded down: a wait is never said to be longer than it was. */
 function formatSeconds(ms: number): string {
-  const s = ms / 1000;
-  return `${Number.isInteger(s) ? s : s.toFixed(1)}s`;
+  return `${(Math.floor(ms / 100) / 10).toFixed(1)}s`;
 }
 
 /** Why an upstream connection could not be opened. */
@@ -83,7 +84,7 @@ const CONNECT_MESSAGES: Record<ConnectFailure, (key: string) => string> = {
 
 const CONNECT_REPLIES: Record<ConnectFailure, [number, string]> = {
   refused: [502, "connection_refused"],
-  not_found: [502, "destination_not_found"],
+  not_found: [502, "dns_error"],
   timeout: [504, "connection_timeout"],
   unavailable: [502, "destination_unavailable"],
 };
@@ -103,6 +104,18 @@ export class UpstreamTimeoutError extends Error {
   constructor(key: string) {
     super(`Upstream ${key} did not answer in time`);
     this.name = "UpstreamTimeoutError";
+  }
+}
+
+/**
+ * The client closed its connection while its request waited for a slot, a
+ * dial or an answer: nobody is left to answer, and nothing failed upstream.
+ */
+export class ClientGoneError extends Error {
+  /** Creates the error. */
+  constructor() {
+    super("Client connection closed");
+    this.name = "ClientGoneError";
   }
 }
 
@@ -167,6 +180,12 @@ export function errorReply(err: unknown, rejectStatus: number): ErrorReply {
   }
   if (err instanceof ClientRefusedError) {
     return reply(err.status, "http_request_denied", err.message, false);
+  }
+  if (err instanceof AuthBusyError) {
+    return {
+      ...reply(503, "http_request_denied", err.message, false),
+      headers: [`Retry-After: ${err.retryAfter}`],
+    };
   }
   if (err instanceof ProxyAuthRequiredError) {
     return {

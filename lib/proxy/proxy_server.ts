@@ -4,7 +4,8 @@
  * upstream sockets opened within each host's limit.
  *
  * One client connection is a {@linkcode Session} that moves through named
- * phases; the sweep decides from the phase what a passed deadline means.
+ * phases and is always under one named deadline; the sweep runs the action
+ * of the deadline's kind once it passes.
  * Every failure is an error named where it happens and turned into a reply
  * in one place, {@linkcode ProxyServer.#fail}.
  *
@@ -30,13 +31,14 @@ import {
   type ResponseHead,
 } from "./http_head.ts";
 import {
+  ClientGoneError,
   ClientRefusedError,
   errorReply,
   ProxyAuthRequiredError,
   UpstreamClosedError,
   UpstreamTimeoutError,
 } from "./errors.ts";
-import { ClientPolicy, PROXY_AUTHENTICATE } from "../access/client_policy.ts";
+import { AuthBusyError, ClientPolicy, PROXY_AUTHENTICATE } from "../access/client_policy.ts";
 import type { DestinationPolicy } from "../access/destination_policy.ts";
 import { ProxyStats, type RequestKind } from "../metrics/proxy_stats.ts";
 import type { UpstreamHostView } from "../metrics/host_summary.ts";
@@ -87,7 +89,7 @@ const SWEEP_MS = 250;
 /** Client bytes read ahead (pipelined requests) while an exchange runs. */
 const WATCH_LIMIT = 64 * 1024;
 /** The abort reason of a closed session (a DOMException per close would cost a stack trace). */
-const CLIENT_LEFT = new Error("Client connection closed");
+const CLIENT_LEFT = new ClientGoneError();
 /** Methods that may be sent again when a reused connection drops them. */
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE"]);
 const ESTABLISHED = encodeLatin1("HTTP/1.1 200 Connection Established\r\n\r\n");
@@ -114,11 +116,30 @@ const REASONS: Record<number, string> = {
  */
 type Phase = "head" | "request" | "response" | "tunnel";
 
+/**
+ * Which timeout a session is under, and what its passing does:
+ * - `head`: a request head is awaited (`--head-timeout`); a half-sent head
+ *   gets 408, a silent connection is closed quietly;
+ * - `keepAlive`: idle between requests (`--keep-alive-timeout`); like `head`;
+ * - `idle`: an exchange or tunnel with no byte either way (`--idle-timeout`);
+ *   a request still awaiting its answer gets 504, anything else is closed;
+ * - `fin`: one side of a pipe ended and the other's time is up
+ *   (`--fin-timeout`); closed, whatever still flows;
+ * - `reply`: an error reply had its time to go out; closed.
+ */
+type DeadlineKind = "head" | "keepAlive" | "idle" | "fin" | "reply";
+
+/** Time an error reply of the sweep's (408, 504) has to go out before the close. */
+const REPLY_GRACE_MS = 1000;
+
 /** One client connection. */
 class Session {
   readonly conn: Deno.TcpConn;
   readonly reader: BufferedReader;
   phase: Phase = "head";
+  /** The timeout the session is under. */
+  kind: DeadlineKind = "head";
+  /** When it passes (coarse clock, ms). */
   deadline = 0;
   /** A byte of the current response reached the client. */
   sent = false;
@@ -129,8 +150,6 @@ class Session {
   /** A background read watches for the client leaving. */
   watching = false;
   upstream: Upstream | null = null;
-  /** When one side of a tunnel ended: the other gets until then. */
-  finAt = Infinity;
   /** The client's address (`host:port`) and IP. */
   readonly client: string;
   readonly ip: string;
@@ -170,6 +189,12 @@ class Session {
     return this.#left.signal.aborted;
   }
 
+  /** Puts the session under the timeout `kind`, passing at `deadline`. */
+  until(kind: DeadlineKind, deadline: number): void {
+    this.kind = kind;
+    this.deadline = deadline;
+  }
+
   /** Writes to the client, noting that the response has begun. */
   async write(p: Uint8Array): Promise<number> {
     this.sent = true;
@@ -207,10 +232,18 @@ interface Outbound {
   replayable: boolean;
 }
 
+/** How the sending of a request goes. */
+interface Sending {
+  done: boolean;
+  error: unknown;
+  /** Settles when the request body relay has ended, either way. */
+  ended: Promise<void>;
+}
+
 /** The final response head and how the request's sending went. */
 interface Answer {
   res: ResponseHead;
-  request: { done: boolean; error: unknown };
+  request: Sending;
 }
 
 /** Serves the proxy port until {@linkcode ProxyServer.shutdown}. */
@@ -333,22 +366,36 @@ export class ProxyServer {
 
   #sweep(): void {
     const now = this.#now = Date.now();
-    for (const s of this.#sessions) {
-      if (s.deadline > now && s.finAt > now) continue;
-      if (s.phase === "request" && !s.timedOut) {
-        // Let the exchange answer 504, then close if it still hangs.
-        s.timedOut = true;
-        s.deadline = now + 1000;
-        s.upstream?.close();
-      } else {
-        s.close();
-      }
-    }
+    for (const s of this.#sessions) if (s.deadline <= now) this.#expire(s, now);
     this.#pool.sweep(now);
   }
 
+  /** Runs the action of the passed deadline of `s`, by its kind. */
+  #expire(s: Session, now: number): void {
+    switch (s.kind) {
+      case "head":
+      case "keepAlive":
+        if (s.reader.buffered === 0) return s.close();
+        s.until("reply", now + REPLY_GRACE_MS);
+        this.#fail(s, new HttpError(408, "Request head not received in time"));
+        return;
+      case "idle":
+        if (s.phase !== "request" || s.timedOut) return s.close();
+        // The exchange answers 504 (see #exchange) once the upstream is closed.
+        s.timedOut = true;
+        s.until("reply", now + REPLY_GRACE_MS);
+        s.upstream?.close();
+        return;
+      case "fin":
+      case "reply":
+        return s.close();
+    }
+  }
+
+  /** Bytes moved: the idle timeout starts again (not once a pipe is ending or a reply going). */
   #touch(s: Session): void {
-    s.deadline = this.#now + this.#timeouts.idle;
+    if (s.kind === "fin" || s.kind === "reply") return;
+    s.until("idle", this.#now + this.#timeouts.idle);
   }
 
   async #handle(conn: Deno.TcpConn): Promise<void> {
@@ -357,7 +404,7 @@ export class ProxyServer {
     this.#stats.onClientOpen();
     const fromIp = (this.#perIp.get(s.ip) ?? 0) + 1;
     this.#perIp.set(s.ip, fromIp);
-    s.deadline = this.#now + this.#timeouts.head;
+    s.until("head", this.#now + this.#timeouts.head);
     try {
       // Refused before a byte is read: a stranger cannot hold a connection.
       const refusal = this.#refusal(s, fromIp);
@@ -373,7 +420,8 @@ export class ProxyServer {
         this.#finished(s);
         if (!more || this.#closing) return;
         s.phase = "head";
-        s.deadline = this.#now + this.#timeouts.keepAlive;
+        s.sent = false; // a 408 may answer a half-sent next head
+        s.until("keepAlive", this.#now + this.#timeouts.keepAlive);
       }
     } catch (err) {
       this.#logger.debug("Client connection ended: {error}", {
@@ -430,9 +478,9 @@ export class ProxyServer {
   }
 
   /** Refuses a request without valid credentials when authentication is on. */
-  async #authenticate(req: RequestHead): Promise<void> {
+  async #authenticate(req: RequestHead, ip: string): Promise<void> {
     if (!this.#clients.authRequired) return;
-    const user = await this.#clients.authenticate(field(req, "proxy-authorization"));
+    const user = await this.#clients.authenticate(field(req, "proxy-authorization"), ip);
     if (user === null) throw new ProxyAuthRequiredError(PROXY_AUTHENTICATE);
   }
 
@@ -442,18 +490,21 @@ export class ProxyServer {
       const head = await s.reader.readHead(this.#maxHead);
       if (head === null) return null;
       s.phase = "request";
-      s.sent = false;
       s.timedOut = false;
       s.startedAt = Date.now();
       this.#touch(s);
       const req = parseRequestHead(head);
-      await this.#authenticate(req);
+      checkHost(req);
+      await this.#authenticate(req, s.ip);
       return req;
     } catch (err) {
       const bad = err instanceof TooLargeError
         ? new HttpError(431, "Request head is too large")
         : err;
-      if (!(bad instanceof HttpError || bad instanceof ProxyAuthRequiredError)) throw err;
+      if (
+        !(bad instanceof HttpError || bad instanceof ProxyAuthRequiredError ||
+          bad instanceof AuthBusyError)
+      ) throw err;
       await this.#fail(s, bad);
       return null;
     }
@@ -465,6 +516,13 @@ export class ProxyServer {
    * was sent yet; otherwise the connection is closed. Causes are logged.
    */
   async #fail(s: Session, err: unknown): Promise<void> {
+    if (err instanceof ClientGoneError) {
+      // Nobody to answer and nothing failed: logged as nginx does (499).
+      s.status = 499;
+      this.#logger.debug("Client left before its answer");
+      s.close();
+      return;
+    }
     const r = errorReply(err, this.#rejectStatus);
     const cause = err instanceof Error && err.cause !== undefined ? String(err.cause) : "";
     s.status = r.status;
@@ -504,6 +562,8 @@ export class ProxyServer {
    */
   #watchClient(s: Session): void {
     if (s.watching || s.readingBody || s.closed || s.reader.buffered >= WATCH_LIMIT) return;
+    // A pipe reads the client itself.
+    if (s.phase !== "request" && s.phase !== "response") return;
     s.watching = true;
     s.reader.watch().then((n) => {
       s.watching = false;
@@ -537,21 +597,24 @@ export class ProxyServer {
   /**
    * Pipes both ways until both sides have ended, then closes both. The end
    * of one direction is passed on as a half-close while the other flows.
-   * Bytes already buffered on either side go first.
+   * Bytes already buffered on either side go first. The client's bytes
+   * follow once `upward` resolves (the request body relay has ended: only
+   * one reader of the client at a time); a rejection closes both.
    */
-  async #pipe(s: Session, up: Upstream): Promise<void> {
+  async #pipe(s: Session, up: Upstream, upward = Promise.resolve()): Promise<void> {
     s.phase = "tunnel";
     const touch = () => this.#touch(s);
     let open = 2;
     const ended = (dst: Deno.TcpConn) => {
       if (--open === 0) return s.close();
       // The other side gets the fin timeout to finish.
-      s.finAt = this.#now + this.#timeouts.fin;
+      s.until("fin", this.#now + this.#timeouts.fin);
       return dst.closeWrite();
     };
     const fail = () => s.close();
     await Promise.all([
-      pump(s.reader, s.toUpstream, touch).then(() => ended(up.conn)).catch(fail),
+      upward.then(() => pump(s.reader, s.toUpstream, touch)).then(() => ended(up.conn))
+        .catch(fail),
       pump(up.reader, s, touch).then(() => ended(s.conn)).catch(fail),
     ]);
     s.close();
@@ -575,7 +638,7 @@ export class ProxyServer {
       const { up, res, request } = await this.#roundTrip(s, out);
       s.status = res.status;
       if (res.status === 101 && out.upgrading) {
-        await this.#switchProtocols(s, up, res);
+        await this.#switchProtocols(s, up, res, request);
         return false;
       }
       return await this.#relayResponse(s, up, out, { res, request });
@@ -602,7 +665,7 @@ export class ProxyServer {
         await this.#pool.open(out.key, out.hostname, out.port, s.signal, true);
       const pooled = up.reused;
       s.upstream = up;
-      if (s.closed) throw new UpstreamClosedError(out.key);
+      if (s.closed) throw CLIENT_LEFT;
       const answer = await this.#send(s, up, out);
       if (answer !== null) return { ...answer, up };
       up.close();
@@ -617,7 +680,7 @@ export class ProxyServer {
    * head. Resolves `null` when the upstream closed without a byte of answer.
    */
   async #send(s: Session, up: Upstream, out: Outbound): Promise<Answer | null> {
-    const request: Answer["request"] = { done: false, error: null };
+    const request: Sending = { done: false, error: null, ended: Promise.resolve() };
     if (out.framing.kind === "none") {
       try {
         await writeAll(s.toUpstream, out.head);
@@ -630,7 +693,14 @@ export class ProxyServer {
       // reading early may still answer.
       s.readingBody = true;
       const touch = () => this.#touch(s);
-      relayBody(s.reader, s.toUpstream, out.framing, out.head, touch, (m) => new HttpError(400, m))
+      request.ended = relayBody(
+        s.reader,
+        s.toUpstream,
+        out.framing,
+        out.head,
+        touch,
+        (m) => new HttpError(400, m),
+      )
         .then(() => {
           request.done = true;
           s.readingBody = false;
@@ -660,17 +730,30 @@ export class ProxyServer {
       const res = parseResponseHead(head);
       this.#touch(s);
       if (res.status >= 200 || res.status === 101) return { res, request };
-      // Interim 1xx: relay and keep waiting for the final response.
-      await writeAll(s, encodeHead(res.statusLine, endToEndLines(res)));
+      // Interim 1xx: relay (never to an HTTP/1.0 client, RFC 9110, 15.2)
+      // and keep waiting for the final response.
+      if (out.req.minor === 1) await writeAll(s, encodeHead(res.statusLine, endToEndLines(res)));
     }
   }
 
-  /** Relays a 101 answer and turns the exchange into a two-way pipe. */
-  async #switchProtocols(s: Session, up: Upstream, res: ResponseHead): Promise<void> {
+  /**
+   * Relays a 101 answer and turns the exchange into a two-way pipe. The
+   * upstream may switch before it has read the request body: the client's
+   * side of the pipe takes over where the body relay ends.
+   */
+  async #switchProtocols(
+    s: Session,
+    up: Upstream,
+    res: ResponseHead,
+    request: Sending,
+  ): Promise<void> {
     const lines = endToEndLines(res);
     lines.push("Connection: Upgrade", `Upgrade: ${field(res, "upgrade") ?? ""}`);
     await writeAll(s, encodeHead(res.statusLine, lines));
-    await this.#pipe(s, up);
+    const bodySent = request.ended.then(() => {
+      if (request.error !== null) throw request.error;
+    });
+    await this.#pipe(s, up, bodySent);
   }
 
   /**
@@ -726,9 +809,6 @@ function outbound(req: RequestHead): Outbound {
   const bad = (msg: string) => new HttpError(400, msg);
   const target = parseTarget(req.target);
   const framing = bodyFraming(req, bad, true);
-  if (req.names.indexOf("host") !== req.names.lastIndexOf("host")) {
-    throw bad("More than one Host field");
-  }
   const upgrade = req.connection.has("upgrade") ? field(req, "upgrade") : undefined;
   const lines = endToEndLines(req);
   const hostAt = lines.findIndex((l) => /^host:/i.test(l));
@@ -747,8 +827,21 @@ function outbound(req: RequestHead): Outbound {
     head: encodeHead(`${req.method} ${target.path} HTTP/1.1`, lines),
     upgrading: upgrade !== undefined,
     clientKeepAlive: req.minor === 1 && !req.connection.has("close"),
+    // Judged by what is forwarded: a key the Connection field strips does not count.
     replayable: framing.kind === "none" &&
-      (IDEMPOTENT.has(req.method) || field(req, "idempotency-key") !== undefined ||
-        field(req, "x-idempotency-key") !== undefined),
+      (IDEMPOTENT.has(req.method) || lines.some((l) => IDEMPOTENCY_KEY.test(l))),
   };
+}
+
+/** A forwarded line carrying an idempotency key. */
+const IDEMPOTENCY_KEY = /^(?:x-)?idempotency-key:/i;
+
+/**
+ * Refuses an HTTP/1.1 request, CONNECT included, without exactly one Host
+ * field (RFC 9112, 3.2: a server answers 400). HTTP/1.0 may omit it.
+ */
+function checkHost(req: RequestHead): void {
+  const first = req.names.indexOf("host");
+  if (first !== req.names.lastIndexOf("host")) throw new HttpError(400, "More than one Host field");
+  if (first < 0 && req.minor === 1) throw new HttpError(400, "Missing Host field");
 }

@@ -259,7 +259,9 @@ export class UpstreamPool {
       }
     } catch (err) {
       this.#o.limiter.release(key);
-      throw connectError(key, err, deadline.signal.aborted && !signal?.aborted);
+      // The client left: nothing failed upstream.
+      if (signal?.aborted) throw signal.reason;
+      throw connectError(key, err, deadline.signal.aborted);
     } finally {
       this.#dials.delete(deadline);
       signal?.removeEventListener("abort", leave);
@@ -310,10 +312,18 @@ export class UpstreamPool {
     const since = performance.now();
     const waiting = this.#queue.wait(key, {
       http,
-      now: this.#now,
       timeout,
       signal,
       ticket,
+      expired: (waitedMs) => {
+        this.#o.stats.onRefused(key, "queue_timeout");
+        const limit = this.#o.limits.limitFor(key);
+        return new LimitReachedError(key, limit, {
+          reason: "queue_timeout",
+          waitedMs,
+          retryAfter: this.#estimate(key, limit, this.#queue.length(key)),
+        });
+      },
     });
     this.#wake(key); // a slot may have come free meanwhile
     let got: Grant;
@@ -420,23 +430,12 @@ export class UpstreamPool {
   }
 
   /**
-   * Advances the clock; aborts late dials, closes sockets idle too long,
-   * refuses waiters past their deadline and asks again for the slots of
-   * every host with a line (a slot freed elsewhere in the fleet).
+   * Advances the clock; aborts late dials, closes sockets idle too long and
+   * asks again for the slots of every host with a line (a slot freed
+   * elsewhere in the fleet).
    */
   sweep(now: number): void {
     this.#now = now;
-    for (const [key, waiter] of this.#queue.expired(now)) {
-      this.#o.stats.onRefused(key, "queue_timeout");
-      const limit = this.#o.limits.limitFor(key);
-      waiter.fail(
-        new LimitReachedError(key, limit, {
-          reason: "queue_timeout",
-          waitedMs: now - waiter.since,
-          retryAfter: this.#estimate(key, limit, this.#queue.length(key)),
-        }),
-      );
-    }
     for (const key of [...this.#queue.keys()]) this.#wake(key);
     for (const [abort, deadline] of this.#dials) {
       if (deadline <= now) abort.abort();
