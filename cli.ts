@@ -23,6 +23,7 @@ import { VERSION } from "./lib/version.ts";
 import { layerRules, parseHostPattern, rulesFromLimits } from "./lib/limit/rules/rules.ts";
 import { ConfigError, type ConfigFile, loadConfigFile } from "./lib/config/config_file.ts";
 import { watchConfigFile } from "./lib/config/watch.ts";
+import { loadRulesFile } from "./lib/config/reload.ts";
 import { isLoopback } from "./lib/admin/admin_server.ts";
 import { jsonLinesFormatter } from "./lib/log_format.ts";
 import { parseAccessFlags, parseSwitch, splitList } from "./lib/access/access_flags.ts";
@@ -440,11 +441,6 @@ const FILE_FLAGS = Object.fromEntries(
   Object.entries(FLAGS).map(([name, f]) => [name, { boolean: !f.value, multiple: f.multiple }]),
 );
 
-/** Reads the config file: its limit rules, for a reload. */
-async function readRules(path: string) {
-  return (await loadConfigFile(path, { flags: FILE_FLAGS })).rules;
-}
-
 /** A one-line message for an error of `parseArgs`. */
 function parseError(err: Error & { code?: string }): string {
   const arg = /'([^']*)'/.exec(err.message)?.[1] ?? "";
@@ -663,7 +659,8 @@ function parseValues(
   delete options.hostLimits;
   options.rules = layerRules(flagRules, file.rules);
   if (configPath !== undefined) {
-    options.loadRules = async () => layerRules(flagRules, await readRules(configPath));
+    options.loadRules = (context) =>
+      loadRulesFile({ path: configPath, flags: FILE_FLAGS, below: flagRules }, context);
   }
   const watchConfig = parseSwitch("--watch-config", toggle("watch-config"));
   if (watchConfig && configPath === undefined) {

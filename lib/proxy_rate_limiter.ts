@@ -17,6 +17,7 @@ import {
   validateRules,
 } from "./limit/rules/rules.ts";
 import { diffRules, type RuleDifference } from "./limit/rules/diff.ts";
+import { LoadedRules, loadedTable, mergeRuns, type ReloadContext } from "./config/reload.ts";
 import type { FleetLimitChanges, FleetLimits } from "./limit/fleet_limits.ts";
 import { hostKey } from "./limit/host_key.ts";
 import type { Limiter } from "./limit/limiter.ts";
@@ -111,10 +112,13 @@ export interface ProxyRateLimiterOptions {
   rules?: LimitRules;
   /**
    * Reads the rules again, for {@linkcode ProxyRateLimiter.reload} (the
-   * command line passes one that reads its config file). Throwing keeps
-   * the current rules.
+   * command line passes `loadRulesFile`, which reads its config
+   * file and compiles the table in a `Worker`). Throwing keeps the current
+   * rules.
    */
-  loadRules?: () => LimitRules | Promise<LimitRules>;
+  loadRules?: (
+    context: ReloadContext,
+  ) => LimitRules | LoadedRules | Promise<LimitRules | LoadedRules>;
   /** HTTP status sent when a host is at its limit. Default 500. */
   rejectStatus?: number;
   /** Timeouts in milliseconds; see {@linkcode Timeouts} for the defaults. */
@@ -228,7 +232,14 @@ export class ProxyRateLimiter implements AsyncDisposable {
   #limits: LimitTable;
   #logger: Logger;
   /** The rules of the `rules` option, `setRules` or the last reload. */
-  #fileRules: LimitRules;
+  #fileLayer: LimitRules | LoadedRules = {};
+  get #fileRules(): LimitRules {
+    const layer = this.#fileLayer;
+    return layer instanceof LoadedRules ? layer.fileRules : layer;
+  }
+  set #fileRules(rules: LimitRules) {
+    this.#fileLayer = rules;
+  }
   /** The fleet's runtime table (distributed mode): the highest layer of rules. */
   #fleetRules: LimitRules = {};
   #fleetLimits: FleetLimits | null = null;
@@ -277,7 +288,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
   }
 
   #logChanges(changes: RuleDifference[], why: string): void {
-    for (const c of changes) {
+    for (const c of changes.slice(0, LOGGED_CHANGES)) {
       this.#logger.info("Limit rule {rule} {change} ({why})", {
         rule: c.rule,
         change: c.a === undefined
@@ -285,6 +296,12 @@ export class ProxyRateLimiter implements AsyncDisposable {
           : c.b === undefined
           ? `removed (was ${c.a})`
           : `changed from ${c.a} to ${c.b}`,
+        why,
+      });
+    }
+    if (changes.length > LOGGED_CHANGES) {
+      this.#logger.info("{count} more limit rules changed ({why})", {
+        count: changes.length - LOGGED_CHANGES,
         why,
       });
     }
@@ -340,7 +357,9 @@ export class ProxyRateLimiter implements AsyncDisposable {
    * Reads the rules again with the `loadRules` option (the command line's
    * config file) and swaps them in, as {@linkcode setRules} does. A broken
    * file keeps the current rules and logs one error. Both outcomes count in
-   * `dprl_config_reloads_total{result}`.
+   * `dprl_config_reloads_total{result}`. A reload asked for while one runs
+   * waits for the one reload that starts after it, shared by every caller
+   * meanwhile (a burst of requests costs two reads of the file at most).
    *
    * @example
    * ```ts ignore
@@ -348,12 +367,23 @@ export class ProxyRateLimiter implements AsyncDisposable {
    * if (!result.ok) console.error(result.error);
    * ```
    */
-  async reload(): Promise<ReloadOutcome> {
+  reload(): Promise<ReloadOutcome> {
+    return this.#reload();
+  }
+
+  /** Reloads merged: a reload asked for during one joins the next. */
+  #reload = mergeRuns(() => this.#reloadOnce());
+
+  async #reloadOnce(): Promise<ReloadOutcome> {
     const load = this.#options.loadRules;
     if (!load) throw new Error("Proxy has no loadRules option to reload from");
     let changes: RuleDifference[];
     try {
-      changes = this.setRules(await load());
+      const loaded = await load({
+        above: this.#fleetRules,
+        current: this.#limits.rules.rulesText,
+      });
+      changes = loaded instanceof LoadedRules ? this.#swap(loaded) : this.setRules(loaded);
     } catch (err) {
       const error = err instanceof Error ? err.message : String(err);
       this.#stats.onConfigReload("error");
@@ -365,6 +395,21 @@ export class ProxyRateLimiter implements AsyncDisposable {
     if (changes.length === 0) this.#logger.info("Config reloaded, no limit changed");
     this.#compareFiles();
     return { ok: true, changes };
+  }
+
+  /**
+   * Swaps in a table compiled off the event loop, unless the fleet's table
+   * or the rules changed meanwhile: then the file's rules are layered again.
+   */
+  #swap(loaded: LoadedRules): RuleDifference[] {
+    const { above, current } = loaded.context;
+    const table = loadedTable(loaded);
+    if (!table || above !== this.#fleetRules || current !== this.#limits.rules.rulesText) {
+      return this.setRules(loaded.fileRules);
+    }
+    this.#fileLayer = loaded;
+    this.#limits.rules = table;
+    return loaded.changes;
   }
 
   /**
@@ -885,6 +930,9 @@ export class ProxyRateLimiter implements AsyncDisposable {
     return this.stop();
   }
 }
+
+/** Changed rules logged one by one; past them, one line counts the rest. */
+const LOGGED_CHANGES = 100;
 
 /** The outcome of {@linkcode ProxyRateLimiter.reload}. */
 export type ReloadOutcome =

@@ -1,70 +1,181 @@
 /**
- * Reloading the limit rules from the config file without a restart.
+ * Reloading the limit rules of the config file off the event loop, and
+ * merging reloads asked for at the same time.
  *
  * @module
  */
 
-import { ConfigError, type ConfigFile, type ConfigOptions, loadConfigFile } from "./config_file.ts";
-import { diffRules, type RuleDifference } from "../limit/rules/diff.ts";
-import { RuleTable } from "../limit/rules/rule_table.ts";
+import { ConfigError, type ConfigOptions, loadConfigFile } from "./config_file.ts";
+import { diffCanonicalRules, type RuleDifference } from "../limit/rules/diff.ts";
+import { RuleTable, type RuleTableData } from "../limit/rules/rule_table.ts";
 import { layerRules, type LimitRules } from "../limit/rules/rules.ts";
 
-/** Options of {@linkcode reloadRules}. */
-export interface ReloadOptions extends ConfigOptions {
+/** What the proxy passes to its `loadRules` at a reload. */
+export interface ReloadContext {
+  /** The rules layered over the file's (the fleet's runtime table). */
+  above: LimitRules;
+  /** The rules in use, in canonical form as JSON, to name the rules that change. */
+  current: string;
+}
+
+/** Options of {@linkcode loadRulesFile}. */
+export interface LoadRulesOptions extends ConfigOptions {
   /** The config file. */
   path: string;
   /** Rules the file's rules are layered over (such as the flags'). */
   below?: LimitRules;
-  /** Rules layered over the file's rules. */
-  above?: LimitRules;
+  /**
+   * Read the file and compile the table in a `Worker` (default `true`), so
+   * that the event loop goes on serving meanwhile. Without one (or when a
+   * `Worker` cannot start, as in a build that left its module out), the
+   * same is done in this thread.
+   */
+  worker?: boolean;
 }
 
-/** The outcome of {@linkcode reloadRules}. */
-export type ReloadResult =
-  | {
-    /** The file was valid. */
-    ok: true;
-    /** The new table, to swap in. */
-    table: RuleTable;
-    /** The file's settings and rules. */
-    config: ConfigFile;
-    /** The rules that changed from the old table to the new. */
-    changes: RuleDifference[];
-  }
-  | {
-    /** The file was unreadable or invalid. */
-    ok: false;
-    /** The old table, unchanged. */
-    table: RuleTable;
-    /** What is wrong with the file. */
-    error: ConfigError;
-  };
+/** A request to the worker; the reply is a {@linkcode LoadReply}. */
+export interface LoadRequest extends Omit<LoadRulesOptions, "worker"> {
+  /** The rules over the file's. */
+  above: LimitRules;
+  /** The rules of the table in use, as JSON. */
+  previous: string;
+}
+
+/** The worker's reply: the compiled rules, or the parts of a `ConfigError`. */
+export type LoadReply =
+  | { ok: true; fileRules: string; table: RuleTableData; changes: RuleDifference[] }
+  | { ok: false; file: string; problem: string; line?: number; column?: number };
 
 /**
- * Reads the config file and compiles its rules (layered between `below` and
- * `above`, which must be valid) into a new table. The old table is never modified: on success
- * the caller swaps the new one in with one assignment; when the file cannot
- * be read or is invalid, the result carries the old table and the error.
+ * Reads the file and compiles the table as the worker does; throws a
+ * {@linkcode ConfigError} when the file cannot be read or is invalid.
+ */
+export async function compileRulesFile(request: LoadRequest): Promise<LoadReply & { ok: true }> {
+  const config = await loadConfigFile(request.path, request);
+  // Each step takes canonical rules and gives them: none sorts them again.
+  const fileRules = layerRules(request.below ?? {}, config.rules);
+  const rules = Object.keys(request.above).length
+    ? layerRules(fileRules, request.above)
+    : fileRules;
+  const table = RuleTable.compile(rules, { canonical: true });
+  const changes = diffCanonicalRules(JSON.parse(request.previous), rules);
+  return { ok: true, fileRules: JSON.stringify(fileRules), table, changes };
+}
+
+/** The table compiled for each {@linkcode LoadedRules}, for the proxy to swap in. */
+const tables = new WeakMap<LoadedRules, RuleTable>();
+
+/**
+ * The config file's rules as {@linkcode loadRulesFile} loaded them: the
+ * file's layer (over the flags') and, held for the proxy, the table of all
+ * layers compiled for the reload's context, ready to swap in.
+ */
+export class LoadedRules {
+  #text: string;
+  #rules: LimitRules | undefined;
+  /** The rules that change from the rules in use to the loaded ones. */
+  readonly changes: RuleDifference[];
+  /** The context the table was compiled for. */
+  readonly context: ReloadContext;
+
+  /** Wraps the file's rules (as JSON) and the changes, for `context`. */
+  constructor(fileRules: string, changes: RuleDifference[], context: ReloadContext) {
+    this.#text = fileRules;
+    this.changes = changes;
+    this.context = context;
+  }
+
+  /** The file's rules over the flags', in canonical form (read when first asked for). */
+  get fileRules(): LimitRules {
+    return this.#rules ??= JSON.parse(this.#text);
+  }
+}
+
+/** The table compiled with `loaded`, for its context. */
+export function loadedTable(loaded: LoadedRules): RuleTable | undefined {
+  return tables.get(loaded);
+}
+
+/** Runs `request` in a `Worker`; in this thread when the worker cannot start. */
+function inWorker(request: LoadRequest): Promise<LoadReply> {
+  return new Promise((resolve, reject) => {
+    let done = false;
+    const finish = (fn: () => void) => {
+      if (done) return;
+      done = true;
+      worker.terminate();
+      fn();
+    };
+    const worker = new Worker(new URL("./reload_worker.ts", import.meta.url), { type: "module" });
+    worker.onmessage = ({ data }: MessageEvent<LoadReply>) => finish(() => resolve(data));
+    worker.onerror = (event) => {
+      event.preventDefault();
+      finish(() => compileRulesFile(request).then(resolve, reject));
+    };
+    worker.postMessage(request);
+  });
+}
+
+/**
+ * Reads the config file's limit rules (layered over `below`), compiles the
+ * table of them under `context.above`, and names the rules that change from
+ * `context.current`: all in a `Worker` (reading and checking 100,000 rules
+ * takes about a second), the table then adopted a slice at a time. Throws
+ * a {@linkcode ConfigError} when the file cannot be read or is invalid.
  *
  * @example
  * ```ts ignore
- * import { reloadRules } from "./reload.ts";
- * const result = await reloadRules(limits.rules, { path: "dprl.yaml", flags: FLAGS });
- * if (result.ok) limits.rules = result.table;
- * else log.error(result.error.message);
+ * import { loadRulesFile } from "./reload.ts";
+ * const proxy = new ProxyRateLimiter({
+ *   loadRules: (context) => loadRulesFile({ path: "dprl.yaml", flags: {} }, context),
+ * });
  * ```
  */
-export async function reloadRules(
-  current: RuleTable,
-  options: ReloadOptions,
-): Promise<ReloadResult> {
-  try {
-    const config = await loadConfigFile(options.path, options);
-    const rules = layerRules(options.below ?? {}, config.rules, options.above ?? {});
-    const table = new RuleTable(rules);
-    return { ok: true, table, config, changes: diffRules(current.rules, table.rules) };
-  } catch (err) {
-    if (err instanceof ConfigError) return { ok: false, table: current, error: err };
-    throw err;
+export async function loadRulesFile(
+  options: LoadRulesOptions,
+  context: ReloadContext,
+): Promise<LoadedRules> {
+  const { worker = true, ...rest } = options;
+  const request = { ...rest, above: context.above, previous: context.current };
+  const reply = worker ? await inWorker(request) : await compileRulesFile(request);
+  if (!reply.ok) {
+    throw new ConfigError(reply.file, reply.problem, { line: reply.line, column: reply.column });
   }
+  const loaded = new LoadedRules(reply.fileRules, reply.changes, context);
+  tables.set(loaded, await RuleTable.fromData(reply.table));
+  return loaded;
+}
+
+/**
+ * Wraps `run` so that a call made while a run is under way waits for the
+ * one run that starts after it: any number of calls during a run share
+ * that next run and its result (or its rejection), and no two runs overlap.
+ *
+ * @example
+ * ```ts
+ * import { mergeRuns } from "./reload.ts";
+ * let runs = 0;
+ * const reload = mergeRuns(async () => ++runs);
+ * const results = await Promise.all([reload(), reload(), reload()]);
+ * // results: [1, 2, 2]
+ * ```
+ */
+export function mergeRuns<T>(run: () => Promise<T>): () => Promise<T> {
+  let running: Promise<T> | undefined;
+  let next: Promise<T> | undefined;
+  const start = (): Promise<T> => {
+    const current: Promise<T> = run().finally(() => {
+      if (running === current) running = undefined;
+    });
+    return running = current;
+  };
+  return () => {
+    if (next) return next;
+    if (!running) return start();
+    const after: Promise<T> = running.then(() => {}, () => {}).then(() => {
+      next = undefined;
+      return start();
+    });
+    return next = after;
+  };
 }
