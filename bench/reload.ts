@@ -12,6 +12,7 @@
  * @module
  */
 
+import process from "node:process";
 import { parseArgs } from "node:util";
 import { ProxyRateLimiter } from "../mod.ts";
 import { loadRulesFile } from "../lib/config/reload.ts";
@@ -42,15 +43,23 @@ async function time(fn: () => Promise<unknown>): Promise<number> {
   return performance.now() - start;
 }
 
+/** Wall and CPU milliseconds (of the whole process, every thread) of one call of `fn`. */
+async function cost(fn: () => Promise<unknown>): Promise<[number, number]> {
+  const cpu = process.cpuUsage();
+  const wall = await time(fn);
+  const used = process.cpuUsage(cpu);
+  return [wall, (used.user + used.system) / 1000];
+}
+
 /** Load times by size, in this thread and through the worker. */
 async function loadTimes(dir: string, sizes: number[]): Promise<string[][]> {
   const rows: string[][] = [];
   for (const n of sizes) {
     const path = `${dir}/r${n}.yaml`;
     await Deno.writeTextFile(path, rulesFile(n));
-    const here = await time(() => loadRulesFile({ path, flags: {}, worker: false }, EMPTY));
-    const worker = await time(() => loadRulesFile({ path, flags: {} }, EMPTY));
-    rows.push([n.toLocaleString("en"), here.toFixed(0), worker.toFixed(0)]);
+    const here = await cost(() => loadRulesFile({ path, flags: {}, worker: false }, EMPTY));
+    const worker = await cost(() => loadRulesFile({ path, flags: {} }, EMPTY));
+    rows.push([n.toLocaleString("en"), ...[...here, ...worker].map((ms) => ms.toFixed(0))]);
   }
   return rows;
 }
@@ -103,9 +112,10 @@ async function main(): Promise<void> {
   try {
     const sizes = args.sizes.split(",").map(Number);
     const rows = await loadTimes(dir, sizes);
-    console.log("reading and checking a config file of host rules (ms)\n");
-    console.log("| host rules | in this thread | through a worker |");
-    console.log("| ---------: | -------------: | ---------------: |");
+    const load = Deno.loadavg()[0].toFixed(1);
+    console.log(`reading and checking a config file of host rules (ms; load average ${load})\n`);
+    console.log("| host rules | here, wall | here, CPU | worker, wall | worker, CPU |");
+    console.log("| ---------: | ---------: | --------: | -----------: | ----------: |");
     for (const row of rows) console.log(`| ${row.join(" | ")} |`);
 
     const n = Number(args.rules);

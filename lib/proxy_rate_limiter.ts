@@ -17,7 +17,13 @@ import {
   validateRules,
 } from "./limit/rules/rules.ts";
 import { diffRules, type RuleDifference } from "./limit/rules/diff.ts";
-import { LoadedRules, loadedTable, mergeRuns, type ReloadContext } from "./config/reload.ts";
+import {
+  CHANGES_PREVIEW as LOGGED_CHANGES,
+  LoadedRules,
+  loadedTable,
+  mergeRuns,
+  type ReloadContext,
+} from "./config/reload.ts";
 import type { FleetLimitChanges, FleetLimits } from "./limit/fleet_limits.ts";
 import { hostKey } from "./limit/host_key.ts";
 import type { Limiter } from "./limit/limiter.ts";
@@ -287,7 +293,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
     return changes;
   }
 
-  #logChanges(changes: RuleDifference[], why: string): void {
+  #logChanges(changes: RuleDifference[], why: string, count = changes.length): void {
     for (const c of changes.slice(0, LOGGED_CHANGES)) {
       this.#logger.info("Limit rule {rule} {change} ({why})", {
         rule: c.rule,
@@ -299,9 +305,9 @@ export class ProxyRateLimiter implements AsyncDisposable {
         why,
       });
     }
-    if (changes.length > LOGGED_CHANGES) {
+    if (count > LOGGED_CHANGES) {
       this.#logger.info("{count} more limit rules changed ({why})", {
-        count: changes.length - LOGGED_CHANGES,
+        count: count - LOGGED_CHANGES,
         why,
       });
     }
@@ -377,7 +383,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
   async #reloadOnce(): Promise<ReloadOutcome> {
     const load = this.#options.loadRules;
     if (!load) throw new Error("Proxy has no loadRules option to reload from");
-    let changes: RuleDifference[];
+    let changes: LoadedRules | RuleDifference[];
     try {
       const loaded = await load({
         above: this.#fleetRules,
@@ -391,17 +397,27 @@ export class ProxyRateLimiter implements AsyncDisposable {
       return { ok: false, error };
     }
     this.#stats.onConfigReload("ok");
-    this.#logChanges(changes, "reload");
-    if (changes.length === 0) this.#logger.info("Config reloaded, no limit changed");
+    // A table swapped in from a worker reads its changes only when asked for.
+    const [preview, count] = changes instanceof LoadedRules
+      ? [changes.preview, changes.changeCount]
+      : [changes, changes.length];
+    this.#logChanges(preview, "reload", count);
+    if (count === 0) this.#logger.info("Config reloaded, no limit changed");
     this.#compareFiles();
-    return { ok: true, changes };
+    const loaded = changes;
+    return {
+      ok: true,
+      get changes(): RuleDifference[] {
+        return loaded instanceof LoadedRules ? loaded.changes : loaded;
+      },
+    };
   }
 
   /**
    * Swaps in a table compiled off the event loop, unless the fleet's table
    * or the rules changed meanwhile: then the file's rules are layered again.
    */
-  #swap(loaded: LoadedRules): RuleDifference[] {
+  #swap(loaded: LoadedRules): LoadedRules | RuleDifference[] {
     const { above, current } = loaded.context;
     const table = loadedTable(loaded);
     if (!table || above !== this.#fleetRules || current !== this.#limits.rules.rulesText) {
@@ -409,7 +425,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
     }
     this.#fileLayer = loaded;
     this.#limits.rules = table;
-    return loaded.changes;
+    return loaded;
   }
 
   /**
@@ -930,9 +946,6 @@ export class ProxyRateLimiter implements AsyncDisposable {
     return this.stop();
   }
 }
-
-/** Changed rules logged one by one; past them, one line counts the rest. */
-const LOGGED_CHANGES = 100;
 
 /** The outcome of {@linkcode ProxyRateLimiter.reload}. */
 export type ReloadOutcome =

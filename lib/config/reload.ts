@@ -26,9 +26,10 @@ export interface LoadRulesOptions extends ConfigOptions {
   below?: LimitRules;
   /**
    * Read the file and compile the table in a `Worker` (default `true`), so
-   * that the event loop goes on serving meanwhile. Without one (or when a
-   * `Worker` cannot start, as in a build that left its module out), the
-   * same is done in this thread.
+   * that the event loop goes on serving meanwhile. Without one, the same is
+   * done in this thread; so it is when the worker's modules may not be read
+   * (run from files, a `Worker` needs read access to the `lib` folder) or
+   * the `Worker` cannot start (as in a build that left its module out).
    */
   worker?: boolean;
 }
@@ -41,9 +42,25 @@ export interface LoadRequest extends Omit<LoadRulesOptions, "worker"> {
   previous: string;
 }
 
+/**
+ * The changed rules a reload hands over as objects (the ones it logs one by
+ * one); the rest travel as JSON text, read only when asked for.
+ */
+export const CHANGES_PREVIEW = 100;
+
+/** The changes of a reload: the first ones, the count, and all of them as JSON. */
+export interface ChangesReply {
+  /** The first {@linkcode CHANGES_PREVIEW} changes. */
+  preview: RuleDifference[];
+  /** How many rules changed. */
+  count: number;
+  /** All changes, as JSON. */
+  text: string;
+}
+
 /** The worker's reply: the compiled rules, or the parts of a `ConfigError`. */
 export type LoadReply =
-  | { ok: true; fileRules: string; table: RuleTableData; changes: RuleDifference[] }
+  | { ok: true; fileRules: string; table: RuleTableData; changes: ChangesReply }
   | { ok: false; file: string; problem: string; line?: number; column?: number };
 
 /**
@@ -58,7 +75,12 @@ export async function compileRulesFile(request: LoadRequest): Promise<LoadReply 
     ? layerRules(fileRules, request.above)
     : fileRules;
   const table = RuleTable.compile(rules, { canonical: true });
-  const changes = diffCanonicalRules(JSON.parse(request.previous), rules);
+  const all = diffCanonicalRules(JSON.parse(request.previous), rules);
+  const changes = {
+    preview: all.slice(0, CHANGES_PREVIEW),
+    count: all.length,
+    text: JSON.stringify(all),
+  };
   return { ok: true, fileRules: JSON.stringify(fileRules), table, changes };
 }
 
@@ -73,21 +95,36 @@ const tables = new WeakMap<LoadedRules, RuleTable>();
 export class LoadedRules {
   #text: string;
   #rules: LimitRules | undefined;
-  /** The rules that change from the rules in use to the loaded ones. */
-  readonly changes: RuleDifference[];
+  #changes: ChangesReply;
+  #all: RuleDifference[] | undefined;
   /** The context the table was compiled for. */
   readonly context: ReloadContext;
 
   /** Wraps the file's rules (as JSON) and the changes, for `context`. */
-  constructor(fileRules: string, changes: RuleDifference[], context: ReloadContext) {
+  constructor(fileRules: string, changes: ChangesReply, context: ReloadContext) {
     this.#text = fileRules;
-    this.changes = changes;
+    this.#changes = changes;
     this.context = context;
   }
 
   /** The file's rules over the flags', in canonical form (read when first asked for). */
   get fileRules(): LimitRules {
     return this.#rules ??= JSON.parse(this.#text);
+  }
+
+  /** The rules that change from the rules in use (read when first asked for). */
+  get changes(): RuleDifference[] {
+    return this.#all ??= JSON.parse(this.#changes.text);
+  }
+
+  /** The first {@linkcode CHANGES_PREVIEW} of {@linkcode LoadedRules.changes}. */
+  get preview(): RuleDifference[] {
+    return this.#changes.preview;
+  }
+
+  /** The number of {@linkcode LoadedRules.changes}. */
+  get changeCount(): number {
+    return this.#changes.count;
   }
 }
 
@@ -96,8 +133,22 @@ export function loadedTable(loaded: LoadedRules): RuleTable | undefined {
   return tables.get(loaded);
 }
 
+const WORKER = new URL("./reload_worker.ts", import.meta.url);
+
+/**
+ * Whether the worker's modules may be loaded: from files, a `Worker` needs
+ * read access to them (granted to the `lib` folder, for one); from JSR or
+ * another server, the import permission that loaded this module serves.
+ */
+function workerAllowed(): boolean {
+  if (WORKER.protocol !== "file:") return true;
+  const lib = new URL("..", WORKER);
+  return Deno.permissions.querySync({ name: "read", path: lib }).state === "granted";
+}
+
 /** Runs `request` in a `Worker`; in this thread when the worker cannot start. */
 function inWorker(request: LoadRequest): Promise<LoadReply> {
+  if (!workerAllowed()) return compileRulesFile(request);
   return new Promise((resolve, reject) => {
     let done = false;
     const finish = (fn: () => void) => {
@@ -106,7 +157,7 @@ function inWorker(request: LoadRequest): Promise<LoadReply> {
       worker.terminate();
       fn();
     };
-    const worker = new Worker(new URL("./reload_worker.ts", import.meta.url), { type: "module" });
+    const worker = new Worker(WORKER, { type: "module" });
     worker.onmessage = ({ data }: MessageEvent<LoadReply>) => finish(() => resolve(data));
     worker.onerror = (event) => {
       event.preventDefault();
