@@ -312,7 +312,10 @@ Deno.test("CLI a reload of 50,000 rules lets proxied requests through while it r
     answered = true;
     return [res.status, await res.text()] as const;
   });
-  const pipe = await Deno.open(file, { write: true });
+  const pipe = await Promise.race([
+    Deno.open(file, { write: true }),
+    reload.then(([status, body]) => assert.fail(`answered unread: ${status} ${body}`)),
+  ]);
   await pipe.write(new TextEncoder().encode(manyRules(50_000, 2)));
   pipe.close();
   // The file is read: the rules are being checked and compiled.

@@ -58,8 +58,11 @@ export interface RuleTableData {
   text: string;
   /** The default limit. */
   defaultLimit: number;
-  /** The patterns, each with the index of its entry in `entries`. */
-  patterns: string[];
+  /**
+   * The patterns, one a line (one string crosses to another thread as one
+   * copy; an array of 100,000 strings takes as many allocations there).
+   */
+  patterns: string;
   /** For each pattern, its entry. */
   ids: Uint32Array;
   /** The distinct entries (few: patterns share them). */
@@ -87,8 +90,11 @@ export function patternRank(pattern: string): number {
   return pattern.lastIndexOf(":") > pattern.lastIndexOf("]") ? 1e6 + 1 : 1e6;
 }
 
-/** Compiles rules into plain data; see {@linkcode RuleTable}. */
-function compile(rules: LimitRules, canonical: boolean): RuleTableData {
+/** Compiled rules, the patterns as an array; see {@linkcode RuleTableData}. */
+type Compiled = Omit<RuleTableData, "patterns"> & { patterns: string[] };
+
+/** Compiles rules; see {@linkcode RuleTable}. */
+function compile(rules: LimitRules, canonical: boolean): Compiled {
   const n = normalizeRules(rules);
   const defaultLimit = n.default ?? 0;
   const limits = new HostIndex<[number, number]>();
@@ -192,7 +198,8 @@ export class RuleTable {
    * not sorted again. Throws a `RulesError` naming the first invalid rule.
    */
   static compile(rules: LimitRules, options: { canonical?: boolean } = {}): RuleTableData {
-    return compile(rules, options.canonical ?? false);
+    const data = compile(rules, options.canonical ?? false);
+    return { ...data, patterns: data.patterns.join("\n") };
   }
 
   /**
@@ -209,9 +216,13 @@ export class RuleTable {
       if (entry.match.group) Object.freeze(entry.match.group);
       Object.freeze(entry.match);
     }
-    for (let i = 0; i < data.patterns.length; i++) {
+    const { patterns } = data;
+    for (let i = 0, start = 0; start < patterns.length; i++) {
       if (i % SLICE === SLICE - 1) await new Promise((resolve) => setTimeout(resolve, 0));
-      table.#index.set(data.patterns[i], data.entries[data.ids[i]]);
+      const end = patterns.indexOf("\n", start);
+      const stop = end < 0 ? patterns.length : end;
+      table.#index.set(patterns.slice(start, stop), data.entries[data.ids[i]]);
+      start = stop + 1;
     }
     return table;
   }
