@@ -23,7 +23,7 @@ import { VERSION } from "./lib/version.ts";
 import { layerRules, parseHostPattern, rulesFromLimits } from "./lib/limit/rules/rules.ts";
 import { ConfigError, type ConfigFile, loadConfigFile } from "./lib/config/config_file.ts";
 import { watchConfigFile } from "./lib/config/watch.ts";
-import { loadRulesFile } from "./lib/config/reload.ts";
+import { loadRulesFile, RulesWorker } from "./lib/config/reload.ts";
 import { isLoopback } from "./lib/admin/admin_server.ts";
 import { jsonLinesFormatter } from "./lib/log_format.ts";
 import { parseAccessFlags, parseSwitch, splitList } from "./lib/access/access_flags.ts";
@@ -434,6 +434,8 @@ interface CliConfig {
   configPath?: string;
   /** Reload the config file when it changes. */
   watchConfig?: boolean;
+  /** The worker reloads of the config file run in. */
+  rulesWorker?: RulesWorker;
 }
 
 /** The flags as the config file knows them. */
@@ -658,9 +660,14 @@ function parseValues(
   delete options.defaultMaxConnectionsPerHost;
   delete options.hostLimits;
   options.rules = layerRules(flagRules, file.rules);
+  // One worker for every reload, stopped with the proxy.
+  const rulesWorker = configPath === undefined ? undefined : new RulesWorker();
   if (configPath !== undefined) {
     options.loadRules = (context) =>
-      loadRulesFile({ path: configPath, flags: FILE_FLAGS, below: flagRules }, context);
+      loadRulesFile(
+        { path: configPath, flags: FILE_FLAGS, below: flagRules, worker: rulesWorker },
+        context,
+      );
   }
   const watchConfig = parseSwitch("--watch-config", toggle("watch-config"));
   if (watchConfig && configPath === undefined) {
@@ -673,6 +680,7 @@ function parseValues(
     graceMs: duration("shutdown-grace", value("shutdown-grace")!),
     configPath,
     watchConfig,
+    rulesWorker,
   };
 }
 
@@ -833,6 +841,7 @@ export async function main(args: string[]): Promise<number> {
     return 1;
   } finally {
     await watcher?.close();
+    config.rulesWorker?.close();
     if (hangup) Deno.removeSignalListener("SIGHUP", reload);
     for (const name of names) Deno.removeSignalListener(name, onSignal);
     await reset();

@@ -3,7 +3,13 @@
 // reloads asked for together merged into one.
 import assert from "node:assert/strict";
 import { parse as parseYaml } from "yaml";
-import { loadedTable, loadRulesFile, mergeRuns, type ReloadContext } from "../lib/config/reload.ts";
+import {
+  loadedTable,
+  loadRulesFile,
+  mergeRuns,
+  type ReloadContext,
+  RulesWorker,
+} from "../lib/config/reload.ts";
 import { loadConfigFile, parseConfig } from "../lib/config/config_file.ts";
 import { readHostsSection } from "../lib/config/hosts_section.ts";
 import { LimitTable } from "../lib/limit/limit_table.ts";
@@ -76,6 +82,31 @@ for (const worker of [true, false]) {
     });
   });
 }
+
+Deno.test("a kept worker serves reload after reload, a broken file between", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/dprl.yaml`;
+    using worker = new RulesWorker();
+    let current = new RuleTable().rulesText;
+    for (
+      const [text, changes] of [
+        ["hosts:\n  a.example: 1\n", ["hosts.a.example"]],
+        ["hosts:\n  a.example: -1\n", undefined],
+        ["hosts:\n  a.example: 1\n  b.example: 2\n", ["hosts.b.example"]],
+      ] as const
+    ) {
+      await Deno.writeTextFile(path, text);
+      const load = loadRulesFile({ path, flags: FLAGS, worker }, { above: {}, current });
+      if (!changes) {
+        await assert.rejects(load, { name: "ConfigError" });
+        continue;
+      }
+      const loaded = await load;
+      assert.deepEqual(loaded.changes.map((c) => c.rule), changes);
+      current = loadedTable(loaded)!.rulesText;
+    }
+  });
+});
 
 Deno.test("reload of a broken file throws the error naming the place, from the worker too", async () => {
   await withDir(async (dir) => {

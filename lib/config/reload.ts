@@ -25,13 +25,14 @@ export interface LoadRulesOptions extends ConfigOptions {
   /** Rules the file's rules are layered over (such as the flags'). */
   below?: LimitRules;
   /**
-   * Read the file and compile the table in a `Worker` (default `true`), so
-   * that the event loop goes on serving meanwhile. Without one, the same is
+   * Read the file and compile the table in a `Worker` (default `true`: one
+   * started for this load; a {@linkcode RulesWorker} to keep one for the
+   * next loads), so that the event loop goes on serving meanwhile. Without one, the same is
    * done in this thread; so it is when the worker's modules may not be read
    * (run from files, a `Worker` needs read access to the `lib` folder) or
    * the `Worker` cannot start (as in a build that left its module out).
    */
-  worker?: boolean;
+  worker?: boolean | RulesWorker;
 }
 
 /** A request to the worker; the reply is a {@linkcode LoadReply}. */
@@ -146,25 +147,55 @@ function workerAllowed(): boolean {
   return Deno.permissions.querySync({ name: "read", path: lib }).state === "granted";
 }
 
-/** Runs `request` in a `Worker`; in this thread when the worker cannot start. */
-function inWorker(request: LoadRequest): Promise<LoadReply> {
-  if (!workerAllowed()) return compileRulesFile(request);
-  return new Promise((resolve, reject) => {
-    let done = false;
-    const finish = (fn: () => void) => {
-      if (done) return;
-      done = true;
-      worker.terminate();
-      fn();
-    };
-    const worker = new Worker(WORKER, { type: "module" });
-    worker.onmessage = ({ data }: MessageEvent<LoadReply>) => finish(() => resolve(data));
-    worker.onerror = (event) => {
-      event.preventDefault();
-      finish(() => compileRulesFile(request).then(resolve, reject));
-    };
-    worker.postMessage(request);
-  });
+/**
+ * The `Worker` that reloads run in, started at the first reload and kept
+ * for the next ones (starting one holds the event loop for a while); one
+ * request at a time. When it cannot start or fails, a request runs in this
+ * thread and the next one starts a new worker. {@linkcode RulesWorker.close}
+ * stops it: a running worker keeps the process alive.
+ *
+ * @example
+ * ```ts ignore
+ * import { loadRulesFile, RulesWorker } from "./reload.ts";
+ * using worker = new RulesWorker();
+ * const loaded = await loadRulesFile({ path: "dprl.yaml", flags: {}, worker }, context);
+ * ```
+ */
+export class RulesWorker implements Disposable {
+  #worker: Worker | undefined;
+  #queue: Promise<unknown> = Promise.resolve();
+
+  /** Runs `request`, after the requests before it. */
+  run(request: LoadRequest): Promise<LoadReply> {
+    const next = this.#queue.then(() => this.#run(request));
+    this.#queue = next.catch(() => {});
+    return next;
+  }
+
+  #run(request: LoadRequest): Promise<LoadReply> {
+    if (!workerAllowed()) return compileRulesFile(request);
+    const worker = this.#worker ??= new Worker(WORKER, { type: "module" });
+    return new Promise((resolve, reject) => {
+      worker.onmessage = ({ data }: MessageEvent<LoadReply>) => resolve(data);
+      worker.onerror = (event) => {
+        event.preventDefault();
+        this.close();
+        compileRulesFile(request).then(resolve, reject);
+      };
+      worker.postMessage(request);
+    });
+  }
+
+  /** Stops the worker; the next request starts a new one. */
+  close(): void {
+    this.#worker?.terminate();
+    this.#worker = undefined;
+  }
+
+  /** Stops the worker; used by `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
 }
 
 /**
@@ -188,7 +219,13 @@ export async function loadRulesFile(
 ): Promise<LoadedRules> {
   const { worker = true, ...rest } = options;
   const request = { ...rest, above: context.above, previous: context.current };
-  const reply = worker ? await inWorker(request) : await compileRulesFile(request);
+  let reply: LoadReply;
+  if (worker instanceof RulesWorker) reply = await worker.run(request);
+  else if (!worker) reply = await compileRulesFile(request);
+  else {
+    using once = new RulesWorker();
+    reply = await once.run(request);
+  }
   if (!reply.ok) {
     throw new ConfigError(reply.file, reply.problem, { line: reply.line, column: reply.column });
   }
