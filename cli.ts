@@ -24,6 +24,7 @@ import { VERSION } from "./lib/version.ts";
 import { parseHostPattern, rulesFromLimits } from "./lib/limit/rules/rules.ts";
 import { ConfigError, type ConfigFile, loadConfigFile } from "./lib/config/config_file.ts";
 import { watchConfigFile } from "./lib/config/watch.ts";
+import { loadRulesFile, RulesWorker } from "./lib/config/reload.ts";
 import { isLoopback } from "./lib/admin/admin_server.ts";
 import { jsonLinesFormatter } from "./lib/log_format.ts";
 import { parseAccessFlags, parseSwitch, splitList } from "./lib/access/access_flags.ts";
@@ -114,17 +115,14 @@ interface CliConfig {
   configPath?: string;
   /** Reload the config file when it changes. */
   watchConfig?: boolean;
+  /** The worker reloads of the config file run in. */
+  rulesWorker?: RulesWorker;
 }
 
 /** The flags as the config file knows them. */
 const FILE_FLAGS = Object.fromEntries(
   Object.entries(FLAGS).map(([name, f]) => [name, { boolean: !f.value, multiple: f.multiple }]),
 );
-
-/** Reads the config file: its limit rules, for a reload. */
-async function readRules(path: string) {
-  return (await loadConfigFile(path, { flags: FILE_FLAGS })).rules;
-}
 
 /**
  * Throws a {@linkcode UsageError} naming the permission to add when this
@@ -319,7 +317,15 @@ function parseValues(
   delete options.hostLimits;
   options.flagRules = flagRules;
   options.rules = file.rules;
-  if (configPath !== undefined) options.loadRules = () => readRules(configPath);
+  // One worker for every reload, stopped with the proxy.
+  const rulesWorker = configPath === undefined ? undefined : new RulesWorker();
+  if (configPath !== undefined) {
+    options.loadRules = (context) =>
+      loadRulesFile(
+        { path: configPath, flags: FILE_FLAGS, below: flagRules, worker: rulesWorker },
+        context,
+      );
+  }
   const watchConfig = parseSwitch("--watch-config", toggle(parsed, file, "watch-config"));
   if (watchConfig && configPath === undefined) {
     throw new UsageError("--watch-config needs --config");
@@ -332,6 +338,7 @@ function parseValues(
     graceMs: duration("shutdown-grace", value("shutdown-grace")!),
     configPath,
     watchConfig,
+    rulesWorker,
   };
 }
 
@@ -582,6 +589,7 @@ export async function main(args: string[]): Promise<number> {
     return 1;
   } finally {
     await watcher?.close();
+    config.rulesWorker?.close();
     if (hangup) Deno.removeSignalListener("SIGHUP", reload);
     for (const name of names) Deno.removeSignalListener(name, onSignal);
     await reset();

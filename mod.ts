@@ -61,6 +61,7 @@ export {
   validateRules,
 } from "./lib/limit/rules/rules.ts";
 export type { RuleDifference } from "./lib/limit/rules/diff.ts";
+export { LoadedRules, type ReloadContext } from "./lib/config/reload.ts";
 export type { FleetLimitChanges } from "./lib/limit/fleet_limits.ts";
 export type { AdminHandlerOptions } from "./lib/admin/admin_handler.ts";
 export { hostKey } from "./lib/limit/host_key.ts";

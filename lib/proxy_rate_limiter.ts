@@ -17,6 +17,13 @@ import {
   validateRules,
 } from "./limit/rules/rules.ts";
 import { diffRules, type RuleDifference } from "./limit/rules/diff.ts";
+import {
+  CHANGES_PREVIEW as LOGGED_CHANGES,
+  LoadedRules,
+  loadedTable,
+  mergeRuns,
+  type ReloadContext,
+} from "./config/reload.ts";
 import type { FleetLimitChanges, FleetLimits } from "./limit/fleet_limits.ts";
 import { type LimitsView, limitsView } from "./limit/limit_layers.ts";
 import { hostKey } from "./limit/host_key.ts";
@@ -118,10 +125,13 @@ export interface ProxyRateLimiterOptions {
   flagRules?: LimitRules;
   /**
    * Reads the rules again, for {@linkcode ProxyRateLimiter.reload} (the
-   * command line passes one that reads its config file). Throwing keeps
-   * the current rules.
+   * command line passes `loadRulesFile`, which reads its config
+   * file and compiles the table in a `Worker`). Throwing keeps the current
+   * rules.
    */
-  loadRules?: () => LimitRules | Promise<LimitRules>;
+  loadRules?: (
+    context: ReloadContext,
+  ) => LimitRules | LoadedRules | Promise<LimitRules | LoadedRules>;
   /** HTTP status sent when a host is at its limit. Default 500. */
   rejectStatus?: number;
   /** Timeouts in milliseconds; see {@linkcode Timeouts} for the defaults. */
@@ -238,7 +248,14 @@ export class ProxyRateLimiter implements AsyncDisposable {
   /** The rules of the `flagRules` option, under the file's. */
   #flagRules: LimitRules;
   /** The rules of the `rules` option, `setRules` or the last reload. */
-  #fileRules: LimitRules;
+  #fileLayer: LimitRules | LoadedRules = {};
+  get #fileRules(): LimitRules {
+    const layer = this.#fileLayer;
+    return layer instanceof LoadedRules ? layer.fileRules : layer;
+  }
+  set #fileRules(rules: LimitRules) {
+    this.#fileLayer = rules;
+  }
   /** The fleet's runtime table (distributed mode): the highest layer of rules. */
   #fleetRules: LimitRules = {};
   #fleetLimits: FleetLimits | null = null;
@@ -291,8 +308,8 @@ export class ProxyRateLimiter implements AsyncDisposable {
     return changes;
   }
 
-  #logChanges(changes: RuleDifference[], why: string): void {
-    for (const c of changes) {
+  #logChanges(changes: RuleDifference[], why: string, count = changes.length): void {
+    for (const c of changes.slice(0, LOGGED_CHANGES)) {
       this.#logger.info("Limit rule {rule} {change} ({why})", {
         rule: c.rule,
         change: c.a === undefined
@@ -300,6 +317,12 @@ export class ProxyRateLimiter implements AsyncDisposable {
           : c.b === undefined
           ? `removed (was ${c.a})`
           : `changed from ${c.a} to ${c.b}`,
+        why,
+      });
+    }
+    if (count > LOGGED_CHANGES) {
+      this.#logger.info("{count} more limit rules changed ({why})", {
+        count: count - LOGGED_CHANGES,
         why,
       });
     }
@@ -355,7 +378,9 @@ export class ProxyRateLimiter implements AsyncDisposable {
    * Reads the rules again with the `loadRules` option (the command line's
    * config file) and swaps them in, as {@linkcode setRules} does. A broken
    * file keeps the current rules and logs one error. Both outcomes count in
-   * `dprl_config_reloads_total{result}`.
+   * `dprl_config_reloads_total{result}`. A reload asked for while one runs
+   * waits for the one reload that starts after it, shared by every caller
+   * meanwhile (a burst of requests costs two reads of the file at most).
    *
    * @example
    * ```ts ignore
@@ -363,12 +388,23 @@ export class ProxyRateLimiter implements AsyncDisposable {
    * if (!result.ok) console.error(result.error);
    * ```
    */
-  async reload(): Promise<ReloadOutcome> {
+  reload(): Promise<ReloadOutcome> {
+    return this.#reload();
+  }
+
+  /** Reloads merged: a reload asked for during one joins the next. */
+  #reload = mergeRuns(() => this.#reloadOnce());
+
+  async #reloadOnce(): Promise<ReloadOutcome> {
     const load = this.#options.loadRules;
     if (!load) throw new Error("Proxy has no loadRules option to reload from");
-    let changes: RuleDifference[];
+    let changes: LoadedRules | RuleDifference[];
     try {
-      changes = this.setRules(await load());
+      const loaded = await load({
+        above: this.#fleetRules,
+        current: this.#limits.rules.rulesText,
+      });
+      changes = loaded instanceof LoadedRules ? this.#swap(loaded) : this.setRules(loaded);
     } catch (err) {
       const error = err instanceof Error ? err.message : String(err);
       this.#stats.onConfigReload("error");
@@ -376,10 +412,35 @@ export class ProxyRateLimiter implements AsyncDisposable {
       return { ok: false, error };
     }
     this.#stats.onConfigReload("ok");
-    this.#logChanges(changes, "reload");
-    if (changes.length === 0) this.#logger.info("Config reloaded, no limit changed");
+    // A table swapped in from a worker reads its changes only when asked for.
+    const [preview, count] = changes instanceof LoadedRules
+      ? [changes.preview, changes.changeCount]
+      : [changes, changes.length];
+    this.#logChanges(preview, "reload", count);
+    if (count === 0) this.#logger.info("Config reloaded, no limit changed");
     this.#compareFiles();
-    return { ok: true, changes };
+    const loaded = changes;
+    return {
+      ok: true,
+      get changes(): RuleDifference[] {
+        return loaded instanceof LoadedRules ? loaded.changes : loaded;
+      },
+    };
+  }
+
+  /**
+   * Swaps in a table compiled off the event loop, unless the fleet's table
+   * or the rules changed meanwhile: then the file's rules are layered again.
+   */
+  #swap(loaded: LoadedRules): LoadedRules | RuleDifference[] {
+    const { above, current } = loaded.context;
+    const table = loadedTable(loaded);
+    if (!table || above !== this.#fleetRules || current !== this.#limits.rules.rulesText) {
+      return this.setRules(loaded.fileRules);
+    }
+    this.#fileLayer = loaded;
+    this.#limits.rules = table;
+    return loaded;
   }
 
   /**

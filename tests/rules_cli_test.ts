@@ -276,3 +276,51 @@ Deno.test("CLI lists and switches from the file: the variable over the file", as
     await accepted;
   }
 });
+
+/** A config file of `n` host rules, each with `limit`. */
+function manyRules(n: number, limit: number): string {
+  const lines = ["port: 0", "hostname: 127.0.0.1", "hosts:"];
+  for (let i = 0; i < n; i++) lines.push(`  h${i}.example.com: ${limit}`);
+  return lines.join("\n") + "\n";
+}
+
+Deno.test("CLI a reload of 50,000 rules lets proxied requests through while it runs", async () => {
+  await using up = await startUpstream();
+  const file = await tempFile("dprl.yaml", manyRules(3, 1));
+  await using cli = startCli(["--config", file, "--admin-port", "0"]);
+  const admin = (await cli.waitOutput(/Admin server listening on (http:\/\/\S+?\/)/))[1];
+  const port = await listeningPort(cli);
+  // The file becomes a pipe: opening it for writing returns once the reload
+  // has opened it for reading, which tells that the reload has begun.
+  await Deno.remove(file);
+  await new Deno.Command("mkfifo", { args: [file] }).output();
+  let answered = false;
+  const reload = fetch(new URL("/api/reload", admin), {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: "{}",
+  }).then(async (res) => {
+    answered = true;
+    return [res.status, await res.text()] as const;
+  });
+  const pipe = await Promise.race([
+    Deno.open(file, { write: true }),
+    reload.then(([status, body]) => assert.fail(`answered unread: ${status} ${body}`)),
+  ]);
+  await pipe.write(new TextEncoder().encode(manyRules(50_000, 2)));
+  pipe.close();
+  // The file is read: the rules are being checked and compiled.
+  const client = Deno.createHttpClient({ proxy: { url: `http://127.0.0.1:${port}` } });
+  try {
+    const res = await fetch(up.url("/fixed"), { client });
+    assert.equal(res.status, 200);
+    await res.body?.cancel();
+    assert.equal(answered, false, "the proxied request was served during the reload");
+  } finally {
+    client.close();
+  }
+  const [status, body] = await reload;
+  assert.equal(status, 200, body);
+  const host = await (await fetch(new URL("/api/hosts/h49999.example.com", admin))).json();
+  assert.equal(host.limit, 2, "the reloaded rules are in use");
+});
