@@ -44,7 +44,8 @@ import { ProxyStats, type RequestKind } from "../metrics/proxy_stats.ts";
 import type { UpstreamHostView } from "../metrics/host_summary.ts";
 import type { AccessEntry } from "../log_format.ts";
 import { parseConnectTarget, parseTarget } from "./target.ts";
-import { type Upstream, UpstreamPool } from "./upstream_pool.ts";
+import type { Upstream } from "./upstream.ts";
+import { UpstreamPool } from "./upstream_pool.ts";
 import { DEFAULTS, type Timeouts } from "../defaults.ts";
 
 export type { Timeouts };
