@@ -81,9 +81,9 @@ export class Session {
   /** Where the connection is. */
   phase: Phase = "head";
   /** The timeout the session is under. */
-  kind: DeadlineKind = "head";
+  #kind: DeadlineKind = "head";
   /** When it passes (coarse clock, ms). */
-  deadline = 0;
+  #deadline = 0;
   /** A byte of the current response reached the client. */
   sent = false;
   /** The wait for the response head ran past its deadline. */
@@ -92,22 +92,22 @@ export class Session {
   readingBody = false;
   /** The upstream connection of the moment. */
   upstream: Upstream | null = null;
-  /** The client's address (`host:port`). */
-  readonly client: string;
+  /** The client's address (`host:port`), for the access log. */
+  readonly #client: string;
   /** The client's IP. */
   readonly ip: string;
   /** The method of the current exchange or tunnel, for the access log and metrics. */
-  method = "";
+  #method = "";
   /** Its host key. */
-  key = "";
+  #key = "";
   /** Its status. */
   status = 0;
   /** Bytes sent upstream. */
-  bytesUp = 0;
+  #bytesUp = 0;
   /** Bytes sent to the client. */
   bytesDown = 0;
   /** When its request head arrived (ms). */
-  startedAt = 0;
+  #startedAt = 0;
   /** A background read watches for the client leaving. */
   #watching = false;
   #left = new AbortController();
@@ -115,14 +115,15 @@ export class Session {
   readonly toUpstream: Writer = {
     write: async (p) => {
       const n = await this.upstream!.conn.write(p);
-      this.bytesUp += n;
+      this.#bytesUp += n;
       return n;
     },
   };
   /** Bytes moved: the idle timeout starts again (not once a pipe is ending or a reply going). */
   readonly touch = (): void => {
-    if (this.kind === "fin" || this.kind === "reply") return;
-    this.until("idle");
+    if (this.#kind === "fin" || this.#kind === "reply") return;
+    this.#kind = "idle";
+    this.#deadline = this.engine.now + this.engine.timeouts.idle;
   };
 
   /** Starts the session of `conn`, under the head timeout. */
@@ -132,7 +133,7 @@ export class Session {
     this.reader = new BufferedReader(conn);
     const addr = conn.remoteAddr;
     this.ip = addr.hostname;
-    this.client = addr.hostname.includes(":")
+    this.#client = addr.hostname.includes(":")
       ? `[${addr.hostname}]:${addr.port}`
       : `${addr.hostname}:${addr.port}`;
     this.until("head");
@@ -148,18 +149,23 @@ export class Session {
     return this.#left.signal.aborted;
   }
 
+  /** When the timeout the session is under passes (coarse clock, ms). */
+  get deadline(): number {
+    return this.#deadline;
+  }
+
   /** Puts the session under the timeout `kind`, from now on. */
   until(kind: DeadlineKind): void {
     const t = this.engine.timeouts;
-    this.kind = kind;
-    this.deadline = this.engine.now + (kind === "reply" ? REPLY_GRACE_MS : t[kind]);
+    this.#kind = kind;
+    this.#deadline = this.engine.now + (kind === "reply" ? REPLY_GRACE_MS : t[kind]);
   }
 
   /** A request head arrived: the request phase begins. */
   startRequest(): void {
     this.phase = "request";
     this.timedOut = false;
-    this.startedAt = Date.now();
+    this.#startedAt = Date.now();
     this.touch();
   }
 
@@ -172,7 +178,7 @@ export class Session {
 
   /** Runs the action of the passed deadline, by its kind. */
   expire(): void {
-    switch (this.kind) {
+    switch (this.#kind) {
       case "head":
       case "keepAlive":
         if (this.reader.buffered === 0) return this.close();
@@ -233,25 +239,25 @@ export class Session {
   /** Starts accounting for a request: its kind, method and host. */
   begin(kind: RequestKind, method: string, key: string): void {
     this.engine.stats.onRequest(kind);
-    this.method = method;
-    this.key = key;
+    this.#method = method;
+    this.#key = key;
   }
 
   /** Counts the bytes of an exchange or tunnel that ended and logs its access line. */
   finish(): void {
-    if (this.method === "") return;
-    this.engine.stats.onBytes(this.bytesUp, this.bytesDown);
+    if (this.#method === "") return;
+    this.engine.stats.onBytes(this.#bytesUp, this.bytesDown);
     this.engine.onAccess?.({
-      client: this.client,
-      method: this.method,
-      host: this.key,
+      client: this.#client,
+      method: this.#method,
+      host: this.#key,
       status: this.status,
-      bytesUp: this.bytesUp,
+      bytesUp: this.#bytesUp,
       bytesDown: this.bytesDown,
-      durationMs: Date.now() - this.startedAt,
+      durationMs: Date.now() - this.#startedAt,
     });
-    this.method = this.key = "";
-    this.status = this.bytesUp = this.bytesDown = 0;
+    this.#method = this.#key = "";
+    this.status = this.#bytesUp = this.bytesDown = 0;
   }
 
   /**
@@ -272,7 +278,7 @@ export class Session {
     this.status = r.status;
     const fields = { status: r.status, message: r.message, cause };
     if (r.upstream) {
-      stats.onUpstreamError(this.key || "_unknown", r.proxyError);
+      stats.onUpstreamError(this.#key || "_unknown", r.proxyError);
       logger.info("{status} {message}", fields);
     } else {
       if (r.status < 500) stats.onClientError(r.status);
