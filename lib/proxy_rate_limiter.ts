@@ -17,14 +17,22 @@ import {
   validateRules,
 } from "./limit/rules/rules.ts";
 import { diffRules, type RuleDifference } from "./limit/rules/diff.ts";
+import {
+  CHANGES_PREVIEW as LOGGED_CHANGES,
+  LoadedRules,
+  loadedTable,
+  mergeRuns,
+  type ReloadContext,
+} from "./config/reload.ts";
 import type { FleetLimitChanges, FleetLimits } from "./limit/fleet_limits.ts";
+import { type LimitsView, limitsView } from "./limit/limit_layers.ts";
 import { hostKey } from "./limit/host_key.ts";
 import type { Limiter } from "./limit/limiter.ts";
 import { LocalLimiter } from "./limit/local_limiter.ts";
 import type { FailureMode, RedisLimiter } from "./limit/redis_limiter.ts";
 import type { RedisConfig, RedisOptions } from "./limit/redis_config.ts";
 import { ProxyServer } from "./proxy/proxy_server.ts";
-import { ClientPolicy } from "./access/client_policy.ts";
+import { checkUsers, ClientPolicy } from "./access/client_policy.ts";
 import { DestinationPolicy } from "./access/destination_policy.ts";
 import { ProxyStats } from "./metrics/proxy_stats.ts";
 import { logAccess } from "./log_format.ts";
@@ -99,22 +107,31 @@ export interface ProxyRateLimiterOptions {
   /**
    * Limit rules: a default, per-host limits with wildcards and groups of
    * hosts with a shared limit (the schema of the config file). The fleet's
-   * runtime table (distributed mode) wins over them rule by rule, and this
-   * process's overrides (`defaultMaxConnectionsPerHost`, `hostLimits` and
-   * the setters such as {@linkcode ProxyRateLimiter.setHostLimit}) win over
-   * both. The command line puts its `--max-connections` and `--host-limit`
-   * here, under the file's rules. A host rule or group may also set
-   * `queue-timeout` and `queue-max` for its hosts, over `queueTimeout` and
-   * `queueMax`; the layers above change limits only. See
-   * {@linkcode LimitRules}.
+   * runtime table (the admin API's; the fleet's in distributed mode) wins
+   * over them rule by rule, and this process's overrides
+   * (`defaultMaxConnectionsPerHost`, `hostLimits` and the setters such as
+   * {@linkcode ProxyRateLimiter.setHostLimit}) win over both. The command
+   * line puts its config file's rules here and its flags in `flagRules`.
+   * A host rule or group may also set `queue-timeout` and `queue-max` for
+   * its hosts, over `queueTimeout` and `queueMax`; the layers above change
+   * limits only. See {@linkcode LimitRules}.
    */
   rules?: LimitRules;
   /**
-   * Reads the rules again, for {@linkcode ProxyRateLimiter.reload} (the
-   * command line passes one that reads its config file). Throwing keeps
-   * the current rules.
+   * Rules under `rules`, which win over them rule by rule: the command
+   * line's `--max-connections` and `--host-limit`. `GET /api/limits` names
+   * their source `flag`. Default none.
    */
-  loadRules?: () => LimitRules | Promise<LimitRules>;
+  flagRules?: LimitRules;
+  /**
+   * Reads the rules again, for {@linkcode ProxyRateLimiter.reload} (the
+   * command line passes `loadRulesFile`, which reads its config
+   * file and compiles the table in a `Worker`). Throwing keeps the current
+   * rules.
+   */
+  loadRules?: (
+    context: ReloadContext,
+  ) => LimitRules | LoadedRules | Promise<LimitRules | LoadedRules>;
   /** HTTP status sent when a host is at its limit. Default 500. */
   rejectStatus?: number;
   /** Timeouts in milliseconds; see {@linkcode Timeouts} for the defaults. */
@@ -160,8 +177,9 @@ export interface ProxyRateLimiterOptions {
   allowClients?: string[];
   /**
    * Proxy users (Basic authentication): user name to password, or to a
-   * bcrypt hash (`$2y$...`, as `htpasswd -B` writes). Without users no
-   * authentication is asked for.
+   * bcrypt hash (`$2y$...`, as `htpasswd -B` writes); any other hash
+   * (`$apr1$...`, `{SHA}...`) is refused. Without users no authentication
+   * is asked for.
    */
   users?: Record<string, string>;
   /**
@@ -227,8 +245,17 @@ export class ProxyRateLimiter implements AsyncDisposable {
   #options: ProxyRateLimiterOptions;
   #limits: LimitTable;
   #logger: Logger;
+  /** The rules of the `flagRules` option, under the file's. */
+  #flagRules: LimitRules;
   /** The rules of the `rules` option, `setRules` or the last reload. */
-  #fileRules: LimitRules;
+  #fileLayer: LimitRules | LoadedRules = {};
+  get #fileRules(): LimitRules {
+    const layer = this.#fileLayer;
+    return layer instanceof LoadedRules ? layer.fileRules : layer;
+  }
+  set #fileRules(rules: LimitRules) {
+    this.#fileLayer = rules;
+  }
   /** The fleet's runtime table (distributed mode): the highest layer of rules. */
   #fleetRules: LimitRules = {};
   #fleetLimits: FleetLimits | null = null;
@@ -247,11 +274,14 @@ export class ProxyRateLimiter implements AsyncDisposable {
   #startedAt = Date.now();
   /** Keeps the Redis servers the limiter meets out of clients' reach. */
   #guard: ReturnType<typeof setInterval> | undefined;
+  /** Whether the fleet's addresses are being read from the registry. */
+  #guarding = false;
 
   /**
    * Creates a proxy; nothing listens until {@linkcode start}. Throws a
    * RangeError when the admin server would listen on a non-loopback
-   * address without a token.
+   * address without a token, and a RangeError or TypeError on a bad entry
+   * of `users` (a value that looks like a hash but is not bcrypt, say).
    */
   constructor(options: ProxyRateLimiterOptions = {}) {
     const admin = options.admin;
@@ -260,9 +290,11 @@ export class ProxyRateLimiter implements AsyncDisposable {
         `Admin address ${admin.hostname} is not a loopback address; set an admin token to expose it`,
       );
     }
+    checkUsers(options.users ?? {});
     this.#options = options;
     // Idle hosts keep a record of their own as far as /metrics shows one.
     this.#stats = new ProxyStats({ idleHosts: admin?.metricsMaxHosts });
+    this.#flagRules = validateRules(options.flagRules ?? {});
     this.#fileRules = validateRules(options.rules ?? {});
     // This process's overrides, above the rules as before rules existed.
     this.#limits = new LimitTable(options.defaultMaxConnectionsPerHost, options.hostLimits);
@@ -270,16 +302,16 @@ export class ProxyRateLimiter implements AsyncDisposable {
     this.#logger = getLogger(["dprl"]);
   }
 
-  /** Compiles the layers (file, then fleet) and swaps the table in at once. */
+  /** Compiles the layers (flags, file, then fleet) and swaps the table in at once. */
   #applyRules(): RuleDifference[] {
-    const table = new RuleTable(layerRules(this.#fileRules, this.#fleetRules));
+    const table = new RuleTable(layerRules(this.#flagRules, this.#fileRules, this.#fleetRules));
     const changes = diffRules(this.#limits.rules.rules, table.rules);
     this.#limits.rules = table;
     return changes;
   }
 
-  #logChanges(changes: RuleDifference[], why: string): void {
-    for (const c of changes) {
+  #logChanges(changes: RuleDifference[], why: string, count = changes.length): void {
+    for (const c of changes.slice(0, LOGGED_CHANGES)) {
       this.#logger.info("Limit rule {rule} {change} ({why})", {
         rule: c.rule,
         change: c.a === undefined
@@ -287,6 +319,12 @@ export class ProxyRateLimiter implements AsyncDisposable {
           : c.b === undefined
           ? `removed (was ${c.a})`
           : `changed from ${c.a} to ${c.b}`,
+        why,
+      });
+    }
+    if (count > LOGGED_CHANGES) {
+      this.#logger.info("{count} more limit rules changed ({why})", {
+        count: count - LOGGED_CHANGES,
         why,
       });
     }
@@ -342,7 +380,9 @@ export class ProxyRateLimiter implements AsyncDisposable {
    * Reads the rules again with the `loadRules` option (the command line's
    * config file) and swaps them in, as {@linkcode setRules} does. A broken
    * file keeps the current rules and logs one error. Both outcomes count in
-   * `dprl_config_reloads_total{result}`.
+   * `dprl_config_reloads_total{result}`. A reload asked for while one runs
+   * waits for the one reload that starts after it, shared by every caller
+   * meanwhile (a burst of requests costs two reads of the file at most).
    *
    * @example
    * ```ts ignore
@@ -350,12 +390,23 @@ export class ProxyRateLimiter implements AsyncDisposable {
    * if (!result.ok) console.error(result.error);
    * ```
    */
-  async reload(): Promise<ReloadOutcome> {
+  reload(): Promise<ReloadOutcome> {
+    return this.#reload();
+  }
+
+  /** Reloads merged: a reload asked for during one joins the next. */
+  #reload = mergeRuns(() => this.#reloadOnce());
+
+  async #reloadOnce(): Promise<ReloadOutcome> {
     const load = this.#options.loadRules;
     if (!load) throw new Error("Proxy has no loadRules option to reload from");
-    let changes: RuleDifference[];
+    let changes: LoadedRules | RuleDifference[];
     try {
-      changes = this.setRules(await load());
+      const loaded = await load({
+        above: this.#fleetRules,
+        current: this.#limits.rules.rulesText,
+      });
+      changes = loaded instanceof LoadedRules ? this.#swap(loaded) : this.setRules(loaded);
     } catch (err) {
       const error = err instanceof Error ? err.message : String(err);
       this.#stats.onConfigReload("error");
@@ -363,10 +414,35 @@ export class ProxyRateLimiter implements AsyncDisposable {
       return { ok: false, error };
     }
     this.#stats.onConfigReload("ok");
-    this.#logChanges(changes, "reload");
-    if (changes.length === 0) this.#logger.info("Config reloaded, no limit changed");
+    // A table swapped in from a worker reads its changes only when asked for.
+    const [preview, count] = changes instanceof LoadedRules
+      ? [changes.preview, changes.changeCount]
+      : [changes, changes.length];
+    this.#logChanges(preview, "reload", count);
+    if (count === 0) this.#logger.info("Config reloaded, no limit changed");
     this.#compareFiles();
-    return { ok: true, changes };
+    const loaded = changes;
+    return {
+      ok: true,
+      get changes(): RuleDifference[] {
+        return loaded instanceof LoadedRules ? loaded.changes : loaded;
+      },
+    };
+  }
+
+  /**
+   * Swaps in a table compiled off the event loop, unless the fleet's table
+   * or the rules changed meanwhile: then the file's rules are layered again.
+   */
+  #swap(loaded: LoadedRules): LoadedRules | RuleDifference[] {
+    const { above, current } = loaded.context;
+    const table = loadedTable(loaded);
+    if (!table || above !== this.#fleetRules || current !== this.#limits.rules.rulesText) {
+      return this.setRules(loaded.fileRules);
+    }
+    this.#fileLayer = loaded;
+    this.#limits.rules = table;
+    return loaded;
   }
 
   /**
@@ -603,11 +679,14 @@ export class ProxyRateLimiter implements AsyncDisposable {
     const fleet = limiter as Limiter & FleetLimiter;
     if (o.redis !== undefined) fleet.onCall = (ms) => this.#stats.onRedisCall(ms);
     if (fleet.nodes) {
-      // Redis servers met while running (a Sentinel's master, Cluster nodes) are refused too.
+      // Redis servers met while running (a Sentinel's master, Cluster nodes) are refused too,
+      // and so are the proxy and admin ports of the fleet's workers, read from the registry.
+      let ticks = 0;
       const guard = () => {
         for (const node of fleet.nodes!()) {
           destinations.protect(node.host, node.port).catch(() => {});
         }
+        if (ticks++ % FLEET_GUARD_TICKS === 0) this.#guardFleet(destinations);
       };
       guard();
       const timer = setInterval(guard, 1000);
@@ -641,6 +720,25 @@ export class ProxyRateLimiter implements AsyncDisposable {
     }
   }
 
+  /**
+   * Refuses as destinations the proxy and admin addresses of every worker in
+   * the registry, replacing the last list; keeps it while Redis is down.
+   */
+  async #guardFleet(destinations: DestinationPolicy): Promise<void> {
+    if (this.#guarding) return;
+    this.#guarding = true;
+    try {
+      const workers = await this.#loaded?.workers?.();
+      if (!workers) return;
+      const members = workers.flatMap((w) => [w.adminUrl, w.proxyUrl]).flatMap(urlAddress);
+      await destinations.protectFleet(members);
+    } catch (error) {
+      this.#logger.debug("Fleet addresses not refreshed: {error}", { error });
+    } finally {
+      this.#guarding = false;
+    }
+  }
+
   /** Follows the fleet's runtime limit table in Redis and tells the fleet this file's rules. */
   async #startFleetLimits(client: NonNullable<FleetLimiter["client"]>): Promise<void> {
     const { FleetLimits } = await import("./limit/fleet_limits.ts");
@@ -657,7 +755,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
     });
     await this.#fleetLimits.start();
     // In the worker registry from the start: the fleet compares files among live workers.
-    this.#loaded?.setWorkerInfo?.({ version: VERSION });
+    this.#loaded?.setWorkerInfo?.({ version: VERSION, proxyUrl: this.#url?.href ?? "" });
     this.#compareFiles();
   }
 
@@ -670,7 +768,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
     const limiter = this.#loaded;
     if (!fleet || !limiter?.workerId || !limiter.workers) return;
     try {
-      const mine = this.#fileRules;
+      const mine = layerRules(this.#flagRules, this.#fileRules);
       const theirs = await fleet.announceFile(limiter.workerId, mine);
       const live = new Set((await limiter.workers()).map((w) => w.id));
       for (const [id, rules] of theirs) {
@@ -709,12 +807,10 @@ export class ProxyRateLimiter implements AsyncDisposable {
         return proxy.adminUrl;
       },
       stats: this.#stats,
-      get limits() {
-        return {
-          default: limits.defaultLimit,
-          hosts: { ...hostLimits(proxy.#fleetRules), ...limits.entries() },
-        };
+      get defaultLimit() {
+        return limits.defaultLimit;
       },
+      limitTable: () => this.#limitsView(),
       ready: () => this.#readiness(),
       redisUp: () => {
         const up = fleet()?.up;
@@ -722,20 +818,21 @@ export class ProxyRateLimiter implements AsyncDisposable {
       },
       hosts: () => this.#hostViews(),
       limitFor: (host) => limits.limitFor(hostKey(host)),
-      // In distributed mode the admin API changes the fleet's table.
+      // The admin API changes the runtime table (the fleet's in distributed mode), and this
+      // process's override of the same rule gives way, so that the change applies here.
       setHostLimit: async (host, limit) => {
-        if (this.#fleetLimits) await this.setFleetLimits({ hosts: { [host]: limit } });
-        else this.setHostLimit(host, limit);
+        await this.setFleetLimits({ hosts: { [host]: limit } });
+        limits.delete(host);
         this.#logger.info("Limit of {host} set to {limit} through the admin API", { host, limit });
       },
       removeHostLimit: async (host) => {
-        if (this.#fleetLimits) await this.setFleetLimits({ hosts: { [host]: null } });
-        this.removeHostLimit(host);
-        this.#logger.info("Limit override of {host} removed through the admin API", { host });
+        await this.setFleetLimits({ hosts: { [host]: null } });
+        limits.delete(host);
+        this.#logger.info("Limit of {host} removed through the admin API", { host });
       },
       setDefaultLimit: async (limit) => {
-        if (this.#fleetLimits) await this.setFleetLimits({ default: limit });
-        else this.setDefaultMaxConnectionsPerHost(limit);
+        await this.setFleetLimits({ default: limit });
+        limits.deleteDefault();
         this.#logger.info("Default limit set to {limit} through the admin API", { limit });
       },
     };
@@ -759,12 +856,26 @@ export class ProxyRateLimiter implements AsyncDisposable {
           pid: w.pid,
           version: w.version,
           adminUrl: w.adminUrl || undefined,
+          proxyUrl: w.proxyUrl || undefined,
           startedAt: Date.parse(w.started) || 0,
           open: w.connections,
         }));
       };
     }
     return this.#adminSource;
+  }
+
+  /** The limits in effect, each with its layer. */
+  #limitsView(): LimitsView {
+    const overrides: LimitRules = { hosts: this.#limits.entries() };
+    const ownDefault = this.#limits.ownDefault;
+    if (ownDefault !== undefined) overrides.default = ownDefault;
+    return limitsView([
+      { source: "flag", rules: this.#flagRules },
+      { source: "file", rules: this.#fileRules },
+      { source: "runtime", rules: this.#fleetRules },
+      { source: "override", rules: overrides },
+    ]);
   }
 
   #readiness(): Readiness {
@@ -902,6 +1013,20 @@ export type ReloadOutcome =
     /** What is wrong, as one line (`dprl.yaml:7:3: ...` for a config file). */
     error: string;
   };
+
+/** Guard ticks (of a second) between two reads of the fleet's addresses. */
+const FLEET_GUARD_TICKS = 5;
+
+/** The address of a URL from the worker registry, or none. */
+function urlAddress(url: string): { hostname: string; port: number }[] {
+  try {
+    const u = new URL(url);
+    const port = Number(u.port || (u.protocol === "https:" ? 443 : 80));
+    return [{ hostname: u.hostname.replace(/^\[|\]$/g, ""), port }];
+  } catch {
+    return [];
+  }
+}
 
 function checkLimit(limit: number): number {
   if (!Number.isSafeInteger(limit)) throw new TypeError(`Limit must be an integer, got ${limit}`);

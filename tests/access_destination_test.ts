@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { DestinationPolicy, DestinationRefusedError } from "../lib/access/destination_policy.ts";
 import { HttpError } from "../lib/proxy/http_head.ts";
+import { baseEnv } from "./_helpers/spawn.ts";
 
 /** Asserts that `check` refuses with 403 and `proxyError`, the message matching `message`. */
 async function refused(
@@ -136,6 +137,26 @@ Deno.test("a remote Redis address is refused on its port only", async () => {
   assert.deepEqual(await policy.check("192.0.2.10", 6380), ["192.0.2.10"]);
 });
 
+Deno.test("the fleet's addresses are refused in every spelling until the next list leaves them out", async () => {
+  const policy = new DestinationPolicy({});
+  await policy.protect("127.0.0.1", 18080);
+  await policy.protectFleet([
+    { hostname: "127.0.0.1", port: 19090 },
+    { hostname: "192.0.2.20", port: 8080 },
+  ]);
+  const fleet = /is a proxy or admin server of the fleet/;
+  for (const host of ["127.0.0.1", "localhost", "127.1", "::ffff:127.0.0.1", "0.0.0.0"]) {
+    await refused(policy, host, 19090, "destination_ip_prohibited", fleet);
+  }
+  await refused(policy, "::ffff:192.0.2.20", 8080, "destination_ip_prohibited", fleet);
+  assert.deepEqual(await policy.check("192.0.2.21", 8080), ["192.0.2.21"]);
+
+  await policy.protectFleet([{ hostname: "192.0.2.20", port: 8080 }]);
+  assert.deepEqual(await policy.check("127.0.0.1", 19090), ["127.0.0.1"], "a worker that left");
+  await refused(policy, "192.0.2.20", 8080, "destination_ip_prohibited", fleet);
+  await refused(policy, "localhost", 18080, "destination_ip_prohibited", /this proxy/);
+});
+
 Deno.test("a protected name that does not resolve yet is refused by name", async () => {
   const policy = new DestinationPolicy({});
   await policy.protect("redis.invalid", 6379);
@@ -228,7 +249,8 @@ Deno.test("without --allow-sys a wildcard listener is still protected on loopbac
     stdin: "piped",
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    clearEnv: true,
+    env: baseEnv(),
   }).spawn();
   const writer = child.stdin.getWriter();
   await writer.write(new TextEncoder().encode(script));

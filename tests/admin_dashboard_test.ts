@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import type { Page } from "playwright-core";
+// deno-lint-ignore no-import-prefix -- test-only packages stay out of deno.json, see tests/deno.lock
+import type { Page } from "npm:playwright-core@1.65.1";
 import { startAdminServer } from "../lib/admin/admin_server.ts";
 import { TableAdminSource } from "./_helpers/admin_source.ts";
 import { chromiumPath, launchChromium, waitForExpression } from "./_helpers/browser.ts";
@@ -175,6 +176,56 @@ Deno.test({
     } finally {
       await browser.close();
       await admin.close();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "a page on another loopback origin cannot make the admin server reload, by fetch or by form",
+  ignore: chromium === null && !inCi,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    assert.ok(chromium !== null, "Chromium is required under CI=true");
+    let reloads = 0;
+    await using proxy = await startProxy({
+      admin: { port: 0 },
+      loadRules: () => {
+        reloads++;
+        return {};
+      },
+    });
+    const target = new URL("/api/reload", proxy.proxy.adminUrl!).href;
+    const html = `<!doctype html><form id="f" method="POST" action="${target}"
+      enctype="text/plain"><input name="a" value="b"></form><script>
+      (async () => {
+        const tries = [
+          { method: "POST", mode: "no-cors" },
+          { method: "POST", mode: "no-cors", body: "x" },
+          { method: "POST", mode: "no-cors", headers: { "content-type": "text/plain" }, body: "{}" },
+        ];
+        for (const init of tries) await fetch(${JSON.stringify(target)}, init).catch(() => {});
+        document.title = "sent";
+      })();
+    </script>`;
+    await using page = Deno.serve(
+      { hostname: "127.0.0.2", port: 0, onListen: () => {} },
+      () => new Response(html, { headers: { "content-type": "text/html" } }),
+    );
+    const browser = await launchChromium(chromium);
+    try {
+      const tab = await browser.newPage();
+      await tab.goto(`http://127.0.0.2:${page.addr.port}/`);
+      await waitForExpression(tab, `document.title === "sent"`, 10_000);
+      const [answer] = await Promise.all([
+        tab.waitForNavigation(),
+        tab.evaluate(`document.getElementById("f").submit()`),
+      ]);
+      assert.equal(answer?.status(), 403);
+      assert.equal(reloads, 0, "no request of the page reloaded the config");
+    } finally {
+      await browser.close();
     }
   },
 });

@@ -57,7 +57,9 @@ Deno.test("PUT /api/limits/{host} sets the limit and GET /api/limits shows it", 
   assert.deepEqual(await res.json(), { host: "api.example.com", limit: 3 });
   assert.equal(source.limitFor("api.example.com"), 3);
   const limits = await call(handler, "GET", "/api/limits");
-  assert.deepEqual(await limits.json(), { default: 5, hosts: { "api.example.com": 3 } });
+  const table = await limits.json();
+  assert.deepEqual([table.default, table.hosts], [5, { "api.example.com": 3 }]);
+  assert.deepEqual(table.sources.hosts, { "api.example.com": "runtime" });
 
   const ipv6 = await call(handler, "PUT", "/api/limits/%5B::1%5D:9000", '{"limit": 2}');
   assert.deepEqual(await ipv6.json(), { host: "[::1]:9000", limit: 2 });
@@ -68,7 +70,8 @@ Deno.test("PUT /api/limits/{host} sets the limit and GET /api/limits shows it", 
 
   const def = await call(handler, "PUT", "/api/limits", '{"default": 7}');
   assert.equal(def.status, 200);
-  assert.deepEqual(await def.json(), { default: 7, hosts: { "[::1]:9000": 2 } });
+  const after = await def.json();
+  assert.deepEqual([after.default, after.hosts], [7, { "[::1]:9000": 2 }]);
   assert.equal(source.table.defaultLimit, 7);
 });
 
@@ -101,7 +104,7 @@ Deno.test("bad limit input gets a problem+json 4xx and changes nothing", async (
     const res = await call(handler, method, path, body, headers);
     await assertProblem(res, status, detail);
   }
-  assert.deepEqual(source.limits, { default: 5, hosts: { "a.example": 2 } });
+  assert.deepEqual([source.defaultLimit, source.table.entries()], [5, { "a.example": 2 }]);
   assert.deepEqual(source.changes, []);
 });
 
@@ -305,4 +308,34 @@ Deno.test("without a token the admin server answers only loopback host names", a
   } finally {
     await admin.close();
   }
+});
+
+Deno.test("a bug in the source is a 500, a Redis failure a 503, and only the handler's own checks a 400", async () => {
+  const source = new TableAdminSource({ defaultLimit: 5 });
+  const handler = createAdminHandler(source);
+  source.setHostLimit = () => {
+    throw new TypeError("Cannot read properties of undefined (reading 'set')");
+  };
+  await assertProblem(
+    await call(handler, "PUT", "/api/limits/a.example", '{"limit": 3}'),
+    500,
+    /Admin request failed: Cannot read properties/,
+  );
+  source.setHostLimit = () => Promise.reject(new Error("Redis did not answer within 300 ms"));
+  await assertProblem(
+    await call(handler, "PUT", "/api/limits/a.example", '{"limit": 3}'),
+    503,
+    /The limit was not changed: Redis did not answer/,
+  );
+  source.setDefaultLimit = () => {
+    throw new RangeError("Invalid array length");
+  };
+  await assertProblem(await call(handler, "PUT", "/api/limits", '{"default": 3}'), 500);
+  // A pattern the rules refuse is bad input, found before the source is asked.
+  await assertProblem(
+    await call(handler, "PUT", "/api/limits/a*b.example", '{"limit": 3}'),
+    400,
+    /Host "a\*b\.example"/,
+  );
+  assert.deepEqual(source.changes, []);
 });

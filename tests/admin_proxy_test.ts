@@ -12,12 +12,11 @@ import {
   statusOf,
   text,
   waitFor,
-  withTimeout,
 } from "./_helpers/raw.ts";
 import { FIXED_BODY, startUpstream, type Upstream } from "./_helpers/upstream.ts";
 import { connectRequest, startProxy, type TestProxy } from "./_helpers/proxy.ts";
+import { runCli, startCli } from "./_helpers/spawn.ts";
 
-const CLI = new URL("../cli.ts", import.meta.url).pathname;
 const ROOT = new URL("..", import.meta.url).pathname;
 
 /** Opens a CONNECT tunnel to the upstream through the proxy; returns the status and the socket. */
@@ -146,7 +145,7 @@ Deno.test("/readyz answers 503 with the reason while the proxy stops, then the a
 Deno.test("PUT and DELETE /api/limits/{host} change what the proxy enforces", async () => {
   await using up = await startUpstream();
   const host = up.authority;
-  await using tp = await startProxy({ hostLimits: { [host]: 1 }, admin: { port: 0 } });
+  await using tp = await startProxy({ rules: { hosts: { [host]: 1 } }, admin: { port: 0 } });
   const base = tp.proxy.adminUrl!;
   const open: BufferedConn[] = [];
   const put = (limit: unknown) =>
@@ -173,18 +172,23 @@ Deno.test("PUT and DELETE /api/limits/{host} change what the proxy enforces", as
     assert.equal((await tunnel(tp, up)).status, 500, "a refused change changes nothing");
 
     const removed = await admin(base, `/api/limits/${host}`, { method: "DELETE" });
-    assert.deepEqual(JSON.parse(removed.body), { host, limit: 0 });
-    const third = await tunnel(tp, up);
-    assert.equal(third.status, 200, "without the override the default (unlimited) applies");
-    open.push(third.c);
+    assert.deepEqual(JSON.parse(removed.body), { host, limit: 1 });
+    open.pop()!.close();
+    await tp.waitCount(host, 1);
+    assert.equal(
+      (await tunnel(tp, up)).status,
+      500,
+      "without the runtime limit the file's 1 holds",
+    );
 
     const defaults = await admin(base, "/api/limits", {
       method: "PUT",
       headers: { "content-type": "application/json" },
       body: '{"default": 3}',
     });
-    assert.deepEqual(JSON.parse(defaults.body), { default: 3, hosts: {} });
-    assert.equal((await tunnel(tp, up)).status, 500, "the new default of 3 holds");
+    const table = JSON.parse(defaults.body);
+    assert.deepEqual([table.default, table.hosts], [3, { [host]: 1 }]);
+    assert.deepEqual(table.sources, { default: "runtime", hosts: { [host]: "file" }, groups: {} });
   } finally {
     for (const c of open) c.close();
   }
@@ -200,7 +204,8 @@ Deno.test("the admin handler mounts in an application's own Deno.serve with its 
   const limits = await admin(base, "/api/limits", {
     headers: { authorization: "Bearer app-secret" },
   });
-  assert.deepEqual(JSON.parse(limits.body), { default: 7, hosts: {} });
+  const table = JSON.parse(limits.body);
+  assert.deepEqual([table.default, table.hosts, table.sources.default], [7, {}, "override"]);
   assert.equal((await admin(base, "/healthz")).status, 200);
 });
 
@@ -211,36 +216,16 @@ Deno.test("an admin address that is not loopback needs a token", () => {
   );
 });
 
-/** Starts the command line; returns the process and a reader of its stderr so far. */
-function spawnCli(
-  args: string[],
-): { child: Deno.ChildProcess; stderr: () => string; done: Promise<void> } {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "-q", CLI, ...args],
-    cwd: ROOT,
-    clearEnv: true,
-    env: { PATH: Deno.env.get("PATH") ?? "", HOME: Deno.env.get("HOME") ?? "", NO_COLOR: "1" },
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  let err = "";
-  const done = (async () => {
-    for await (const s of child.stderr.pipeThrough(new TextDecoderStream())) err += s;
-  })();
-  return { child, stderr: () => err, done };
-}
-
 Deno.test("the CLI with --admin-port 0 and --log-format json logs the admin URL as a JSON line and serves /healthz", async () => {
-  const cli = spawnCli(["--port", "0", "--admin-port", "0", "--log-format", "json"]);
+  await using cli = startCli(["--port", "0", "--admin-port", "0", "--log-format", "json"]);
   try {
     const url: string = await waitFor((): string | undefined => {
-      for (const line of cli.stderr().split("\n").filter(Boolean)) {
+      for (const line of cli.stderr.split("\n").filter(Boolean)) {
         const record = JSON.parse(line);
         if (/^Admin server listening on /.test(record.message)) return record.url as string;
       }
       return undefined;
-    }, () => `the admin URL in:\n${cli.stderr()}`) as string;
+    }, () => `the admin URL in:\n${cli.stderr}`) as string;
     assert.match(url, /^http:\/\/127\.0\.0\.1:\d+\/$/);
     assert.deepEqual(await admin(new URL(url), "/healthz"), {
       status: 200,
@@ -251,10 +236,9 @@ Deno.test("the CLI with --admin-port 0 and --log-format json logs the admin URL 
   } finally {
     cli.child.kill("SIGTERM");
   }
-  assert.equal((await withTimeout(cli.child.status, 20_000, "the CLI to exit")).code, 0);
-  await cli.done;
-  const lines = cli.stderr().trim().split("\n");
-  assert.ok(lines.length >= 3, cli.stderr());
+  assert.equal(await cli.exit(), 0, cli.transcript);
+  const lines = cli.stderr.trim().split("\n");
+  assert.ok(lines.length >= 3, cli.stderr);
   for (const line of lines) {
     const record = JSON.parse(line);
     assert.deepEqual(
@@ -276,13 +260,11 @@ Deno.test("the CLI refuses a non-loopback admin address without a token in one l
       ["--metrics-max-hosts", "-1"],
     ]
   ) {
-    const cli = spawnCli(["--port", "0", ...args]);
-    const status = await withTimeout(cli.child.status, 20_000, "the CLI to exit");
-    await cli.done;
-    assert.equal(status.code, 2, `${args.join(" ")}: ${cli.stderr()}`);
-    assert.equal(cli.stderr().trim().split("\n").length, 1, cli.stderr());
+    const r = await runCli(["--port", "0", ...args]);
+    assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
     assert.match(
-      cli.stderr(),
+      r.stderr,
       /^dprl: --(admin-hostname|admin-port|log-format|metrics-max-hosts) /,
     );
   }

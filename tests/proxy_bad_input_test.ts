@@ -197,41 +197,50 @@ Deno.test("an oversized head at the default limit gets 431", async () => {
   );
 });
 
-Deno.test("head timeout closes a silent client", async () => {
+/** Waits for the proxy to close `c`; what it sent before, as text. */
+async function closedWith(c: BufferedConn): Promise<string> {
+  try {
+    return text(await c.waitClosed());
+  } finally {
+    c.close();
+  }
+}
+
+/** Asserts that `said` is exactly one 408 answer that closes the connection. */
+function assertRequestTimeout(said: string): void {
+  const [head, body] = said.split("\r\n\r\n");
+  assert.match(head, /^HTTP\/1\.1 408 Request Timeout\r\n/, said);
+  assert.match(head, /\r\nConnection: close(\r\n|$)/, said);
+  assert.match(head, /\r\nProxy-Status: dprl; error=http_request_error;/, said);
+  const length = Number(head.match(/\r\nContent-Length: (\d+)/)?.[1]);
+  assert.equal(body.length, length, said);
+}
+
+Deno.test("head timeout closes a silent client quietly and answers a half-sent head 408", async () => {
   await using up = await startUpstream();
   await using tp = await startProxy({ timeouts: { head: 300 } });
-  // Silent from the start.
   const silent = await BufferedConn.connect(tp.addr);
-  try {
-    await silent.waitClosed();
-  } finally {
-    silent.close();
-  }
-  // Silent halfway through a head.
+  assert.equal(await closedWith(silent), "");
   const partial = await BufferedConn.connect(tp.addr);
-  try {
-    await partial.write(`GET ${up.url("/fixed")} HTTP/1.1\r\nHost: `);
-    const rest = text(await partial.waitClosed());
-    // An answer before the close is allowed (408); anything else is not.
-    assert.ok(rest === "" || /^HTTP\/1\.1 408 /.test(rest), rest);
-  } finally {
-    partial.close();
-  }
+  await partial.write(`GET ${up.url("/fixed")} HTTP/1.1\r\nHost: `);
+  assertRequestTimeout(await closedWith(partial));
   assert.equal(up.requests.length, 0);
   await assertStillServes(tp, up);
 });
 
-Deno.test("keep-alive timeout closes a client idle between requests", async () => {
+Deno.test("keep-alive timeout closes a client idle between requests; a half-sent next head gets 408", async () => {
   await using up = await startUpstream();
   await using tp = await startProxy({ timeouts: { keepAlive: 300 } });
-  const c = await BufferedConn.connect(tp.addr);
-  try {
+  for (const next of ["", `GET ${up.url("/fixed")} HTTP/1.1\r\n`]) {
+    const c = await BufferedConn.connect(tp.addr);
     await c.write(request("GET", up.url("/fixed"), { Host: up.authority }));
     assert.equal((await readResponse(c)).status, 200);
-    assert.equal(text(await c.waitClosed()), "");
-  } finally {
-    c.close();
+    if (next) await c.write(next);
+    const said = await closedWith(c);
+    if (next) assertRequestTimeout(said);
+    else assert.equal(said, "");
   }
+  assert.equal(up.requests.length, 2);
 });
 
 Deno.test("a malformed request leaves other connections alone", async () => {

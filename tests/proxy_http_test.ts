@@ -377,21 +377,25 @@ Deno.test("upstream connection refused gets 502 and Proxy-Status connection_refu
   await tp.waitCount(`127.0.0.1:${port}`, 0);
 });
 
-Deno.test("unknown upstream host gets 502 and Proxy-Status destination_not_found", async () => {
-  await using tp = await startProxy({ timeouts: { connect: 20_000 } });
-  const res = await rawExchange(
-    tp.addr,
-    request("GET", "http://dprl-no-such-host.invalid/", {
-      Host: "dprl-no-such-host.invalid",
-    }),
-    { ms: 30_000 },
-  );
-  assert.equal(res.status, 502);
-  assert.match(
-    header(res.head, "proxy-status") ?? "",
-    /^dprl;.*error=destination_not_found/,
-  );
-});
+for (const denyPrivate of [false, true]) {
+  Deno.test(`a name that does not resolve gets 502 dns_error and no system text (denyPrivate ${denyPrivate})`, async () => {
+    await using tp = await startProxy({ timeouts: { connect: 20_000 }, denyPrivate });
+    const res = await rawExchange(
+      tp.addr,
+      request("GET", "http://dprl-no-such-host.invalid/", {
+        Host: "dprl-no-such-host.invalid",
+      }),
+      { ms: 30_000 },
+    );
+    assert.equal(res.status, 502);
+    const proxyStatus = header(res.head, "proxy-status") ?? "";
+    assert.equal(
+      proxyStatus,
+      'dprl; error=dns_error; details="Cannot resolve dprl-no-such-host.invalid"',
+    );
+    assert.equal(text(res.body), "Cannot resolve dprl-no-such-host.invalid\n");
+  });
+}
 
 Deno.test("upstream connect timeout gets 504 and Proxy-Status connection_timeout", async () => {
   // A listener with a full accept queue: the proxy's connect hangs until

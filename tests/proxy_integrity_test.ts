@@ -3,9 +3,18 @@
 // broken response gets a 502, a client that leaves frees its slot at once,
 // and replies carry no internal detail.
 import assert from "node:assert/strict";
-import { BufferedConn, header, rawExchange, readResponse, request, text } from "./_helpers/raw.ts";
+import {
+  BufferedConn,
+  header,
+  rawExchange,
+  type RawResponse,
+  readResponse,
+  request,
+  text,
+  waitFor,
+} from "./_helpers/raw.ts";
 import { blackHole } from "./_helpers/upstream.ts";
-import { startScriptedUpstream } from "./_helpers/scripted_upstream.ts";
+import { type ScriptedUpstream, startScriptedUpstream } from "./_helpers/scripted_upstream.ts";
 import { connectRequest, startProxy } from "./_helpers/proxy.ts";
 
 const CLEAN = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nclean";
@@ -74,24 +83,46 @@ function answerOnceThenDrop() {
   });
 }
 
-Deno.test("a POST on a reused connection that closes unanswered is sent once and answered 502", async () => {
-  await using up = answerOnceThenDrop();
+/**
+ * Through a fresh proxy: a GET, then a `method` request on the same client
+ * connection (and so on the pooled upstream connection); its response.
+ */
+async function onReusedConnection(
+  up: ScriptedUpstream,
+  method: string,
+  headers: Record<string, string>,
+): Promise<RawResponse> {
   await using tp = await startProxy();
   const c = await BufferedConn.connect(tp.addr);
   try {
     await c.write(request("GET", up.url("/first"), { Host: up.authority }));
     assert.equal((await readResponse(c)).status, 200);
-    await c.write(
-      request("POST", up.url("/pay"), { Host: up.authority, "Content-Length": "0" }),
-    );
-    const res = await readResponse(c);
-    assert.equal(res.status, 502);
-    assert.match(header(res.head, "proxy-status") ?? "", /error=http_response_incomplete/);
+    await c.write(request(method, up.url("/again"), headers));
+    return await readResponse(c);
   } finally {
     c.close();
   }
-  assert.equal(up.heads.filter((h) => h.startsWith("POST")).length, 1);
-});
+}
+
+for (
+  const [what, extra] of [
+    ["a POST", { "Content-Length": "0" }],
+    [
+      "a POST whose Idempotency-Key the Connection field strips",
+      { "Idempotency-Key": "abc123", Connection: "Idempotency-Key" },
+    ],
+  ] as const
+) {
+  Deno.test(`${what} on a reused connection that closes unanswered is sent once and answered 502`, async () => {
+    await using up = answerOnceThenDrop();
+    const res = await onReusedConnection(up, "POST", { Host: up.authority, ...extra });
+    assert.equal(res.status, 502);
+    assert.match(header(res.head, "proxy-status") ?? "", /error=http_response_incomplete/);
+    const posts = up.heads.filter((h) => h.startsWith("POST"));
+    assert.equal(posts.length, 1, "sent once");
+    assert.doesNotMatch(posts[0], /idempotency-key/i, "a stripped key stays stripped");
+  });
+}
 
 for (
   const [what, method, extra] of [
@@ -101,18 +132,9 @@ for (
 ) {
   Deno.test(`${what} on a reused connection that closes unanswered is retried on a fresh one`, async () => {
     await using up = answerOnceThenDrop();
-    await using tp = await startProxy();
-    const c = await BufferedConn.connect(tp.addr);
-    try {
-      await c.write(request("GET", up.url("/first"), { Host: up.authority }));
-      assert.equal((await readResponse(c)).status, 200);
-      await c.write(request(method, up.url("/again"), { Host: up.authority, ...extra }));
-      const res = await readResponse(c);
-      assert.equal(res.status, 200);
-      assert.equal(text(res.body), "clean");
-    } finally {
-      c.close();
-    }
+    const res = await onReusedConnection(up, method, { Host: up.authority, ...extra });
+    assert.equal(res.status, 200);
+    assert.equal(text(res.body), "clean");
     assert.equal(up.accepted, 2);
   });
 }
@@ -146,19 +168,28 @@ for (
   });
 }
 
-Deno.test("a client that leaves while the dial hangs frees its slot at once", async () => {
+Deno.test("a client that leaves while the dial hangs frees its slot at once, no upstream failure", async () => {
   using hole = await blackHole();
   await using tp = await startProxy({
     defaultMaxConnectionsPerHost: 1,
     timeouts: { connect: 120_000 },
+    admin: { port: 0 },
   });
-  for (const req of [connectRequest(hole.authority), request("GET", `http://${hole.authority}/`)]) {
+  const metrics = async () => await (await fetch(new URL("/metrics", tp.proxy.adminUrl!))).text();
+  for (
+    const req of [
+      connectRequest(hole.authority),
+      request("GET", `http://${hole.authority}/`, { Host: hole.authority }),
+    ]
+  ) {
     const c = await BufferedConn.connect(tp.addr);
     await c.write(req);
     await tp.waitCount(hole.authority, 1);
     c.close();
     await tp.waitCount(hole.authority, 0);
   }
+  await waitFor(async () => /^dprl_client_connections 0$/m.test(await metrics()), "clients gone");
+  assert.doesNotMatch(await metrics(), /^dprl_upstream_errors_total\{.*\} [1-9]/m);
 });
 
 /** Reads a request head and holds it unanswered until the proxy closes. */
@@ -196,7 +227,7 @@ Deno.test("a client that leaves with pipelined requests queued frees its slot at
 Deno.test("error replies name the problem without internal detail", async () => {
   await using tp = await startProxy();
   for (const target of ["http://a..b/", "http://255.255.255.255:9/"]) {
-    const res = await rawExchange(tp.addr, request("GET", target));
+    const res = await rawExchange(tp.addr, request("GET", target, { Host: new URL(target).host }));
     assert.ok(res.status >= 400, `${target}: ${res.status}`);
     const said = text(res.body) + (header(res.head, "proxy-status") ?? "");
     assert.doesNotMatch(said, /FQDN|os error|label/i, `${target}: ${said}`);

@@ -2,7 +2,7 @@
 // first served, up to the queue timeout; a full line, a timeout and a plain
 // refusal carry Retry-After; a client that leaves its place holds nothing.
 import assert from "node:assert/strict";
-import { BufferedConn, header, readResponse, request, text } from "./_helpers/raw.ts";
+import { BufferedConn, header, readResponse, request, text, waitFor } from "./_helpers/raw.ts";
 import { startUpstream } from "./_helpers/upstream.ts";
 import { connectRequest, startProxy } from "./_helpers/proxy.ts";
 
@@ -98,6 +98,31 @@ Deno.test("a client that disconnects while queued leaves the line and holds noth
   assert.equal(up.accepted, 1, "one upstream connection served both");
 });
 
+Deno.test("clients that leave the line count as no upstream failure", async () => {
+  await using up = await startUpstream();
+  await using tp = await startProxy({
+    defaultMaxConnectionsPerHost: 1,
+    queueTimeout: 20_000,
+    admin: { port: 0 },
+  });
+  const metrics = async () => await (await fetch(new URL("/metrics", tp.proxy.adminUrl!))).text();
+  const gauge = async (name: string) =>
+    Number((await metrics()).match(new RegExp(`^${name} (\\d+)$`, "m"))?.[1]);
+  const holder = exchange(tp.addr, request("GET", up.url("/slow"), { Host: up.authority }));
+  await up.waitHeld(1);
+  const leavers = await Promise.all([0, 1, 2].map(() => BufferedConn.connect(tp.addr)));
+  for (const c of leavers) await c.write(request("GET", up.url("/fixed"), { Host: up.authority }));
+  await waitFor(async () => await gauge('dprl_queued\\{host="[^"]+"\\}') === 3, "3 in line");
+  for (const c of leavers) c.close();
+  // Their sessions have ended once only the holder's connection is open.
+  await waitFor(async () => await gauge("dprl_client_connections") === 1, "leavers gone");
+  up.release();
+  assert.equal((await holder).status, 200);
+  const text = await metrics();
+  assert.doesNotMatch(text, /^dprl_upstream_errors_total\{.*\} [1-9]/m);
+  assert.doesNotMatch(text, /^dprl_client_errors_total/m);
+});
+
 Deno.test("a full line is refused at once with Retry-After and details queue full", async () => {
   await using up = await startUpstream();
   await using tp = await startProxy({
@@ -131,6 +156,26 @@ Deno.test("a wait past the queue timeout gets the reject status, Retry-After and
   assert.equal(late.status, 429);
   assert.match(late.proxyStatus, /error=connection_limit_reached; details="waited [0-9.]+s"/);
   assert.match(late.retryAfter ?? "", /^[1-9][0-9]*$/);
+  up.release();
+  assert.equal((await holder).status, 200);
+});
+
+Deno.test("a wait past the queue timeout lasts the full timeout and reports what it waited", async () => {
+  await using up = await startUpstream();
+  await using tp = await startProxy({ defaultMaxConnectionsPerHost: 1, queueTimeout: 1000 });
+  const holder = exchange(tp.addr, request("GET", up.url("/slow"), { Host: up.authority }));
+  await up.waitHeld(1);
+  // Arrivals at different offsets (not a synchronisation): a wait must not
+  // depend on where it starts relative to any periodic timer of the proxy.
+  for (const offset of [0, 80, 160]) {
+    await sleep(offset);
+    const started = performance.now();
+    const late = await exchange(tp.addr, request("GET", up.url("/fixed"), { Host: up.authority }));
+    const elapsed = performance.now() - started;
+    const waited = 1000 * Number(late.proxyStatus.match(/details="waited ([0-9.]+)s"/)?.[1]);
+    assert.ok(elapsed >= 1000, `refused after ${elapsed.toFixed(1)} ms`);
+    assert.ok(waited >= 1000 && waited <= elapsed, `said ${waited} ms, took ${elapsed.toFixed(1)}`);
+  }
   up.release();
   assert.equal((await holder).status, 200);
 });

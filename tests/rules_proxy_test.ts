@@ -65,8 +65,14 @@ async function startProxy(options: ProxyRateLimiterOptions): Promise<ProxyRateLi
   return proxy;
 }
 
-async function api(proxy: ProxyRateLimiter, path: string, init?: RequestInit) {
-  const res = await proxy.adminHandler()(new Request(`http://admin${path}`, init));
+/** The admin API with a token: in distributed mode a change needs one. */
+async function api(proxy: ProxyRateLimiter, path: string, init: RequestInit = {}) {
+  const token = "rules-test-token";
+  const headers = new Headers(init.headers);
+  headers.set("authorization", `Bearer ${token}`);
+  const res = await proxy.adminHandler({ token })(
+    new Request(`http://admin${path}`, { ...init, headers }),
+  );
   return { status: res.status, body: await res.text() };
 }
 

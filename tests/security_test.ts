@@ -128,7 +128,8 @@ Deno.test("a raw request without credentials gets 407 with the Basic challenge, 
       get(up.url("/fixed")),
       get(up.url("/fixed"), { "Proxy-Authorization": `Basic ${wrong}` }),
       connectRequest(up.authority),
-      `CONNECT ${up.authority} HTTP/1.1\r\nProxy-Authorization: Basic ${wrong}\r\n\r\n`,
+      `CONNECT ${up.authority} HTTP/1.1\r\nHost: ${up.authority}\r\n` +
+      `Proxy-Authorization: Basic ${wrong}\r\n\r\n`,
     ]
   ) {
     const res = await refusal(proxy, req);
@@ -194,7 +195,8 @@ Deno.test("Proxy-Authorization never reaches the upstream and is never logged", 
     const c = await BufferedConn.connect(proxy.addr);
     try {
       await c.write(
-        `CONNECT ${up.authority} HTTP/1.1\r\nProxy-Authorization: Basic ${CREDENTIALS}\r\n\r\n`,
+        `CONNECT ${up.authority} HTTP/1.1\r\nHost: ${up.authority}\r\n` +
+          `Proxy-Authorization: Basic ${CREDENTIALS}\r\n\r\n`,
       );
       assert.equal(await tunnelStatus(c), 200);
       await c.write(get(up.url("/fixed")));

@@ -9,7 +9,13 @@ import { type Cidr, parseCidr, parseIp } from "./cidr.ts";
 import { ProxyAuth } from "./proxy_auth.ts";
 import { DEFAULTS } from "../defaults.ts";
 
-export { parseHtpasswd, parseUsers, PROXY_AUTHENTICATE } from "./proxy_auth.ts";
+export {
+  AuthBusyError,
+  checkUsers,
+  parseHtpasswd,
+  parseUsers,
+  PROXY_AUTHENTICATE,
+} from "./proxy_auth.ts";
 
 /** Client addresses whose answer is remembered, at most. */
 const SEEN_MAX = 4096;
@@ -82,11 +88,16 @@ export class ClientPolicy {
 
   /**
    * The user named by a valid `Proxy-Authorization` value (Basic scheme), or
-   * `null` (no, malformed or wrong credentials). Plain passwords and cached
-   * bcrypt results answer synchronously; a first bcrypt check is a promise.
+   * `null` (no, malformed or wrong credentials). Right plain passwords and
+   * cached bcrypt results answer synchronously; a first bcrypt check is a
+   * promise, which rejects with `AuthBusyError` when the client at
+   * `address` has its share of bcrypt checks waiting.
    */
-  authenticate(proxyAuthorization: string | undefined): Promise<string | null> | string | null {
-    return this.#auth.authenticate(proxyAuthorization);
+  authenticate(
+    proxyAuthorization: string | undefined,
+    address = "",
+  ): Promise<string | null> | string | null {
+    return this.#auth.authenticate(proxyAuthorization, address);
   }
 
   /**

@@ -70,15 +70,10 @@ export class DestinationPolicy {
   readonly #denyAddresses: boolean;
   readonly #denyPrivate: boolean;
   readonly #resolveTimeout: number;
-  /** Every protected port. */
-  readonly #ports = new Set<number>();
-  /** Ports protected on every address of this machine. */
-  readonly #localPorts = new Set<number>();
-  /** Protected remote addresses (canonical text) and their ports. */
-  readonly #exact = new Map<string, Set<number>>();
-  /** Protected names that did not resolve yet, and their ports. */
-  readonly #pending = new Map<string, Set<number>>();
-  #pendingAt = 0;
+  /** This proxy's own addresses and its Redis. */
+  readonly #own: ProtectedAddresses;
+  /** The proxy and admin addresses of the other workers of the fleet. */
+  #fleet: ProtectedAddresses;
   #interfaces = new Set<string>();
   #interfacesAt = -Infinity;
   #interfacesVisible = false;
@@ -92,6 +87,16 @@ export class DestinationPolicy {
     this.#denyAddresses = this.#deny.some((r) => r.cidr !== undefined);
     this.#denyPrivate = options.denyPrivate ?? false;
     this.#resolveTimeout = options.resolveTimeout ?? DEFAULTS.timeouts.connect;
+    this.#own = this.#protectedAddresses("this proxy or its Redis");
+    this.#fleet = this.#protectedAddresses("a proxy or admin server of the fleet");
+  }
+
+  #protectedAddresses(what: string): ProtectedAddresses {
+    return new ProtectedAddresses({
+      what,
+      isLocal: (ip) => this.#isLocal(ip),
+      resolveTimeout: this.#resolveTimeout,
+    });
   }
 
   /**
@@ -112,33 +117,19 @@ export class DestinationPolicy {
    * address: loopback, unspecified and, when visible, each interface's.
    */
   async protect(hostname: string, port: number): Promise<void> {
-    const host = normalizeHost(hostname);
-    this.#ports.add(port);
-    if (host === "") {
-      this.#localPorts.add(port);
-      return;
-    }
-    let addresses: string[];
-    if (parseIp(host)) {
-      addresses = [host];
-    } else {
-      try {
-        addresses = await resolveHost(host, this.#resolveTimeout);
-      } catch {
-        const ports = this.#pending.get(host) ?? new Set();
-        this.#pending.set(host, ports.add(port));
-        return;
-      }
-    }
-    for (const text of addresses) {
-      const ip = unmapIp(parseIp(text)!);
-      if (this.#isLocal(ip)) {
-        this.#localPorts.add(port);
-      } else {
-        const key = formatIp(ip);
-        this.#exact.set(key, (this.#exact.get(key) ?? new Set()).add(port));
-      }
-    }
+    await this.#own.add(hostname, port);
+  }
+
+  /**
+   * Refuses the proxy and admin addresses of the fleet's other workers
+   * (from the worker registry), protected as {@linkcode protect} does;
+   * replaces the previous list, so that a worker that left is reachable
+   * again. Resolves once the new list is in force.
+   */
+  async protectFleet(members: readonly { hostname: string; port: number }[]): Promise<void> {
+    const next = this.#protectedAddresses("a proxy or admin server of the fleet");
+    for (const { hostname, port } of members) await next.add(hostname, port);
+    this.#fleet = next;
   }
 
   /**
@@ -169,12 +160,13 @@ export class DestinationPolicy {
     }
     const nameAllowed = this.#allow.length === 0 || this.#allowNames.some(nameMatches);
     if (!nameAllowed && this.#allowAddresses.length === 0) throw this.#notAllowed(shown);
-    if (this.#pending.size > 0 && this.#ports.has(port)) await this.#retryPending();
+    const guards = [this.#own, this.#fleet].filter((g) => g.guards(port));
+    for (const g of guards) await g.retryPending();
 
     const needsAddresses = !nameAllowed || this.#denyPrivate || this.#denyAddresses ||
-      this.#ports.has(port);
+      guards.length > 0;
     if (!literal && !needsAddresses) return [host];
-    if (!literal && this.#pending.get(host)?.has(port)) throw this.#protected(shown, host);
+    for (const g of guards) if (!literal && g.isPending(host, port)) g.refuse(shown, host);
 
     const addresses = literal ? [host] : await resolveHost(host, this.#resolveTimeout);
     for (const text of addresses) {
@@ -186,7 +178,7 @@ export class DestinationPolicy {
           "destination_ip_prohibited",
         );
       }
-      if (this.#isProtected(ip, port)) throw this.#protected(shown, text);
+      for (const g of guards) if (g.has(ip, port)) g.refuse(shown, text);
       if (this.#denyPrivate && isPrivateAddress(ip)) {
         throw new DestinationRefusedError(
           `Destination ${where} is a private address`,
@@ -214,26 +206,6 @@ export class DestinationPolicy {
     );
   }
 
-  #protected(shown: string, address: string): DestinationRefusedError {
-    const where = shown.startsWith(address) || shown.startsWith(`[${address}]`)
-      ? shown
-      : `${shown} (${address})`;
-    return new DestinationRefusedError(
-      `Destination ${where} is this proxy or its Redis`,
-      "destination_ip_prohibited",
-    );
-  }
-
-  #isProtected(ip: IpAddress, port: number): boolean {
-    if (!this.#ports.has(port)) return false;
-    const addr = unmapIp(ip);
-    for (const candidate of [addr, ...embeddedIpv4(addr)]) {
-      if (this.#exact.get(formatIp(candidate))?.has(port)) return true;
-      if (this.#localPorts.has(port) && this.#isLocal(candidate)) return true;
-    }
-    return false;
-  }
-
   #isLocal(ip: IpAddress): boolean {
     return LOOPBACK_OR_UNSPECIFIED.some((r) => r.contains(ip)) ||
       this.#localAddresses().has(formatIp(ip));
@@ -256,15 +228,108 @@ export class DestinationPolicy {
     this.#interfaces = found;
     return found;
   }
+}
 
-  async #retryPending(): Promise<void> {
+/** Options of a {@linkcode ProtectedAddresses}. */
+interface ProtectedAddressesOptions {
+  /** What the addresses are, for the refusal: "this proxy or its Redis". */
+  what: string;
+  /** Whether an address is one of this machine's. */
+  isLocal: (ip: IpAddress) => boolean;
+  /** Time a name resolution may take, in milliseconds. */
+  resolveTimeout: number;
+}
+
+/** A set of `address:port` that are refused in every spelling. */
+class ProtectedAddresses {
+  readonly #o: ProtectedAddressesOptions;
+  /** Every protected port. */
+  readonly #ports = new Set<number>();
+  /** Ports protected on every address of this machine. */
+  readonly #localPorts = new Set<number>();
+  /** Protected remote addresses (canonical text) and their ports. */
+  readonly #exact = new Map<string, Set<number>>();
+  /** Protected names that did not resolve yet, and their ports. */
+  readonly #pending = new Map<string, Set<number>>();
+  #pendingAt = 0;
+
+  constructor(options: ProtectedAddressesOptions) {
+    this.#o = options;
+  }
+
+  /** Protects `hostname:port` (see {@linkcode DestinationPolicy.protect}). */
+  async add(hostname: string, port: number): Promise<void> {
+    const host = normalizeHost(hostname);
+    this.#ports.add(port);
+    if (host === "") {
+      this.#localPorts.add(port);
+      return;
+    }
+    let addresses: string[];
+    if (parseIp(host)) {
+      addresses = [host];
+    } else {
+      try {
+        addresses = await resolveHost(host, this.#o.resolveTimeout);
+      } catch {
+        const ports = this.#pending.get(host) ?? new Set();
+        this.#pending.set(host, ports.add(port));
+        return;
+      }
+    }
+    for (const text of addresses) {
+      const ip = unmapIp(parseIp(text)!);
+      if (this.#o.isLocal(ip)) {
+        this.#localPorts.add(port);
+      } else {
+        const key = formatIp(ip);
+        this.#exact.set(key, (this.#exact.get(key) ?? new Set()).add(port));
+      }
+    }
+  }
+
+  /** Whether some address is protected on `port`. */
+  guards(port: number): boolean {
+    return this.#ports.has(port);
+  }
+
+  /** Whether `host` is a protected name on `port` that did not resolve yet. */
+  isPending(host: string, port: number): boolean {
+    return this.#pending.get(host)?.has(port) ?? false;
+  }
+
+  /** Whether `ip:port` is protected, in any of the address's IPv6 spellings. */
+  has(ip: IpAddress, port: number): boolean {
+    if (!this.#ports.has(port)) return false;
+    const addr = unmapIp(ip);
+    for (const candidate of [addr, ...embeddedIpv4(addr)]) {
+      if (this.#exact.get(formatIp(candidate))?.has(port)) return true;
+      if (this.#localPorts.has(port) && this.#o.isLocal(candidate)) return true;
+    }
+    return false;
+  }
+
+  /** Throws the refusal of `shown`, which is (or resolved to) a protected `address`. */
+  refuse(shown: string, address: string): never {
+    const where = shown.startsWith(address) || shown.startsWith(`[${address}]`)
+      ? shown
+      : `${shown} (${address})`;
+    throw new DestinationRefusedError(
+      `Destination ${where} is ${this.#o.what}`,
+      "destination_ip_prohibited",
+    );
+  }
+
+  /** Resolves the pending names again, at most every few seconds. */
+  async retryPending(): Promise<void> {
+    if (this.#pending.size === 0) return;
     const now = Date.now();
     if (now - this.#pendingAt < INTERFACES_TTL_MS) return;
     this.#pendingAt = now;
     const pending = [...this.#pending];
     this.#pending.clear();
     for (const [host, ports] of pending) {
-      for (const port of ports) await this.protect(host, port);
+      for (const port of ports) await this.add(host, port);
     }
   }
 }

@@ -36,12 +36,8 @@ export async function resolveHost(hostname: string, timeoutMs: number): Promise<
     return addresses;
   } catch (err) {
     if (err instanceof HttpError) throw err;
-    const code = (err as { code?: string }).code;
-    throw new HttpError(
-      502,
-      `Cannot resolve ${hostname}${code ? ` (${code})` : ""}`,
-      "dns_error",
-    );
+    // The system's reason (e.g. ENOTFOUND) goes to the log only.
+    throw new HttpError(502, `Cannot resolve ${hostname}`, "dns_error", err);
   } finally {
     clearTimeout(timer);
   }

@@ -9,11 +9,13 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import { DEFAULTS } from "../defaults.ts";
 import { hostKey } from "../limit/host_key.ts";
+import { parseHostPattern } from "../limit/rules/rules.ts";
 import { type HostSummary, summarizeHosts } from "../metrics/host_summary.ts";
 import { PROMETHEUS_CONTENT_TYPE, renderPrometheus } from "../metrics/prometheus.ts";
 import { REFUSAL_REASONS } from "../metrics/proxy_stats.ts";
 import type { AdminSource } from "./admin_source.ts";
 import { DASHBOARD_CSP, DASHBOARD_HTML } from "./dashboard.ts";
+import { InvalidInput, Problem } from "./problem.ts";
 
 /** Options of {@linkcode createAdminHandler}. */
 export interface AdminHandlerOptions {
@@ -35,13 +37,43 @@ const MAX_BODY = 64 * 1024;
 const HOSTS_PAGE = 100;
 /** Characters of a host key as it may appear in a limit (wildcards included). */
 const HOST_PATTERN = /^[a-z0-9._*\-]+(:[0-9]{1,5})?$|^\[[0-9a-f:.]+\](:[0-9]{1,5})?$/;
+const JSON_TYPE = /^application\/(.+\+)?json\s*(;|$)/i;
 
-type Handler = (req: Request, url: URL, rest: string) => Promise<Response> | Response;
+/** One admin request as an endpoint sees it. */
+interface Call {
+  req: Request;
+  url: URL;
+  /** The `{host}` segment of the path, still percent-encoded. */
+  host?: string;
+  source: AdminSource;
+  maxHosts: number;
+}
+
+type Endpoint = (call: Call) => Response | Promise<Response>;
+
 interface Route {
-  /** Exact path, or a prefix ending in `/` that takes one more segment. */
-  path: string;
-  methods: Record<string, Handler>;
+  pattern: URLPattern;
+  methods: Record<string, Endpoint>;
+  /** Served without the token. */
   open?: boolean;
+}
+
+const ROUTES: Route[] = [
+  route("/healthz", { GET: healthz }, true),
+  route("/readyz", { GET: readyz }, true),
+  route("/", { GET: dashboard }, true),
+  route("/metrics", { GET: metrics }),
+  route("/api/status", { GET: status }),
+  route("/api/hosts", { GET: listHosts }),
+  route("/api/hosts/:host", { GET: showHost }),
+  route("/api/limits", { GET: showLimits, PUT: setDefaultLimit }),
+  route("/api/limits/:host", { PUT: setHostLimit, DELETE: removeHostLimit }),
+  route("/api/reload", { POST: reload }),
+  route("/api/workers", { GET: workers }),
+];
+
+function route(pathname: string, methods: Record<string, Endpoint>, open = false): Route {
+  return { pattern: new URLPattern({ pathname }), methods, open };
 }
 
 /**
@@ -67,240 +99,200 @@ export function createAdminHandler(
   options: AdminHandlerOptions = {},
 ): (req: Request) => Promise<Response> {
   const token = options.token;
-  if (token !== undefined) checkToken(token);
+  if (token !== undefined && !/^[!-~]+$/.test(token)) {
+    throw new RangeError("Admin token must be non-empty printable ASCII without spaces");
+  }
   const tokenDigest = token === undefined ? undefined : digest(token);
   const maxHosts = options.metricsMaxHosts ?? DEFAULTS.metricsMaxHosts;
   if (!Number.isSafeInteger(maxHosts) || maxHosts < 0) {
     throw new RangeError(`Metrics max hosts must be a non-negative integer, got ${maxHosts}`);
   }
-
-  const hostRows = (): HostSummary[] =>
-    summarizeHosts({
-      stats: source.stats.hosts(),
-      hosts: source.hosts(),
-      limitFor: (host) => source.limitFor(host),
-    });
-
-  const routes: Route[] = [
-    {
-      path: "/healthz",
-      open: true,
-      methods: { GET: () => text(200, "ok\n") },
-    },
-    {
-      path: "/readyz",
-      open: true,
-      methods: {
-        GET: () => {
-          const ready = source.ready();
-          return ready.ok
-            ? text(200, "ready\n")
-            : text(503, `not ready: ${ready.reason ?? "unknown"}\n`);
-        },
-      },
-    },
-    {
-      path: "/",
-      open: true,
-      methods: {
-        GET: () =>
-          new Response(DASHBOARD_HTML, {
-            headers: {
-              "content-type": "text/html; charset=utf-8",
-              "content-security-policy": DASHBOARD_CSP,
-              "x-content-type-options": "nosniff",
-              "referrer-policy": "no-referrer",
-              "cache-control": "no-store",
-            },
-          }),
-      },
-    },
-    {
-      path: "/metrics",
-      methods: {
-        GET: () => {
-          const body = renderPrometheus({
-            stats: source.stats,
-            hosts: source.hosts(),
-            limitFor: (host) => source.limitFor(host),
-            defaultLimit: source.limits.default,
-            version: source.version,
-            startedAt: source.startedAt,
-            redisUp: source.redisUp(),
-            distributed: source.mode === "redis",
-            maxHosts,
-          });
-          return new Response(body, {
-            headers: { "content-type": PROMETHEUS_CONTENT_TYPE, "cache-control": "no-store" },
-          });
-        },
-      },
-    },
-    {
-      path: "/api/status",
-      methods: {
-        GET: () => {
-          const stats = source.stats;
-          const redis = source.redisUp();
-          return json(200, {
-            version: source.version,
-            startedAt: new Date(source.startedAt).toISOString(),
-            uptimeSeconds: Math.max(0, Math.floor((Date.now() - source.startedAt) / 1000)),
-            mode: source.mode,
-            redis: redis === null ? null : redis ? "up" : "down",
-            workerId: source.workerId ?? null,
-            proxyUrl: source.proxyUrl?.href ?? null,
-            adminUrl: source.adminUrl?.href ?? null,
-            ready: source.ready(),
-            defaultLimit: source.limits.default,
-            clientConnections: stats.clientConnections,
-            requests: stats.requests,
-            bytesRelayed: stats.bytesRelayed,
-          });
-        },
-      },
-    },
-    {
-      path: "/api/hosts",
-      methods: {
-        GET: (_req, url) => {
-          const param = url.searchParams.get("limit");
-          let limit = HOSTS_PAGE;
-          if (param !== null) {
-            limit = Number(param);
-            if (!/^[0-9]{1,6}$/.test(param) || limit < 1) {
-              return problem(
-                400,
-                `Query parameter limit must be an integer from 1, got "${param}"`,
-              );
-            }
-          }
-          const rows = hostRows();
-          return json(200, { total: rows.length, hosts: rows.slice(0, limit).map(hostJson) });
-        },
-      },
-    },
-    {
-      path: "/api/hosts/",
-      methods: {
-        GET: (_req, _url, rest) => {
-          const host = parseHost(rest);
-          if (host instanceof Response) return host;
-          const row = hostRows().find((r) => r.host === host) ??
-            { host, open: 0, idle: 0, queued: 0, limit: source.limitFor(host) };
-          return json(200, hostJson(row));
-        },
-      },
-    },
-    {
-      path: "/api/limits",
-      methods: {
-        GET: () => json(200, limitsJson(source)),
-        PUT: async (req) => {
-          const body = await readJson(req, "default");
-          if (body instanceof Response) return body;
-          const bad = await tryChange(() => source.setDefaultLimit(body));
-          return bad ?? json(200, limitsJson(source));
-        },
-      },
-    },
-    {
-      path: "/api/limits/",
-      methods: {
-        PUT: async (req, _url, rest) => {
-          const host = parseHost(rest);
-          if (host instanceof Response) return host;
-          const body = await readJson(req, "limit");
-          if (body instanceof Response) return body;
-          const bad = await tryChange(() => source.setHostLimit(host, body));
-          return bad ?? json(200, { host, limit: source.limitFor(host) });
-        },
-        DELETE: async (_req, _url, rest) => {
-          const host = parseHost(rest);
-          if (host instanceof Response) return host;
-          const bad = await tryChange(() => source.removeHostLimit(host));
-          return bad ?? json(200, { host, limit: source.limitFor(host) });
-        },
-      },
-    },
-    {
-      path: "/api/reload",
-      methods: {
-        POST: async () => {
-          if (source.reload === undefined) {
-            return problem(404, "The proxy has no config file to reload");
-          }
-          const result = await source.reload();
-          return result.ok
-            ? json(200, { reloaded: true, changes: result.changes })
-            : problem(422, `The config file is invalid; the old rules stay: ${result.error}`);
-        },
-      },
-    },
-    {
-      path: "/api/workers",
-      methods: {
-        GET: async () => {
-          if (source.workers === undefined) {
-            return problem(404, "Workers are listed only in distributed mode");
-          }
-          try {
-            const workers = await source.workers();
-            return json(200, { workers });
-          } catch (err) {
-            return problem(503, `Workers cannot be listed: ${message(err)}`);
-          }
-        },
-      },
-    },
-  ];
-
   return async (req: Request): Promise<Response> => {
-    let url: URL;
-    try {
-      url = new URL(req.url);
-    } catch {
-      return problem(400, "Request URL cannot be parsed");
-    }
-    const path = url.pathname;
-    let route: Route | undefined;
-    let rest = "";
-    for (const r of routes) {
-      if (r.path === path) {
-        route = r;
-        break;
-      }
-      if (r.path.endsWith("/") && r.path !== "/" && path.startsWith(r.path)) {
-        rest = path.slice(r.path.length);
-        if (rest !== "" && !rest.includes("/")) {
-          route = r;
-          break;
-        }
-      }
-    }
-    if (tokenDigest !== undefined && !route?.open && !authorized(req, tokenDigest)) {
-      const res = problem(401, "This endpoint needs an Authorization: Bearer token");
-      res.headers.set("www-authenticate", 'Bearer realm="dprl admin"');
-      return res;
-    }
-    if (route === undefined) return problem(404, `No endpoint at ${path}`);
-    const head = req.method === "HEAD";
-    const handler = route.methods[head ? "GET" : req.method];
-    if (handler === undefined) {
-      const allow = Object.keys(route.methods);
-      if (allow.includes("GET")) allow.push("HEAD");
-      const res = problem(405, `Method ${req.method} is not allowed on ${path}`);
-      res.headers.set("allow", allow.join(", "));
-      return res;
-    }
     let res: Response;
     try {
-      res = await handler(req, url, rest);
+      res = await dispatch(req, { source, maxHosts, tokenDigest });
     } catch (err) {
-      res = problem(500, `Admin request failed: ${message(err)}`);
+      res = err instanceof Problem
+        ? err.response()
+        : new Problem(500, `Admin request failed: ${message(err)}`).response();
     }
-    return head ? new Response(null, { status: res.status, headers: res.headers }) : res;
+    return req.method === "HEAD"
+      ? new Response(null, { status: res.status, headers: res.headers })
+      : res;
   };
+}
+
+/** Finds the endpoint, checks the token and the request, and calls it. */
+function dispatch(
+  req: Request,
+  o: { source: AdminSource; maxHosts: number; tokenDigest?: Uint8Array },
+): Response | Promise<Response> {
+  let url: URL;
+  try {
+    url = new URL(req.url);
+  } catch {
+    throw new InvalidInput("Request URL cannot be parsed");
+  }
+  const path = url.pathname;
+  let found: { route: Route; host?: string } | undefined;
+  for (const route of ROUTES) {
+    const match = route.pattern.exec({ pathname: path });
+    if (match) {
+      found = { route, host: match.pathname.groups.host };
+      break;
+    }
+  }
+  if (o.tokenDigest !== undefined && !found?.route.open && !authorized(req, o.tokenDigest)) {
+    throw new Problem(401, "This endpoint needs an Authorization: Bearer token", {
+      "www-authenticate": 'Bearer realm="dprl admin"',
+    });
+  }
+  if (found === undefined) throw new Problem(404, `No endpoint at ${path}`);
+  const methods = found.route.methods;
+  const endpoint = methods[req.method === "HEAD" ? "GET" : req.method];
+  if (endpoint === undefined) {
+    const allow = Object.keys(methods);
+    if (allow.includes("GET")) allow.push("HEAD");
+    throw new Problem(405, `Method ${req.method} is not allowed on ${path}`, {
+      allow: allow.join(", "),
+    });
+  }
+  if (req.method !== "GET" && req.method !== "HEAD") {
+    checkChange(req, url, o.tokenDigest === undefined && o.source.mode === "redis");
+  }
+  return endpoint({ req, url, host: found.host, source: o.source, maxHosts: o.maxHosts });
+}
+
+function healthz(): Response {
+  return text(200, "ok\n");
+}
+
+function readyz({ source }: Call): Response {
+  const ready = source.ready();
+  return ready.ok ? text(200, "ready\n") : text(503, `not ready: ${ready.reason ?? "unknown"}\n`);
+}
+
+function dashboard(): Response {
+  return new Response(DASHBOARD_HTML, {
+    headers: {
+      "content-type": "text/html; charset=utf-8",
+      "content-security-policy": DASHBOARD_CSP,
+      "x-content-type-options": "nosniff",
+      "referrer-policy": "no-referrer",
+      "cache-control": "no-store",
+    },
+  });
+}
+
+function metrics({ source, maxHosts }: Call): Response {
+  const body = renderPrometheus({
+    stats: source.stats,
+    hosts: source.hosts(),
+    limitFor: (host) => source.limitFor(host),
+    defaultLimit: source.defaultLimit,
+    version: source.version,
+    startedAt: source.startedAt,
+    redisUp: source.redisUp(),
+    distributed: source.mode === "redis",
+    maxHosts,
+  });
+  return new Response(body, {
+    headers: { "content-type": PROMETHEUS_CONTENT_TYPE, "cache-control": "no-store" },
+  });
+}
+
+function status({ source }: Call): Response {
+  const stats = source.stats;
+  const redis = source.redisUp();
+  return json(200, {
+    version: source.version,
+    startedAt: new Date(source.startedAt).toISOString(),
+    uptimeSeconds: Math.max(0, Math.floor((Date.now() - source.startedAt) / 1000)),
+    mode: source.mode,
+    redis: redis === null ? null : redis ? "up" : "down",
+    workerId: source.workerId ?? null,
+    proxyUrl: source.proxyUrl?.href ?? null,
+    adminUrl: source.adminUrl?.href ?? null,
+    ready: source.ready(),
+    defaultLimit: source.defaultLimit,
+    clientConnections: stats.clientConnections,
+    requests: stats.requests,
+    bytesRelayed: stats.bytesRelayed,
+  });
+}
+
+function listHosts({ source, url }: Call): Response {
+  const param = url.searchParams.get("limit");
+  let limit = HOSTS_PAGE;
+  if (param !== null) {
+    limit = Number(param);
+    if (!/^[0-9]{1,6}$/.test(param) || limit < 1) {
+      throw new InvalidInput(`Query parameter limit must be an integer from 1, got "${param}"`);
+    }
+  }
+  const rows = hostRows(source);
+  return json(200, { total: rows.length, hosts: rows.slice(0, limit).map(hostJson) });
+}
+
+function showHost(call: Call): Response {
+  const host = hostParam(call);
+  const { source } = call;
+  const row = hostRows(source).find((r) => r.host === host) ??
+    { host, open: 0, idle: 0, queued: 0, limit: source.limitFor(host) };
+  return json(200, hostJson(row));
+}
+
+function showLimits({ source }: Call): Response {
+  return json(200, source.limitTable());
+}
+
+async function setDefaultLimit({ req, source }: Call): Promise<Response> {
+  const limit = await readJson(req, "default");
+  await change(() => source.setDefaultLimit(limit));
+  return json(200, source.limitTable());
+}
+
+async function setHostLimit(call: Call): Promise<Response> {
+  const host = hostParam(call);
+  const limit = await readJson(call.req, "limit");
+  await change(() => call.source.setHostLimit(host, limit));
+  return json(200, { host, limit: call.source.limitFor(host) });
+}
+
+async function removeHostLimit(call: Call): Promise<Response> {
+  const host = hostParam(call);
+  await change(() => call.source.removeHostLimit(host));
+  return json(200, { host, limit: call.source.limitFor(host) });
+}
+
+async function reload({ source }: Call): Promise<Response> {
+  if (source.reload === undefined) {
+    throw new Problem(404, "The proxy has no config file to reload");
+  }
+  const result = await source.reload();
+  if (!result.ok) {
+    throw new Problem(422, `The config file is invalid; the old rules stay: ${result.error}`);
+  }
+  return json(200, { reloaded: true, changes: result.changes });
+}
+
+async function workers({ source }: Call): Promise<Response> {
+  if (source.workers === undefined) {
+    throw new Problem(404, "Workers are listed only in distributed mode");
+  }
+  try {
+    return json(200, { workers: await source.workers() });
+  } catch (err) {
+    throw new Problem(503, `Workers cannot be listed: ${message(err)}`);
+  }
+}
+
+function hostRows(source: AdminSource): HostSummary[] {
+  return summarizeHosts({
+    stats: source.stats.hosts(),
+    hosts: source.hosts(),
+    limitFor: (host) => source.limitFor(host),
+  });
 }
 
 function hostJson(row: HostSummary): Record<string, unknown> {
@@ -321,68 +313,105 @@ function hostJson(row: HostSummary): Record<string, unknown> {
   };
 }
 
-function limitsJson(source: AdminSource): Record<string, unknown> {
-  const { default: defaultLimit, hosts } = source.limits;
-  return { default: defaultLimit, hosts };
-}
-
-/** Decodes and normalises the host segment of a path, or answers 400. */
-function parseHost(segment: string): string | Response {
+/** The `{host}` of the path, decoded and normalised: a host key or pattern. */
+function hostParam({ host: segment = "" }: Call): string {
   let decoded: string;
   try {
     decoded = decodeURIComponent(segment);
   } catch {
-    return problem(400, "Host in the path is not valid percent-encoding");
+    throw new InvalidInput("Host in the path is not valid percent-encoding");
   }
   const key = decoded.length <= 300 ? hostKey(decoded) : "";
-  if (!HOST_PATTERN.test(key)) {
-    return problem(400, `Not a host name: ${JSON.stringify(decoded.slice(0, 300))}`);
+  const shown = JSON.stringify(decoded.slice(0, 300));
+  if (!HOST_PATTERN.test(key)) throw new InvalidInput(`Not a host name: ${shown}`);
+  try {
+    parseHostPattern(key);
+  } catch (err) {
+    throw new InvalidInput(`Host ${shown} ${message(err)}`);
   }
   return key;
 }
 
-/** Reads `{"<field>": N}` with N a non-negative integer, or answers 400/413/415. */
-async function readJson(req: Request, field: string): Promise<number | Response> {
-  const type = req.headers.get("content-type");
-  if (type !== null && !/^application\/(.+\+)?json\s*(;|$)/i.test(type)) {
-    return problem(415, `Body must be application/json, got ${type}`);
+/**
+ * Refuses a state-changing request that a web page of another origin may
+ * have sent (403, as Go's `CrossOriginProtection` does: `Sec-Fetch-Site`
+ * other than `same-origin` or `none`, or an `Origin` whose host is not the
+ * request's), one whose content type is not JSON (415: HTML forms and
+ * `fetch` without a preflight can only send `text/plain`, form and
+ * multipart bodies), and, when `tokenNeeded`, every one (403: in
+ * distributed mode a change needs the admin token, see README "Security").
+ */
+function checkChange(req: Request, url: URL, tokenNeeded: boolean): void {
+  const site = req.headers.get("sec-fetch-site");
+  if (site !== null && site !== "same-origin" && site !== "none") {
+    throw new Problem(403, `A ${site} request cannot change the admin server's state`);
   }
+  const origin = req.headers.get("origin");
+  if (origin !== null && originHost(origin) !== url.host) {
+    throw new Problem(
+      403,
+      `Origin ${origin.slice(0, 200)} may not change the admin server's state`,
+    );
+  }
+  const type = req.headers.get("content-type");
+  if (type !== null && !JSON_TYPE.test(type)) {
+    throw new Problem(415, `Body must be application/json, got ${type.slice(0, 200)}`);
+  }
+  if (tokenNeeded) {
+    throw new Problem(
+      403,
+      "In distributed mode a change through the admin API needs an admin token (--admin-token): " +
+        "without one, a client of any proxy of the fleet could reach this port",
+    );
+  }
+}
+
+/** The host (and port) of an `Origin` header, or `null` for `null` and garbage. */
+function originHost(origin: string): string | null {
+  try {
+    return new URL(origin).host || null;
+  } catch {
+    return null;
+  }
+}
+
+/** Reads `{"<field>": N}` with N a non-negative integer; throws a 400 or 413 problem. */
+async function readJson(req: Request, field: string): Promise<number> {
   const bytes = await readBounded(req);
-  if (bytes === null) return problem(413, `Body is larger than ${MAX_BODY} bytes`);
   let body: unknown;
   try {
     body = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
   } catch {
-    return problem(400, `Body is not valid JSON; expected {"${field}": N}`);
+    throw new InvalidInput(`Body is not valid JSON; expected {"${field}": N}`);
   }
   if (
     typeof body !== "object" || body === null || Array.isArray(body) ||
     Object.keys(body).length !== 1 || !(field in body)
   ) {
-    return problem(400, `Body must be exactly {"${field}": N}`);
+    throw new InvalidInput(`Body must be exactly {"${field}": N}`);
   }
   const value = (body as Record<string, unknown>)[field];
   if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) {
-    return problem(
-      400,
+    throw new InvalidInput(
       `${field} must be a non-negative integer, got ${JSON.stringify(value)}`,
     );
   }
   return value;
 }
 
-async function readBounded(req: Request): Promise<Uint8Array | null> {
-  const declared = Number(req.headers.get("content-length") ?? "0");
-  if (declared > MAX_BODY) {
+/** The body, or a 413 problem beyond {@linkcode MAX_BODY} bytes. */
+async function readBounded(req: Request): Promise<Uint8Array> {
+  const tooLarge = new Problem(413, `Body is larger than ${MAX_BODY} bytes`);
+  if (Number(req.headers.get("content-length") ?? "0") > MAX_BODY) {
     await req.body?.cancel();
-    return null;
+    throw tooLarge;
   }
   if (req.body === null) return new Uint8Array();
   const chunks: Uint8Array[] = [];
   let size = 0;
   for await (const chunk of req.body) {
     size += chunk.byteLength;
-    if (size > MAX_BODY) return null;
+    if (size > MAX_BODY) throw tooLarge;
     chunks.push(chunk);
   }
   const out = new Uint8Array(size);
@@ -394,20 +423,20 @@ async function readBounded(req: Request): Promise<Uint8Array | null> {
   return out;
 }
 
-/** Runs a change; a RangeError or TypeError from the source becomes a 400. */
-async function tryChange(change: () => void | Promise<void>): Promise<Response | undefined> {
+/**
+ * Runs a limit change that the handler has validated: an `Error` from the
+ * source means the change could not be made (503, Redis did not answer);
+ * a `TypeError`, `RangeError` or `ReferenceError` is a bug and stays a 500.
+ */
+async function change(run: () => void | Promise<void>): Promise<void> {
   try {
-    await change();
+    await run();
   } catch (err) {
-    if (err instanceof RangeError || err instanceof TypeError) return problem(400, err.message);
-    return problem(503, `The limit was not changed: ${message(err)}`);
-  }
-  return undefined;
-}
-
-function checkToken(token: string): void {
-  if (!/^[!-~]+$/.test(token)) {
-    throw new RangeError("Admin token must be non-empty printable ASCII without spaces");
+    if (
+      err instanceof Problem || !(err instanceof Error) || err instanceof TypeError ||
+      err instanceof RangeError || err instanceof ReferenceError
+    ) throw err;
+    throw new Problem(503, `The limit was not changed: ${err.message}`);
   }
 }
 
@@ -439,26 +468,4 @@ function json(status: number, body: unknown): Response {
     status,
     headers: { "content-type": "application/json", "cache-control": "no-store" },
   });
-}
-
-const TITLES: Record<number, string> = {
-  400: "Bad Request",
-  401: "Unauthorized",
-  404: "Not Found",
-  405: "Method Not Allowed",
-  413: "Content Too Large",
-  415: "Unsupported Media Type",
-  500: "Internal Server Error",
-  503: "Service Unavailable",
-};
-
-/** An RFC 9457 problem response. */
-function problem(status: number, detail: string): Response {
-  return new Response(
-    JSON.stringify({ type: "about:blank", title: TITLES[status] ?? "Error", status, detail }),
-    {
-      status,
-      headers: { "content-type": "application/problem+json", "cache-control": "no-store" },
-    },
-  );
 }

@@ -8,6 +8,7 @@
 import { DEFAULTS } from "../defaults.ts";
 import { createAdminHandler } from "./admin_handler.ts";
 import type { AdminSource } from "./admin_source.ts";
+import { Problem } from "./problem.ts";
 
 /** Options of {@linkcode startAdminServer}. */
 export interface AdminServerOptions {
@@ -85,12 +86,7 @@ function loopbackNamesOnly(
   return (req) => {
     if (isLoopback(new URL(req.url).hostname)) return handler(req);
     const detail = "Without an admin token the admin server answers only loopback host names";
-    return Promise.resolve(
-      new Response(
-        JSON.stringify({ type: "about:blank", title: "Forbidden", status: 403, detail }),
-        { status: 403, headers: { "content-type": "application/problem+json" } },
-      ),
-    );
+    return Promise.resolve(new Problem(403, detail).response());
   };
 }
 

@@ -6,6 +6,7 @@
  * @module
  */
 
+import type { LimitsView } from "../limit/limit_layers.ts";
 import type { UpstreamHostView } from "../metrics/host_summary.ts";
 import type { ProxyStats } from "../metrics/proxy_stats.ts";
 
@@ -21,6 +22,8 @@ export interface WorkerInfo {
   version: string;
   /** The worker's admin URL, if it runs an admin server. */
   adminUrl?: string;
+  /** The worker's proxy URL, when it registered one. */
+  proxyUrl?: string;
   /** When the worker started, in milliseconds since the epoch. */
   startedAt: number;
   /** When its lease ends unless renewed, in milliseconds since the epoch. */
@@ -53,8 +56,10 @@ export interface AdminSource {
   readonly adminUrl: URL | null;
   /** The statistics the engine updates. */
   readonly stats: ProxyStats;
-  /** The default limit and the per-host overrides, by host key. */
-  readonly limits: { default: number; hosts: Record<string, number> };
+  /** The default limit in effect (0: unlimited). */
+  readonly defaultLimit: number;
+  /** The limits in effect, each with the layer it comes from. */
+  limitTable(): LimitsView;
   /** Whether the proxy can serve new connections. */
   ready(): Readiness;
   /** Whether Redis answers; `null` in memory mode. */
@@ -67,11 +72,18 @@ export interface AdminSource {
   hosts(): Iterable<UpstreamHostView>;
   /** The limit that applies to a host key (0 or less: unlimited). */
   limitFor(host: string): number;
-  /** Sets a host's limit override; throws a RangeError on a bad value. */
+  /**
+   * Sets a host's limit in the runtime table (the fleet's, in distributed
+   * mode), over any override of this process; throws a RangeError or
+   * TypeError on a bad value.
+   */
   setHostLimit(host: string, limit: number): void | Promise<void>;
-  /** Removes a host's limit override. */
+  /** Removes a host's limit from the runtime table and this process's overrides. */
   removeHostLimit(host: string): void | Promise<void>;
-  /** Sets the default limit; throws a RangeError on a bad value. */
+  /**
+   * Sets the runtime table's default limit, over any default of this
+   * process; throws a RangeError or TypeError on a bad value.
+   */
   setDefaultLimit(limit: number): void | Promise<void>;
   /**
    * Reads the config file again and swaps in its rules; resolves with the

@@ -49,6 +49,8 @@ export class FleetLimits {
   #sub: Redis | Cluster | null = null;
   #timer: ReturnType<typeof setInterval> | null = null;
   #version: string | null = null;
+  /** The table as last read, written back when Redis lost it. */
+  #held: Record<string, string> = {};
   #checking: Promise<void> | null = null;
   #closed = false;
 
@@ -91,11 +93,13 @@ export class FleetLimits {
     this.#checking ??= (async () => {
       try {
         const client = this.#o.client;
-        const version = await client.get(`${this.#key}:v`);
+        let version = await client.get(`${this.#key}:v`);
         if (this.#closed || version === this.#version) return;
+        if (this.#lost(version)) version = await this.#writeBack(version);
         const hash = await client.hgetall(this.#key);
         if (this.#closed) return;
         this.#version = version;
+        this.#held = hash;
         this.#o.onChange(toRules(hash));
       } catch (error) {
         this.#o.logger.debug("Fleet limit table not read: {error}", { error });
@@ -104,6 +108,48 @@ export class FleetLimits {
       }
     })();
     return this.#checking;
+  }
+
+  /**
+   * Whether Redis lost the table this proxy holds: the version, which only
+   * grows, is gone or went back (a restart without data, a flush, a
+   * failover to an empty replica).
+   */
+  #lost(version: string | null): boolean {
+    if (this.#version === null || Object.keys(this.#held).length === 0) return false;
+    return version === null || Number(version) < Number(this.#version);
+  }
+
+  /**
+   * Writes back the entries this proxy holds that the table lacks (changes
+   * made since the loss win), sets the version past the one it held and
+   * tells the fleet, as the counts are re-asserted after a restart. Returns
+   * the version to read.
+   */
+  async #writeBack(seen: string | null): Promise<string | null> {
+    const client = this.#o.client;
+    const current = await client.hgetall(this.#key);
+    const missing = Object.fromEntries(
+      Object.entries(this.#held).filter(([field]) => !(field in current)),
+    );
+    // Another proxy wrote them back already.
+    if (Object.keys(missing).length === 0) return seen;
+    await client.hset(this.#key, missing);
+    // Past the version this proxy held: the others see a newer table, not another loss.
+    const version = String((Number(this.#version) || 0) + 1);
+    await client.set(`${this.#key}:v`, version);
+    await client.publish(this.#key, "changed");
+    this.#o.logger.warn(
+      "Redis lost the fleet's runtime limit table (version {held}, now {seen}); wrote back {count} " +
+        "rule(s) this proxy holds: {rules}",
+      {
+        held: this.#version,
+        seen: seen ?? "none",
+        count: Object.keys(missing).length,
+        rules: Object.entries(missing).map(([f, l]) => `${f}=${l}`).join(", "),
+      },
+    );
+    return version;
   }
 
   /**
@@ -135,6 +181,8 @@ export class FleetLimits {
     }
     const client = this.#o.client;
     return this.#bounded((async () => {
+      // A table Redis lost is written back first, so that this change is not undone by it.
+      await this.#check();
       if (Object.keys(put).length) await client.hset(this.#key, put);
       if (del.length) await client.hdel(this.#key, ...del);
       await client.incr(`${this.#key}:v`);

@@ -62,6 +62,8 @@ export interface WorkerInfo {
   version: string;
   /** URL of its admin server, or `""` when it has none. */
   adminUrl: string;
+  /** URL of its proxy port, or `""` when unknown. */
+  proxyUrl: string;
   /** When it started (ISO 8601). */
   started: string;
   /** Its open upstream connections, as of its last heartbeat. */
@@ -367,6 +369,7 @@ export class RedisLimiter implements Limiter {
       pid: Deno.pid,
       version: "",
       adminUrl: "",
+      proxyUrl: "",
       started: new Date().toISOString(),
     };
     const wakes = (lua: string): string => this.#cluster ? forCluster(lua) : lua;
@@ -1600,6 +1603,7 @@ export class RedisLimiter implements Limiter {
         pid: Number(h.pid ?? 0) || 0,
         version: h.version ?? "",
         adminUrl: h.adminUrl ?? "",
+        proxyUrl: h.proxyUrl ?? "",
         started: h.started ?? "",
         connections: Number(h.connections ?? 0) || 0,
       };

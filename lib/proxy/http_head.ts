@@ -6,12 +6,14 @@ import { DEFAULTS } from "../defaults.ts";
 export class HttpError extends Error {
   readonly status: number;
   readonly proxyError: string;
+  /** `cause` is logged, never sent to the client. */
   constructor(
     status: number,
     message: string,
     proxyError = "http_request_error",
+    cause?: unknown,
   ) {
-    super(message);
+    super(message, { cause });
     this.name = "HttpError";
     this.status = status;
     this.proxyError = proxyError;

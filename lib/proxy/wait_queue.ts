@@ -1,11 +1,12 @@
 /**
  * Requests waiting for a slot of their host, first come first served: each
- * host has its own line, a bounded length and a deadline per waiter.
+ * host has its own line, a bounded length and a timer per waiter that ends
+ * its wait once the whole timeout has passed on the monotonic clock.
  *
  * @module
  */
 
-import type { Upstream } from "./upstream_pool.ts";
+import type { Upstream } from "./upstream.ts";
 
 /** What a waiter is given: a slot of its host, or an idle connection to it. */
 export type Grant = "slot" | Upstream;
@@ -16,10 +17,6 @@ export interface Waiter {
   readonly http: boolean;
   /** Its ticket in the fleet's line, when the limiter keeps one. */
   readonly ticket?: string;
-  /** When it joined the line (ms). */
-  readonly since: number;
-  /** When it gives up (ms). */
-  readonly deadline: number;
   /** Hands it what it waited for. */
   grant(what: Grant): void;
   /** Ends its wait with an error. */
@@ -30,10 +27,10 @@ export interface Waiter {
 export interface WaitOptions {
   /** Plain HTTP (an idle connection will do). */
   http: boolean;
-  /** The current time (ms). */
-  now: number;
   /** How long to wait (ms). */
   timeout: number;
+  /** The error a wait that ran out ends with, given how long it waited (ms). */
+  expired: (waitedMs: number) => unknown;
   /** Aborts the wait: the waiter leaves the line at once. */
   signal?: AbortSignal;
   /** Its ticket in the fleet's line, when the limiter keeps one. */
@@ -66,14 +63,29 @@ export class WaitQueue {
     this.#lines.set(key, line);
     const onAbort = () => {
       this.remove(key, waiter);
+      settle();
       reject(options.signal!.reason);
     };
-    const settle = () => options.signal?.removeEventListener("abort", onAbort);
+    const since = performance.now();
+    let timer: ReturnType<typeof setTimeout>;
+    // A timer may fire a little early: it checks, and waits out the rest.
+    const check = () => {
+      const waited = performance.now() - since;
+      if (waited < options.timeout) {
+        timer = setTimeout(check, Math.max(1, Math.ceil(options.timeout - waited)));
+        return;
+      }
+      this.remove(key, waiter);
+      waiter.fail(options.expired(waited));
+    };
+    timer = setTimeout(check, options.timeout);
+    const settle = () => {
+      clearTimeout(timer);
+      options.signal?.removeEventListener("abort", onAbort);
+    };
     const waiter: Waiter = {
       http: options.http,
       ticket: options.ticket,
-      since: options.now,
-      deadline: options.now + options.timeout,
       grant: (what) => {
         settle();
         resolve(what);
@@ -112,15 +124,5 @@ export class WaitQueue {
     const waiter = this.#lines.get(key)?.find((w) => w.http);
     if (waiter) this.remove(key, waiter);
     return waiter;
-  }
-
-  /** Takes out every waiter whose deadline passed, with its host key. */
-  *expired(now: number): Generator<[string, Waiter]> {
-    for (const [key, line] of [...this.#lines]) {
-      for (const waiter of line.filter((w) => w.deadline <= now)) {
-        this.remove(key, waiter);
-        yield [key, waiter];
-      }
-    }
   }
 }

@@ -7,6 +7,7 @@
 
 import type { AdminSource, Readiness, WorkerInfo } from "../../lib/admin/admin_source.ts";
 import { hostKey } from "../../lib/limit/host_key.ts";
+import { type LimitsView, limitsView } from "../../lib/limit/limit_layers.ts";
 import { LimitTable } from "../../lib/limit/limit_table.ts";
 import type { UpstreamHostView } from "../../lib/metrics/host_summary.ts";
 import { ProxyStats } from "../../lib/metrics/proxy_stats.ts";
@@ -60,8 +61,16 @@ export class TableAdminSource implements AdminSource {
     this.pool.set(key, { host: key, open, idle, fleetOpen });
   }
 
-  get limits(): { default: number; hosts: Record<string, number> } {
-    return { default: this.table.defaultLimit, hosts: this.table.entries() };
+  get defaultLimit(): number {
+    return this.table.defaultLimit;
+  }
+
+  /** The table as the runtime layer alone. */
+  limitTable(): LimitsView {
+    return limitsView([{
+      source: "runtime",
+      rules: { default: this.table.defaultLimit, hosts: this.table.entries() },
+    }]);
   }
 
   ready(): Readiness {
