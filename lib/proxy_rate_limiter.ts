@@ -416,7 +416,10 @@ export class ProxyRateLimiter implements AsyncDisposable {
     this.#guard.start();
   }
 
-  /** In distributed mode, follows the fleet's runtime limit table and tells the fleet this file's rules. */
+  /**
+   * In distributed mode, follows the fleet's runtime limit table and tells
+   * the fleet this process's file rules.
+   */
   async #openFleetLimits(opened: AsyncDisposableStack, limiter: FleetLimiter): Promise<void> {
     const client = limiter.client;
     if (!client || !limiter.workerId) return;
