@@ -9,10 +9,11 @@ COPY lib/ lib/
 COPY scripts/healthcheck.ts scripts/
 
 # Everything the program loads, the Redis client included, is fetched now, exactly as
-# deno.lock pins it (--frozen fails the build if the lock would change); the container
-# then runs with --cached-only and never downloads code.
+# deno.lock pins it (--frozen fails the build if the lock would change); deno.lock holds
+# the program's packages only, the tests' live in tests/deno.lock. The container then runs
+# with --cached-only and never downloads code.
 USER deno
-RUN deno cache --frozen cli.ts
+RUN deno cache --lock=deno.lock --frozen cli.ts
 
 # With DPRL_ADMIN_PORT set, Docker asks the admin server's /healthz; without it there is no
 # admin server and the check passes. The check may reach 127.0.0.1 and read that one variable.
@@ -23,4 +24,4 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
 # itself, stopping gracefully within --shutdown-grace, and starts no child processes,
 # so no init is needed to forward signals or reap zombies.
 EXPOSE 8080
-ENTRYPOINT ["deno", "run", "--cached-only", "--frozen", "--allow-net", "--allow-sys=networkInterfaces", "--allow-read=/etc/dprl", "--allow-env=DPRL_*,REDIS_*,LOG_LEVEL", "--ignore-env", "cli.ts"]
+ENTRYPOINT ["deno", "run", "--cached-only", "--lock=deno.lock", "--frozen", "--allow-net", "--allow-sys=networkInterfaces,hostname", "--allow-read=/etc/dprl,/app/lib", "--allow-env=DPRL_*,REDIS_*,LOG_LEVEL", "--ignore-env", "cli.ts"]

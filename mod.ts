@@ -10,7 +10,7 @@
  * Run as a program, this module starts the command-line proxy:
  *
  * ```sh
- * deno run --allow-net --allow-env='DPRL_*,REDIS_*,LOG_LEVEL' --ignore-env jsr:@dprl/cli --help
+ * deno run --allow-net --allow-sys=networkInterfaces,hostname --allow-read=/etc/dprl --allow-env='DPRL_*,REDIS_*,LOG_LEVEL' --ignore-env jsr:@dprl/cli --help
  * ```
  *
  * As a library in memory mode it needs only `--allow-net`, in a worker too;
@@ -61,6 +61,7 @@ export {
   validateRules,
 } from "./lib/limit/rules/rules.ts";
 export type { RuleDifference } from "./lib/limit/rules/diff.ts";
+export { LoadedRules, type ReloadContext } from "./lib/config/reload.ts";
 export type { FleetLimitChanges } from "./lib/limit/limit_changes.ts";
 export type { AdminHandlerOptions } from "./lib/admin/admin_handler.ts";
 export { hostKey } from "./lib/limit/host_key.ts";

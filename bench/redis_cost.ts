@@ -1,13 +1,15 @@
 /**
  * What distributed mode costs Redis, on loopback:
  *
- * - script calls per tunnel: 32 clients open CONNECT tunnels to one host
- *   through one dprl, one after another each, for a few seconds; EVALSHA,
- *   EVAL and FCALL calls from `INFO commandstats` over the tunnels opened
- *   (goal <= 1.0);
+ * - script calls per tunnel: 32 clients open CONNECT tunnels through one
+ *   dprl, one after another each, for a few seconds, to one host or
+ *   round-robin over `--hosts N` hosts (127.0.x.y, every one an address of
+ *   the same echo upstream); EVALSHA, EVAL and FCALL calls from
+ *   `INFO commandstats` over the tunnels opened (goal <= 1.0 to one host,
+ *   <= 1.2 over 2,000 hosts);
  * - tunnels/s with Redis over tunnels/s in memory, the same load on two
  *   proxies running side by side, alternating in half-second slices (goal
- *   >= 0.9 in every round), and each proxy's CPU per tunnel;
+ *   >= 0.9 in every round), each proxy's CPU per tunnel and Redis's;
  * - the idle cost of holding 10,000 hosts: one limiter holds one slot of
  *   each and only its heartbeat talks to Redis; Redis's CPU (`INFO cpu`) and
  *   the limiter's calls per second (each one round trip) over three
@@ -15,15 +17,18 @@
  *   round trips/s).
  *
  * ```sh
- * deno run -A bench/redis_cost.ts            # 3 rounds of 5 s, 10,000 hosts
- * deno run -A bench/redis_cost.ts --quick    # 1 round of 3 s
- * deno run -A bench/redis_cost.ts --cluster  # also the heartbeat on a 3-master Cluster
- * deno run -A bench/redis_cost.ts --limit 32 # the host's limit equal to the clients
+ * deno run -A bench/redis_cost.ts              # 3 rounds of 5 s, 10,000 hosts
+ * deno run -A bench/redis_cost.ts --quick      # 1 round of 3 s
+ * deno run -A bench/redis_cost.ts --hosts 2000 # tunnels round-robin over 2,000 hosts
+ * deno run -A bench/redis_cost.ts --cluster    # also on a 3-master Cluster
+ * deno run -A bench/redis_cost.ts --limit 32   # the host's limit equal to the clients
+ * deno run -A bench/redis_cost.ts --no-heartbeat # the tunnel rounds only
  * ```
  *
  * @module
  */
 
+import { parseArgs } from "node:util";
 import {
   cpuSeconds,
   freePort,
@@ -37,43 +42,116 @@ import { RedisServer } from "./redis_server.ts";
 import { RedisLimiter } from "../lib/limit/redis_limiter.ts";
 import { RedisClusterServers } from "../tests/_helpers/redis_server.ts";
 
-const quick = Deno.args.includes("--quick");
-const ROUNDS = quick ? 1 : 3;
-const SECONDS = quick ? 3 : 5;
 const CLIENTS = 32;
-/** The host's limit (`--limit N`); by default far above the clients. */
-const LIMIT = Deno.args.includes("--limit")
-  ? Number(Deno.args[Deno.args.indexOf("--limit") + 1])
-  : 100_000;
+/** Hosts of the echo upstream at most: 127.0.0.1 to 127.0.235.254. */
+const MAX_HOSTS = 236 * 254;
 const HOSTS = 10_000;
 const LEASE_MS = 15_000;
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
-/** A TCP upstream that answers every byte with the same byte. */
-export function startEcho(): { port: number; close(): void } {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  (async () => {
-    for await (const conn of listener) {
-      (async () => {
-        const buf = new Uint8Array(64);
-        try {
-          for (;;) {
-            const n = await conn.read(buf);
-            if (n === null) break;
-            await conn.write(buf.subarray(0, n));
-          }
-        } catch {
-          // closed by the proxy
-        } finally {
-          try {
-            conn.close();
-          } catch { /* closed */ }
+/** The flags of the command line; a bad one ends the process (exit code 2). */
+function cliFlags() {
+  const bad = (msg: string): never => {
+    console.error(`redis_cost: ${msg}`);
+    Deno.exit(2);
+  };
+  const count = (name: string, text: string, max: number): number => {
+    const n = Number(text);
+    return Number.isInteger(n) && n >= 1 && n <= max
+      ? n
+      : bad(`--${name} must be an integer from 1 to ${max}, got "${text}"`);
+  };
+  try {
+    const { values } = parseArgs({
+      args: Deno.args,
+      strict: true,
+      options: {
+        quick: { type: "boolean", default: false },
+        cluster: { type: "boolean", default: false },
+        "no-heartbeat": { type: "boolean", default: false },
+        limit: { type: "string", default: "100000" },
+        hosts: { type: "string", default: "1" },
+      },
+    });
+    return {
+      rounds: values.quick ? 1 : 3,
+      seconds: values.quick ? 3 : 5,
+      cluster: values.cluster,
+      heartbeat: !values["no-heartbeat"],
+      /** The host's limit; by default far above the clients. */
+      limit: count("limit", values.limit, 1_000_000),
+      hosts: count("hosts", values.hosts, MAX_HOSTS),
+    };
+  } catch (e) {
+    return bad(e instanceof Error ? e.message.split("\n")[0] : String(e));
+  }
+}
+
+/** The `i`-th address of the echo upstream: 127.0.0.1, ..., 127.0.0.254, 127.0.1.1, ... */
+function hostAddress(i: number): string {
+  return `127.0.${Math.floor(i / 254)}.${1 + (i % 254)}`;
+}
+
+/** Answers every byte from each connection `listener` accepts with the same byte. */
+async function echoEach(listener: Deno.Listener): Promise<void> {
+  for await (const conn of listener) {
+    (async () => {
+      const buf = new Uint8Array(64);
+      try {
+        for (;;) {
+          const n = await conn.read(buf);
+          if (n === null) break;
+          await conn.write(buf.subarray(0, n));
         }
-      })();
+      } catch {
+        // closed by the proxy
+      } finally {
+        try {
+          conn.close();
+        } catch { /* closed */ }
+      }
+    })();
+  }
+}
+
+/** Listens on `port` (0: any) of the first `hosts` addresses, or throws and closes them all. */
+function listenAll(hosts: number, port: number): Deno.Listener[] {
+  const listeners: Deno.Listener[] = [];
+  try {
+    for (let i = 0; i < hosts; i++) {
+      listeners.push(Deno.listen({ hostname: hostAddress(i), port }));
+      port = (listeners[0].addr as Deno.NetAddr).port;
     }
-  })().catch(() => {});
-  return { port: (listener.addr as Deno.NetAddr).port, close: () => listener.close() };
+  } catch (e) {
+    for (const l of listeners) l.close();
+    throw e;
+  }
+  return listeners;
+}
+
+/**
+ * A TCP upstream that answers every byte with the same byte, on one port of
+ * `hosts` loopback addresses (127.0.0.1 first; all of 127.0.0.0/8 is
+ * loopback on Linux); `targets` are their `host:port`.
+ */
+export function startEcho(hosts = 1): { port: number; targets: string[]; close(): void } {
+  let listeners: Deno.Listener[] | undefined;
+  for (let attempt = 1; !listeners; attempt++) {
+    try {
+      listeners = listenAll(hosts, 0);
+    } catch (e) {
+      // The port taken on 127.0.0.1 may be in use on another address.
+      if (!(e instanceof Deno.errors.AddrInUse) || attempt === 5) throw e;
+    }
+  }
+  for (const l of listeners) echoEach(l).catch(() => {});
+  const port = (listeners[0].addr as Deno.NetAddr).port;
+  return {
+    port,
+    targets: Array.from({ length: hosts }, (_, i) => `${hostAddress(i)}:${port}`),
+    close: () => listeners.forEach((l) => l.close()),
+  };
 }
 
 /** One tunnel: CONNECT, one byte there and back, close. */
@@ -108,14 +186,53 @@ function redisCpu(info: string): number {
   return sys + user;
 }
 
-/** Script calls (EVALSHA, EVAL, FCALL) Redis ran since its last `CONFIG RESETSTAT`. */
-export async function scriptCalls(redis: RedisServer): Promise<number> {
-  const calls = commandCalls(await redis.info("commandstats"));
+/** Script calls (EVALSHA, EVAL, FCALL) in one node's `INFO commandstats`. */
+function scriptCount(info: string): number {
+  const calls = commandCalls(info);
   return (calls.get("evalsha") ?? 0) + (calls.get("eval") ?? 0) + (calls.get("fcall") ?? 0);
 }
 
-/** A dprl for the tunnel load, in memory or on `redis`. */
-async function startDprl(redis: RedisServer | null, target: string) {
+/** Script calls (EVALSHA, EVAL, FCALL) Redis ran since its last `CONFIG RESETSTAT`. */
+export async function scriptCalls(redis: RedisServer): Promise<number> {
+  return scriptCount(await redis.info("commandstats"));
+}
+
+/** The Redis a dprl of the side-by-side runs on: its flags and its nodes' counters. */
+interface RedisNodes {
+  /** dprl's flags for it. */
+  flags: string[];
+  /** `INFO <section>` of every node. */
+  infos(section: string): Promise<string[]>;
+  /** `CONFIG RESETSTAT` on every node. */
+  resetStats(): Promise<void>;
+}
+
+function redisNodes(redis: RedisServer | RedisClusterServers): RedisNodes {
+  if (redis instanceof RedisServer) {
+    return {
+      flags: ["--redis-url", redis.url],
+      infos: async (section) => [await redis.info(section)],
+      resetStats: async () => void await redis.command("CONFIG", "RESETSTAT"),
+    };
+  }
+  return {
+    flags: ["--redis-cluster", redis.nodes.map((n) => `${n.host}:${n.port}`).join(",")],
+    infos: (section) => Promise.all(redis.servers.map((s) => s.cli("INFO", section))),
+    resetStats: async () =>
+      void await Promise.all(redis.servers.map((s) => s.cli("CONFIG", "RESETSTAT"))),
+  };
+}
+
+/** Where the load of one side-by-side goes. */
+interface LoadTarget {
+  /** The host's limit each dprl is given. */
+  limit: number;
+  /** The next `host:port` to open a tunnel to (round-robin over the targets). */
+  next(): string;
+}
+
+/** A dprl for the tunnel load, in memory or with `redisFlags`. */
+async function startDprl(redisFlags: string[], to: LoadTarget) {
   const port = freePort();
   const proc: Spawned = spawn("dprl", Deno.execPath(), [
     "run",
@@ -126,15 +243,15 @@ async function startDprl(redis: RedisServer | null, target: string) {
     "--hostname",
     "127.0.0.1",
     "--max-connections",
-    String(LIMIT),
+    String(to.limit),
     "--log-level",
     "warn",
-    ...(redis ? ["--redis-url", redis.url] : []),
+    ...redisFlags,
   ]);
   await waitForPort(port, 20_000);
   // Warm up (JIT, script load).
   const buf = new Uint8Array(4096);
-  for (let i = 0; i < 200; i++) await tunnel(port, target, buf);
+  for (let i = 0; i < 200; i++) await tunnel(port, to.next(), buf);
   return { port, proc };
 }
 
@@ -147,14 +264,14 @@ interface Tally {
 }
 
 /** `CLIENTS` clients open tunnels through the proxy on `port` for `ms`. */
-async function load(port: number, target: string, ms: number, tally: Tally): Promise<void> {
+async function load(port: number, to: LoadTarget, ms: number, tally: Tally): Promise<void> {
   const until = performance.now() + ms;
   const started = performance.now();
   await Promise.all(Array.from({ length: CLIENTS }, async () => {
     const b = new Uint8Array(4096);
     while (performance.now() < until) {
       try {
-        await tunnel(port, target, b);
+        await tunnel(port, to.next(), b);
         tally.done++;
       } catch {
         tally.failed++;
@@ -164,49 +281,78 @@ async function load(port: number, target: string, ms: number, tally: Tally): Pro
   tally.seconds += (performance.now() - started) / 1000;
 }
 
+/** Options of {@linkcode tunnelsSideBySide}. */
+export interface SideBySideOptions {
+  /** The Redis (one server or a Cluster) of the distributed dprl. */
+  redis: RedisServer | RedisClusterServers;
+  /** `host:port` of echo upstreams (see {@linkcode startEcho}), used round-robin. */
+  targets: readonly string[];
+  /** Seconds of load for each dprl, in half-second slices. */
+  seconds: number;
+  /** The host's limit (default 100,000, far above the clients). */
+  limit?: number;
+}
+
+/** What {@linkcode tunnelsSideBySide} measured. */
+export interface SideBySide {
+  /** Tunnels per second in memory. */
+  memory: number;
+  /** Tunnels per second on Redis. */
+  redis: number;
+  /** Each dprl's CPU per tunnel (user + sys), µs: memory, then Redis. */
+  cpuUs: number[];
+  /** Redis's CPU per tunnel of the distributed dprl (`INFO cpu`, every node), µs. */
+  redisCpuUs: number;
+  /** Script calls (every node) per tunnel of the distributed dprl. */
+  scriptsPerTunnel: number;
+  /** Tunnels that failed, both dprls. */
+  failed: number;
+}
+
 /**
  * Tunnels per second through a dprl in memory and one on Redis, both
  * running, the load alternating between them in half-second slices (the
- * first of each pair alternating too) for `seconds` in all, so that both see
+ * first of each pair alternating too) for `seconds` each, so that both see
  * the same machine; with the proxies' CPU per tunnel and the Redis one's
- * script calls. `target` must echo (see {@linkcode startEcho}).
+ * script calls and Redis CPU. The 32 clients take the targets round-robin.
  */
-export async function tunnelsSideBySide(
-  redis: RedisServer,
-  target: string,
-  seconds: number = SECONDS,
-): Promise<{
-  memory: number;
-  redis: number;
-  cpuUs: number[];
-  scriptsPerTunnel: number;
-  failed: number;
-}> {
-  const memory = await startDprl(null, target);
-  const distributed = await startDprl(redis, target);
+export async function tunnelsSideBySide(options: SideBySideOptions): Promise<SideBySide> {
+  const { targets, seconds } = options;
+  let i = 0;
+  const to: LoadTarget = {
+    limit: options.limit ?? 100_000,
+    next: () => targets[i++ % targets.length],
+  };
+  const nodes = redisNodes(options.redis);
+  const redisCpuSeconds = async () =>
+    (await nodes.infos("cpu")).reduce((sum, info) => sum + redisCpu(info), 0);
+  const memory = await startDprl([], to);
+  const distributed = await startDprl(nodes.flags, to);
   try {
-    await redis.command("CONFIG", "RESETSTAT");
+    await nodes.resetStats();
+    const redisCpu0 = await redisCpuSeconds();
     const pairs = [memory, distributed].map((d) => ({
       ...d,
       cpu0: cpuSeconds(d.proc.pid),
       tally: { done: 0, failed: 0, seconds: 0, cpuSeconds: 0 },
     }));
-    const slices = seconds * 2;
-    for (let i = 0; i < slices; i++) {
-      for (const p of i % 2 ? [pairs[1], pairs[0]] : pairs) {
-        await load(p.port, target, 500, p.tally);
+    for (let slice = 0; slice < seconds * 2; slice++) {
+      for (const p of slice % 2 ? [pairs[1], pairs[0]] : pairs) {
+        await load(p.port, to, 500, p.tally);
       }
     }
     for (const p of pairs) {
       const cpu = cpuSeconds(p.proc.pid);
       p.tally.cpuSeconds = cpu.user + cpu.sys - p.cpu0.user - p.cpu0.sys;
     }
-    const scripts = await scriptCalls(redis);
+    const redisCpuUsed = (await redisCpuSeconds()) - redisCpu0;
+    const scripts = (await nodes.infos("commandstats")).reduce((n, s) => n + scriptCount(s), 0);
     const [m, r] = pairs.map((p) => p.tally);
     return {
       memory: m.done / m.seconds,
       redis: r.done / r.seconds,
       cpuUs: [m, r].map((t) => (1e6 * t.cpuSeconds) / t.done),
+      redisCpuUs: (1e6 * redisCpuUsed) / r.done,
       scriptsPerTunnel: scripts / r.done,
       failed: m.failed + r.failed,
     };
@@ -263,9 +409,13 @@ async function holdUntilBetweenBeats(limiter: RedisLimiter, hosts: number): Prom
 
 /**
  * The same on a 3-master Redis Cluster: each master's CPU, in percent of a
- * core, and the limiter's round trips and the script calls per second.
+ * core, and the limiter's round trips and the script calls per second;
+ * empties the Cluster first.
  */
-export async function clusterHeartbeatCost(hosts = HOSTS): Promise<{
+export async function clusterHeartbeatCost(
+  cluster: RedisClusterServers,
+  hosts = HOSTS,
+): Promise<{
   hosts: number;
   seconds: number;
   redisCpuPercentPerNode: string;
@@ -273,7 +423,7 @@ export async function clusterHeartbeatCost(hosts = HOSTS): Promise<{
   roundTripsPerSecond: number;
   scriptCallsPerSecond: number;
 }> {
-  await using cluster = await RedisClusterServers.start();
+  for (const s of cluster.servers) await s.cli("FLUSHALL");
   const cpus = () =>
     Promise.all(cluster.servers.map(async (s) => redisCpu(await s.cli("INFO", "cpu"))));
   const percents = (c0: number[], c1: number[], seconds: number) =>
@@ -296,10 +446,7 @@ export async function clusterHeartbeatCost(hosts = HOSTS): Promise<{
     const seconds = (performance.now() - started) / 1000;
     const cpu1 = await cpus();
     let scripts = 0;
-    for (const s of cluster.servers) {
-      const calls = commandCalls(await s.cli("INFO", "commandstats"));
-      scripts += (calls.get("evalsha") ?? 0) + (calls.get("eval") ?? 0);
-    }
+    for (const s of cluster.servers) scripts += scriptCount(await s.cli("INFO", "commandstats"));
     return {
       hosts,
       seconds: +seconds.toFixed(1),
@@ -334,7 +481,7 @@ export async function heartbeatCost(redis: RedisServer, hosts = HOSTS): Promise<
     await new Promise((r) => setTimeout(r, span));
     const seconds = (performance.now() - started) / 1000;
     const cpu1 = redisCpu(await redis.info("cpu"));
-    const calls = commandCalls(await redis.info("commandstats"));
+    const scripts = scriptCount(await redis.info("commandstats"));
     const proc1 = cpuSeconds(redis.proc.pid);
     return {
       hosts,
@@ -344,44 +491,65 @@ export async function heartbeatCost(redis: RedisServer, hosts = HOSTS): Promise<
       redisProcCpuPercent: +((100 * (proc1.user + proc1.sys - proc0.user - proc0.sys)) / seconds)
         .toFixed(2),
       roundTripsPerSecond: +(trips / seconds).toFixed(1),
-      scriptCallsPerSecond: +(((calls.get("evalsha") ?? 0) + (calls.get("eval") ?? 0)) / seconds)
-        .toFixed(1),
+      scriptCallsPerSecond: +(scripts / seconds).toFixed(1),
     };
   } finally {
     await limiter.close();
   }
 }
 
+/** `t` as a row of the console table. */
+function sideBySideRow(round: number, on: string, hosts: number, t: SideBySide) {
+  return {
+    round,
+    on,
+    hosts,
+    memoryPerSecond: Math.round(t.memory),
+    redisPerSecond: Math.round(t.redis),
+    ratio: +(t.redis / t.memory).toFixed(2),
+    proxyCpuUsPerTunnel: t.cpuUs.map(Math.round).join(" / "),
+    redisCpuUsPerTunnel: Math.round(t.redisCpuUs),
+    scriptCallsPerTunnel: +t.scriptsPerTunnel.toFixed(3),
+    failed: t.failed,
+  };
+}
+
 if (import.meta.main) {
+  const flags = cliFlags();
   const dir = await Deno.makeTempDir({ prefix: "dprl-bench-redis-cost-" });
   const redis = await RedisServer.start(dir);
-  const echo = startEcho();
-  const target = `127.0.0.1:${echo.port}`;
+  const echo = startEcho(flags.hosts);
+  let cluster: RedisClusterServers | undefined;
   try {
+    cluster = flags.cluster ? await RedisClusterServers.start() : undefined;
     console.log(`load average before: ${loadAverage()}`);
     const rows = [];
-    for (let round = 1; round <= ROUNDS; round++) {
-      const t = await tunnelsSideBySide(redis, target);
-      rows.push({
-        round,
-        memoryPerSecond: Math.round(t.memory),
-        redisPerSecond: Math.round(t.redis),
-        ratio: +(t.redis / t.memory).toFixed(2),
-        proxyCpuUsPerTunnel: t.cpuUs.map(Math.round).join(" / "),
-        scriptCallsPerTunnel: +t.scriptsPerTunnel.toFixed(3),
-        failed: t.failed,
-      });
+    for (let round = 1; round <= flags.rounds; round++) {
+      for (const [on, server] of [["Redis", redis], ["Cluster", cluster]] as const) {
+        if (!server) continue;
+        const t = await tunnelsSideBySide({
+          redis: server,
+          targets: echo.targets,
+          seconds: flags.seconds,
+          limit: flags.limit,
+        });
+        rows.push(sideBySideRow(round, on, flags.hosts, t));
+      }
     }
     console.table(rows);
     console.log(
-      `${CLIENTS} clients, tunnels to one host; goals: ratio >= 0.9, script calls per tunnel <= 1.0`,
+      `${CLIENTS} clients, tunnels round-robin over ${flags.hosts} host(s); goals: ratio >= 0.9, ` +
+        "script calls per tunnel <= 1.0 to one host, <= 1.2 over 2,000 hosts",
     );
-    console.table([await heartbeatCost(redis)]);
-    if (Deno.args.includes("--cluster")) console.table([await clusterHeartbeatCost()]);
-    console.log("goals: Redis CPU <= 1% of a core, <= 50 round trips/s");
+    if (flags.heartbeat) {
+      console.table([await heartbeatCost(redis)]);
+      if (cluster) console.table([await clusterHeartbeatCost(cluster)]);
+      console.log("goals: Redis CPU <= 1% of a core, <= 50 round trips/s");
+    }
     console.log(`load average after: ${loadAverage()}`);
   } finally {
     echo.close();
+    await cluster?.stop();
     await redis.stop();
     await stopAll();
     await Deno.remove(dir, { recursive: true });

@@ -46,10 +46,9 @@ import {
   markdown,
   ratioTable,
   rawTable,
-  type RedisCostFigures,
-  redisCostTable,
   type Results,
 } from "./report.ts";
+import { type RedisCostFigures, redisCostTable } from "./redis_cost_table.ts";
 import { buildBinaries, ensureDebianTools, paths } from "./setup.ts";
 
 const SUITE_LIMIT_MS = 10 * 60_000;
@@ -383,7 +382,7 @@ async function measureDistributed(defs: ProxyDef[], tools: Tools): Promise<void>
       try {
         for (let round = 0; round < ROUNDS; round++) {
           log(`dprl in memory and on Redis side by side (${D}s), round ${round + 1}/${ROUNDS}`);
-          const t = await tunnelsSideBySide(redis, `127.0.0.1:${echo.port}`, D);
+          const t = await tunnelsSideBySide({ redis, targets: echo.targets, seconds: D });
           redisCost.sideBySide.push({ memory: t.memory, redis: t.redis, cpuUs: t.cpuUs });
           log(`  Redis ÷ memory, round ${round + 1}: ${(t.redis / t.memory).toFixed(2)}`);
         }
@@ -391,6 +390,7 @@ async function measureDistributed(defs: ProxyDef[], tools: Tools): Promise<void>
         echo.close();
       }
     });
+    await attempt(`side by side, ${MANY_HOSTS} hosts`, () => manyHosts(redis, redisCost));
     await attempt("heartbeat cost, 10,000 hosts", async () => {
       log("heartbeat cost: one worker holding 10,000 hosts, three heartbeats (about 20 s)");
       redisCost.heartbeat = await heartbeatCost(redis);
@@ -399,6 +399,32 @@ async function measureDistributed(defs: ProxyDef[], tools: Tools): Promise<void>
   } finally {
     await up.proc.stop();
     await redis.stop();
+  }
+}
+
+/** Hosts of the many-host slice of the distributed section. */
+const MANY_HOSTS = 2000;
+
+/**
+ * The side-by-side with the 32 clients round-robin over {@linkcode MANY_HOSTS}
+ * hosts (127.0.x.y), so that no released slot is there for the next tunnel
+ * to the same host: one short run, after emptying `redis`, kept in `into`.
+ */
+async function manyHosts(redis: RedisServer, into: RedisCostFigures): Promise<void> {
+  const { startEcho, tunnelsSideBySide } = await import("./redis_cost.ts");
+  await redis.flushAll();
+  const echo = startEcho(MANY_HOSTS);
+  try {
+    const seconds = Math.ceil(D / 2);
+    log(`dprl in memory and on Redis side by side, ${MANY_HOSTS} hosts (${seconds}s)`);
+    const t = await tunnelsSideBySide({ redis, targets: echo.targets, seconds });
+    into.manyHosts = { hosts: MANY_HOSTS, ...t };
+    log(
+      `  Redis ÷ memory: ${(t.redis / t.memory).toFixed(2)}, ` +
+        `script calls per tunnel: ${t.scriptsPerTunnel.toFixed(3)}`,
+    );
+  } finally {
+    echo.close();
   }
 }
 
@@ -501,7 +527,7 @@ async function main(): Promise<void> {
 
   console.log("\n## Raw figures per proxy\n\n" + rawTable(results));
   console.log("\n## Distributed (Redis)\n\n" + distributedTable(results));
-  console.log("\n" + redisCostTable(results));
+  console.log("\n" + redisCostTable(results.redisCost));
   console.log("\n## Control plane\n\n" + adminTable(results));
   console.log("\n## Cap accuracy\n\n" + capTable(results));
   console.log("\n## Ratios and targets\n\n" + ratioTable(results));

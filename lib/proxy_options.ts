@@ -8,6 +8,7 @@ import type { Timeouts } from "./defaults.ts";
 import type { LimitRules } from "./limit/rules/rules.ts";
 import type { RuleDifference } from "./limit/rules/diff.ts";
 import type { FailureMode, RedisConfig } from "./limit/redis_config.ts";
+import type { LoadedRules, ReloadContext } from "./config/reload.ts";
 
 /**
  * The admin server of a {@linkcode ProxyRateLimiter}: health checks,
@@ -84,10 +85,13 @@ export interface ProxyRateLimiterOptions {
   flagRules?: LimitRules;
   /**
    * Reads the rules again, for {@linkcode ProxyRateLimiter.reload} (the
-   * command line passes one that reads its config file). Throwing keeps
-   * the current rules.
+   * command line passes `loadRulesFile`, which reads its config
+   * file and compiles the table in a `Worker`). Throwing keeps the current
+   * rules.
    */
-  loadRules?: () => LimitRules | Promise<LimitRules>;
+  loadRules?: (
+    context: ReloadContext,
+  ) => LimitRules | LoadedRules | Promise<LimitRules | LoadedRules>;
   /** HTTP status sent when a host is at its limit. Default 500. */
   rejectStatus?: number;
   /** Timeouts in milliseconds; see {@linkcode Timeouts} for the defaults. */

@@ -13,6 +13,7 @@ import type { RuleDifference } from "./limit/rules/diff.ts";
 import { RuleLayers } from "./limit/rule_layers.ts";
 import type { FleetLimits } from "./limit/fleet_limits.ts";
 import { applyChanges, checkChanges, type FleetLimitChanges } from "./limit/limit_changes.ts";
+import { LoadedRules, mergeRuns } from "./config/reload.ts";
 import { hostKey } from "./limit/host_key.ts";
 import { type FleetLimiter, loadLimiter } from "./limit/load_limiter.ts";
 import { ProxyServer } from "./proxy/proxy_server.ts";
@@ -133,7 +134,9 @@ export class ProxyRateLimiter implements AsyncDisposable {
    * Reads the rules again with the `loadRules` option (the command line's
    * config file) and swaps them in, as {@linkcode setRules} does. A broken
    * file keeps the current rules and logs one error. Both outcomes count in
-   * `dprl_config_reloads_total{result}`.
+   * `dprl_config_reloads_total{result}`. A reload asked for while one runs
+   * waits for the one reload that starts after it, shared by every caller
+   * meanwhile (a burst of requests costs two reads of the file at most).
    *
    * @example
    * ```ts ignore
@@ -141,12 +144,20 @@ export class ProxyRateLimiter implements AsyncDisposable {
    * if (!result.ok) console.error(result.error);
    * ```
    */
-  async reload(): Promise<ReloadOutcome> {
+  reload(): Promise<ReloadOutcome> {
+    return this.#reload();
+  }
+
+  /** Reloads merged: a reload asked for during one joins the next. */
+  #reload = mergeRuns(() => this.#reloadOnce());
+
+  async #reloadOnce(): Promise<ReloadOutcome> {
     const load = this.#options.loadRules;
     if (!load) throw new Error("Proxy has no loadRules option to reload from");
-    let changes: RuleDifference[];
+    let changes: LoadedRules | RuleDifference[];
     try {
-      changes = this.setRules(await load());
+      const loaded = await load(this.#layers.reloadContext());
+      changes = loaded instanceof LoadedRules ? this.#layers.swap(loaded) : this.setRules(loaded);
     } catch (err) {
       const error = err instanceof Error ? err.message : String(err);
       this.#stats.onConfigReload("error");
@@ -154,10 +165,20 @@ export class ProxyRateLimiter implements AsyncDisposable {
       return { ok: false, error };
     }
     this.#stats.onConfigReload("ok");
-    this.#layers.logChanges(changes, "reload");
-    if (changes.length === 0) this.#logger.info("Config reloaded, no limit changed");
+    // A table swapped in from a worker reads its changes only when asked for.
+    const [preview, count] = changes instanceof LoadedRules
+      ? [changes.preview, changes.changeCount]
+      : [changes, changes.length];
+    this.#layers.logChanges(preview, "reload", count);
+    if (count === 0) this.#logger.info("Config reloaded, no limit changed");
     this.#compareFiles();
-    return { ok: true, changes };
+    const loaded = changes;
+    return {
+      ok: true,
+      get changes(): RuleDifference[] {
+        return loaded instanceof LoadedRules ? loaded.changes : loaded;
+      },
+    };
   }
 
   /**

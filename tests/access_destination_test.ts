@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { DestinationPolicy, DestinationRefusedError } from "../lib/access/destination_policy.ts";
 import { HttpError } from "../lib/proxy/http_head.ts";
+import { baseEnv } from "./_helpers/spawn.ts";
 
 /** Asserts that `check` refuses with 403 and `proxyError`, the message matching `message`. */
 async function refused(
@@ -248,7 +249,8 @@ Deno.test("without --allow-sys a wildcard listener is still protected on loopbac
     stdin: "piped",
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    clearEnv: true,
+    env: baseEnv(),
   }).spawn();
   const writer = child.stdin.getWriter();
   await writer.write(new TextEncoder().encode(script));

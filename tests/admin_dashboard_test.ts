@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import type { Page } from "playwright-core";
+// deno-lint-ignore no-import-prefix -- test-only packages stay out of deno.json, see tests/deno.lock
+import type { Page } from "npm:playwright-core@1.65.1";
 import { startAdminServer } from "../lib/admin/admin_server.ts";
 import { TableAdminSource } from "./_helpers/admin_source.ts";
 import { chromiumPath, launchChromium, waitForExpression } from "./_helpers/browser.ts";

@@ -12,12 +12,11 @@ import {
   statusOf,
   text,
   waitFor,
-  withTimeout,
 } from "./_helpers/raw.ts";
 import { FIXED_BODY, startUpstream, type Upstream } from "./_helpers/upstream.ts";
 import { connectRequest, startProxy, type TestProxy } from "./_helpers/proxy.ts";
+import { runCli, startCli } from "./_helpers/spawn.ts";
 
-const CLI = new URL("../cli.ts", import.meta.url).pathname;
 const ROOT = new URL("..", import.meta.url).pathname;
 
 /** Opens a CONNECT tunnel to the upstream through the proxy; returns the status and the socket. */
@@ -217,36 +216,16 @@ Deno.test("an admin address that is not loopback needs a token", () => {
   );
 });
 
-/** Starts the command line; returns the process and a reader of its stderr so far. */
-function spawnCli(
-  args: string[],
-): { child: Deno.ChildProcess; stderr: () => string; done: Promise<void> } {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "-q", CLI, ...args],
-    cwd: ROOT,
-    clearEnv: true,
-    env: { PATH: Deno.env.get("PATH") ?? "", HOME: Deno.env.get("HOME") ?? "", NO_COLOR: "1" },
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  let err = "";
-  const done = (async () => {
-    for await (const s of child.stderr.pipeThrough(new TextDecoderStream())) err += s;
-  })();
-  return { child, stderr: () => err, done };
-}
-
 Deno.test("the CLI with --admin-port 0 and --log-format json logs the admin URL as a JSON line and serves /healthz", async () => {
-  const cli = spawnCli(["--port", "0", "--admin-port", "0", "--log-format", "json"]);
+  await using cli = startCli(["--port", "0", "--admin-port", "0", "--log-format", "json"]);
   try {
     const url: string = await waitFor((): string | undefined => {
-      for (const line of cli.stderr().split("\n").filter(Boolean)) {
+      for (const line of cli.stderr.split("\n").filter(Boolean)) {
         const record = JSON.parse(line);
         if (/^Admin server listening on /.test(record.message)) return record.url as string;
       }
       return undefined;
-    }, () => `the admin URL in:\n${cli.stderr()}`) as string;
+    }, () => `the admin URL in:\n${cli.stderr}`) as string;
     assert.match(url, /^http:\/\/127\.0\.0\.1:\d+\/$/);
     assert.deepEqual(await admin(new URL(url), "/healthz"), {
       status: 200,
@@ -257,10 +236,9 @@ Deno.test("the CLI with --admin-port 0 and --log-format json logs the admin URL 
   } finally {
     cli.child.kill("SIGTERM");
   }
-  assert.equal((await withTimeout(cli.child.status, 20_000, "the CLI to exit")).code, 0);
-  await cli.done;
-  const lines = cli.stderr().trim().split("\n");
-  assert.ok(lines.length >= 3, cli.stderr());
+  assert.equal(await cli.exit(), 0, cli.transcript);
+  const lines = cli.stderr.trim().split("\n");
+  assert.ok(lines.length >= 3, cli.stderr);
   for (const line of lines) {
     const record = JSON.parse(line);
     assert.deepEqual(
@@ -282,13 +260,11 @@ Deno.test("the CLI refuses a non-loopback admin address without a token in one l
       ["--metrics-max-hosts", "-1"],
     ]
   ) {
-    const cli = spawnCli(["--port", "0", ...args]);
-    const status = await withTimeout(cli.child.status, 20_000, "the CLI to exit");
-    await cli.done;
-    assert.equal(status.code, 2, `${args.join(" ")}: ${cli.stderr()}`);
-    assert.equal(cli.stderr().trim().split("\n").length, 1, cli.stderr());
+    const r = await runCli(["--port", "0", ...args]);
+    assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
     assert.match(
-      cli.stderr(),
+      r.stderr,
       /^dprl: --(admin-hostname|admin-port|log-format|metrics-max-hosts) /,
     );
   }

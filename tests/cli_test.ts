@@ -4,125 +4,18 @@ import assert from "node:assert/strict";
 import { main } from "../cli.ts";
 import { VERSION } from "../mod.ts";
 import { DEFAULTS } from "../lib/defaults.ts";
-import {
-  BufferedConn,
-  readHead,
-  readResponse,
-  request,
-  statusOf,
-  text,
-  waitFor,
-  WaitTimeoutError,
-  withTimeout,
-} from "./_helpers/raw.ts";
+import { BufferedConn, readHead, readResponse, request, statusOf, text } from "./_helpers/raw.ts";
 import { closedPort, startUpstream, type Upstream } from "./_helpers/upstream.ts";
 import { connectRequest } from "./_helpers/proxy.ts";
+import { type Proc, runCli, startCli } from "./_helpers/spawn.ts";
 
-const CLI = new URL("../cli.ts", import.meta.url).pathname;
-const ROOT = new URL("..", import.meta.url).pathname;
-
-/** The parent's environment without anything that configures dprl or proxies. */
-function baseEnv(): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(Deno.env.toObject())) {
-    if (
-      /^(DPRL_|REDIS_)/.test(k) || k === "LOG_LEVEL" ||
-      /^(http_proxy|https_proxy|all_proxy|no_proxy)$/i.test(k)
-    ) continue;
-    env[k] = v;
-  }
-  env.NO_COLOR = "1";
-  return env;
-}
-
-/** A running `deno run -A cli.ts` with its output collected. */
-class Cli implements AsyncDisposable {
-  readonly child: Deno.ChildProcess;
-  stdout = "";
-  stderr = "";
-  #pumps: Promise<void>[];
-  #status: Promise<Deno.CommandStatus>;
-
-  constructor(args: string[], env: Record<string, string> = {}) {
-    this.child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", "-q", CLI, ...args],
-      cwd: ROOT,
-      clearEnv: true,
-      env: { ...baseEnv(), ...env },
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    this.#pumps = [
-      this.#pump(this.child.stdout, (s) => (this.stdout += s)),
-      this.#pump(this.child.stderr, (s) => (this.stderr += s)),
-    ];
-    this.#status = this.child.status;
-  }
-
-  async #pump(stream: ReadableStream<Uint8Array>, add: (s: string) => void): Promise<void> {
-    for await (const s of stream.pipeThrough(new TextDecoderStream())) add(s);
-  }
-
-  get output(): string {
-    return this.stdout + this.stderr;
-  }
-
-  /** Waits until the output matches `re`; returns the match. */
-  async waitOutput(re: RegExp, ms = 20_000): Promise<RegExpMatchArray> {
-    const m = await waitFor(
-      () => this.output.match(re),
-      () => `output matching ${re}; output so far:\n${this.output}`,
-      ms,
-    );
-    return m as RegExpMatchArray;
-  }
-
-  /** Waits for the start line and returns the proxy's address. */
-  async listening(): Promise<{ url: URL; addr: { hostname: string; port: number } }> {
-    const m = await this.waitOutput(/Proxy listening on (http:\/\/[^\s"']+)/);
-    const url = new URL(m[1]);
-    return { url, addr: { hostname: url.hostname, port: Number(url.port) } };
-  }
-
-  /** Waits for the exit (bounded); kills the process if it does not come. */
-  async exit(ms = 20_000): Promise<Deno.CommandStatus> {
-    try {
-      return await withTimeout(this.#status, ms, "the process to exit");
-    } catch (e) {
-      if (e instanceof WaitTimeoutError) {
-        try {
-          this.child.kill("SIGKILL");
-        } catch {
-          // gone already
-        }
-        await this.#status;
-      }
-      throw e;
-    } finally {
-      await Promise.all(this.#pumps);
-    }
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    try {
-      this.child.kill("SIGKILL");
-    } catch {
-      // exited already
-    }
-    await this.#status;
-    await Promise.all(this.#pumps);
-  }
-}
-
-/** Runs the CLI to its end; returns its exit code and output. */
-async function runCli(
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  await using cli = new Cli(args, env);
-  const status = await cli.exit();
-  return { code: status.code, stdout: cli.stdout, stderr: cli.stderr };
+/** Waits for the start line; returns the proxy's URL and address. */
+async function listening(
+  cli: Proc,
+): Promise<{ url: URL; addr: { hostname: string; port: number } }> {
+  const m = await cli.waitOutput(/Proxy listening on (http:\/\/[^\s"']+)/);
+  const url = new URL(m[1]);
+  return { url, addr: { hostname: url.hostname, port: Number(url.port) } };
 }
 
 function assertUsageError(r: { code: number; stderr: string }, what: string): void {
@@ -293,6 +186,67 @@ Deno.test("CLI bad environment values give one stderr line and exit code 2", asy
   results.forEach((r, i) => assertUsageError(r, JSON.stringify(cases[i])));
 });
 
+Deno.test("CLI a negative number is refused alike in every spelling: 0 or more, saying what 0 means", async () => {
+  const cases: [string[], Record<string, string>, RegExp][] = [
+    [
+      ["--max-connections", "-1"],
+      {},
+      /^dprl: --max-connections must be 0 or more \(0 is unlimited\), got -1$/,
+    ],
+    [
+      ["--max-connections=-5"],
+      {},
+      /^dprl: --max-connections must be 0 or more \(0 is unlimited\), got -5$/,
+    ],
+    [
+      [],
+      { DPRL_MAX_CONNECTIONS: "-1" },
+      /^dprl: DPRL_MAX_CONNECTIONS must be 0 or more \(0 is unlimited\), got -1$/,
+    ],
+    [
+      ["--host-limit", "a.example=-1"],
+      {},
+      /^dprl: --host-limit must be 0 or more \(0 leaves the host to the default\), got -1$/,
+    ],
+    [
+      ["--max-clients", "-2"],
+      {},
+      /^dprl: --max-clients must be 0 or more \(0 is no cap\), got -2$/,
+    ],
+    [
+      ["--port", "-1"],
+      {},
+      /^dprl: --port must be between 0 and 65535 \(0 picks a free one\), got -1$/,
+    ],
+  ];
+  const results = await Promise.all(cases.map(([args, env]) => runCli(args, env)));
+  results.forEach((r, i) => {
+    assertUsageError(r, cases[i][0].join(" ") || JSON.stringify(cases[i][1]));
+    assert.match(r.stderr.trim(), cases[i][2]);
+  });
+  const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url));
+  const row = readme.split("\n").find((l) => l.startsWith("| `--max-connections`"));
+  assert.match(row ?? "", /0 is unlimited/);
+  assert.doesNotMatch(row ?? "", /or less/);
+});
+
+Deno.test("CLI a bad value from an environment variable names the variable, not the flag", async () => {
+  const cases: [Record<string, string>, RegExp][] = [
+    [{ DPRL_PORT: "abc" }, /^dprl: DPRL_PORT must be an integer, got "abc"$/],
+    [{ LOG_LEVEL: "loud" }, /^dprl: LOG_LEVEL must be debug, info, warn or error, got "loud"$/],
+    [{ DPRL_ACCESS_LOG: "maybe" }, /^dprl: DPRL_ACCESS_LOG must be true or false, got "maybe"$/],
+    [{ DPRL_QUEUE_TIMEOUT: "soon" }, /^dprl: DPRL_QUEUE_TIMEOUT must be a duration/],
+  ];
+  const results = await Promise.all(cases.map(([env]) => runCli([], env)));
+  results.forEach((r, i) => {
+    assertUsageError(r, JSON.stringify(cases[i][0]));
+    assert.match(r.stderr.trim(), cases[i][1]);
+  });
+  // The flag still wins, and its own bad value names the flag.
+  const flag = await runCli(["--port", "x"], { DPRL_PORT: "abc" });
+  assert.match(flag.stderr.trim(), /^dprl: --port must be an integer, got "x"$/);
+});
+
 Deno.test("CLI main() returns the exit code instead of exiting", async () => {
   const log = console.log;
   const error = console.error;
@@ -311,27 +265,26 @@ Deno.test("CLI main() returns the exit code instead of exiting", async () => {
 
 Deno.test("CLI logs the proxy URL on start and SIGTERM exits 0", async () => {
   await using up = await startUpstream();
-  await using cli = new Cli(["--port", "0", "--hostname", "127.0.0.1"]);
-  const { url, addr } = await cli.listening();
+  await using cli = startCli(["--port", "0", "--hostname", "127.0.0.1"]);
+  const { url, addr } = await listening(cli);
   assert.equal(url.hostname, "127.0.0.1");
   assert.ok(addr.port > 0);
   const res = await statusThrough(addr, up);
   assert.equal(res.status, 200);
   cli.child.kill("SIGTERM");
-  const status = await cli.exit();
-  assert.equal(status.code, 0, cli.output);
+  assert.equal(await cli.exit(), 0, cli.transcript);
 });
 
 Deno.test("CLI SIGINT exits 0", async () => {
-  await using cli = new Cli(["--port", "0", "--hostname", "127.0.0.1"]);
-  await cli.listening();
+  await using cli = startCli(["--port", "0", "--hostname", "127.0.0.1"]);
+  await listening(cli);
   cli.child.kill("SIGINT");
-  assert.equal((await cli.exit()).code, 0, cli.output);
+  assert.equal(await cli.exit(), 0, cli.output);
 });
 
 Deno.test("CLI SIGTERM stops gracefully: an open tunnel is closed after the grace and the exit is 0", async () => {
   await using up = await startUpstream();
-  await using cli = new Cli([
+  await using cli = startCli([
     "--port",
     "0",
     "--hostname",
@@ -339,7 +292,7 @@ Deno.test("CLI SIGTERM stops gracefully: an open tunnel is closed after the grac
     "--shutdown-grace",
     "300ms",
   ]);
-  const { addr } = await cli.listening();
+  const { addr } = await listening(cli);
   const c = await BufferedConn.connect(addr);
   try {
     await c.write(connectRequest(up.authority));
@@ -351,37 +304,37 @@ Deno.test("CLI SIGTERM stops gracefully: an open tunnel is closed after the grac
   } finally {
     c.close();
   }
-  assert.equal((await cli.exit()).code, 0, cli.output);
+  assert.equal(await cli.exit(), 0, cli.output);
   await up.waitOpen(0);
 });
 
 Deno.test("CLI honours DPRL_PORT, and --port beats it", async () => {
   const envPort = closedPort();
   {
-    await using cli = new Cli(["--hostname", "127.0.0.1"], { DPRL_PORT: String(envPort) });
-    const { addr } = await cli.listening();
+    await using cli = startCli(["--hostname", "127.0.0.1"], { DPRL_PORT: String(envPort) });
+    const { addr } = await listening(cli);
     assert.equal(addr.port, envPort);
     cli.child.kill("SIGTERM");
-    assert.equal((await cli.exit()).code, 0, cli.output);
+    assert.equal(await cli.exit(), 0, cli.output);
   }
   const flagPort = closedPort();
   {
-    await using cli = new Cli(["--hostname", "127.0.0.1", "--port", String(flagPort)], {
+    await using cli = startCli(["--hostname", "127.0.0.1", "--port", String(flagPort)], {
       DPRL_PORT: String(envPort),
     });
-    const { addr } = await cli.listening();
+    const { addr } = await listening(cli);
     assert.equal(addr.port, flagPort);
     cli.child.kill("SIGTERM");
-    assert.equal((await cli.exit()).code, 0, cli.output);
+    assert.equal(await cli.exit(), 0, cli.output);
   }
 });
 
 Deno.test("CLI honours DPRL_MAX_CONNECTIONS: the second connection is refused with 500", async () => {
   await using up = await startUpstream();
-  await using cli = new Cli(["--port", "0", "--hostname", "127.0.0.1"], {
+  await using cli = startCli(["--port", "0", "--hostname", "127.0.0.1"], {
     DPRL_MAX_CONNECTIONS: "1",
   });
-  const { addr } = await cli.listening();
+  const { addr } = await listening(cli);
   const held = await holdThrough(addr, up);
   try {
     const res = await statusThrough(addr, up);
@@ -392,16 +345,16 @@ Deno.test("CLI honours DPRL_MAX_CONNECTIONS: the second connection is refused wi
     held.close();
   }
   cli.child.kill("SIGTERM");
-  assert.equal((await cli.exit()).code, 0, cli.output);
+  assert.equal(await cli.exit(), 0, cli.output);
 });
 
 Deno.test("CLI --max-connections beats DPRL_MAX_CONNECTIONS", async () => {
   await using up = await startUpstream();
-  await using cli = new Cli(
+  await using cli = startCli(
     ["--port", "0", "--hostname", "127.0.0.1", "--max-connections", "2"],
     { DPRL_MAX_CONNECTIONS: "1" },
   );
-  const { addr } = await cli.listening();
+  const { addr } = await listening(cli);
   const held: BufferedConn[] = [];
   try {
     held.push(await holdThrough(addr, up));
@@ -412,13 +365,13 @@ Deno.test("CLI --max-connections beats DPRL_MAX_CONNECTIONS", async () => {
     for (const c of held) c.close();
   }
   cli.child.kill("SIGTERM");
-  assert.equal((await cli.exit()).code, 0, cli.output);
+  assert.equal(await cli.exit(), 0, cli.output);
 });
 
 Deno.test("CLI --host-limit and --reject-status apply", async () => {
   await using up = await startUpstream();
   await using other = await startUpstream();
-  await using cli = new Cli([
+  await using cli = startCli([
     "--port",
     "0",
     "--hostname",
@@ -432,7 +385,7 @@ Deno.test("CLI --host-limit and --reject-status apply", async () => {
     "--reject-status",
     "503",
   ]);
-  const { addr } = await cli.listening();
+  const { addr } = await listening(cli);
   const held: BufferedConn[] = [];
   try {
     held.push(await holdThrough(addr, up));
@@ -448,11 +401,11 @@ Deno.test("CLI --host-limit and --reject-status apply", async () => {
     for (const c of held) c.close();
   }
   cli.child.kill("SIGTERM");
-  assert.equal((await cli.exit()).code, 0, cli.output);
+  assert.equal(await cli.exit(), 0, cli.output);
 });
 
 Deno.test("CLI accepts durations (500ms, 2m, bare seconds) and applies --head-timeout", async () => {
-  await using cli = new Cli([
+  await using cli = startCli([
     "--port",
     "0",
     "--hostname",
@@ -468,7 +421,7 @@ Deno.test("CLI accepts durations (500ms, 2m, bare seconds) and applies --head-ti
     "--shutdown-grace",
     "1",
   ]);
-  const { addr } = await cli.listening();
+  const { addr } = await listening(cli);
   const silent = await BufferedConn.connect(addr);
   try {
     await silent.waitClosed();
@@ -476,13 +429,13 @@ Deno.test("CLI accepts durations (500ms, 2m, bare seconds) and applies --head-ti
     silent.close();
   }
   cli.child.kill("SIGTERM");
-  assert.equal((await cli.exit()).code, 0, cli.output);
+  assert.equal(await cli.exit(), 0, cli.output);
 });
 
 Deno.test("CLI LOG_LEVEL=debug logs every upstream connection open and close with host and count", async () => {
   await using up = await startUpstream();
-  await using cli = new Cli(["--port", "0", "--hostname", "127.0.0.1"], { LOG_LEVEL: "debug" });
-  const { addr } = await cli.listening();
+  await using cli = startCli(["--port", "0", "--hostname", "127.0.0.1"], { LOG_LEVEL: "debug" });
+  const { addr } = await listening(cli);
   // /close: the upstream closes after answering, so both events happen now.
   const c = await BufferedConn.connect(addr);
   try {
@@ -497,16 +450,16 @@ Deno.test("CLI LOG_LEVEL=debug logs every upstream connection open and close wit
   assert.match(opened[0], /\b1\b/, `the open line carries the count: ${opened[0]}`);
   assert.match(closed[0], /\b0\b/, `the close line carries the count: ${closed[0]}`);
   cli.child.kill("SIGTERM");
-  assert.equal((await cli.exit()).code, 0, cli.output);
+  assert.equal(await cli.exit(), 0, cli.output);
 });
 
 Deno.test("CLI --log-level beats LOG_LEVEL and info hides the connection lines", async () => {
   await using up = await startUpstream();
-  await using cli = new Cli(
+  await using cli = startCli(
     ["--port", "0", "--hostname", "127.0.0.1", "--log-level", "info"],
     { LOG_LEVEL: "debug" },
   );
-  const { addr } = await cli.listening();
+  const { addr } = await listening(cli);
   const c = await BufferedConn.connect(addr);
   try {
     await c.write(get(up, "/close"));
@@ -515,7 +468,7 @@ Deno.test("CLI --log-level beats LOG_LEVEL and info hides the connection lines",
     c.close();
   }
   cli.child.kill("SIGTERM");
-  assert.equal((await cli.exit()).code, 0, cli.output);
+  assert.equal(await cli.exit(), 0, cli.output);
   assert.ok(!cli.output.includes(up.authority), `no connection lines at info:\n${cli.output}`);
 });
 

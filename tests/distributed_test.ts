@@ -12,6 +12,7 @@ import {
   waitFor,
 } from "./_helpers/redis_server.ts";
 import { startEchoUpstream } from "./_helpers/upstream.ts";
+import { baseEnv } from "./_helpers/spawn.ts";
 
 const LEASE = 600;
 const enc = new TextEncoder();
@@ -255,7 +256,8 @@ await redisTest(
       stdin: "null",
       stdout: "piped",
       stderr: "null",
-      env: { NO_COLOR: "1" },
+      clearEnv: true,
+      env: baseEnv(),
     }).spawn();
     const tunnels: Deno.Conn[] = [];
     try {
@@ -385,7 +387,8 @@ async function runCli(
     stdin: "null",
     stdout: "null",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    clearEnv: true,
+    env: baseEnv(),
   }).spawn();
   const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
   let out = "";

@@ -3,134 +3,12 @@
 // `--allow-net` alone, a worker, the README's `deno install` line, `deno task
 // compile`, and the Deno version that CI and the Docker image pin.
 import assert from "node:assert/strict";
-import { BufferedConn, readResponse, request, text, waitFor, withTimeout } from "./_helpers/raw.ts";
+import { BufferedConn, readResponse, request, text } from "./_helpers/raw.ts";
+import { consumer, Proc, ROOT, run, shellWords, tempDir } from "./_helpers/spawn.ts";
 import { FIXED_BODY, startUpstream, type Upstream } from "./_helpers/upstream.ts";
 import { VERSION } from "../mod.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const README = Deno.readTextFileSync(`${ROOT}/README.md`);
-/** Bound on every start, exit and answer awaited here. */
-const WAIT_MS = 60_000;
-
-/** The parent's environment without anything that configures dprl or proxies. */
-function baseEnv(): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(Deno.env.toObject())) {
-    if (
-      /^(DPRL_|REDIS_)/.test(k) || k === "LOG_LEVEL" ||
-      /^(http_proxy|https_proxy|all_proxy|no_proxy)$/i.test(k)
-    ) continue;
-    env[k] = v;
-  }
-  env.NO_COLOR = "1";
-  // The installed command's launcher runs `deno` from PATH.
-  const bin = Deno.execPath().replace(/\/[^/]*$/, "");
-  env.PATH = `${bin}:${env.PATH ?? "/usr/bin:/bin"}`;
-  return env;
-}
-
-/** A subprocess with its output collected; disposing kills it and waits for it. */
-class Proc implements AsyncDisposable {
-  readonly child: Deno.ChildProcess;
-  readonly what: string;
-  stdout = "";
-  stderr = "";
-  #pumps: Promise<void>[];
-  #exited = false;
-
-  constructor(cmd: string, args: string[], cwd: string, env: Record<string, string> = {}) {
-    this.what = [cmd, ...args].join(" ");
-    this.child = new Deno.Command(cmd, {
-      args,
-      cwd,
-      clearEnv: true,
-      env: { ...baseEnv(), ...env },
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    this.#pumps = [
-      this.#pump(this.child.stdout, (s) => (this.stdout += s)),
-      this.#pump(this.child.stderr, (s) => (this.stderr += s)),
-    ];
-    this.child.status.then(() => (this.#exited = true));
-  }
-
-  async #pump(stream: ReadableStream<Uint8Array>, add: (s: string) => void): Promise<void> {
-    for await (const s of stream.pipeThrough(new TextDecoderStream())) add(s);
-  }
-
-  get output(): string {
-    return `$ ${this.what}\n${this.stdout}${this.stderr}`;
-  }
-
-  /** Waits for the proxy's start line and returns its bound address. */
-  async listening(): Promise<{ hostname: string; port: number }> {
-    const m = await waitFor(
-      () => {
-        const m = this.stderr.match(/bound to ([0-9.]+):([0-9]+)/);
-        if (!m && this.#exited) throw new Error(`It exited before listening:\n${this.output}`);
-        return m;
-      },
-      () => `the start line; output so far:\n${this.output}`,
-      WAIT_MS,
-    );
-    return { hostname: m![1], port: Number(m![2]) };
-  }
-
-  /** Waits (bounded) for the exit; returns the exit code. */
-  async exit(): Promise<number> {
-    const status = await withTimeout(this.child.status, WAIT_MS, `the exit of ${this.what}`);
-    await Promise.all(this.#pumps);
-    return status.code;
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    try {
-      this.child.kill("SIGKILL");
-    } catch {
-      // exited already
-    }
-    await this.child.status;
-    await Promise.all(this.#pumps);
-  }
-}
-
-/** Runs a command to its end (bounded); returns its exit code and output. */
-async function run(
-  cmd: string,
-  args: string[],
-  cwd: string,
-): Promise<{ code: number; stdout: string; output: string }> {
-  await using p = new Proc(cmd, args, cwd);
-  const code = await p.exit();
-  return { code, stdout: p.stdout, output: p.output };
-}
-
-/** A temporary folder, removed on dispose. */
-async function tempDir(): Promise<{ path: string } & AsyncDisposable> {
-  const path = await Deno.makeTempDir({ prefix: "dprl_entry_" });
-  return {
-    path,
-    [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }),
-  };
-}
-
-/**
- * A consumer project as `deno add jsr:@dprl/cli` leaves it, whose deno.json
- * links this checkout so that `jsr:@dprl/cli` resolves to it.
- */
-async function consumer(files: Record<string, string> = {}): Promise<
-  { path: string } & AsyncDisposable
-> {
-  const dir = await tempDir();
-  const config = { imports: { "@dprl/cli": "jsr:@dprl/cli@^0.1.0" }, links: [ROOT] };
-  await Deno.writeTextFile(`${dir.path}/deno.json`, JSON.stringify(config, null, 2));
-  for (const [name, content] of Object.entries(files)) {
-    await Deno.writeTextFile(`${dir.path}/${name}`, content);
-  }
-  return dir;
-}
 
 async function statusThrough(
   addr: { hostname: string; port: number },
@@ -194,11 +72,6 @@ function readmeCommands(prefix: string): string[] {
   );
 }
 
-/** Splits a shell line into words as sh does: spaces separate, single quotes group. */
-function shellWords(line: string): string[] {
-  return [...line.matchAll(/(?:'[^']*'|[^\s'])+/g)].map((m) => m[0].replaceAll("'", ""));
-}
-
 Deno.test("jsr:@dprl/cli --version and --help print and exit 0", async () => {
   await using project = await consumer();
   const deno = Deno.execPath();
@@ -207,11 +80,11 @@ Deno.test("jsr:@dprl/cli --version and --help print and exit 0", async () => {
     run(deno, ["run", "-A", "jsr:@dprl/cli", "--help"], project.path),
     run(deno, ["run", "-A", "jsr:@dprl/cli/cli", "--version"], project.path),
   ]);
-  assert.equal(version.code, 0, version.output);
+  assert.equal(version.code, 0, version.transcript);
   assert.equal(version.stdout.trim(), `dprl ${VERSION}`);
-  assert.equal(help.code, 0, help.output);
+  assert.equal(help.code, 0, help.transcript);
   assert.match(help.stdout, /--max-connections <n>/);
-  assert.equal(cliVersion.code, 0, cliVersion.output);
+  assert.equal(cliVersion.code, 0, cliVersion.transcript);
   assert.equal(cliVersion.stdout.trim(), `dprl ${VERSION}`);
 });
 
@@ -232,7 +105,7 @@ Deno.test("deno run -A jsr:@dprl/cli proxies, refuses over the limit and exits 0
   const addr = await proxy.listening();
   await assertProxiesAndLimitsToOne(addr, up);
   proxy.child.kill("SIGTERM");
-  assert.equal(await proxy.exit(), 0, proxy.output);
+  assert.equal(await proxy.exit(), 0, proxy.transcript);
 });
 
 const LIBRARY_PROGRAM = `
@@ -256,8 +129,8 @@ Deno.test("the library serves in memory mode under --allow-net alone", async () 
     ["run", "--allow-net", "main.ts", up.url("/fixed"), up.authority],
     project.path,
   );
-  assert.equal(r.code, 0, r.output);
-  assert.ok(r.stdout.split("\n").includes(`200 ${JSON.stringify(FIXED_BODY)}`), r.output);
+  assert.equal(r.code, 0, r.transcript);
+  assert.ok(r.stdout.split("\n").includes(`200 ${JSON.stringify(FIXED_BODY)}`), r.transcript);
   assert.match(r.stdout, /^open [01]$/m);
   assert.equal(up.requests.length, 1);
 });
@@ -286,9 +159,9 @@ Deno.test("Redis mode says it needs --ignore-env under --allow-net alone, and st
     run(deno, ["run", "--allow-net", "main.ts", port], project.path),
     run(deno, ["run", "--allow-net", "--ignore-env", "main.ts", port], project.path),
   ]);
-  assert.equal(narrow.code, 0, narrow.output);
+  assert.equal(narrow.code, 0, narrow.transcript);
   assert.match(narrow.stdout, /^refused: Redis mode needs .*--ignore-env/m);
-  assert.equal(ignoring.code, 0, ignoring.output);
+  assert.equal(ignoring.code, 0, ignoring.transcript);
   assert.match(ignoring.stdout, /^started$/m);
 });
 
@@ -318,7 +191,7 @@ Deno.test("the README's worker example starts a proxy in a worker, serves and st
     w.startsWith("--allow-read=") ? `${w},${ROOT}` : w
   );
   const r = await run(Deno.execPath(), [...args, up.url("/fixed")], project.path);
-  assert.equal(r.code, 0, r.output);
+  assert.equal(r.code, 0, r.transcript);
   assert.match(r.stdout, /^200$/m);
   assert.match(r.stdout, /^stopped$/m);
   assert.equal(up.requests.length, 1);
@@ -332,12 +205,12 @@ Deno.test("the README's deno install line works from a clone and the command run
   const words = shellWords(line);
   words.splice(words.indexOf("--global") + 1, 0, "--root", root.path);
   const installed = await run(Deno.execPath(), words.slice(1), ROOT);
-  assert.equal(installed.code, 0, installed.output);
+  assert.equal(installed.code, 0, installed.transcript);
   const name = words[words.indexOf("--name") + 1] ?? words[words.indexOf("-n") + 1];
   const bin = `${root.path}/bin/${name}`;
 
   const version = await run(bin, ["--version"], elsewhere.path);
-  assert.equal(version.code, 0, version.output);
+  assert.equal(version.code, 0, version.transcript);
   assert.match(version.stdout, /^dprl \d+\.\d+\.\d+/);
 
   await using up = await startUpstream();
@@ -350,7 +223,7 @@ Deno.test("the README's deno install line works from a clone and the command run
   );
   await assertProxiesAndLimitsToOne(await proxy.listening(), up);
   proxy.child.kill("SIGTERM");
-  assert.equal(await proxy.exit(), 0, proxy.output);
+  assert.equal(await proxy.exit(), 0, proxy.transcript);
 });
 
 /**
@@ -366,7 +239,7 @@ async function compileUnavailable(): Promise<string | null> {
     dir.path,
   );
   if (r.code === 0) return null;
-  const errors = r.output.split("\n").map((l) => l.trim()).filter((l) => /error/i.test(l));
+  const errors = r.transcript.split("\n").map((l) => l.trim()).filter((l) => /error/i.test(l));
   return [...new Set([errors[0], errors.at(-1)])].filter(Boolean).join(" ... ") || `exit ${r.code}`;
 }
 
@@ -377,6 +250,26 @@ if (compileBlocked) {
       `get its runtime here (${compileBlocked}); set DENORT_BIN to a denort binary to run it\n`,
   );
 }
+
+if (!compileBlocked) {
+  console.warn(
+    `\n!!! SKIPPED: "deno task compile explains in one line why it cannot build": ` +
+      `deno compile can build here\n`,
+  );
+}
+
+Deno.test({
+  name: "deno task compile explains in one line why it cannot build",
+  ignore: compileBlocked === null,
+  fn: async () => {
+    const r = await run(Deno.execPath(), ["task", "compile"], ROOT, { DENORT_BIN: "" });
+    assert.equal(r.code, 1, r.transcript);
+    const lines = r.stderr.trim().split("\n").filter((l) => !/^Task compile /.test(l));
+    assert.equal(lines.length, 1, r.transcript);
+    assert.match(lines[0], /^deno compile failed: .+; it needs the Deno runtime .*DENORT_BIN/);
+    assert.doesNotMatch(r.transcript, /backtrace|Caused by/i);
+  },
+});
 
 Deno.test({
   name: "deno task compile builds a binary that proxies and limits with narrow permissions",
@@ -392,9 +285,9 @@ Deno.test({
     await using elsewhere = await tempDir();
     try {
       const built = await run(Deno.execPath(), ["task", "compile"], ROOT);
-      assert.equal(built.code, 0, built.output);
+      assert.equal(built.code, 0, built.transcript);
       const version = await run(out, ["--version"], elsewhere.path);
-      assert.equal(version.code, 0, version.output);
+      assert.equal(version.code, 0, version.transcript);
       await using up = await startUpstream();
       await using proxy = new Proc(
         out,
@@ -403,7 +296,7 @@ Deno.test({
       );
       await assertProxiesAndLimitsToOne(await proxy.listening(), up);
       proxy.child.kill("SIGTERM");
-      assert.equal(await proxy.exit(), 0, proxy.output);
+      assert.equal(await proxy.exit(), 0, proxy.transcript);
     } finally {
       if (!existed) await Deno.remove(out).catch(() => {});
     }

@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { hostKey } from "../mod.ts";
 import { LimitTable } from "../lib/limit/limit_table.ts";
 import { canonicalHost } from "../lib/limit/host_key.ts";
-import fc from "fast-check";
+// deno-lint-ignore no-import-prefix -- test-only packages stay out of deno.json, see tests/deno.lock
+import fc from "npm:fast-check@4.11.0";
 
 Deno.test("hostKey lower-cases the host name", () => {
   assert.equal(hostKey("API.Example.COM"), "api.example.com");

@@ -2,7 +2,8 @@
 // throw nothing but HttpError, always finish, and accept every well-formed
 // message generated. DPRL_FUZZ_RUNS sets the runs per property.
 import assert from "node:assert/strict";
-import fc from "fast-check";
+// deno-lint-ignore no-import-prefix -- test-only packages stay out of deno.json, see tests/deno.lock
+import fc from "npm:fast-check@4.11.0";
 import {
   bodyFraming,
   endToEndLines,

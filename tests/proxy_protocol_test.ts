@@ -3,7 +3,8 @@
 // order; interim responses never reach an HTTP/1.0 client; an HTTP/1.1
 // request without Host is refused.
 import assert from "node:assert/strict";
-import fc from "fast-check";
+// deno-lint-ignore no-import-prefix -- test-only packages stay out of deno.json, see tests/deno.lock
+import fc from "npm:fast-check@4.11.0";
 import {
   BufferedConn,
   concat,

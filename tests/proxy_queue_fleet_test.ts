@@ -15,6 +15,7 @@ import {
   waitFor,
 } from "./_helpers/redis_server.ts";
 import { RedisLimiter } from "../lib/limit/redis_limiter.ts";
+import { baseEnv } from "./_helpers/spawn.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -155,7 +156,8 @@ await redisTest(
       stdin: "null",
       stdout: "piped",
       stderr: "null",
-      env: { NO_COLOR: "1" },
+      clearEnv: true,
+      env: baseEnv(),
     }).spawn();
     const guard = setTimeout(() => child.kill("SIGKILL"), 60_000);
     try {

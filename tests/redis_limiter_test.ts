@@ -21,6 +21,7 @@ import {
   type TlsFiles,
   waitFor,
 } from "./_helpers/redis_server.ts";
+import { baseEnv } from "./_helpers/spawn.ts";
 
 // Captures what the limiters log, per test category.
 const records: LogRecord[] = [];
@@ -297,7 +298,8 @@ await redisTest(
       ],
       stdout: "piped",
       stderr: "null",
-      env: { NO_COLOR: "1" },
+      clearEnv: true,
+      env: baseEnv(),
     }).spawn();
     try {
       const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
@@ -1203,6 +1205,8 @@ await redisTest(
       ],
       stdout: "piped",
       stderr: "null",
+      clearEnv: true,
+      env: baseEnv(),
     }).spawn();
     try {
       const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();

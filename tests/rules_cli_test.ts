@@ -5,55 +5,7 @@ import assert from "node:assert/strict";
 import { RedisServer, redisTest, waitFor } from "./_helpers/redis_server.ts";
 import { rawExchange, request } from "./_helpers/raw.ts";
 import { startUpstream } from "./_helpers/upstream.ts";
-
-const CLI = new URL("../cli.ts", import.meta.url).pathname;
-
-/** A running `deno run -A cli.ts` with its output collected. */
-class Cli implements AsyncDisposable {
-  readonly child: Deno.ChildProcess;
-  output = "";
-  #pumps: Promise<void>[];
-
-  constructor(args: string[], env: Record<string, string> = {}) {
-    const base = Object.fromEntries(
-      Object.entries(Deno.env.toObject()).filter(([k]) =>
-        !/^(DPRL_|REDIS_|LOG_LEVEL$|https?_proxy$|all_proxy$|no_proxy$)/i.test(k)
-      ),
-    );
-    this.child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", "-q", CLI, ...args],
-      clearEnv: true,
-      env: { ...base, NO_COLOR: "1", ...env },
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const pump = async (stream: ReadableStream<Uint8Array>) => {
-      for await (const s of stream.pipeThrough(new TextDecoderStream())) this.output += s;
-    };
-    this.#pumps = [pump(this.child.stdout), pump(this.child.stderr)];
-  }
-
-  async waitOutput(re: RegExp, ms = 20_000): Promise<RegExpMatchArray> {
-    await waitFor(() => re.test(this.output), ms, `output matching ${re}:\n${this.output}`, 20);
-    return this.output.match(re)!;
-  }
-
-  async exit(): Promise<number> {
-    const status = await this.child.status;
-    await Promise.all(this.#pumps);
-    return status.code;
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    try {
-      this.child.kill("SIGKILL");
-    } catch {
-      // exited already
-    }
-    await this.exit();
-  }
-}
+import { type Proc, startCli } from "./_helpers/spawn.ts";
 
 function freePort(): number {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -68,7 +20,7 @@ async function tempFile(name: string, text: string): Promise<string> {
   return `${dir}/${name}`;
 }
 
-async function listeningPort(cli: Cli): Promise<number> {
+async function listeningPort(cli: Proc): Promise<number> {
   const m = await cli.waitOutput(/Proxy listening on http:\/\/[^:]+:(\d+)/);
   return Number(m[1]);
 }
@@ -83,7 +35,7 @@ Deno.test("CLI settings: the flag over the variable over the file over the defau
     [[], { DPRL_CONFIG: file }, fromFile],
   ];
   for (const [args, env, port] of cases) {
-    await using cli = new Cli(args, env);
+    await using cli = startCli(args, env);
     assert.equal(await listeningPort(cli), port, `${args.join(" ")} ${JSON.stringify(env)}`);
   }
 });
@@ -93,7 +45,7 @@ Deno.test("CLI limits: the file's rules over --max-connections and --host-limit"
     "dprl.json",
     JSON.stringify({ default: 1, hosts: { "a.example": 2 }, port: 0, hostname: "127.0.0.1" }),
   );
-  await using cli = new Cli([
+  await using cli = startCli([
     "--config",
     file,
     "--max-connections",
@@ -115,7 +67,7 @@ Deno.test("CLI limits: the file's rules over --max-connections and --host-limit"
 
 Deno.test("CLI a broken config file at start is one line naming file:line:col, exit 2", async () => {
   const file = await tempFile("dprl.yaml", "default: 25\nhosts:\n  api.example.com: -1\n");
-  await using cli = new Cli(["--config", file]);
+  await using cli = startCli(["--config", file]);
   assert.equal(await cli.exit(), 2);
   const lines = cli.output.trim().split("\n");
   assert.equal(lines.length, 1, cli.output);
@@ -123,7 +75,7 @@ Deno.test("CLI a broken config file at start is one line naming file:line:col, e
     lines[0],
     /^dprl: .*dprl\.yaml:3:20: hosts\.api\.example\.com must be an integer >= 0/,
   );
-  await using typo = new Cli(["--config", await tempFile("d.yaml", "max-conections: 3\n")]);
+  await using typo = startCli(["--config", await tempFile("d.yaml", "max-conections: 3\n")]);
   assert.equal(await typo.exit(), 2);
   assert.match(
     typo.output,
@@ -133,7 +85,7 @@ Deno.test("CLI a broken config file at start is one line naming file:line:col, e
 
 Deno.test("CLI SIGHUP and POST /api/reload reload the rules; a broken file keeps them", async () => {
   const file = await tempFile("dprl.yaml", "port: 0\nhostname: 127.0.0.1\ndefault: 3\n");
-  await using cli = new Cli(["--config", file, "--admin-port", "0"]);
+  await using cli = startCli(["--config", file, "--admin-port", "0"]);
   const admin = (await cli.waitOutput(/Admin server listening on (http:\/\/\S+?\/)/))[1];
   const limit = async () =>
     (await (await fetch(new URL("/api/hosts/x.example", admin))).json()).limit;
@@ -166,7 +118,7 @@ Deno.test("CLI GET /api/limits names the flag or the file behind each limit, bef
     "dprl.yaml",
     "port: 0\nhostname: 127.0.0.1\ndefault: 3\nhosts:\n  b.test: 2\n",
   );
-  await using cli = new Cli([
+  await using cli = startCli([
     "--config",
     file,
     "--admin-port",
@@ -203,7 +155,7 @@ Deno.test("CLI a rule's queue-timeout from the file: SIGHUP makes a request over
   const rules = (rule: string) =>
     `port: 0\nhostname: 127.0.0.1\nreject-status: 503\nhosts:\n  "${up.authority}": ${rule}\n`;
   const file = await tempFile("dprl.yaml", rules("1"));
-  await using cli = new Cli(["--config", file, "--admin-port", "0"]);
+  await using cli = startCli(["--config", file, "--admin-port", "0"]);
   const proxy = { hostname: "127.0.0.1", port: await listeningPort(cli) };
   const admin = (await cli.waitOutput(/Admin server listening on (http:\/\/\S+?\/)/))[1];
   const queued = async () =>
@@ -229,7 +181,9 @@ Deno.test("CLI a rule's queue-timeout from the file: SIGHUP makes a request over
 
 Deno.test("CLI --watch-config reloads the rules when the file changes", async () => {
   const file = await tempFile("dprl.yaml", "port: 0\nhostname: 127.0.0.1\ndefault: 3\n");
-  await using cli = new Cli(["--config", file, "--admin-port", "0"], { DPRL_WATCH_CONFIG: "true" });
+  await using cli = startCli(["--config", file, "--admin-port", "0"], {
+    DPRL_WATCH_CONFIG: "true",
+  });
   const admin = (await cli.waitOutput(/Admin server listening on (http:\/\/\S+?\/)/))[1];
   const limit = async () =>
     (await (await fetch(new URL("/api/hosts/x.example", admin))).json()).limit;
@@ -253,9 +207,9 @@ await redisTest(
       "b.yaml",
       "port: 0\nhostname: 127.0.0.1\nhosts:\n  api.example.com: 3\n",
     );
-    await using first = new Cli(["--config", a, "--redis-url", redis.url]);
+    await using first = startCli(["--config", a, "--redis-url", redis.url]);
     await first.waitOutput(/Proxy listening/);
-    await using second = new Cli(["--config", b, "--redis-url", redis.url]);
+    await using second = startCli(["--config", b, "--redis-url", redis.url]);
     await second.waitOutput(
       /Limit rules differ from worker \S+: hosts\.api\.example\.com: 3 here, 5 there/,
     );
@@ -281,7 +235,7 @@ Deno.test("CLI the README's config file examples start the proxy", async () => {
       })
       : text.replace(/^redis-url:.*$/m, "").replace(/^admin-port:.*$/m, "admin-port: 0") +
         "\nport: 0\nhostname: 127.0.0.1\n";
-    await using cli = new Cli(["--config", await tempFile(`dprl.${format}`, local)]);
+    await using cli = startCli(["--config", await tempFile(`dprl.${format}`, local)]);
     await cli.waitOutput(/Proxy listening on/);
   }
 });
@@ -296,7 +250,7 @@ Deno.test("CLI lists and switches from the file: the variable over the file", as
     "dprl.yaml",
     `port: 0\nhostname: 127.0.0.1\ndeny: ["127.0.0.1:${port}"]\naccess-log: true\n`,
   );
-  const status = async (cli: Cli) => {
+  const status = async (cli: Proc) => {
     const proxyPort = await listeningPort(cli);
     const conn = await Deno.connect({ hostname: "127.0.0.1", port: proxyPort });
     const target = `127.0.0.1:${port}`;
@@ -309,10 +263,10 @@ Deno.test("CLI lists and switches from the file: the variable over the file", as
     return Number(new TextDecoder().decode(buf.subarray(0, n ?? 0)).split(" ")[1]);
   };
   try {
-    await using fromFile = new Cli(["--config", file]);
+    await using fromFile = startCli(["--config", file]);
     assert.equal(await status(fromFile), 403, "the file's deny list applies");
     await fromFile.waitOutput(/CONNECT 127\.0\.0\.1:\d+ 403/);
-    await using fromEnv = new Cli(["--config", file], {
+    await using fromEnv = startCli(["--config", file], {
       DPRL_DENY: "10.9.9.9",
       DPRL_ACCESS_LOG: "false",
     });
@@ -321,4 +275,52 @@ Deno.test("CLI lists and switches from the file: the variable over the file", as
     up.close();
     await accepted;
   }
+});
+
+/** A config file of `n` host rules, each with `limit`. */
+function manyRules(n: number, limit: number): string {
+  const lines = ["port: 0", "hostname: 127.0.0.1", "hosts:"];
+  for (let i = 0; i < n; i++) lines.push(`  h${i}.example.com: ${limit}`);
+  return lines.join("\n") + "\n";
+}
+
+Deno.test("CLI a reload of 50,000 rules lets proxied requests through while it runs", async () => {
+  await using up = await startUpstream();
+  const file = await tempFile("dprl.yaml", manyRules(3, 1));
+  await using cli = startCli(["--config", file, "--admin-port", "0"]);
+  const admin = (await cli.waitOutput(/Admin server listening on (http:\/\/\S+?\/)/))[1];
+  const port = await listeningPort(cli);
+  // The file becomes a pipe: opening it for writing returns once the reload
+  // has opened it for reading, which tells that the reload has begun.
+  await Deno.remove(file);
+  await new Deno.Command("mkfifo", { args: [file] }).output();
+  let answered = false;
+  const reload = fetch(new URL("/api/reload", admin), {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: "{}",
+  }).then(async (res) => {
+    answered = true;
+    return [res.status, await res.text()] as const;
+  });
+  const pipe = await Promise.race([
+    Deno.open(file, { write: true }),
+    reload.then(([status, body]) => assert.fail(`answered unread: ${status} ${body}`)),
+  ]);
+  await pipe.write(new TextEncoder().encode(manyRules(50_000, 2)));
+  pipe.close();
+  // The file is read: the rules are being checked and compiled.
+  const client = Deno.createHttpClient({ proxy: { url: `http://127.0.0.1:${port}` } });
+  try {
+    const res = await fetch(up.url("/fixed"), { client });
+    assert.equal(res.status, 200);
+    await res.body?.cancel();
+    assert.equal(answered, false, "the proxied request was served during the reload");
+  } finally {
+    client.close();
+  }
+  const [status, body] = await reload;
+  assert.equal(status, 200, body);
+  const host = await (await fetch(new URL("/api/hosts/h49999.example.com", admin))).json();
+  assert.equal(host.limit, 2, "the reloaded rules are in use");
 });

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import fc from "fast-check";
+// deno-lint-ignore no-import-prefix -- test-only packages stay out of deno.json, see tests/deno.lock
+import fc from "npm:fast-check@4.11.0";
 import { best } from "./_helpers/naive_rules.ts";
 import { HostIndex } from "../lib/limit/rules/host_index.ts";
 import { parseHostPattern } from "../lib/limit/rules/rules.ts";

@@ -3,7 +3,8 @@
 // form, layers and diffs, and through real proxies with real upstreams and
 // clients: a rule's queue-timeout and queue-max, and a reload that changes them.
 import assert from "node:assert/strict";
-import fc from "fast-check";
+// deno-lint-ignore no-import-prefix -- test-only packages stay out of deno.json, see tests/deno.lock
+import fc from "npm:fast-check@4.11.0";
 import { best } from "./_helpers/naive_rules.ts";
 import { hostKey } from "../lib/limit/host_key.ts";
 import { LimitTable } from "../lib/limit/limit_table.ts";

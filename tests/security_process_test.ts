@@ -3,101 +3,12 @@
 // a thousand half-sent request heads.
 import assert from "node:assert/strict";
 import bcrypt from "bcryptjs";
-import {
-  BufferedConn,
-  header,
-  rawExchange,
-  request,
-  text,
-  waitFor,
-  withTimeout,
-} from "./_helpers/raw.ts";
+import { BufferedConn, header, rawExchange, request, text, waitFor } from "./_helpers/raw.ts";
 import { connectRequest } from "./_helpers/proxy.ts";
+import { CLI, Proc, ROOT, runCli } from "./_helpers/spawn.ts";
 import { startUpstream, type Upstream } from "./_helpers/upstream.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname;
-const CLI = new URL("../cli.ts", import.meta.url).pathname;
 const MOD = new URL("../mod.ts", import.meta.url).href;
-
-/** The parent's environment without anything that configures dprl or proxies. */
-function baseEnv(): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(Deno.env.toObject())) {
-    if (/^(DPRL_|REDIS_|LOG_LEVEL$)|_proxy$/i.test(k)) continue;
-    env[k] = v;
-  }
-  env.NO_COLOR = "1";
-  return env;
-}
-
-/** A subprocess whose output is collected as it comes. */
-class Proc implements AsyncDisposable {
-  readonly child: Deno.ChildProcess;
-  stdout = "";
-  stderr = "";
-  #writer: WritableStreamDefaultWriter<Uint8Array>;
-  #pumps: Promise<void>[];
-  exited = false;
-
-  constructor(command: string, args: string[], env: Record<string, string> = {}) {
-    this.child = new Deno.Command(command, {
-      args,
-      cwd: ROOT,
-      clearEnv: true,
-      env: { ...baseEnv(), ...env },
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    this.child.status.then(() => this.exited = true);
-    this.#writer = this.child.stdin.getWriter();
-    const pump = async (s: ReadableStream<Uint8Array>, add: (t: string) => void) => {
-      for await (const t of s.pipeThrough(new TextDecoderStream())) add(t);
-    };
-    this.#pumps = [
-      pump(this.child.stdout, (t) => this.stdout += t),
-      pump(this.child.stderr, (t) => this.stderr += t),
-    ];
-  }
-
-  /** Writes a line to its stdin. */
-  async send(line: string): Promise<void> {
-    await this.#writer.write(new TextEncoder().encode(`${line}\n`));
-  }
-
-  /** Waits for `pattern` in stdout or stderr; its first group. */
-  async match(pattern: RegExp, ms = 20_000): Promise<string> {
-    const m = await waitFor(
-      () => {
-        if (this.exited) throw new Error(`Process exited:\n${this.stderr}`);
-        return pattern.exec(this.stdout + this.stderr);
-      },
-      () => `${pattern} in the output:\n${this.stderr}`,
-      ms,
-    );
-    return m![1];
-  }
-
-  /** Sends SIGTERM and resolves the exit code. */
-  async stop(): Promise<number> {
-    if (!this.exited) this.child.kill("SIGTERM");
-    const status = await withTimeout(this.child.status, 15_000, "the process to exit");
-    await this.#writer.close().catch(() => {});
-    await Promise.all(this.#pumps);
-    return status.code;
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    if (!this.exited) {
-      try {
-        this.child.kill("SIGKILL");
-      } catch { /* gone */ }
-    }
-    await this.child.status;
-    await this.#writer.close().catch(() => {});
-    await Promise.all(this.#pumps);
-  }
-}
 
 /** Retries a GET through the proxy until it gets 200. */
 async function servesAgain(addr: { hostname: string; port: number }, up: Upstream): Promise<void> {
@@ -141,8 +52,10 @@ Deno.test("out of file descriptors the proxy lives on, logs about once a second,
     `ulimit -n 64; exec "$0" run -A -q "$1" --port 0 --hostname 127.0.0.1 --head-timeout 60s`,
     Deno.execPath(),
     CLI,
-  ]);
-  const port = Number(await proc.match(/Proxy listening on http:\/\/127\.0\.0\.1:(\d+)\//));
+  ], ROOT);
+  const port = Number(
+    (await proc.waitOutput(/Proxy listening on http:\/\/127\.0\.0\.1:(\d+)\//))[1],
+  );
   const addr = { hostname: "127.0.0.1", port };
   await servesAgain(addr, up);
   const clients: Deno.TcpConn[] = [];
@@ -153,7 +66,7 @@ Deno.test("out of file descriptors the proxy lives on, logs about once a second,
       if (!c) break;
       clients.push(c);
     }
-    await proc.match(/(Accept failed)/);
+    await proc.waitOutput(/(Accept failed)/);
     const from = proc.stderr.length;
     await new Promise((r) => setTimeout(r, 3_000));
     const lines = proc.stderr.slice(from).split("\n").filter((l) => /Accept failed/.test(l));
@@ -189,16 +102,22 @@ Deno.test("memory of a thousand half-sent heads is given back once they are gone
   try {
     const program = `${dir}/memory.ts`;
     await Deno.writeTextFile(program, MEMORY_PROGRAM);
-    await using proc = new Proc(Deno.execPath(), [
-      "run",
-      "-A",
-      "-q",
-      "--v8-flags=--expose-gc",
-      "--config",
-      `${ROOT}deno.json`,
-      program,
-    ]);
-    const port = Number(await proc.match(/^port (\d+)$/m));
+    await using proc = new Proc(
+      Deno.execPath(),
+      [
+        "run",
+        "-A",
+        "-q",
+        "--v8-flags=--expose-gc",
+        "--config",
+        `${ROOT}/deno.json`,
+        program,
+      ],
+      ROOT,
+      {},
+      { stdin: true },
+    );
+    const port = Number((await proc.waitOutput(/^port (\d+)$/m))[1]);
     let seen = 0;
     const measure = async (): Promise<number> => {
       await proc.send("measure");
@@ -253,41 +172,31 @@ function mb(n: number): string {
   return `${(n / 1e6).toFixed(1)} MB`;
 }
 
-/** Runs `cli.ts` to its end: exit code and stderr. */
-async function runCli(
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<{ code: number; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "-q", CLI, ...args],
-    cwd: ROOT,
-    clearEnv: true,
-    env: { ...baseEnv(), ...env },
-    stdin: "null",
-    // A proxy that starts instead of refusing is stopped, and the test fails.
-    signal: AbortSignal.timeout(30_000),
-  }).output();
-  return { code: out.code, stderr: text(out.stderr) };
-}
-
 /** Starts `cli.ts` on a free loopback port; resolves its address. */
 async function startCli(
   args: string[],
   env: Record<string, string> = {},
 ): Promise<{ proc: Proc; addr: { hostname: string; port: number } }> {
-  const proc = new Proc(Deno.execPath(), [
-    "run",
-    "-A",
-    "-q",
-    CLI,
-    "--port",
-    "0",
-    "--hostname",
-    "127.0.0.1",
-    ...args,
-  ], env);
+  const proc = new Proc(
+    Deno.execPath(),
+    [
+      "run",
+      "-A",
+      "-q",
+      CLI,
+      "--port",
+      "0",
+      "--hostname",
+      "127.0.0.1",
+      ...args,
+    ],
+    ROOT,
+    env,
+  );
   try {
-    const port = Number(await proc.match(/Proxy listening on http:\/\/127\.0\.0\.1:(\d+)\//));
+    const port = Number(
+      (await proc.waitOutput(/Proxy listening on http:\/\/127\.0\.0\.1:(\d+)\//))[1],
+    );
     return { proc, addr: { hostname: "127.0.0.1", port } };
   } catch (err) {
     await proc[Symbol.asyncDispose]();
@@ -298,7 +207,7 @@ async function startCli(
 Deno.test("a bad access flag or variable is one line on stderr and exit 2", async () => {
   const cases: [string[], Record<string, string>, RegExp][] = [
     [["--allow-clients", "nope"], {}, /--allow-clients needs CIDRs/],
-    [[], { DPRL_ALLOW_CLIENTS: "10.0.0.0/33" }, /--allow-clients needs CIDRs/],
+    [[], { DPRL_ALLOW_CLIENTS: "10.0.0.0/33" }, /^dprl: DPRL_ALLOW_CLIENTS needs CIDRs/],
     [["--auth-file", "/nonexistent/users.htpasswd"], {}, /--auth-file .* no such file/],
     [[], { DPRL_AUTH: "alice" }, /DPRL_AUTH entry 1 must be user:password/],
     ...["$apr1$abcdefgh$0123456789abcdefghijkl", "{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", "$2b$10$abc"]
@@ -308,11 +217,11 @@ Deno.test("a bad access flag or variable is one line on stderr and exit 2", asyn
         /^dprl: DPRL_AUTH entry 2 for user "bob" looks like a hash but is not a bcrypt hash/,
       ]),
     [["--deny", "10.0.0.0/99"], {}, /^dprl: --deny: /],
-    [[], { DPRL_ALLOW: "example.com:99999" }, /^dprl: --allow: /],
-    [[], { DPRL_DENY_PRIVATE: "maybe" }, /--deny-private must be true or false/],
-    [[], { DPRL_ACCESS_LOG: "maybe" }, /--access-log must be true or false/],
+    [[], { DPRL_ALLOW: "example.com:99999" }, /^dprl: DPRL_ALLOW: /],
+    [[], { DPRL_DENY_PRIVATE: "maybe" }, /^dprl: DPRL_DENY_PRIVATE must be true or false/],
+    [[], { DPRL_ACCESS_LOG: "maybe" }, /^dprl: DPRL_ACCESS_LOG must be true or false/],
     [["--max-clients", "many"], {}, /--max-clients must be an integer/],
-    [[], { DPRL_MAX_CLIENTS_PER_IP: "1.5" }, /--max-clients-per-ip must be an integer/],
+    [[], { DPRL_MAX_CLIENTS_PER_IP: "1.5" }, /^dprl: DPRL_MAX_CLIENTS_PER_IP must be an integer/],
     [["--fin-timeout", "soon"], {}, /--fin-timeout must be a duration/],
   ];
   for (const [args, env, pattern] of cases) {
@@ -415,8 +324,8 @@ Deno.test("on all interfaces without --allow-sys the proxy warns that it cannot 
       "0",
       "--hostname",
       "0.0.0.0",
-    ]);
-    await proc.match(/(Proxy listening)/);
+    ], ROOT);
+    await proc.waitOutput(/(Proxy listening)/);
     assert.equal(await proc.stop(), 0, proc.stderr);
     return proc.stderr;
   };

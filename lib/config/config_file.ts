@@ -26,6 +26,7 @@ import {
   LineCounter,
   type Node,
   parseDocument,
+  visit,
 } from "yaml";
 import {
   type LimitRules,
@@ -33,6 +34,7 @@ import {
   type RulePath,
   RulesError,
 } from "../limit/rules/rules.ts";
+import { type HostsSection, readHostsSection } from "./hosts_section.ts";
 
 /** How a flag takes its value. */
 export interface FlagSpec {
@@ -131,7 +133,7 @@ function jsonSyntaxError(path: string, text: string, err: Error): ConfigError {
   const problem = err.message.replace(/ in JSON at position \d+.*$/s, "").split("\n")[0];
   const pos = /at position (\d+)/.exec(err.message);
   const lines = new LineCounter();
-  parseDocument(text, { lineCounter: lines });
+  parseDocument(text, { lineCounter: lines, uniqueKeys: false });
   const offset = pos ? Number(pos[1]) : problem.includes("end of JSON") ? text.length : undefined;
   if (offset === undefined) return new ConfigError(path, problem);
   const { line, col } = lines.linePos(offset);
@@ -154,7 +156,7 @@ function jsonSyntaxError(path: string, text: string, err: Error): ConfigError {
  * ```
  */
 export function parseConfig(text: string, options: ConfigOptions & { path: string }): ConfigFile {
-  const { path, flags } = options;
+  const { path } = options;
   const format = formatOf(path);
   if (!format) throw new ConfigError(path, "must end in .yaml, .yml or .json");
   if (format === "json") {
@@ -164,8 +166,35 @@ export function parseConfig(text: string, options: ConfigOptions & { path: strin
       throw jsonSyntaxError(path, text, err as Error);
     }
   }
+  const section = format === "yaml" ? readHostsSection(text) : undefined;
+  if (section) {
+    // The rest of the file through the YAML parser, the hosts read alone; any
+    // doubt or error is settled by reading the whole file the general way.
+    try {
+      const config = parseDocumentText(section.rest, options, section);
+      if (config) return config;
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+    }
+  }
+  return parseDocumentText(text, options)!;
+}
+
+/**
+ * {@linkcode parseConfig} through the YAML parser; with `section`, the text
+ * has that `hosts:` block blanked and its entries come from `section`, or
+ * the result is `undefined` when the text has no such top-level key there.
+ */
+function parseDocumentText(
+  text: string,
+  options: ConfigOptions & { path: string },
+  section?: HostsSection,
+): ConfigFile | undefined {
+  const { path, flags } = options;
   const lines = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false });
+  // The parser's own check of unique keys compares each key with every
+  // earlier one (quadratic in a section's size): keys are checked below.
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: false });
   const fail = (problem: string, offset: number | undefined): never => {
     if (offset === undefined) throw new ConfigError(path, problem);
     const { line, col } = lines.linePos(offset);
@@ -173,6 +202,8 @@ export function parseConfig(text: string, options: ConfigOptions & { path: strin
   };
   const first = doc.errors[0] ?? doc.warnings[0];
   if (first) fail(first.message.split("\n")[0], first.pos[0]);
+  const twin = repeatedKey(doc);
+  if (twin !== undefined) fail("Map keys must be unique", twin);
 
   let js: Record<string, unknown>;
   try {
@@ -185,6 +216,14 @@ export function parseConfig(text: string, options: ConfigOptions & { path: strin
     return { settings: {}, rules: {}, places: {} };
   }
   if (!isMap(root)) return fail("the file must hold a mapping of settings", root.range?.[0]);
+  if (section) {
+    const hosts = root.items.find((pair) => isScalar(pair.key) && pair.key.value === "hosts");
+    if ((hosts?.key as Node | undefined)?.range?.[0] !== section.offset) return undefined;
+    if (hosts!.value !== null && !(isScalar(hosts!.value) && hosts!.value.value === null)) {
+      return undefined;
+    }
+    js.hosts = section.hosts;
+  }
 
   const settings: Record<string, SettingValue> = {};
   const places: ConfigFile["places"] = {};
@@ -234,6 +273,29 @@ export function parseConfig(text: string, options: ConfigOptions & { path: strin
     fail(problem, locate(root, path, { doc, inKey: err.inKey }));
   }
   return { settings, rules: rules as LimitRules, places };
+}
+
+/**
+ * The offset of the first key that repeats an earlier key of its mapping
+ * (scalar keys compared by value, as the parser's own check does), in one
+ * pass over the document.
+ */
+function repeatedKey(doc: Document): number | undefined {
+  let found: number | undefined;
+  visit(doc, {
+    Map(_, map) {
+      const seen = new Set<unknown>();
+      for (const pair of map.items) {
+        const key = isScalar(pair.key) ? pair.key.value : pair.key;
+        if (seen.has(key)) {
+          found = (pair.key as Node | null)?.range?.[0];
+          return visit.BREAK;
+        }
+        seen.add(key);
+      }
+    },
+  });
+  return found;
 }
 
 /** The node itself, or the node an alias points to. */

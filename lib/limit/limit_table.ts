@@ -1,6 +1,5 @@
 import { HostIndex } from "./rules/host_index.ts";
-import { type RuleMatch, RuleTable } from "./rules/rule_table.ts";
-import { hostLimits } from "./rules/rules.ts";
+import { patternRank, type RuleMatch, RuleTable } from "./rules/rule_table.ts";
 import { checkHostPattern, checkLimit } from "./limit_changes.ts";
 
 /**
@@ -15,10 +14,10 @@ import { checkHostPattern, checkLimit } from "./limit_changes.ts";
  */
 export class LimitTable {
   #rules = new RuleTable();
-  #base = new Map<string, number>();
   #default: number | undefined;
   #own = new Map<string, number>();
-  #limits = new HostIndex<number>();
+  /** The overrides with their {@linkcode patternRank}, to weigh against the rules'. */
+  #limits = new HostIndex<[number, number]>();
 
   /** Creates a table with a runtime default and runtime overrides. */
   constructor(defaultLimit?: number, hosts: Record<string, number> = {}) {
@@ -31,11 +30,12 @@ export class LimitTable {
     return this.#rules;
   }
 
-  /** Swaps in new rules at once; runtime overrides stay on top. */
+  /**
+   * Swaps in new rules at once (in constant time, however many rules);
+   * runtime overrides stay on top.
+   */
   set rules(table: RuleTable) {
     this.#rules = table;
-    this.#base = new Map(Object.entries(hostLimits(table.rules)));
-    this.#rebuild();
   }
 
   /** The limit for hosts no rule or override matches. */
@@ -64,7 +64,7 @@ export class LimitTable {
     const pattern = checkHostPattern(host);
     if (limit <= 0) return this.#remove(pattern);
     this.#own.set(pattern, limit);
-    this.#limits.set(pattern, limit);
+    this.#limits.set(pattern, [limit, patternRank(pattern)]);
   }
 
   /** Removes one pattern's override: the rules apply to it again. */
@@ -84,9 +84,16 @@ export class LimitTable {
     this.#rebuild();
   }
 
-  /** The limit that applies to an already normalised host key. */
+  /**
+   * The limit that applies to an already normalised host key: of the most
+   * specific pattern among the rules' host rules and the overrides (an
+   * override winning over a rule of the same pattern), else the default.
+   */
   limitFor(key: string): number {
-    return this.#limits.match(key) ?? this.#default ?? this.#rules.defaultLimit;
+    const own = this.#own.size ? this.#limits.match(key) : undefined;
+    const rule = this.#rules.hostLimit(key);
+    if (own && (!rule || own[1] >= rule.rank)) return own[0];
+    return rule?.limit ?? this.#default ?? this.#rules.defaultLimit;
   }
 
   /**
@@ -106,15 +113,12 @@ export class LimitTable {
 
   #remove(pattern: string): void {
     this.#own.delete(pattern);
-    const base = this.#base.get(pattern);
-    if (base === undefined) this.#limits.delete(pattern);
-    else this.#limits.set(pattern, base);
+    this.#limits.delete(pattern);
   }
 
   #rebuild(): void {
-    const limits = new HostIndex<number>();
-    for (const [pattern, limit] of this.#base) limits.set(pattern, limit);
-    for (const [pattern, limit] of this.#own) limits.set(pattern, limit);
+    const limits = new HostIndex<[number, number]>();
+    for (const [pattern, limit] of this.#own) limits.set(pattern, [limit, patternRank(pattern)]);
     this.#limits = limits;
   }
 }

@@ -12,6 +12,12 @@ import { type LimitsView, limitsView } from "./limit_layers.ts";
 import { diffRules, type RuleDifference } from "./rules/diff.ts";
 import { RuleTable } from "./rules/rule_table.ts";
 import { layerRules, type LimitRules, validateRules } from "./rules/rules.ts";
+import {
+  CHANGES_PREVIEW as LOGGED_CHANGES,
+  LoadedRules,
+  loadedTable,
+  type ReloadContext,
+} from "../config/reload.ts";
 
 /** Options of {@linkcode RuleLayers}. */
 export interface RuleLayersOptions {
@@ -31,7 +37,8 @@ export interface RuleLayersOptions {
  */
 export class RuleLayers {
   #flag: LimitRules;
-  #file: LimitRules;
+  /** The file's layer: rules, or those of a reload whose table was compiled in a worker. */
+  #file: LimitRules | LoadedRules;
   #runtime: LimitRules = {};
   #limits: LimitTable;
   #logger: Logger;
@@ -50,9 +57,36 @@ export class RuleLayers {
     return this.#runtime;
   }
 
+  /** The file layer's rules. */
+  get #fileRules(): LimitRules {
+    const file = this.#file;
+    return file instanceof LoadedRules ? file.fileRules : file;
+  }
+
   /** The flag and file layers together: what this process's own config says. */
   own(): LimitRules {
-    return layerRules(this.#flag, this.#file);
+    return layerRules(this.#flag, this.#fileRules);
+  }
+
+  /** What a reload compiles its table for: the runtime layer and the rules in use. */
+  reloadContext(): ReloadContext {
+    return { above: this.#runtime, current: this.#limits.rules.rulesText };
+  }
+
+  /**
+   * Swaps in the table a reload compiled off the event loop, unless the
+   * runtime layer or the rules changed meanwhile: then the file's rules are
+   * layered again, as {@linkcode RuleLayers.setFile} does.
+   */
+  swap(loaded: LoadedRules): LoadedRules | RuleDifference[] {
+    const { above, current } = loaded.context;
+    const table = loadedTable(loaded);
+    if (!table || above !== this.#runtime || current !== this.#limits.rules.rulesText) {
+      return this.setFile(loaded.fileRules);
+    }
+    this.#file = loaded;
+    this.#limits.rules = table;
+    return loaded;
   }
 
   /**
@@ -76,9 +110,12 @@ export class RuleLayers {
     this.logChanges(this.#apply(), why);
   }
 
-  /** Logs each changed rule, saying `why`. */
-  logChanges(changes: RuleDifference[], why: string): void {
-    for (const c of changes) {
+  /**
+   * Logs each changed rule, saying `why`: the first {@linkcode LOGGED_CHANGES}
+   * one by one, then how many more of the `count` changed.
+   */
+  logChanges(changes: RuleDifference[], why: string, count = changes.length): void {
+    for (const c of changes.slice(0, LOGGED_CHANGES)) {
       this.#logger.info("Limit rule {rule} {change} ({why})", {
         rule: c.rule,
         change: c.a === undefined
@@ -86,6 +123,12 @@ export class RuleLayers {
           : c.b === undefined
           ? `removed (was ${c.a})`
           : `changed from ${c.a} to ${c.b}`,
+        why,
+      });
+    }
+    if (count > LOGGED_CHANGES) {
+      this.#logger.info("{count} more limit rules changed ({why})", {
+        count: count - LOGGED_CHANGES,
         why,
       });
     }
@@ -98,7 +141,7 @@ export class RuleLayers {
     if (ownDefault !== undefined) overrides.default = ownDefault;
     return limitsView([
       { source: "flag", rules: this.#flag },
-      { source: "file", rules: this.#file },
+      { source: "file", rules: this.#fileRules },
       { source: "runtime", rules: this.#runtime },
       { source: "override", rules: overrides },
     ]);
@@ -106,7 +149,7 @@ export class RuleLayers {
 
   /** Compiles the layers and swaps the table in at once. */
   #apply(): RuleDifference[] {
-    const table = new RuleTable(layerRules(this.#flag, this.#file, this.#runtime));
+    const table = new RuleTable(layerRules(this.#flag, this.#fileRules, this.#runtime));
     const changes = diffRules(this.#limits.rules.rules, table.rules);
     this.#limits.rules = table;
     return changes;

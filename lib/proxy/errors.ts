@@ -1,7 +1,7 @@
 /**
  * The failures of an exchange or tunnel, named where they happen, and the
  * one place that turns each into the status, `Proxy-Status` error and
- * message the client gets. Messages sent to clients name the problem in
+ * message the client gets, and into the bytes of that reply. Messages sent to clients name the problem in
  * dprl's words; causes (system error texts) go to the log only.
  *
  * @module
@@ -9,7 +9,7 @@
 
 import { AuthBusyError } from "../access/proxy_auth.ts";
 import { LimiterUnavailableError } from "../limit/limiter.ts";
-import { HttpError } from "./http_head.ts";
+import { encodeHead, encodeLatin1, HttpError } from "./http_head.ts";
 
 /** Why a host's slot was refused: at once, after waiting, or a full line. */
 export type LimitRefusal = "limit" | "queue_timeout" | "queue_full";
@@ -212,4 +212,42 @@ function reply(
   upstream: boolean,
 ): ErrorReply {
   return { status, proxyError, message, upstream };
+}
+
+const REASONS: Record<number, string> = {
+  400: "Bad Request",
+  403: "Forbidden",
+  405: "Method Not Allowed",
+  407: "Proxy Authentication Required",
+  408: "Request Timeout",
+  431: "Request Header Fields Too Large",
+  500: "Internal Server Error",
+  502: "Bad Gateway",
+  503: "Service Unavailable",
+  504: "Gateway Timeout",
+};
+
+/**
+ * The reply as sent: status line, `Proxy-Status`, the reply's own header
+ * lines, `Connection: close` and the message as a one-line plain-text body.
+ */
+export function encodeErrorReply(r: ErrorReply): Uint8Array {
+  const text = r.message.replace(/[^\x20-\x7e]/g, "?");
+  const body = encodeLatin1(`${text}\n`);
+  const head = encodeHead(`HTTP/1.1 ${r.status} ${REASONS[r.status] ?? "Error"}`, [
+    "Content-Type: text/plain; charset=utf-8",
+    `Content-Length: ${body.length}`,
+    `Proxy-Status: dprl; error=${r.proxyError}; details="${quoted(r.details ?? text)}"`,
+    ...r.headers ?? [],
+    "Connection: close",
+  ]);
+  const out = new Uint8Array(head.length + body.length);
+  out.set(head);
+  out.set(body, head.length);
+  return out;
+}
+
+/** Text for a quoted `Proxy-Status` parameter: printable ASCII, escaped. */
+function quoted(text: string): string {
+  return text.replace(/[^\x20-\x7e]/g, "?").replace(/["\\]/g, "\\$&");
 }

@@ -3,58 +3,15 @@ import type { Logger } from "@logtape/logtape";
 import type { Limiter } from "../limit/limiter.ts";
 import type { LimitTable } from "../limit/limit_table.ts";
 import type { RuleMatch } from "../limit/rules/rule_table.ts";
-import { BufferedReader } from "./buffered_reader.ts";
 import { ConnectError, LimitReachedError } from "./errors.ts";
 import { LimiterUnavailableError } from "../limit/limiter.ts";
 import type { DestinationPolicy } from "../access/destination_policy.ts";
 import type { ProxyStats } from "../metrics/proxy_stats.ts";
 import type { UpstreamHostView } from "../metrics/host_summary.ts";
 import { type Grant, type Waiter, WaitQueue } from "./wait_queue.ts";
+import { Upstream } from "./upstream.ts";
 
 const IP_LITERAL = /^(?:[0-9.]+|.*:.*)$/;
-
-/** One open upstream socket; it holds one slot of its host until closed. */
-export class Upstream {
-  readonly key: string;
-  readonly conn: Deno.TcpConn;
-  readonly reader: BufferedReader;
-  /** When an idle pooled socket is closed (coarse clock, ms). */
-  idleUntil = 0;
-  /** When it was opened (coarse clock, ms). */
-  openedAt = 0;
-  /** It served an exchange before (it came from the pool). */
-  reused = false;
-  /** Its slot was given back already: closing it gives nothing back. */
-  slotReturned = false;
-  #onClose: (up: Upstream) => void;
-  #closed = false;
-
-  constructor(
-    key: string,
-    conn: Deno.TcpConn,
-    onClose: (up: Upstream) => void,
-  ) {
-    this.key = key;
-    this.conn = conn;
-    this.reader = new BufferedReader(conn);
-    this.#onClose = onClose;
-  }
-
-  /** Whether {@linkcode Upstream.close} ran. */
-  get closed(): boolean {
-    return this.#closed;
-  }
-
-  /** Closes the socket and gives its slot back, exactly once. */
-  close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    try {
-      this.conn.close();
-    } catch { /* already closed by the peer */ }
-    this.#onClose(this);
-  }
-}
 
 /** Options of {@linkcode UpstreamPool}. */
 export interface UpstreamPoolOptions {

@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { Upstream } from "./upstream_pool.ts";
+import type { Upstream } from "./upstream.ts";
 
 /** What a waiter is given: a slot of its host, or an idle connection to it. */
 export type Grant = "slot" | Upstream;

@@ -5,7 +5,8 @@
  * @module
  */
 
-import { type Browser, chromium, type Page } from "playwright-core";
+// deno-lint-ignore no-import-prefix -- test-only packages stay out of deno.json, see tests/deno.lock
+import { type Browser, chromium, type Page } from "npm:playwright-core@1.65.1";
 
 /** The Chromium executable: `CHROMIUM_PATH`, else the first `chromium` found on PATH. */
 export function chromiumPath(): string | null {

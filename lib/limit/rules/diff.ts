@@ -55,8 +55,15 @@ function groupText(group: GroupRule | undefined): string | undefined {
  * ```
  */
 export function diffRules(a: LimitRules, b: LimitRules): RuleDifference[] {
-  const ca = canonicalRules(a);
-  const cb = canonicalRules(b);
+  return diffCanonicalRules(canonicalRules(a), canonicalRules(b));
+}
+
+/**
+ * {@linkcode diffRules} of two rule sets already in canonical form (as
+ * `canonicalRules` and `layerRules` return them), without putting them in
+ * that form again.
+ */
+export function diffCanonicalRules(ca: LimitRules, cb: LimitRules): RuleDifference[] {
   const out: RuleDifference[] = [];
   const add = (rule: string, x: string | undefined, y: string | undefined) => {
     if (x !== y) out.push({ rule, a: x, b: y });
@@ -66,13 +73,10 @@ export function diffRules(a: LimitRules, b: LimitRules): RuleDifference[] {
   for (const host of hosts) {
     add(`hosts.${host}`, hostText(ca.hosts?.[host]), hostText(cb.hosts?.[host]));
   }
-  const groups = new Set([...ca.groups ?? [], ...cb.groups ?? []].map((g) => g.name));
-  for (const name of groups) {
-    add(
-      `groups.${name}`,
-      groupText(ca.groups?.find((g) => g.name === name)),
-      groupText(cb.groups?.find((g) => g.name === name)),
-    );
+  const ga = new Map((ca.groups ?? []).map((g) => [g.name, g]));
+  const gb = new Map((cb.groups ?? []).map((g) => [g.name, g]));
+  for (const name of new Set([...ga.keys(), ...gb.keys()])) {
+    add(`groups.${name}`, groupText(ga.get(name)), groupText(gb.get(name)));
   }
   return out.sort((x, y) => x.rule < y.rule ? -1 : x.rule > y.rule ? 1 : 0);
 }

@@ -36,6 +36,115 @@ export interface RuleMatch {
 }
 
 /**
+ * What the table holds for a pattern: the match of a lookup, and the host
+ * rule the limit comes from (its limit and how specific it is), for the
+ * runtime overrides layered on top.
+ */
+interface Entry {
+  readonly match: Readonly<RuleMatch>;
+  /** The limit of the most specific host rule covering the pattern, if any. */
+  readonly hostLimit: number | undefined;
+  /** How specific that host rule is (see {@linkcode patternRank}). */
+  readonly rank: number;
+}
+
+/**
+ * A compiled table as plain data, for `structuredClone` and `postMessage`:
+ * a table compiled in a `Worker` is adopted by the event loop's thread
+ * with {@linkcode RuleTable.fromData}, without compiling again.
+ */
+export interface RuleTableData {
+  /** The rules in canonical form, as JSON. */
+  text: string;
+  /** The default limit. */
+  defaultLimit: number;
+  /**
+   * The patterns, one a line (one string crosses to another thread as one
+   * copy; an array of 100,000 strings takes as many allocations there).
+   */
+  patterns: string;
+  /** For each pattern, its entry. */
+  ids: Uint32Array;
+  /** The distinct entries (few: patterns share them). */
+  entries: Entry[];
+}
+
+/**
+ * How specific a normalised pattern is, for the host it matches: a
+ * `host:port` over a host over the longest wildcard suffix.
+ *
+ * @example
+ * ```ts
+ * import { patternRank } from "./rule_table.ts";
+ * patternRank("a.example:8443") > patternRank("a.example"); // true
+ * patternRank("a.example") > patternRank("*.b.a.example"); // true
+ * patternRank("*.b.a.example") > patternRank("*.a.example"); // true
+ * ```
+ */
+export function patternRank(pattern: string): number {
+  if (pattern.startsWith("*.")) {
+    let labels = 0;
+    for (let i = pattern.indexOf("."); i >= 0; i = pattern.indexOf(".", i + 1)) labels++;
+    return labels;
+  }
+  return pattern.lastIndexOf(":") > pattern.lastIndexOf("]") ? 1e6 + 1 : 1e6;
+}
+
+/** Compiled rules, the patterns as an array; see {@linkcode RuleTableData}. */
+type Compiled = Omit<RuleTableData, "patterns"> & { patterns: string[] };
+
+/** Compiles rules; see {@linkcode RuleTable}. */
+function compile(rules: LimitRules, canonical: boolean): Compiled {
+  const n = normalizeRules(rules);
+  const defaultLimit = n.default ?? 0;
+  const limits = new HostIndex<[number, number]>();
+  const timeouts = new HostIndex<number>();
+  const maxes = new HostIndex<number>();
+  const groups = new HostIndex<[GroupMatch, NormalGroup]>();
+  for (const [pattern, rule] of n.hosts) {
+    limits.set(pattern, [rule.limit, patternRank(pattern)]);
+    if (rule.queueTimeout !== undefined) timeouts.set(pattern, rule.queueTimeout);
+    if (rule.queueMax !== undefined) maxes.set(pattern, rule.queueMax);
+  }
+  for (const group of n.groups) {
+    const match: GroupMatch = Object.freeze({ name: group.name, limit: group.limit });
+    for (const pattern of group.match) groups.set(pattern, [match, group]);
+  }
+  // Resolve every pattern once: a host whose most specific pattern is P
+  // gets what a lookup of P itself finds (a wildcard `*.s` is looked up as
+  // the key `*.s`, which only wildcards can match). One walk per lookup
+  // then finds the limit, the group and the queue settings, with nothing
+  // to allocate. Patterns that resolve alike share one entry.
+  const patterns = [...new Set([...n.hosts.keys(), ...n.groups.flatMap((g) => g.match)])];
+  const ids = new Uint32Array(patterns.length);
+  const entries: Entry[] = [];
+  const known = new Map<string, number>();
+  patterns.forEach((pattern, i) => {
+    // (An empty index is not asked: most files have no groups or queue settings.)
+    const [group, groupRule] = (groups.size ? groups.match(pattern) : undefined) ?? [];
+    const [hostLimit, rank] = limits.match(pattern) ?? [undefined, 0];
+    const match: RuleMatch = { limit: hostLimit ?? defaultLimit, group };
+    const queueTimeout = (timeouts.size ? timeouts.match(pattern) : undefined) ??
+      groupRule?.queueTimeout;
+    if (queueTimeout !== undefined) match.queueTimeout = queueTimeout;
+    const queueMax = (maxes.size ? maxes.match(pattern) : undefined) ?? groupRule?.queueMax;
+    if (queueMax !== undefined) match.queueMax = queueMax;
+    const key = `${hostLimit} ${rank} ${group?.name} ${queueTimeout} ${queueMax}`;
+    let id = known.get(key);
+    if (id === undefined) {
+      known.set(key, id = entries.length);
+      entries.push({ match: Object.freeze(match), hostLimit, rank });
+    }
+    ids[i] = id;
+  });
+  const text = JSON.stringify(canonical ? rules : canonicalRules(n));
+  return { text, defaultLimit, patterns, ids, entries };
+}
+
+/** Patterns indexed between two turns of the event loop by {@linkcode RuleTable.fromData}. */
+const SLICE = 4096;
+
+/**
  * Limit rules compiled for lookups: a map for exact patterns and a trie of
  * labels for wildcards, each pattern resolved in advance to its limit and
  * group, so a lookup is one walk of at most one map access per label of the
@@ -66,50 +175,66 @@ export interface RuleMatch {
  * ```
  */
 export class RuleTable {
-  #rules: LimitRules;
+  #text: string;
   #default: Readonly<RuleMatch>;
-  #index = new HostIndex<Readonly<RuleMatch>>();
+  #index = new HostIndex<Entry>();
 
   /**
    * Compiles rules. Throws a `RulesError` naming the first invalid rule.
    */
   constructor(rules: LimitRules = {}) {
-    const n = normalizeRules(rules);
-    this.#rules = canonicalRules(n);
-    const limit = n.default ?? 0;
-    this.#default = Object.freeze({ limit, group: undefined });
-    const limits = new HostIndex<number>();
-    const timeouts = new HostIndex<number>();
-    const maxes = new HostIndex<number>();
-    const groups = new HostIndex<[GroupMatch, NormalGroup]>();
-    for (const [pattern, rule] of n.hosts) {
-      limits.set(pattern, rule.limit);
-      if (rule.queueTimeout !== undefined) timeouts.set(pattern, rule.queueTimeout);
-      if (rule.queueMax !== undefined) maxes.set(pattern, rule.queueMax);
+    const data = compile(rules, false);
+    this.#text = data.text;
+    this.#default = Object.freeze({ limit: data.defaultLimit, group: undefined });
+    for (let i = 0; i < data.patterns.length; i++) {
+      this.#index.set(data.patterns[i], data.entries[data.ids[i]]);
     }
-    for (const group of n.groups) {
-      const match: GroupMatch = Object.freeze({ name: group.name, limit: group.limit });
-      for (const pattern of group.match) groups.set(pattern, [match, group]);
+  }
+
+  /**
+   * Compiles rules into plain data (for a `Worker`); the table is
+   * {@linkcode RuleTable.fromData}. With `canonical`, the rules are taken
+   * to be in canonical form already (as `layerRules` returns them) and are
+   * not sorted again. Throws a `RulesError` naming the first invalid rule.
+   */
+  static compile(rules: LimitRules, options: { canonical?: boolean } = {}): RuleTableData {
+    const data = compile(rules, options.canonical ?? false);
+    return { ...data, patterns: data.patterns.join("\n") };
+  }
+
+  /**
+   * The table of compiled data, built a slice of patterns at a time with a
+   * turn of the event loop between slices, so that adopting a large table
+   * delays no request for long.
+   */
+  static async fromData(data: RuleTableData): Promise<RuleTable> {
+    const table = new RuleTable();
+    table.#text = data.text;
+    table.#default = Object.freeze({ limit: data.defaultLimit, group: undefined });
+    // A clone has lost the freezing of what lookups return.
+    for (const entry of data.entries) {
+      if (entry.match.group) Object.freeze(entry.match.group);
+      Object.freeze(entry.match);
     }
-    // Resolve every pattern once: a host whose most specific pattern is P
-    // gets what a lookup of P itself finds (a wildcard `*.s` is looked up as
-    // the key `*.s`, which only wildcards can match). One walk per lookup
-    // then finds the limit, the group and the queue settings, with nothing
-    // to allocate.
-    for (const pattern of new Set([...n.hosts.keys(), ...n.groups.flatMap((g) => g.match)])) {
-      const [group, groupRule] = groups.match(pattern) ?? [];
-      const match: RuleMatch = { limit: limits.match(pattern) ?? limit, group };
-      const queueTimeout = timeouts.match(pattern) ?? groupRule?.queueTimeout;
-      if (queueTimeout !== undefined) match.queueTimeout = queueTimeout;
-      const queueMax = maxes.match(pattern) ?? groupRule?.queueMax;
-      if (queueMax !== undefined) match.queueMax = queueMax;
-      this.#index.set(pattern, Object.freeze(match));
+    const { patterns } = data;
+    for (let i = 0, start = 0; start < patterns.length; i++) {
+      if (i % SLICE === SLICE - 1) await new Promise((resolve) => setTimeout(resolve, 0));
+      const end = patterns.indexOf("\n", start);
+      const stop = end < 0 ? patterns.length : end;
+      table.#index.set(patterns.slice(start, stop), data.entries[data.ids[i]]);
+      start = stop + 1;
     }
+    return table;
   }
 
   /** The rules in canonical form (patterns normalised and sorted). */
   get rules(): LimitRules {
-    return structuredClone(this.#rules);
+    return JSON.parse(this.#text);
+  }
+
+  /** The rules in canonical form as JSON text. */
+  get rulesText(): string {
+    return this.#text;
   }
 
   /** The default limit; 0 is unlimited. */
@@ -119,6 +244,18 @@ export class RuleTable {
 
   /** The limit, group and queue settings of a host key (see `hostKey`). */
   lookup(key: string): Readonly<RuleMatch> {
-    return this.#index.match(key) ?? this.#default;
+    return this.#index.match(key)?.match ?? this.#default;
+  }
+
+  /**
+   * The limit of the most specific host rule matching a host key, with its
+   * {@linkcode patternRank}; `undefined` when no host rule matches (a group
+   * alone sets no host limit).
+   */
+  hostLimit(key: string): { limit: number; rank: number } | undefined {
+    const entry = this.#index.match(key);
+    return entry?.hostLimit === undefined
+      ? undefined
+      : { limit: entry.hostLimit, rank: entry.rank };
   }
 }

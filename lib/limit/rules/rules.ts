@@ -292,16 +292,16 @@ export function normalizeRules(value: unknown): NormalRules {
         `must be a mapping of host to limit, got ${describe(value.hosts)}`,
       );
     }
-    const seen = new Map<string, string>();
-    for (const [pattern, rule] of Object.entries(value.hosts)) {
+    const hosts = value.hosts;
+    for (const pattern of Object.keys(hosts)) {
       const path = ["hosts", pattern];
       const key = checkPattern(pattern, path);
-      const first = seen.get(key);
-      if (first !== undefined) {
+      if (out.hosts.has(key)) {
+        // The first spelling of the same rule, looked for only on this error.
+        const first = Object.keys(hosts).find((p) => parseHostPattern(p) === key);
         throw new RulesError(path, `is the same rule as hosts.${first}`, { inKey: true });
       }
-      seen.set(key, pattern);
-      out.hosts.set(key, checkHostRule(rule, path));
+      out.hosts.set(key, checkHostRule(hosts[pattern], path));
     }
   }
 
