@@ -17,15 +17,16 @@ import { configure, getStreamSink, getTextFormatter, type LogLevel, reset } from
 import { parseDuration } from "./lib/duration.ts";
 import { FLAGS, usage } from "./lib/cli_flags.ts";
 import { splitHostPort } from "./lib/limit/host_key.ts";
-import type { FailureMode } from "./lib/limit/redis_limiter.ts";
-import type { RedisConfig } from "./lib/limit/redis_config.ts";
-import { ProxyRateLimiter, type ProxyRateLimiterOptions } from "./lib/proxy_rate_limiter.ts";
+import type { FailureMode, RedisConfig } from "./lib/limit/redis_config.ts";
+import { ProxyRateLimiter } from "./lib/proxy_rate_limiter.ts";
+import type { ProxyRateLimiterOptions } from "./lib/proxy_options.ts";
 import { VERSION } from "./lib/version.ts";
 import { parseHostPattern, rulesFromLimits } from "./lib/limit/rules/rules.ts";
 import { ConfigError, type ConfigFile, loadConfigFile } from "./lib/config/config_file.ts";
 import { watchConfigFile } from "./lib/config/watch.ts";
+import { exposedWithoutToken } from "./lib/admin/admin_server.ts";
+import { isAdminToken } from "./lib/admin/admin_handler.ts";
 import { loadRulesFile, RulesWorker } from "./lib/config/reload.ts";
-import { isLoopback } from "./lib/admin/admin_server.ts";
 import { jsonLinesFormatter } from "./lib/log_format.ts";
 import { parseAccessFlags, parseSwitch, splitList } from "./lib/access/access_flags.ts";
 
@@ -440,10 +441,10 @@ function adminOptions(
   if (port === undefined) return undefined;
   const hostname = value("admin-hostname")!;
   const token = value("admin-token") || undefined;
-  if (token !== undefined && !/^[!-~]+$/.test(token)) {
+  if (token !== undefined && !isAdminToken(token)) {
     throw new UsageError("--admin-token must be printable ASCII without spaces");
   }
-  if (token === undefined && !isLoopback(hostname)) {
+  if (exposedWithoutToken(hostname, token)) {
     throw new UsageError(
       `--admin-hostname ${hostname} is not a loopback address: set --admin-token to expose it`,
     );

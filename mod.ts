@@ -62,10 +62,10 @@ export {
 } from "./lib/limit/rules/rules.ts";
 export type { RuleDifference } from "./lib/limit/rules/diff.ts";
 export { LoadedRules, type ReloadContext } from "./lib/config/reload.ts";
-export type { FleetLimitChanges } from "./lib/limit/fleet_limits.ts";
+export type { FleetLimitChanges } from "./lib/limit/limit_changes.ts";
 export type { AdminHandlerOptions } from "./lib/admin/admin_handler.ts";
 export { hostKey } from "./lib/limit/host_key.ts";
-export type { FailureMode } from "./lib/limit/redis_limiter.ts";
+export type { FailureMode } from "./lib/limit/redis_config.ts";
 export type {
   RedisClient,
   RedisClusterConfig,

@@ -5,6 +5,7 @@ import { RedisServer, redisTest } from "./_helpers/redis_server.ts";
 import { connectRequest, startProxy, type TestProxy } from "./_helpers/proxy.ts";
 import { startUpstream } from "./_helpers/upstream.ts";
 import { BufferedConn, readHead, statusOf, waitFor } from "./_helpers/raw.ts";
+import { ProxyRateLimiter } from "../mod.ts";
 
 async function tunnel(tp: TestProxy, authority: string): Promise<BufferedConn> {
   const c = await BufferedConn.connect(tp.addr);
@@ -91,5 +92,30 @@ await redisTest(
       () => metrics,
     );
     assert.equal((await get(base, "/readyz")).status, 200);
+  },
+);
+
+await redisTest(
+  "a start that fails at the admin port closes what it opened: the worker leaves the fleet's registry",
+  "server",
+  async () => {
+    await using redis = await RedisServer.start();
+    using busy = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const failed = new ProxyRateLimiter({
+      redis: redis.url,
+      lease: 1500,
+      admin: { port: busy.addr.port },
+    });
+    await assert.rejects(failed.start(), Deno.errors.AddrInUse);
+    assert.equal(failed.proxyUrl, null);
+    await using b = await startProxy({ redis: redis.url, lease: 1500, admin: { port: 0 } });
+    let workers: { adminUrl?: string }[] = [];
+    // The failed worker closed its limiter, which took it out of the registry.
+    await waitFor(async () => {
+      workers = JSON.parse((await get(b.proxy.adminUrl!, "/api/workers")).body).workers;
+      return workers.length === 1;
+    }, () => `only the running worker, have ${JSON.stringify(workers)}`);
+    assert.equal(workers[0].adminUrl, b.proxy.adminUrl!.href);
+    await failed.stop();
   },
 );

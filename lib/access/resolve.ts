@@ -8,6 +8,7 @@
 
 import { lookup } from "node:dns/promises";
 import { HttpError } from "../proxy/http_head.ts";
+import { withTimeout } from "../with_timeout.ts";
 
 /** Resolves a host name to IP addresses, in the order to dial them. */
 export type Resolver = (hostname: string) => Promise<string[]>;
@@ -19,18 +20,12 @@ export type Resolver = (hostname: string) => Promise<string[]>;
  * `dns_timeout` when no answer comes within `timeoutMs`.
  */
 export async function resolveHost(hostname: string, timeoutMs: number): Promise<string[]> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new HttpError(504, `Resolving ${hostname} timed out`, "dns_timeout")),
-      timeoutMs,
-    );
-  });
   try {
-    const found = await Promise.race([
+    const found = await withTimeout(
       lookup(hostname, { all: true, order: "verbatim" }),
-      timeout,
-    ]);
+      timeoutMs,
+      () => new HttpError(504, `Resolving ${hostname} timed out`, "dns_timeout"),
+    );
     const addresses = [...new Set(found.map((a) => a.address))];
     if (addresses.length === 0) throw new Error("no addresses");
     return addresses;
@@ -38,7 +33,5 @@ export async function resolveHost(hostname: string, timeoutMs: number): Promise<
     if (err instanceof HttpError) throw err;
     // The system's reason (e.g. ENOTFOUND) goes to the log only.
     throw new HttpError(502, `Cannot resolve ${hostname}`, "dns_error", err);
-  } finally {
-    clearTimeout(timer);
   }
 }

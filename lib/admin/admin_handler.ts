@@ -99,7 +99,7 @@ export function createAdminHandler(
   options: AdminHandlerOptions = {},
 ): (req: Request) => Promise<Response> {
   const token = options.token;
-  if (token !== undefined && !/^[!-~]+$/.test(token)) {
+  if (token !== undefined && !isAdminToken(token)) {
     throw new RangeError("Admin token must be non-empty printable ASCII without spaces");
   }
   const tokenDigest = token === undefined ? undefined : digest(token);
@@ -120,6 +120,20 @@ export function createAdminHandler(
       ? new Response(null, { status: res.status, headers: res.headers })
       : res;
   };
+}
+
+/**
+ * Whether `token` may be an admin token: non-empty printable ASCII without
+ * spaces, as an `Authorization: Bearer` field carries it.
+ *
+ * @example
+ * ```ts
+ * import { isAdminToken } from "./admin_handler.ts";
+ * isAdminToken("two words"); // false
+ * ```
+ */
+export function isAdminToken(token: string): boolean {
+  return /^[!-~]+$/.test(token);
 }
 
 /** Finds the endpoint, checks the token and the request, and calls it. */

@@ -49,11 +49,7 @@ export interface AdminServer {
 // deno-lint-ignore require-await
 export async function startAdminServer(options: AdminServerOptions): Promise<AdminServer> {
   const hostname = options.hostname ?? DEFAULTS.adminHostname;
-  if (options.token === undefined && !isLoopback(hostname)) {
-    throw new RangeError(
-      `Admin address ${hostname} is not a loopback address; set an admin token to expose it`,
-    );
-  }
+  checkAdminAddress(hostname, options.token);
   if (!Number.isSafeInteger(options.port) || options.port < 0 || options.port > 65535) {
     throw new RangeError(`Admin port must be an integer from 0 to 65535, got ${options.port}`);
   }
@@ -94,4 +90,36 @@ function loopbackNamesOnly(
 export function isLoopback(hostname: string): boolean {
   const name = hostname.toLowerCase().replace(/^\[|\]$/g, "");
   return name === "localhost" || name === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(name);
+}
+
+/**
+ * Whether an admin server on `hostname` without a token would answer the
+ * network: the rule that a non-loopback address needs a token.
+ *
+ * @example
+ * ```ts
+ * import { exposedWithoutToken } from "./admin_server.ts";
+ * exposedWithoutToken("0.0.0.0", undefined); // true
+ * ```
+ */
+export function exposedWithoutToken(hostname: string, token: string | undefined): boolean {
+  return token === undefined && !isLoopback(hostname);
+}
+
+/**
+ * Throws a RangeError when an admin server on `hostname` would answer the
+ * network without a token ({@linkcode exposedWithoutToken}).
+ *
+ * @example
+ * ```ts
+ * import { checkAdminAddress } from "./admin_server.ts";
+ * checkAdminAddress("127.0.0.1", undefined); // fine
+ * ```
+ */
+export function checkAdminAddress(hostname: string, token: string | undefined): void {
+  if (exposedWithoutToken(hostname, token)) {
+    throw new RangeError(
+      `Admin address ${hostname} is not a loopback address; set an admin token to expose it`,
+    );
+  }
 }

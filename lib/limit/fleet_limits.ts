@@ -9,14 +9,9 @@ import type { Cluster, Redis } from "ioredis";
 import type { Logger } from "@logtape/logtape";
 import type { LimitRules } from "./rules/rules.ts";
 import { canonicalRules, parseHostPattern } from "./rules/rules.ts";
-
-/** Changes to the fleet's limit table; `null` removes an entry. */
-export interface FleetLimitChanges {
-  /** The default limit for hosts no rule matches; `null` removes it. */
-  default?: number | null;
-  /** Limits by host pattern; `null` (or a limit of 0 or less) removes one. */
-  hosts?: Record<string, number | null>;
-}
+import { diffRules } from "./rules/diff.ts";
+import { checkChanges, type FleetLimitChanges } from "./limit_changes.ts";
+import { withTimeout } from "../with_timeout.ts";
 
 /** Options of {@linkcode FleetLimits}. */
 export interface FleetLimitsOptions {
@@ -78,14 +73,8 @@ export class FleetLimits {
 
   /** `promise`, or a rejection once the timeout has passed. */
   #bounded<T>(promise: Promise<T>): Promise<T> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new Error(`Redis did not answer within ${this.#o.timeout} ms`)),
-        this.#o.timeout,
-      );
-    });
-    return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+    const ms = this.#o.timeout;
+    return withTimeout(promise, ms, () => new Error(`Redis did not answer within ${ms} ms`));
   }
 
   /** Reads the version and, when it changed, the table. */
@@ -159,25 +148,16 @@ export class FleetLimits {
    * Redis does not answer in time.
    */
   set(changes: FleetLimitChanges): Promise<void> {
+    const checked = checkChanges(changes);
     const put: Record<string, string> = {};
     const del: string[] = [];
-    const entry = (field: string, limit: number | null | undefined) => {
-      if (limit === undefined) return;
-      if (limit !== null && !Number.isSafeInteger(limit)) {
-        throw new TypeError(`Limit must be an integer, got ${limit}`);
-      }
-      if (limit === null || (limit <= 0 && field !== DEFAULT_FIELD)) del.push(field);
-      else put[field] = String(Math.max(0, limit));
-    };
-    entry(DEFAULT_FIELD, changes.default);
-    for (const [host, limit] of Object.entries(changes.hosts ?? {})) {
-      let pattern: string;
-      try {
-        pattern = parseHostPattern(host);
-      } catch (err) {
-        throw new TypeError(`Host ${JSON.stringify(host)} ${(err as Error).message}`);
-      }
-      entry(pattern, limit);
+    const entries: [string, number | null | undefined][] = [
+      [DEFAULT_FIELD, checked.default],
+      ...checked.hosts,
+    ];
+    for (const [field, limit] of entries) {
+      if (limit === null) del.push(field);
+      else if (limit !== undefined) put[field] = String(limit);
     }
     const client = this.#o.client;
     return this.#bounded((async () => {
@@ -207,6 +187,35 @@ export class FleetLimits {
       }
     }
     return out;
+  }
+
+  /**
+   * Publishes `rules` as `worker`'s file ({@linkcode announceFile}) and
+   * warns, naming the rules, about every worker that `live` lists whose file
+   * says otherwise. A failure is logged (debug), never thrown.
+   */
+  async compareFiles(
+    worker: string,
+    rules: LimitRules,
+    live: () => Promise<string[]>,
+  ): Promise<void> {
+    const logger = this.#o.logger;
+    try {
+      const theirs = await this.announceFile(worker, rules);
+      const alive = new Set(await live());
+      for (const [id, other] of theirs) {
+        if (!alive.has(id) || id === worker) continue;
+        const diff = diffRules(rules, other);
+        if (diff.length === 0) continue;
+        logger.warn("Limit rules differ from worker {worker}: {rules}", {
+          worker: id,
+          rules: diff.map((d) => `${d.rule}: ${d.a ?? "none"} here, ${d.b ?? "none"} there`)
+            .join("; "),
+        });
+      }
+    } catch (error) {
+      logger.debug("Config files of the fleet not compared: {error}", { error });
+    }
   }
 
   /** Forgets `worker`'s file rules (at shutdown). */

@@ -1,6 +1,6 @@
 import { HostIndex } from "./rules/host_index.ts";
 import { patternRank, type RuleMatch, RuleTable } from "./rules/rule_table.ts";
-import { parseHostPattern } from "./rules/rules.ts";
+import { checkHostPattern, checkLimit } from "./limit_changes.ts";
 
 /**
  * The connection limits of one proxy: compiled rules (from the config file
@@ -45,7 +45,7 @@ export class LimitTable {
 
   /** Sets the runtime default, which replaces the rules' default. */
   set defaultLimit(limit: number) {
-    this.#default = checkLimit(limit);
+    this.#default = checkLimit(limit, RangeError);
   }
 
   /** The runtime default, when one is set. */
@@ -60,8 +60,8 @@ export class LimitTable {
 
   /** Sets one pattern's override; a limit of 0 or less removes it. */
   set(host: string, limit: number): void {
-    checkLimit(limit);
-    const pattern = checkPattern(host);
+    checkLimit(limit, RangeError);
+    const pattern = checkHostPattern(host);
     if (limit <= 0) return this.#remove(pattern);
     this.#own.set(pattern, limit);
     this.#limits.set(pattern, [limit, patternRank(pattern)]);
@@ -69,15 +69,15 @@ export class LimitTable {
 
   /** Removes one pattern's override: the rules apply to it again. */
   delete(host: string): void {
-    this.#remove(checkPattern(host));
+    this.#remove(checkHostPattern(host));
   }
 
   /** Replaces all overrides; entries of 0 or less are ignored. */
   replace(hosts: Record<string, number>): void {
     const next = new Map<string, number>();
     for (const [host, limit] of Object.entries(hosts)) {
-      checkLimit(limit);
-      const pattern = checkPattern(host);
+      checkLimit(limit, RangeError);
+      const pattern = checkHostPattern(host);
       if (limit > 0) next.set(pattern, limit);
     }
     this.#own = next;
@@ -120,20 +120,5 @@ export class LimitTable {
     const limits = new HostIndex<[number, number]>();
     for (const [pattern, limit] of this.#own) limits.set(pattern, [limit, patternRank(pattern)]);
     this.#limits = limits;
-  }
-}
-
-function checkLimit(limit: number): number {
-  if (!Number.isSafeInteger(limit)) {
-    throw new RangeError(`Limit must be an integer, got ${limit}`);
-  }
-  return limit;
-}
-
-function checkPattern(host: string): string {
-  try {
-    return parseHostPattern(host);
-  } catch (err) {
-    throw new TypeError(`Host ${JSON.stringify(host)} ${(err as Error).message}`);
   }
 }

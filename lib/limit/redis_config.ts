@@ -114,3 +114,10 @@ export interface RedisClient {
  * ```
  */
 export type RedisConfig = string | RedisOptions | RedisClusterConfig | RedisClient;
+
+/**
+ * What to do when Redis cannot be reached or does not answer in time:
+ * `"closed"` refuses new connections, `"open"` admits them without counting,
+ * `"local"` enforces each host's limit in this process's memory.
+ */
+export type FailureMode = "closed" | "open" | "local";

@@ -8,7 +8,8 @@
 
 import { Cluster, Redis } from "ioredis";
 import type { ClusterOptions, RedisOptions } from "ioredis";
-import type { RedisConfig, RedisNode } from "./redis_config.ts";
+import type { FailureMode, RedisConfig, RedisNode } from "./redis_config.ts";
+export type { FailureMode } from "./redis_config.ts";
 import { getLogger, type Logger } from "@logtape/logtape";
 import { type AcquireOptions, type Limiter, LimiterUnavailableError } from "./limiter.ts";
 import {
@@ -20,13 +21,6 @@ import {
   RELEASE_LUA,
   SYNC_LUA,
 } from "./redis_scripts.ts";
-
-/**
- * What to do when Redis cannot be reached or does not answer in time:
- * `"closed"` refuses new connections, `"open"` admits them without counting,
- * `"local"` enforces each host's limit in this process's memory.
- */
-export type FailureMode = "closed" | "open" | "local";
 
 /** Options of {@linkcode RedisLimiter}. */
 export interface RedisLimiterOptions {
