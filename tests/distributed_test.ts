@@ -263,8 +263,9 @@ await redisTest(
       child.proc.child.kill("SIGKILL");
       await child.proc.child.status;
       const killedAt = Date.now();
-      const now = await redisNow(redis);
-      for (const [worker, deadline] of await leaseDeadlines(redis, "dprl:leases")) {
+      const leases = await leaseDeadlines(redis, "dprl:leases");
+      const now = await redisNow(redis); // read after: every deadline is at most now + lease
+      for (const [worker, deadline] of leases) {
         assert.ok(deadline - now <= LEASE, `${worker}'s lease runs ${deadline - now} ms more`);
       }
       const regained: Deno.Conn[] = [];

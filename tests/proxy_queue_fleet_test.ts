@@ -194,8 +194,9 @@ await redisTest(
     doomed.proc.child.kill("SIGKILL");
     await doomed.proc.child.status;
     const killedAt = Date.now();
-    const now = await redisNow(redis);
-    for (const [worker, deadline] of await leaseDeadlines(redis, waitingWorkers)) {
+    const leases = await leaseDeadlines(redis, waitingWorkers);
+    const now = await redisNow(redis); // read after: every deadline is at most now + lease
+    for (const [worker, deadline] of leases) {
       assert.ok(deadline - now <= lease, `${worker}'s lease runs ${deadline - now} ms more`);
     }
     up.release();
