@@ -2,11 +2,17 @@
 // first served, up to the queue timeout; a full line, a timeout and a plain
 // refusal carry Retry-After; a client that leaves its place holds nothing.
 import assert from "node:assert/strict";
-import { BufferedConn, header, readResponse, request, text, waitFor } from "./_helpers/raw.ts";
+import {
+  BufferedConn,
+  header,
+  readResponse,
+  request,
+  sleep,
+  text,
+  waitFor,
+} from "./_helpers/raw.ts";
 import { startUpstream } from "./_helpers/upstream.ts";
 import { connectRequest, startProxy } from "./_helpers/proxy.ts";
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Sends one request on a fresh connection; resolves its status and body. */
 async function exchange(
@@ -35,20 +41,25 @@ Deno.test("20 clients at limit 2 all succeed in arrival order, never more than 2
   const finished: number[] = [];
   const all: Promise<void>[] = [];
   for (let i = 0; i < 20; i++) {
-    const req = request("GET", up.url("/slow?ms=300"), { Host: up.authority, Connection: "close" });
+    const req = request("GET", up.url("/slow?ms=150"), { Host: up.authority, Connection: "close" });
     all.push(
       exchange(tp.addr, req).then((r) => {
         assert.equal(r.status, 200, r.body);
         finished.push(i);
       }),
     );
-    await sleep(20); // a clear arrival order
+    // A clear arrival order: the next client comes once this one waits in line or reached the
+    // upstream.
+    await waitFor(
+      async () => up.requests.length + await tp.queued(up.authority) > i,
+      `client ${i} in line`,
+    );
   }
   await Promise.all(all);
   const seconds = (performance.now() - started) / 1000;
-  console.log(`20 requests at limit 2 took ${seconds.toFixed(2)} s (10 x 300 ms = 3 s)`);
+  console.log(`20 requests at limit 2 took ${seconds.toFixed(2)} s (10 x 150 ms = 1.5 s)`);
   assert.ok(up.peakInFlight <= 2, `upstream peak ${up.peakInFlight}`);
-  assert.ok(seconds >= 2.9, "the upstream held each pair for 300 ms");
+  assert.ok(seconds >= 1.45, "the upstream held each pair for 150 ms");
   // First come, first served: each request ends within one place of its turn.
   finished.forEach((client, place) => assert.ok(Math.abs(client - place) <= 1, `${finished}`));
   assert.ok(await tp.proxy.activeConnectionsForHost(up.authority) <= 2);
@@ -63,7 +74,7 @@ Deno.test("a CONNECT over the limit waits and gets its tunnel when the slot free
     await first.write(connectRequest(up.authority));
     assert.match((await first.readLine())!, /^HTTP\/1\.1 200/);
     await second.write(connectRequest(up.authority));
-    await sleep(300);
+    await tp.waitQueued(up.authority, 1);
     assert.equal(second.buffered.length, 0, "the second waits");
     first.close();
     assert.match((await second.readLine())!, /^HTTP\/1\.1 200/);
@@ -82,11 +93,11 @@ Deno.test("a client that disconnects while queued leaves the line and holds noth
   await up.waitHeld(1);
   const leaver = await BufferedConn.connect(tp.addr);
   await leaver.write(request("GET", up.url("/fixed"), { Host: up.authority }));
-  await sleep(200);
+  await tp.waitQueued(up.authority, 1);
   leaver.close();
-  await sleep(200);
+  await tp.waitQueued(up.authority, 0);
   const third = exchange(tp.addr, request("GET", up.url("/fixed"), { Host: up.authority }));
-  await sleep(200);
+  await tp.waitQueued(up.authority, 1);
   up.release();
   assert.equal((await holder).status, 200);
   assert.equal((await third).status, 200);
@@ -133,7 +144,7 @@ Deno.test("a full line is refused at once with Retry-After and details queue ful
   const holder = exchange(tp.addr, request("GET", up.url("/slow"), { Host: up.authority }));
   await up.waitHeld(1);
   const waiter = exchange(tp.addr, request("GET", up.url("/fixed"), { Host: up.authority }));
-  await sleep(200);
+  await tp.waitQueued(up.authority, 1);
   const refused = await exchange(tp.addr, request("GET", up.url("/fixed"), { Host: up.authority }));
   assert.equal(refused.status, 500);
   assert.match(refused.proxyStatus, /error=connection_limit_reached; details="queue full"/);
@@ -198,7 +209,7 @@ Deno.test("an idle pooled connection serves a waiting plain-HTTP request before 
   const holder = exchange(tp.addr, request("GET", up.url("/slow"), { Host: up.authority }));
   await up.waitHeld(1);
   const waiter = exchange(tp.addr, request("GET", up.url("/conn"), { Host: up.authority }));
-  await sleep(200);
+  await tp.waitQueued(up.authority, 1);
   up.release();
   assert.equal((await holder).status, 200);
   const w = await waiter;
@@ -223,7 +234,7 @@ Deno.test("waiting requests show in dprl_queued, /api/hosts and dprl_queue_wait_
   const waiters = [0, 1].map(() =>
     exchange(tp.addr, request("GET", up.url("/fixed"), { Host: host }))
   );
-  await sleep(100);
+  await tp.waitQueued(host, 2);
   const full = await exchange(tp.addr, request("GET", up.url("/fixed"), { Host: host }));
   assert.match(full.proxyStatus, /queue full/);
   const text = await metrics();
@@ -237,7 +248,7 @@ Deno.test("waiting requests show in dprl_queued, /api/hosts and dprl_queue_wait_
   const served = exchange(tp.addr, request("GET", up.url("/slow"), { Host: host }));
   await up.waitHeld(1);
   const waited = exchange(tp.addr, request("GET", up.url("/fixed"), { Host: host }));
-  await sleep(100);
+  await tp.waitQueued(host, 1);
   up.release();
   assert.equal((await served).status, 200);
   assert.equal((await waited).status, 200);

@@ -18,6 +18,10 @@ export interface TestProxy extends AsyncDisposable {
   readonly url: string;
   /** Waits until the proxy counts `n` open connections to `host`. */
   waitCount(host: string, n: number, ms?: number): Promise<void>;
+  /** Requests waiting here for a slot of `host`, as `GET /api/hosts/{host}` reports them. */
+  queued(host: string): Promise<number>;
+  /** Waits until `n` requests wait here for a slot of `host`. */
+  waitQueued(host: string, n: number, ms?: number): Promise<void>;
 }
 
 /** Starts a proxy with these options (port 0 and 127.0.0.1 by default). */
@@ -32,6 +36,11 @@ export async function startProxy(
   await proxy.start();
   const url = proxy.proxyUrl;
   if (!url) throw new Error("proxyUrl is null after start()");
+  const admin = proxy.adminHandler();
+  const queued = async (host: string): Promise<number> => {
+    const res = await admin(new Request(`http://admin/api/hosts/${encodeURIComponent(host)}`));
+    return (await res.json()).queued;
+  };
   return {
     proxy,
     addr: { hostname: url.hostname, port: Number(url.port) },
@@ -41,6 +50,15 @@ export async function startProxy(
       await waitFor(
         async () => (last = await proxy.activeConnectionsForHost(host)) === n,
         () => `${n} active connections to ${host} (have ${last})`,
+        ms,
+      );
+    },
+    queued,
+    async waitQueued(host: string, n: number, ms = WAIT_MS) {
+      let last = -1;
+      await waitFor(
+        async () => (last = await queued(host)) === n,
+        () => `${n} requests waiting for ${host} (have ${last})`,
         ms,
       );
     },

@@ -1,7 +1,7 @@
 /**
  * Raw socket helpers for the tests: a buffered reader over a `Deno.Conn` in
  * which every wait is bounded, an HTTP/1.1 response parser that keeps the
- * exact bytes, and a polling helper.
+ * exact bytes, a polling helper and a pause.
  *
  * @module
  */
@@ -52,6 +52,15 @@ export async function sha256(b: Uint8Array): Promise<string> {
   return Array.from(d, (x) => x.toString(16).padStart(2, "0")).join("");
 }
 
+/**
+ * Resolves after `ms` milliseconds. For simulated work or pacing only (an
+ * upstream holding a request, arrivals spread over time): to wait until
+ * something has happened, use {@linkcode waitFor} on the condition.
+ */
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
 /** Races a promise against a timer that is always cleared. */
 export async function withTimeout<T>(
   p: Promise<T>,
@@ -88,7 +97,7 @@ export async function waitFor<T>(
       const w = typeof what === "function" ? what() : what;
       throw new WaitTimeoutError(`${w} (last value ${String(last)})`, ms);
     }
-    await new Promise((r) => setTimeout(r, 10));
+    await sleep(10);
   }
 }
 
