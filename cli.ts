@@ -15,7 +15,7 @@ import { dirname } from "node:path";
 import { parseArgs } from "node:util";
 import { configure, getStreamSink, getTextFormatter, type LogLevel, reset } from "@logtape/logtape";
 import { parseDuration } from "./lib/duration.ts";
-import { FLAGS, usage } from "./lib/cli_flags.ts";
+import { FLAGS, joinNegativeValues, usage } from "./lib/cli_flags.ts";
 import { splitHostPort } from "./lib/limit/host_key.ts";
 import type { FailureMode, RedisConfig } from "./lib/limit/redis_config.ts";
 import { ProxyRateLimiter } from "./lib/proxy_rate_limiter.ts";
@@ -140,24 +140,6 @@ function requireRead(flag: string, path: string, folder = false): void {
       : `--${flag} ${path} cannot be read: run deno with --allow-read=${path}` +
         (flag === "config" ? ` (--allow-read=${dirname(path)} with --watch-config)` : ""),
   );
-}
-
-/**
- * Joins a flag that takes a value with a negative number after it
- * (`--max-connections -1`), which `parseArgs` would take for an option, so
- * that both spellings meet the same range check.
- */
-function joinNegativeValues(args: string[]): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < args.length; i++) {
-    const name = /^--([a-z-]+)$/.exec(args[i])?.[1];
-    if (name && FLAGS[name]?.value && /^-[0-9]/.test(args[i + 1] ?? "")) {
-      out.push(`${args[i]}=${args[++i]}`);
-    } else {
-      out.push(args[i]);
-    }
-  }
-  return out;
 }
 
 /** A one-line message for an error of `parseArgs`. */

@@ -349,3 +349,21 @@ export function usage(): string {
   out.push("", "Examples:", ...EXAMPLES.map((e) => `  ${e}`));
   return out.join("\n");
 }
+
+/**
+ * Joins a flag that takes a value with a negative number after it
+ * (`--max-connections -1`), which `parseArgs` would take for an option, so
+ * that both spellings meet the same range check.
+ */
+export function joinNegativeValues(args: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const name = /^--([a-z-]+)$/.exec(args[i])?.[1];
+    if (name && FLAGS[name]?.value && /^-[0-9]/.test(args[i + 1] ?? "")) {
+      out.push(`${args[i]}=${args[++i]}`);
+    } else {
+      out.push(args[i]);
+    }
+  }
+  return out;
+}
