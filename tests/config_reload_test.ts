@@ -197,7 +197,7 @@ Deno.test("a hosts: line that is not a top-level key is not taken for the sectio
   });
 });
 
-Deno.test("overrides over a table adopted from a worker weigh patterns as before", async () => {
+Deno.test("overrides over a table adopted from a worker weigh patterns as before", () => {
   const rules = {
     default: 5,
     hosts: { "*.example": 2, "a.b.example": 3, "a.b.example:8443": 4, "*.c.example": 6 },

@@ -1,12 +1,10 @@
 /**
  * Host patterns packed into one string and two typed arrays, matched as
- * {@linkcode HostIndex} matches them: built where the rules are compiled
+ * `HostIndex` matches them: built where the rules are compiled
  * and adopted by another thread without a per-pattern allocation.
  *
  * @module
  */
-
-import type { HostIndex } from "./host_index.ts";
 
 /**
  * A packed index as plain data: one string and two typed arrays, whose
@@ -85,7 +83,7 @@ export function packedBuffers(data: PackedIndexData): ArrayBuffer[] {
 
 /**
  * Packed patterns matched by specificity, with exactly the precedence of
- * {@linkcode HostIndex.match}: the exact key (with its port), then the host
+ * `HostIndex.match`: the exact key (with its port), then the host
  * without its port, then the longest wildcard suffix above the host
  * (`*.example.org` matches `a.example.org`, not `example.org`; an IPv6
  * literal matches no wildcard). A lookup hashes the key once and each
