@@ -20,28 +20,39 @@ export interface PackedIndexData {
    */
   starts: Uint32Array;
   /**
-   * An open-addressing hash table of the patterns (power-of-two size, at
-   * least twice the number of patterns, linear probing): a slot holds a
-   * pattern's index plus one, 0 when empty.
+   * An open-addressing hash table of the patterns (a power-of-two number of
+   * slots, at least twice the number of patterns, linear probing): slot `s`
+   * is `slots[3 * s]`, a pattern's index plus one (0 when empty), then that
+   * pattern's hash and its start in `patterns`, so that a probe reads no
+   * other array and a pattern only when its hash is the one sought.
    */
   slots: Int32Array;
 }
 
-/** FNV-1a's offset basis. */
-const BASIS = 0x811c9dc5;
+/** FNV-1a's offset basis, as a signed 32-bit integer (as the slots hold hashes). */
+const BASIS = 0x811c9dc5 | 0;
 /** FNV-1a's prime. */
 const PRIME = 0x01000193;
 /** The code units of `*` and `.`. */
 const STAR = 42;
 const DOT = 46;
-/** The hash of `*.`, where every wildcard candidate's hash starts. */
-const STAR_DOT = Math.imul(Math.imul(BASIS ^ STAR, PRIME) ^ DOT, PRIME);
+/** The code unit of the newline between patterns. */
+const NEWLINE = 10;
 
-/** FNV-1a over the UTF-16 code units of `text` from `from` to `to`, after `hash`. */
-function hashRange(hash: number, text: string, from: number, to: number): number {
-  for (let i = from; i < to; i++) hash = Math.imul(hash ^ text.charCodeAt(i), PRIME);
+/**
+ * The hash of `text.slice(from, to)`: FNV-1a over its UTF-16 code units from
+ * the last to the first. Read backwards, the hash of a host's suffix comes
+ * before the host's, so one pass over a host hashes it and, at each dot,
+ * the wildcard `*.` + the suffix after the dot.
+ */
+function hashRange(text: string, from: number, to: number): number {
+  let hash = BASIS;
+  for (let i = to - 1; i >= from; i--) hash = Math.imul(hash ^ text.charCodeAt(i), PRIME);
   return hash;
 }
+
+/** The wildcard candidates of the lookup under way: their hashes and dots, in pairs. */
+let candidates = new Int32Array(64);
 
 /**
  * Packs distinct normalised patterns (see `parseHostPattern`): pattern `i`
@@ -66,12 +77,15 @@ export function packPatterns(patterns: readonly string[]): PackedIndexData {
   }
   let size = 1;
   while (size < 2 * n) size *= 2;
-  const slots = new Int32Array(size);
+  const slots = new Int32Array(3 * size);
   const mask = size - 1;
   for (let i = 0; i < n; i++) {
-    let slot = hashRange(BASIS, text, starts[i], starts[i + 1] - 1) & mask;
-    while (slots[slot] !== 0) slot = (slot + 1) & mask;
-    slots[slot] = i + 1;
+    const hash = hashRange(text, starts[i], starts[i + 1] - 1);
+    let slot = hash & mask;
+    while (slots[3 * slot] !== 0) slot = (slot + 1) & mask;
+    slots[3 * slot] = i + 1;
+    slots[3 * slot + 1] = hash;
+    slots[3 * slot + 2] = starts[i];
   }
   return { patterns: text, starts, slots };
 }
@@ -102,7 +116,7 @@ export class PackedIndex {
     this.#text = data.patterns;
     this.#starts = data.starts;
     this.#slots = data.slots;
-    this.#mask = data.slots.length - 1;
+    this.#mask = data.slots.length / 3 - 1;
     this.#wildcards = data.patterns.startsWith("*.") || data.patterns.includes("\n*.");
   }
 
@@ -121,21 +135,43 @@ export class PackedIndex {
     const colon = key.lastIndexOf(":");
     const end = colon > key.lastIndexOf("]") ? colon : key.length;
     // No exact pattern starts with `*.`: such a key can match wildcards only.
-    if (key.charCodeAt(0) !== STAR || key.charCodeAt(1) !== DOT) {
-      // One pass hashes the key and, at the port's colon, the host.
-      const hostHash = hashRange(BASIS, key, 0, end);
-      let found = end < key.length
-        ? this.#find(hashRange(hostHash, key, end, key.length), key, 0, key.length, false)
-        : -1;
-      if (found < 0) found = this.#find(hostHash, key, 0, end, false);
+    const exact = key.charCodeAt(0) !== STAR || key.charCodeAt(1) !== DOT;
+    if (exact && end < key.length) {
+      const found = this.#find(hashRange(key, 0, key.length), key, 0, key.length, false);
       if (found >= 0) return found;
     }
-    if (!this.#wildcards || key.charCodeAt(0) === 91 /* [ */) return -1;
-    // The deepest wildcard above the host first: `*.b.c` before `*.c` for `a.b.c`.
-    for (let dot = key.indexOf("."); dot >= 0 && dot < end; dot = key.indexOf(".", dot + 1)) {
-      const hash = hashRange(STAR_DOT, key, dot + 1, end);
-      const wildcard = this.#find(hash, key, dot + 1, end, true);
-      if (wildcard >= 0) return wildcard;
+    // One pass over the host, from the right, hashes it and its wildcards.
+    const wild = this.#wildcards && key.charCodeAt(0) !== 91; // An IPv6 `[…]` has none.
+    let hash = BASIS;
+    let count = 0;
+    for (let i = end - 1; i >= 0; i--) {
+      const code = key.charCodeAt(i);
+      if (code === DOT && wild) {
+        if (2 * count === candidates.length) {
+          const more = new Int32Array(2 * candidates.length);
+          more.set(candidates);
+          candidates = more;
+        }
+        candidates[2 * count] = Math.imul(Math.imul(hash ^ DOT, PRIME) ^ STAR, PRIME);
+        candidates[2 * count++ + 1] = i;
+      }
+      hash = Math.imul(hash ^ code, PRIME);
+    }
+    if (exact) {
+      const found = this.#find(hash, key, 0, end, false);
+      if (found >= 0) return found;
+    }
+    // The deepest wildcard above the host first (`*.b.c` before `*.c` for
+    // `a.b.c`): the one of the leftmost dot, found last.
+    while (count-- > 0) {
+      const found = this.#find(
+        candidates[2 * count],
+        key,
+        candidates[2 * count + 1] + 1,
+        end,
+        true,
+      );
+      if (found >= 0) return found;
     }
     return -1;
   }
@@ -146,19 +182,20 @@ export class PackedIndex {
    */
   #find(hash: number, key: string, from: number, to: number, star: boolean): number {
     const text = this.#text;
-    const length = to - from + (star ? 2 : 0);
+    const slots = this.#slots;
     for (let slot = hash & this.#mask;; slot = (slot + 1) & this.#mask) {
-      const entry = this.#slots[slot];
+      const entry = slots[3 * slot];
       if (entry === 0) return -1;
-      let at = this.#starts[entry - 1];
-      if (this.#starts[entry] - 1 - at !== length) continue;
+      if (slots[3 * slot + 1] !== hash) continue;
+      let at = slots[3 * slot + 2];
       if (star) {
         if (text.charCodeAt(at) !== STAR || text.charCodeAt(at + 1) !== DOT) continue;
         at += 2;
       }
       let i = from;
       while (i < to && text.charCodeAt(at) === key.charCodeAt(i)) i++, at++;
-      if (i === to) return entry - 1;
+      // The pattern ends where the key does: at a newline or the end.
+      if (i === to && (at === text.length || text.charCodeAt(at) === NEWLINE)) return entry - 1;
     }
   }
 }
