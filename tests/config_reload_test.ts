@@ -197,13 +197,13 @@ Deno.test("a hosts: line that is not a top-level key is not taken for the sectio
   });
 });
 
-Deno.test("overrides over a table adopted from a worker weigh patterns as before", async () => {
+Deno.test("overrides over a table adopted from a worker weigh patterns as before", () => {
   const rules = {
     default: 5,
     hosts: { "*.example": 2, "a.b.example": 3, "a.b.example:8443": 4, "*.c.example": 6 },
     groups: [{ name: "g", match: ["*.d.c.example"], limit: 1 }],
   };
-  const adopted = await RuleTable.fromData(structuredClone(RuleTable.compile(rules)));
+  const adopted = RuleTable.fromData(structuredClone(RuleTable.compile(rules)));
   const built = new LimitTable(undefined, { "*.b.example": 7, "x.c.example": 8, "*.c.example": 9 });
   built.rules = new RuleTable(rules);
   const limits = new LimitTable(undefined, {

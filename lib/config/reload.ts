@@ -200,7 +200,7 @@ export class RulesWorker implements Disposable {
  * Reads the config file's limit rules (layered over `below`), compiles the
  * table of them under `context.above`, and names the rules that change from
  * `context.current`: all in a `Worker` (reading and checking 100,000 rules
- * takes about a second), the table then adopted a slice at a time. Throws
+ * takes about a second), the table then adopted without copying. Throws
  * a {@linkcode ConfigError} when the file cannot be read or is invalid.
  *
  * @example
@@ -228,7 +228,7 @@ export async function loadRulesFile(
     throw new ConfigError(reply.file, reply.problem, { line: reply.line, column: reply.column });
   }
   const loaded = new LoadedRules(reply.fileRules, reply.changes, context);
-  tables.set(loaded, await RuleTable.fromData(reply.table));
+  tables.set(loaded, RuleTable.fromData(reply.table));
   return loaded;
 }
 

@@ -9,6 +9,7 @@
 /// <reference lib="deno.worker" />
 
 import { ConfigError } from "./config_file.ts";
+import { RuleTable } from "../limit/rules/rule_table.ts";
 import { compileRulesFile, type LoadReply, type LoadRequest } from "./reload.ts";
 
 self.onmessage = async ({ data }: MessageEvent<LoadRequest>) => {
@@ -19,5 +20,6 @@ self.onmessage = async ({ data }: MessageEvent<LoadRequest>) => {
     if (!(err instanceof ConfigError)) throw err;
     reply = { ok: false, file: err.file, problem: err.problem, line: err.line, column: err.column };
   }
-  self.postMessage(reply);
+  // The table's typed arrays move to the proxy's thread, not copied.
+  self.postMessage(reply, reply.ok ? RuleTable.buffers(reply.table) : []);
 };

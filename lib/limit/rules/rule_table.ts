@@ -6,6 +6,7 @@
  */
 
 import { HostIndex } from "./host_index.ts";
+import { PackedIndex, type PackedIndexData, packPatterns } from "./packed_index.ts";
 import { canonicalRules, type LimitRules, type NormalGroup, normalizeRules } from "./rules.ts";
 
 /** The group a host belongs to, as a lookup returns it. */
@@ -51,18 +52,17 @@ interface Entry {
 /**
  * A compiled table as plain data, for `structuredClone` and `postMessage`:
  * a table compiled in a `Worker` is adopted by the event loop's thread
- * with {@linkcode RuleTable.fromData}, without compiling again.
+ * with {@linkcode RuleTable.fromData}, without compiling again and without
+ * an allocation per pattern. The patterns and their hash table are a
+ * {@linkcode PackedIndexData} (one string crosses to another thread as one
+ * copy, and the typed arrays' buffers can be transferred; an array of
+ * 100,000 strings, or a map of them, takes as many allocations there).
  */
-export interface RuleTableData {
+export interface RuleTableData extends PackedIndexData {
   /** The rules in canonical form, as JSON. */
   text: string;
   /** The default limit. */
   defaultLimit: number;
-  /**
-   * The patterns, one a line (one string crosses to another thread as one
-   * copy; an array of 100,000 strings takes as many allocations there).
-   */
-  patterns: string;
   /** For each pattern, its entry. */
   ids: Uint32Array;
   /** The distinct entries (few: patterns share them). */
@@ -90,11 +90,8 @@ export function patternRank(pattern: string): number {
   return pattern.lastIndexOf(":") > pattern.lastIndexOf("]") ? 1e6 + 1 : 1e6;
 }
 
-/** Compiled rules, the patterns as an array; see {@linkcode RuleTableData}. */
-type Compiled = Omit<RuleTableData, "patterns"> & { patterns: string[] };
-
 /** Compiles rules; see {@linkcode RuleTable}. */
-function compile(rules: LimitRules, canonical: boolean): Compiled {
+function compile(rules: LimitRules, canonical: boolean): RuleTableData {
   const n = normalizeRules(rules);
   const defaultLimit = n.default ?? 0;
   const limits = new HostIndex<[number, number]>();
@@ -138,18 +135,15 @@ function compile(rules: LimitRules, canonical: boolean): Compiled {
     ids[i] = id;
   });
   const text = JSON.stringify(canonical ? rules : canonicalRules(n));
-  return { text, defaultLimit, patterns, ids, entries };
+  return { text, defaultLimit, ids, entries, ...packPatterns(patterns) };
 }
 
-/** Patterns indexed between two turns of the event loop by {@linkcode RuleTable.fromData}. */
-const SLICE = 4096;
-
 /**
- * Limit rules compiled for lookups: a map for exact patterns and a trie of
- * labels for wildcards, each pattern resolved in advance to its limit and
- * group, so a lookup is one walk of at most one map access per label of the
- * host, allocates nothing, and costs the same however many rules there are.
- * Immutable: to change the rules, compile a new table and swap it in.
+ * Limit rules compiled for lookups: the patterns packed in a hash table
+ * (see {@linkcode PackedIndex}), each resolved in advance to its limit and
+ * group, so a lookup hashes the key and each suffix of the host after a
+ * dot once, allocates nothing, and costs the same however many rules there
+ * are. Immutable: to change the rules, compile a new table and swap it in.
  *
  * Precedence, for the host limit, each queue setting and (separately) for
  * the group: the exact `host:port`, then the exact host (any port), then the
@@ -175,20 +169,25 @@ const SLICE = 4096;
  * ```
  */
 export class RuleTable {
-  #text: string;
-  #default: Readonly<RuleMatch>;
-  #index = new HostIndex<Entry>();
+  #text!: string;
+  #default!: Readonly<RuleMatch>;
+  #index!: PackedIndex;
+  #ids!: Uint32Array;
+  #entries!: readonly Entry[];
 
   /**
    * Compiles rules. Throws a `RulesError` naming the first invalid rule.
    */
   constructor(rules: LimitRules = {}) {
-    const data = compile(rules, false);
+    this.#adopt(compile(rules, false));
+  }
+
+  #adopt(data: RuleTableData): void {
     this.#text = data.text;
     this.#default = Object.freeze({ limit: data.defaultLimit, group: undefined });
-    for (let i = 0; i < data.patterns.length; i++) {
-      this.#index.set(data.patterns[i], data.entries[data.ids[i]]);
-    }
+    this.#index = new PackedIndex(data);
+    this.#ids = data.ids;
+    this.#entries = data.entries;
   }
 
   /**
@@ -198,32 +197,29 @@ export class RuleTable {
    * not sorted again. Throws a `RulesError` naming the first invalid rule.
    */
   static compile(rules: LimitRules, options: { canonical?: boolean } = {}): RuleTableData {
-    const data = compile(rules, options.canonical ?? false);
-    return { ...data, patterns: data.patterns.join("\n") };
+    return compile(rules, options.canonical ?? false);
   }
 
   /**
-   * The table of compiled data, built a slice of patterns at a time with a
-   * turn of the event loop between slices, so that adopting a large table
-   * delays no request for long.
+   * The buffers of compiled data's typed arrays, to transfer with
+   * `postMessage` (the data can no longer be used where it was sent from).
    */
-  static async fromData(data: RuleTableData): Promise<RuleTable> {
-    const table = new RuleTable();
-    table.#text = data.text;
-    table.#default = Object.freeze({ limit: data.defaultLimit, group: undefined });
+  static buffers(data: RuleTableData): ArrayBuffer[] {
+    return [data.ids, data.starts, data.slots].map((array) => array.buffer as ArrayBuffer);
+  }
+
+  /**
+   * The table of compiled data, wrapping its arrays: it allocates nothing
+   * per pattern, so adopting a large table delays no request for long.
+   */
+  static fromData(data: RuleTableData): RuleTable {
     // A clone has lost the freezing of what lookups return.
     for (const entry of data.entries) {
       if (entry.match.group) Object.freeze(entry.match.group);
       Object.freeze(entry.match);
     }
-    const { patterns } = data;
-    for (let i = 0, start = 0; start < patterns.length; i++) {
-      if (i % SLICE === SLICE - 1) await new Promise((resolve) => setTimeout(resolve, 0));
-      const end = patterns.indexOf("\n", start);
-      const stop = end < 0 ? patterns.length : end;
-      table.#index.set(patterns.slice(start, stop), data.entries[data.ids[i]]);
-      start = stop + 1;
-    }
+    const table = new RuleTable();
+    table.#adopt(data);
     return table;
   }
 
@@ -244,7 +240,12 @@ export class RuleTable {
 
   /** The limit, group and queue settings of a host key (see `hostKey`). */
   lookup(key: string): Readonly<RuleMatch> {
-    return this.#index.match(key)?.match ?? this.#default;
+    return this.#entry(key)?.match ?? this.#default;
+  }
+
+  #entry(key: string): Entry | undefined {
+    const index = this.#index.match(key);
+    return index < 0 ? undefined : this.#entries[this.#ids[index]];
   }
 
   /**
@@ -253,7 +254,7 @@ export class RuleTable {
    * alone sets no host limit).
    */
   hostLimit(key: string): { limit: number; rank: number } | undefined {
-    const entry = this.#index.match(key);
+    const entry = this.#entry(key);
     return entry?.hostLimit === undefined
       ? undefined
       : { limit: entry.hostLimit, rank: entry.rank };
