@@ -21,6 +21,18 @@ import {
   RELEASE_LUA,
   SYNC_LUA,
 } from "./redis_scripts.ts";
+import {
+  describe,
+  isAnswered,
+  isAuthError,
+  RedisConnectionLostError,
+  RedisCorruptedKeyError,
+  RedisCountsLostError,
+  RedisReplyError,
+  RedisTimeoutError,
+  toRedisError,
+} from "./redis_errors.ts";
+import { withTimeout } from "../with_timeout.ts";
 
 /** Options of {@linkcode RedisLimiter}. */
 export interface RedisLimiterOptions {
@@ -330,7 +342,7 @@ export class RedisLimiter implements Limiter {
     if (this.#closed) return;
     this.#awaitingReady = true;
     this.#epoch++;
-    const cause = this.#lastError ?? new Error("Connection to Redis closed");
+    const cause = this.#lastError ?? new RedisConnectionLostError("Connection to Redis closed");
     this.#lastError = null;
     this.#down(cause);
   };
@@ -467,13 +479,7 @@ export class RedisLimiter implements Limiter {
     this.#subscribe();
     if (this.#failFast()) return this.#fallback(host, s, limit, null, groupLimit);
     if (this.#recovering(host)) {
-      return this.#fallback(
-        host,
-        s,
-        limit,
-        new Error("Redis lost its counts and the fleet is re-asserting them"),
-        groupLimit,
-      );
+      return this.#fallback(host, s, limit, new RedisCountsLostError(), groupLimit);
     }
     s.limit = limit;
     if (s.kept.length > 0) {
@@ -592,7 +598,9 @@ export class RedisLimiter implements Limiter {
       // Take back what it counted and decide as if Redis had not answered.
       const takeBack = syncedSince ? k : granted;
       if (takeBack > 0 && !this.#closed) this.#sendRelease(host, s, takeBack);
-      const lostConnection = new Error("Connection to Redis was lost while acquiring");
+      const lostConnection = new RedisConnectionLostError(
+        "Connection to Redis was lost while acquiring",
+      );
       for (const waiter of acquires) decide(waiter, lostConnection);
       return;
     }
@@ -603,7 +611,7 @@ export class RedisLimiter implements Limiter {
     this.#attach(host, s);
     this.#fleet.set(host, Number(reply[0]));
     if (syncedSince && granted < k && !this.#closed) this.#sendRelease(host, s, k - granted);
-    const lostCounts = new Error("Redis lost its counts and the fleet is re-asserting them");
+    const lostCounts = new RedisCountsLostError();
     let refused = false;
     acquires.forEach((waiter, i) => {
       if (grants[i] && waiter.ticket) this.#forgetTicket(host, waiter.ticket);
@@ -853,7 +861,7 @@ export class RedisLimiter implements Limiter {
       throw new LimiterUnavailableError("Redis limiter is closed");
     }
     try {
-      if (this.#failFast()) throw new Error("Redis is unreachable");
+      if (this.#failFast()) throw new RedisConnectionLostError("Redis is unreachable");
       if (this.#keeping.has(host)) this.#giveBackKept(host);
       // This turn's releases are sent before the count.
       if (this.#queued.has(host)) await Promise.resolve();
@@ -903,7 +911,7 @@ export class RedisLimiter implements Limiter {
     if (client.status === "ready") {
       await Promise.allSettled([
         ...this.#batches(hosts).map(([e, batch]) =>
-          withTimeout(
+          this.#bounded(
             this.#scripts.dprlSync(
               2 + batch.length,
               e,
@@ -917,11 +925,10 @@ export class RedisLimiter implements Limiter {
               "leave",
               ...batch.flatMap((host) => [0, 0, 0, host]),
             ),
-            this.#timeout,
           )
         ),
         ...lines.map(([host, tickets]) =>
-          withTimeout(
+          this.#bounded(
             this.#scripts.dprlLine(
               this.#key(host, "q"),
               this.#key(host, "qw"),
@@ -933,19 +940,17 @@ export class RedisLimiter implements Limiter {
               0,
               ...tickets,
             ),
-            this.#timeout,
           )
         ),
-        withTimeout(
+        this.#bounded(
           this.#scripts.dprlRegister(this.#workersKey, this.#worker, this.#lease, "del"),
-          this.#timeout,
         ),
-        withTimeout(this.#client.del(this.#workerKey(this.#worker)), this.#timeout),
+        this.#bounded(this.#client.del(this.#workerKey(this.#worker))),
       ]);
     }
     if (!this.#own) return;
     if (client.status !== "wait" && client.status !== "end") {
-      await withTimeout(client.quit(), this.#timeout).catch(() => {});
+      await this.#bounded(client.quit()).catch(() => {});
     }
     client.disconnect();
     client.off("error", this.#onError);
@@ -1025,9 +1030,10 @@ export class RedisLimiter implements Limiter {
     for (let i = 0; i + 2 < entries.length; i += 3) {
       const [key, type, kind] = entries.slice(i, i + 3).map(String);
       keys.add(key);
+      const error = new RedisCorruptedKeyError(key, type, kind);
       this.#logger.warn(
         "Redis key {key} held a {type} where dprl keeps a {kind}; dprl deleted it and the fleet re-asserts its counts",
-        { key, type, kind },
+        { key, type, kind, code: error.code },
       );
     }
     return keys;
@@ -1355,7 +1361,7 @@ export class RedisLimiter implements Limiter {
         for (const sync of syncs) counts.push(sync.queue(pipeline, redisNow));
         const results = await pipeline.exec();
         // A pipeline answers every error in its results: Redis did not answer these.
-        const unanswered = results?.find(([error]) => error && !isReplyError(error));
+        const unanswered = results?.find(([error]) => error && !isAnswered(error));
         if (unanswered) throw unanswered[0];
         return results ?? [];
       })
@@ -1381,7 +1387,7 @@ export class RedisLimiter implements Limiter {
         `${n.options.host}:${n.options.port}` === node
       )
       : this.#client as Redis;
-    if (!client) throw new Error(`No connection to Redis node ${node}`);
+    if (!client) throw new RedisConnectionLostError(`No connection to Redis node ${node}`);
     const [sec, usec] = await client.time();
     return Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
   }
@@ -1653,7 +1659,7 @@ export class RedisLimiter implements Limiter {
     let runId: string | null = null;
     try {
       const info = String(
-        await withTimeout((this.#client as Redis).info("server"), this.#timeout),
+        await this.#bounded((this.#client as Redis).info("server")),
       );
       runId = /run_id:(\w+)/.exec(info)?.[1] ?? null;
     } catch {
@@ -1689,7 +1695,7 @@ export class RedisLimiter implements Limiter {
     for (const node of nodes) {
       let reply: string[];
       try {
-        reply = (await withTimeout(node.config("GET", "maxmemory*"), this.#timeout)) as string[];
+        reply = (await this.#bounded(node.config("GET", "maxmemory*"))) as string[];
       } catch (error) {
         this.#logger.debug("Cannot read the Redis configuration: {error}", {
           error: describe(error),
@@ -1737,13 +1743,24 @@ export class RedisLimiter implements Limiter {
     );
   }
 
+  /**
+   * Settles as `call` does within the timeout, else rejects with
+   * {@linkcode RedisTimeoutError}; an error Redis answered becomes a
+   * {@linkcode RedisReplyError}.
+   */
+  #bounded<T>(call: Promise<T>): Promise<T> {
+    const ms = this.#timeout;
+    const marked = call.catch((error) => Promise.reject(toRedisError(error)));
+    return withTimeout(marked, ms, () => new RedisTimeoutError(ms));
+  }
+
   /** Runs one Redis call within the timeout and tracks Redis's state. */
   async #call<T>(op: () => Promise<T>): Promise<T> {
     const epoch = this.#epoch;
     const started = performance.now();
     let result: T;
     try {
-      result = await withTimeout(op(), this.#timeout);
+      result = await this.#bounded(op());
       this.onCall?.(performance.now() - started);
     } catch (error) {
       this.onCall?.(performance.now() - started);
@@ -1756,50 +1773,6 @@ export class RedisLimiter implements Limiter {
     this.#up();
     return result;
   }
-}
-
-/** A script error that Redis answered (the server is up). */
-class RedisReplyError extends Error {}
-
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(
-      () => reject(new Error(`Redis did not answer within ${ms} ms`)),
-      ms,
-    );
-    promise.then(
-      (value) => {
-        clearTimeout(timer);
-        resolve(value);
-      },
-      (error) => {
-        clearTimeout(timer);
-        reject(
-          isReplyError(error) ? new RedisReplyError(describe(error), { cause: error }) : error,
-        );
-      },
-    );
-  });
-}
-
-function isReplyError(error: unknown): boolean {
-  return error instanceof Error && error.name === "ReplyError" &&
-    !/^(NOSCRIPT|LOADING|BUSY|MASTERDOWN|READONLY|CLUSTERDOWN|TRYAGAIN|NOAUTH|WRONGPASS)/
-      .test(error.message);
-}
-
-/** Whether Redis refused the client's credentials (or wants some). */
-function isAuthError(error: unknown): boolean {
-  return error instanceof Error &&
-    /^(NOAUTH|WRONGPASS)|invalid password|ERR AUTH/i.test(error.message);
-}
-
-function describe(error: unknown): string {
-  if (!(error instanceof Error)) return String(error);
-  const code = (error as { code?: unknown }).code;
-  return typeof code === "string" && !error.message.includes(code)
-    ? `${error.message} (${code})`
-    : error.message;
 }
 
 /**
