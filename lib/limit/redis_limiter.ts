@@ -13,14 +13,22 @@ export type { FailureMode } from "./redis_config.ts";
 import { getLogger, type Logger } from "@logtape/logtape";
 import { type AcquireOptions, type Limiter, LimiterUnavailableError } from "./limiter.ts";
 import {
-  ACQUIRE_LUA,
-  COUNT_LUA,
-  forCluster,
-  LINE_LUA,
-  REGISTER_LUA,
-  RELEASE_LUA,
-  SYNC_LUA,
-} from "./redis_scripts.ts";
+  ACQUIRE,
+  type AcquireReply,
+  COUNT,
+  defineScripts,
+  type HealedKey,
+  LINE,
+  type LineInput,
+  queueScript,
+  REGISTER,
+  type RegisterInput,
+  RELEASE,
+  runScript,
+  SYNC,
+  type SyncHost,
+  type SyncInput,
+} from "./redis_script_codec.ts";
 import {
   describe,
   isAnswered,
@@ -127,49 +135,8 @@ interface Batch {
   groupLimit: number;
 }
 
-/** An ioredis client with dprl's scripts defined on it. */
-interface ScriptedClient {
-  status: string;
-  dprlAcquire(
-    n: string,
-    leases: string,
-    e: string,
-    members: string,
-    q: string,
-    qw: string,
-    worker: string,
-    lease: number,
-    floor: number,
-    ttl: number,
-    known: string,
-    fresh: string,
-    trusted: number,
-    releases: number,
-    host: string,
-    groupLimit: number,
-    ...limits: (number | string)[]
-  ): Promise<(number | string)[]>;
-  dprlRelease(
-    n: string,
-    e: string,
-    q: string,
-    worker: string,
-    count: number,
-    host: string,
-  ): Promise<(number | string)[]>;
-  /** `numKeys`, the epoch key, the slot's lease set, then n of each host; then the arguments. */
-  dprlSync(numKeys: number, ...keysAndArgs: (string | number)[]): Promise<(string | number)[]>;
-  /** `numKeys`, n and the lease set of each host, then the lease. */
-  dprlCount(numKeys: number, ...keysAndArgs: (string | number)[]): Promise<(number | string)[]>;
-  dprlRegister(workers: string, worker: string, lease: number, op: string): Promise<string[]>;
-  /** q and qw of one host, then worker, lease, ttl, op, host, adds, tickets. */
-  dprlLine(q: string, qw: string, ...args: (string | number)[]): Promise<(number | string)[]>;
-}
-
-/** A pipeline of an ioredis client with dprl's heartbeat script defined on it. */
-interface ScriptedPipeline {
-  /** Queues a sync; see {@linkcode ScriptedClient.dprlSync}. */
-  dprlSync(numKeys: number, ...keysAndArgs: (string | number)[]): void;
+/** A pipeline of an ioredis client with dprl's scripts defined on it. */
+interface Pipeline {
   zadd(key: string, score: number, member: string): void;
   pexpire(key: string, ms: number): void;
   exec(): Promise<[Error | null, unknown][] | null>;
@@ -180,7 +147,7 @@ interface PreparedSync {
   /** It needs Redis's time on its node (see {@linkcode PreparedSync.queue}). */
   needsTime: boolean;
   /** Queues its commands, given Redis's time in ms; returns how many it queued. */
-  queue: (pipeline: ScriptedPipeline, redisNow: number) => number;
+  queue: (pipeline: Pipeline, redisNow: number) => number;
   /** Takes in the answers of its commands, in order. */
   answered: (replies: unknown[]) => void;
   /** Redis did not answer: its hosts are synced again at the next heartbeat. */
@@ -270,7 +237,6 @@ const PIPELINE_HOSTS = 2_048;
  */
 export class RedisLimiter implements Limiter {
   #client: Redis | Cluster;
-  #scripts: ScriptedClient;
   #own: boolean;
   #prefix: string;
   #lease: number;
@@ -378,14 +344,7 @@ export class RedisLimiter implements Limiter {
       proxyUrl: "",
       started: new Date().toISOString(),
     };
-    const wakes = (lua: string): string => this.#cluster ? forCluster(lua) : lua;
-    client.defineCommand("dprlAcquire", { numberOfKeys: 6, lua: wakes(ACQUIRE_LUA) });
-    client.defineCommand("dprlRelease", { numberOfKeys: 3, lua: wakes(RELEASE_LUA) });
-    client.defineCommand("dprlLine", { numberOfKeys: 2, lua: wakes(LINE_LUA) });
-    client.defineCommand("dprlSync", { lua: SYNC_LUA });
-    client.defineCommand("dprlCount", { lua: COUNT_LUA });
-    client.defineCommand("dprlRegister", { numberOfKeys: 1, lua: REGISTER_LUA });
-    this.#scripts = client as unknown as ScriptedClient;
+    defineScripts(client, this.#cluster);
     client.on("ready", this.#onReady);
     client.on("close", this.#onClose);
     if (own) {
@@ -552,30 +511,30 @@ export class RedisLimiter implements Limiter {
         waiter.reject(error);
       }
     };
-    let reply: (number | string)[];
+    let reply: AcquireReply;
     const asking = acquires.filter((a) => a.ticket).map((a) => a.ticket);
     for (const t of asking) this.#asking.add(t);
     try {
       reply = await this.#call(() =>
-        this.#scripts.dprlAcquire(
-          this.#key(host, "n"),
-          this.#leaseKey(epochKey),
-          epochKey,
-          this.#membersKey(host),
-          this.#key(host, "q"),
-          this.#key(host, "qw"),
-          this.#worker,
-          this.#lease,
+        runScript(this.#client, ACQUIRE, {
+          n: this.#key(host, "n"),
+          leases: this.#leaseKey(epochKey),
+          epoch: epochKey,
+          members: this.#membersKey(host),
+          q: this.#key(host, "q"),
+          qw: this.#key(host, "qw"),
+          worker: this.#worker,
+          lease: this.#lease,
           floor,
-          this.#ttl,
-          this.#known.get(epochKey) ?? "",
-          this.#fresh,
-          s.dirty ? 0 : 1,
+          ttl: this.#ttl,
+          known: this.#known.get(epochKey) ?? "",
+          fresh: this.#fresh,
+          trusted: !s.dirty,
           releases,
           host,
-          batch.groupLimit,
-          ...acquires.map((a) => a.ticket ? `${a.limit} ${a.ticket}` : a.limit),
-        )
+          groupLimit: batch.groupLimit,
+          asks: acquires,
+        })
       );
     } catch (error) {
       s.pending -= k;
@@ -587,8 +546,8 @@ export class RedisLimiter implements Limiter {
       for (const t of asking) this.#asking.delete(t);
     }
     s.pending -= k;
-    const grants = acquires.map((_, i) => Number(reply[3 + i]) === 1);
-    this.#noteLine(host, Number(reply[3 + k]));
+    const grants = reply.granted;
+    this.#noteLine(host, reply.waiting);
     const granted = grants.filter(Boolean).length;
     // A sync sent after this call counted all of them as held (as pending).
     const syncedSince = s.syncs !== syncsAtSend;
@@ -604,12 +563,12 @@ export class RedisLimiter implements Limiter {
       for (const waiter of acquires) decide(waiter, lostConnection);
       return;
     }
-    const lost = Number(reply[1]);
-    const healed = this.#healed(reply.slice(4 + k));
-    this.#noteEpoch(epochKey, lost, String(reply[2]), host, healed);
+    const lost = reply.lost;
+    const healed = this.#healed(reply.healed);
+    this.#noteEpoch(epochKey, lost, reply.epoch, host, healed);
     s.counted += granted;
     this.#attach(host, s);
-    this.#fleet.set(host, Number(reply[0]));
+    this.#fleet.set(host, reply.total);
     if (syncedSince && granted < k && !this.#closed) this.#sendRelease(host, s, k - granted);
     const lostCounts = new RedisCountsLostError();
     let refused = false;
@@ -739,22 +698,28 @@ export class RedisLimiter implements Limiter {
     if (this.#closed || this.#failFast()) return;
     if (ops.adds.length === 0 && ops.removes.length === 0 && op === "") return;
     this.#call(() =>
-      this.#scripts.dprlLine(
-        this.#key(host, "q"),
-        this.#key(host, "qw"),
-        this.#worker,
-        this.#lease,
-        this.#ttl,
-        op,
-        host,
-        ops.adds.length,
-        ...ops.adds,
-        ...ops.removes,
-      )
-    ).then((reply) => {
-      this.#noteLine(host, Number(reply[0]));
-      this.#healed(reply.slice(1));
-    }, () => {});
+      runScript(this.#client, LINE, this.#lineInput(host, op, ops.adds, ops.removes))
+    )
+      .then((reply) => {
+        this.#noteLine(host, reply.length);
+        this.#healed(reply.healed);
+      }, () => {});
+  }
+
+  /** What {@linkcode LINE} is sent to change the line of `host`. */
+  #lineInput(host: string, op: LineInput["op"], adds: string[], removes: string[]): LineInput {
+    const [q, qw] = [this.#key(host, "q"), this.#key(host, "qw")];
+    return {
+      q,
+      qw,
+      worker: this.#worker,
+      lease: this.#lease,
+      ttl: this.#ttl,
+      op,
+      host,
+      adds,
+      removes,
+    };
   }
 
   /** Takes in the length of the fleet's line of `host` as a script answered it. */
@@ -909,43 +874,22 @@ export class RedisLimiter implements Limiter {
     this.#fleet.clear();
     this.#lines.clear();
     if (client.status === "ready") {
+      const leave = (host: string): SyncHost => ({
+        host,
+        n: this.#key(host, "n"),
+        count: 0,
+        floor: 0,
+        trusted: false,
+      });
       await Promise.allSettled([
         ...this.#batches(hosts).map(([e, batch]) =>
-          this.#bounded(
-            this.#scripts.dprlSync(
-              2 + batch.length,
-              e,
-              this.#leaseKey(e),
-              ...batch.map((host) => this.#key(host, "n")),
-              this.#worker,
-              this.#lease,
-              this.#ttl,
-              this.#known.get(e) ?? "",
-              this.#fresh,
-              "leave",
-              ...batch.flatMap((host) => [0, 0, 0, host]),
-            ),
-          )
+          this.#bounded(runScript(client, SYNC, this.#syncInput(e, "leave", batch.map(leave))))
         ),
         ...lines.map(([host, tickets]) =>
-          this.#bounded(
-            this.#scripts.dprlLine(
-              this.#key(host, "q"),
-              this.#key(host, "qw"),
-              this.#worker,
-              this.#lease,
-              this.#ttl,
-              "leave",
-              host,
-              0,
-              ...tickets,
-            ),
-          )
+          this.#bounded(runScript(client, LINE, this.#lineInput(host, "leave", [], [...tickets])))
         ),
-        this.#bounded(
-          this.#scripts.dprlRegister(this.#workersKey, this.#worker, this.#lease, "del"),
-        ),
-        this.#bounded(this.#client.del(this.#workerKey(this.#worker))),
+        this.#bounded(runScript(client, REGISTER, this.#registerInput("del"))),
+        this.#bounded(client.del(this.#workerKey(this.#worker))),
       ]);
     }
     if (!this.#own) return;
@@ -982,6 +926,26 @@ export class RedisLimiter implements Limiter {
   /** The lease set of the slot whose epoch key is `epochKey`: `<prefix>:leases` on a single Redis. */
   #leaseKey(epochKey: string): string {
     return `${epochKey.slice(0, -"epoch".length)}leases`;
+  }
+
+  /** What {@linkcode REGISTER} is sent for `op` of this worker. */
+  #registerInput(op: RegisterInput["op"]): RegisterInput {
+    return { workers: this.#workersKey, worker: this.#worker, lease: this.#lease, op };
+  }
+
+  /** What {@linkcode SYNC} is sent for `hosts` in the slot of epoch key `e`. */
+  #syncInput(e: string, held: SyncInput["held"], hosts: SyncHost[]): SyncInput {
+    return {
+      epoch: e,
+      leases: this.#leaseKey(e),
+      worker: this.#worker,
+      lease: this.#lease,
+      ttl: this.#ttl,
+      known: this.#known.get(e) ?? "",
+      fresh: this.#fresh,
+      held,
+      hosts,
+    };
   }
 
   get #workersKey(): string {
@@ -1025,10 +989,9 @@ export class RedisLimiter implements Limiter {
    * keeps there, and deleted (`[key, type, kind]...`), one WARN each: the
    * counts they held are re-asserted like lost ones. Returns those keys.
    */
-  #healed(entries: unknown[]): Set<string> {
+  #healed(entries: HealedKey[]): Set<string> {
     const keys = new Set<string>();
-    for (let i = 0; i + 2 < entries.length; i += 3) {
-      const [key, type, kind] = entries.slice(i, i + 3).map(String);
+    for (const { key, type, kind } of entries) {
       keys.add(key);
       const error = new RedisCorruptedKeyError(key, type, kind);
       this.#logger.warn(
@@ -1235,15 +1198,15 @@ export class RedisLimiter implements Limiter {
   /** Gives back `count` slots of this worker in Redis. */
   #sendRelease(host: string, s: HostState, count = 1): void {
     this.#call(() =>
-      this.#scripts.dprlRelease(
-        this.#key(host, "n"),
-        this.#epochKey(host),
-        this.#key(host, "q"),
-        this.#worker,
+      runScript(this.#client, RELEASE, {
+        n: this.#key(host, "n"),
+        epoch: this.#epochKey(host),
+        q: this.#key(host, "q"),
+        worker: this.#worker,
         count,
         host,
-      )
-    ).then((reply) => this.#healed(reply.slice(1)), () => this.#markDirty(host, s));
+      })
+    ).then((reply) => this.#healed(reply.healed), () => this.#markDirty(host, s));
   }
 
   /**
@@ -1357,7 +1320,7 @@ export class RedisLimiter implements Limiter {
       : Promise.resolve(0);
     time.then((redisNow) =>
       this.#call(async () => {
-        const pipeline = this.#client.pipeline() as unknown as ScriptedPipeline;
+        const pipeline = this.#client.pipeline() as unknown as Pipeline;
         for (const sync of syncs) counts.push(sync.queue(pipeline, redisNow));
         const results = await pipeline.exec();
         // A pipeline answers every error in its results: Redis did not answer these.
@@ -1422,52 +1385,40 @@ export class RedisLimiter implements Limiter {
    * `e` and syncs `hosts` (keys in that slot), and what to do with its answer.
    */
   #prepareSync(e: string, hosts: [string, HostState][]): PreparedSync {
-    const args: (string | number)[] = [];
+    const synced: SyncHost[] = [];
     const dirtyAt: number[] = [];
     const now = Date.now();
     for (const [host, s] of hosts) {
       const queued = this.#queued.get(host);
-      args.push(
-        this.#syncCount(host, s),
-        s.counted + (queued?.releases ?? 0),
-        s.dirty ? 0 : 1,
+      synced.push({
         host,
-      );
+        n: this.#key(host, "n"),
+        count: this.#syncCount(host, s),
+        floor: s.counted + (queued?.releases ?? 0),
+        trusted: !s.dirty,
+      });
       dirtyAt.push(s.dirtyGen);
       s.syncs++;
       this.#touched.add(host);
     }
-    const keysAndArgs: [number, ...(string | number)[]] = [
-      2 + hosts.length,
-      e,
-      this.#leaseKey(e),
-      ...hosts.map(([host]) => this.#key(host, "n")),
-      this.#worker,
-      this.#lease,
-      this.#ttl,
-      this.#known.get(e) ?? "",
-      this.#fresh,
-      this.#leaseHeld(e, now) ? 1 : 0,
-      ...args,
-    ];
+    const input = this.#syncInput(e, this.#leaseHeld(e, now), synced);
     return {
       needsTime: false,
       queue: (pipeline) => {
-        pipeline.dprlSync(...keysAndArgs);
+        queueScript(pipeline, SYNC, input);
         return 1;
       },
       answered: ([answer]) => {
-        const reply = answer as (string | number)[];
+        const reply = SYNC.decode(answer, input);
         this.#leasedAt.set(e, now);
-        const lost = Number(reply[1]);
-        const healed = this.#healed(reply.slice(2 + 2 * hosts.length));
-        this.#noteEpoch(e, lost, String(reply[0]), "", healed);
-        if (lost === 1) this.#leaseLost(healed.has(this.#leaseKey(e)));
+        const healed = this.#healed(reply.healed);
+        this.#noteEpoch(e, reply.lost, reply.epoch, "", healed);
+        if (reply.lost === 1) this.#leaseLost(healed.has(this.#leaseKey(e)));
         hosts.forEach(([host, s], i) => {
           if (s.dirtyGen === dirtyAt[i]) s.dirty = false;
           s.renewedAt = now;
-          this.#fleet.set(host, Number(reply[2 + 2 * i]));
-          if (Number(reply[3 + 2 * i]) === 2) this.#hostLost(host, healed);
+          this.#fleet.set(host, reply.hosts[i].total);
+          if (reply.hosts[i].lost) this.#hostLost(host, healed);
           this.#collect(host, s);
         });
       },
@@ -1502,14 +1453,16 @@ export class RedisLimiter implements Limiter {
     const totals = new Map<string, number>();
     await Promise.all(batches.map(async ([, batch]) => {
       const reply = await this.#call(() =>
-        this.#scripts.dprlCount(
-          2 * batch.length,
-          ...batch.flatMap((host) => [this.#key(host, "n"), this.#leaseKey(this.#epochKey(host))]),
-          this.#lease,
-        )
+        runScript(this.#client, COUNT, {
+          lease: this.#lease,
+          hosts: batch.map((host) => ({
+            n: this.#key(host, "n"),
+            leases: this.#leaseKey(this.#epochKey(host)),
+          })),
+        })
       );
-      batch.forEach((host, i) => totals.set(host, Number(reply[i])));
-      this.#healed(reply.slice(batch.length));
+      batch.forEach((host, i) => totals.set(host, reply.totals[i]));
+      this.#healed(reply.healed);
     }));
     return hosts.map((host) => totals.get(host) ?? 0);
   }
@@ -1556,7 +1509,7 @@ export class RedisLimiter implements Limiter {
     let connections = 0;
     for (const s of this.#hosts.values()) connections += s.counted - s.kept.length + s.uncounted;
     const key = this.#workerKey(this.#worker);
-    this.#call(() => this.#scripts.dprlRegister(this.#workersKey, this.#worker, this.#lease, "add"))
+    this.#call(() => runScript(this.#client, REGISTER, this.#registerInput("add")))
       .catch(() => {});
     this.#call(async () => {
       await this.#client.hset(key, {
@@ -1590,7 +1543,7 @@ export class RedisLimiter implements Limiter {
   async workers(): Promise<WorkerInfo[]> {
     if (this.#closed) throw new LimiterUnavailableError("Redis limiter is closed");
     const ids = await this.#call(() =>
-      this.#scripts.dprlRegister(this.#workersKey, "", this.#lease, "list")
+      runScript(this.#client, REGISTER, { ...this.#registerInput("list"), worker: "" })
     );
     const hashes = await Promise.all(
       ids.map((id) => this.#call(() => this.#client.hgetall(this.#workerKey(id)))),
