@@ -9,24 +9,17 @@ import type { Logger } from "@logtape/logtape";
 import type { Limiter } from "./limiter.ts";
 import { LocalLimiter } from "./local_limiter.ts";
 import type { FailureMode, RedisConfig } from "./redis_config.ts";
+import type { Fleet } from "./fleet.ts";
 import type { RedisLimiter } from "./redis_limiter.ts";
+export type { Fleet } from "./fleet.ts";
 
-/** What the Redis limiter offers the control plane beyond {@linkcode Limiter}. */
-export type FleetLimiter =
-  & Limiter
-  & Partial<
-    Pick<
-      RedisLimiter,
-      | "workerId"
-      | "up"
-      | "onCall"
-      | "workers"
-      | "fleetCounts"
-      | "setWorkerInfo"
-      | "nodes"
-      | "client"
-    >
-  >;
+/** The limiter a proxy's options ask for, and its fleet in distributed mode. */
+export interface LoadedLimiter {
+  /** The limiter. */
+  readonly limiter: Limiter;
+  /** The same limiter's fleet side in Redis mode; `null` in memory. */
+  readonly fleet: Fleet<RedisLimiter["client"]> | null;
+}
 
 /** Options of {@linkcode loadLimiter}. */
 export interface LoadLimiterOptions {
@@ -45,13 +38,13 @@ export interface LoadLimiterOptions {
 }
 
 /**
- * A {@linkcode LocalLimiter} without `redis`; otherwise imports the Redis
- * limiter and makes one. Throws a `NotCapable` error saying which flag to
- * add when the Redis client cannot load for want of environment access.
+ * A {@linkcode LocalLimiter} without `redis` (no fleet); otherwise imports
+ * the Redis limiter and makes one, which is its own fleet. Throws a
+ * `NotCapable` error saying which flag to add when the Redis client cannot load for want of environment access.
  */
-export async function loadLimiter(options: LoadLimiterOptions): Promise<FleetLimiter> {
+export async function loadLimiter(options: LoadLimiterOptions): Promise<LoadedLimiter> {
   const { redis, ...rest } = options;
-  if (redis === undefined) return new LocalLimiter();
+  if (redis === undefined) return { limiter: new LocalLimiter(), fleet: null };
   let module;
   try {
     module = await import("./redis_limiter.ts");
@@ -65,5 +58,6 @@ export async function loadLimiter(options: LoadLimiterOptions): Promise<FleetLim
     }
     throw err;
   }
-  return new module.RedisLimiter({ redis, ...rest });
+  const limiter = new module.RedisLimiter({ redis, ...rest });
+  return { limiter, fleet: limiter };
 }

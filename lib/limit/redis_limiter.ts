@@ -6,14 +6,14 @@
  * @module
  */
 
-import { Cluster, Redis } from "ioredis";
-import type { ClusterOptions, RedisOptions } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import type { FailureMode, RedisConfig, RedisNode } from "./redis_config.ts";
 export type { FailureMode } from "./redis_config.ts";
 import { getLogger, type Logger } from "@logtape/logtape";
 import { type AcquireOptions, type Limiter, LimiterUnavailableError } from "./limiter.ts";
 import {
   ACQUIRE,
+  type AcquireInput,
   type AcquireReply,
   COUNT,
   defineScripts,
@@ -21,8 +21,6 @@ import {
   LINE,
   type LineInput,
   queueScript,
-  REGISTER,
-  type RegisterInput,
   RELEASE,
   runScript,
   SYNC,
@@ -41,6 +39,11 @@ import {
   toRedisError,
 } from "./redis_errors.ts";
 import { withTimeout } from "../with_timeout.ts";
+import { keySlot, RedisKeyNames } from "./redis_key_names.ts";
+import { clientNodes, createClient, guardStreams } from "./redis_client.ts";
+import { type WorkerInfo, WorkerRegistry } from "./worker_registry.ts";
+import type { Fleet } from "./fleet.ts";
+export type { WorkerInfo } from "./worker_registry.ts";
 
 /** Options of {@linkcode RedisLimiter}. */
 export interface RedisLimiterOptions {
@@ -62,26 +65,6 @@ export interface RedisLimiterOptions {
   logger?: Logger;
   /** This worker's id in Redis. Default: a random UUID, unique per instance. */
   workerId?: string;
-}
-
-/** What a worker tells the fleet about itself in the worker registry. */
-export interface WorkerInfo {
-  /** The worker's id (its field in the host hashes). */
-  id: string;
-  /** Host name of its machine, or `""` when unknown. */
-  hostname: string;
-  /** Process id, or 0 when unknown. */
-  pid: number;
-  /** dprl version, or `""` when unknown. */
-  version: string;
-  /** URL of its admin server, or `""` when it has none. */
-  adminUrl: string;
-  /** URL of its proxy port, or `""` when unknown. */
-  proxyUrl: string;
-  /** When it started (ISO 8601). */
-  started: string;
-  /** Its open upstream connections, as of its last heartbeat. */
-  connections: number;
 }
 
 /** What this worker knows about one host. */
@@ -133,6 +116,16 @@ interface Batch {
   releases: number;
   /** The limit of the host's group as the last acquire named it; -1: no group. */
   groupLimit: number;
+}
+
+/** What was true when a batch's acquires were sent. */
+interface Sent {
+  /** The host's syncs sent so far. */
+  syncs: number;
+  /** The connection's epoch (bumped by a lost connection). */
+  epoch: number;
+  /** The epoch key of the host's slot. */
+  epochKey: string;
 }
 
 /** A pipeline of an ioredis client with dprl's scripts defined on it. */
@@ -235,10 +228,10 @@ const PIPELINE_HOSTS = 2_048;
  * await limiter.close();
  * ```
  */
-export class RedisLimiter implements Limiter {
+export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
   #client: Redis | Cluster;
   #own: boolean;
-  #prefix: string;
+  #keys: RedisKeyNames;
   #lease: number;
   #ttl: number;
   /** A held host is synced in full about this often (ms); see {@linkcode RENEW_LEASES}. */
@@ -256,8 +249,6 @@ export class RedisLimiter implements Limiter {
   #asking = new Set<string>();
   /** Tickets issued so far (their ids are this number, padded, so they sort). */
   #ticketSeq = 0;
-  /** The group of each host that is a member of one, taken when the host held nothing. */
-  #groupOf = new Map<string, string>();
   /** This turn's acquires and releases, by host, until the flush sends them. */
   #queued = new Map<string, Batch>();
   /** Hosts whose field in Redis this worker may hold: {@linkcode close} deletes them. */
@@ -296,7 +287,7 @@ export class RedisLimiter implements Limiter {
   /** The last error the client reported, told when the connection closes. */
   #lastError: unknown = null;
   /** This worker's entry in the worker registry. */
-  #info: Omit<WorkerInfo, "id" | "connections">;
+  #registry: WorkerRegistry;
   /** Fleet-wide open connections by host, as of the last answer or heartbeat. */
   #fleet = new Map<string, number>();
   /** Lengths of the fleet's lines, by host, as last answered (hosts with none left out). */
@@ -319,7 +310,6 @@ export class RedisLimiter implements Limiter {
 
   /** Creates the limiter; the connection is opened on first use. */
   constructor(options: RedisLimiterOptions) {
-    this.#prefix = options.prefix ?? "dprl";
     this.#lease = checkMs("Lease", options.lease ?? 15_000);
     this.#timeout = checkMs("Timeout", options.timeout ?? 1_000);
     this.#ttl = this.#lease * TTL_LEASES;
@@ -336,14 +326,15 @@ export class RedisLimiter implements Limiter {
     this.#client = client;
     this.#own = own;
     this.#cluster = (client as { isCluster?: boolean }).isCluster === true;
-    this.#info = {
-      hostname: hostname(),
-      pid: Deno.pid,
-      version: "",
-      adminUrl: "",
-      proxyUrl: "",
-      started: new Date().toISOString(),
-    };
+    this.#keys = new RedisKeyNames(options.prefix ?? "dprl", this.#cluster);
+    this.#registry = new WorkerRegistry({
+      client,
+      keys: this.#keys,
+      worker: this.#worker,
+      lease: this.#lease,
+      ttl: this.#ttl,
+      call: (op) => this.#call(op),
+    });
     defineScripts(client, this.#cluster);
     client.on("ready", this.#onReady);
     client.on("close", this.#onClose);
@@ -390,14 +381,7 @@ export class RedisLimiter implements Limiter {
    * its clients' reach.
    */
   nodes(): RedisNode[] {
-    const client = this.#client;
-    const list = client instanceof Cluster ? client.nodes("all") : [client];
-    return list.flatMap((node) => {
-      const stream = (node as { stream?: { remoteAddress?: string; remotePort?: number } }).stream;
-      const host = stream?.remoteAddress ?? node.options.host;
-      const port = stream?.remotePort ?? node.options.port;
-      return host && port ? [{ host, port }] : [];
-    });
+    return clientNodes(this.#client);
   }
 
   /** The slots this process holds for `host`, counted or not. */
@@ -424,10 +408,10 @@ export class RedisLimiter implements Limiter {
     }
     if (!this.#hosts.has(host) && !this.#queued.has(host)) {
       // The group (and so the keys) change only while the host holds nothing.
-      if (group) this.#groupOf.set(host, group.name);
-      else this.#groupOf.delete(host);
+      if (group) this.#keys.groupOf.set(host, group.name);
+      else this.#keys.groupOf.delete(host);
     }
-    const groupName = this.#groupOf.get(host);
+    const groupName = this.#keys.groupOf.get(host);
     const groupLimit = groupName === undefined
       ? -1
       : group?.name === groupName
@@ -485,7 +469,7 @@ export class RedisLimiter implements Limiter {
    * releases, then its acquires, granted in order.
    */
   async #flush(host: string, batch: Batch): Promise<void> {
-    const { s, acquires, releases } = batch;
+    const { s, acquires } = batch;
     const k = acquires.length;
     if (this.#closed) {
       s.pending -= k;
@@ -493,65 +477,78 @@ export class RedisLimiter implements Limiter {
       for (const waiter of acquires) waiter.reject(closed);
       return;
     }
-    if (k === 0) {
-      if (releases > 0 && !this.#closed) this.#sendRelease(host, s, releases);
-      const fleet = this.#fleet.get(host);
-      if (fleet !== undefined) this.#fleet.set(host, Math.max(0, fleet - releases));
-      this.#collect(host, s);
-      return;
-    }
-    const floor = s.counted;
-    const syncsAtSend = s.syncs;
-    const epoch = this.#epoch;
-    const epochKey = this.#epochKey(host);
-    const decide = (waiter: Waiter, cause: unknown): void => {
-      try {
-        waiter.resolve(this.#fallback(host, s, waiter.limit, cause, waiter.groupLimit));
-      } catch (error) {
-        waiter.reject(error);
-      }
-    };
+    if (k === 0) return this.#flushReleases(host, batch);
+    const sent: Sent = { syncs: s.syncs, epoch: this.#epoch, epochKey: this.#keys.epoch(host) };
+    const input = this.#acquireInput(host, batch, sent.epochKey);
     let reply: AcquireReply;
     const asking = acquires.filter((a) => a.ticket).map((a) => a.ticket);
     for (const t of asking) this.#asking.add(t);
     try {
-      reply = await this.#call(() =>
-        runScript(this.#client, ACQUIRE, {
-          n: this.#key(host, "n"),
-          leases: this.#leaseKey(epochKey),
-          epoch: epochKey,
-          members: this.#membersKey(host),
-          q: this.#key(host, "q"),
-          qw: this.#key(host, "qw"),
-          worker: this.#worker,
-          lease: this.#lease,
-          floor,
-          ttl: this.#ttl,
-          known: this.#known.get(epochKey) ?? "",
-          fresh: this.#fresh,
-          trusted: !s.dirty,
-          releases,
-          host,
-          groupLimit: batch.groupLimit,
-          asks: acquires,
-        })
-      );
+      reply = await this.#call(() => runScript(this.#client, ACQUIRE, input));
     } catch (error) {
       s.pending -= k;
       // Redis may have counted them anyway; the next sync sets the truth.
       this.#markDirty(host, s);
-      for (const waiter of acquires) decide(waiter, error);
+      for (const waiter of acquires) this.#decide(host, s, waiter, error);
       return;
     } finally {
       for (const t of asking) this.#asking.delete(t);
     }
     s.pending -= k;
+    this.#answered(host, batch, reply, sent);
+  }
+
+  /** Sends a turn's releases of `host` without acquires. */
+  #flushReleases(host: string, { s, releases }: Batch): void {
+    if (releases > 0 && !this.#closed) this.#sendRelease(host, s, releases);
+    const fleet = this.#fleet.get(host);
+    if (fleet !== undefined) this.#fleet.set(host, Math.max(0, fleet - releases));
+    this.#collect(host, s);
+  }
+
+  /** What {@linkcode ACQUIRE} is sent for a turn's batch of `host`. */
+  #acquireInput(host: string, batch: Batch, epochKey: string): AcquireInput {
+    const { s } = batch;
+    return {
+      n: this.#keys.key(host, "n"),
+      leases: this.#keys.leases(epochKey),
+      epoch: epochKey,
+      members: this.#keys.members(host),
+      q: this.#keys.key(host, "q"),
+      qw: this.#keys.key(host, "qw"),
+      worker: this.#worker,
+      lease: this.#lease,
+      floor: s.counted,
+      ttl: this.#ttl,
+      known: this.#known.get(epochKey) ?? "",
+      fresh: this.#fresh,
+      trusted: !s.dirty,
+      releases: batch.releases,
+      host,
+      groupLimit: batch.groupLimit,
+      asks: batch.acquires,
+    };
+  }
+
+  /** Decides `waiter` by the failure mode, Redis having failed with `cause`. */
+  #decide(host: string, s: HostState, waiter: Waiter, cause: unknown): void {
+    try {
+      waiter.resolve(this.#fallback(host, s, waiter.limit, cause, waiter.groupLimit));
+    } catch (error) {
+      waiter.reject(error);
+    }
+  }
+
+  /** Takes in Redis's answer to a batch's acquires, `sent` as recorded. */
+  #answered(host: string, batch: Batch, reply: AcquireReply, sent: Sent): void {
+    const { s, acquires } = batch;
+    const k = acquires.length;
     const grants = reply.granted;
     this.#noteLine(host, reply.waiting);
     const granted = grants.filter(Boolean).length;
     // A sync sent after this call counted all of them as held (as pending).
-    const syncedSince = s.syncs !== syncsAtSend;
-    if (epoch !== this.#epoch) {
+    const syncedSince = s.syncs !== sent.syncs;
+    if (sent.epoch !== this.#epoch) {
       // Sent before a lost connection and replayed after it, maybe to a
       // Redis that restarted empty: its answer may rest on partial sums.
       // Take back what it counted and decide as if Redis had not answered.
@@ -560,12 +557,12 @@ export class RedisLimiter implements Limiter {
       const lostConnection = new RedisConnectionLostError(
         "Connection to Redis was lost while acquiring",
       );
-      for (const waiter of acquires) decide(waiter, lostConnection);
+      for (const waiter of acquires) this.#decide(host, s, waiter, lostConnection);
       return;
     }
     const lost = reply.lost;
     const healed = this.#healed(reply.healed);
-    this.#noteEpoch(epochKey, lost, reply.epoch, host, healed);
+    this.#noteEpoch(sent.epochKey, lost, reply.epoch, host, healed);
     s.counted += granted;
     this.#attach(host, s);
     this.#fleet.set(host, reply.total);
@@ -576,7 +573,7 @@ export class RedisLimiter implements Limiter {
       if (grants[i] && waiter.ticket) this.#forgetTicket(host, waiter.ticket);
       if (grants[i]) waiter.resolve(true);
       // The sum may be partial: decide as if Redis had not answered.
-      else if (lost > 0) decide(waiter, lostCounts);
+      else if (lost > 0) this.#decide(host, s, waiter, lostCounts);
       else {
         refused = true;
         waiter.resolve(false);
@@ -595,7 +592,7 @@ export class RedisLimiter implements Limiter {
     if (now - (this.#published.get(host) ?? 0) < 100 || this.#closed) return;
     this.#published.set(host, now);
     if (this.#published.size > 10_000) this.#published.clear();
-    this.#client.publish(`${this.#prefix}:pressure`, host).catch(() => {});
+    this.#client.publish(this.#keys.pressure, host).catch(() => {});
   }
 
   /**
@@ -612,8 +609,8 @@ export class RedisLimiter implements Limiter {
     this.#subscriber = sub;
     sub.on("error", () => {});
     guardStreams(sub);
-    const pressure = `${this.#prefix}:pressure`;
-    const lost = `${this.#prefix}:lost`;
+    const pressure = this.#keys.pressure;
+    const lost = this.#keys.lost;
     sub.on("message", (channel: string, message: string) => {
       if (channel === pressure) {
         if (this.#keeping.has(message)) this.#giveBackKept(message);
@@ -708,7 +705,7 @@ export class RedisLimiter implements Limiter {
 
   /** What {@linkcode LINE} is sent to change the line of `host`. */
   #lineInput(host: string, op: LineInput["op"], adds: string[], removes: string[]): LineInput {
-    const [q, qw] = [this.#key(host, "q"), this.#key(host, "qw")];
+    const [q, qw] = [this.#keys.key(host, "q"), this.#keys.key(host, "qw")];
     return {
       q,
       qw,
@@ -741,7 +738,7 @@ export class RedisLimiter implements Limiter {
   #watchLine(host: string, on: boolean): void {
     const sub = this.#subscriber;
     if (!sub) return;
-    const channel = this.#key(host, "q");
+    const channel = this.#keys.key(host, "q");
     const cluster = sub as unknown as {
       ssubscribe(c: string): Promise<unknown>;
       sunsubscribe(c: string): Promise<unknown>;
@@ -784,7 +781,7 @@ export class RedisLimiter implements Limiter {
    * included) holds at most its limit less `room`.
    */
   #mayKeep(host: string, s: HostState, room: number): boolean {
-    if (this.#groupOf.has(host) || this.#tickets.has(host)) return false;
+    if (this.#keys.groupOf.has(host) || this.#tickets.has(host)) return false;
     return s.limit <= 0 || (this.#fleet.get(host) ?? Infinity) <= s.limit - room;
   }
 
@@ -876,7 +873,7 @@ export class RedisLimiter implements Limiter {
     if (client.status === "ready") {
       const leave = (host: string): SyncHost => ({
         host,
-        n: this.#key(host, "n"),
+        n: this.#keys.key(host, "n"),
         count: 0,
         floor: 0,
         trusted: false,
@@ -888,8 +885,7 @@ export class RedisLimiter implements Limiter {
         ...lines.map(([host, tickets]) =>
           this.#bounded(runScript(client, LINE, this.#lineInput(host, "leave", [], [...tickets])))
         ),
-        this.#bounded(runScript(client, REGISTER, this.#registerInput("del"))),
-        this.#bounded(client.del(this.#workerKey(this.#worker))),
+        ...this.#registry.unregister().map((call) => this.#bounded(call)),
       ]);
     }
     if (!this.#own) return;
@@ -900,44 +896,11 @@ export class RedisLimiter implements Limiter {
     client.off("error", this.#onError);
   }
 
-  #key(host: string, kind: "n" | "q" | "qw"): string {
-    const group = this.#groupOf.get(host);
-    if (group !== undefined) return `${this.#prefix}:{g:${group}}:h:${host}:${kind}`;
-    return `${this.#prefix}:{${host}}:${kind}`;
-  }
-
-  /** The member set of `host`'s group, or (no group) its count key, unused then. */
-  #membersKey(host: string): string {
-    const group = this.#groupOf.get(host);
-    if (group !== undefined) return `${this.#prefix}:{g:${group}}:members`;
-    return this.#key(host, "n");
-  }
-
-  /**
-   * The epoch key of `host`'s slot: `<prefix>:epoch` on a single Redis; on
-   * Cluster one per hash slot, `<prefix>:{<tag>}:epoch` with a tag that
-   * hashes to the slot of the host's keys.
-   */
-  #epochKey(host: string): string {
-    if (!this.#cluster) return `${this.#prefix}:epoch`;
-    return `${this.#prefix}:{${slotTag(keySlot(this.#key(host, "n")))}}:epoch`;
-  }
-
-  /** The lease set of the slot whose epoch key is `epochKey`: `<prefix>:leases` on a single Redis. */
-  #leaseKey(epochKey: string): string {
-    return `${epochKey.slice(0, -"epoch".length)}leases`;
-  }
-
-  /** What {@linkcode REGISTER} is sent for `op` of this worker. */
-  #registerInput(op: RegisterInput["op"]): RegisterInput {
-    return { workers: this.#workersKey, worker: this.#worker, lease: this.#lease, op };
-  }
-
   /** What {@linkcode SYNC} is sent for `hosts` in the slot of epoch key `e`. */
   #syncInput(e: string, held: SyncInput["held"], hosts: SyncHost[]): SyncInput {
     return {
       epoch: e,
-      leases: this.#leaseKey(e),
+      leases: this.#keys.leases(e),
       worker: this.#worker,
       lease: this.#lease,
       ttl: this.#ttl,
@@ -946,14 +909,6 @@ export class RedisLimiter implements Limiter {
       held,
       hosts,
     };
-  }
-
-  get #workersKey(): string {
-    return `${this.#prefix}:workers`;
-  }
-
-  #workerKey(id: string): string {
-    return `${this.#prefix}:worker:${id}`;
   }
 
   /**
@@ -978,7 +933,7 @@ export class RedisLimiter implements Limiter {
 
   /** The keys of `host` were lost; a count key the reply `healed` is named there already. */
   #hostLost(host: string, healed: Set<string>): void {
-    const what = healed.has(this.#key(host, "n"))
+    const what = healed.has(this.#keys.key(host, "n"))
       ? null
       : `the keys of ${host} were deleted or evicted`;
     this.#recover(what, true, host);
@@ -1044,7 +999,7 @@ export class RedisLimiter implements Limiter {
     }
     if (!recovering && tellFleet) {
       const notice = JSON.stringify({ from: this.#worker, known: [...this.#known], host });
-      this.#client.publish(`${this.#prefix}:lost`, notice).catch(() => {});
+      this.#client.publish(this.#keys.lost, notice).catch(() => {});
     }
     if (recovering && now - this.#lossBeatAt < 100) return;
     this.#lossBeatAt = now;
@@ -1131,7 +1086,7 @@ export class RedisLimiter implements Limiter {
       ...this.#fleet.keys(),
       ...this.#tickets.keys(),
       ...this.#lines.keys(),
-      ...this.#groupOf.keys(),
+      ...this.#keys.groupOf.keys(),
       ...this.#hostRecoverUntil.keys(),
       ...this.#published.keys(),
     ]);
@@ -1168,7 +1123,7 @@ export class RedisLimiter implements Limiter {
         const t = this.#attach(host, s);
         if (
           (limit > 0 && t.counted + t.uncounted + t.pending >= limit) ||
-          (groupLimit > 0 && this.#localGroupCount(this.#groupOf.get(host)) >= groupLimit)
+          (groupLimit > 0 && this.#localGroupCount(this.#keys.groupOf.get(host)) >= groupLimit)
         ) {
           this.#collect(host, t);
           return false;
@@ -1190,7 +1145,7 @@ export class RedisLimiter implements Limiter {
   #localGroupCount(group: string | undefined): number {
     let n = 0;
     for (const [host, s] of this.#hosts) {
-      if (this.#groupOf.get(host) === group) n += s.counted + s.uncounted + s.pending;
+      if (this.#keys.groupOf.get(host) === group) n += s.counted + s.uncounted + s.pending;
     }
     return n;
   }
@@ -1199,9 +1154,9 @@ export class RedisLimiter implements Limiter {
   #sendRelease(host: string, s: HostState, count = 1): void {
     this.#call(() =>
       runScript(this.#client, RELEASE, {
-        n: this.#key(host, "n"),
-        epoch: this.#epochKey(host),
-        q: this.#key(host, "q"),
+        n: this.#keys.key(host, "n"),
+        epoch: this.#keys.epoch(host),
+        q: this.#keys.key(host, "q"),
         worker: this.#worker,
         count,
         host,
@@ -1216,7 +1171,7 @@ export class RedisLimiter implements Limiter {
   #batches(hosts: Iterable<string>): [string, string[]][] {
     const groups = new Map<string, string[]>();
     for (const host of hosts) {
-      const e = this.#epochKey(host);
+      const e = this.#keys.epoch(host);
       let group = groups.get(e);
       if (!group) groups.set(e, group = []);
       group.push(host);
@@ -1239,7 +1194,7 @@ export class RedisLimiter implements Limiter {
     const slots = new Map<string, string[]>();
     let rest: [string, HostState, string][] = [];
     for (const [host, s] of this.#hosts) {
-      const e = this.#epochKey(host);
+      const e = this.#keys.epoch(host);
       let due = slots.get(e);
       if (!due) slots.set(e, due = []);
       if (
@@ -1362,7 +1317,7 @@ export class RedisLimiter implements Limiter {
    * means the lease set was lost.
    */
   #prepareLease(e: string): PreparedSync {
-    const key = this.#leaseKey(e);
+    const key = this.#keys.leases(e);
     const now = Date.now();
     const held = this.#leaseHeld(e, now);
     return {
@@ -1392,7 +1347,7 @@ export class RedisLimiter implements Limiter {
       const queued = this.#queued.get(host);
       synced.push({
         host,
-        n: this.#key(host, "n"),
+        n: this.#keys.key(host, "n"),
         count: this.#syncCount(host, s),
         floor: s.counted + (queued?.releases ?? 0),
         trusted: !s.dirty,
@@ -1413,7 +1368,7 @@ export class RedisLimiter implements Limiter {
         this.#leasedAt.set(e, now);
         const healed = this.#healed(reply.healed);
         this.#noteEpoch(e, reply.lost, reply.epoch, "", healed);
-        if (reply.lost === 1) this.#leaseLost(healed.has(this.#leaseKey(e)));
+        if (reply.lost === 1) this.#leaseLost(healed.has(this.#keys.leases(e)));
         hosts.forEach(([host, s], i) => {
           if (s.dirtyGen === dirtyAt[i]) s.dirty = false;
           s.renewedAt = now;
@@ -1456,8 +1411,8 @@ export class RedisLimiter implements Limiter {
         runScript(this.#client, COUNT, {
           lease: this.#lease,
           hosts: batch.map((host) => ({
-            n: this.#key(host, "n"),
-            leases: this.#leaseKey(this.#epochKey(host)),
+            n: this.#keys.key(host, "n"),
+            leases: this.#keys.leases(this.#keys.epoch(host)),
           })),
         })
       );
@@ -1483,12 +1438,12 @@ export class RedisLimiter implements Limiter {
       const adds = [...tickets].filter((t) => !this.#asking.has(t));
       this.#sendLine(host, { adds, removes: [], leave: false }, "renew");
     }
-    for (const host of this.#groupOf.keys()) {
+    for (const host of this.#keys.groupOf.keys()) {
       if (
         !this.#hosts.has(host) && !this.#fleet.has(host) && !this.#queued.has(host) &&
         !this.#tickets.has(host)
       ) {
-        this.#groupOf.delete(host);
+        this.#keys.groupOf.delete(host);
       }
     }
     const others = [...this.#fleet.keys()].filter((host) => !this.#hosts.has(host));
@@ -1503,23 +1458,12 @@ export class RedisLimiter implements Limiter {
     this.#register();
   }
 
-  /** Renews this worker's entry in `<prefix>:workers` and `<prefix>:worker:<id>`. */
+  /** Renews this worker's entry in the worker registry, with its open connections. */
   #register(): void {
     if (this.#closed || this.#failFast()) return;
     let connections = 0;
     for (const s of this.#hosts.values()) connections += s.counted - s.kept.length + s.uncounted;
-    const key = this.#workerKey(this.#worker);
-    this.#call(() => runScript(this.#client, REGISTER, this.#registerInput("add")))
-      .catch(() => {});
-    this.#call(async () => {
-      await this.#client.hset(key, {
-        id: this.#worker,
-        ...this.#info,
-        pid: String(this.#info.pid),
-        connections: String(connections),
-      });
-      await this.#client.pexpire(key, this.#ttl);
-    }).catch(() => {});
+    this.#registry.register(connections);
   }
 
   /**
@@ -1528,7 +1472,7 @@ export class RedisLimiter implements Limiter {
    * entry and {@linkcode close} removes it.
    */
   setWorkerInfo(info: Partial<Omit<WorkerInfo, "id" | "connections">>): void {
-    this.#info = { ...this.#info, ...info };
+    this.#registry.setInfo(info);
     if (this.#closed) return;
     this.#subscribe();
     if (this.#heartbeat === null) this.#startHeartbeat();
@@ -1542,25 +1486,7 @@ export class RedisLimiter implements Limiter {
    */
   async workers(): Promise<WorkerInfo[]> {
     if (this.#closed) throw new LimiterUnavailableError("Redis limiter is closed");
-    const ids = await this.#call(() =>
-      runScript(this.#client, REGISTER, { ...this.#registerInput("list"), worker: "" })
-    );
-    const hashes = await Promise.all(
-      ids.map((id) => this.#call(() => this.#client.hgetall(this.#workerKey(id)))),
-    );
-    return ids.map((id, i) => {
-      const h = hashes[i];
-      return {
-        id,
-        hostname: h.hostname ?? "",
-        pid: Number(h.pid ?? 0) || 0,
-        version: h.version ?? "",
-        adminUrl: h.adminUrl ?? "",
-        proxyUrl: h.proxyUrl ?? "",
-        started: h.started ?? "",
-        connections: Number(h.connections ?? 0) || 0,
-      };
-    });
+    return await this.#registry.workers();
   }
 
   /**
@@ -1728,83 +1654,6 @@ export class RedisLimiter implements Limiter {
   }
 }
 
-/**
- * ioredis listens for one error of each socket; a second one (an EPIPE after
- * a TLS alert, say) would be thrown as uncaught. Every socket of `client`
- * gets a listener that ignores what ioredis has already been told.
- */
-function guardStreams(client: Redis | Cluster): void {
-  if ((client as { isCluster?: boolean }).isCluster) return;
-  const guarded = new WeakSet<object>();
-  const guard = (): void => {
-    const stream = (client as unknown as { stream?: { on(e: string, f: () => void): void } })
-      .stream;
-    if (stream && !guarded.has(stream)) {
-      guarded.add(stream);
-      stream.on("error", () => {});
-    }
-  };
-  client.on("connect", guard);
-  client.on("error", guard);
-}
-
-/** This machine's host name, or `""` when it may not be read (never prompts). */
-function hostname(): string {
-  try {
-    if (Deno.permissions.querySync({ name: "sys", kind: "hostname" }).state !== "granted") {
-      return "";
-    }
-    return Deno.hostname();
-  } catch {
-    return "";
-  }
-}
-
-const CRC16 = (() => {
-  const table = new Uint16Array(256);
-  for (let i = 0; i < 256; i++) {
-    let c = i << 8;
-    for (let j = 0; j < 8; j++) c = c & 0x8000 ? ((c << 1) ^ 0x1021) & 0xffff : (c << 1) & 0xffff;
-    table[i] = c;
-  }
-  return table;
-})();
-
-function crc16(bytes: Uint8Array): number {
-  let crc = 0;
-  for (const b of bytes) crc = ((crc << 8) & 0xffff) ^ CRC16[((crc >> 8) ^ b) & 0xff];
-  return crc;
-}
-
-/** The Redis Cluster hash slot of `key` (its hash tag, when it has one). */
-function keySlot(key: string): number {
-  const open = key.indexOf("{");
-  if (open >= 0) {
-    const close = key.indexOf("}", open + 1);
-    if (close > open + 1) key = key.slice(open + 1, close);
-  }
-  return crc16(new TextEncoder().encode(key)) & 16383;
-}
-
-/** Hash tags found so far, by slot, and the next candidate to try. */
-const slotTags = new Array<string | undefined>(16384);
-let nextTag = 0;
-
-/**
- * A short hash tag (`e<n>`) whose keys land in `slot`: the first such tag,
- * found by scanning on from where the last lookup stopped (all 16384 slots
- * take about 150,000 candidates in all).
- */
-function slotTag(slot: number): string {
-  const enc = new TextEncoder();
-  while (slotTags[slot] === undefined) {
-    const tag = `e${nextTag++}`;
-    const s = crc16(enc.encode(tag)) & 16383;
-    slotTags[s] ??= tag;
-  }
-  return slotTags[slot]!;
-}
-
 function checkMs(what: string, ms: number): number {
   if (!Number.isFinite(ms) || ms <= 0) {
     throw new RangeError(
@@ -1812,54 +1661,4 @@ function checkMs(what: string, ms: number): number {
     );
   }
   return Math.ceil(ms);
-}
-
-function isClient(config: RedisConfig): boolean {
-  return typeof config === "object" && config !== null &&
-    typeof (config as { defineCommand?: unknown }).defineCommand ===
-      "function" &&
-    typeof (config as { status?: unknown }).status === "string";
-}
-
-function createClient(
-  config: RedisConfig,
-): { client: Redis | Cluster; own: boolean } {
-  if (isClient(config)) return { client: config as Redis | Cluster, own: false };
-  const defaults: RedisOptions = {
-    lazyConnect: true,
-    // A command cut off by a lost connection must not be replayed to a Redis
-    // that may have restarted empty: it fails, and the heartbeat heals.
-    autoResendUnfulfilledCommands: false,
-    retryStrategy: (times: number) => Math.min(times * 50, 1000),
-  };
-  if (typeof config === "string") {
-    if (!/^rediss?:\/\//i.test(config)) {
-      throw new TypeError(
-        `Redis URL must start with redis:// or rediss://, got "${config}"`,
-      );
-    }
-    return { client: new Redis(config, defaults), own: true };
-  }
-  if ("cluster" in config && Array.isArray(config.cluster)) {
-    const options = config.options as ClusterOptions | undefined;
-    return {
-      client: new Cluster(config.cluster, {
-        lazyConnect: true,
-        ...options,
-        redisOptions: {
-          autoResendUnfulfilledCommands: false,
-          ...options?.redisOptions,
-        },
-      }),
-      own: true,
-    };
-  }
-  const { url, ...options } = config as RedisOptions & { url?: unknown };
-  if (url !== undefined) {
-    if (typeof url !== "string" || !/^rediss?:\/\//i.test(url)) {
-      throw new TypeError(`Redis URL must start with redis:// or rediss://, got "${url}"`);
-    }
-    return { client: new Redis(url, { ...defaults, ...options }), own: true };
-  }
-  return { client: new Redis({ ...defaults, ...options }), own: true };
 }
