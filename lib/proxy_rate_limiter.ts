@@ -15,9 +15,7 @@ import type { FleetLimits } from "./limit/fleet_limits.ts";
 import { applyChanges, checkChanges, type FleetLimitChanges } from "./limit/limit_changes.ts";
 import { LoadedRules, mergeRuns } from "./config/reload.ts";
 import { hostKey } from "./limit/host_key.ts";
-import { type LoadedLimiter, loadLimiter } from "./limit/load_limiter.ts";
-import type { Fleet } from "./limit/fleet.ts";
-import type { Limiter } from "./limit/limiter.ts";
+import { type LoadedLimiter, loadLimiter, type RedisFleet } from "./limit/load_limiter.ts";
 import { ProxyServer } from "./proxy/proxy_server.ts";
 import { checkUsers, type ClientPolicy } from "./access/client_policy.ts";
 import type { DestinationPolicy } from "./access/destination_policy.ts";
@@ -400,7 +398,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
   /** Starts the engine on the listener. */
   #openServer(opened: AsyncDisposableStack, parts: {
     listener: Deno.TcpListener;
-    limiter: Limiter;
+    limiter: LoadedLimiter["limiter"];
     clients: ClientPolicy;
     destinations: DestinationPolicy;
   }): void {
@@ -434,7 +432,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
   /** Keeps the Redis servers the limiter meets and the fleet's workers out of clients' reach. */
   #openGuard(
     opened: AsyncDisposableStack,
-    fleet: Fleet | null,
+    fleet: RedisFleet | null,
     destinations: DestinationPolicy,
   ): void {
     this.#guard = opened.use(new FleetGuard({ destinations, fleet, logger: this.#logger }));
@@ -445,10 +443,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
    * In distributed mode, follows the fleet's runtime limit table and tells
    * the fleet this process's file rules.
    */
-  async #openFleetLimits(
-    opened: AsyncDisposableStack,
-    fleet: NonNullable<LoadedLimiter["fleet"]>,
-  ): Promise<void> {
+  async #openFleetLimits(opened: AsyncDisposableStack, fleet: RedisFleet): Promise<void> {
     const client = fleet.client;
     const { FleetLimits } = await import("./limit/fleet_limits.ts");
     this.#fleetLimits = new FleetLimits({
@@ -479,7 +474,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
   /** Starts the admin server, when asked for; the control plane is no destination either. */
   async #openAdmin(
     opened: AsyncDisposableStack,
-    fleet: Fleet | null,
+    fleet: RedisFleet | null,
     destinations: DestinationPolicy,
   ): Promise<void> {
     const options = this.#options.admin;

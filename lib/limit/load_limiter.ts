@@ -11,15 +11,17 @@ import { LocalLimiter } from "./local_limiter.ts";
 import type { FailureMode, RedisConfig } from "./redis_config.ts";
 import type { Fleet } from "./fleet.ts";
 import type { RedisLimiter } from "./redis_limiter.ts";
-export type { Fleet } from "./fleet.ts";
 
 /** The limiter a proxy's options ask for, and its fleet in distributed mode. */
 export interface LoadedLimiter {
   /** The limiter. */
   readonly limiter: Limiter;
   /** The same limiter's fleet side in Redis mode; `null` in memory. */
-  readonly fleet: Fleet<RedisLimiter["client"]> | null;
+  readonly fleet: RedisFleet | null;
 }
+
+/** The fleet side of the Redis limiter, with its client. */
+export type RedisFleet = Fleet<RedisLimiter["client"]>;
 
 /** Options of {@linkcode loadLimiter}. */
 export interface LoadLimiterOptions {

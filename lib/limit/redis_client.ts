@@ -7,7 +7,9 @@
 
 import { Cluster, Redis } from "ioredis";
 import type { ClusterOptions, RedisOptions } from "ioredis";
+import type { Logger } from "@logtape/logtape";
 import type { RedisConfig, RedisNode } from "./redis_config.ts";
+import { describe } from "./redis_errors.ts";
 
 /** Whether `config` is a connected ioredis client rather than its options. */
 function isClient(config: RedisConfig): boolean {
@@ -99,4 +101,36 @@ export function clientNodes(client: Redis | Cluster): RedisNode[] {
     const port = stream?.remotePort ?? node.options.port;
     return host && port ? [{ host, port }] : [];
   });
+}
+
+/**
+ * Warns once when Redis may evict dprl's keys: a `maxmemory` with a policy
+ * other than `noeviction` on one of `masters`. Says nothing (but at debug
+ * level) when `CONFIG` is refused. `bounded` bounds each call in time.
+ */
+export async function warnIfEvicting(
+  masters: (Redis | Cluster)[],
+  bounded: <T>(call: Promise<T>) => Promise<T>,
+  logger: Logger,
+): Promise<void> {
+  for (const node of masters) {
+    let reply: string[];
+    try {
+      reply = (await bounded(node.config("GET", "maxmemory*"))) as string[];
+    } catch (error) {
+      logger.debug("Cannot read the Redis configuration: {error}", { error: describe(error) });
+      return;
+    }
+    const config = new Map<string, string>();
+    for (let i = 0; i + 1 < reply.length; i += 2) config.set(reply[i], reply[i + 1]);
+    const maxmemory = config.get("maxmemory") ?? "0";
+    const policy = config.get("maxmemory-policy") ?? "noeviction";
+    if (maxmemory !== "0" && policy !== "noeviction") {
+      logger.warn(
+        "Redis may evict dprl's counts (maxmemory {maxmemory}, maxmemory-policy {policy}); set maxmemory-policy noeviction or no maxmemory",
+        { maxmemory, policy },
+      );
+      return;
+    }
+  }
 }

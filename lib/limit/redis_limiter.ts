@@ -17,9 +17,6 @@ import {
   type AcquireReply,
   COUNT,
   defineScripts,
-  type HealedKey,
-  LINE,
-  type LineInput,
   queueScript,
   RELEASE,
   runScript,
@@ -32,7 +29,6 @@ import {
   isAnswered,
   isAuthError,
   RedisConnectionLostError,
-  RedisCorruptedKeyError,
   RedisCountsLostError,
   RedisReplyError,
   RedisTimeoutError,
@@ -40,9 +36,11 @@ import {
 } from "./redis_errors.ts";
 import { withTimeout } from "../with_timeout.ts";
 import { keySlot, RedisKeyNames } from "./redis_key_names.ts";
-import { clientNodes, createClient, guardStreams } from "./redis_client.ts";
+import { clientNodes, createClient, guardStreams, warnIfEvicting } from "./redis_client.ts";
 import { type WorkerInfo, WorkerRegistry } from "./worker_registry.ts";
 import type { Fleet } from "./fleet.ts";
+import { FleetLine } from "./fleet_line.ts";
+import { LossRecovery } from "./loss_recovery.ts";
 export type { WorkerInfo } from "./worker_registry.ts";
 
 /** Options of {@linkcode RedisLimiter}. */
@@ -147,16 +145,6 @@ interface PreparedSync {
   failed: () => void;
 }
 
-/** What the fleet's line of one host is to be told in this event-loop turn. */
-interface LineOps {
-  /** Tickets joining the line, in order. */
-  adds: string[];
-  /** Tickets leaving it. */
-  removes: string[];
-  /** This worker has no ticket of the host left: its waiting lease ends. */
-  leave: boolean;
-}
-
 /** How many leases an idle host's keys outlive their last write. */
 const TTL_LEASES = 12;
 
@@ -241,14 +229,8 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
   #logger: Logger;
   #worker: string;
   #hosts = new Map<string, HostState>();
-  /** This worker's tickets in the fleet's lines, by host, in order. */
-  #tickets = new Map<string, Set<string>>();
-  /** This turn's changes of the fleet's lines, by host, until the flush sends them. */
-  #lineOps = new Map<string, LineOps>();
-  /** Tickets whose acquire is on its way to Redis. */
-  #asking = new Set<string>();
-  /** Tickets issued so far (their ids are this number, padded, so they sort). */
-  #ticketSeq = 0;
+  /** This worker's tickets in the fleet's lines. */
+  #line: FleetLine;
   /** This turn's acquires and releases, by host, until the flush sends them. */
   #queued = new Map<string, Batch>();
   /** Hosts whose field in Redis this worker may hold: {@linkcode close} deletes them. */
@@ -263,35 +245,22 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
   #awaitingReady = false;
   /** Bumped at every lost connection: a reply from another epoch is distrusted. */
   #epoch = 0;
-  #runId: string | null = null;
-  /** Until then (ms since epoch) new slots follow the failure mode. */
-  #recoverUntil = 0;
   #heartbeat: ReturnType<typeof setInterval> | null = null;
   /** Receives the fleet's pressure messages (see {@linkcode onPressure}). */
   #subscriber: Redis | Cluster | null = null;
   /** When pressure on a host was last published, by host. */
   #published = new Map<string, number>();
   #closed = false;
+  /** What Redis lost and the recovery windows. */
+  #recovery: LossRecovery;
   #closing: Promise<void> | null = null;
   #cluster: boolean;
-  /** The epoch token this worker knows, by epoch key. */
-  #known = new Map<string, string>();
-  /** The token a script sets when it finds the epoch key missing. */
-  #fresh = crypto.randomUUID();
-  /** When lost keys last made this worker re-assert its counts (ms since epoch). */
-  #lossBeatAt = 0;
-  /** Until when (ms since epoch) a loss is not logged again. */
-  #lossLoggedUntil = 0;
-  /** Until when (ms since epoch) new slots of a host whose keys were lost follow the failure mode. */
-  #hostRecoverUntil = new Map<string, number>();
   /** The last error the client reported, told when the connection closes. */
   #lastError: unknown = null;
   /** This worker's entry in the worker registry. */
   #registry: WorkerRegistry;
   /** Fleet-wide open connections by host, as of the last answer or heartbeat. */
   #fleet = new Map<string, number>();
-  /** Lengths of the fleet's lines, by host, as last answered (hosts with none left out). */
-  #lines = new Map<string, number>();
   /** When (ms since epoch) the last answered sync renewing this worker's lease of a slot was sent, by epoch key. */
   #leasedAt = new Map<string, number>();
   #onReady = (): void => this.#handleReady();
@@ -327,6 +296,35 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
     this.#own = own;
     this.#cluster = (client as { isCluster?: boolean }).isCluster === true;
     this.#keys = new RedisKeyNames(options.prefix ?? "dprl", this.#cluster);
+    this.#recovery = new LossRecovery({
+      keys: this.#keys,
+      worker: this.#worker,
+      lease: this.#lease,
+      mode: this.#mode,
+      logger: this.#logger,
+      closed: () => this.#closed,
+      publish: (channel, message) => {
+        this.#client.publish(channel, message).catch(() => {});
+      },
+      reassert: () => {
+        for (const [h, s] of this.#hosts) this.#markDirty(h, s);
+        this.#beat();
+      },
+    });
+    this.#line = new FleetLine({
+      client,
+      keys: this.#keys,
+      worker: this.#worker,
+      lease: this.#lease,
+      ttl: this.#ttl,
+      call: (op) => this.#call(op),
+      canSend: () => !this.#closed && !this.#failFast(),
+      schedule: () => {
+        if (this.#queued.size === 0) queueMicrotask(() => this.#flushAll());
+      },
+      watch: (host, on) => this.#watchLine(host, on),
+      healed: (keys) => this.#recovery.healed(keys),
+    });
     this.#registry = new WorkerRegistry({
       client,
       keys: this.#keys,
@@ -421,7 +419,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
     this.#startHeartbeat();
     this.#subscribe();
     if (this.#failFast()) return this.#fallback(host, s, limit, null, groupLimit);
-    if (this.#recovering(host)) {
+    if (this.#recovery.recovering(host)) {
       return this.#fallback(host, s, limit, new RedisCountsLostError(), groupLimit);
     }
     s.limit = limit;
@@ -438,7 +436,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
     batch.groupLimit = groupLimit;
     return await new Promise<boolean>((resolve, reject) => {
       // A ticket that left the line meanwhile asks as a newcomer.
-      const waiting = ticket !== undefined && this.#tickets.get(host)?.has(ticket);
+      const waiting = ticket !== undefined && this.#line.holds(host, ticket);
       batch.acquires.push({ limit, groupLimit, ticket: waiting ? ticket : "", resolve, reject });
     });
   }
@@ -456,9 +454,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
 
   #flushAll(): void {
     // The line first: a ticket joins it before it asks for a slot.
-    const lines = this.#lineOps;
-    this.#lineOps = new Map();
-    for (const [host, ops] of lines) this.#sendLine(host, ops, ops.leave ? "leave" : "");
+    this.#line.flush();
     const queued = this.#queued;
     this.#queued = new Map();
     for (const [host, batch] of queued) this.#flush(host, batch);
@@ -482,17 +478,17 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
     const input = this.#acquireInput(host, batch, sent.epochKey);
     let reply: AcquireReply;
     const asking = acquires.filter((a) => a.ticket).map((a) => a.ticket);
-    for (const t of asking) this.#asking.add(t);
     try {
-      reply = await this.#call(() => runScript(this.#client, ACQUIRE, input));
+      reply = await this.#line.asking(
+        asking,
+        this.#call(() => runScript(this.#client, ACQUIRE, input)),
+      );
     } catch (error) {
       s.pending -= k;
       // Redis may have counted them anyway; the next sync sets the truth.
       this.#markDirty(host, s);
       for (const waiter of acquires) this.#decide(host, s, waiter, error);
       return;
-    } finally {
-      for (const t of asking) this.#asking.delete(t);
     }
     s.pending -= k;
     this.#answered(host, batch, reply, sent);
@@ -520,8 +516,8 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
       lease: this.#lease,
       floor: s.counted,
       ttl: this.#ttl,
-      known: this.#known.get(epochKey) ?? "",
-      fresh: this.#fresh,
+      known: this.#recovery.known(epochKey),
+      fresh: this.#recovery.fresh,
       trusted: !s.dirty,
       releases: batch.releases,
       host,
@@ -544,7 +540,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
     const { s, acquires } = batch;
     const k = acquires.length;
     const grants = reply.granted;
-    this.#noteLine(host, reply.waiting);
+    this.#line.note(host, reply.waiting);
     const granted = grants.filter(Boolean).length;
     // A sync sent after this call counted all of them as held (as pending).
     const syncedSince = s.syncs !== sent.syncs;
@@ -561,8 +557,8 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
       return;
     }
     const lost = reply.lost;
-    const healed = this.#healed(reply.healed);
-    this.#noteEpoch(sent.epochKey, lost, reply.epoch, host, healed);
+    const healed = this.#recovery.healed(reply.healed);
+    this.#recovery.noteEpoch(sent.epochKey, lost, reply.epoch, host, healed);
     s.counted += granted;
     this.#attach(host, s);
     this.#fleet.set(host, reply.total);
@@ -570,7 +566,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
     const lostCounts = new RedisCountsLostError();
     let refused = false;
     acquires.forEach((waiter, i) => {
-      if (grants[i] && waiter.ticket) this.#forgetTicket(host, waiter.ticket);
+      if (grants[i] && waiter.ticket) this.#line.forget(host, waiter.ticket);
       if (grants[i]) waiter.resolve(true);
       // The sum may be partial: decide as if Redis had not answered.
       else if (lost > 0) this.#decide(host, s, waiter, lostCounts);
@@ -615,14 +611,14 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
       if (channel === pressure) {
         if (this.#keeping.has(message)) this.#giveBackKept(message);
         this.onPressure?.(message);
-      } else if (channel === lost) this.#lossNotice(message);
-      else if (this.#tickets.has(message)) this.onWake?.(message);
+      } else if (channel === lost) this.#recovery.notice(message);
+      else if (this.#line.waitsFor(message)) this.onWake?.(message);
     });
     sub.on("smessage", (_channel: string, message: string) => {
-      if (this.#tickets.has(message)) this.onWake?.(message);
+      if (this.#line.waitsFor(message)) this.onWake?.(message);
     });
     sub.subscribe(pressure, lost).catch(() => {});
-    for (const host of this.#tickets.keys()) this.#watchLine(host, true);
+    for (const host of this.#line.waited()) this.#watchLine(host, true);
   }
 
   /**
@@ -642,87 +638,18 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
    * {@linkcode dequeue} when the request stops waiting.
    */
   enqueue(host: string): string {
-    const ticket = `${this.#worker}|${(this.#ticketSeq++).toString(36).padStart(11, "0")}`;
+    const ticket = this.#line.ticket();
     if (this.#closed) return ticket;
     if (this.#keeping.has(host)) this.#giveBackKept(host);
-    let tickets = this.#tickets.get(host);
-    if (!tickets) {
-      this.#tickets.set(host, tickets = new Set());
-      this.#watchLine(host, true);
-    }
-    tickets.add(ticket);
+    this.#line.add(host, ticket);
     this.#startHeartbeat();
     this.#subscribe();
-    const ops = this.#lineOp(host);
-    ops.adds.push(ticket);
-    ops.leave = false;
     return ticket;
   }
 
   /** Takes `ticket` out of the fleet's line of `host` (no-op once granted or gone). */
   dequeue(host: string, ticket: string): void {
-    if (!this.#tickets.get(host)?.has(ticket) || this.#closed) return;
-    this.#forgetTicket(host, ticket);
-    const ops = this.#lineOp(host);
-    const i = ops.adds.indexOf(ticket);
-    if (i >= 0) ops.adds.splice(i, 1);
-    else ops.removes.push(ticket);
-  }
-
-  /** Forgets a ticket that is no longer in line; the last one ends the wait. */
-  #forgetTicket(host: string, ticket: string): void {
-    const tickets = this.#tickets.get(host);
-    if (!tickets?.delete(ticket) || tickets.size > 0) return;
-    this.#tickets.delete(host);
-    this.#watchLine(host, false);
-    this.#lineOp(host).leave = true;
-  }
-
-  #lineOp(host: string): LineOps {
-    let ops = this.#lineOps.get(host);
-    if (!ops) {
-      ops = { adds: [], removes: [], leave: false };
-      if (this.#lineOps.size === 0 && this.#queued.size === 0) {
-        queueMicrotask(() => this.#flushAll());
-      }
-      this.#lineOps.set(host, ops);
-    }
-    return ops;
-  }
-
-  /** Sends changes of the line of `host`; a failure is healed by the heartbeat. */
-  #sendLine(host: string, ops: LineOps, op: "" | "renew" | "leave"): void {
-    if (this.#closed || this.#failFast()) return;
-    if (ops.adds.length === 0 && ops.removes.length === 0 && op === "") return;
-    this.#call(() =>
-      runScript(this.#client, LINE, this.#lineInput(host, op, ops.adds, ops.removes))
-    )
-      .then((reply) => {
-        this.#noteLine(host, reply.length);
-        this.#healed(reply.healed);
-      }, () => {});
-  }
-
-  /** What {@linkcode LINE} is sent to change the line of `host`. */
-  #lineInput(host: string, op: LineInput["op"], adds: string[], removes: string[]): LineInput {
-    const [q, qw] = [this.#keys.key(host, "q"), this.#keys.key(host, "qw")];
-    return {
-      q,
-      qw,
-      worker: this.#worker,
-      lease: this.#lease,
-      ttl: this.#ttl,
-      op,
-      host,
-      adds,
-      removes,
-    };
-  }
-
-  /** Takes in the length of the fleet's line of `host` as a script answered it. */
-  #noteLine(host: string, length: number): void {
-    if (length > 0) this.#lines.set(host, length);
-    else this.#lines.delete(host);
+    if (!this.#closed) this.#line.remove(host, ticket);
   }
 
   /**
@@ -731,7 +658,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
    * is known to wait.
    */
   waiting(host: string): number {
-    return this.#lines.get(host) ?? 0;
+    return this.#line.waiting(host);
   }
 
   /** Listens for (or stops listening for) the wake-ups of the line of `host`. */
@@ -781,7 +708,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
    * included) holds at most its limit less `room`.
    */
   #mayKeep(host: string, s: HostState, room: number): boolean {
-    if (this.#keys.groupOf.has(host) || this.#tickets.has(host)) return false;
+    if (this.#keys.groupOf.has(host) || this.#line.waitsFor(host)) return false;
     return s.limit <= 0 || (this.#fleet.get(host) ?? Infinity) <= s.limit - room;
   }
 
@@ -864,12 +791,10 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
     client.off("ready", this.#onReady);
     client.off("close", this.#onClose);
     const hosts = [...new Set([...this.#touched, ...this.#hosts.keys()])];
-    const lines = [...this.#tickets];
-    this.#tickets.clear();
+    const lines = this.#line.close();
     this.#touched.clear();
     this.#hosts.clear();
     this.#fleet.clear();
-    this.#lines.clear();
     if (client.status === "ready") {
       const leave = (host: string): SyncHost => ({
         host,
@@ -882,9 +807,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
         ...this.#batches(hosts).map(([e, batch]) =>
           this.#bounded(runScript(client, SYNC, this.#syncInput(e, "leave", batch.map(leave))))
         ),
-        ...lines.map(([host, tickets]) =>
-          this.#bounded(runScript(client, LINE, this.#lineInput(host, "leave", [], [...tickets])))
-        ),
+        ...lines.map((leave) => this.#bounded(leave())),
         ...this.#registry.unregister().map((call) => this.#bounded(call)),
       ]);
     }
@@ -904,128 +827,11 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
       worker: this.#worker,
       lease: this.#lease,
       ttl: this.#ttl,
-      known: this.#known.get(e) ?? "",
-      fresh: this.#fresh,
+      known: this.#recovery.known(e),
+      fresh: this.#recovery.fresh,
       held,
       hosts,
     };
-  }
-
-  /**
-   * Takes in the epoch token a script answered with; when it shows that Redis
-   * lost keys since this worker last looked (`lost` 2: this host's keys;
-   * another token than the one known: the slot's keys), starts recovery.
-   */
-  #noteEpoch(
-    key: string,
-    lost: number,
-    token: string,
-    host: string,
-    healed: Set<string> = new Set(),
-  ): void {
-    if (token === this.#fresh) this.#fresh = crypto.randomUUID();
-    const known = this.#known.get(key);
-    this.#known.set(key, token);
-    if (known !== undefined && known !== token) {
-      this.#recover(healed.has(key) ? null : "its keys were flushed or evicted", true, null);
-    } else if (lost === 2) this.#hostLost(host, healed);
-  }
-
-  /** The keys of `host` were lost; a count key the reply `healed` is named there already. */
-  #hostLost(host: string, healed: Set<string>): void {
-    const what = healed.has(this.#keys.key(host, "n"))
-      ? null
-      : `the keys of ${host} were deleted or evicted`;
-    this.#recover(what, true, host);
-  }
-
-  /**
-   * Logs the keys a script found holding another type than the one dprl
-   * keeps there, and deleted (`[key, type, kind]...`), one WARN each: the
-   * counts they held are re-asserted like lost ones. Returns those keys.
-   */
-  #healed(entries: HealedKey[]): Set<string> {
-    const keys = new Set<string>();
-    for (const { key, type, kind } of entries) {
-      keys.add(key);
-      const error = new RedisCorruptedKeyError(key, type, kind);
-      this.#logger.warn(
-        "Redis key {key} held a {type} where dprl keeps a {kind}; dprl deleted it and the fleet re-asserts its counts",
-        { key, type, kind, code: error.code },
-      );
-    }
-    return keys;
-  }
-
-  /** Whether new slots of `host` follow the failure mode while counts are re-asserted. */
-  #recovering(host: string): boolean {
-    const now = Date.now();
-    if (this.#recoverUntil > now) return true;
-    const until = this.#hostRecoverUntil.get(host);
-    if (until === undefined) return false;
-    if (until > now) return true;
-    this.#hostRecoverUntil.delete(host);
-    return false;
-  }
-
-  /**
-   * Redis lost counts (of one host, or of `null`: all): for the recovery
-   * window new slots of them follow the failure mode, every host is
-   * re-asserted at once and, when this worker saw it first, the fleet is told
-   * on `<prefix>:lost` so that every worker does so. Logged at most once a
-   * window; not at all with `what` null (the cause was logged already).
-   */
-  #recover(what: string | null, tellFleet: boolean, host: string | null): void {
-    if (this.#closed) return;
-    const now = Date.now();
-    const window = Math.min(this.#lease / 3, 1_000) + 1_000;
-    // A restart or loss of every count, already told, covers a host too.
-    const announced = this.#recoverUntil > now;
-    const recovering = announced ||
-      (host !== null && (this.#hostRecoverUntil.get(host) ?? 0) > now);
-    if (host === null) this.#recoverUntil = Math.max(this.#recoverUntil, now + window);
-    else {
-      this.#hostRecoverUntil.set(
-        host,
-        Math.max(this.#hostRecoverUntil.get(host) ?? 0, now + window),
-      );
-    }
-    if (!announced && now >= this.#lossLoggedUntil && what !== null) {
-      this.#lossLoggedUntil = now + window;
-      this.#logger.warn(
-        "Redis lost dprl's counts ({what}); for {ms} ms new connections {scope} follow failure mode {mode} while the fleet re-asserts its counts",
-        { what, ms: window, scope: host === null ? "to any host" : `to ${host}`, mode: this.#mode },
-      );
-    }
-    if (!recovering && tellFleet) {
-      const notice = JSON.stringify({ from: this.#worker, known: [...this.#known], host });
-      this.#client.publish(this.#keys.lost, notice).catch(() => {});
-    }
-    if (recovering && now - this.#lossBeatAt < 100) return;
-    this.#lossBeatAt = now;
-    for (const [h, s] of this.#hosts) this.#markDirty(h, s);
-    this.#beat();
-  }
-
-  /** Another worker saw Redis lose keys: adopt its tokens and re-assert. */
-  #lossNotice(message: string): void {
-    let notice: { from?: unknown; known?: unknown; host?: unknown };
-    try {
-      notice = JSON.parse(message);
-    } catch {
-      return;
-    }
-    if (notice.from === this.#worker || !Array.isArray(notice.known)) return;
-    for (const entry of notice.known) {
-      if (
-        Array.isArray(entry) && typeof entry[0] === "string" && typeof entry[1] === "string" &&
-        this.#known.has(entry[0])
-      ) {
-        this.#known.set(entry[0], entry[1]);
-      }
-    }
-    const host = typeof notice.host === "string" ? notice.host : null;
-    this.#recover(`seen by worker ${String(notice.from)}`, false, host);
   }
 
   #state(host: string): HostState {
@@ -1068,9 +874,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
       this.#hosts.delete(host);
       this.#touched.delete(host);
       if (this.#fleet.get(host) === 0) this.#fleet.delete(host);
-      if ((this.#hostRecoverUntil.get(host) ?? 0) <= Date.now()) {
-        this.#hostRecoverUntil.delete(host);
-      }
+      this.#recovery.forgetHost(host);
     }
   }
 
@@ -1084,10 +888,9 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
       ...this.#hosts.keys(),
       ...this.#touched,
       ...this.#fleet.keys(),
-      ...this.#tickets.keys(),
-      ...this.#lines.keys(),
+      ...this.#line.hosts(),
       ...this.#keys.groupOf.keys(),
-      ...this.#hostRecoverUntil.keys(),
+      ...this.#recovery.hosts(),
       ...this.#published.keys(),
     ]);
     return hosts.size;
@@ -1161,7 +964,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
         count,
         host,
       })
-    ).then((reply) => this.#healed(reply.healed), () => this.#markDirty(host, s));
+    ).then((reply) => this.#recovery.healed(reply.healed), () => this.#markDirty(host, s));
   }
 
   /**
@@ -1329,7 +1132,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
       },
       answered: ([added]) => {
         this.#leasedAt.set(e, now);
-        if (Number(added) === 1 && held) this.#leaseLost(false);
+        if (Number(added) === 1 && held) this.#recovery.leaseLost(false);
       },
       failed: () => {},
     };
@@ -1366,14 +1169,14 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
       answered: ([answer]) => {
         const reply = SYNC.decode(answer, input);
         this.#leasedAt.set(e, now);
-        const healed = this.#healed(reply.healed);
-        this.#noteEpoch(e, reply.lost, reply.epoch, "", healed);
-        if (reply.lost === 1) this.#leaseLost(healed.has(this.#keys.leases(e)));
+        const healed = this.#recovery.healed(reply.healed);
+        this.#recovery.noteEpoch(e, reply.lost, reply.epoch, "", healed);
+        if (reply.lost === 1) this.#recovery.leaseLost(healed.has(this.#keys.leases(e)));
         hosts.forEach(([host, s], i) => {
           if (s.dirtyGen === dirtyAt[i]) s.dirty = false;
           s.renewedAt = now;
           this.#fleet.set(host, reply.hosts[i].total);
-          if (reply.hosts[i].lost) this.#hostLost(host, healed);
+          if (reply.hosts[i].lost) this.#recovery.hostLost(host, healed);
           this.#collect(host, s);
         });
       },
@@ -1381,14 +1184,6 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
         for (const [host, s] of hosts) this.#markDirty(host, s);
       },
     };
-  }
-
-  /**
-   * A lease of this worker that cannot have passed was missing: its slot's
-   * lease set was lost (or, `healed`, deleted for its type and logged so).
-   */
-  #leaseLost(healed: boolean): void {
-    this.#recover(healed ? null : "the lease set of a slot was deleted or evicted", true, null);
   }
 
   /** The count of `host` a sync sends: what is queued reaches Redis after it. */
@@ -1417,7 +1212,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
         })
       );
       batch.forEach((host, i) => totals.set(host, reply.totals[i]));
-      this.#healed(reply.healed);
+      this.#recovery.healed(reply.healed);
     }));
     return hosts.map((host) => totals.get(host) ?? 0);
   }
@@ -1433,15 +1228,11 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
     const stale = Date.now() - 100;
     for (const [host, at] of this.#published) if (at < stale) this.#published.delete(host);
     this.#syncAll(this.#dueBatches());
-    for (const [host, tickets] of this.#tickets) {
-      // A ticket being granted right now must not come back as a ghost.
-      const adds = [...tickets].filter((t) => !this.#asking.has(t));
-      this.#sendLine(host, { adds, removes: [], leave: false }, "renew");
-    }
+    this.#line.renew();
     for (const host of this.#keys.groupOf.keys()) {
       if (
         !this.#hosts.has(host) && !this.#fleet.has(host) && !this.#queued.has(host) &&
-        !this.#tickets.has(host)
+        !this.#line.waitsFor(host)
       ) {
         this.#keys.groupOf.delete(host);
       }
@@ -1515,7 +1306,10 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
     this.#everReady = true;
     this.#awaitingReady = false;
     this.#lastError = null;
-    if (!reconnect) this.#checkConfig();
+    if (!reconnect) {
+      const masters = this.#cluster ? (this.#client as Cluster).nodes("master") : [this.#client];
+      warnIfEvicting(masters, (call) => this.#bounded(call), this.#logger);
+    }
     if (!(this.#client as { isCluster?: boolean }).isCluster) {
       this.#checkRestart();
     }
@@ -1532,67 +1326,17 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
    * partial sums. New slots wait for the answer (one round trip).
    */
   async #checkRestart(): Promise<void> {
-    const known = this.#runId;
-    const window = Math.min(this.#lease / 3, 1_000) + 1_000;
-    if (known !== null) this.#recoverUntil = Infinity;
+    const before = this.#recovery.checking();
     let runId: string | null = null;
     try {
-      const info = String(
-        await this.#bounded((this.#client as Redis).info("server")),
-      );
+      const info = String(await this.#bounded((this.#client as Redis).info("server")));
       runId = /run_id:(\w+)/.exec(info)?.[1] ?? null;
     } catch {
       // Unknown: after a reconnect, assume the worst.
     }
     if (this.#closed) return;
-    if (runId !== null) this.#runId = runId;
-    if (known === null) return;
-    if (runId === known) {
-      this.#recoverUntil = 0;
-      return;
-    }
-    this.#recoverUntil = Date.now() + window;
-    // This window covers the restart: epoch tokens and leases known from
-    // before it would report the same loss again at this worker's next call.
-    this.#known.clear();
-    this.#leasedAt.clear();
-    this.#logger.warn(
-      "Redis restarted or failed over; for {ms} ms new connections follow failure mode {mode} while the fleet re-asserts its counts",
-      { ms: window, mode: this.#mode },
-    );
-  }
-
-  /**
-   * Warns once when Redis may evict dprl's keys: a `maxmemory` with a policy
-   * other than `noeviction`. Says nothing (but at debug level) when `CONFIG`
-   * is refused.
-   */
-  async #checkConfig(): Promise<void> {
-    const nodes = this.#cluster
-      ? (this.#client as Cluster).nodes("master")
-      : [this.#client as Redis];
-    for (const node of nodes) {
-      let reply: string[];
-      try {
-        reply = (await this.#bounded(node.config("GET", "maxmemory*"))) as string[];
-      } catch (error) {
-        this.#logger.debug("Cannot read the Redis configuration: {error}", {
-          error: describe(error),
-        });
-        return;
-      }
-      const config = new Map<string, string>();
-      for (let i = 0; i + 1 < reply.length; i += 2) config.set(reply[i], reply[i + 1]);
-      const maxmemory = config.get("maxmemory") ?? "0";
-      const policy = config.get("maxmemory-policy") ?? "noeviction";
-      if (maxmemory !== "0" && policy !== "noeviction") {
-        this.#logger.warn(
-          "Redis may evict dprl's counts (maxmemory {maxmemory}, maxmemory-policy {policy}); set maxmemory-policy noeviction or no maxmemory",
-          { maxmemory, policy },
-        );
-        return;
-      }
-    }
+    // Leases known from before a restart would report the same loss again.
+    if (this.#recovery.restarted(before, runId)) this.#leasedAt.clear();
   }
 
   /** Records that Redis answered; returns whether that ended an outage. */
