@@ -6,8 +6,7 @@
  * @module
  */
 
-import type { Cluster, Redis } from "ioredis";
-import type { RedisKeyNames } from "./redis_key_names.ts";
+import type { WorkerContext } from "./worker_registry.ts";
 import { type HealedKey, LINE, type LineInput, runScript } from "./redis_script_codec.ts";
 
 /** What the line of one host is to be told in this event-loop turn. */
@@ -21,19 +20,7 @@ interface LineOps {
 }
 
 /** Options of {@linkcode FleetLine}. */
-export interface FleetLineOptions {
-  /** The client, with the scripts defined. */
-  client: Redis | Cluster;
-  /** The names of the keys. */
-  keys: RedisKeyNames;
-  /** This worker's id. */
-  worker: string;
-  /** The lease, in ms: a worker's tickets live with its waiting lease. */
-  lease: number;
-  /** The expiry of a line's keys, in ms. */
-  ttl: number;
-  /** Runs one Redis call within the timeout (and tracks Redis's state). */
-  call: <T>(op: () => Promise<T>) => Promise<T>;
+export interface FleetLineOptions extends WorkerContext {
   /** Whether calls may be sent now (not closed, Redis not known down). */
   canSend: () => boolean;
   /** Called when the first change of a turn is queued: {@linkcode FleetLine.flush} is due. */

@@ -26,7 +26,6 @@ import {
 } from "./redis_script_codec.ts";
 import {
   describe,
-  isAnswered,
   isAuthError,
   RedisConnectionLostError,
   RedisCountsLostError,
@@ -35,12 +34,13 @@ import {
   toRedisError,
 } from "./redis_errors.ts";
 import { withTimeout } from "../with_timeout.ts";
-import { keySlot, RedisKeyNames } from "./redis_key_names.ts";
+import { RedisKeyNames } from "./redis_key_names.ts";
 import { clientNodes, createClient, guardStreams, warnIfEvicting } from "./redis_client.ts";
-import { type WorkerInfo, WorkerRegistry } from "./worker_registry.ts";
+import { type WorkerContext, type WorkerInfo, WorkerRegistry } from "./worker_registry.ts";
 import type { Fleet } from "./fleet.ts";
 import { FleetLine } from "./fleet_line.ts";
 import { LossRecovery } from "./loss_recovery.ts";
+import { groupBySlot, type PreparedSync, splitBatches, SyncSender } from "./sync_pipeline.ts";
 export type { WorkerInfo } from "./worker_registry.ts";
 
 /** Options of {@linkcode RedisLimiter}. */
@@ -126,25 +126,6 @@ interface Sent {
   epochKey: string;
 }
 
-/** A pipeline of an ioredis client with dprl's scripts defined on it. */
-interface Pipeline {
-  zadd(key: string, score: number, member: string): void;
-  pexpire(key: string, ms: number): void;
-  exec(): Promise<[Error | null, unknown][] | null>;
-}
-
-/** What a heartbeat sends for one slot, ready to be queued on a pipeline. */
-interface PreparedSync {
-  /** It needs Redis's time on its node (see {@linkcode PreparedSync.queue}). */
-  needsTime: boolean;
-  /** Queues its commands, given Redis's time in ms; returns how many it queued. */
-  queue: (pipeline: Pipeline, redisNow: number) => number;
-  /** Takes in the answers of its commands, in order. */
-  answered: (replies: unknown[]) => void;
-  /** Redis did not answer: its hosts are synced again at the next heartbeat. */
-  failed: () => void;
-}
-
 /** How many leases an idle host's keys outlive their last write. */
 const TTL_LEASES = 12;
 
@@ -174,12 +155,6 @@ const CHECK_HOSTS = 256;
  * (`<prefix>:pressure`) gives the host's kept slots back at once.
  */
 export const KEEP_MS = 100;
-
-/** Most hosts one heartbeat script call syncs. */
-const BATCH_HOSTS = 256;
-
-/** Most hosts the script calls of one heartbeat pipeline (one round trip) sync. */
-const PIPELINE_HOSTS = 2_048;
 
 /**
  * A {@linkcode Limiter} whose counters live in Redis, shared by every proxy
@@ -251,6 +226,8 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
   /** When pressure on a host was last published, by host. */
   #published = new Map<string, number>();
   #closed = false;
+  /** Sends the heartbeat's syncs. */
+  #syncs: SyncSender;
   /** What Redis lost and the recovery windows. */
   #recovery: LossRecovery;
   #closing: Promise<void> | null = null;
@@ -296,6 +273,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
     this.#own = own;
     this.#cluster = (client as { isCluster?: boolean }).isCluster === true;
     this.#keys = new RedisKeyNames(options.prefix ?? "dprl", this.#cluster);
+    this.#syncs = new SyncSender({ client, cluster: this.#cluster, call: (op) => this.#call(op) });
     this.#recovery = new LossRecovery({
       keys: this.#keys,
       worker: this.#worker,
@@ -311,13 +289,16 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
         this.#beat();
       },
     });
-    this.#line = new FleetLine({
+    const context: WorkerContext = {
       client,
       keys: this.#keys,
       worker: this.#worker,
       lease: this.#lease,
       ttl: this.#ttl,
       call: (op) => this.#call(op),
+    };
+    this.#line = new FleetLine({
+      ...context,
       canSend: () => !this.#closed && !this.#failFast(),
       schedule: () => {
         if (this.#queued.size === 0) queueMicrotask(() => this.#flushAll());
@@ -325,14 +306,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
       watch: (host, on) => this.#watchLine(host, on),
       healed: (keys) => this.#recovery.healed(keys),
     });
-    this.#registry = new WorkerRegistry({
-      client,
-      keys: this.#keys,
-      worker: this.#worker,
-      lease: this.#lease,
-      ttl: this.#ttl,
-      call: (op) => this.#call(op),
-    });
+    this.#registry = new WorkerRegistry(context);
     defineScripts(client, this.#cluster);
     client.on("ready", this.#onReady);
     client.on("close", this.#onClose);
@@ -804,7 +778,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
         trusted: false,
       });
       await Promise.allSettled([
-        ...this.#batches(hosts).map(([e, batch]) =>
+        ...groupBySlot(hosts, (host) => this.#keys.epoch(host)).map(([e, batch]) =>
           this.#bounded(runScript(client, SYNC, this.#syncInput(e, "leave", batch.map(leave))))
         ),
         ...lines.map((leave) => this.#bounded(leave())),
@@ -968,28 +942,13 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
   }
 
   /**
-   * Groups hosts into batches of at most {@linkcode BATCH_HOSTS} whose keys
-   * share one slot (on a single Redis: any hosts), each with its epoch key.
-   */
-  #batches(hosts: Iterable<string>): [string, string[]][] {
-    const groups = new Map<string, string[]>();
-    for (const host of hosts) {
-      const e = this.#keys.epoch(host);
-      let group = groups.get(e);
-      if (!group) groups.set(e, group = []);
-      group.push(host);
-    }
-    return this.#split(groups);
-  }
-
-  /**
    * What a heartbeat sends: for every slot in which this worker holds a host,
    * its lease there, with the hosts that need a sync (changed behind Redis's
    * back, holding nothing, not synced for `TTL_LEASES - 2` leases, or in a
    * slot whose lease may have passed) and the others synced longest ago, as
    * many as it takes to sync each about every {@linkcode RENEW_LEASES}
    * leases and at least {@linkcode CHECK_HOSTS}. Batches of at most
-   * {@linkcode BATCH_HOSTS} hosts.
+   * `BATCH_HOSTS` (sync_pipeline.ts) hosts.
    */
   #dueBatches(): [string, string[]][] {
     const now = Date.now();
@@ -1014,103 +973,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
       rest = rest.sort((a, b) => a[1].renewedAt - b[1].renewedAt).slice(0, share);
     }
     for (const [host, , e] of rest) slots.get(e)!.push(host);
-    return this.#split(slots);
-  }
-
-  /**
-   * Splits the hosts of each slot (by epoch key) into batches of at most
-   * {@linkcode BATCH_HOSTS}; a slot without hosts is one empty batch.
-   */
-  #split(slots: Map<string, string[]>): [string, string[]][] {
-    const out: [string, string[]][] = [];
-    for (const [e, hosts] of slots) {
-      for (let i = 0; i === 0 || i < hosts.length; i += BATCH_HOSTS) {
-        out.push([e, hosts.slice(i, i + BATCH_HOSTS)]);
-      }
-    }
-    return out;
-  }
-
-  /**
-   * Syncs batches of hosts (each: keys in one slot, with its epoch key), one
-   * script call per batch, sent in pipelines of up to
-   * {@linkcode PIPELINE_HOSTS} hosts to one node: a single Redis, or one
-   * master of a Cluster. Each pipeline is one round trip.
-   */
-  #syncAll(batches: [string, string[]][]): void {
-    const byNode = new Map<string, [string, string[]][]>();
-    for (const batch of batches) {
-      const node = this.#cluster
-        ? (this.#client as Cluster).slots[keySlot(batch[0])]?.[0] ?? ""
-        : "";
-      let list = byNode.get(node);
-      if (!list) byNode.set(node, list = []);
-      list.push(batch);
-    }
-    for (const [node, list] of byNode) {
-      let chunk: PreparedSync[] = [];
-      let size = 0;
-      for (const [e, hosts] of list) {
-        chunk.push(
-          hosts.length === 0
-            ? this.#prepareLease(e)
-            : this.#prepareSync(e, hosts.map((host) => [host, this.#hosts.get(host)!])),
-        );
-        size += Math.max(1, hosts.length);
-        if (size >= PIPELINE_HOSTS) {
-          this.#sendSyncs(node, chunk);
-          chunk = [];
-          size = 0;
-        }
-      }
-      if (chunk.length > 0) this.#sendSyncs(node, chunk);
-    }
-  }
-
-  /**
-   * Sends what a heartbeat prepared for one node (`""`: the single Redis) as
-   * one pipeline, after asking the node's time when a lease needs it.
-   */
-  #sendSyncs(node: string, syncs: PreparedSync[]): void {
-    const counts: number[] = [];
-    const time = syncs.some((sync) => sync.needsTime)
-      ? this.#call(() => this.#redisTime(node))
-      : Promise.resolve(0);
-    time.then((redisNow) =>
-      this.#call(async () => {
-        const pipeline = this.#client.pipeline() as unknown as Pipeline;
-        for (const sync of syncs) counts.push(sync.queue(pipeline, redisNow));
-        const results = await pipeline.exec();
-        // A pipeline answers every error in its results: Redis did not answer these.
-        const unanswered = results?.find(([error]) => error && !isAnswered(error));
-        if (unanswered) throw unanswered[0];
-        return results ?? [];
-      })
-    ).then(
-      (results) => {
-        let at = 0;
-        syncs.forEach((sync, i) => {
-          const own = results.slice(at, at += counts[i]);
-          if (own.length < counts[i] || own.some(([error]) => error)) sync.failed();
-          else sync.answered(own.map(([, reply]) => reply));
-        });
-      },
-      () => {
-        for (const sync of syncs) sync.failed();
-      },
-    );
-  }
-
-  /** Redis's time (ms since epoch) on `node` (`""`: the single Redis). */
-  async #redisTime(node: string): Promise<number> {
-    const client = this.#cluster
-      ? (this.#client as Cluster).nodes("master").find((n) =>
-        `${n.options.host}:${n.options.port}` === node
-      )
-      : this.#client as Redis;
-    if (!client) throw new RedisConnectionLostError(`No connection to Redis node ${node}`);
-    const [sec, usec] = await client.time();
-    return Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
+    return splitBatches(slots);
   }
 
   /**
@@ -1199,7 +1062,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
 
   /** The fleet's open connections to each of `hosts`, in batches of one slot each. */
   async #count(hosts: string[]): Promise<number[]> {
-    const batches = this.#batches(hosts);
+    const batches = groupBySlot(hosts, (host) => this.#keys.epoch(host));
     const totals = new Map<string, number>();
     await Promise.all(batches.map(async ([, batch]) => {
       const reply = await this.#call(() =>
@@ -1227,7 +1090,13 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
     if (this.#closed || this.#failFast()) return;
     const stale = Date.now() - 100;
     for (const [host, at] of this.#published) if (at < stale) this.#published.delete(host);
-    this.#syncAll(this.#dueBatches());
+    this.#syncs.send(
+      this.#dueBatches(),
+      (e, hosts) =>
+        hosts.length === 0
+          ? this.#prepareLease(e)
+          : this.#prepareSync(e, hosts.map((host) => [host, this.#hosts.get(host)!])),
+    );
     this.#line.renew();
     for (const host of this.#keys.groupOf.keys()) {
       if (

@@ -12,17 +12,20 @@ import { REGISTER, type RegisterInput, runScript } from "./redis_script_codec.ts
 import type { WorkerInfo } from "./fleet.ts";
 export type { WorkerInfo } from "./fleet.ts";
 
-/** Options of {@linkcode WorkerRegistry}. */
-export interface WorkerRegistryOptions {
+/**
+ * What the parts of the Redis limiter share: the client, the key names,
+ * this worker's id and lease, and the call that bounds a Redis call in time.
+ */
+export interface WorkerContext {
   /** The client, with the scripts defined. */
   client: Redis | Cluster;
   /** The names of the keys. */
   keys: RedisKeyNames;
   /** This worker's id. */
   worker: string;
-  /** The lease, in ms: an entry not renewed within it is dropped. */
+  /** The lease, in ms: a worker that stops renewing it counts no more. */
   lease: number;
-  /** The expiry of this worker's hash, in ms. */
+  /** The expiry of an idle host's keys (and of this worker's entry), in ms. */
   ttl: number;
   /** Runs one Redis call within the timeout (and tracks Redis's state). */
   call: <T>(op: () => Promise<T>) => Promise<T>;
@@ -30,11 +33,11 @@ export interface WorkerRegistryOptions {
 
 /** This worker's entry in the fleet's worker registry, and the list of all. */
 export class WorkerRegistry {
-  #options: WorkerRegistryOptions;
+  #options: WorkerContext;
   #info: Omit<WorkerInfo, "id" | "connections">;
 
   /** Creates the entry; nothing is written until {@linkcode register}. */
-  constructor(options: WorkerRegistryOptions) {
+  constructor(options: WorkerContext) {
     this.#options = options;
     this.#info = {
       hostname: hostname(),
