@@ -8,7 +8,7 @@ import {
   isAuthError,
   RedisCorruptedKeyError,
   RedisCountsLostError,
-  RedisError,
+  type RedisError,
   RedisReplyError,
   RedisTimeoutError,
   replyCode,
