@@ -3,7 +3,7 @@
 // runtime table in both; and the fleet's runtime table outlives a Redis that
 // restarts empty. Real proxies, a real redis-server.
 import assert from "node:assert/strict";
-import { configure, type LogRecord } from "@logtape/logtape";
+import { captureLogs, messageText } from "./_helpers/logs.ts";
 import type { ProxyRateLimiterOptions } from "../mod.ts";
 import { RedisServer, redisTest } from "./_helpers/redis_server.ts";
 import { startProxy, type TestProxy } from "./_helpers/proxy.ts";
@@ -11,19 +11,7 @@ import { waitFor } from "./_helpers/raw.ts";
 
 const TOKEN = "limits-test-token";
 
-const records: LogRecord[] = [];
-await configure({
-  reset: true,
-  sinks: { capture: (r: LogRecord) => records.push(r) },
-  loggers: [
-    { category: ["dprl"], sinks: ["capture"], lowestLevel: "info" },
-    { category: ["logtape", "meta"], sinks: [], lowestLevel: "warning" },
-  ],
-});
-
-function line(r: LogRecord): string {
-  return r.message.map((p) => String(p)).join("");
-}
+const records = await captureLogs();
 
 /** Calls the admin API of `tp` with the token; the answer as JSON. */
 async function api(
@@ -155,12 +143,12 @@ await redisTest(
     );
     const since = records.slice(before);
     const warned = since.filter((r) =>
-      r.level === "warning" && line(r).includes("Redis lost the fleet's runtime limit table")
+      r.level === "warning" && messageText(r).includes("Redis lost the fleet's runtime limit table")
     );
-    assert.ok(warned.length >= 1, since.map(line).join("\n"));
-    assert.match(line(warned[0]), /\* ?=3|x\.test=7/);
-    const dropped = since.filter((r) => /Limit rule .* (removed|changed)/.test(line(r)));
-    assert.deepEqual(dropped.map(line), [], "no proxy fell back to its file in between");
+    assert.ok(warned.length >= 1, since.map(messageText).join("\n"));
+    assert.match(messageText(warned[0]), /\* ?=3|x\.test=7/);
+    const dropped = since.filter((r) => /Limit rule .* (removed|changed)/.test(messageText(r)));
+    assert.deepEqual(dropped.map(messageText), [], "no proxy fell back to its file in between");
     // The version moved on past the one the proxies held (2), so no other proxy
     // takes the written-back table for another loss: a later removal sticks.
     assert.ok(Number(await redis.cli("GET", "dprl:limits:v")) >= 3);

@@ -1,25 +1,13 @@
 // dprl's keys in Redis against a real redis-server and a real proxy: a key
 // overwritten with another type is logged, deleted and rebuilt.
 import assert from "node:assert/strict";
-import { configure, type LogRecord } from "@logtape/logtape";
+import { captureLogs, messageText } from "./_helpers/logs.ts";
 import { RedisServer, redisTest } from "./_helpers/redis_server.ts";
 import { BufferedConn, readHead, statusOf, waitFor } from "./_helpers/raw.ts";
 import { connectRequest, startProxy } from "./_helpers/proxy.ts";
 import { startEchoUpstream } from "./_helpers/upstream.ts";
 
-const records: LogRecord[] = [];
-await configure({
-  reset: true,
-  sinks: { capture: (r: LogRecord) => records.push(r) },
-  loggers: [
-    { category: ["dprl"], sinks: ["capture"], lowestLevel: "info" },
-    { category: ["logtape", "meta"], sinks: [], lowestLevel: "warning" },
-  ],
-});
-
-function text(r: LogRecord): string {
-  return r.message.map((p) => typeof p === "string" ? p : JSON.stringify(p)).join("");
-}
+const records = await captureLogs();
 
 await redisTest(
   "a host's count key overwritten with a string is logged once, deleted, and the host works again",
@@ -62,11 +50,11 @@ await redisTest(
       // Healed at once, or refused within the host's recovery window only.
       assert.ok(statuses.slice(0, -1).every((s) => s === 503), statuses.join(","));
       const warned = records.filter((r) =>
-        r.level === "warning" && r.properties.key === key && text(r).includes("held a")
+        r.level === "warning" && r.properties.key === key && messageText(r).includes("held a")
       );
-      assert.equal(warned.length, 1, records.map(text).join(" | "));
+      assert.equal(warned.length, 1, records.map(messageText).join(" | "));
       assert.equal(warned[0].properties.type, "string");
-      assert.equal(records.filter((r) => text(r).includes("lost dprl's counts")).length, 0);
+      assert.equal(records.filter((r) => messageText(r).includes("lost dprl's counts")).length, 0);
       // The heartbeat rebuilt the held tunnel's count.
       await waitFor(
         async () => /^1$/m.test(await redis.cli("HVALS", key)),

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { killChild } from "./_helpers/process.ts";
 import { Redis } from "ioredis";
-import { configure, getLogger, type LogRecord } from "@logtape/logtape";
+import { getLogger, type LogRecord } from "@logtape/logtape";
+import { captureLogs } from "./_helpers/logs.ts";
 import {
   type FailureMode,
   KEEP_MS,
@@ -24,15 +25,7 @@ import {
 import { baseEnv } from "./_helpers/spawn.ts";
 
 // Captures what the limiters log, per test category.
-const records: LogRecord[] = [];
-await configure({
-  reset: true,
-  sinks: { capture: (r: LogRecord) => records.push(r) },
-  loggers: [
-    { category: ["dprl-test"], sinks: ["capture"], lowestLevel: "debug" },
-    { category: ["logtape", "meta"], sinks: [], lowestLevel: "warning" },
-  ],
-});
+const records = await captureLogs(["dprl-test"], "debug");
 
 let testNo = 0;
 function testLogger(): { logger: ReturnType<typeof getLogger>; logs: () => LogRecord[] } {
