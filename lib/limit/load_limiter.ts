@@ -9,19 +9,24 @@ import type { Logger } from "@logtape/logtape";
 import type { Limiter } from "./limiter.ts";
 import { LocalLimiter } from "./local_limiter.ts";
 import type { FailureMode, RedisConfig } from "./redis_config.ts";
-import type { Fleet } from "./fleet.ts";
 import type { RedisLimiter } from "./redis_limiter.ts";
 
-/** The limiter a proxy's options ask for, and its fleet in distributed mode. */
-export interface LoadedLimiter {
-  /** The limiter. */
-  readonly limiter: Limiter;
-  /** The same limiter's fleet side in Redis mode; `null` in memory. */
-  readonly fleet: RedisFleet | null;
-}
-
-/** The fleet side of the Redis limiter, with its client. */
-export type RedisFleet = Fleet<RedisLimiter["client"]>;
+/** What the Redis limiter offers the control plane beyond {@linkcode Limiter}. */
+export type FleetLimiter =
+  & Limiter
+  & Partial<
+    Pick<
+      RedisLimiter,
+      | "workerId"
+      | "up"
+      | "onCall"
+      | "workers"
+      | "fleetCounts"
+      | "setWorkerInfo"
+      | "nodes"
+      | "client"
+    >
+  >;
 
 /** Options of {@linkcode loadLimiter}. */
 export interface LoadLimiterOptions {
@@ -40,13 +45,13 @@ export interface LoadLimiterOptions {
 }
 
 /**
- * A {@linkcode LocalLimiter} without `redis` (no fleet); otherwise imports
- * the Redis limiter and makes one, which is its own fleet. Throws a
- * `NotCapable` error saying which flag to add when the Redis client cannot load for want of environment access.
+ * A {@linkcode LocalLimiter} without `redis`; otherwise imports the Redis
+ * limiter and makes one. Throws a `NotCapable` error saying which flag to
+ * add when the Redis client cannot load for want of environment access.
  */
-export async function loadLimiter(options: LoadLimiterOptions): Promise<LoadedLimiter> {
+export async function loadLimiter(options: LoadLimiterOptions): Promise<FleetLimiter> {
   const { redis, ...rest } = options;
-  if (redis === undefined) return { limiter: new LocalLimiter(), fleet: null };
+  if (redis === undefined) return new LocalLimiter();
   let module;
   try {
     module = await import("./redis_limiter.ts");
@@ -60,6 +65,5 @@ export async function loadLimiter(options: LoadLimiterOptions): Promise<LoadedLi
     }
     throw err;
   }
-  const limiter = new module.RedisLimiter({ redis, ...rest });
-  return { limiter, fleet: limiter };
+  return new module.RedisLimiter({ redis, ...rest });
 }
