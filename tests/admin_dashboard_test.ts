@@ -46,14 +46,26 @@ async function tunnel(proxy: TestProxy, authority: string): Promise<[number, Buf
   return [statusOf(head), c];
 }
 
-Deno.test({
-  name:
-    "the dashboard shows a proxy's 3 tunnels at limit 3, and a limit raised on the page lets a 4th through",
-  ignore: chromium === null && !inCi,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  fn: async () => {
-    assert.ok(chromium !== null, "Chromium is required under CI=true");
+/**
+ * A test that drives Chromium, given its path: skipped without Chromium,
+ * failed under CI=true without it.
+ */
+function browserTest(name: string, fn: (chromium: string) => Promise<void>): void {
+  Deno.test({
+    name,
+    ignore: chromium === null && !inCi,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    fn: async () => {
+      assert.ok(chromium !== null, "Chromium is required under CI=true");
+      await fn(chromium);
+    },
+  });
+}
+
+browserTest(
+  "the dashboard shows a proxy's 3 tunnels at limit 3, and a limit raised on the page lets a 4th through",
+  async (chromium) => {
     await using up = await startUpstream();
     const host = up.authority;
     await using proxy = await startProxy({
@@ -111,15 +123,11 @@ Deno.test({
       await browser.close();
     }
   },
-});
+);
 
-Deno.test({
-  name: "the dashboard shows a host name from a client as text, never as markup",
-  ignore: chromium === null && !inCi,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  fn: async () => {
-    assert.ok(chromium !== null, "Chromium is required under CI=true");
+browserTest(
+  "the dashboard shows a host name from a client as text, never as markup",
+  async (chromium) => {
     const source = new TableAdminSource({ defaultLimit: 10 });
     const hostile = "<img src=x onerror=alert(1)>";
     source.stats.onAdmitted(hostile);
@@ -147,45 +155,33 @@ Deno.test({
       await admin.close();
     }
   },
+);
+
+browserTest("the dashboard asks for the token once and then shows the hosts", async (chromium) => {
+  const source = new TableAdminSource({ defaultLimit: 4 });
+  source.setPool("b.example", 2);
+  const admin = await startAdminServer({ source, port: 0, token: "asked-token" });
+  const browser = await launchChromium(chromium);
+  try {
+    const page = await browser.newPage();
+    const prompts: string[] = [];
+    page.on("dialog", (dialog) => {
+      prompts.push(dialog.type());
+      dialog.accept("asked-token");
+    });
+    await page.goto(admin.url.href);
+    await waitForUsage(page, "b.example", "2 / 4");
+    assert.deepEqual(prompts, ["prompt"]);
+    assert.equal(new URL(page.url()).hash, "");
+  } finally {
+    await browser.close();
+    await admin.close();
+  }
 });
 
-Deno.test({
-  name: "the dashboard asks for the token once and then shows the hosts",
-  ignore: chromium === null && !inCi,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  fn: async () => {
-    assert.ok(chromium !== null, "Chromium is required under CI=true");
-    const source = new TableAdminSource({ defaultLimit: 4 });
-    source.setPool("b.example", 2);
-    const admin = await startAdminServer({ source, port: 0, token: "asked-token" });
-    const browser = await launchChromium(chromium);
-    try {
-      const page = await browser.newPage();
-      const prompts: string[] = [];
-      page.on("dialog", (dialog) => {
-        prompts.push(dialog.type());
-        dialog.accept("asked-token");
-      });
-      await page.goto(admin.url.href);
-      await waitForUsage(page, "b.example", "2 / 4");
-      assert.deepEqual(prompts, ["prompt"]);
-      assert.equal(new URL(page.url()).hash, "");
-    } finally {
-      await browser.close();
-      await admin.close();
-    }
-  },
-});
-
-Deno.test({
-  name:
-    "a page on another loopback origin cannot make the admin server reload, by fetch or by form",
-  ignore: chromium === null && !inCi,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  fn: async () => {
-    assert.ok(chromium !== null, "Chromium is required under CI=true");
+browserTest(
+  "a page on another loopback origin cannot make the admin server reload, by fetch or by form",
+  async (chromium) => {
     let reloads = 0;
     await using proxy = await startProxy({
       admin: { port: 0 },
@@ -226,4 +222,4 @@ Deno.test({
       await browser.close();
     }
   },
-});
+);
