@@ -51,6 +51,8 @@ const LOOPBACK_OR_UNSPECIFIED = ["127.0.0.0/8", "0.0.0.0/8", "::1/128", "::/128"
 );
 const INTERFACES_TTL_MS = 5_000;
 const HOST_NAME = /^(?=.{1,253}$)[a-z0-9_-]+(\.[a-z0-9_-]+)*$/;
+/** What a refused fleet address is, in the refusal. */
+const FLEET_MEMBER = "a proxy or admin server of the fleet";
 
 /**
  * Checks destinations before the proxy dials them, and tells it which
@@ -88,7 +90,7 @@ export class DestinationPolicy {
     this.#denyPrivate = options.denyPrivate ?? false;
     this.#resolveTimeout = options.resolveTimeout ?? DEFAULTS.timeouts.connect;
     this.#own = this.#protectedAddresses("this proxy or its Redis");
-    this.#fleet = this.#protectedAddresses("a proxy or admin server of the fleet");
+    this.#fleet = this.#protectedAddresses(FLEET_MEMBER);
   }
 
   #protectedAddresses(what: string): ProtectedAddresses {
@@ -127,7 +129,7 @@ export class DestinationPolicy {
    * again. Resolves once the new list is in force.
    */
   async protectFleet(members: readonly { hostname: string; port: number }[]): Promise<void> {
-    const next = this.#protectedAddresses("a proxy or admin server of the fleet");
+    const next = this.#protectedAddresses(FLEET_MEMBER);
     for (const { hostname, port } of members) await next.add(hostname, port);
     this.#fleet = next;
   }
