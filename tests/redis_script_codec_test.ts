@@ -1,73 +1,77 @@
 // The Lua scripts' codec without Redis: each script's keys and arguments in
 // the order the script reads them, and its reply decoded by name.
 import assert from "node:assert/strict";
-import { ACQUIRE, COUNT, LINE, REGISTER, RELEASE, SYNC } from "../lib/limit/redis_script_codec.ts";
+import { ACQUIRE, COUNT, LINE, REGISTER, SYNC } from "../lib/limit/redis_script_codec.ts";
 import { ACQUIRE_LUA, LINE_LUA, SYNC_LUA } from "../lib/limit/redis_scripts.ts";
 
-const ACQUIRE_INPUT = {
+const HOST = {
+  host: "h",
   n: "p:{h}:n",
-  leases: "p:leases",
-  epoch: "p:epoch",
   members: "p:{h}:n",
   q: "p:{h}:q",
   qw: "p:{h}:qw",
-  worker: "w1",
-  lease: 15_000,
   floor: 2,
-  ttl: 180_000,
-  known: "tok",
-  fresh: "new",
   trusted: true,
   releases: 1,
-  host: "h",
   groupLimit: -1,
   asks: [{ limit: 4, ticket: "" }, { limit: 4, ticket: "w1|7" }],
 };
 
-Deno.test("acquire: keys n, leases, epoch, members, q, qw; the asks last, a ticket after its limit", () => {
+const ACQUIRE_INPUT = {
+  leases: "p:leases",
+  epoch: "p:epoch",
+  worker: "w1",
+  lease: 15_000,
+  ttl: 180_000,
+  known: "tok",
+  fresh: "new",
+  hosts: [HOST, {
+    ...HOST,
+    host: "g",
+    n: "p:{g}:n",
+    members: "p:{g}:n",
+    q: "p:{g}:q",
+    qw: "p:{g}:qw",
+    asks: [],
+  }],
+};
+
+Deno.test("acquire: keys leases, epoch, then n, members, q, qw per host; per host its block with the asks last", () => {
   const { keys, args } = ACQUIRE.encode(ACQUIRE_INPUT);
-  assert.deepEqual(keys, ["p:{h}:n", "p:leases", "p:epoch", "p:{h}:n", "p:{h}:q", "p:{h}:qw"]);
+  assert.deepEqual(keys, [
+    "p:leases",
+    "p:epoch",
+    ...["p:{h}:n", "p:{h}:n", "p:{h}:q", "p:{h}:qw"],
+    ...["p:{g}:n", "p:{g}:n", "p:{g}:q", "p:{g}:qw"],
+  ]);
   assert.deepEqual(args, [
-    "w1",
-    15_000,
-    2,
-    180_000,
-    "tok",
-    "new",
-    1,
-    1,
-    "h",
-    -1,
-    4,
-    "4 w1|7",
+    ...["w1", 15_000, 180_000, "tok", "new"],
+    ...["h", 2, 1, 1, -1, 2, 4, "4 w1|7"],
+    ...["g", 2, 1, 1, -1, 0],
   ]);
   // The script reads its arguments at these positions.
-  assert.match(ACQUIRE_LUA, /local releases = tonumber\(ARGV\[8\]\)/);
-  assert.match(ACQUIRE_LUA, /local host = ARGV\[9\]/);
-  assert.deepEqual(ACQUIRE.encode({ ...ACQUIRE_INPUT, trusted: false }).args[6], 0);
+  assert.match(ACQUIRE_LUA, /local ttl = tonumber\(ARGV\[3\]\)/);
+  assert.match(ACQUIRE_LUA, /local asks = tonumber\(ARGV\[a \+ 5\]\)/);
+  const untrusted = { ...ACQUIRE_INPUT, hosts: [{ ...HOST, trusted: false }] };
+  assert.deepEqual(ACQUIRE.encode(untrusted).args[7], 0);
 });
 
-Deno.test("acquire: the reply by name, grants per ask, the line's length, then healed keys", () => {
+Deno.test("acquire: the reply by name, per host its total, loss, line and grants, then healed keys", () => {
   const reply = ACQUIRE.decode(
-    [3, 2, "tok", 1, 0, 5, "p:{h}:q", "string", "zset"],
+    ["tok", 0, 3, 2, 5, 1, 0, 1, 0, 0, "p:{h}:q", "string", "zset"],
     ACQUIRE_INPUT,
   );
   assert.deepEqual(reply, {
-    total: 3,
-    lost: 2,
     epoch: "tok",
-    granted: [true, false],
-    waiting: 5,
+    lost: 0,
+    hosts: [
+      { total: 3, lost: 2, waiting: 5, granted: [true, false] },
+      { total: 1, lost: 0, waiting: 0, granted: [] },
+    ],
     healed: [{ key: "p:{h}:q", type: "string", kind: "zset" }],
   });
-  assert.deepEqual(ACQUIRE.decode([1, 0, "t", 1, 0, 0], ACQUIRE_INPUT).healed, []);
+  assert.deepEqual(ACQUIRE.decode(["t", 0, 1, 0, 0, 1, 0, 0, 0, 0], ACQUIRE_INPUT).healed, []);
   assert.throws(() => ACQUIRE.decode("OK", ACQUIRE_INPUT), TypeError);
-});
-
-Deno.test("release: keys n, epoch, q; worker, count, host; remaining then healed", () => {
-  const input = { n: "n", epoch: "e", q: "q", worker: "w", count: 2, host: "h" };
-  assert.deepEqual(RELEASE.encode(input), { keys: ["n", "e", "q"], args: ["w", 2, "h"] });
-  assert.deepEqual(RELEASE.decode([0], input), { remaining: 0, healed: [] });
 });
 
 Deno.test("sync: epoch, lease set, then n of each host; four arguments per host; a pair per host in the reply", () => {

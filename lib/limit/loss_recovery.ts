@@ -94,6 +94,26 @@ export class LossRecovery {
   }
 
   /**
+   * After a reconnect, finds out whether Redis restarted (or failed over):
+   * its run id (read from `info`, Redis's `INFO server`) changed. A Redis
+   * that restarted empty knows nothing of the slots the fleet holds until
+   * every worker has synced, so for a recovery window new slots follow the
+   * failure mode instead of being granted against partial sums. Returns
+   * whether it restarted.
+   */
+  async checkRestart(info: () => Promise<unknown>): Promise<boolean> {
+    const before = this.checking();
+    let runId: string | null = null;
+    try {
+      runId = /run_id:(\w+)/.exec(String(await info()))?.[1] ?? null;
+    } catch {
+      // Unknown: after a reconnect, assume the worst.
+    }
+    if (this.#o.closed()) return false;
+    return this.restarted(before, runId);
+  }
+
+  /**
    * Takes in the run id read after a reconnect (`null`: unknown). Returns
    * whether Redis restarted or failed over since `before` (then a window
    * opens and the epoch tokens known are forgotten).

@@ -13,7 +13,6 @@ import {
   forCluster,
   LINE_LUA,
   REGISTER_LUA,
-  RELEASE_LUA,
   SYNC_LUA,
 } from "./redis_scripts.ts";
 
@@ -87,122 +86,110 @@ export interface Ask {
   ticket: string;
 }
 
-/** The input of {@linkcode ACQUIRE}. */
-export interface AcquireInput {
-  /** The host's count key. */
+/** What one host asks of an {@linkcode ACQUIRE} call. */
+export interface AcquireHost {
+  /** The host. */
+  host: string;
+  /** Its count key. */
   n: string;
-  /** The slot's lease set. */
-  leases: string;
-  /** The slot's epoch hash. */
-  epoch: string;
-  /** The group's member set (unused without a group). */
+  /** Its group's member set (unused without a group). */
   members: string;
-  /** The host's line. */
+  /** Its line. */
   q: string;
-  /** The host's waiting workers. */
+  /** Its waiting workers. */
   qw: string;
-  /** This worker's id. */
-  worker: string;
-  /** The lease, in ms. */
-  lease: number;
   /** The slots this worker knows it holds, after the releases. */
   floor: number;
-  /** The keys' expiry, in ms. */
-  ttl: number;
-  /** The epoch token this worker knows, or `""`. */
-  known: string;
-  /** The token to create a missing epoch with. */
-  fresh: string;
   /** This worker's last write is known to have landed. */
   trusted: boolean;
   /** Slots to give back first. */
   releases: number;
-  /** The host. */
-  host: string;
   /** The group's limit; -1: no group. */
   groupLimit: number;
   /** The slots asked, granted in order. */
   asks: Ask[];
 }
 
-/** The reply of {@linkcode ACQUIRE}. */
-export interface AcquireReply extends Healing {
-  /** The fleet's count of the host. */
-  total: number;
-  /** Whether keys were lost. */
-  lost: Lost;
-  /** The slot's epoch token. */
+/** The input of {@linkcode ACQUIRE}: hosts whose keys live in one slot. */
+export interface AcquireInput {
+  /** The slot's lease set. */
+  leases: string;
+  /** The slot's epoch hash. */
   epoch: string;
-  /** Per ask, whether it was granted. */
-  granted: boolean[];
-  /** The tickets in the host's line. */
-  waiting: number;
+  /** This worker's id. */
+  worker: string;
+  /** The lease, in ms. */
+  lease: number;
+  /** The keys' expiry, in ms. */
+  ttl: number;
+  /** The epoch token this worker knows, or `""`. */
+  known: string;
+  /** The token to create a missing epoch with. */
+  fresh: string;
+  /** The hosts, each with its releases and asks. */
+  hosts: AcquireHost[];
 }
 
-/** Gives back slots, then takes one per ask (`ACQUIRE_LUA`). */
+/** What {@linkcode ACQUIRE} answers of one host. */
+export interface AcquiredHost {
+  /** The fleet's count of the host. */
+  total: number;
+  /** Whether keys were lost: the slot's (1) or the host's (2). */
+  lost: Lost;
+  /** The tickets in the host's line. */
+  waiting: number;
+  /** Per ask, whether it was granted. */
+  granted: boolean[];
+}
+
+/** The reply of {@linkcode ACQUIRE}. */
+export interface AcquireReply extends Healing {
+  /** The slot's epoch token. */
+  epoch: string;
+  /** Whether the slot's keys were lost. */
+  lost: Lost;
+  /** Per host, in the order asked. */
+  hosts: AcquiredHost[];
+}
+
+/** Gives back slots, then takes one per ask, for each host of one slot (`ACQUIRE_LUA`). */
 export const ACQUIRE: Script<AcquireInput, AcquireReply> = {
   name: "dprlAcquire",
   lua: wakes(ACQUIRE_LUA),
   encode: (i) => ({
-    keys: [i.n, i.leases, i.epoch, i.members, i.q, i.qw],
+    keys: [i.leases, i.epoch, ...i.hosts.flatMap((h) => [h.n, h.members, h.q, h.qw])],
     args: [
       i.worker,
       i.lease,
-      i.floor,
       i.ttl,
       i.known,
       i.fresh,
-      i.trusted ? 1 : 0,
-      i.releases,
-      i.host,
-      i.groupLimit,
-      ...i.asks.map((a) => a.ticket ? `${a.limit} ${a.ticket}` : a.limit),
+      ...i.hosts.flatMap((h) => [
+        h.host,
+        h.floor,
+        h.trusted ? 1 : 0,
+        h.releases,
+        h.groupLimit,
+        h.asks.length,
+        ...h.asks.map((a) => a.ticket ? `${a.limit} ${a.ticket}` : a.limit),
+      ]),
     ],
   }),
   decode: (reply, i) => {
     const r = list(reply);
-    const k = i.asks.length;
-    return {
-      total: Number(r[0]),
-      lost: lost(r[1]),
-      epoch: String(r[2]),
-      granted: r.slice(3, 3 + k).map((g) => Number(g) === 1),
-      waiting: Number(r[3 + k]),
-      healed: healed(r.slice(4 + k)),
-    };
-  },
-};
-
-/** The input of {@linkcode RELEASE}. */
-export interface ReleaseInput {
-  /** The host's count key. */
-  n: string;
-  /** The slot's epoch hash. */
-  epoch: string;
-  /** The host's line (woken). */
-  q: string;
-  /** This worker's id. */
-  worker: string;
-  /** Slots to give back. */
-  count: number;
-  /** The host. */
-  host: string;
-}
-
-/** The reply of {@linkcode RELEASE}. */
-export interface ReleaseReply extends Healing {
-  /** This worker's count of the host left. */
-  remaining: number;
-}
-
-/** Gives back slots of one host (`RELEASE_LUA`). */
-export const RELEASE: Script<ReleaseInput, ReleaseReply> = {
-  name: "dprlRelease",
-  lua: wakes(RELEASE_LUA),
-  encode: (i) => ({ keys: [i.n, i.epoch, i.q], args: [i.worker, i.count, i.host] }),
-  decode: (reply) => {
-    const r = list(reply);
-    return { remaining: Number(r[0]), healed: healed(r.slice(1)) };
+    let at = 2;
+    const hosts = i.hosts.map((h): AcquiredHost => {
+      const k = h.asks.length;
+      const host = {
+        total: Number(r[at]),
+        lost: lost(r[at + 1]),
+        waiting: Number(r[at + 2]),
+        granted: r.slice(at + 3, at + 3 + k).map((g) => Number(g) === 1),
+      };
+      at += 3 + k;
+      return host;
+    });
+    return { epoch: String(r[0]), lost: lost(r[1]), hosts, healed: healed(r.slice(at)) };
   },
 };
 
@@ -390,7 +377,6 @@ export const LINE: Script<LineInput, LineReply> = {
 /** Every script, to define on a client. */
 export const SCRIPTS: readonly Script<never, unknown>[] = [
   ACQUIRE,
-  RELEASE,
   SYNC,
   COUNT,
   REGISTER,

@@ -251,118 +251,110 @@ export function forCluster(lua: string): string {
 }
 
 /**
- * `acquire(worker, leaseMs, floor, ttlMs, known, fresh, trusted, releases,
- * host, groupLimit, limit...)` on `KEYS` = n, the slot's lease set, epoch
- * hash, group member set, then (always last) line q and waiting workers qw:
- * first gives back `releases` slots of `worker` (and wakes the line), then
- * takes one slot per `limit`, in order, for each while `limit` is 0 or the
- * live workers hold fewer than it and the line lets it through, unless keys
- * were lost. A
- * `limit` may carry a ticket (`"<limit> <ticket>"`): granted, the ticket
- * leaves the line (see `LINE`). For a member of a group (`groupLimit` 0 or
- * more; -1: no group, and `KEYS[4]` is unused), a slot also needs the
- * group's members together to hold fewer than `groupLimit` (when above 0):
- * their live counts are summed over the group's member set, in the same slot
- * (members whose keys are gone leave the set). `floor` is the number of slots
- * the worker knows it holds (after the releases): a live count below it is
- * raised to it first; when the worker's last write is known to have landed
- * (`trusted` = 1), a count below it means the host's keys were lost. Returns
- * `{total, lost (0: no, 1: the slot's keys, 2: this host's keys), epoch,
- * granted (0|1)..., tickets in the line, healed...}` (see `OWN`).
+ * `acquire(worker, leaseMs, ttlMs, known, fresh, [host, floor, trusted,
+ * releases, groupLimit, asks, limit...]...)` on `KEYS` = the slot's lease set
+ * and epoch hash, then per host its n, group member set, line q and waiting
+ * workers qw: every host of one call lives in one slot. For each host in
+ * turn: first gives back `releases` slots of `worker` (and wakes the line),
+ * then takes one slot per `limit`, in order, for each while `limit` is 0 or
+ * the live workers hold fewer than it and the line lets it through, unless
+ * keys were lost. A `limit` may carry a ticket (`"<limit> <ticket>"`):
+ * granted, the ticket leaves the line (see `LINE`). For a member of a group
+ * (`groupLimit` 0 or more; -1: no group, and its member-set key is unused), a
+ * slot also needs the group's members together to hold fewer than
+ * `groupLimit` (when above 0): their live counts are summed over the group's
+ * member set, in the same slot (members whose keys are gone leave the set).
+ * `floor` is the number of slots the worker knows it holds (after the
+ * releases): a live count below it is raised to it first; when the worker's
+ * last write is known to have landed (`trusted` = 1), a count below it means
+ * the host's keys were lost. Returns `{epoch, lost (0: no, 1: the slot's
+ * keys), [total, lost (0, 1, or 2: this host's keys), tickets in the line,
+ * granted (0|1)...]..., healed...}` (see `OWN`).
  */
 export const ACQUIRE_LUA: string = NOW + `
 local worker = ARGV[1]
 local lease = tonumber(ARGV[2])
-local floor = tonumber(ARGV[3])
-local ttl = tonumber(ARGV[4])
-local trusted = ARGV[7] == '1'
-local releases = tonumber(ARGV[8])
-local host = ARGV[9]
+local ttl = tonumber(ARGV[3])
 ` + OWN + LIVE + EPOCH + WRITE + LINE + `
-own(KEYS[1], 'hash')
-own(KEYS[2], 'zset')
-own(KEYS[3], 'hash')
-if tonumber(ARGV[10]) >= 0 then own(KEYS[4], 'set') end
-own(KEYS[5], 'zset')
-own(KEYS[6], 'zset')
-local epoch, lost = check_epoch(KEYS[3], ARGV[5], ARGV[6])
-if lost == 0 and keys_lost(KEYS[3], host, KEYS[1], KEYS[2]) then lost = 2 end
-local sum, mine = live(KEYS[1], KEYS[2], worker, true)
-local changed = false
-if releases > 0 then
-  local r = math.min(releases, mine)
-  mine = mine - r
-  sum = sum - r
-  changed = true
-end
-if mine < floor then
-  if lost == 0 and trusted then lost = 2 end
-  sum = sum + floor - mine
-  mine = floor
-  changed = true
-end
-local glimit = tonumber(ARGV[10])
-local gsum = 0
-if glimit > 0 then
-  local self = string.sub(KEYS[1], 1, -3)
-  local members = redis.call('SMEMBERS', KEYS[4])
-  for i = 1, #members do
-    local m = members[i]
-    if m ~= self then
-      own(m .. ':n', 'hash')
-      if redis.call('EXISTS', m .. ':n') == 0 then
-        redis.call('SREM', KEYS[4], m)
-      else
-        gsum = gsum + live(m .. ':n', KEYS[2], '', false)
+local L, e = KEYS[1], KEYS[2]
+own(L, 'zset')
+own(e, 'hash')
+local epoch, slot_lost = check_epoch(e, ARGV[4], ARGV[5])
+local out = {epoch, slot_lost}
+local a = 6
+for k = 3, #KEYS, 4 do
+  local n, members, q, qw = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local host = ARGV[a]
+  local floor = tonumber(ARGV[a + 1])
+  local trusted = ARGV[a + 2] == '1'
+  local releases = tonumber(ARGV[a + 3])
+  local glimit = tonumber(ARGV[a + 4])
+  local asks = tonumber(ARGV[a + 5])
+  a = a + 6
+  own(n, 'hash')
+  if glimit >= 0 then own(members, 'set') end
+  own(q, 'zset')
+  own(qw, 'zset')
+  local lost = slot_lost
+  if lost == 0 and keys_lost(e, host, n, L) then lost = 2 end
+  local sum, mine = live(n, L, worker, true)
+  local changed = false
+  if releases > 0 then
+    local r = math.min(releases, mine)
+    mine = mine - r
+    sum = sum - r
+    changed = true
+  end
+  if mine < floor then
+    if lost == 0 and trusted then lost = 2 end
+    sum = sum + floor - mine
+    mine = floor
+    changed = true
+  end
+  local gsum = 0
+  if glimit > 0 then
+    local self = string.sub(n, 1, -3)
+    local list = redis.call('SMEMBERS', members)
+    for i = 1, #list do
+      local m = list[i]
+      if m ~= self then
+        own(m .. ':n', 'hash')
+        if redis.call('EXISTS', m .. ':n') == 0 then
+          redis.call('SREM', members, m)
+        else
+          gsum = gsum + live(m .. ':n', L, '', false)
+        end
       end
     end
+    gsum = gsum + sum
   end
-  gsum = gsum + sum
-end
-local out = {0, lost, epoch}
--- The line of waiting tickets (its two keys come last): begin
-local q, qw = KEYS[#KEYS - 1], KEYS[#KEYS]
-local queued = prune_line(q, qw)
-if releases > 0 and queued then redis.call('PUBLISH', q, host) end
--- The line of waiting tickets: end
-for i = 11, #ARGV do
-  local limit, ticket = string.match(ARGV[i], '^(%S+) ?(.*)$')
-  limit = tonumber(limit)
-  if lost == 0 and (limit <= 0 or (sum < limit and line_lets(q, queued, sum, limit, ticket))) and
-      (glimit <= 0 or gsum < glimit) then
-    sum = sum + 1
-    gsum = gsum + 1
-    mine = mine + 1
-    changed = true
-    if ticket ~= '' then redis.call('ZREM', q, ticket) end
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
+  local queued = prune_line(q, qw)
+  if releases > 0 and queued then redis.call('PUBLISH', q, host) end
+  local grants = {}
+  for i = a, a + asks - 1 do
+    local limit, ticket = string.match(ARGV[i], '^(%S+) ?(.*)$')
+    limit = tonumber(limit)
+    if lost == 0 and (limit <= 0 or (sum < limit and line_lets(q, queued, sum, limit, ticket))) and
+        (glimit <= 0 or gsum < glimit) then
+      sum = sum + 1
+      gsum = gsum + 1
+      mine = mine + 1
+      changed = true
+      if ticket ~= '' then redis.call('ZREM', q, ticket) end
+      grants[#grants + 1] = 1
+    else
+      grants[#grants + 1] = 0
+    end
   end
+  a = a + asks
+  out[#out + 1] = sum
+  out[#out + 1] = lost
+  out[#out + 1] = queued and redis.call('ZCARD', q) or 0
+  for i = 1, #grants do out[#out + 1] = grants[i] end
+  if changed then write(n, L, e, host, worker, mine, ttl) end
+  if mine <= 0 then unmark_if_gone(e, host, n) end
 end
-out[1] = sum
-out[#out + 1] = queued and redis.call('ZCARD', q) or 0
-if changed then write(KEYS[1], KEYS[2], KEYS[3], host, worker, mine, ttl) end
--- With a count of its own, this worker's field keeps the hash.
-if mine <= 0 then unmark_if_gone(KEYS[3], host, KEYS[1]) end
 return with_healed(out)
-`;
-
-/**
- * `release(worker, count, host)` on `KEYS` = n, epoch hash, line q: gives
- * back `count` slots of `worker` and wakes the line; at 0 (or below, when the
- * field was already gone) its field is deleted, and with the last one the
- * host's mark. Returns `{remaining count, healed...}`.
- */
-export const RELEASE_LUA: string = OWN + `
-own(KEYS[1], 'hash')
-own(KEYS[2], 'hash')
-local v = redis.call('HINCRBY', KEYS[1], ARGV[1], -tonumber(ARGV[2]))
-if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('PUBLISH', KEYS[3], ARGV[3]) end
-if v > 0 then return with_healed({v}) end
-redis.call('HDEL', KEYS[1], ARGV[1])
-if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HDEL', KEYS[2], ARGV[3]) end
-return with_healed({0})
 `;
 
 /**

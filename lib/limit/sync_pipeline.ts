@@ -17,10 +17,12 @@ export interface Pipeline {
   exec(): Promise<[Error | null, unknown][] | null>;
 }
 
-/** What a heartbeat sends for one slot, ready to be queued on a pipeline. */
+/**
+ * What a heartbeat sends for one slot, ready to be queued on a pipeline:
+ * prepared at the moment it is written, so the counts it carries are the
+ * ledger's at that moment (see `host_ledger.ts`).
+ */
 export interface PreparedSync {
-  /** It needs Redis's time on its node (see {@linkcode PreparedSync.queue}). */
-  needsTime: boolean;
   /** Queues its commands, given Redis's time in ms; returns how many it queued. */
   queue: (pipeline: Pipeline, redisNow: number) => number;
   /** Takes in the answers of its commands, in order. */
@@ -88,9 +90,11 @@ export class SyncSender {
 
   /**
    * Syncs batches of hosts (each: keys in one slot, with its epoch key), one
-   * script call per batch, sent in pipelines of up to
+   * script call per batch (a batch without hosts: a lease renewal, which
+   * needs the node's time first), sent in pipelines of up to
    * {@linkcode PIPELINE_HOSTS} hosts to one node: a single Redis, or one
-   * master of a Cluster. Each pipeline is one round trip.
+   * master of a Cluster. Each pipeline is one round trip. `prepare` runs
+   * when its pipeline is written.
    */
   send(batches: [string, string[]][], prepare: (e: string, hosts: string[]) => PreparedSync): void {
     const byNode = new Map<string, [string, string[]][]>();
@@ -103,32 +107,38 @@ export class SyncSender {
       list.push(batch);
     }
     for (const [node, list] of byNode) {
-      let chunk: PreparedSync[] = [];
+      let chunk: [string, string[]][] = [];
       let size = 0;
-      for (const [e, hosts] of list) {
-        chunk.push(prepare(e, hosts));
-        size += Math.max(1, hosts.length);
+      for (const batch of list) {
+        chunk.push(batch);
+        size += Math.max(1, batch[1].length);
         if (size >= PIPELINE_HOSTS) {
-          this.#send(node, chunk);
+          this.#send(node, chunk, prepare);
           chunk = [];
           size = 0;
         }
       }
-      if (chunk.length > 0) this.#send(node, chunk);
+      if (chunk.length > 0) this.#send(node, chunk, prepare);
     }
   }
 
   /**
-   * Sends what a heartbeat prepared for one node (`""`: the single Redis) as
-   * one pipeline, after asking the node's time when a lease needs it.
+   * Sends what a heartbeat has for one node (`""`: the single Redis) as one
+   * pipeline, after asking the node's time when a lease needs it.
    */
-  #send(node: string, syncs: PreparedSync[]): void {
+  #send(
+    node: string,
+    batches: [string, string[]][],
+    prepare: (e: string, hosts: string[]) => PreparedSync,
+  ): void {
     const counts: number[] = [];
-    const time = syncs.some((sync) => sync.needsTime)
+    let syncs: PreparedSync[] = [];
+    const time = batches.some(([, hosts]) => hosts.length === 0)
       ? this.#o.call(() => this.#redisTime(node))
       : Promise.resolve(0);
     time.then((redisNow) =>
       this.#o.call(async () => {
+        syncs = batches.map(([e, hosts]) => prepare(e, hosts));
         const pipeline = this.#o.client.pipeline() as unknown as Pipeline;
         for (const sync of syncs) counts.push(sync.queue(pipeline, redisNow));
         const results = await pipeline.exec();

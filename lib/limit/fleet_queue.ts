@@ -1,5 +1,5 @@
 /**
- * {@linkcode FleetLine}: this worker's tickets in the fleet's lines of
+ * {@linkcode FleetQueue}: this worker's tickets in the fleet's lines of
  * waiting requests (one line per host, in Redis), and the changes of them
  * sent once per event-loop turn.
  *
@@ -19,11 +19,11 @@ interface LineOps {
   leave: boolean;
 }
 
-/** Options of {@linkcode FleetLine}. */
-export interface FleetLineOptions extends WorkerContext {
+/** Options of {@linkcode FleetQueue}. */
+export interface FleetQueueOptions extends WorkerContext {
   /** Whether calls may be sent now (not closed, Redis not known down). */
   canSend: () => boolean;
-  /** Called when the first change of a turn is queued: {@linkcode FleetLine.flush} is due. */
+  /** Called when the first change of a turn is queued: {@linkcode FleetQueue.flush} is due. */
   schedule: () => void;
   /** Starts (or stops) listening for the wake-ups of the line of a host. */
   watch: (host: string, on: boolean) => void;
@@ -36,8 +36,8 @@ export interface FleetLineOptions extends WorkerContext {
  * this turn's changes, the tickets whose acquire is under way, and the
  * lengths of the lines as last answered.
  */
-export class FleetLine {
-  #o: FleetLineOptions;
+export class FleetQueue {
+  #o: FleetQueueOptions;
   /** This worker's tickets, by host, in order. */
   #tickets = new Map<string, Set<string>>();
   /** This turn's changes, by host, until {@linkcode flush} sends them. */
@@ -50,7 +50,7 @@ export class FleetLine {
   #lengths = new Map<string, number>();
 
   /** Creates the line; nothing is sent until a ticket joins. */
-  constructor(options: FleetLineOptions) {
+  constructor(options: FleetQueueOptions) {
     this.#o = options;
   }
 
