@@ -9,26 +9,34 @@ Deno.test("ledger: an asked slot is held once Redis grants it, and given back wi
   ledger.ask(H, 2);
   assert.equal(ledger.syncCount(H), 0, "an acquire not sent yet reaches Redis after a sync");
   const sent = ledger.send(H);
-  assert.deepEqual(sent, { asks: 1, releases: 0, floor: 0, trusted: true, syncs: 0 });
-  assert.equal(ledger.syncCount(H), 1, "an acquire in flight is counted by a sync");
-  assert.equal(ledger.answered(H, sent, 1), 0);
+  assert.deepEqual(sent, { asks: 1, releases: 0, floor: 0, trusted: true });
+  assert.equal(ledger.canSync(H), false, "no sync while a call is in flight");
+  assert.equal(ledger.answered(H, sent, 1), false);
+  assert.equal(ledger.canSync(H), true);
   assert.equal(ledger.held(H), 1);
   assert.equal(ledger.release(H, { keep: false, failFast: false, now: 0 }), "queued");
   assert.equal(ledger.release(H, { keep: false, failFast: false, now: 0 }), "none");
   assert.equal(ledger.collect(H), false, "a release not sent keeps the host");
-  assert.equal(ledger.send(H).releases, 1);
+  const release = ledger.send(H);
+  assert.equal(release.releases, 1);
+  assert.equal(ledger.collect(H), false, "a call in flight keeps the host");
+  ledger.answered(H, release, 0);
   assert.equal(ledger.collect(H), true);
 });
 
-Deno.test("ledger: a sync written while an acquire is in flight has the refused slots given back", () => {
+Deno.test("ledger: a host due for a sync while busy holds its new calls until it is synced", () => {
   const ledger = new HostLedger();
   ledger.ask(H, 1);
-  ledger.ask(H, 1);
   const sent = ledger.send(H);
+  ledger.wantSync(H);
+  ledger.ask(H, 1);
+  assert.equal(ledger.hasWork(H), false, "the new acquire waits for the sync");
+  assert.equal(ledger.answered(H, sent, 1), true, "nothing in flight: sync now");
   const synced = ledger.sync(H);
-  assert.equal(synced.count, 2, "both acquires are applied before the sync");
-  assert.equal(ledger.answered(H, sent, 1), 1, "the refused one is counted by the sync");
-  assert.equal(ledger.send(H).releases, 1);
+  assert.equal(synced.count, 1);
+  assert.equal(ledger.hasWork(H), false, "still waiting for the sync's answer");
+  assert.equal(ledger.synced(H, synced, 1), true, "the waiting acquire goes now");
+  assert.equal(ledger.send(H).asks, 1);
 });
 
 Deno.test("ledger: a kept slot serves the next acquire and goes back when swept", () => {
@@ -55,6 +63,7 @@ Deno.test("ledger: failure modes count locally and mark the host for the next sy
   assert.equal(ledger.release(H, { keep: false, failFast: true, now: 0 }), "dirty");
   const synced = ledger.sync(H);
   assert.equal(synced.count, 0);
+  assert.equal(ledger.collect(H), false, "a sync in flight keeps the host");
   ledger.synced(H, synced, 1);
   assert.equal(ledger.collect(H), true);
 });
@@ -69,8 +78,8 @@ Deno.test("ledger: a sync that saw an older change leaves the host dirty", () =>
 });
 
 // ---------------------------------------------------------------------------
-// A model of the fleet: workers with a ledger each, one connection each to a
-// Redis that applies their calls in the order each connection sent them, and
+// A model of the fleet: workers with a ledger each, a Redis that applies each
+// worker's calls in any order (a Cluster redirects and retries them), and
 // requests holding the slots granted. Random sequences of acquires, releases,
 // lost answers, lost keys, restarts and heartbeats must never let the fleet
 // hold more than the limit, and once everything settles nothing is left.
@@ -108,10 +117,11 @@ class Fleet {
     return this.fields.reduce((a, b) => a + b, 0);
   }
 
-  /** Redis applies the next call of worker `w`. */
-  process(w: number): void {
-    const call = this.workers[w].wire.shift();
-    if (!call) return;
+  /** Redis applies the call of worker `w` at `pick` (modulo the calls in flight). */
+  process(w: number, pick = 0): void {
+    const wire = this.workers[w].wire;
+    if (wire.length === 0) return;
+    const [call] = wire.splice(pick % wire.length, 1);
     if (call.kind === "sync") {
       this.fields[w] = call.synced.count;
       this.lost[w] = false;
@@ -135,38 +145,58 @@ class Fleet {
     this.workers[w].answers.push({ call, granted });
   }
 
-  /** Worker `w` takes in its next answer; `trust` false: as after a lost connection. */
-  deliver(w: number, trust: boolean): void {
+  /** Worker `w` takes in its answer at `pick`; `trust` false: as after a lost connection. */
+  deliver(w: number, trust: boolean, pick = 0): void {
     const worker = this.workers[w];
-    const answer = worker.answers.shift();
-    if (!answer) return;
+    if (worker.answers.length === 0) return;
+    const [answer] = worker.answers.splice(pick % worker.answers.length, 1);
     const { call } = answer;
-    if (call.kind === "sync") return worker.ledger.synced(H, call.synced, this.now);
+    if (call.kind === "sync") {
+      if (worker.ledger.synced(H, call.synced, this.now)) this.flush(w);
+      return;
+    }
+    let syncNow: boolean;
     if (trust) {
-      worker.ledger.answered(H, call.sent, answer.granted);
+      syncNow = worker.ledger.answered(H, call.sent, answer.granted);
       worker.inUse += answer.granted;
     } else {
-      worker.ledger.distrusted(H, call.sent, answer.granted);
+      syncNow = worker.ledger.distrusted(H, call.sent, answer.granted);
     }
+    if (syncNow) this.syncNow(w);
   }
 
-  /** Worker `w`'s next answer is lost (a timeout): Redis may have applied the call. */
-  drop(w: number, fromWire: boolean): void {
+  /** Worker `w`'s call at `pick` gets no answer (a timeout): Redis may have applied it or not. */
+  drop(w: number, fromWire: boolean, pick = 0): void {
     const worker = this.workers[w];
-    const call = fromWire ? worker.wire.shift() : worker.answers.shift()?.call;
-    if (!call) return;
-    if (call.kind === "sync") worker.ledger.markDirty(H);
-    else worker.ledger.failed(H, call.sent);
+    const list: { call: Call }[] = fromWire
+      ? worker.wire.map((call) => ({ call }))
+      : worker.answers;
+    if (list.length === 0) return;
+    const at = pick % list.length;
+    const { call } = list[at];
+    (fromWire ? worker.wire : worker.answers).splice(at, 1);
+    if (call.kind === "sync") {
+      if (worker.ledger.syncFailed(H)) this.flush(w);
+    } else if (worker.ledger.failed(H, call.sent)) this.syncNow(w);
+  }
+
+  syncNow(w: number): void {
+    const worker = this.workers[w];
+    if (worker.ledger.canSync(H)) worker.wire.push({ kind: "sync", synced: worker.ledger.sync(H) });
   }
 
   flush(w: number): void {
     const worker = this.workers[w];
-    if (worker.ledger.hasWork(H)) worker.wire.push({ kind: "acquire", sent: worker.ledger.send(H) });
+    if (worker.ledger.hasWork(H)) {
+      worker.wire.push({ kind: "acquire", sent: worker.ledger.send(H) });
+    }
   }
 
   heartbeat(w: number): void {
-    const worker = this.workers[w];
-    if (worker.ledger.has(H)) worker.wire.push({ kind: "sync", synced: worker.ledger.sync(H) });
+    const { ledger } = this.workers[w];
+    if (!ledger.has(H)) return;
+    if (ledger.canSync(H)) this.syncNow(w);
+    else ledger.wantSync(H);
   }
 
   /** Worker `w` crashes; its lease passes and Redis forgets its field; it starts again empty. */
@@ -181,7 +211,7 @@ class Fleet {
     this.lost = this.workers.map((worker) => worker.ledger.has(H));
   }
 
-  step(op: number, w: number, flag: boolean): void {
+  step(op: number, w: number, flag: boolean, pick: number): void {
     const worker = this.workers[w];
     this.now++;
     switch (op) {
@@ -193,9 +223,9 @@ class Fleet {
         return this.flush(w);
       case 2:
       case 3:
-        return this.process(w);
+        return this.process(w, pick);
       case 4:
-        return this.deliver(w, true);
+        return this.deliver(w, true, pick);
       case 5:
         if (worker.inUse === 0) return;
         worker.inUse--;
@@ -207,9 +237,9 @@ class Fleet {
       case 7:
         return this.heartbeat(w);
       case 8:
-        return flag ? this.drop(w, true) : this.drop(w, false);
+        return this.drop(w, flag, pick);
       case 9:
-        return this.deliver(w, false);
+        return this.deliver(w, false, pick);
       case 10:
         return flag ? this.restart(w) : this.loseKeys();
     }
@@ -217,22 +247,26 @@ class Fleet {
 
   /** Everything in flight lands; every request gives its slot back; a heartbeat. */
   settle(): void {
-    for (let w = 0; w < this.workers.length; w++) {
-      const worker = this.workers[w];
-      for (let round = 0; round < 3; round++) {
-        this.flush(w);
-        while (worker.wire.length > 0) this.process(w);
-        while (worker.answers.length > 0) this.deliver(w, true);
-        while (worker.inUse > 0) {
-          worker.inUse--;
-          worker.ledger.release(H, { keep: false, failFast: false, now: this.now });
+    this.workers.forEach((worker, w) => {
+      const drain = () => {
+        for (let i = 0; i < 100 && (worker.wire.length > 0 || worker.answers.length > 0); i++) {
+          this.flush(w);
+          while (worker.wire.length > 0) this.process(w);
+          while (worker.answers.length > 0) this.deliver(w, true);
         }
-        worker.ledger.giveBackKept(H, Infinity, false);
-        this.heartbeat(w);
-        while (worker.wire.length > 0) this.process(w);
-        while (worker.answers.length > 0) this.deliver(w, true);
+      };
+      this.flush(w);
+      drain();
+      while (worker.inUse > 0) {
+        worker.inUse--;
+        worker.ledger.release(H, { keep: false, failFast: false, now: this.now });
       }
-    }
+      worker.ledger.giveBackKept(H, Infinity, false);
+      this.flush(w);
+      drain();
+      this.heartbeat(w);
+      drain();
+    });
   }
 
   check(): void {
@@ -269,12 +303,12 @@ class Fleet {
 }
 
 Deno.test("ledger: under any order of calls, answers, losses and heartbeats the fleet stays within its limit and nothing leaks", () => {
-  const step = fc.tuple(fc.nat(10), fc.nat(1), fc.boolean());
+  const step = fc.tuple(fc.nat(10), fc.nat(1), fc.boolean(), fc.nat(7));
   fc.assert(
     fc.property(fc.array(step, { minLength: 20, maxLength: 200, size: "max" }), (steps) => {
       const fleet = new Fleet();
-      for (const [op, w, flag] of steps) {
-        fleet.step(op, w, flag);
+      for (const [op, w, flag, pick] of steps) {
+        fleet.step(op, w, flag, pick);
         fleet.check();
       }
       fleet.settle();

@@ -52,6 +52,8 @@ export interface AcquireCallsOptions extends LimiterContext {
   refused: (host: string) => void;
   /** Forgets a host that holds nothing and that Redis agrees on. */
   collect: (host: string) => void;
+  /** Syncs `host` now: it was due while its calls were in flight, and none is now. */
+  syncNow: (host: string) => void;
 }
 
 /** Sends acquires and releases in batches and takes in the answers. */
@@ -80,9 +82,25 @@ export class AcquireCalls {
     this.#batches.add(host, true);
   }
 
-  /** Sends what the ledger has to send for `host`: this turn when `urgent`, else within a few ms. */
-  send(host: string, urgent: boolean): void {
-    if (this.#o.ledger.hasWork(host)) this.#batches.add(host, urgent);
+  /**
+   * Sends what the ledger has to send for `host`: this turn when someone may
+   * wait for the slots it gives back, else within a few ms, with the next
+   * call of its slot if one goes sooner.
+   */
+  send(host: string): void {
+    if (this.#o.ledger.hasWork(host)) this.#batches.add(host, this.#urgent(host));
+  }
+
+  /**
+   * Whether what `host` has to send goes this turn: acquires, or slots given
+   * back that may be waited for (someone queues, or the fleet is at its limit).
+   */
+  #urgent(host: string): boolean {
+    const { ledger, queue, keys, fleet } = this.#o;
+    const s = ledger.get(host);
+    if (!s || s.asks > 0) return true;
+    return queue.waiting(host) > 0 || queue.waitsFor(host) || keys.groupOf.has(host) ||
+      (s.limit > 0 && (fleet.get(host) ?? 0) >= s.limit);
   }
 
   /** Runs this turn's flush (the fleet's queue changes) even when no acquire waits. */
@@ -115,7 +133,7 @@ export class AcquireCalls {
     if (this.#o.closed()) {
       const closed = new LimiterUnavailableError("Redis limiter is closed");
       for (const { host, sent, acquires } of batches) {
-        ledger.answered(host, sent, 0);
+        ledger.failed(host, sent);
         for (const acquire of acquires) acquire.reject(closed);
       }
       return;
@@ -129,7 +147,7 @@ export class AcquireCalls {
       (error) => {
         // Redis may have applied it anyway; the next sync sets the truth.
         for (const { host, sent, acquires } of batches) {
-          ledger.failed(host, sent);
+          if (ledger.failed(host, sent)) this.#o.syncNow(host);
           for (const acquire of acquires) this.#o.decide(host, acquire, error);
         }
       },
@@ -181,8 +199,9 @@ export class AcquireCalls {
    * answered.
    */
   #distrusted({ host, sent, acquires }: SentBatch, answer: AcquiredHost): void {
-    this.#o.ledger.distrusted(host, sent, answer.granted.filter(Boolean).length);
-    this.send(host, false);
+    if (this.#o.ledger.distrusted(host, sent, answer.granted.filter(Boolean).length)) {
+      this.#o.syncNow(host);
+    }
     const lost = new RedisConnectionLostError("Connection to Redis was lost while acquiring");
     for (const acquire of acquires) this.#o.decide(host, acquire, lost);
   }
@@ -190,9 +209,7 @@ export class AcquireCalls {
   #answeredHost({ host, sent, acquires }: SentBatch, answer: AcquiredHost, lost: number): void {
     const { ledger, queue } = this.#o;
     queue.note(host, answer.waiting);
-    if (ledger.answered(host, sent, answer.granted.filter(Boolean).length) > 0) {
-      this.send(host, false);
-    }
+    if (ledger.answered(host, sent, answer.granted.filter(Boolean).length)) this.#o.syncNow(host);
     this.#o.fleet.set(host, answer.total);
     const lostCounts = new RedisCountsLostError();
     let refused = false;

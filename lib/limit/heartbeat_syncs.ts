@@ -43,6 +43,8 @@ export interface HeartbeatSyncsOptions extends LimiterContext {
   touched: Set<string>;
   /** Forgets a host that holds nothing and that Redis agrees on. */
   collect: (host: string) => void;
+  /** Sends what `host` held back while it was synced. */
+  resume: (host: string) => void;
 }
 
 /** Prepares and sends the syncs of one heartbeat. */
@@ -62,6 +64,12 @@ export class HeartbeatSyncs {
       this.#dueBatches(),
       (e, hosts) => hosts.length === 0 ? this.#prepareLease(e) : this.#prepareSync(e, hosts),
     );
+  }
+
+  /** Syncs `host` alone, now: it was due while its calls were in flight. */
+  syncNow(host: string): void {
+    const e = this.#o.keys.epoch(host);
+    this.#o.sender.send([[e, [host]]], (e, hosts) => this.#prepareSync(e, hosts));
   }
 
   /** Forgets the leases known: after a restart they would report the same loss again. */
@@ -118,9 +126,12 @@ export class HeartbeatSyncs {
       const e = keys.epoch(host);
       let due = slots.get(e);
       if (!due) slots.set(e, due = []);
-      if (
-        s.dirty || ledger.syncCount(host) <= 0 || s.renewedAt <= overdue || !this.#leaseHeld(e, now)
-      ) due.push(host);
+      const needed = s.dirty || s.counted <= 0 || s.renewedAt <= overdue ||
+        !this.#leaseHeld(e, now);
+      // A host with calls in flight is synced once they are answered.
+      if (!ledger.canSync(host)) {
+        if (needed) ledger.wantSync(host);
+      } else if (needed) due.push(host);
       else rest.push([host, s.renewedAt, e]);
     }
     const share = Math.max(CHECK_HOSTS, Math.ceil(ledger.size / 3 / RENEW_LEASES));
@@ -160,7 +171,12 @@ export class HeartbeatSyncs {
    */
   #prepareSync(e: string, names: string[]): PreparedSync {
     const { ledger, keys, recovery, fleet } = this.#o;
-    const hosts = names.filter((host) => ledger.has(host));
+    const hosts = names.filter((host) => {
+      // Busy since it was found due: synced once its calls are answered.
+      if (ledger.canSync(host)) return true;
+      ledger.wantSync(host);
+      return false;
+    });
     const synced = hosts.map((host) => ledger.sync(host));
     for (const host of hosts) this.#o.touched.add(host);
     const now = Date.now();
@@ -187,14 +203,14 @@ export class HeartbeatSyncs {
         recovery.noteEpoch(e, reply.lost, reply.epoch, "", healed);
         if (reply.lost === 1) recovery.leaseLost(healed.has(keys.leases(e)));
         hosts.forEach((host, i) => {
-          ledger.synced(host, synced[i], now);
+          if (ledger.synced(host, synced[i], now)) this.#o.resume(host);
           fleet.set(host, reply.hosts[i].total);
           if (reply.hosts[i].lost) recovery.hostLost(host, healed);
           this.#o.collect(host);
         });
       },
       failed: () => {
-        for (const host of hosts) ledger.markDirty(host);
+        for (const host of hosts) if (ledger.syncFailed(host)) this.#o.resume(host);
       },
     };
   }

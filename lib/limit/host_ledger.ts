@@ -8,11 +8,12 @@
  * is never below the slots its requests hold (so no other worker is granted
  * one of them), and once nothing is in flight and a sync has landed, it is
  * exactly what the ledger counts (so no slot leaks). Acquires and releases
- * travel as deltas; a sync sets the field to an absolute count taken at the
- * moment the sync is written to the connection ({@linkcode HostLedger.sync}).
- * Every call of one host goes on one connection, in order: an acquire sent
- * before a sync is applied before it, which is why the sync counts unanswered
- * acquires as held and an answer that grants fewer gives the rest back.
+ * travel as deltas, which Redis may apply in any order (a Cluster redirects
+ * and retries calls); a sync sets the field to an absolute count, so a host
+ * is synced only while none of its calls is in flight, and its new calls wait
+ * for the sync's answer ({@linkcode HostLedger.canSync}). A host that is due
+ * for a sync while busy is marked: its new calls wait until those in flight
+ * are answered, then it is synced.
  *
  * @module
  */
@@ -37,8 +38,12 @@ export interface HostEntry {
   asks: number;
   /** Slots given back here (no longer in `counted`) and not yet sent to Redis. */
   releases: number;
-  /** Syncs written so far (tells an acquire's answer whether a sync counted it). */
-  syncs: number;
+  /** Acquire calls of the host in flight. */
+  calls: number;
+  /** A sync of the host is in flight: new calls wait for its answer. */
+  syncing: boolean;
+  /** A sync is due while calls are in flight: new calls wait, then it is synced. */
+  wantSync: boolean;
   /** Redis may disagree with `counted`: keep the host and sync it. */
   dirty: boolean;
   /** Bumped whenever `dirty` is set, so a sync only clears what it saw. */
@@ -57,8 +62,6 @@ export interface SentHost {
   floor: number;
   /** This worker's last write of the host is known to have landed. */
   trusted: boolean;
-  /** The host's syncs written before this call. */
-  syncs: number;
 }
 
 /** What a sync carries for a host: see {@linkcode HostLedger.sync}. */
@@ -122,7 +125,9 @@ export class HostLedger {
         pending: 0,
         asks: 0,
         releases: 0,
-        syncs: 0,
+        calls: 0,
+        syncing: false,
+        wantSync: false,
         dirty: false,
         dirtyGen: 0,
         renewedAt,
@@ -181,10 +186,28 @@ export class HostLedger {
     return true;
   }
 
-  /** Whether `host` has anything to send: acquires asked or slots given back. */
+  /**
+   * Whether `host` has anything to send now: acquires asked or slots given
+   * back, and no sync in flight or waiting for its calls to be answered.
+   */
   hasWork(host: string): boolean {
     const s = this.#hosts.get(host);
-    return s !== undefined && (s.asks > 0 || s.releases > 0);
+    return s !== undefined && (s.asks > 0 || s.releases > 0) && !s.syncing && !s.wantSync;
+  }
+
+  /** Whether `host` may be synced now: none of its calls is in flight. */
+  canSync(host: string): boolean {
+    const s = this.#hosts.get(host);
+    return s !== undefined && s.calls === 0 && !s.syncing;
+  }
+
+  /**
+   * Marks `host` as due for a sync while its calls are in flight: new calls
+   * wait, and {@linkcode answered} tells when it may be synced.
+   */
+  wantSync(host: string): void {
+    const s = this.#hosts.get(host);
+    if (s && !s.syncing) s.wantSync = true;
   }
 
   /**
@@ -193,55 +216,60 @@ export class HostLedger {
    */
   send(host: string): SentHost {
     const s = this.entry(host);
-    const sent = {
-      asks: s.asks,
-      releases: s.releases,
-      floor: s.counted,
-      trusted: !s.dirty,
-      syncs: s.syncs,
-    };
+    const sent = { asks: s.asks, releases: s.releases, floor: s.counted, trusted: !s.dirty };
     s.asks = 0;
     s.releases = 0;
+    s.calls++;
     return sent;
   }
 
   /**
    * Takes in Redis's answer to a call: `granted` of its acquires were
-   * granted. Returns how many slots Redis now counts for nothing (a sync
-   * written after the call counted every acquire as held): they are given
-   * back with the next call.
+   * granted. Returns whether the host may now be synced, as it waited to be.
    */
-  answered(host: string, sent: SentHost, granted: number): number {
-    const s = this.entry(host);
-    s.pending -= sent.asks;
+  answered(host: string, sent: SentHost, granted: number): boolean {
+    const s = this.#answer(host, sent);
     s.counted += granted;
-    const extra = s.syncs !== sent.syncs ? sent.asks - granted : 0;
-    s.releases += extra;
-    return extra;
+    return s.wantSync && s.calls === 0;
   }
 
   /**
    * Takes in an answer that cannot be trusted (sent before a lost
    * connection and replayed after it): nothing it granted is held, and what
-   * Redis may count of it is given back with the next call.
+   * Redis may count of it is given back with the next call (and set by the
+   * next sync, since a lost first run may have counted too). Returns
+   * whether the host may now be synced.
    */
-  distrusted(host: string, sent: SentHost, granted: number): void {
-    const s = this.entry(host);
-    s.pending -= sent.asks;
-    s.releases += s.syncs !== sent.syncs ? sent.asks : granted;
+  distrusted(host: string, sent: SentHost, granted: number): boolean {
+    const s = this.#answer(host, sent);
+    s.releases += granted;
+    this.markDirty(host);
+    return s.calls === 0;
   }
 
   /**
    * A call got no answer: Redis may have applied it or not, so nothing it
-   * asked is held and the next sync sets the truth.
+   * asked is held and the next sync sets the truth. Returns whether the
+   * host may now be synced.
    */
-  failed(host: string, sent: SentHost): void {
-    const s = this.entry(host);
-    s.pending -= sent.asks;
+  failed(host: string, sent: SentHost): boolean {
+    const s = this.#answer(host, sent);
     this.markDirty(host);
+    return s.calls === 0;
   }
 
-  /** What a sync of `host` written now carries; its queued releases are part of it. */
+  #answer(host: string, sent: SentHost): HostEntry {
+    const s = this.entry(host);
+    s.pending -= sent.asks;
+    s.calls--;
+    return s;
+  }
+
+  /**
+   * What a sync of `host` written now carries, the host's queued releases
+   * included; call only when {@linkcode canSync} holds. The host's new
+   * calls wait until {@linkcode synced} or {@linkcode syncFailed}.
+   */
   sync(host: string): SyncedHost {
     const s = this.entry(host);
     const synced = {
@@ -251,22 +279,36 @@ export class HostLedger {
       gen: s.dirtyGen,
     };
     s.releases = 0;
-    s.syncs++;
+    s.syncing = true;
+    s.wantSync = false;
     return synced;
   }
 
-  /** The count a sync of `host` written now would set: held, given back or not, and in flight. */
+  /** The count a sync of `host` would set: the slots held, kept or given back but not yet sent. */
   syncCount(host: string): number {
-    const s = this.#hosts.get(host);
-    return s ? s.counted + s.pending - s.asks : 0;
+    return this.#hosts.get(host)?.counted ?? 0;
   }
 
-  /** A sync of `host` landed: what it saw is in Redis (`now`: ms since epoch). */
-  synced(host: string, synced: SyncedHost, now: number): void {
+  /**
+   * A sync of `host` landed: what it saw is in Redis (`now`: ms since
+   * epoch). Returns whether the host has calls that waited for it.
+   */
+  synced(host: string, synced: SyncedHost, now: number): boolean {
     const s = this.#hosts.get(host);
-    if (!s) return;
+    if (!s) return false;
+    s.syncing = false;
     if (s.dirtyGen === synced.gen) s.dirty = false;
     s.renewedAt = now;
+    return this.hasWork(host);
+  }
+
+  /** A sync of `host` got no answer: the next one sets the truth. Returns whether calls waited for it. */
+  syncFailed(host: string): boolean {
+    const s = this.#hosts.get(host);
+    if (!s) return false;
+    s.syncing = false;
+    this.markDirty(host);
+    return this.hasWork(host);
   }
 
   /** Redis may disagree with what this worker counts for `host`: the next sync sets it. */
@@ -349,7 +391,7 @@ export class HostLedger {
     const s = this.#hosts.get(host);
     if (
       !s || s.counted !== 0 || s.uncounted !== 0 || s.pending !== 0 || s.releases !== 0 ||
-      s.dirty
+      s.calls !== 0 || s.syncing || s.dirty
     ) return false;
     this.#hosts.delete(host);
     return true;

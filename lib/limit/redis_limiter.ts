@@ -159,7 +159,13 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
     this.#counts = new FleetCounts(ctx);
     const sender = new SyncSender({ client, cluster, call: ctx.call });
     const collect = (host: string) => this.#collect(host);
-    this.#syncs = new HeartbeatSyncs({ ...ctx, sender, touched: this.#touched, collect });
+    this.#syncs = new HeartbeatSyncs({
+      ...ctx,
+      sender,
+      touched: this.#touched,
+      collect,
+      resume: (host) => this.#calls.send(host),
+    });
     this.#queue = new FleetQueue({
       ...ctx,
       canSend: () => !this.#closed && !this.#conn.failFast(),
@@ -173,8 +179,16 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
       decide: (host, acquire, cause) => this.#decide(host, acquire, cause),
       refused: (host) => this.#channels.publishPressure(host),
       collect,
+      syncNow: (host) => this.#syncs.syncNow(host),
     });
-    this.#kept = new KeptSlots({ ledger: this.#ledger, giveBack: (h, n) => this.#giveBack(h, n) });
+    this.#kept = new KeptSlots({
+      ...ctx,
+      queued: (host) => this.#queue.waitsFor(host),
+      gaveBack: (host) => {
+        this.#calls.send(host);
+        collect(host);
+      },
+    });
     this.#channels = new FleetChannels({
       client,
       cluster,
@@ -260,7 +274,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
       return this.#fallback(host, limit, new RedisCountsLostError(), groupLimit);
     }
     this.#ledger.entry(host).limit = limit;
-    if (ticket === undefined && this.#kept.take(host, this.#mayKeep(host, 0))) return true;
+    if (ticket === undefined && this.#kept.take(host)) return true;
     this.#kept.giveBackAll(host);
     this.#touched.add(host);
     this.#ledger.ask(host, limit);
@@ -278,11 +292,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
       if (s && s.counted - s.kept.length > 0) s.counted--;
       return;
     }
-    const failFast = this.#conn.failFast();
-    const keep = !failFast && this.#mayKeep(host, 1);
-    const released = this.#ledger.release(host, { keep, failFast, now: performance.now() });
-    if (released === "kept") this.#kept.watch(host);
-    else if (released === "queued") this.#calls.send(host, this.#contended(host));
+    if (this.#kept.release(host) === "queued") this.#calls.send(host);
     this.#collect(host);
   }
 
@@ -293,32 +303,6 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
     } catch (error) {
       acquire.reject(error);
     }
-  }
-
-  /** Whether a slot of `host` given back may be waited for: someone queues, or the fleet is at its limit. */
-  #contended(host: string): boolean {
-    const limit = this.#ledger.get(host)?.limit ?? 0;
-    return this.#queue.waiting(host) > 0 || this.#queue.waitsFor(host) ||
-      this.#keys.groupOf.has(host) || (limit > 0 && (this.#fleet.get(host) ?? 0) >= limit);
-  }
-
-  /**
-   * Whether a slot of `host` may stay with this worker: no group, no request
-   * of this worker in its queue, and the fleet (as last answered, kept slots
-   * included) holds at most its limit less `room`.
-   */
-  #mayKeep(host: string, room: number): boolean {
-    if (this.#keys.groupOf.has(host) || this.#queue.waitsFor(host)) return false;
-    const limit = this.#ledger.get(host)?.limit ?? 0;
-    return limit <= 0 || (this.#fleet.get(host) ?? Infinity) <= limit - room;
-  }
-
-  /** Gives back `n` kept slots of `host` in Redis (or by the next sync while it is down). */
-  #giveBack(host: string, n: number): void {
-    if (this.#closed) return;
-    const back = this.#ledger.giveBackKept(host, n, this.#conn.failFast());
-    if (back > 0) this.#calls.send(host, this.#contended(host));
-    this.#collect(host);
   }
 
   /**
