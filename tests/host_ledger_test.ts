@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+// deno-lint-ignore no-import-prefix -- test-only packages stay out of deno.json, see tests/deno.lock
 import fc from "npm:fast-check@4.11.0";
 import { HostLedger, type SentHost, type SyncedHost } from "../lib/limit/host_ledger.ts";
 

@@ -493,12 +493,13 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
   /** Starts the heartbeat and the subscriptions, once. */
   #start(): void {
     if (this.#closed) return;
+    if (this.#heartbeat === null) {
+      const timer = setInterval(() => this.#beat(), Math.max(1, Math.floor(this.#lease / 3)));
+      Deno.unrefTimer(timer);
+      this.#heartbeat = timer;
+      this.#register();
+    }
     this.#channels.subscribe(this.#queue.waited());
-    if (this.#heartbeat !== null) return;
-    const timer = setInterval(() => this.#beat(), Math.max(1, Math.floor(this.#lease / 3)));
-    Deno.unrefTimer(timer);
-    this.#heartbeat = timer;
-    this.#register();
   }
 
   #ready(reconnect: boolean): void {
