@@ -120,7 +120,7 @@ export class AcquireCalls {
   }
 
   /** Sends one acquire call for `hosts` of the slot of epoch key `slot`, written now. */
-  #send(slot: string, hosts: string[]): void {
+  #send(slot: string, hosts: string[]): Promise<void> | undefined {
     const { ledger } = this.#o;
     const batches: SentBatch[] = [];
     for (const host of hosts) {
@@ -129,20 +129,20 @@ export class AcquireCalls {
       this.#asked.delete(host);
       batches.push({ host, sent: ledger.send(host), acquires });
     }
-    if (batches.length === 0) return;
+    if (batches.length === 0) return undefined;
     if (this.#o.closed()) {
       const closed = new LimiterUnavailableError("Redis limiter is closed");
       for (const { host, sent, acquires } of batches) {
         ledger.failed(host, sent);
         for (const acquire of acquires) acquire.reject(closed);
       }
-      return;
+      return undefined;
     }
     const epoch = this.#o.conn.epoch;
     const input = this.#input(slot, batches);
     const tickets = batches.flatMap((b) => b.acquires.filter((a) => a.ticket).map((a) => a.ticket));
     const call = this.#o.call(() => runScript(this.#o.client, ACQUIRE, input));
-    this.#o.queue.asking(tickets, call).then(
+    return this.#o.queue.asking(tickets, call).then(
       (reply) => this.#answered(slot, batches, reply, epoch),
       (error) => {
         // Redis may have applied it anyway; the next sync sets the truth.
@@ -207,11 +207,16 @@ export class AcquireCalls {
   }
 
   #answeredHost({ host, sent, acquires }: SentBatch, answer: AcquiredHost, lost: number): void {
-    const { ledger, queue } = this.#o;
-    queue.note(host, answer.waiting);
+    const { ledger, queue, fleet } = this.#o;
     if (ledger.answered(host, sent, answer.granted.filter(Boolean).length)) this.#o.syncNow(host);
-    this.#o.fleet.set(host, answer.total);
-    const lostCounts = new RedisCountsLostError();
+    if (answer.total >= 0) {
+      queue.note(host, answer.waiting);
+      fleet.set(host, answer.total);
+    } else {
+      // Slots given back only: Redis took no sum.
+      const known = fleet.get(host);
+      if (known !== undefined) fleet.set(host, Math.max(0, known - sent.releases));
+    }
     let refused = false;
     acquires.forEach((acquire, i) => {
       if (answer.granted[i]) {
@@ -219,7 +224,7 @@ export class AcquireCalls {
         acquire.resolve(true);
       } else if (lost > 0) {
         // The sum may be partial: decide as if Redis had not answered.
-        this.#o.decide(host, acquire, lostCounts);
+        this.#o.decide(host, acquire, new RedisCountsLostError());
       } else {
         refused = true;
         acquire.resolve(false);

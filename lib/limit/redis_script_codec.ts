@@ -132,11 +132,11 @@ export interface AcquireInput {
 
 /** What {@linkcode ACQUIRE} answers of one host. */
 export interface AcquiredHost {
-  /** The fleet's count of the host. */
+  /** The fleet's count of the host; -1 when the host only gave slots back (no sum taken). */
   total: number;
   /** Whether keys were lost: the slot's (1) or the host's (2). */
   lost: Lost;
-  /** The tickets in the host's line. */
+  /** The tickets in the host's line; -1 when the host only gave slots back. */
   waiting: number;
   /** Per ask, whether it was granted. */
   granted: boolean[];

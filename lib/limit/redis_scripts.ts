@@ -129,18 +129,21 @@ end
 
 /**
  * Lua functions that write a host's keys. Need locals `now` and `lease`.
+ * The caller renews the worker's lease of the slot (and the lease set's
+ * expiry) once per call, not once per host.
  *
- * - `renew_keys(n, L, e, host, ttl)`: renews the keys' expiry and the host's
+ * - `renew_keys(n, e, host, ttl)`: renews the keys' expiry and the host's
  *   mark in the epoch hash. A member of a group (keys
  *   `<prefix>:{g:<group>}:h:<host>:n`) is also listed in the group's member
  *   set, `<prefix>:{g:<group>}:members`, whose expiry every member's renewal
  *   renews.
- * - `write(n, L, e, host, worker, value, ttl)`: sets `worker`'s field to
- *   `value`, renews its lease and the keys (`renew_keys`); a value of 0
- *   deletes its field.
+ * - `write(n, e, host, worker, value, ttl)`: sets `worker`'s field to
+ *   `value` and renews the keys (`renew_keys`); a value of 0 deletes its
+ *   field. Returns whether the worker holds a count there (its lease must
+ *   then be renewed).
  */
 const WRITE = `
-local function renew_keys(n, L, e, host, ttl)
+local function renew_keys(n, e, host, ttl)
   local member = string.match(n, '^(.-{g:[^}]*}:h:.*):n$')
   if member then
     local members = string.match(member, '^(.-{g:[^}]*}):h:') .. ':members'
@@ -148,18 +151,17 @@ local function renew_keys(n, L, e, host, ttl)
     redis.call('PEXPIRE', members, ttl)
   end
   redis.call('PEXPIRE', n, ttl)
-  redis.call('PEXPIRE', L, ttl)
   redis.call('HSET', e, host, now + ttl - 1000)
 end
-local function write(n, L, e, host, worker, value, ttl)
+local function write(n, e, host, worker, value, ttl)
   if value <= 0 then
     -- The lease stays: it is the slot's, and outlives the worker's last field.
     redis.call('HDEL', n, worker)
-    return
+    return false
   end
   redis.call('HSET', n, worker, value)
-  redis.call('ZADD', L, now + lease, worker)
-  renew_keys(n, L, e, host, ttl)
+  renew_keys(n, e, host, ttl)
+  return true
 end
 `;
 
@@ -281,6 +283,7 @@ own(L, 'zset')
 own(e, 'hash')
 local epoch, slot_lost = check_epoch(e, ARGV[4], ARGV[5])
 local out = {epoch, slot_lost}
+local leased = false
 local a = 6
 for k = 3, #KEYS, 4 do
   local n, members, q, qw = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
@@ -292,67 +295,87 @@ for k = 3, #KEYS, 4 do
   local asks = tonumber(ARGV[a + 5])
   a = a + 6
   own(n, 'hash')
-  if glimit >= 0 then own(members, 'set') end
   own(q, 'zset')
-  own(qw, 'zset')
-  local lost = slot_lost
-  if lost == 0 and keys_lost(e, host, n, L) then lost = 2 end
-  local sum, mine = live(n, L, worker, true)
-  local changed = false
-  if releases > 0 then
-    local r = math.min(releases, mine)
-    mine = mine - r
-    sum = sum - r
-    changed = true
-  end
-  if mine < floor then
-    if lost == 0 and trusted then lost = 2 end
-    sum = sum + floor - mine
-    mine = floor
-    changed = true
-  end
-  local gsum = 0
-  if glimit > 0 then
-    local self = string.sub(n, 1, -3)
-    local list = redis.call('SMEMBERS', members)
-    for i = 1, #list do
-      local m = list[i]
-      if m ~= self then
-        own(m .. ':n', 'hash')
-        if redis.call('EXISTS', m .. ':n') == 0 then
-          redis.call('SREM', members, m)
-        else
-          gsum = gsum + live(m .. ':n', L, '', false)
+  if asks == 0 then
+    -- Slots given back only: no sum to take, no line to prune.
+    local mine = math.max(tonumber(redis.call('HGET', n, worker) or '0') - releases, 0)
+    local lost = slot_lost
+    if mine < floor then
+      if lost == 0 and trusted then lost = 2 end
+      mine = floor
+    end
+    leased = write(n, e, host, worker, mine, ttl) or leased
+    if mine <= 0 then unmark_if_gone(e, host, n) end
+    if releases > 0 then wake(q, host) end
+    out[#out + 1] = -1
+    out[#out + 1] = lost
+    out[#out + 1] = -1
+  else
+    if glimit >= 0 then own(members, 'set') end
+    own(qw, 'zset')
+    local lost = slot_lost
+    if lost == 0 and keys_lost(e, host, n, L) then lost = 2 end
+    local sum, mine = live(n, L, worker, true)
+    local changed = false
+    if releases > 0 then
+      local r = math.min(releases, mine)
+      mine = mine - r
+      sum = sum - r
+      changed = true
+    end
+    if mine < floor then
+      if lost == 0 and trusted then lost = 2 end
+      sum = sum + floor - mine
+      mine = floor
+      changed = true
+    end
+    local gsum = 0
+    if glimit > 0 then
+      local self = string.sub(n, 1, -3)
+      local list = redis.call('SMEMBERS', members)
+      for i = 1, #list do
+        local m = list[i]
+        if m ~= self then
+          own(m .. ':n', 'hash')
+          if redis.call('EXISTS', m .. ':n') == 0 then
+            redis.call('SREM', members, m)
+          else
+            gsum = gsum + live(m .. ':n', L, '', false)
+          end
         end
       end
+      gsum = gsum + sum
     end
-    gsum = gsum + sum
-  end
-  local queued = prune_line(q, qw)
-  if releases > 0 and queued then redis.call('PUBLISH', q, host) end
-  local grants = {}
-  for i = a, a + asks - 1 do
-    local limit, ticket = string.match(ARGV[i], '^(%S+) ?(.*)$')
-    limit = tonumber(limit)
-    if lost == 0 and (limit <= 0 or (sum < limit and line_lets(q, queued, sum, limit, ticket))) and
-        (glimit <= 0 or gsum < glimit) then
-      sum = sum + 1
-      gsum = gsum + 1
-      mine = mine + 1
-      changed = true
-      if ticket ~= '' then redis.call('ZREM', q, ticket) end
-      grants[#grants + 1] = 1
-    else
-      grants[#grants + 1] = 0
+    local queued = prune_line(q, qw)
+    if releases > 0 and queued then redis.call('PUBLISH', q, host) end
+    local grants = {}
+    for i = a, a + asks - 1 do
+      local limit, ticket = string.match(ARGV[i], '^(%S+) ?(.*)$')
+      limit = tonumber(limit)
+      if lost == 0 and (limit <= 0 or (sum < limit and line_lets(q, queued, sum, limit, ticket))) and
+          (glimit <= 0 or gsum < glimit) then
+        sum = sum + 1
+        gsum = gsum + 1
+        mine = mine + 1
+        changed = true
+        if ticket ~= '' then redis.call('ZREM', q, ticket) end
+        grants[#grants + 1] = 1
+      else
+        grants[#grants + 1] = 0
+      end
     end
+    a = a + asks
+    out[#out + 1] = sum
+    out[#out + 1] = lost
+    out[#out + 1] = queued and redis.call('ZCARD', q) or 0
+    for i = 1, #grants do out[#out + 1] = grants[i] end
+    if changed then leased = write(n, e, host, worker, mine, ttl) or leased end
+    if mine <= 0 then unmark_if_gone(e, host, n) end
   end
-  a = a + asks
-  out[#out + 1] = sum
-  out[#out + 1] = lost
-  out[#out + 1] = queued and redis.call('ZCARD', q) or 0
-  for i = 1, #grants do out[#out + 1] = grants[i] end
-  if changed then write(n, L, e, host, worker, mine, ttl) end
-  if mine <= 0 then unmark_if_gone(e, host, n) end
+end
+if leased then
+  redis.call('ZADD', L, now + lease, worker)
+  redis.call('PEXPIRE', L, ttl)
 end
 return with_healed(out)
 `;
@@ -402,13 +425,13 @@ for h = 0, #KEYS - 3 do
   local fields = trusted and count > 0 and redis.call('HGETALL', n) or {}
   if #fields == 2 and fields[1] == worker and tonumber(fields[2]) == count then
     -- Only this worker's count, as it knows it: renew the keys, nothing else.
-    renew_keys(n, L, e, host, ttl)
+    renew_keys(n, e, host, ttl)
     out[o + 1] = count
   else
     if keys_lost(e, host, n, L) then hostLost = 2 end
     local sum, mine = live(n, L, worker, true)
     if trusted and mine < floor then hostLost = 2 end
-    write(n, L, e, host, worker, count, ttl)
+    write(n, e, host, worker, count, ttl)
     unmark_if_gone(e, host, n)
     out[o + 1] = sum - mine + math.max(count, 0)
   end

@@ -22,8 +22,8 @@ export const CALL_HOSTS = 256;
 export interface SlotBatchesOptions {
   /** The epoch key of the slot of `host`'s keys. */
   slotOf: (host: string) => string;
-  /** Sends one call for hosts of one slot (at most {@linkcode CALL_HOSTS}). */
-  send: (slot: string, hosts: string[]) => void;
+  /** Sends one call for hosts of one slot (at most {@linkcode CALL_HOSTS}); settles when answered. */
+  send: (slot: string, hosts: string[]) => Promise<void> | undefined;
   /** Called before the turn's calls are sent. */
   beforeFlush?: () => void;
 }
@@ -36,6 +36,8 @@ export class SlotBatches {
   #now = new Set<string>();
   #turnQueued = false;
   #timer: ReturnType<typeof setTimeout> | null = null;
+  /** Slots with a call in flight: what comes meanwhile goes with the next one, once it is answered. */
+  #inFlight = new Set<string>();
 
   /** Creates the batches. */
   constructor(options: SlotBatchesOptions) {
@@ -110,11 +112,25 @@ export class SlotBatches {
   #flushSlot(slot: string): void {
     const hosts = this.#slots.get(slot);
     if (!hosts) return;
+    if (this.#inFlight.has(slot)) {
+      // Sent when the call in flight is answered.
+      this.#now.add(slot);
+      return;
+    }
     this.#slots.delete(slot);
     this.#now.delete(slot);
     const list = [...hosts];
+    const calls: Promise<void>[] = [];
     for (let i = 0; i < list.length; i += CALL_HOSTS) {
-      this.#o.send(slot, list.slice(i, i + CALL_HOSTS));
+      const call = this.#o.send(slot, list.slice(i, i + CALL_HOSTS));
+      if (call) calls.push(call);
+    }
+    if (calls.length > 0) {
+      this.#inFlight.add(slot);
+      Promise.allSettled(calls).then(() => {
+        this.#inFlight.delete(slot);
+        if (this.#now.has(slot)) this.#flushSlot(slot);
+      });
     }
     if (this.#slots.size === 0 && this.#timer !== null) {
       clearTimeout(this.#timer);
