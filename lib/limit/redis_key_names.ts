@@ -31,6 +31,21 @@ export class RedisKeyNames {
     this.#cluster = cluster;
   }
 
+  /**
+   * Puts `host` in `group` (or in none) when it holds nothing (`free`): its
+   * keys change only then. Returns the group's limit to send with an acquire:
+   * -1 when the host is in no group, 0 when `group` is not the host's.
+   */
+  join(host: string, group: { name: string; limit: number } | undefined, free: boolean): number {
+    if (free) {
+      if (group) this.groupOf.set(host, group.name);
+      else this.groupOf.delete(host);
+    }
+    const name = this.groupOf.get(host);
+    if (name === undefined) return -1;
+    return group?.name === name ? Math.max(0, group.limit) : 0;
+  }
+
   /** The key of `kind` of `host`. */
   key(host: string, kind: HostKeyKind): string {
     const group = this.groupOf.get(host);

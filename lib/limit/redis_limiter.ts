@@ -11,23 +11,22 @@ import type { FailureMode, RedisConfig, RedisNode } from "./redis_config.ts";
 export type { FailureMode } from "./redis_config.ts";
 import { getLogger, type Logger } from "@logtape/logtape";
 import { type AcquireOptions, type Limiter, LimiterUnavailableError } from "./limiter.ts";
-import { defineScripts } from "./redis_script_codec.ts";
 import { RedisConnectionLostError, RedisCountsLostError } from "./redis_errors.ts";
 import { RedisKeyNames } from "./redis_key_names.ts";
-import { clientNodes, warnIfEvicting } from "./redis_client.ts";
-import { type WorkerInfo, WorkerRegistry } from "./worker_registry.ts";
-import type { LimiterContext } from "./limiter_context.ts";
+import { clientNodes } from "./redis_client.ts";
+import type { WorkerInfo, WorkerRegistry } from "./worker_registry.ts";
 import type { Fleet } from "./fleet.ts";
-import { FleetQueue } from "./fleet_queue.ts";
-import { LossRecovery } from "./loss_recovery.ts";
-import { SyncSender } from "./sync_pipeline.ts";
+import type { FleetQueue } from "./fleet_queue.ts";
+import type { LossRecovery } from "./loss_recovery.ts";
 import { HostLedger } from "./host_ledger.ts";
 import { RedisConnection } from "./redis_connection.ts";
-import { HeartbeatSyncs, TTL_LEASES } from "./heartbeat_syncs.ts";
-import { FleetChannels } from "./fleet_channels.ts";
-import { AcquireCalls, type PendingAcquire } from "./acquire_calls.ts";
-import { KeptSlots } from "./kept_slots.ts";
-import { FleetCounts } from "./fleet_counts.ts";
+import type { Heartbeat } from "./heartbeat.ts";
+import type { FleetChannels } from "./fleet_channels.ts";
+import type { AcquireCalls } from "./acquire_calls.ts";
+import type { FailureFallback } from "./failure_fallback.ts";
+import type { KeptSlots } from "./kept_slots.ts";
+import type { FleetCounts } from "./fleet_counts.ts";
+import { assembleParts } from "./limiter_parts.ts";
 export type { WorkerInfo } from "./worker_registry.ts";
 export { KEEP_MS } from "./kept_slots.ts";
 
@@ -96,14 +95,14 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
   #worker: string;
   #ledger = new HostLedger();
   #calls: AcquireCalls;
+  #fallback: FailureFallback;
   #queue: FleetQueue;
   /** Hosts whose field in Redis this worker may hold: {@linkcode close} deletes them. */
   #touched = new Set<string>();
   #kept: KeptSlots;
-  #heartbeat: ReturnType<typeof setInterval> | null = null;
+  #heartbeat: Heartbeat;
   #channels: FleetChannels;
   #closed = false;
-  #syncs: HeartbeatSyncs;
   #recovery: LossRecovery;
   #closing: Promise<void> | null = null;
   #registry: WorkerRegistry;
@@ -125,84 +124,35 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
       timeout: checkMs("Timeout", options.timeout ?? 1_000),
       mode: this.#mode,
       logger: this.#logger,
-      onReady: (reconnect) => this.#ready(reconnect),
-      onUp: () => this.#beat(),
+      onReady: (reconnect) => this.#heartbeat.ready(reconnect),
+      onUp: () => this.#heartbeat.beat(),
     });
-    const { client, cluster } = this.#conn;
-    this.#keys = new RedisKeyNames(options.prefix ?? "dprl", cluster);
-    this.#recovery = new LossRecovery({
+    this.#keys = new RedisKeyNames(options.prefix ?? "dprl", this.#conn.cluster);
+    const p = assembleParts({
+      conn: this.#conn,
       keys: this.#keys,
       worker: this.#worker,
       lease: this.#lease,
       mode: this.#mode,
       logger: this.#logger,
-      closed: () => this.#closed,
-      publish: (channel, message) => void client.publish(channel, message).catch(() => {}),
-      reassert: () => {
-        for (const host of this.#ledger.hosts()) this.#ledger.markDirty(host);
-        this.#beat();
-      },
-    });
-    const ctx: LimiterContext = {
-      client,
-      keys: this.#keys,
-      worker: this.#worker,
-      lease: this.#lease,
-      ttl: this.#lease * TTL_LEASES,
-      call: (op) => this.#conn.call(op, (ms) => this.onCall?.(ms)),
-      conn: this.#conn,
       ledger: this.#ledger,
-      recovery: this.#recovery,
       fleet: this.#fleet,
-      closed: () => this.#closed,
-    };
-    this.#counts = new FleetCounts(ctx);
-    const sender = new SyncSender({ client, cluster, call: ctx.call });
-    const collect = (host: string) => this.#collect(host);
-    this.#syncs = new HeartbeatSyncs({
-      ...ctx,
-      sender,
       touched: this.#touched,
-      collect,
-      resume: (host) => this.#calls.send(host),
-    });
-    this.#queue = new FleetQueue({
-      ...ctx,
-      canSend: () => !this.#closed && !this.#conn.failFast(),
-      schedule: () => this.#calls.turn(),
-      watch: (host, on) => this.#channels.watch(host, on),
-      healed: (keys) => this.#recovery.healed(keys),
-    });
-    this.#calls = new AcquireCalls({
-      ...ctx,
-      queue: this.#queue,
-      decide: (host, acquire, cause) => this.#decide(host, acquire, cause),
-      refused: (host) => this.#channels.publishPressure(host),
-      collect,
-      syncNow: (host) => this.#syncs.syncNow(host),
-    });
-    this.#kept = new KeptSlots({
-      ...ctx,
-      queued: (host) => this.#queue.waitsFor(host),
-      gaveBack: (host) => {
-        this.#calls.send(host);
-        collect(host);
-      },
-    });
-    this.#channels = new FleetChannels({
-      client,
-      cluster,
-      keys: this.#keys,
-      onPressure: (host) => {
-        this.#kept.giveBackAll(host);
-        this.onPressure?.(host);
-      },
-      onLost: (message) => this.#recovery.notice(message),
+      closed: () => this.#closed,
+      onCall: (ms) => this.onCall?.(ms),
+      onPressure: (host) => this.onPressure?.(host),
       onWake: (host) => this.onWake?.(host),
-      waitsFor: (host) => this.#queue.waitsFor(host),
+      collect: (host) => this.#collect(host),
     });
-    this.#registry = new WorkerRegistry(ctx);
-    defineScripts(client, cluster);
+    this.#recovery = p.ctx.recovery;
+    this.#counts = p.counts;
+    this.#registry = p.registry;
+    this.#fallback = p.fallback;
+    this.#queue = p.queue;
+    this.#calls = p.calls;
+    this.#kept = p.kept;
+    this.#channels = p.channels;
+    this.#heartbeat = p.heartbeat;
   }
 
   /** Called with a host when a worker of the fleet was refused a slot of it. */
@@ -257,21 +207,11 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
   async acquire(host: string, limit: number, options: AcquireOptions = {}): Promise<boolean> {
     const { group, ticket } = options;
     if (this.#closed) throw new LimiterUnavailableError("Redis limiter is closed");
-    if (!this.#ledger.has(host)) {
-      // The group (and so the keys) change only while the host holds nothing.
-      if (group) this.#keys.groupOf.set(host, group.name);
-      else this.#keys.groupOf.delete(host);
-    }
-    const groupName = this.#keys.groupOf.get(host);
-    const groupLimit = groupName === undefined
-      ? -1
-      : group?.name === groupName
-      ? Math.max(0, group.limit)
-      : 0;
+    const groupLimit = this.#keys.join(host, group, !this.#ledger.has(host));
     this.#start();
-    if (this.#conn.failFast()) return this.#fallback(host, limit, null, groupLimit);
+    if (this.#conn.failFast()) return this.#fallback.admit(host, limit, null, groupLimit);
     if (this.#recovery.recovering(host)) {
-      return this.#fallback(host, limit, new RedisCountsLostError(), groupLimit);
+      return this.#fallback.admit(host, limit, new RedisCountsLostError(), groupLimit);
     }
     this.#ledger.entry(host).limit = limit;
     if (ticket === undefined && this.#kept.take(host)) return true;
@@ -294,15 +234,6 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
     }
     if (this.#kept.release(host) === "queued") this.#calls.send(host);
     this.#collect(host);
-  }
-
-  /** Decides `acquire` by the failure mode, Redis having failed with `cause`. */
-  #decide(host: string, acquire: PendingAcquire, cause: unknown): void {
-    try {
-      acquire.resolve(this.#fallback(host, acquire.limit, cause, acquire.groupLimit));
-    } catch (error) {
-      acquire.reject(error);
-    }
   }
 
   /**
@@ -369,8 +300,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
 
   async #close(): Promise<void> {
     this.#closed = true;
-    if (this.#heartbeat !== null) clearInterval(this.#heartbeat);
-    this.#heartbeat = null;
+    this.#heartbeat.stop();
     this.#kept.close();
     this.#calls.close();
     this.#channels.close();
@@ -383,7 +313,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
     if (client.status === "ready") {
       const bounded = <T>(call: Promise<T>) => this.#conn.bounded(call);
       await Promise.allSettled([
-        ...this.#syncs.leave(hosts).map(bounded),
+        ...this.#heartbeat.leave(hosts).map(bounded),
         ...queues.map((leave) => bounded(leave())),
         ...this.#registry.unregister().map(bounded),
       ]);
@@ -421,52 +351,6 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
     return hosts.size;
   }
 
-  #fallback(host: string, limit: number, cause: unknown, groupLimit = -1): boolean {
-    if (this.#mode === "open") {
-      this.#ledger.admitUncounted(host);
-      return true;
-    }
-    if (this.#mode === "local") {
-      const group = this.#keys.groupOf.get(host);
-      const inGroup = (h: string) => this.#keys.groupOf.get(h) === group;
-      const admitted = (groupLimit <= 0 || this.#ledger.localCount(inGroup) < groupLimit) &&
-        this.#ledger.admitLocal(host, limit);
-      if (!admitted) this.#collect(host);
-      return admitted;
-    }
-    this.#collect(host);
-    throw new LimiterUnavailableError(
-      "Redis is unavailable, so the connection limit cannot be checked",
-      cause === null ? undefined : { cause },
-    );
-  }
-
-  /**
-   * Syncs every host this worker holds or may disagree with Redis on,
-   * refreshes the fleet counts of the other hosts it knows of (forgetting
-   * those at 0) and renews this worker's entry in the registry.
-   */
-  #beat(): void {
-    if (this.#closed || this.#conn.failFast()) return;
-    this.#channels.tidy();
-    this.#syncs.send();
-    this.#queue.renew();
-    for (const host of this.#keys.groupOf.keys()) {
-      if (
-        !this.#ledger.has(host) && !this.#fleet.has(host) &&
-        !this.#queue.waitsFor(host)
-      ) this.#keys.groupOf.delete(host);
-    }
-    this.#counts.refresh((host) => this.#ledger.has(host));
-    this.#register();
-  }
-
-  /** Renews this worker's entry in the worker registry, with its open connections. */
-  #register(): void {
-    if (this.#closed || this.#conn.failFast()) return;
-    this.#registry.register(this.#ledger.heldTotal());
-  }
-
   /**
    * Sets what this worker tells the fleet about itself (host name, pid,
    * version, admin URL) and registers it at once; the heartbeat renews the
@@ -475,8 +359,8 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
   setWorkerInfo(info: Partial<Omit<WorkerInfo, "id" | "connections">>): void {
     this.#registry.setInfo(info);
     if (this.#closed) return;
-    if (this.#heartbeat === null) this.#start();
-    else this.#register();
+    if (!this.#heartbeat.started) this.#start();
+    else this.#heartbeat.register();
   }
 
   /** Every live worker of the fleet (its lease not passed), with its open connections as of its last heartbeat; rejects when Redis cannot answer. */
@@ -493,31 +377,8 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
   /** Starts the heartbeat and the subscriptions, once. */
   #start(): void {
     if (this.#closed) return;
-    if (this.#heartbeat === null) {
-      const timer = setInterval(() => this.#beat(), Math.max(1, Math.floor(this.#lease / 3)));
-      Deno.unrefTimer(timer);
-      this.#heartbeat = timer;
-      this.#register();
-    }
+    this.#heartbeat.start();
     this.#channels.subscribe(this.#queue.waited());
-  }
-
-  #ready(reconnect: boolean): void {
-    if (this.#closed) return;
-    const { client, cluster } = this.#conn;
-    if (!reconnect) {
-      const masters = cluster ? (client as Cluster).nodes("master") : [client];
-      warnIfEvicting(masters, (call) => this.#conn.bounded(call), this.#logger);
-    }
-    if (!cluster) {
-      const info = () => this.#conn.bounded((client as Redis).info("server"));
-      this.#recovery.checkRestart(info).then((restarted) => {
-        // Leases known from before a restart would report the same loss again.
-        if (restarted) this.#syncs.forgetLeases();
-      });
-    }
-    // markUp() syncs when it ends an outage; a quiet reconnect syncs here.
-    if (!this.#conn.markUp() && reconnect) this.#beat();
   }
 }
 

@@ -1,12 +1,21 @@
 /**
- * {@linkcode HeartbeatSyncs}: what a heartbeat of the Redis limiter sends,
- * every third of a lease: this worker's lease of every slot where it holds a
- * host, and the syncs of the hosts that need one (changed behind Redis's
- * back, holding nothing, due to renew their keys' expiry, or checked in
- * turn).
+ * {@linkcode Heartbeat}: what the Redis limiter does every third of a lease,
+ * and at once after a reconnect: renews this worker's lease of every slot
+ * where it holds a host, syncs the hosts that need it (changed behind
+ * Redis's back, holding nothing, due to renew their keys' expiry, or checked
+ * in turn), renews its tickets in the fleet's queues and its entry in the
+ * worker registry, and refreshes the fleet's counts of the hosts it knows.
  *
  * @module
  */
+
+import type { Cluster, Redis } from "ioredis";
+import type { Logger } from "@logtape/logtape";
+import type { FleetQueue } from "./fleet_queue.ts";
+import type { FleetChannels } from "./fleet_channels.ts";
+import type { FleetCounts } from "./fleet_counts.ts";
+import type { WorkerRegistry } from "./worker_registry.ts";
+import { warnIfEvicting } from "./redis_client.ts";
 
 import type { LimiterContext } from "./limiter_context.ts";
 import {
@@ -35,8 +44,8 @@ const RENEW_LEASES = 6;
 /** The fewest held hosts a heartbeat syncs in full: with up to this many, every heartbeat checks every count. */
 const CHECK_HOSTS = 256;
 
-/** Options of {@linkcode HeartbeatSyncs}. */
-export interface HeartbeatSyncsOptions extends LimiterContext {
+/** Options of {@linkcode Heartbeat}. */
+export interface HeartbeatOptions extends LimiterContext {
   /** Sends the prepared syncs in pipelines. */
   sender: SyncSender;
   /** Hosts whose field this worker may hold (a sync adds its hosts). */
@@ -45,21 +54,99 @@ export interface HeartbeatSyncsOptions extends LimiterContext {
   collect: (host: string) => void;
   /** Sends what `host` held back while it was synced. */
   resume: (host: string) => void;
+  /** The fleet's queues (renewed each beat). */
+  queue: FleetQueue;
+  /** The fleet's channels (pressure tidied each beat). */
+  channels: FleetChannels;
+  /** The fleet's counts (refreshed each beat). */
+  counts: FleetCounts;
+  /** The worker registry (renewed each beat). */
+  registry: WorkerRegistry;
+  /** Where an evicting Redis is warned of. */
+  logger: Logger;
 }
 
-/** Prepares and sends the syncs of one heartbeat. */
-export class HeartbeatSyncs {
-  #o: HeartbeatSyncsOptions;
+/** The Redis limiter's heartbeat. */
+export class Heartbeat {
+  #o: HeartbeatOptions;
+  #timer: ReturnType<typeof setInterval> | null = null;
   /** When (ms since epoch) the last answered sync renewing this worker's lease of a slot was sent, by epoch key. */
   #leasedAt = new Map<string, number>();
 
-  /** Creates the heartbeat's syncs. */
-  constructor(options: HeartbeatSyncsOptions) {
+  /** Creates the heartbeat; it beats from {@linkcode start}. */
+  constructor(options: HeartbeatOptions) {
     this.#o = options;
   }
 
+  /** Whether the heartbeat runs. */
+  get started(): boolean {
+    return this.#timer !== null;
+  }
+
+  /** Starts beating every third of a lease, and registers this worker at once. */
+  start(): void {
+    if (this.#timer !== null || this.#o.closed()) return;
+    this.#timer = setInterval(() => this.beat(), Math.max(1, Math.floor(this.#o.lease / 3)));
+    Deno.unrefTimer(this.#timer);
+    this.register();
+  }
+
+  /** Stops beating. */
+  stop(): void {
+    if (this.#timer !== null) clearInterval(this.#timer);
+    this.#timer = null;
+  }
+
+  /**
+   * Syncs every host this worker holds or may disagree with Redis on,
+   * refreshes the fleet counts of the other hosts it knows of (forgetting
+   * those at 0) and renews this worker's entries in the queues and registry.
+   */
+  beat(): void {
+    const { closed, conn, keys, ledger, fleet, queue } = this.#o;
+    if (closed() || conn.failFast()) return;
+    this.#o.channels.tidy();
+    this.#sendSyncs();
+    queue.renew();
+    for (const host of keys.groupOf.keys()) {
+      if (!ledger.has(host) && !fleet.has(host) && !queue.waitsFor(host)) keys.groupOf.delete(host);
+    }
+    this.#o.counts.refresh((host) => ledger.has(host));
+    this.register();
+  }
+
+  /** Renews this worker's entry in the worker registry, with its open connections. */
+  register(): void {
+    if (this.#o.closed() || this.#o.conn.failFast()) return;
+    this.#o.registry.register(this.#o.ledger.heldTotal());
+  }
+
+  /**
+   * The client is ready: at first, warns of a Redis that may evict dprl's
+   * keys; after a reconnect, finds out whether Redis restarted, and
+   * re-asserts every count.
+   */
+  ready(reconnect: boolean): void {
+    const { conn, recovery } = this.#o;
+    if (this.#o.closed()) return;
+    const { client, cluster } = conn;
+    if (!reconnect) {
+      const masters = cluster ? (client as Cluster).nodes("master") : [client];
+      warnIfEvicting(masters, (call) => conn.bounded(call), this.#o.logger);
+    }
+    if (!cluster) {
+      const info = () => conn.bounded((client as Redis).info("server"));
+      recovery.checkRestart(info).then((restarted) => {
+        // Leases known from before a restart would report the same loss again.
+        if (restarted) this.#leasedAt.clear();
+      });
+    }
+    // markUp() beats when it ends an outage; a quiet reconnect beats here.
+    if (!conn.markUp() && reconnect) this.beat();
+  }
+
   /** Sends this heartbeat's leases and syncs; each sync's counts are taken when it is written. */
-  send(): void {
+  #sendSyncs(): void {
     this.#o.sender.send(
       this.#dueBatches(),
       (e, hosts) => hosts.length === 0 ? this.#prepareLease(e) : this.#prepareSync(e, hosts),
@@ -70,11 +157,6 @@ export class HeartbeatSyncs {
   syncNow(host: string): void {
     const e = this.#o.keys.epoch(host);
     this.#o.sender.send([[e, [host]]], (e, hosts) => this.#prepareSync(e, hosts));
-  }
-
-  /** Forgets the leases known: after a restart they would report the same loss again. */
-  forgetLeases(): void {
-    this.#leasedAt.clear();
   }
 
   /**
