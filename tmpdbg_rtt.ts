@@ -7,6 +7,10 @@ for (let i = 0; i < 2000; i++) await r.ping();
 console.log(`ping rtt ${((performance.now() - t) / 2000).toFixed(3)} ms`);
 const l = new RedisLimiter({ redis: `redis://127.0.0.1:${port}`, prefix: "rtt" });
 t = performance.now();
-for (let i = 0; i < 2000; i++) { await l.acquire(`h${i}.x:1`, 64); l.release(`h${i}.x:1`); }
+for (let i = 0; i < 2000; i++) {
+  await l.acquire(`h${i}.x:1`, 64);
+  l.release(`h${i}.x:1`);
+}
 console.log(`sequential acquire ${((performance.now() - t) / 2000).toFixed(3)} ms`);
-await l.close(); r.disconnect();
+await l.close();
+r.disconnect();

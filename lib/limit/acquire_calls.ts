@@ -70,7 +70,7 @@ export class AcquireCalls {
       slotOf: (host) => options.keys.epoch(host),
       // The queue first: a ticket joins it before it asks for a slot.
       beforeFlush: () => options.queue.flush(),
-      send: (slot, hosts) => this.#send(slot, hosts),
+      send: (slot, hosts, answered) => this.#send(slot, hosts, answered),
     });
   }
 
@@ -120,7 +120,7 @@ export class AcquireCalls {
   }
 
   /** Sends one acquire call for `hosts` of the slot of epoch key `slot`, written now. */
-  #send(slot: string, hosts: string[]): Promise<void> | undefined {
+  #send(slot: string, hosts: string[], answered: () => void): boolean {
     const { ledger } = this.#o;
     const batches: SentBatch[] = [];
     for (const host of hosts) {
@@ -129,22 +129,26 @@ export class AcquireCalls {
       this.#asked.delete(host);
       batches.push({ host, sent: ledger.send(host), acquires });
     }
-    if (batches.length === 0) return undefined;
+    if (batches.length === 0) return false;
     if (this.#o.closed()) {
       const closed = new LimiterUnavailableError("Redis limiter is closed");
       for (const { host, sent, acquires } of batches) {
         ledger.failed(host, sent);
         for (const acquire of acquires) acquire.reject(closed);
       }
-      return undefined;
+      return false;
     }
     const epoch = this.#o.conn.epoch;
     const input = this.#input(slot, batches);
     const tickets = batches.flatMap((b) => b.acquires.filter((a) => a.ticket).map((a) => a.ticket));
     const call = this.#o.call(() => runScript(this.#o.client, ACQUIRE, input));
-    return this.#o.queue.asking(tickets, call).then(
-      (reply) => this.#answered(slot, batches, reply, epoch),
+    this.#o.queue.asking(tickets, call).then(
+      (reply) => {
+        answered();
+        this.#answered(slot, batches, reply, epoch);
+      },
       (error) => {
+        answered();
         // Redis may have applied it anyway; the next sync sets the truth.
         for (const { host, sent, acquires } of batches) {
           if (ledger.failed(host, sent)) this.#o.syncNow(host);
@@ -152,6 +156,7 @@ export class AcquireCalls {
         }
       },
     );
+    return true;
   }
 
   /** What {@linkcode ACQUIRE} is sent for the hosts of one slot. */

@@ -99,9 +99,11 @@ end
  *   worker knows (`''` when it knows none) and creates it with `fresh` when
  *   the hash is missing. Returns the token and 1 when the keys of the slot
  *   were lost since the worker last looked, else 0.
- * - `keys_lost(e, host, n, L)`: whether the host's keys are missing while they
- *   must exist. Then the holders are expected to re-assert within a
- *   heartbeat; past a lease none is alive, and the mark is dropped.
+ * - `keys_lost(e, host, n, had_leases)`: whether the host's keys are missing
+ *   while they must exist (`had_leases`: the slot's lease set existed when
+ *   the script started, before it renewed the worker's lease). Then the
+ *   holders are expected to re-assert within a heartbeat; past a lease none
+ *   is alive, and the mark is dropped.
  * - `unmark_if_gone(e, host, n)`: drops the mark of a host whose keys are gone.
  */
 const EPOCH = `
@@ -115,10 +117,10 @@ local function check_epoch(e, known, fresh)
   if known ~= '' and epoch ~= known then return epoch, 1 end
   return epoch, 0
 end
-local function keys_lost(e, host, n, L)
+local function keys_lost(e, host, n, had_leases)
   local deadline = tonumber(redis.call('HGET', e, host) or '0') or 0
   if deadline <= now then return false end
-  if redis.call('EXISTS', n, L) == 2 then return false end
+  if had_leases and redis.call('EXISTS', n) == 1 then return false end
   redis.call('HSET', e, host, math.min(deadline, now + lease))
   return true
 end
@@ -139,8 +141,7 @@ end
  *   renews.
  * - `write(n, e, host, worker, value, ttl)`: sets `worker`'s field to
  *   `value` and renews the keys (`renew_keys`); a value of 0 deletes its
- *   field. Returns whether the worker holds a count there (its lease must
- *   then be renewed).
+ *   field.
  */
 const WRITE = `
 local function renew_keys(n, e, host, ttl)
@@ -157,11 +158,10 @@ local function write(n, e, host, worker, value, ttl)
   if value <= 0 then
     -- The lease stays: it is the slot's, and outlives the worker's last field.
     redis.call('HDEL', n, worker)
-    return false
+    return
   end
   redis.call('HSET', n, worker, value)
   renew_keys(n, e, host, ttl)
-  return true
 end
 `;
 
@@ -283,7 +283,10 @@ own(L, 'zset')
 own(e, 'hash')
 local epoch, slot_lost = check_epoch(e, ARGV[4], ARGV[5])
 local out = {epoch, slot_lost}
-local leased = false
+-- This worker's lease first: its counts written below (a group's members
+-- summed after them) count from the first one.
+local had_leases = redis.call('EXISTS', L) == 1
+redis.call('ZADD', L, now + lease, worker)
 local a = 6
 for k = 3, #KEYS, 4 do
   local n, members, q, qw = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
@@ -304,7 +307,7 @@ for k = 3, #KEYS, 4 do
       if lost == 0 and trusted then lost = 2 end
       mine = floor
     end
-    leased = write(n, e, host, worker, mine, ttl) or leased
+    write(n, e, host, worker, mine, ttl)
     if mine <= 0 then unmark_if_gone(e, host, n) end
     if releases > 0 then wake(q, host) end
     out[#out + 1] = -1
@@ -314,7 +317,7 @@ for k = 3, #KEYS, 4 do
     if glimit >= 0 then own(members, 'set') end
     own(qw, 'zset')
     local lost = slot_lost
-    if lost == 0 and keys_lost(e, host, n, L) then lost = 2 end
+    if lost == 0 and keys_lost(e, host, n, had_leases) then lost = 2 end
     local sum, mine = live(n, L, worker, true)
     local changed = false
     if releases > 0 then
@@ -369,14 +372,11 @@ for k = 3, #KEYS, 4 do
     out[#out + 1] = lost
     out[#out + 1] = queued and redis.call('ZCARD', q) or 0
     for i = 1, #grants do out[#out + 1] = grants[i] end
-    if changed then leased = write(n, e, host, worker, mine, ttl) or leased end
+    if changed then write(n, e, host, worker, mine, ttl) end
     if mine <= 0 then unmark_if_gone(e, host, n) end
   end
 end
-if leased then
-  redis.call('ZADD', L, now + lease, worker)
-  redis.call('PEXPIRE', L, ttl)
-end
+redis.call('PEXPIRE', L, ttl)
 return with_healed(out)
 `;
 
@@ -405,6 +405,7 @@ local L = KEYS[2]
 for i = 1, #KEYS do own(KEYS[i], i == 2 and 'zset' or 'hash') end
 local epoch, lost = check_epoch(e, ARGV[4], ARGV[5])
 -- The slot's lease set, pruned as live() would, then this worker's lease.
+local had_leases = redis.call('EXISTS', L) == 1
 redis.call('ZREMRANGEBYSCORE', L, '-inf', '(' .. now)
 redis.call('ZREMRANGEBYSCORE', L, '(' .. (now + lease + ${LEASE_MARGIN_MS}), '+inf')
 if ARGV[6] == 'leave' then
@@ -428,7 +429,7 @@ for h = 0, #KEYS - 3 do
     renew_keys(n, e, host, ttl)
     out[o + 1] = count
   else
-    if keys_lost(e, host, n, L) then hostLost = 2 end
+    if keys_lost(e, host, n, had_leases) then hostLost = 2 end
     local sum, mine = live(n, L, worker, true)
     if trusted and mine < floor then hostLost = 2 end
     write(n, e, host, worker, count, ttl)

@@ -22,8 +22,12 @@ export const CALL_HOSTS = 256;
 export interface SlotBatchesOptions {
   /** The epoch key of the slot of `host`'s keys. */
   slotOf: (host: string) => string;
-  /** Sends one call for hosts of one slot (at most {@linkcode CALL_HOSTS}); settles when answered. */
-  send: (slot: string, hosts: string[]) => Promise<void> | undefined;
+  /**
+   * Sends one call for hosts of one slot (at most {@linkcode CALL_HOSTS});
+   * returns whether it sent one, and then calls `answered` first thing when
+   * it is answered (or fails).
+   */
+  send: (slot: string, hosts: string[], answered: () => void) => boolean;
   /** Called before the turn's calls are sent. */
   beforeFlush?: () => void;
 }
@@ -74,9 +78,9 @@ export class SlotBatches {
     return this.#slots.get(this.#o.slotOf(host))?.has(host) ?? false;
   }
 
-  /** Sends the slot of `host` at once, if anything of it waits. */
+  /** Sends the slot of `host` at once, if anything of it waits, even while a call is in flight. */
   flushHost(host: string): void {
-    this.#flushSlot(this.#o.slotOf(host));
+    this.#flushSlot(this.#o.slotOf(host), true);
   }
 
   /** Sends everything that waits, at once. */
@@ -109,10 +113,10 @@ export class SlotBatches {
     for (const slot of [...this.#slots.keys()]) this.#flushSlot(slot);
   }
 
-  #flushSlot(slot: string): void {
+  #flushSlot(slot: string, now = false): void {
     const hosts = this.#slots.get(slot);
     if (!hosts) return;
-    if (this.#inFlight.has(slot)) {
+    if (this.#inFlight.has(slot) && !now) {
       // Sent when the call in flight is answered.
       this.#now.add(slot);
       return;
@@ -120,18 +124,17 @@ export class SlotBatches {
     this.#slots.delete(slot);
     this.#now.delete(slot);
     const list = [...hosts];
-    const calls: Promise<void>[] = [];
+    let calls = 0;
+    const answered = () => {
+      if (--calls > 0) return;
+      this.#inFlight.delete(slot);
+      if (this.#now.has(slot)) this.#flushSlot(slot);
+    };
     for (let i = 0; i < list.length; i += CALL_HOSTS) {
-      const call = this.#o.send(slot, list.slice(i, i + CALL_HOSTS));
-      if (call) calls.push(call);
+      calls++;
+      if (!this.#o.send(slot, list.slice(i, i + CALL_HOSTS), answered)) calls--;
     }
-    if (calls.length > 0) {
-      this.#inFlight.add(slot);
-      Promise.allSettled(calls).then(() => {
-        this.#inFlight.delete(slot);
-        if (this.#now.has(slot)) this.#flushSlot(slot);
-      });
-    }
+    if (calls > 0) this.#inFlight.add(slot);
     if (this.#slots.size === 0 && this.#timer !== null) {
       clearTimeout(this.#timer);
       this.#timer = null;
