@@ -15,7 +15,7 @@ import type { FleetLimits } from "./limit/fleet_limits.ts";
 import { applyChanges, checkChanges, type FleetLimitChanges } from "./limit/limit_changes.ts";
 import { LoadedRules, mergeRuns } from "./config/reload.ts";
 import { hostKey } from "./limit/host_key.ts";
-import { type FleetLimiter, loadLimiter } from "./limit/load_limiter.ts";
+import { type LoadedLimiter, loadLimiter, type RedisFleet } from "./limit/load_limiter.ts";
 import { ProxyServer } from "./proxy/proxy_server.ts";
 import { checkUsers, type ClientPolicy } from "./access/client_policy.ts";
 import type { DestinationPolicy } from "./access/destination_policy.ts";
@@ -54,7 +54,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
   #layers: RuleLayers;
   #fleetLimits: FleetLimits | null = null;
   /** The limiter, once loaded (the Redis client is loaded only when asked for). */
-  #limiter: Promise<FleetLimiter> | null = null;
+  #limiter: Promise<LoadedLimiter> | null = null;
   #starting: Promise<void> | null = null;
   #server: ProxyServer | null = null;
   #url: URL | null = null;
@@ -62,7 +62,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
   #stopping: Promise<void> | null = null;
   #stats: ProxyStats;
   /** The limiter once loaded, for the control plane's synchronous reads. */
-  #loaded: FleetLimiter | null = null;
+  #loaded: LoadedLimiter | null = null;
   #admin: AdminServer | null = null;
   #adminSource: ProxyAdminSource | null = null;
   #startedAt = Date.now();
@@ -265,7 +265,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
    * ```
    */
   async activeConnectionsForHost(host: string): Promise<number> {
-    return await (await this.#loadLimiter()).count(hostKey(host));
+    return await (await this.#loadLimiter()).limiter.count(hostKey(host));
   }
 
   /**
@@ -347,7 +347,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
    */
   async #listen(): Promise<void> {
     await using opened = new AsyncDisposableStack();
-    const limiter = await this.#openLimiter(opened);
+    const { limiter, fleet } = await this.#openLimiter(opened);
     const listener = this.#openListener(opened);
     const { clients, destinations } = await proxyPolicies(
       this.#options,
@@ -355,28 +355,28 @@ export class ProxyRateLimiter implements AsyncDisposable {
       this.#logger,
     );
     this.#openServer(opened, { listener, limiter, clients, destinations });
-    this.#openGuard(opened, limiter, destinations);
-    await this.#openFleetLimits(opened, limiter);
+    this.#openGuard(opened, fleet, destinations);
+    if (fleet !== null) await this.#openFleetLimits(opened, fleet);
     this.#logger.info("Proxy listening on {url} (bound to {address})", {
       url: this.#url!.href,
       address: `${listener.addr.hostname}:${listener.addr.port}`,
     });
-    await this.#openAdmin(opened, limiter, destinations);
+    await this.#openAdmin(opened, fleet, destinations);
     // All open: stop() closes it from now on.
     opened.move();
   }
 
   /** Loads the limiter (in distributed mode, the Redis client and its connection). */
-  async #openLimiter(opened: AsyncDisposableStack): Promise<FleetLimiter> {
-    const limiter = await this.#loadLimiter();
+  async #openLimiter(opened: AsyncDisposableStack): Promise<LoadedLimiter> {
+    const loaded = await this.#loadLimiter();
     opened.defer(async () => {
       this.#loaded = null;
       this.#limiter = null;
-      await limiter.close();
+      await loaded.limiter.close();
     });
-    if (this.#options.redis !== undefined) limiter.onCall = (ms) => this.#stats.onRedisCall(ms);
-    this.#loaded = limiter;
-    return limiter;
+    if (loaded.fleet !== null) loaded.fleet.onCall = (ms) => this.#stats.onRedisCall(ms);
+    this.#loaded = loaded;
+    return loaded;
   }
 
   /** Binds the proxy port and sets the proxy URL. */
@@ -398,7 +398,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
   /** Starts the engine on the listener. */
   #openServer(opened: AsyncDisposableStack, parts: {
     listener: Deno.TcpListener;
-    limiter: FleetLimiter;
+    limiter: LoadedLimiter["limiter"];
     clients: ClientPolicy;
     destinations: DestinationPolicy;
   }): void {
@@ -432,10 +432,10 @@ export class ProxyRateLimiter implements AsyncDisposable {
   /** Keeps the Redis servers the limiter meets and the fleet's workers out of clients' reach. */
   #openGuard(
     opened: AsyncDisposableStack,
-    limiter: FleetLimiter,
+    fleet: RedisFleet | null,
     destinations: DestinationPolicy,
   ): void {
-    this.#guard = opened.use(new FleetGuard({ destinations, limiter, logger: this.#logger }));
+    this.#guard = opened.use(new FleetGuard({ destinations, fleet, logger: this.#logger }));
     this.#guard.start();
   }
 
@@ -443,9 +443,8 @@ export class ProxyRateLimiter implements AsyncDisposable {
    * In distributed mode, follows the fleet's runtime limit table and tells
    * the fleet this process's file rules.
    */
-  async #openFleetLimits(opened: AsyncDisposableStack, limiter: FleetLimiter): Promise<void> {
-    const client = limiter.client;
-    if (!client || !limiter.workerId) return;
+  async #openFleetLimits(opened: AsyncDisposableStack, fleet: RedisFleet): Promise<void> {
+    const client = fleet.client;
     const { FleetLimits } = await import("./limit/fleet_limits.ts");
     this.#fleetLimits = new FleetLimits({
       client,
@@ -458,15 +457,15 @@ export class ProxyRateLimiter implements AsyncDisposable {
     opened.defer(() => this.#closeFleetLimits());
     await this.#fleetLimits.start();
     // In the worker registry from the start: the fleet compares files among live workers.
-    limiter.setWorkerInfo?.({ version: VERSION, proxyUrl: this.#url?.href ?? "" });
+    fleet.setWorkerInfo({ version: VERSION, proxyUrl: this.#url?.href ?? "" });
     this.#compareFiles();
   }
 
   /** Forgets this worker's file rules in Redis (when it answers) and stops following the table. */
   async #closeFleetLimits(): Promise<void> {
-    const workerId = this.#loaded?.workerId;
-    if (this.#fleetLimits && workerId && this.#loaded?.up !== false) {
-      await this.#fleetLimits.forgetFile(workerId).catch(() => {});
+    const fleet = this.#loaded?.fleet ?? null;
+    if (this.#fleetLimits && fleet !== null && fleet.up) {
+      await this.#fleetLimits.forgetFile(fleet.workerId).catch(() => {});
     }
     this.#fleetLimits?.close();
     this.#fleetLimits = null;
@@ -475,7 +474,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
   /** Starts the admin server, when asked for; the control plane is no destination either. */
   async #openAdmin(
     opened: AsyncDisposableStack,
-    limiter: FleetLimiter,
+    fleet: RedisFleet | null,
     destinations: DestinationPolicy,
   ): Promise<void> {
     const options = this.#options.admin;
@@ -490,7 +489,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
       options.hostname ?? DEFAULTS.adminHostname,
       admin.url.port ? Number(admin.url.port) : 80,
     );
-    limiter.setWorkerInfo?.({ adminUrl: admin.url.href, version: VERSION });
+    fleet?.setWorkerInfo({ adminUrl: admin.url.href, version: VERSION });
     this.#logger.info("Admin server listening on {url}", { url: admin.url.href });
   }
 
@@ -499,11 +498,11 @@ export class ProxyRateLimiter implements AsyncDisposable {
    * every live worker whose file says otherwise.
    */
   #compareFiles(): void {
-    const fleet = this.#fleetLimits;
-    const limiter = this.#loaded;
-    if (!fleet || !limiter?.workerId || !limiter.workers) return;
-    const live = async () => (await limiter.workers!()).map((w) => w.id);
-    fleet.compareFiles(limiter.workerId, this.#layers.own(), live);
+    const table = this.#fleetLimits;
+    const fleet = this.#loaded?.fleet ?? null;
+    if (!table || fleet === null) return;
+    const live = async () => (await fleet.workers()).map((w) => w.id);
+    table.compareFiles(fleet.workerId, this.#layers.own(), live);
   }
 
   /** The proxy as the admin handler sees it. */
@@ -519,7 +518,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
         proxyUrl: this.#url,
         adminUrl: this.adminUrl,
         server: this.#server,
-        limiter: this.#loaded,
+        fleet: this.#loaded?.fleet ?? null,
         stopping: this.#stopping !== null,
       }),
       layers: this.#layers,
@@ -530,7 +529,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
   }
 
   /** The limiter; the Redis client is imported on first use only. */
-  #loadLimiter(): Promise<FleetLimiter> {
+  #loadLimiter(): Promise<LoadedLimiter> {
     this.#limiter ??= loadLimiter({
       redis: this.#options.redis,
       prefix: this.#options.redisPrefix ?? DEFAULTS.redisPrefix,
@@ -559,7 +558,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
       // Never started: only a limiter loaded by activeConnectionsForHost to release.
       const limiter = this.#limiter;
       this.#limiter = null;
-      return limiter ? limiter.then((l) => l.close(), () => {}) : Promise.resolve();
+      return limiter ? limiter.then((l) => l.limiter.close(), () => {}) : Promise.resolve();
     }
     this.#stopping = (async () => {
       await starting.catch(() => {});
@@ -571,8 +570,8 @@ export class ProxyRateLimiter implements AsyncDisposable {
       }
       this.#guard?.[Symbol.dispose]();
       await this.#closeFleetLimits();
-      const limiter = await this.#limiter?.catch(() => null);
-      await limiter?.close();
+      const loaded = await this.#limiter?.catch(() => null);
+      await loaded?.limiter.close();
       await this.#admin?.close();
       this.#admin = null;
       this.#url = null;

@@ -6,7 +6,7 @@
  */
 
 import type { Logger } from "@logtape/logtape";
-import type { FleetLimiter } from "../limit/load_limiter.ts";
+import type { Fleet } from "../limit/fleet.ts";
 import type { RedisConfig, RedisNode, RedisOptions } from "../limit/redis_config.ts";
 import type { DestinationPolicy } from "./destination_policy.ts";
 
@@ -17,8 +17,8 @@ const FLEET_TICKS = 5;
 export interface FleetGuardOptions {
   /** The policy whose protected addresses the guard adds to. */
   destinations: DestinationPolicy;
-  /** The limiter, which names the Redis nodes it meets and the fleet's workers. */
-  limiter: FleetLimiter;
+  /** The limiter's fleet, which names the Redis nodes it meets and the workers; `null` in memory mode. */
+  fleet: Fleet | null;
   /** Where a failed read of the registry is logged (debug). */
   logger: Logger;
 }
@@ -40,32 +40,31 @@ export class FleetGuard implements Disposable {
     this.#o = options;
   }
 
-  /** Guards at once, then every second; a limiter that names no nodes needs no guard. */
+  /** Guards at once, then every second; a limiter without a fleet needs no guard. */
   start(): void {
-    if (!this.#o.limiter.nodes) return;
-    this.#tick();
-    this.#timer = setInterval(() => this.#tick(), 1000);
+    const fleet = this.#o.fleet;
+    if (fleet === null) return;
+    this.#tick(fleet);
+    this.#timer = setInterval(() => this.#tick(fleet), 1000);
     Deno.unrefTimer(this.#timer);
   }
 
-  #tick(): void {
-    const { destinations, limiter } = this.#o;
-    for (const node of limiter.nodes?.() ?? []) {
-      destinations.protect(node.host, node.port).catch(() => {});
+  #tick(fleet: Fleet): void {
+    for (const node of fleet.nodes()) {
+      this.#o.destinations.protect(node.host, node.port).catch(() => {});
     }
-    if (this.#ticks++ % FLEET_TICKS === 0) this.#guardFleet();
+    if (this.#ticks++ % FLEET_TICKS === 0) this.#guardFleet(fleet);
   }
 
   /**
    * Refuses as destinations the proxy and admin addresses of every worker in
    * the registry, replacing the last list; keeps it while Redis is down.
    */
-  async #guardFleet(): Promise<void> {
+  async #guardFleet(fleet: Fleet): Promise<void> {
     if (this.#reading) return;
     this.#reading = true;
     try {
-      const workers = await this.#o.limiter.workers?.();
-      if (!workers) return;
+      const workers = await fleet.workers();
       const members = workers.flatMap((w) => [w.adminUrl, w.proxyUrl]).flatMap(urlAddress);
       await this.#o.destinations.protectFleet(members);
     } catch (error) {

@@ -10,7 +10,7 @@ import { hostKey } from "../limit/host_key.ts";
 import type { FleetLimitChanges } from "../limit/limit_changes.ts";
 import type { LimitsView } from "../limit/limit_layers.ts";
 import type { LimitTable } from "../limit/limit_table.ts";
-import type { FleetLimiter } from "../limit/load_limiter.ts";
+import type { Fleet } from "../limit/fleet.ts";
 import type { FailureMode } from "../limit/redis_config.ts";
 import type { RuleLayers } from "../limit/rule_layers.ts";
 import type { UpstreamHostView } from "../metrics/host_summary.ts";
@@ -30,8 +30,8 @@ export interface ProxyState {
     hosts(): Iterable<UpstreamHostView>;
     readonly accepting: boolean;
   } | null;
-  /** The limiter once loaded. */
-  readonly limiter: FleetLimiter | null;
+  /** The limiter's fleet once loaded in distributed mode; `null` before and in memory mode. */
+  readonly fleet: Fleet | null;
   /** Whether the proxy is stopping or stopped. */
   readonly stopping: boolean;
 }
@@ -98,7 +98,7 @@ export class ProxyAdminSource implements AdminSource {
 
   /** This worker's id in Redis (distributed mode). */
   get workerId(): string | undefined {
-    return this.#o.state().limiter?.workerId;
+    return this.#o.state().fleet?.workerId;
   }
 
   /** The proxy's URL, or `null` while it is not listening. */
@@ -123,10 +123,10 @@ export class ProxyAdminSource implements AdminSource {
 
   /** Whether the proxy can serve new connections. */
   ready(): Readiness {
-    const { stopping, server, limiter } = this.#o.state();
+    const { stopping, server, fleet } = this.#o.state();
     if (stopping) return { ok: false, reason: "shutting down" };
     if (!server?.accepting) return { ok: false, reason: "proxy port not listening" };
-    if (limiter?.up === false && this.#o.failureMode === "closed") {
+    if (fleet !== null && !fleet.up && this.#o.failureMode === "closed") {
       return { ok: false, reason: "Redis unreachable and failure mode is closed" };
     }
     return { ok: true };
@@ -134,14 +134,14 @@ export class ProxyAdminSource implements AdminSource {
 
   /** Whether Redis answers; `null` in memory mode. */
   redisUp(): boolean | null {
-    const up = this.#o.state().limiter?.up;
-    return !this.#o.distributed || typeof up !== "boolean" ? null : up;
+    const fleet = this.#o.state().fleet;
+    return !this.#o.distributed || fleet === null ? null : fleet.up;
   }
 
   /** The pool's hosts, with the fleet's cached counts in distributed mode. */
   *hosts(): Iterable<UpstreamHostView> {
-    const { server, limiter } = this.#o.state();
-    const counts = limiter?.fleetCounts?.();
+    const { server, fleet } = this.#o.state();
+    const counts = fleet?.fleetCounts();
     const seen = new Set<string>();
     for (const view of server?.hosts() ?? []) {
       seen.add(view.host);
@@ -183,11 +183,9 @@ export class ProxyAdminSource implements AdminSource {
   }
 
   async #workers(): Promise<WorkerInfo[]> {
-    const limiter = this.#o.state().limiter;
-    if (!limiter?.workers) {
-      throw new Error(limiter ? "The limiter keeps no worker registry" : "Proxy not started");
-    }
-    return (await limiter.workers()).map((w) => ({
+    const fleet = this.#o.state().fleet;
+    if (fleet === null) throw new Error("Proxy not started");
+    return (await fleet.workers()).map((w) => ({
       id: w.id,
       hostname: w.hostname,
       pid: w.pid,

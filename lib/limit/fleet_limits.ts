@@ -12,6 +12,7 @@ import { canonicalRules, parseHostPattern } from "./rules/rules.ts";
 import { diffRules } from "./rules/diff.ts";
 import { checkChanges, type FleetLimitChanges } from "./limit_changes.ts";
 import { withTimeout } from "../with_timeout.ts";
+import { RedisTimeoutError } from "./redis_errors.ts";
 
 /** Options of {@linkcode FleetLimits}. */
 export interface FleetLimitsOptions {
@@ -71,10 +72,10 @@ export class FleetLimits {
     await this.#bounded(this.#check()).catch(() => {});
   }
 
-  /** `promise`, or a rejection once the timeout has passed. */
+  /** `promise`, or a {@linkcode RedisTimeoutError} once the timeout has passed. */
   #bounded<T>(promise: Promise<T>): Promise<T> {
     const ms = this.#o.timeout;
-    return withTimeout(promise, ms, () => new Error(`Redis did not answer within ${ms} ms`));
+    return withTimeout(promise, ms, () => new RedisTimeoutError(ms));
   }
 
   /** Reads the version and, when it changed, the table. */

@@ -9,24 +9,19 @@ import type { Logger } from "@logtape/logtape";
 import type { Limiter } from "./limiter.ts";
 import { LocalLimiter } from "./local_limiter.ts";
 import type { FailureMode, RedisConfig } from "./redis_config.ts";
+import type { Fleet } from "./fleet.ts";
 import type { RedisLimiter } from "./redis_limiter.ts";
 
-/** What the Redis limiter offers the control plane beyond {@linkcode Limiter}. */
-export type FleetLimiter =
-  & Limiter
-  & Partial<
-    Pick<
-      RedisLimiter,
-      | "workerId"
-      | "up"
-      | "onCall"
-      | "workers"
-      | "fleetCounts"
-      | "setWorkerInfo"
-      | "nodes"
-      | "client"
-    >
-  >;
+/** The limiter a proxy's options ask for, and its fleet in distributed mode. */
+export interface LoadedLimiter {
+  /** The limiter. */
+  readonly limiter: Limiter;
+  /** The same limiter's fleet side in Redis mode; `null` in memory. */
+  readonly fleet: RedisFleet | null;
+}
+
+/** The fleet side of the Redis limiter, with its client. */
+export type RedisFleet = Fleet<RedisLimiter["client"]>;
 
 /** Options of {@linkcode loadLimiter}. */
 export interface LoadLimiterOptions {
@@ -45,13 +40,13 @@ export interface LoadLimiterOptions {
 }
 
 /**
- * A {@linkcode LocalLimiter} without `redis`; otherwise imports the Redis
- * limiter and makes one. Throws a `NotCapable` error saying which flag to
- * add when the Redis client cannot load for want of environment access.
+ * A {@linkcode LocalLimiter} without `redis` (no fleet); otherwise imports
+ * the Redis limiter and makes one, which is its own fleet. Throws a
+ * `NotCapable` error saying which flag to add when the Redis client cannot load for want of environment access.
  */
-export async function loadLimiter(options: LoadLimiterOptions): Promise<FleetLimiter> {
+export async function loadLimiter(options: LoadLimiterOptions): Promise<LoadedLimiter> {
   const { redis, ...rest } = options;
-  if (redis === undefined) return new LocalLimiter();
+  if (redis === undefined) return { limiter: new LocalLimiter(), fleet: null };
   let module;
   try {
     module = await import("./redis_limiter.ts");
@@ -65,5 +60,6 @@ export async function loadLimiter(options: LoadLimiterOptions): Promise<FleetLim
     }
     throw err;
   }
-  return new module.RedisLimiter({ redis, ...rest });
+  const limiter = new module.RedisLimiter({ redis, ...rest });
+  return { limiter, fleet: limiter };
 }

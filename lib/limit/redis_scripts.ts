@@ -99,9 +99,11 @@ end
  *   worker knows (`''` when it knows none) and creates it with `fresh` when
  *   the hash is missing. Returns the token and 1 when the keys of the slot
  *   were lost since the worker last looked, else 0.
- * - `keys_lost(e, host, n, L)`: whether the host's keys are missing while they
- *   must exist. Then the holders are expected to re-assert within a
- *   heartbeat; past a lease none is alive, and the mark is dropped.
+ * - `keys_lost(e, host, n, had_leases)`: whether the host's keys are missing
+ *   while they must exist (`had_leases`: the slot's lease set existed when
+ *   the script started, before it renewed the worker's lease). Then the
+ *   holders are expected to re-assert within a heartbeat; past a lease none
+ *   is alive, and the mark is dropped.
  * - `unmark_if_gone(e, host, n)`: drops the mark of a host whose keys are gone.
  */
 const EPOCH = `
@@ -115,10 +117,10 @@ local function check_epoch(e, known, fresh)
   if known ~= '' and epoch ~= known then return epoch, 1 end
   return epoch, 0
 end
-local function keys_lost(e, host, n, L)
+local function keys_lost(e, host, n, had_leases)
   local deadline = tonumber(redis.call('HGET', e, host) or '0') or 0
   if deadline <= now then return false end
-  if redis.call('EXISTS', n, L) == 2 then return false end
+  if had_leases and redis.call('EXISTS', n) == 1 then return false end
   redis.call('HSET', e, host, math.min(deadline, now + lease))
   return true
 end
@@ -129,18 +131,20 @@ end
 
 /**
  * Lua functions that write a host's keys. Need locals `now` and `lease`.
+ * The caller renews the worker's lease of the slot (and the lease set's
+ * expiry) once per call, not once per host.
  *
- * - `renew_keys(n, L, e, host, ttl)`: renews the keys' expiry and the host's
+ * - `renew_keys(n, e, host, ttl)`: renews the keys' expiry and the host's
  *   mark in the epoch hash. A member of a group (keys
  *   `<prefix>:{g:<group>}:h:<host>:n`) is also listed in the group's member
  *   set, `<prefix>:{g:<group>}:members`, whose expiry every member's renewal
  *   renews.
- * - `write(n, L, e, host, worker, value, ttl)`: sets `worker`'s field to
- *   `value`, renews its lease and the keys (`renew_keys`); a value of 0
- *   deletes its field.
+ * - `write(n, e, host, worker, value, ttl)`: sets `worker`'s field to
+ *   `value` and renews the keys (`renew_keys`); a value of 0 deletes its
+ *   field.
  */
 const WRITE = `
-local function renew_keys(n, L, e, host, ttl)
+local function renew_keys(n, e, host, ttl)
   local member = string.match(n, '^(.-{g:[^}]*}:h:.*):n$')
   if member then
     local members = string.match(member, '^(.-{g:[^}]*}):h:') .. ':members'
@@ -148,18 +152,16 @@ local function renew_keys(n, L, e, host, ttl)
     redis.call('PEXPIRE', members, ttl)
   end
   redis.call('PEXPIRE', n, ttl)
-  redis.call('PEXPIRE', L, ttl)
   redis.call('HSET', e, host, now + ttl - 1000)
 end
-local function write(n, L, e, host, worker, value, ttl)
+local function write(n, e, host, worker, value, ttl)
   if value <= 0 then
     -- The lease stays: it is the slot's, and outlives the worker's last field.
     redis.call('HDEL', n, worker)
     return
   end
   redis.call('HSET', n, worker, value)
-  redis.call('ZADD', L, now + lease, worker)
-  renew_keys(n, L, e, host, ttl)
+  renew_keys(n, e, host, ttl)
 end
 `;
 
@@ -251,118 +253,131 @@ export function forCluster(lua: string): string {
 }
 
 /**
- * `acquire(worker, leaseMs, floor, ttlMs, known, fresh, trusted, releases,
- * host, groupLimit, limit...)` on `KEYS` = n, the slot's lease set, epoch
- * hash, group member set, then (always last) line q and waiting workers qw:
- * first gives back `releases` slots of `worker` (and wakes the line), then
- * takes one slot per `limit`, in order, for each while `limit` is 0 or the
- * live workers hold fewer than it and the line lets it through, unless keys
- * were lost. A
- * `limit` may carry a ticket (`"<limit> <ticket>"`): granted, the ticket
- * leaves the line (see `LINE`). For a member of a group (`groupLimit` 0 or
- * more; -1: no group, and `KEYS[4]` is unused), a slot also needs the
- * group's members together to hold fewer than `groupLimit` (when above 0):
- * their live counts are summed over the group's member set, in the same slot
- * (members whose keys are gone leave the set). `floor` is the number of slots
- * the worker knows it holds (after the releases): a live count below it is
- * raised to it first; when the worker's last write is known to have landed
- * (`trusted` = 1), a count below it means the host's keys were lost. Returns
- * `{total, lost (0: no, 1: the slot's keys, 2: this host's keys), epoch,
- * granted (0|1)..., tickets in the line, healed...}` (see `OWN`).
+ * `acquire(worker, leaseMs, ttlMs, known, fresh, [host, floor, trusted,
+ * releases, groupLimit, asks, limit...]...)` on `KEYS` = the slot's lease set
+ * and epoch hash, then per host its n, group member set, line q and waiting
+ * workers qw: every host of one call lives in one slot. For each host in
+ * turn: first gives back `releases` slots of `worker` (and wakes the line),
+ * then takes one slot per `limit`, in order, for each while `limit` is 0 or
+ * the live workers hold fewer than it and the line lets it through, unless
+ * keys were lost. A `limit` may carry a ticket (`"<limit> <ticket>"`):
+ * granted, the ticket leaves the line (see `LINE`). For a member of a group
+ * (`groupLimit` 0 or more; -1: no group, and its member-set key is unused), a
+ * slot also needs the group's members together to hold fewer than
+ * `groupLimit` (when above 0): their live counts are summed over the group's
+ * member set, in the same slot (members whose keys are gone leave the set).
+ * `floor` is the number of slots the worker knows it holds (after the
+ * releases): a live count below it is raised to it first; when the worker's
+ * last write is known to have landed (`trusted` = 1), a count below it means
+ * the host's keys were lost. Returns `{epoch, lost (0: no, 1: the slot's
+ * keys), [total, lost (0, 1, or 2: this host's keys), tickets in the line,
+ * granted (0|1)...]..., healed...}` (see `OWN`).
  */
 export const ACQUIRE_LUA: string = NOW + `
 local worker = ARGV[1]
 local lease = tonumber(ARGV[2])
-local floor = tonumber(ARGV[3])
-local ttl = tonumber(ARGV[4])
-local trusted = ARGV[7] == '1'
-local releases = tonumber(ARGV[8])
-local host = ARGV[9]
+local ttl = tonumber(ARGV[3])
 ` + OWN + LIVE + EPOCH + WRITE + LINE + `
-own(KEYS[1], 'hash')
-own(KEYS[2], 'zset')
-own(KEYS[3], 'hash')
-if tonumber(ARGV[10]) >= 0 then own(KEYS[4], 'set') end
-own(KEYS[5], 'zset')
-own(KEYS[6], 'zset')
-local epoch, lost = check_epoch(KEYS[3], ARGV[5], ARGV[6])
-if lost == 0 and keys_lost(KEYS[3], host, KEYS[1], KEYS[2]) then lost = 2 end
-local sum, mine = live(KEYS[1], KEYS[2], worker, true)
-local changed = false
-if releases > 0 then
-  local r = math.min(releases, mine)
-  mine = mine - r
-  sum = sum - r
-  changed = true
-end
-if mine < floor then
-  if lost == 0 and trusted then lost = 2 end
-  sum = sum + floor - mine
-  mine = floor
-  changed = true
-end
-local glimit = tonumber(ARGV[10])
-local gsum = 0
-if glimit > 0 then
-  local self = string.sub(KEYS[1], 1, -3)
-  local members = redis.call('SMEMBERS', KEYS[4])
-  for i = 1, #members do
-    local m = members[i]
-    if m ~= self then
-      own(m .. ':n', 'hash')
-      if redis.call('EXISTS', m .. ':n') == 0 then
-        redis.call('SREM', KEYS[4], m)
+local L, e = KEYS[1], KEYS[2]
+own(L, 'zset')
+own(e, 'hash')
+local epoch, slot_lost = check_epoch(e, ARGV[4], ARGV[5])
+local out = {epoch, slot_lost}
+-- This worker's lease first: its counts written below (a group's members
+-- summed after them) count from the first one.
+local had_leases = redis.call('EXISTS', L) == 1
+redis.call('ZADD', L, now + lease, worker)
+local a = 6
+for k = 3, #KEYS, 4 do
+  local n, members, q, qw = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local host = ARGV[a]
+  local floor = tonumber(ARGV[a + 1])
+  local trusted = ARGV[a + 2] == '1'
+  local releases = tonumber(ARGV[a + 3])
+  local glimit = tonumber(ARGV[a + 4])
+  local asks = tonumber(ARGV[a + 5])
+  a = a + 6
+  own(n, 'hash')
+  own(q, 'zset')
+  if asks == 0 then
+    -- Slots given back only: no sum to take, no line to prune.
+    local mine = math.max(tonumber(redis.call('HGET', n, worker) or '0') - releases, 0)
+    local lost = slot_lost
+    if mine < floor then
+      if lost == 0 and trusted then lost = 2 end
+      mine = floor
+    end
+    write(n, e, host, worker, mine, ttl)
+    if mine <= 0 then unmark_if_gone(e, host, n) end
+    if releases > 0 then wake(q, host) end
+    out[#out + 1] = -1
+    out[#out + 1] = lost
+    out[#out + 1] = -1
+  else
+    if glimit >= 0 then own(members, 'set') end
+    own(qw, 'zset')
+    local lost = slot_lost
+    if lost == 0 and keys_lost(e, host, n, had_leases) then lost = 2 end
+    local sum, mine = live(n, L, worker, true)
+    local changed = false
+    if releases > 0 then
+      local r = math.min(releases, mine)
+      mine = mine - r
+      sum = sum - r
+      changed = true
+    end
+    if mine < floor then
+      if lost == 0 and trusted then lost = 2 end
+      sum = sum + floor - mine
+      mine = floor
+      changed = true
+    end
+    local gsum = 0
+    if glimit > 0 then
+      local self = string.sub(n, 1, -3)
+      local list = redis.call('SMEMBERS', members)
+      for i = 1, #list do
+        local m = list[i]
+        if m ~= self then
+          own(m .. ':n', 'hash')
+          if redis.call('EXISTS', m .. ':n') == 0 then
+            redis.call('SREM', members, m)
+          else
+            gsum = gsum + live(m .. ':n', L, '', false)
+          end
+        end
+      end
+      gsum = gsum + sum
+    end
+    local queued = prune_line(q, qw)
+    if releases > 0 and queued then redis.call('PUBLISH', q, host) end
+    local grants = {}
+    for i = a, a + asks - 1 do
+      local limit, ticket = string.match(ARGV[i], '^(%S+) ?(.*)$')
+      limit = tonumber(limit)
+      if lost == 0 and (limit <= 0 or (sum < limit and line_lets(q, queued, sum, limit, ticket))) and
+          (glimit <= 0 or gsum < glimit) then
+        sum = sum + 1
+        gsum = gsum + 1
+        mine = mine + 1
+        changed = true
+        if ticket ~= '' then redis.call('ZREM', q, ticket) end
+        grants[#grants + 1] = 1
       else
-        gsum = gsum + live(m .. ':n', KEYS[2], '', false)
+        grants[#grants + 1] = 0
       end
     end
-  end
-  gsum = gsum + sum
-end
-local out = {0, lost, epoch}
--- The line of waiting tickets (its two keys come last): begin
-local q, qw = KEYS[#KEYS - 1], KEYS[#KEYS]
-local queued = prune_line(q, qw)
-if releases > 0 and queued then redis.call('PUBLISH', q, host) end
--- The line of waiting tickets: end
-for i = 11, #ARGV do
-  local limit, ticket = string.match(ARGV[i], '^(%S+) ?(.*)$')
-  limit = tonumber(limit)
-  if lost == 0 and (limit <= 0 or (sum < limit and line_lets(q, queued, sum, limit, ticket))) and
-      (glimit <= 0 or gsum < glimit) then
-    sum = sum + 1
-    gsum = gsum + 1
-    mine = mine + 1
-    changed = true
-    if ticket ~= '' then redis.call('ZREM', q, ticket) end
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
+    a = a + asks
+    out[#out + 1] = sum
+    out[#out + 1] = lost
+    out[#out + 1] = queued and redis.call('ZCARD', q) or 0
+    for i = 1, #grants do out[#out + 1] = grants[i] end
+    if changed then write(n, e, host, worker, mine, ttl) end
+    if mine <= 0 then unmark_if_gone(e, host, n) end
   end
 end
-out[1] = sum
-out[#out + 1] = queued and redis.call('ZCARD', q) or 0
-if changed then write(KEYS[1], KEYS[2], KEYS[3], host, worker, mine, ttl) end
--- With a count of its own, this worker's field keeps the hash.
-if mine <= 0 then unmark_if_gone(KEYS[3], host, KEYS[1]) end
+redis.call('PEXPIRE', L, ttl)
 return with_healed(out)
-`;
-
-/**
- * `release(worker, count, host)` on `KEYS` = n, epoch hash, line q: gives
- * back `count` slots of `worker` and wakes the line; at 0 (or below, when the
- * field was already gone) its field is deleted, and with the last one the
- * host's mark. Returns `{remaining count, healed...}`.
- */
-export const RELEASE_LUA: string = OWN + `
-own(KEYS[1], 'hash')
-own(KEYS[2], 'hash')
-local v = redis.call('HINCRBY', KEYS[1], ARGV[1], -tonumber(ARGV[2]))
-if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('PUBLISH', KEYS[3], ARGV[3]) end
-if v > 0 then return with_healed({v}) end
-redis.call('HDEL', KEYS[1], ARGV[1])
-if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HDEL', KEYS[2], ARGV[3]) end
-return with_healed({0})
 `;
 
 /**
@@ -390,6 +405,7 @@ local L = KEYS[2]
 for i = 1, #KEYS do own(KEYS[i], i == 2 and 'zset' or 'hash') end
 local epoch, lost = check_epoch(e, ARGV[4], ARGV[5])
 -- The slot's lease set, pruned as live() would, then this worker's lease.
+local had_leases = redis.call('EXISTS', L) == 1
 redis.call('ZREMRANGEBYSCORE', L, '-inf', '(' .. now)
 redis.call('ZREMRANGEBYSCORE', L, '(' .. (now + lease + ${LEASE_MARGIN_MS}), '+inf')
 if ARGV[6] == 'leave' then
@@ -410,13 +426,13 @@ for h = 0, #KEYS - 3 do
   local fields = trusted and count > 0 and redis.call('HGETALL', n) or {}
   if #fields == 2 and fields[1] == worker and tonumber(fields[2]) == count then
     -- Only this worker's count, as it knows it: renew the keys, nothing else.
-    renew_keys(n, L, e, host, ttl)
+    renew_keys(n, e, host, ttl)
     out[o + 1] = count
   else
-    if keys_lost(e, host, n, L) then hostLost = 2 end
+    if keys_lost(e, host, n, had_leases) then hostLost = 2 end
     local sum, mine = live(n, L, worker, true)
     if trusted and mine < floor then hostLost = 2 end
-    write(n, L, e, host, worker, count, ttl)
+    write(n, e, host, worker, count, ttl)
     unmark_if_gone(e, host, n)
     out[o + 1] = sum - mine + math.max(count, 0)
   end

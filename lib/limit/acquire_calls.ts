@@ -1,0 +1,241 @@
+/**
+ * {@linkcode AcquireCalls}: how the Redis limiter's acquires and releases
+ * travel. The acquires of one event-loop turn go as one script call per
+ * slot (on a single Redis: one call), the slots given back meanwhile ride
+ * along, and each answer is taken into the ledger host by host.
+ *
+ * @module
+ */
+
+import {
+  ACQUIRE,
+  type AcquiredHost,
+  type AcquireInput,
+  type AcquireReply,
+  runScript,
+} from "./redis_script_codec.ts";
+import { RedisConnectionLostError, RedisCountsLostError } from "./redis_errors.ts";
+import { LimiterUnavailableError } from "./limiter.ts";
+import type { SentHost } from "./host_ledger.ts";
+import type { FleetQueue } from "./fleet_queue.ts";
+import type { LimiterContext } from "./limiter_context.ts";
+import { SlotBatches } from "./slot_batches.ts";
+
+/** A request waiting for Redis's answer to its acquire. */
+export interface PendingAcquire {
+  /** The host's limit; 0 is none. */
+  limit: number;
+  /** The waiting request's ticket in the fleet's queue, or `""`. */
+  ticket: string;
+  /** The group's limit; -1: no group. */
+  groupLimit: number;
+  /** Settles the acquire. */
+  resolve: (granted: boolean) => void;
+  /** Fails the acquire. */
+  reject: (error: unknown) => void;
+}
+
+/** What one host carried in an acquire call. */
+interface SentBatch {
+  host: string;
+  sent: SentHost;
+  acquires: PendingAcquire[];
+}
+
+/** Options of {@linkcode AcquireCalls}. */
+export interface AcquireCallsOptions extends LimiterContext {
+  /** The fleet's queue (tickets, lengths), flushed before each turn's calls. */
+  queue: FleetQueue;
+  /** Decides an acquire by the failure mode, Redis having failed with `cause`. */
+  decide: (host: string, acquire: PendingAcquire, cause: unknown) => void;
+  /** A request for `host` was refused. */
+  refused: (host: string) => void;
+  /** Forgets a host that holds nothing and that Redis agrees on. */
+  collect: (host: string) => void;
+  /** Syncs `host` now: it was due while its calls were in flight, and none is now. */
+  syncNow: (host: string) => void;
+}
+
+/** Sends acquires and releases in batches and takes in the answers. */
+export class AcquireCalls {
+  #o: AcquireCallsOptions;
+  /** Acquires asked and not sent yet, by host. */
+  #asked = new Map<string, PendingAcquire[]>();
+  #batches: SlotBatches;
+
+  /** Creates the calls. */
+  constructor(options: AcquireCallsOptions) {
+    this.#o = options;
+    this.#batches = new SlotBatches({
+      slotOf: (host) => options.keys.epoch(host),
+      // The queue first: a ticket joins it before it asks for a slot.
+      beforeFlush: () => options.queue.flush(),
+      send: (slot, hosts, answered) => this.#send(slot, hosts, answered),
+    });
+  }
+
+  /** Asks Redis for one slot of `host` (already counted as asked in the ledger) with this turn's call. */
+  ask(host: string, acquire: PendingAcquire): void {
+    let asked = this.#asked.get(host);
+    if (!asked) this.#asked.set(host, asked = []);
+    asked.push(acquire);
+    this.#batches.add(host, true);
+  }
+
+  /**
+   * Sends what the ledger has to send for `host`: this turn when someone may
+   * wait for the slots it gives back, else within a few ms, with the next
+   * call of its slot if one goes sooner.
+   */
+  send(host: string): void {
+    if (this.#o.ledger.hasWork(host)) this.#batches.add(host, this.#urgent(host));
+  }
+
+  /**
+   * Whether what `host` has to send goes this turn: acquires, or slots given
+   * back that may be waited for (someone queues, or the fleet is at its limit).
+   */
+  #urgent(host: string): boolean {
+    const { ledger, queue, keys, fleet } = this.#o;
+    const s = ledger.get(host);
+    if (!s || s.asks > 0) return true;
+    return queue.waiting(host) > 0 || queue.waitsFor(host) || keys.groupOf.has(host) ||
+      (s.limit > 0 && (fleet.get(host) ?? 0) >= s.limit);
+  }
+
+  /** Runs this turn's flush (the fleet's queue changes) even when no acquire waits. */
+  turn(): void {
+    this.#batches.turn();
+  }
+
+  /** Writes what waits for the slot of `host` at once. */
+  flushHost(host: string): void {
+    this.#batches.flushHost(host);
+  }
+
+  /** Writes everything that waits at once, then stops. */
+  close(): void {
+    this.#batches.flushAll();
+    this.#batches.clear();
+  }
+
+  /** Sends one acquire call for `hosts` of the slot of epoch key `slot`, written now. */
+  #send(slot: string, hosts: string[], answered: () => void): boolean {
+    const { ledger } = this.#o;
+    const batches: SentBatch[] = [];
+    for (const host of hosts) {
+      if (!ledger.hasWork(host)) continue;
+      const acquires = this.#asked.get(host) ?? [];
+      this.#asked.delete(host);
+      batches.push({ host, sent: ledger.send(host), acquires });
+    }
+    if (batches.length === 0) return false;
+    if (this.#o.closed()) {
+      const closed = new LimiterUnavailableError("Redis limiter is closed");
+      for (const { host, sent, acquires } of batches) {
+        ledger.failed(host, sent);
+        for (const acquire of acquires) acquire.reject(closed);
+      }
+      return false;
+    }
+    const epoch = this.#o.conn.epoch;
+    const input = this.#input(slot, batches);
+    const tickets = batches.flatMap((b) => b.acquires.filter((a) => a.ticket).map((a) => a.ticket));
+    const call = this.#o.call(() => runScript(this.#o.client, ACQUIRE, input));
+    this.#o.queue.asking(tickets, call).then(
+      (reply) => {
+        answered();
+        this.#answered(slot, batches, reply, epoch);
+      },
+      (error) => {
+        answered();
+        // Redis may have applied it anyway; the next sync sets the truth.
+        for (const { host, sent, acquires } of batches) {
+          if (ledger.failed(host, sent)) this.#o.syncNow(host);
+          for (const acquire of acquires) this.#o.decide(host, acquire, error);
+        }
+      },
+    );
+    return true;
+  }
+
+  /** What {@linkcode ACQUIRE} is sent for the hosts of one slot. */
+  #input(slot: string, batches: SentBatch[]): AcquireInput {
+    const { keys, recovery } = this.#o;
+    return {
+      leases: keys.leases(slot),
+      epoch: slot,
+      worker: this.#o.worker,
+      lease: this.#o.lease,
+      ttl: this.#o.ttl,
+      known: recovery.known(slot),
+      fresh: recovery.fresh,
+      hosts: batches.map(({ host, sent, acquires }) => ({
+        host,
+        n: keys.key(host, "n"),
+        members: keys.members(host),
+        q: keys.key(host, "q"),
+        qw: keys.key(host, "qw"),
+        floor: sent.floor,
+        trusted: sent.trusted,
+        releases: sent.releases,
+        groupLimit: acquires.at(-1)?.groupLimit ?? -1,
+        asks: acquires,
+      })),
+    };
+  }
+
+  /** Takes in Redis's answer to an acquire call sent in connection epoch `epoch`. */
+  #answered(slot: string, batches: SentBatch[], reply: AcquireReply, epoch: number): void {
+    const healed = this.#o.recovery.healed(reply.healed);
+    batches.forEach((batch, i) => {
+      const answer = reply.hosts[i];
+      if (epoch !== this.#o.conn.epoch) return this.#distrusted(batch, answer);
+      const lost = reply.lost || answer.lost;
+      this.#o.recovery.noteEpoch(slot, lost, reply.epoch, batch.host, healed);
+      this.#answeredHost(batch, answer, lost);
+    });
+  }
+
+  /**
+   * Sent before a lost connection and replayed after it, maybe to a Redis
+   * that restarted empty: the answer may rest on partial sums. What it
+   * counted is given back, and the acquires are decided as if Redis had not
+   * answered.
+   */
+  #distrusted({ host, sent, acquires }: SentBatch, answer: AcquiredHost): void {
+    if (this.#o.ledger.distrusted(host, sent, answer.granted.filter(Boolean).length)) {
+      this.#o.syncNow(host);
+    }
+    const lost = new RedisConnectionLostError("Connection to Redis was lost while acquiring");
+    for (const acquire of acquires) this.#o.decide(host, acquire, lost);
+  }
+
+  #answeredHost({ host, sent, acquires }: SentBatch, answer: AcquiredHost, lost: number): void {
+    const { ledger, queue, fleet } = this.#o;
+    if (ledger.answered(host, sent, answer.granted.filter(Boolean).length)) this.#o.syncNow(host);
+    if (answer.total >= 0) {
+      queue.note(host, answer.waiting);
+      fleet.set(host, answer.total);
+    } else {
+      // Slots given back only: Redis took no sum.
+      const known = fleet.get(host);
+      if (known !== undefined) fleet.set(host, Math.max(0, known - sent.releases));
+    }
+    let refused = false;
+    acquires.forEach((acquire, i) => {
+      if (answer.granted[i]) {
+        if (acquire.ticket) queue.forget(host, acquire.ticket);
+        acquire.resolve(true);
+      } else if (lost > 0) {
+        // The sum may be partial: decide as if Redis had not answered.
+        this.#o.decide(host, acquire, new RedisCountsLostError());
+      } else {
+        refused = true;
+        acquire.resolve(false);
+      }
+    });
+    this.#o.collect(host);
+    if (refused) this.#o.refused(host);
+  }
+}
