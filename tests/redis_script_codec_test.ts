@@ -1,8 +1,8 @@
 // The Lua scripts' codec without Redis: each script's keys and arguments in
 // the order the script reads them, and its reply decoded by name.
 import assert from "node:assert/strict";
-import { ACQUIRE, COUNT, LINE, REGISTER, SYNC } from "../lib/limit/redis_script_codec.ts";
-import { ACQUIRE_LUA, LINE_LUA, SYNC_LUA } from "../lib/limit/redis_scripts.ts";
+import { ACQUIRE, COUNT, QUEUE, REGISTER, SYNC } from "../lib/limit/redis_script_codec.ts";
+import { ACQUIRE_LUA, QUEUE_LUA, SYNC_LUA } from "../lib/limit/redis_scripts.ts";
 
 const HOST = {
   host: "h",
@@ -127,12 +127,12 @@ Deno.test("line: q, qw; the number of adds, the adds, then the removes", () => {
     adds: ["w|1"],
     removes: ["w|0", "w|2"],
   };
-  assert.deepEqual(LINE.encode(input), {
+  assert.deepEqual(QUEUE.encode(input), {
     keys: ["q", "qw"],
     args: ["w", 300, 3_600, "leave", "h", 1, "w|1", "w|0", "w|2"],
   });
-  assert.match(LINE_LUA, /local adds = tonumber\(ARGV\[6\]\)/);
-  assert.deepEqual(LINE.decode([2], input), { length: 2, healed: [] });
+  assert.match(QUEUE_LUA, /local adds = tonumber\(ARGV\[6\]\)/);
+  assert.deepEqual(QUEUE.decode([2], input), { length: 2, healed: [] });
 });
 
 Deno.test("on Cluster the scripts that wake the line publish on sharded channels", () => {

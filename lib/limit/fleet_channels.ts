@@ -2,7 +2,7 @@
  * {@linkcode FleetChannels}: the Redis limiter's subscriptions. Refusals are
  * published on `<prefix>:pressure` (idle connections elsewhere give their
  * slots up), losses of counts on `<prefix>:lost` (every worker re-asserts),
- * and each host's line is woken on a channel named like its `q` key (a
+ * and each host's queue is woken on a channel named like its `q` key (a
  * sharded channel on Cluster) when a slot may have come free.
  *
  * @module
@@ -26,7 +26,7 @@ export interface FleetChannelsOptions {
   onLost: (message: string) => void;
   /** A slot of `host` may have come free while this worker waits for it. */
   onWake: (host: string) => void;
-  /** Whether this worker waits in the line of `host`. */
+  /** Whether this worker waits in the queue of `host`. */
   waitsFor: (host: string) => boolean;
 }
 
@@ -42,7 +42,7 @@ export class FleetChannels {
     this.#o = options;
   }
 
-  /** Subscribes to the pressure and loss channels and to the lines of `waited` (once). */
+  /** Subscribes to the pressure and loss channels and to the queues of `waited` (once). */
   subscribe(waited: Iterable<string>): void {
     if (this.#sub) return;
     const { client, cluster, keys } = this.#o;
@@ -71,7 +71,7 @@ export class FleetChannels {
     return this.#sub !== null;
   }
 
-  /** Listens for (or stops listening for) the wake-ups of the line of `host`. */
+  /** Listens for (or stops listening for) the wake-ups of the queue of `host`. */
   watch(host: string, on: boolean): void {
     const sub = this.#sub;
     if (!sub) return;

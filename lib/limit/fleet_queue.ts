@@ -1,17 +1,17 @@
 /**
- * {@linkcode FleetQueue}: this worker's tickets in the fleet's lines of
- * waiting requests (one line per host, in Redis), and the changes of them
+ * {@linkcode FleetQueue}: this worker's tickets in the fleet's queues of
+ * waiting requests (one queue per host, in Redis), and the changes of them
  * sent once per event-loop turn.
  *
  * @module
  */
 
 import type { WorkerContext } from "./worker_registry.ts";
-import { type HealedKey, LINE, type LineInput, runScript } from "./redis_script_codec.ts";
+import { type HealedKey, QUEUE, type QueueInput, runScript } from "./redis_script_codec.ts";
 
-/** What the line of one host is to be told in this event-loop turn. */
-interface LineOps {
-  /** Tickets joining the line, in order. */
+/** What the queue of one host is to be told in this event-loop turn. */
+interface QueueOps {
+  /** Tickets joining the queue, in order. */
   adds: string[];
   /** Tickets leaving it. */
   removes: string[];
@@ -25,31 +25,31 @@ export interface FleetQueueOptions extends WorkerContext {
   canSend: () => boolean;
   /** Called when the first change of a turn is queued: {@linkcode FleetQueue.flush} is due. */
   schedule: () => void;
-  /** Starts (or stops) listening for the wake-ups of the line of a host. */
+  /** Starts (or stops) listening for the wake-ups of the queue of a host. */
   watch: (host: string, on: boolean) => void;
   /** Takes in the keys a script found of another type and deleted. */
   healed: (keys: HealedKey[]) => void;
 }
 
 /**
- * The fleet's lines as this worker takes part in them: its tickets by host,
+ * The fleet's queues as this worker takes part in them: its tickets by host,
  * this turn's changes, the tickets whose acquire is under way, and the
- * lengths of the lines as last answered.
+ * lengths of the queues as last answered.
  */
 export class FleetQueue {
   #o: FleetQueueOptions;
   /** This worker's tickets, by host, in order. */
   #tickets = new Map<string, Set<string>>();
   /** This turn's changes, by host, until {@linkcode flush} sends them. */
-  #ops = new Map<string, LineOps>();
+  #ops = new Map<string, QueueOps>();
   /** Tickets whose acquire is on its way to Redis. */
   #asking = new Set<string>();
   /** Tickets issued so far (their ids are this number, padded, so they sort). */
   #seq = 0;
-  /** Lengths of the lines, by host, as last answered (hosts with none left out). */
+  /** Lengths of the queues, by host, as last answered (hosts with none left out). */
   #lengths = new Map<string, number>();
 
-  /** Creates the line; nothing is sent until a ticket joins. */
+  /** Creates the queue; nothing is sent until a ticket joins. */
   constructor(options: FleetQueueOptions) {
     this.#o = options;
   }
@@ -59,7 +59,7 @@ export class FleetQueue {
     return `${this.#o.worker}|${(this.#seq++).toString(36).padStart(11, "0")}`;
   }
 
-  /** Puts `ticket` at the end of the line of `host` (sent with this turn's changes). */
+  /** Puts `ticket` at the end of the queue of `host` (sent with this turn's changes). */
   add(host: string, ticket: string): void {
     let tickets = this.#tickets.get(host);
     if (!tickets) {
@@ -72,7 +72,7 @@ export class FleetQueue {
     ops.leave = false;
   }
 
-  /** Takes `ticket` out of the line of `host` (no-op once granted or gone). */
+  /** Takes `ticket` out of the queue of `host` (no-op once granted or gone). */
   remove(host: string, ticket: string): void {
     if (!this.holds(host, ticket)) return;
     this.forget(host, ticket);
@@ -82,7 +82,7 @@ export class FleetQueue {
     else ops.removes.push(ticket);
   }
 
-  /** Forgets a ticket that is no longer in line; the last one of a host ends the wait. */
+  /** Forgets a ticket that is no longer queued; the last one of a host ends the wait. */
   forget(host: string, ticket: string): void {
     const tickets = this.#tickets.get(host);
     if (!tickets?.delete(ticket) || tickets.size > 0) return;
@@ -91,22 +91,22 @@ export class FleetQueue {
     this.#op(host).leave = true;
   }
 
-  /** Whether this worker holds `ticket` in the line of `host`. */
+  /** Whether this worker holds `ticket` in the queue of `host`. */
   holds(host: string, ticket: string): boolean {
     return this.#tickets.get(host)?.has(ticket) ?? false;
   }
 
-  /** Whether this worker waits in the line of `host`. */
+  /** Whether this worker waits in the queue of `host`. */
   waitsFor(host: string): boolean {
     return this.#tickets.has(host);
   }
 
-  /** The hosts whose line this worker waits in, or knows the length of. */
+  /** The hosts whose queue this worker waits in, or knows the length of. */
   hosts(): string[] {
     return [...this.#tickets.keys(), ...this.#lengths.keys()];
   }
 
-  /** The hosts whose line this worker waits in. */
+  /** The hosts whose queue this worker waits in. */
   waited(): Iterable<string> {
     return this.#tickets.keys();
   }
@@ -146,31 +146,31 @@ export class FleetQueue {
   }
 
   /**
-   * Forgets every line (on close) and returns the calls that leave them, to
+   * Forgets every queue (on close) and returns the calls that leave them, to
    * be sent (and bounded) by the caller while Redis is up.
    */
   close(): (() => Promise<unknown>)[] {
     const { client } = this.#o;
-    const lines = [...this.#tickets];
+    const queues = [...this.#tickets];
     this.#tickets.clear();
     this.#lengths.clear();
-    return lines.map(([host, tickets]) => () =>
-      runScript(client, LINE, this.#input(host, "leave", [], [...tickets]))
+    return queues.map(([host, tickets]) => () =>
+      runScript(client, QUEUE, this.#input(host, "leave", [], [...tickets]))
     );
   }
 
-  /** Takes in the length of the line of `host` as a script answered it. */
+  /** Takes in the length of the queue of `host` as a script answered it. */
   note(host: string, length: number): void {
     if (length > 0) this.#lengths.set(host, length);
     else this.#lengths.delete(host);
   }
 
-  /** The requests waiting for `host` in the fleet's line, as Redis last answered. */
+  /** The requests waiting for `host` in the fleet's queue, as Redis last answered. */
   waiting(host: string): number {
     return this.#lengths.get(host) ?? 0;
   }
 
-  #op(host: string): LineOps {
+  #op(host: string): QueueOps {
     let ops = this.#ops.get(host);
     if (!ops) {
       ops = { adds: [], removes: [], leave: false };
@@ -180,19 +180,19 @@ export class FleetQueue {
     return ops;
   }
 
-  /** Sends changes of the line of `host`; a failure is healed by the heartbeat. */
-  #send(host: string, ops: LineOps, op: LineInput["op"]): void {
+  /** Sends changes of the queue of `host`; a failure is healed by the heartbeat. */
+  #send(host: string, ops: QueueOps, op: QueueInput["op"]): void {
     if (!this.#o.canSend()) return;
     if (ops.adds.length === 0 && ops.removes.length === 0 && op === "") return;
     const { client, call, healed } = this.#o;
-    call(() => runScript(client, LINE, this.#input(host, op, ops.adds, ops.removes)))
+    call(() => runScript(client, QUEUE, this.#input(host, op, ops.adds, ops.removes)))
       .then((reply) => {
         this.note(host, reply.length);
         healed(reply.healed);
       }, () => {});
   }
 
-  #input(host: string, op: LineInput["op"], adds: string[], removes: string[]): LineInput {
+  #input(host: string, op: QueueInput["op"], adds: string[], removes: string[]): QueueInput {
     const { keys, worker, lease, ttl } = this.#o;
     const [q, qw] = [keys.key(host, "q"), keys.key(host, "qw")];
     return { q, qw, worker, lease, ttl, op, host, adds, removes };

@@ -16,7 +16,7 @@ export interface LimitGroup {
 export interface AcquireOptions {
   /** The group the host belongs to, whose limit it shares. */
   group?: LimitGroup;
-  /** The request's ticket in the fleet's line ({@linkcode Limiter.enqueue}). */
+  /** The request's ticket in the fleet's queue ({@linkcode Limiter.enqueue}). */
   ticket?: string;
 }
 
@@ -35,7 +35,7 @@ export interface Limiter {
    * {@linkcode LimiterUnavailableError} when the limiter cannot decide and its
    * failure mode says to refuse. With a `ticket` from
    * {@linkcode Limiter.enqueue}, the slot is granted only when no earlier
-   * ticket still waits for the slots left, and the ticket leaves the line.
+   * ticket still waits for the slots left, and the ticket leaves the queue.
    *
    * A host keeps the group it had when it held no slot until it holds none
    * again: a change of group applies to a host's next connections once its
@@ -55,14 +55,14 @@ export interface Limiter {
    */
   onPressure?: (host: string) => void;
   /**
-   * A limiter shared by a fleet may keep one line of waiting requests per
+   * A limiter shared by a fleet may keep one queue of waiting requests per
    * host across the fleet: puts a request at its end and returns its ticket.
-   * Without it, each process's own line is all there is.
+   * Without it, each process's own queue is all there is.
    */
   enqueue?(host: string): string;
-  /** Takes a ticket out of the line (no-op once it was granted or is gone). */
+  /** Takes a ticket out of the queue (no-op once it was granted or is gone). */
   dequeue?(host: string, ticket: string): void;
-  /** The requests waiting for `host` in the fleet's line, as last seen. */
+  /** The requests waiting for `host` in the fleet's queue, as last seen. */
   waiting?(host: string): number;
   /**
    * Set by the owner of waiting requests: called with a host when a slot of

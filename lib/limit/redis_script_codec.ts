@@ -11,7 +11,7 @@ import {
   ACQUIRE_LUA,
   COUNT_LUA,
   forCluster,
-  LINE_LUA,
+  QUEUE_LUA,
   REGISTER_LUA,
   SYNC_LUA,
 } from "./redis_scripts.ts";
@@ -82,7 +82,7 @@ function wakes(lua: string): (cluster: boolean) => string {
 export interface Ask {
   /** The host's limit; 0 is none. */
   limit: number;
-  /** The ticket in the fleet's line, or `""`. */
+  /** The ticket in the fleet's queue, or `""`. */
   ticket: string;
 }
 
@@ -94,7 +94,7 @@ export interface AcquireHost {
   n: string;
   /** Its group's member set (unused without a group). */
   members: string;
-  /** Its line. */
+  /** Its queue. */
   q: string;
   /** Its waiting workers. */
   qw: string;
@@ -136,7 +136,7 @@ export interface AcquiredHost {
   total: number;
   /** Whether keys were lost: the slot's (1) or the host's (2). */
   lost: Lost;
-  /** The tickets in the host's line; -1 when the host only gave slots back. */
+  /** The tickets in the host's queue; -1 when the host only gave slots back. */
   waiting: number;
   /** Per ask, whether it was granted. */
   granted: boolean[];
@@ -332,9 +332,9 @@ export const REGISTER: Script<RegisterInput, string[]> = {
   decode: (reply) => list(reply).map(String),
 };
 
-/** The input of {@linkcode LINE}. */
-export interface LineInput {
-  /** The host's line. */
+/** The input of {@linkcode QUEUE}. */
+export interface QueueInput {
+  /** The host's queue. */
   q: string;
   /** The host's waiting workers. */
   qw: string;
@@ -348,22 +348,22 @@ export interface LineInput {
   op: "" | "renew" | "leave";
   /** The host. */
   host: string;
-  /** Tickets joining the line, in order. */
+  /** Tickets joining the queue, in order. */
   adds: string[];
   /** Tickets leaving it. */
   removes: string[];
 }
 
-/** The reply of {@linkcode LINE}. */
-export interface LineReply extends Healing {
-  /** The tickets in the line. */
+/** The reply of {@linkcode QUEUE}. */
+export interface QueueReply extends Healing {
+  /** The tickets in the queue. */
   length: number;
 }
 
-/** Changes the fleet's line of one host (`LINE_LUA`). */
-export const LINE: Script<LineInput, LineReply> = {
-  name: "dprlLine",
-  lua: wakes(LINE_LUA),
+/** Changes the fleet's queue of one host (`QUEUE_LUA`). */
+export const QUEUE: Script<QueueInput, QueueReply> = {
+  name: "dprlQueue",
+  lua: wakes(QUEUE_LUA),
   encode: (i) => ({
     keys: [i.q, i.qw],
     args: [i.worker, i.lease, i.ttl, i.op, i.host, i.adds.length, ...i.adds, ...i.removes],
@@ -380,7 +380,7 @@ export const SCRIPTS: readonly Script<never, unknown>[] = [
   SYNC,
   COUNT,
   REGISTER,
-  LINE,
+  QUEUE,
 ] as Script<never, unknown>[];
 
 /** What sends a script call: a client or a pipeline with the scripts defined. */

@@ -166,34 +166,34 @@ end
 `;
 
 /**
- * The fleet's line of waiting requests for one host (issue: waiting for a
+ * The fleet's queue of waiting requests for one host (issue: waiting for a
  * slot). `<prefix>:{H}:q` is a sorted set of tickets (member `<worker>|<n>`,
  * score the enqueue time from Redis `TIME`, never lower than the last
  * ticket's); `<prefix>:{H}:qw` a sorted set of the waiting workers' lease
  * deadlines. A ticket counts only while its worker's lease lives: the tickets
  * of a worker whose lease passed are deleted with it, and tickets at the front
- * of the line without a waiting worker go too. Releases wake the line with a
+ * of the queue without a waiting worker go too. Releases wake the queue with a
  * message on the channel named like the `q` key ({@linkcode forCluster} makes
  * it a sharded channel). Need locals `now` and `lease`.
  *
- * - `prune_line(q, qw)`: drops dead workers and their tickets (nothing to do
+ * - `prune_queue(q, qw)`: drops dead workers and their tickets (nothing to do
  *   while nobody waits); returns whether anyone still waits.
- * - `line_lets(q, queued, sum, limit, ticket)`: whether the line (`queued`:
+ * - `queue_lets(q, queued, sum, limit, ticket)`: whether the queue (`queued`:
  *   anyone waits in it) lets an acquire through: one without a ticket (`''`)
  *   only while the slots left exceed the tickets waiting, one with a ticket
  *   only while its rank is below `limit - sum`; a ticket missing from the
- *   line (lost keys, or granted already) asks as a newcomer (the heartbeat
+ *   queue (lost keys, or granted already) asks as a newcomer (the heartbeat
  *   puts lost ones back).
- * - `add_ticket(q, qw, worker, ticket)`: puts a ticket at the end of the line
+ * - `add_ticket(q, qw, worker, ticket)`: puts a ticket at the end of the queue
  *   unless it is in it, and renews the worker's waiting lease.
  * - `wake(q, host)`: tells the waiting workers that a slot may be free, when
  *   anyone waits.
  */
-const LINE = `
+const QUEUE = `
 local function owner_of(ticket)
   return string.match(ticket, '^(.*)|') or ''
 end
-local function prune_line(q, qw)
+local function prune_queue(q, qw)
   if redis.call('EXISTS', q) == 0 then return false end
   local horizon = now + lease + ${LEASE_MARGIN_MS}
   local dead = {}
@@ -232,7 +232,7 @@ local function add_ticket(q, qw, worker, ticket)
   redis.call('ZADD', q, score, ticket)
   redis.call('ZADD', qw, now + lease, worker)
 end
-local function line_lets(q, queued, sum, limit, ticket)
+local function queue_lets(q, queued, sum, limit, ticket)
   local rank = false
   if not queued then return sum < limit end
   if ticket ~= '' then rank = redis.call('ZRANK', q, ticket) end
@@ -255,13 +255,13 @@ export function forCluster(lua: string): string {
 /**
  * `acquire(worker, leaseMs, ttlMs, known, fresh, [host, floor, trusted,
  * releases, groupLimit, asks, limit...]...)` on `KEYS` = the slot's lease set
- * and epoch hash, then per host its n, group member set, line q and waiting
+ * and epoch hash, then per host its n, group member set, queue q and waiting
  * workers qw: every host of one call lives in one slot. For each host in
- * turn: first gives back `releases` slots of `worker` (and wakes the line),
+ * turn: first gives back `releases` slots of `worker` (and wakes the queue),
  * then takes one slot per `limit`, in order, for each while `limit` is 0 or
- * the live workers hold fewer than it and the line lets it through, unless
+ * the live workers hold fewer than it and the queue lets it through, unless
  * keys were lost. A `limit` may carry a ticket (`"<limit> <ticket>"`):
- * granted, the ticket leaves the line (see `LINE`). For a member of a group
+ * granted, the ticket leaves the queue (see `QUEUE`). For a member of a group
  * (`groupLimit` 0 or more; -1: no group, and its member-set key is unused), a
  * slot also needs the group's members together to hold fewer than
  * `groupLimit` (when above 0): their live counts are summed over the group's
@@ -270,14 +270,14 @@ export function forCluster(lua: string): string {
  * releases): a live count below it is raised to it first; when the worker's
  * last write is known to have landed (`trusted` = 1), a count below it means
  * the host's keys were lost. Returns `{epoch, lost (0: no, 1: the slot's
- * keys), [total, lost (0, 1, or 2: this host's keys), tickets in the line,
+ * keys), [total, lost (0, 1, or 2: this host's keys), tickets in the queue,
  * granted (0|1)...]..., healed...}` (see `OWN`).
  */
 export const ACQUIRE_LUA: string = NOW + `
 local worker = ARGV[1]
 local lease = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
-` + OWN + LIVE + EPOCH + WRITE + LINE + `
+` + OWN + LIVE + EPOCH + WRITE + QUEUE + `
 local L, e = KEYS[1], KEYS[2]
 own(L, 'zset')
 own(e, 'hash')
@@ -300,7 +300,7 @@ for k = 3, #KEYS, 4 do
   own(n, 'hash')
   own(q, 'zset')
   if asks == 0 then
-    -- Slots given back only: no sum to take, no line to prune.
+    -- Slots given back only: no sum to take, no queue to prune.
     local mine = math.max(tonumber(redis.call('HGET', n, worker) or '0') - releases, 0)
     local lost = slot_lost
     if mine < floor then
@@ -349,13 +349,13 @@ for k = 3, #KEYS, 4 do
       end
       gsum = gsum + sum
     end
-    local queued = prune_line(q, qw)
+    local queued = prune_queue(q, qw)
     if releases > 0 and queued then redis.call('PUBLISH', q, host) end
     local grants = {}
     for i = a, a + asks - 1 do
       local limit, ticket = string.match(ARGV[i], '^(%S+) ?(.*)$')
       limit = tonumber(limit)
-      if lost == 0 and (limit <= 0 or (sum < limit and line_lets(q, queued, sum, limit, ticket))) and
+      if lost == 0 and (limit <= 0 or (sum < limit and queue_lets(q, queued, sum, limit, ticket))) and
           (glimit <= 0 or gsum < glimit) then
         sum = sum + 1
         gsum = gsum + 1
@@ -491,15 +491,15 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 `;
 
 /**
- * `line(worker, leaseMs, ttlMs, op, host, adds, ticket...)` on `KEYS` = line
+ * `queue(worker, leaseMs, ttlMs, op, host, adds, ticket...)` on `KEYS` = queue
  * q, waiting workers qw of one host: puts the first `adds` tickets at the end
- * of the line (in order; one already in it keeps its place) and takes the
+ * of the queue (in order; one already in it keeps its place) and takes the
  * others out. `op` `"renew"` also renews `worker`'s waiting lease (the
  * heartbeat sends every ticket it waits with, so that lost ones come back),
  * `"leave"` ends it (the worker waits no more). Taking tickets out wakes the
- * line: the next may now go. Returns `{length of the line, healed...}`.
+ * queue: the next may now go. Returns `{length of the queue, healed...}`.
  */
-export const LINE_LUA: string = NOW + `
+export const QUEUE_LUA: string = NOW + `
 local worker = ARGV[1]
 local lease = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
@@ -508,10 +508,10 @@ local host = ARGV[5]
 local adds = tonumber(ARGV[6])
 local q = KEYS[1]
 local qw = KEYS[2]
-` + OWN + LINE + `
+` + OWN + QUEUE + `
 own(q, 'zset')
 own(qw, 'zset')
-prune_line(q, qw)
+prune_queue(q, qw)
 for i = 7, 6 + adds do add_ticket(q, qw, worker, ARGV[i]) end
 local removed = 0
 for i = 7 + adds, #ARGV do removed = removed + redis.call('ZREM', q, ARGV[i]) end
