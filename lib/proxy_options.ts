@@ -186,17 +186,4 @@ export interface ProxyRateLimiterOptions {
   admin?: AdminOptions;
 }
 
-/** The outcome of {@linkcode ProxyRateLimiter.reload}. */
-export type ReloadOutcome =
-  | {
-    /** The rules were read and swapped in. */
-    ok: true;
-    /** The rules that changed, each as `rule`, `a` (before) and `b` (after). */
-    changes: RuleDifference[];
-  }
-  | {
-    /** The rules could not be read; the current ones stay. */
-    ok: false;
-    /** What is wrong, as one line (`dprl.yaml:7:3: ...` for a config file). */
-    error: string;
-  };
+export type { ReloadOutcome } from "./limit/rule_layers.ts";

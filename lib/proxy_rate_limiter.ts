@@ -156,31 +156,9 @@ export class ProxyRateLimiter implements AsyncDisposable {
   async #reloadOnce(): Promise<ReloadOutcome> {
     const load = this.#options.loadRules;
     if (!load) throw new Error("Proxy has no loadRules option to reload from");
-    let changes: LoadedRules | RuleDifference[];
-    try {
-      const loaded = await load(this.#layers.reloadContext());
-      changes = loaded instanceof LoadedRules ? this.#layers.swap(loaded) : this.setRules(loaded);
-    } catch (err) {
-      const error = err instanceof Error ? err.message : String(err);
-      this.#stats.onConfigReload("error");
-      this.#logger.error("Config not reloaded, the current limits stay: {error}", { error });
-      return { ok: false, error };
-    }
-    this.#stats.onConfigReload("ok");
-    // A table swapped in from a worker reads its changes only when asked for.
-    const [preview, count] = changes instanceof LoadedRules
-      ? [changes.preview, changes.changeCount]
-      : [changes, changes.length];
-    this.#layers.logChanges(preview, "reload", count);
-    if (count === 0) this.#logger.info("Config reloaded, no limit changed");
-    this.#compareFiles();
-    const loaded = changes;
-    return {
-      ok: true,
-      get changes(): RuleDifference[] {
-        return loaded instanceof LoadedRules ? loaded.changes : loaded;
-      },
-    };
+    const outcome = await this.#layers.reload(load, (result) => this.#stats.onConfigReload(result));
+    if (outcome.ok) this.#compareFiles();
+    return outcome;
   }
 
   /**

@@ -19,6 +19,21 @@ import {
   type ReloadContext,
 } from "../config/reload.ts";
 
+/** The outcome of a reload of the rules (`ProxyRateLimiter.reload`). */
+export type ReloadOutcome =
+  | {
+    /** The rules were read and swapped in. */
+    ok: true;
+    /** The rules that changed, each as `rule`, `a` (before) and `b` (after). */
+    changes: RuleDifference[];
+  }
+  | {
+    /** The rules could not be read; the current ones stay. */
+    ok: false;
+    /** What is wrong, as one line (`dprl.yaml:7:3: ...` for a config file). */
+    error: string;
+  };
+
 /** Options of {@linkcode RuleLayers}. */
 export interface RuleLayersOptions {
   /** The command line's flags: the lowest layer. */
@@ -108,6 +123,41 @@ export class RuleLayers {
   setRuntime(rules: LimitRules, why: string): void {
     this.#runtime = rules;
     this.logChanges(this.#apply(), why);
+  }
+
+  /**
+   * Loads the file's layer again with `load` and swaps it in (as
+   * {@linkcode setFile} does, or a table compiled in a worker); a failure
+   * keeps the current rules and logs one error. `counted` hears the outcome.
+   */
+  async reload(
+    load: (context: ReloadContext) => LimitRules | LoadedRules | Promise<LimitRules | LoadedRules>,
+    counted: (result: "ok" | "error") => void,
+  ): Promise<ReloadOutcome> {
+    let changes: LoadedRules | RuleDifference[];
+    try {
+      const loaded = await load(this.reloadContext());
+      changes = loaded instanceof LoadedRules ? this.swap(loaded) : this.setFile(loaded);
+    } catch (err) {
+      const error = err instanceof Error ? err.message : String(err);
+      counted("error");
+      this.#logger.error("Config not reloaded, the current limits stay: {error}", { error });
+      return { ok: false, error };
+    }
+    counted("ok");
+    // A table swapped in from a worker reads its changes only when asked for.
+    const [preview, count] = changes instanceof LoadedRules
+      ? [changes.preview, changes.changeCount]
+      : [changes, changes.length];
+    this.logChanges(preview, "reload", count);
+    if (count === 0) this.#logger.info("Config reloaded, no limit changed");
+    const loaded = changes;
+    return {
+      ok: true,
+      get changes(): RuleDifference[] {
+        return loaded instanceof LoadedRules ? loaded.changes : loaded;
+      },
+    };
   }
 
   /**
