@@ -152,6 +152,13 @@ export interface AcquireReply extends Healing {
   hosts: AcquiredHost[];
 }
 
+/** What a call in one slot tells first: this worker, its lease, the keys' expiry and epoch tokens. */
+function slotHeader(
+  i: { worker: string; lease: number; ttl: number; known: string; fresh: string },
+): (string | number)[] {
+  return [i.worker, i.lease, i.ttl, i.known, i.fresh];
+}
+
 /** Gives back slots, then takes one per ask, for each host of one slot (`ACQUIRE_LUA`). */
 export const ACQUIRE: Script<AcquireInput, AcquireReply> = {
   name: "dprlAcquire",
@@ -159,11 +166,7 @@ export const ACQUIRE: Script<AcquireInput, AcquireReply> = {
   encode: (i) => ({
     keys: [i.leases, i.epoch, ...i.hosts.flatMap((h) => [h.n, h.members, h.q, h.qw])],
     args: [
-      i.worker,
-      i.lease,
-      i.ttl,
-      i.known,
-      i.fresh,
+      ...slotHeader(i),
       ...i.hosts.flatMap((h) => [
         h.host,
         h.floor,
@@ -254,11 +257,7 @@ export const SYNC: Script<SyncInput, SyncReply> = {
   encode: (i) => ({
     keys: [i.epoch, i.leases, ...i.hosts.map((h) => h.n)],
     args: [
-      i.worker,
-      i.lease,
-      i.ttl,
-      i.known,
-      i.fresh,
+      ...slotHeader(i),
       i.held === "leave" ? "leave" : i.held ? 1 : 0,
       ...i.hosts.flatMap((h) => [h.count, h.floor, h.trusted ? 1 : 0, h.host]),
     ],
