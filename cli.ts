@@ -269,17 +269,7 @@ function parseValues(
       0,
       100_000,
     ),
-    timeouts: {
-      head: duration("head-timeout", value("head-timeout")!),
-      connect: duration("connect-timeout", value("connect-timeout")!),
-      idle: duration("idle-timeout", value("idle-timeout")!),
-      keepAlive: duration("keep-alive-timeout", value("keep-alive-timeout")!),
-      upstreamIdle: duration(
-        "upstream-idle-timeout",
-        value("upstream-idle-timeout")!,
-      ),
-      fin: duration("fin-timeout", value("fin-timeout")!),
-    },
+    timeouts: timeoutOptions(value),
     ...accessOptions(parsed, value, file),
     maxClients: integer("max-clients", value("max-clients")!, 0, 1_000_000_000),
     maxClientsPerIp: integer("max-clients-per-ip", value("max-clients-per-ip")!, 0, 1_000_000_000),
@@ -322,6 +312,21 @@ function parseValues(
     configPath,
     watchConfig,
     rulesWorker,
+  };
+}
+
+/** The timeouts the flags ask for. */
+function timeoutOptions(
+  value: (name: string) => string | undefined,
+): ProxyRateLimiterOptions["timeouts"] {
+  const ms = (name: string) => duration(name, value(name)!);
+  return {
+    head: ms("head-timeout"),
+    connect: ms("connect-timeout"),
+    idle: ms("idle-timeout"),
+    keepAlive: ms("keep-alive-timeout"),
+    upstreamIdle: ms("upstream-idle-timeout"),
+    fin: ms("fin-timeout"),
   };
 }
 

@@ -6,7 +6,6 @@
 
 import type { Timeouts } from "./defaults.ts";
 import type { LimitRules } from "./limit/rules/rules.ts";
-import type { RuleDifference } from "./limit/rules/diff.ts";
 import type { FailureMode, RedisConfig } from "./limit/redis_config.ts";
 import type { LoadedRules, ReloadContext } from "./config/reload.ts";
 

@@ -13,7 +13,7 @@ import type { RuleDifference } from "./limit/rules/diff.ts";
 import { RuleLayers } from "./limit/rule_layers.ts";
 import type { FleetLimits } from "./limit/fleet_limits.ts";
 import { applyChanges, checkChanges, type FleetLimitChanges } from "./limit/limit_changes.ts";
-import { LoadedRules, mergeRuns } from "./config/reload.ts";
+import { mergeRuns } from "./config/reload.ts";
 import { hostKey } from "./limit/host_key.ts";
 import { type LoadedLimiter, loadLimiter, type RedisFleet } from "./limit/load_limiter.ts";
 import { ProxyServer } from "./proxy/proxy_server.ts";

@@ -27,6 +27,7 @@ import {
   type Node,
   parseDocument,
   visit,
+  type YAMLMap,
 } from "yaml";
 import {
   type LimitRules,
@@ -225,6 +226,38 @@ function parseDocumentText(
     js.hosts = section.hosts;
   }
 
+  const { settings, places, rules, defaultKey } = readItems(root, js, { doc, flags, lines, fail });
+  try {
+    normalizeRules(rules);
+  } catch (err) {
+    if (!(err instanceof RulesError)) throw err;
+    const path = [...err.path];
+    let problem = err.message;
+    if (path[0] === "default" && defaultKey === "max-connections") {
+      path[0] = defaultKey;
+      problem = problem.replace(/^default/, defaultKey);
+    }
+    fail(problem, locate(root, path, { doc, inKey: err.inKey }));
+  }
+  return { settings, rules: rules as LimitRules, places };
+}
+
+/** What {@linkcode readItems} needs of the document being parsed. */
+interface ItemContext {
+  doc: Document;
+  flags: ConfigOptions["flags"];
+  lines: LineCounter;
+  fail: (problem: string, offset: number | undefined) => never;
+}
+
+/** The settings (with their places) and rules of a config file's top-level mapping. */
+function readItems(root: YAMLMap, js: Record<string, unknown>, ctx: ItemContext): {
+  settings: Record<string, SettingValue>;
+  places: ConfigFile["places"];
+  rules: Record<string, unknown>;
+  defaultKey: string | undefined;
+} {
+  const { doc, flags, lines, fail } = ctx;
   const settings: Record<string, SettingValue> = {};
   const places: ConfigFile["places"] = {};
   const rules: Record<string, unknown> = {};
@@ -260,19 +293,7 @@ function parseDocumentText(
       }
     }
   }
-  try {
-    normalizeRules(rules);
-  } catch (err) {
-    if (!(err instanceof RulesError)) throw err;
-    const path = [...err.path];
-    let problem = err.message;
-    if (path[0] === "default" && defaultKey === "max-connections") {
-      path[0] = defaultKey;
-      problem = problem.replace(/^default/, defaultKey);
-    }
-    fail(problem, locate(root, path, { doc, inKey: err.inKey }));
-  }
-  return { settings, rules: rules as LimitRules, places };
+  return { settings, places, rules, defaultKey };
 }
 
 /**

@@ -69,6 +69,14 @@ export function renderPrometheus(input: PrometheusInput): string {
     input.maxHosts,
   );
   const out: string[] = [];
+  hostMetrics(out, rows, input);
+  processMetrics(out, input);
+  out.push("");
+  return out.join("\n");
+}
+
+/** The per-host series: connections, queues, limits, then the counters. */
+function hostMetrics(out: string[], rows: MetricRow[], input: PrometheusInput): void {
   const labels = rows.map((row) => `host="${escapeLabel(row.host)}"`);
 
   head(
@@ -117,6 +125,11 @@ export function renderPrometheus(input: PrometheusInput): string {
   );
   out.push(`dprl_default_host_limit ${limitValue(input.defaultLimit)}`);
 
+  hostCounters(out, rows, labels);
+}
+
+/** The per-host counters: admissions, refusals by reason, upstream errors by token. */
+function hostCounters(out: string[], rows: MetricRow[], labels: string[]): void {
   head(
     out,
     "dprl_connections_admitted_total",
@@ -153,7 +166,11 @@ export function renderPrometheus(input: PrometheusInput): string {
       out.push(`dprl_upstream_errors_total{${labels[i]},error="${escapeLabel(token)}"} ${n}`);
     }
   });
+}
 
+/** The process's series: requests, client errors, bytes, histograms, Redis, reloads, build. */
+function processMetrics(out: string[], input: PrometheusInput): void {
+  const { stats } = input;
   head(out, "dprl_requests_total", "counter", "Client requests, by kind.");
   for (const kind of REQUEST_KINDS) {
     out.push(`dprl_requests_total{kind="${kind}"} ${stats.requests[kind]}`);
@@ -225,9 +242,6 @@ export function renderPrometheus(input: PrometheusInput): string {
     "Start time of the process since the Unix epoch, in seconds.",
   );
   out.push(`process_start_time_seconds ${Math.floor(input.startedAt / 1000)}`);
-
-  out.push("");
-  return out.join("\n");
 }
 
 /**

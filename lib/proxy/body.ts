@@ -178,6 +178,7 @@ export class ChunkedDecoder {
    * Kept in one loop so that each byte costs a switch on a local, not a call,
    * and so that every transition can be read in one place.
    */
+  // deno-lint-ignore dprl/max-function-lines -- a byte-level state machine, see above
   feed(input: Uint8Array, emit: (bytes: Uint8Array) => void): number {
     const dechunk = this.#dechunk;
     let state = this.#state;

@@ -285,91 +285,96 @@ export function normalizeRules(value: unknown): NormalRules {
   const out: NormalRules = { default: undefined, hosts: new Map(), groups: [] };
   if (value.default !== undefined) out.default = checkLimit(value.default, ["default"]);
 
-  if (value.hosts !== undefined) {
-    if (!isRecord(value.hosts)) {
+  if (value.hosts !== undefined) checkHosts(value.hosts, out.hosts);
+  if (value.groups !== undefined) checkGroups(value.groups, out.groups);
+  return out;
+}
+
+/** Checks the `hosts` rules into `out`, keyed by normalised pattern. */
+function checkHosts(raw: unknown, out: NormalRules["hosts"]): void {
+  if (!isRecord(raw)) {
+    throw new RulesError(
+      ["hosts"],
+      `must be a mapping of host to limit, got ${describe(raw)}`,
+    );
+  }
+  const hosts = raw;
+  for (const pattern of Object.keys(hosts)) {
+    const path = ["hosts", pattern];
+    const key = checkPattern(pattern, path);
+    if (out.has(key)) {
+      // The first spelling of the same rule, looked for only on this error.
+      const first = Object.keys(hosts).find((p) => parseHostPattern(p) === key);
+      throw new RulesError(path, `is the same rule as hosts.${first}`, { inKey: true });
+    }
+    out.set(key, checkHostRule(hosts[pattern], path));
+  }
+}
+
+/** Checks the `groups` rules into `out`. */
+function checkGroups(raw: unknown, out: NormalRules["groups"]): void {
+  if (!Array.isArray(raw)) {
+    throw new RulesError(["groups"], `must be a list of groups, got ${describe(raw)}`);
+  }
+  const names = new Map<string, number>();
+  const members = new Map<string, string>();
+  raw.forEach((group: unknown, i: number) => {
+    const at = ["groups", i];
+    if (!isRecord(group)) {
+      throw new RulesError(at, `must be a mapping with name, match and limit`);
+    }
+    for (const field of Object.keys(group)) {
+      if (!GROUP_FIELDS.includes(field)) {
+        throw new RulesError(
+          [...at, field],
+          `is not a group field (${GROUP_FIELDS.join(", ")})`,
+          {
+            inKey: true,
+          },
+        );
+      }
+    }
+    const { name, match, limit } = group;
+    if (typeof name !== "string" || !GROUP_NAME.test(name)) {
       throw new RulesError(
-        ["hosts"],
-        `must be a mapping of host to limit, got ${describe(value.hosts)}`,
+        [...at, "name"],
+        `must be a name of letters, digits, '.', '_' or '-', got ${describe(name)}`,
       );
     }
-    const hosts = value.hosts;
-    for (const pattern of Object.keys(hosts)) {
-      const path = ["hosts", pattern];
+    const twin = names.get(name);
+    if (twin !== undefined) {
+      throw new RulesError([...at, "name"], `is ${name}, already the name of groups[${twin}]`);
+    }
+    names.set(name, i);
+    if (!Array.isArray(match) || match.length === 0) {
+      throw new RulesError(
+        [...at, "match"],
+        `must be a non-empty list of host patterns, got ${describe(match)}`,
+      );
+    }
+    const patterns = match.map((pattern: unknown, j: number) => {
+      const path = [...at, "match", j];
+      if (typeof pattern !== "string") {
+        throw new RulesError(path, `must be a host pattern, got ${describe(pattern)}`);
+      }
       const key = checkPattern(pattern, path);
-      if (out.hosts.has(key)) {
-        // The first spelling of the same rule, looked for only on this error.
-        const first = Object.keys(hosts).find((p) => parseHostPattern(p) === key);
-        throw new RulesError(path, `is the same rule as hosts.${first}`, { inKey: true });
-      }
-      out.hosts.set(key, checkHostRule(hosts[pattern], path));
-    }
-  }
-
-  if (value.groups !== undefined) {
-    if (!Array.isArray(value.groups)) {
-      throw new RulesError(["groups"], `must be a list of groups, got ${describe(value.groups)}`);
-    }
-    const names = new Map<string, number>();
-    const members = new Map<string, string>();
-    value.groups.forEach((group: unknown, i: number) => {
-      const at = ["groups", i];
-      if (!isRecord(group)) {
-        throw new RulesError(at, `must be a mapping with name, match and limit`);
-      }
-      for (const field of Object.keys(group)) {
-        if (!GROUP_FIELDS.includes(field)) {
-          throw new RulesError(
-            [...at, field],
-            `is not a group field (${GROUP_FIELDS.join(", ")})`,
-            {
-              inKey: true,
-            },
-          );
-        }
-      }
-      const { name, match, limit } = group;
-      if (typeof name !== "string" || !GROUP_NAME.test(name)) {
+      const owner = members.get(key);
+      if (owner !== undefined) {
         throw new RulesError(
-          [...at, "name"],
-          `must be a name of letters, digits, '.', '_' or '-', got ${describe(name)}`,
+          path,
+          `is ${key}, already matched by group ${owner}: a host belongs to one group at most`,
         );
       }
-      const twin = names.get(name);
-      if (twin !== undefined) {
-        throw new RulesError([...at, "name"], `is ${name}, already the name of groups[${twin}]`);
-      }
-      names.set(name, i);
-      if (!Array.isArray(match) || match.length === 0) {
-        throw new RulesError(
-          [...at, "match"],
-          `must be a non-empty list of host patterns, got ${describe(match)}`,
-        );
-      }
-      const patterns = match.map((pattern: unknown, j: number) => {
-        const path = [...at, "match", j];
-        if (typeof pattern !== "string") {
-          throw new RulesError(path, `must be a host pattern, got ${describe(pattern)}`);
-        }
-        const key = checkPattern(pattern, path);
-        const owner = members.get(key);
-        if (owner !== undefined) {
-          throw new RulesError(
-            path,
-            `is ${key}, already matched by group ${owner}: a host belongs to one group at most`,
-          );
-        }
-        members.set(key, name);
-        return key;
-      });
-      out.groups.push({
-        name,
-        match: patterns,
-        limit: checkLimit(limit, [...at, "limit"]),
-        ...checkQueue(group, at),
-      });
+      members.set(key, name);
+      return key;
     });
-  }
-  return out;
+    out.push({
+      name,
+      match: patterns,
+      limit: checkLimit(limit, [...at, "limit"]),
+      ...checkQueue(group, at),
+    });
+  });
 }
 
 function checkPattern(pattern: string, path: RulePath): string {
