@@ -207,13 +207,3 @@ export function parseCidr(text: string): Cidr | null {
   if (unmapped !== ip && prefix >= 96) return new Cidr(unmapped, prefix - 96);
   return new Cidr(ip, prefix);
 }
-
-/** Parses a comma-separated list of CIDRs; throws naming the first bad entry. */
-export function parseCidrList(text: string, name: string): Cidr[] {
-  const entries = text.split(",").map((s) => s.trim()).filter(Boolean);
-  return entries.map((entry) => {
-    const cidr = parseCidr(entry);
-    if (!cidr) throw new RangeError(`${name} needs CIDRs such as 10.0.0.0/8, got "${entry}"`);
-    return cidr;
-  });
-}

@@ -10,9 +10,6 @@ import { lookup } from "node:dns/promises";
 import { HttpError } from "../proxy/http_head.ts";
 import { withTimeout } from "../with_timeout.ts";
 
-/** Resolves a host name to IP addresses, in the order to dial them. */
-export type Resolver = (hostname: string) => Promise<string[]>;
-
 /**
  * Resolves `hostname` to all its IPv4 and IPv6 addresses in the system
  * resolver's order. Needs only `--allow-net` for the name. Throws an

@@ -10,8 +10,8 @@ import type { LimitsView } from "../limit/limit_layers.ts";
 import type { UpstreamHostView } from "../metrics/host_summary.ts";
 import type { ProxyStats } from "../metrics/proxy_stats.ts";
 
-/** One live worker of a distributed fleet, as registered in Redis. */
-export interface WorkerInfo {
+/** One live worker of a distributed fleet, as the admin API shows it. */
+export interface WorkerView {
   /** The worker id (the field name in the Redis counters). */
   id: string;
   /** The machine's host name. */
@@ -26,8 +26,6 @@ export interface WorkerInfo {
   proxyUrl?: string;
   /** When the worker started, in milliseconds since the epoch. */
   startedAt: number;
-  /** When its lease ends unless renewed, in milliseconds since the epoch. */
-  leaseUntil?: number;
   /** Upstream connections the worker holds open, over every host. */
   open: number;
 }
@@ -92,5 +90,5 @@ export interface AdminSource {
    */
   reload?(): Promise<{ ok: true; changes: string[] } | { ok: false; error: string }>;
   /** The live workers of the fleet (distributed mode only). */
-  workers?(): Promise<WorkerInfo[]>;
+  workers?(): Promise<WorkerView[]>;
 }

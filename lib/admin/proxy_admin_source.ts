@@ -17,7 +17,7 @@ import type { UpstreamHostView } from "../metrics/host_summary.ts";
 import type { ProxyStats } from "../metrics/proxy_stats.ts";
 import type { ReloadOutcome } from "../proxy_options.ts";
 import { VERSION } from "../version.ts";
-import type { AdminSource, Readiness, WorkerInfo } from "./admin_source.ts";
+import type { AdminSource, Readiness, WorkerView } from "./admin_source.ts";
 
 /** What the admin source reads from the proxy, as it is at the time of the call. */
 export interface ProxyState {
@@ -75,7 +75,7 @@ export class ProxyAdminSource implements AdminSource {
     { ok: true; changes: string[] } | { ok: false; error: string }
   >;
   /** The fleet's live workers; absent in memory mode. */
-  readonly workers?: () => Promise<WorkerInfo[]>;
+  readonly workers?: () => Promise<WorkerView[]>;
   #o: ProxyAdminSourceOptions;
 
   /** Creates the source; it reads the proxy through `options` on each call. */
@@ -182,7 +182,7 @@ export class ProxyAdminSource implements AdminSource {
     this.#o.logger.info("Default limit set to {limit} through the admin API", { limit });
   }
 
-  async #workers(): Promise<WorkerInfo[]> {
+  async #workers(): Promise<WorkerView[]> {
     const fleet = this.#o.state().fleet;
     if (fleet === null) throw new Error("Proxy not started");
     return (await fleet.workers()).map((w) => ({

@@ -58,7 +58,7 @@ function formatSeconds(ms: number): string {
 }
 
 /** Why an upstream connection could not be opened. */
-export type ConnectFailure = "refused" | "not_found" | "timeout" | "unavailable";
+export type ConnectFailure = "refused" | "timeout" | "unavailable";
 
 /** An upstream connection could not be opened. */
 export class ConnectError extends Error {
@@ -77,14 +77,12 @@ export class ConnectError extends Error {
 
 const CONNECT_MESSAGES: Record<ConnectFailure, (key: string) => string> = {
   refused: (key) => `Connection to ${key} refused`,
-  not_found: (key) => `Cannot resolve ${key}`,
   timeout: (key) => `Connecting to ${key} timed out`,
   unavailable: (key) => `Cannot connect to ${key}`,
 };
 
 const CONNECT_REPLIES: Record<ConnectFailure, [number, string]> = {
   refused: [502, "connection_refused"],
-  not_found: [502, "dns_error"],
   timeout: [504, "connection_timeout"],
   unavailable: [502, "destination_unavailable"],
 };

@@ -10,6 +10,7 @@ import type { ProxyStats } from "../metrics/proxy_stats.ts";
 import type { UpstreamHostView } from "../metrics/host_summary.ts";
 import { type Grant, type Waiter, WaitQueue } from "./wait_queue.ts";
 import { Upstream } from "./upstream.ts";
+import { resolveHost } from "../access/resolve.ts";
 
 const IP_LITERAL = /^(?:[0-9.]+|.*:.*)$/;
 
@@ -185,9 +186,14 @@ export class UpstreamPool {
     signal?: AbortSignal,
     http = false,
   ): Promise<Upstream> {
-    const addresses = this.#o.destinations
+    let addresses = this.#o.destinations
       ? await this.#o.destinations.check(hostname, port)
       : [hostname];
+    // A name the policy did not need resolved is resolved before a slot is
+    // taken: one that does not resolve fails as dns_error, and costs no slot.
+    if (addresses.length === 1 && !IP_LITERAL.test(addresses[0])) {
+      addresses = await resolveHost(addresses[0], this.#o.connectTimeout);
+    }
     const handed = await this.#slot(key, signal, http);
     if (handed) return handed;
     // The sweep aborts dials past their deadline (no timer per dial).
@@ -208,8 +214,6 @@ export class UpstreamPool {
             hostname: addresses[i],
             port,
             signal: dialSignal,
-            // Happy Eyeballs only where a name may resolve to both families.
-            autoSelectFamily: !IP_LITERAL.test(addresses[i]),
           });
         } catch (err) {
           // The next checked address, while time is left.
@@ -429,13 +433,6 @@ function connectError(key: string, err: unknown, timedOut: boolean): ConnectErro
   if (timedOut) return new ConnectError(key, "timeout", err);
   if (err instanceof Deno.errors.ConnectionRefused) {
     return new ConnectError(key, "refused", err);
-  }
-  const message = err instanceof Error ? err.message : String(err);
-  if (
-    /lookup|resolve|dns|name or service|FQDN/i.test(message) ||
-    err instanceof Deno.errors.NotFound || err instanceof URIError
-  ) {
-    return new ConnectError(key, "not_found", err);
   }
   return new ConnectError(key, "unavailable", err);
 }

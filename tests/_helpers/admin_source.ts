@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { AdminSource, Readiness, WorkerInfo } from "../../lib/admin/admin_source.ts";
+import type { AdminSource, Readiness, WorkerView } from "../../lib/admin/admin_source.ts";
 import { hostKey } from "../../lib/limit/host_key.ts";
 import { type LimitsView, limitsView } from "../../lib/limit/limit_layers.ts";
 import { LimitTable } from "../../lib/limit/limit_table.ts";
@@ -21,7 +21,7 @@ export interface TableAdminSourceOptions {
   /** The version shown. Default "0.0.0-test". */
   version?: string;
   /** Distributed mode, with these workers. */
-  workers?: WorkerInfo[];
+  workers?: WorkerView[];
 }
 
 /** An admin source over a limit table, statistics and a hand-set pool. */
@@ -42,7 +42,7 @@ export class TableAdminSource implements AdminSource {
   redis = true;
   /** Every limit change, in order. */
   readonly changes: string[] = [];
-  readonly workers?: () => Promise<WorkerInfo[]>;
+  readonly workers?: () => Promise<WorkerView[]>;
 
   constructor(options: TableAdminSourceOptions = {}) {
     this.version = options.version ?? "0.0.0-test";
