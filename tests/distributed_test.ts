@@ -30,7 +30,7 @@ function startHoldingUpstream(holdMs: number) {
       inFlight++;
       peak = Math.max(peak, inFlight);
       try {
-        await sleep(holdMs);
+        await sleep(holdMs); // the upstream's work (simulated load)
         served++;
         return new Response("ok\n");
       } finally {
@@ -174,7 +174,7 @@ await redisTest(
           if (res.status === 200) ok++;
           else if (res.status === 500) {
             refused++;
-            await sleep(5);
+            await sleep(5); // a refused client backs off (pacing, not synchronization)
           } else assert.fail(`unexpected status ${res.status}`);
         }
       }));
@@ -471,7 +471,7 @@ await redisTest(
             const t = await connectThrough(p.proxyUrl!, authority);
             closeQuietly(t.conn);
             statuses.set(t.status, (statuses.get(t.status) ?? 0) + 1);
-            await sleep(10);
+            await sleep(10); // clients keep asking at a steady pace (not synchronization)
           }
         }));
         assert.equal(statuses.get(200) ?? 0, 0, JSON.stringify([...statuses]));
