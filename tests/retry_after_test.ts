@@ -163,7 +163,7 @@ Deno.test("property: an RFC 850 date within 49 years of now reads back exactly",
   fc.assert(
     fc.property(
       fc.integer({ min: Date.UTC(1900, 0, 1), max: Date.UTC(9900, 0, 1) }),
-      fc.double({ min: -49 * year, max: 49 * year, noNaN: true }),
+      fc.integer({ min: -49 * year, max: 49 * year }),
       (now, offset) => {
         const date = Math.floor((now + offset) / 1000) * 1000;
         assert.equal(parseRetryAfter(rfc850(date), now), date - now);
