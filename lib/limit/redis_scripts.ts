@@ -57,13 +57,17 @@ end
 `;
 
 /**
- * Lua function `live(n, L, worker, prune)`: the sum of the live workers'
- * fields of one host and `worker`'s own live count. Needs locals `now` and
- * `lease`; with `prune` true, deletes the dead and forged members and fields
- * it meets.
+ * Lua functions of the live workers. Need locals `now` and `lease`.
+ *
+ * - `alive_set(L, prune)`: the workers whose lease in the lease set `L` is
+ *   live, as a set; with `prune` true, deletes the dead and forged members.
+ * - `sum_alive(n, alive, worker, prune)`: the sum of the `alive` workers'
+ *   fields of one host and `worker`'s own live count; with `prune` true,
+ *   deletes the fields of the others.
+ * - `live(n, L, worker, prune)`: both at once, for one host.
  */
 const LIVE = `
-local function live(n, L, worker, prune)
+local function alive_set(L, prune)
   local horizon = now + lease + ${LEASE_MARGIN_MS}
   if prune then
     redis.call('ZREMRANGEBYSCORE', L, '-inf', '(' .. now)
@@ -72,6 +76,9 @@ local function live(n, L, worker, prune)
   local alive = {}
   local members = redis.call('ZRANGEBYSCORE', L, now, horizon)
   for i = 1, #members do alive[members[i]] = true end
+  return alive
+end
+local function sum_alive(n, alive, worker, prune)
   local sum = 0
   local mine = 0
   local fields = redis.call('HGETALL', n)
@@ -87,6 +94,9 @@ local function live(n, L, worker, prune)
   end
   return sum, mine
 end
+local function live(n, L, worker, prune)
+  return sum_alive(n, alive_set(L, prune), worker, prune)
+end
 `;
 
 /**
@@ -101,9 +111,9 @@ end
  *   were lost since the worker last looked, else 0.
  * - `keys_lost(e, host, n, had_leases)`: whether the host's keys are missing
  *   while they must exist (`had_leases`: the slot's lease set existed when
- *   the script started, before it renewed the worker's lease). Then the
- *   holders are expected to re-assert within a heartbeat; past a lease none
- *   is alive, and the mark is dropped.
+ *   the script started, before it renewed the worker's lease), and the
+ *   host's mark. Then the holders are expected to re-assert within a
+ *   heartbeat; past a lease none is alive, and the mark is dropped.
  * - `unmark_if_gone(e, host, n)`: drops the mark of a host whose keys are gone.
  */
 const EPOCH = `
@@ -119,10 +129,10 @@ local function check_epoch(e, known, fresh)
 end
 local function keys_lost(e, host, n, had_leases)
   local deadline = tonumber(redis.call('HGET', e, host) or '0') or 0
-  if deadline <= now then return false end
-  if had_leases and redis.call('EXISTS', n) == 1 then return false end
+  if deadline <= now then return false, deadline end
+  if had_leases and redis.call('EXISTS', n) == 1 then return false, deadline end
   redis.call('HSET', e, host, math.min(deadline, now + lease))
-  return true
+  return true, deadline
 end
 local function unmark_if_gone(e, host, n)
   if redis.call('EXISTS', n) == 0 then redis.call('HDEL', e, host) end
@@ -139,9 +149,9 @@ end
  *   `<prefix>:{g:<group>}:h:<host>:n`) is also listed in the group's member
  *   set, `<prefix>:{g:<group>}:members`, whose expiry every member's renewal
  *   renews.
- * - `write(n, e, host, worker, value, ttl)`: sets `worker`'s field to
- *   `value` and renews the keys (`renew_keys`); a value of 0 deletes its
- *   field.
+ * - `write(n, e, host, worker, value, ttl, fresh)`: sets `worker`'s field to
+ *   `value` and, unless `fresh` (the keys outlive half their expiry still),
+ *   renews the keys (`renew_keys`); a value of 0 deletes its field.
  */
 const WRITE = `
 local function renew_keys(n, e, host, ttl)
@@ -154,14 +164,14 @@ local function renew_keys(n, e, host, ttl)
   redis.call('PEXPIRE', n, ttl)
   redis.call('HSET', e, host, now + ttl - 1000)
 end
-local function write(n, e, host, worker, value, ttl)
+local function write(n, e, host, worker, value, ttl, fresh)
   if value <= 0 then
     -- The lease stays: it is the slot's, and outlives the worker's last field.
     redis.call('HDEL', n, worker)
     return
   end
   redis.call('HSET', n, worker, value)
-  renew_keys(n, e, host, ttl)
+  if not fresh then renew_keys(n, e, host, ttl) end
 end
 `;
 
@@ -287,6 +297,8 @@ local out = {epoch, slot_lost}
 -- summed after them) count from the first one.
 local had_leases = redis.call('EXISTS', L) == 1
 redis.call('ZADD', L, now + lease, worker)
+-- Every host of the call is in this slot: its live workers are read once.
+local alive = alive_set(L, true)
 local a = 6
 for k = 3, #KEYS, 4 do
   local n, members, q, qw = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
@@ -317,8 +329,9 @@ for k = 3, #KEYS, 4 do
     if glimit >= 0 then own(members, 'set') end
     own(qw, 'zset')
     local lost = slot_lost
-    if lost == 0 and keys_lost(e, host, n, had_leases) then lost = 2 end
-    local sum, mine = live(n, L, worker, true)
+    local gone, mark = keys_lost(e, host, n, had_leases)
+    if lost == 0 and gone then lost = 2 end
+    local sum, mine = sum_alive(n, alive, worker, true)
     local changed = false
     if releases > 0 then
       local r = math.min(releases, mine)
@@ -343,7 +356,7 @@ for k = 3, #KEYS, 4 do
           if redis.call('EXISTS', m .. ':n') == 0 then
             redis.call('SREM', members, m)
           else
-            gsum = gsum + live(m .. ':n', L, '', false)
+            gsum = gsum + sum_alive(m .. ':n', alive, '', false)
           end
         end
       end
@@ -372,7 +385,9 @@ for k = 3, #KEYS, 4 do
     out[#out + 1] = lost
     out[#out + 1] = queued and redis.call('ZCARD', q) or 0
     for i = 1, #grants do out[#out + 1] = grants[i] end
-    if changed then write(n, e, host, worker, mine, ttl) end
+    -- A member of a group renews its member set each time.
+    local fresh = glimit < 0 and mark > now + ttl / 2
+    if changed then write(n, e, host, worker, mine, ttl, fresh) end
     if mine <= 0 then unmark_if_gone(e, host, n) end
   end
 end
