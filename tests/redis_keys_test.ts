@@ -6,6 +6,7 @@ import { RedisServer, redisTest } from "./_helpers/redis_server.ts";
 import { BufferedConn, readHead, statusOf, waitFor } from "./_helpers/raw.ts";
 import { connectRequest, startProxy } from "./_helpers/proxy.ts";
 import { startEchoUpstream } from "./_helpers/upstream.ts";
+import { RedisLimiter } from "../lib/limit/redis_limiter.ts";
 
 const records = await captureLogs();
 
@@ -63,6 +64,33 @@ await redisTest(
       );
     } finally {
       held.close();
+    }
+  },
+);
+
+await redisTest(
+  "a host's queue keys overwritten with strings are logged, deleted, and acquires go on",
+  "server",
+  async () => {
+    await using redis = await RedisServer.start();
+    const limiter = new RedisLimiter({ redis: redis.url, prefix: "strayq", lease: 600 });
+    try {
+      const host = "stray-queue.example:443";
+      assert.equal(await limiter.acquire(host, 2), true);
+      await redis.cli("SET", `strayq:{${host}}:q`, "not a sorted set");
+      await redis.cli("SET", `strayq:{${host}}:qw`, "nor this");
+      assert.equal(await limiter.acquire(host, 2), true);
+      assert.equal(await limiter.acquire(host, 2), false, "the limit still holds");
+      for (const kind of ["q", "qw"]) {
+        const key = `strayq:{${host}}:${kind}`;
+        assert.match(await redis.cli("TYPE", key), /none/);
+        const warned = records.filter((r) =>
+          r.level === "warning" && r.properties.key === key && messageText(r).includes("held a")
+        );
+        assert.equal(warned.length, 1, `${key}: ${records.map(messageText).join(" | ")}`);
+      }
+    } finally {
+      await limiter.close();
     }
   },
 );

@@ -187,7 +187,8 @@ end
  * it a sharded channel). Need locals `now` and `lease`.
  *
  * - `prune_queue(q, qw)`: drops dead workers and their tickets (nothing to do
- *   while nobody waits); returns whether anyone still waits.
+ *   while nobody waits; keys of another type are deleted, see `OWN`); returns
+ *   whether anyone still waits.
  * - `queue_lets(q, queued, sum, limit, ticket)`: whether the queue (`queued`:
  *   anyone waits in it) lets an acquire through: one without a ticket (`''`)
  *   only while the slots left exceed the tickets waiting, one with a ticket
@@ -204,6 +205,9 @@ local function owner_of(ticket)
   return string.match(ticket, '^(.*)|') or ''
 end
 local function prune_queue(q, qw)
+  if redis.call('EXISTS', q) == 0 then return false end
+  own(q, 'zset')
+  own(qw, 'zset')
   if redis.call('EXISTS', q) == 0 then return false end
   local horizon = now + lease + ${LEASE_MARGIN_MS}
   local dead = {}
@@ -310,7 +314,7 @@ for k = 3, #KEYS, 4 do
   local asks = tonumber(ARGV[a + 5])
   a = a + 6
   own(n, 'hash')
-  own(q, 'zset')
+  -- The queue's keys are checked where they are read (prune_queue).
   if asks == 0 then
     -- Slots given back only: no sum to take, no queue to prune.
     local mine = math.max(tonumber(redis.call('HGET', n, worker) or '0') - releases, 0)
@@ -327,7 +331,6 @@ for k = 3, #KEYS, 4 do
     out[#out + 1] = -1
   else
     if glimit >= 0 then own(members, 'set') end
-    own(qw, 'zset')
     local lost = slot_lost
     local gone, mark = keys_lost(e, host, n, had_leases)
     if lost == 0 and gone then lost = 2 end
