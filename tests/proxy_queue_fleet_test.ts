@@ -21,6 +21,7 @@ import {
 } from "./_helpers/redis_server.ts";
 import { leaseDeadlines, redisNow, startProxyWorker, waitLeasesRenewed } from "./_helpers/fleet.ts";
 import { RedisLimiter } from "../lib/limit/redis_limiter.ts";
+import { giveBack, take } from "./_helpers/held_slots.ts";
 
 /** Sends one request on a fresh connection; resolves its status (0: the connection broke). */
 async function exchange(addr: { hostname: string; port: number }, req: string): Promise<number> {
@@ -224,9 +225,9 @@ for (const cluster of [false, true]) {
       const b = new RedisLimiter({ redis, timeout: 2_000 });
       try {
         const host = "api.example:8443";
-        assert.ok(await a.acquire(host, 1));
+        assert.ok(await take(a, host, 1));
         const ticket = b.enqueue(host);
-        assert.equal(await b.acquire(host, 1, { ticket }), false, "the slot is taken");
+        assert.equal(await take(b, host, 1, { ticket }), false, "the slot is taken");
         // No timer asks again here: only a wake-up can tell b.
         const woken = Promise.withResolvers<string>();
         b.onWake = woken.resolve;
@@ -238,11 +239,11 @@ for (const cluster of [false, true]) {
           "b's subscription to the line's channel",
         );
         const releasedAt = Date.now();
-        a.release(host);
+        giveBack(a, host);
         assert.equal(await withTimeout(woken.promise, 10_000, "a wake-up"), host);
         console.log(`woken ${Date.now() - releasedAt} ms after the release`);
-        assert.ok(await b.acquire(host, 1, { ticket }), "the ticket is granted");
-        assert.equal(await a.acquire(host, 1), false);
+        assert.ok(await take(b, host, 1, { ticket }), "the ticket is granted");
+        assert.equal(await take(a, host, 1), false);
       } finally {
         await Promise.all([a.close(), b.close()]);
       }

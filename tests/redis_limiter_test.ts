@@ -23,6 +23,7 @@ import {
   waitFor,
 } from "./_helpers/redis_server.ts";
 import { baseEnv } from "./_helpers/spawn.ts";
+import { giveBack, take } from "./_helpers/held_slots.ts";
 
 // Captures what the limiters log, per test category.
 const records = await captureLogs(["dprl-test"], "debug");
@@ -89,13 +90,13 @@ await redisTest(
     await using ws = limiters(3, { redis: redis.url, prefix: redis.prefix });
     const host = "api.example.com";
     const got: boolean[] = [];
-    for (let i = 0; i < 4; i++) got.push(await ws[i % 3].acquire(host, 4));
+    for (let i = 0; i < 4; i++) got.push(await take(ws[i % 3], host, 4));
     assert.deepEqual(got, [true, true, true, true]);
-    for (const w of ws) assert.equal(await w.acquire(host, 4), false);
+    for (const w of ws) assert.equal(await take(w, host, 4), false);
     assert.equal(await ws[2].count(host), 4);
-    ws[0].release(host);
-    assert.equal(await ws[2].acquire(host, 4), true);
-    assert.equal(await ws[1].acquire(host, 4), false);
+    giveBack(ws[0], host);
+    assert.equal(await take(ws[2], host, 4), true);
+    assert.equal(await take(ws[1], host, 4), false);
     assert.equal(await ws[0].count(host), 4);
   },
 );
@@ -109,8 +110,8 @@ await redisTest(
     await using ws = limiters(1, { redis: redis.url, prefix: "p" });
     const w = ws[0];
     const host = "[::1]:9000";
-    assert.equal(await w.acquire(host, 0), true);
-    assert.equal(await w.acquire(host, 0), true);
+    assert.equal(await take(w, host, 0), true);
+    assert.equal(await take(w, host, 0), true);
     const n = `p:{${host}}:n`;
     const wk = "p:leases";
     assert.equal(
@@ -125,8 +126,8 @@ await redisTest(
       const ttl = Number(await server.cli("PTTL", key));
       assert.ok(ttl > LEASE && ttl <= 12 * LEASE, `PTTL ${key} = ${ttl}`);
     }
-    w.release(host);
-    w.release(host);
+    giveBack(w, host);
+    giveBack(w, host);
     await waitFor(
       async () => (await server.cli("EXISTS", n)).trim() === "0",
       2_000,
@@ -157,27 +158,27 @@ await redisTest(
     const w = ws[0];
     const host = "kept.example";
     const n = `p:{${host}}:n`;
-    assert.equal(await w.acquire(host, 4), true);
+    assert.equal(await take(w, host, 4), true);
     await server.cli("CONFIG", "RESETSTAT");
     for (let i = 0; i < 50; i++) {
-      w.release(host);
+      giveBack(w, host);
       assert.equal(w.localCount(host), 0);
-      assert.equal(await w.acquire(host, 4), true);
+      assert.equal(await take(w, host, 4), true);
     }
     assert.equal(await scriptCalls(server), 0);
     // Kept or held, Redis counted the slot all along; given back, it goes.
     assert.equal((await server.cli("HGET", n, w.workerId)).trim(), "1");
-    w.release(host);
+    giveBack(w, host);
     await waitFor(async () => (await server.cli("EXISTS", n)).trim() === "0", 2_000, "released");
     // Slots kept longest go back first; one in constant use stays kept.
-    for (let i = 0; i < 3; i++) assert.equal(await w.acquire(host, 4), true);
-    for (let i = 0; i < 3; i++) w.release(host);
+    for (let i = 0; i < 3; i++) assert.equal(await take(w, host, 4), true);
+    for (let i = 0; i < 3; i++) giveBack(w, host);
     await server.cli("CONFIG", "RESETSTAT");
     const until = Date.now() + 3 * KEEP_MS;
     while (Date.now() < until) {
-      assert.equal(await w.acquire(host, 4), true);
+      assert.equal(await take(w, host, 4), true);
       await sleep(1);
-      w.release(host);
+      giveBack(w, host);
     }
     assert.equal((await server.cli("HGET", n, w.workerId)).trim(), "1");
     assert.ok(await scriptCalls(server) <= 2, `${await scriptCalls(server)} script calls`);
@@ -192,16 +193,16 @@ await redisTest(
     await using ws = limiters(2, { redis: redis.url, prefix: redis.prefix });
     const [a, b] = ws;
     const host = "full.example";
-    assert.equal(await a.acquire(host, 1), true);
-    a.release(host); // the host is at its limit: no keeping
+    assert.equal(await take(a, host, 1), true);
+    giveBack(a, host); // the host is at its limit: no keeping
     await Promise.resolve(); // the turn's release is sent
     await a.client.ping(); // ... and answered
-    assert.equal(await b.acquire(host, 1), true);
-    b.release(host);
+    assert.equal(await take(b, host, 1), true);
+    giveBack(b, host);
     assert.equal(await b.count(host), 0);
-    assert.equal(await a.acquire(host, 3), true);
-    assert.equal(await a.acquire(host, 3), true);
-    a.release(host);
+    assert.equal(await take(a, host, 3), true);
+    assert.equal(await take(a, host, 3), true);
+    giveBack(a, host);
     assert.equal(await b.count(host), 2); // kept by a, still counted
     assert.equal(await a.count(host), 1); // a gives it back to count
   },
@@ -213,13 +214,13 @@ await redisTest(
   async () => {
     await using redis = await useRedis();
     await using ws = limiters(2, { redis: redis.url, prefix: redis.prefix });
-    for (let i = 0; i < 20; i++) assert.equal(await ws[i % 2].acquire("h", 0), true);
+    for (let i = 0; i < 20; i++) assert.equal(await take(ws[i % 2], "h", 0), true);
     assert.equal(await ws[0].count("h"), 20);
-    for (let i = 0; i < 30; i++) ws[1].release("h"); // 10 more than it holds
+    for (let i = 0; i < 30; i++) giveBack(ws[1], "h"); // 10 more than it holds
     assert.equal(ws[1].localCount("h"), 0);
     await waitFor(async () => (await ws[0].count("h")) === 10, 2_000, "count 10");
-    assert.equal(await ws[0].acquire("h", 11), true);
-    assert.equal(await ws[1].acquire("h", 11), false);
+    assert.equal(await take(ws[0], "h", 11), true);
+    assert.equal(await take(ws[1], "h", 11), false);
   },
 );
 
@@ -239,11 +240,11 @@ await redisTest(
     const host = "busy.example";
     // A burst: exactly `limit` of 200 simultaneous acquires are granted.
     const burst = await Promise.all(
-      Array.from({ length: 200 }, (_, i) => ws[i % 5].acquire(host, limit)),
+      Array.from({ length: 200 }, (_, i) => take(ws[i % 5], host, limit)),
     );
     assert.equal(burst.filter(Boolean).length, limit);
     assert.equal(await ws[0].count(host), limit);
-    burst.forEach((ok, i) => ok && ws[i % 5].release(host));
+    burst.forEach((ok, i) => ok && giveBack(ws[i % 5], host));
     await waitFor(async () => (await ws[0].count(host)) === 0, 2_000, "drain");
 
     // Churn for 1.5 s: 40 clients take, hold briefly and give back slots.
@@ -254,13 +255,13 @@ await redisTest(
     await Promise.all(Array.from({ length: 40 }, async (_, c) => {
       const w = ws[c % 5];
       while (Date.now() < until) {
-        if (await w.acquire(host, limit)) {
+        if (await take(w, host, limit)) {
           granted++;
           inUse++;
           peak = Math.max(peak, inUse);
           await sleep(Math.random() * 15);
           inUse--;
-          w.release(host);
+          giveBack(w, host);
         } else {
           await sleep(2);
         }
@@ -308,14 +309,14 @@ await redisTest(
       assert.match(out, /held 3/);
       await using ws = limiters(1, { redis: redis.url, prefix: "dprl" });
       assert.equal(await ws[0].count(host), 3);
-      assert.equal(await ws[0].acquire(host, 3), false);
+      assert.equal(await take(ws[0], host, 3), false);
       // Outlive a heartbeat: the lease is renewed while the worker lives.
       await sleep(LEASE + 200);
       assert.equal(await ws[0].count(host), 3);
       child.kill("SIGKILL");
       const killedAt = Date.now();
       await waitFor(
-        async () => await ws[0].acquire(host, 3),
+        async () => await take(ws[0], host, 3),
         LEASE + 300,
         "a slot of the killed worker",
       );
@@ -335,8 +336,8 @@ await redisTest(
     const server = redis.server!;
     await using ws = limiters(2, { redis: redis.url, prefix: "dprl" });
     for (const host of ["a.example", "b.example:8443"]) {
-      assert.equal(await ws[0].acquire(host, 0), true);
-      assert.equal(await ws[1].acquire(host, 0), true);
+      assert.equal(await take(ws[0], host, 0), true);
+      assert.equal(await take(ws[1], host, 0), true);
     }
     await ws[0].close();
     for (const host of ["a.example", "b.example:8443"]) {
@@ -347,7 +348,7 @@ await redisTest(
       assert.equal(await ws[1].count(host), 1);
     }
     assert.equal((await server.cli("ZRANGE", "dprl:leases", "0", "-1")).trim(), ws[1].workerId);
-    await assert.rejects(ws[0].acquire("a.example", 0), LimiterUnavailableError);
+    await assert.rejects(take(ws[0], "a.example", 0), LimiterUnavailableError);
   },
 );
 
@@ -359,8 +360,8 @@ await redisTest(
     const server = redis.server!;
     await using ws = limiters(2, { redis: redis.url, prefix: "dprl" });
     const host = "heal.example";
-    for (let i = 0; i < 3; i++) assert.equal(await ws[0].acquire(host, 0), true);
-    assert.equal(await ws[1].acquire(host, 0), true);
+    for (let i = 0; i < 3; i++) assert.equal(await take(ws[0], host, 0), true);
+    assert.equal(await take(ws[1], host, 0), true);
     // A lost acquire (field deleted) and a lost release (field inflated).
     await server.cli("HDEL", `dprl:{${host}}:n`, ws[0].workerId);
     await server.cli("HSET", `dprl:{${host}}:n`, ws[1].workerId, "9");
@@ -382,14 +383,14 @@ await redisTest(
     await using ws = limiters(3, { redis: redis.url, prefix: "dprl", logger });
     const host = "restart.example";
     const limit = 4;
-    for (let i = 0; i < 4; i++) assert.equal(await ws[i % 3].acquire(host, limit), true);
+    for (let i = 0; i < 4; i++) assert.equal(await take(ws[i % 3], host, limit), true);
     // Clients keep asking throughout the restart; none may get a fifth slot.
     let stop = false;
     let extra = 0;
     const askers = ws.map(async (w) => {
       while (!stop) {
         try {
-          if (await w.acquire(host, limit)) extra++;
+          if (await take(w, host, limit)) extra++;
         } catch {
           // closed mode while Redis is down
         }
@@ -417,15 +418,15 @@ await redisTest(
     stop = true;
     await Promise.all(askers);
     assert.equal(extra, 0, `${extra} slots over the limit were granted`);
-    for (const w of ws) assert.equal(await w.acquire(host, limit), false);
+    for (const w of ws) assert.equal(await take(w, host, limit), false);
     assert.equal(await ws[0].count(host), limit);
     // Releases after the restart are counted correctly too.
-    ws[0].release(host);
-    ws[0].release(host);
+    giveBack(ws[0], host);
+    giveBack(ws[0], host);
     await waitFor(async () => (await ws[2].count(host)) === 2, 2_000, "count 2");
-    assert.equal(await ws[2].acquire(host, limit), true);
-    assert.equal(await ws[1].acquire(host, limit), true);
-    assert.equal(await ws[1].acquire(host, limit), false);
+    assert.equal(await take(ws[2], host, limit), true);
+    assert.equal(await take(ws[1], host, limit), true);
+    assert.equal(await take(ws[1], host, limit), false);
     // Whatever was logged about the blip was logged once per worker at most.
     const lost = logs().filter((r) => text(r).includes("unreachable"));
     assert.ok(lost.length <= 3, `logged ${lost.length} outages: ${logs().map(text).join(" | ")}`);
@@ -441,10 +442,10 @@ await redisTest(
     const { logger, logs } = testLogger();
     await using ws = limiters(2, { redis: redis.url, prefix: "dprl", logger });
     const [holder, idle] = ws;
-    assert.equal(await holder.acquire("held.example", 4), true);
+    assert.equal(await take(holder, "held.example", 4), true);
     // The idle worker has talked to Redis (it knows the epoch) but holds nothing.
-    assert.equal(await idle.acquire("once.example", 4), true);
-    idle.release("once.example");
+    assert.equal(await take(idle, "once.example", 4), true);
+    giveBack(idle, "once.example");
     // A call answered after the one that connected: each worker knows Redis's run id.
     assert.equal(await idle.count("once.example"), 0);
     assert.equal(await holder.count("held.example"), 1);
@@ -455,8 +456,8 @@ await redisTest(
         throw new Error(`${error.message}; logged: ${logs().map(text).join(" | ")}`);
       });
     // Ask through the idle worker until its recovery window is over.
-    await waitFor(() => idle.acquire("new.example", 4), 10_000, "a slot after the window");
-    assert.equal(await holder.acquire("other.example", 4), true);
+    await waitFor(() => take(idle, "new.example", 4), 10_000, "a slot after the window");
+    assert.equal(await take(holder, "other.example", 4), true);
     const lost = logs().filter((r) => text(r).includes("lost dprl's counts"));
     assert.deepEqual(lost.map(text), [], "a second window after the restart window");
   },
@@ -471,16 +472,16 @@ await redisTest(
     await using ws = limiters(2, { redis: redis.url, prefix: "dprl" });
     const [w, other] = ws;
     // A host held elsewhere at its limit: refused here.
-    assert.equal(await other.acquire("full.example", 1), true);
+    assert.equal(await take(other, "full.example", 1), true);
     const hosts = 2_000;
     for (let i = 0; i < hosts; i += 200) {
       await Promise.all(Array.from({ length: 200 }, async (_, j) => {
         const host = `h${i + j}.example`;
-        if (await w.acquire(host, 4)) w.release(host);
+        if (await take(w, host, 4)) giveBack(w, host);
       }));
-      assert.equal(await w.acquire("full.example", 1), false);
+      assert.equal(await take(w, "full.example", 1), false);
     }
-    other.release("full.example");
+    giveBack(other, "full.example");
     await waitFor(() => w.trackedHosts() === 0, 5_000, "no host tracked")
       .catch((error) => {
         throw new Error(`${error.message}: ${w.trackedHosts()} tracked`);
@@ -524,25 +525,25 @@ await redisTest(
   "server",
   async () => {
     await stoppedRedisScenario("closed", async ({ server, ws, host, logs }) => {
-      assert.equal(await ws[0].acquire(host, 2), true);
+      assert.equal(await take(ws[0], host, 2), true);
       await server.kill();
       for (let i = 0; i < 10; i++) {
         const started = Date.now();
-        await assert.rejects(ws[i % 2].acquire(host, 2), LimiterUnavailableError);
+        await assert.rejects(take(ws[i % 2], host, 2), LimiterUnavailableError);
         assert.ok(Date.now() - started < 1_000, "bounded by the timeout");
       }
       await assert.rejects(ws[0].count(host), LimiterUnavailableError);
-      ws[0].release(host); // while down: local only, healed on return
+      giveBack(ws[0], host); // while down: local only, healed on return
       await server.resume();
       // Redis came back empty (a new run id): for a short recovery window new
       // slots still follow the failure mode, then service resumes.
       await waitFor(
-        async () => await ws[1].acquire(host, 2),
+        async () => await take(ws[1], host, 2),
         5_000,
         "service back",
       );
-      await waitFor(async () => await ws[0].acquire(host, 2), 5_000, "service back");
-      assert.equal(await ws[0].acquire(host, 2), false);
+      await waitFor(async () => await take(ws[0], host, 2), 5_000, "service back");
+      assert.equal(await take(ws[0], host, 2), false);
       assert.equal(await ws[1].count(host), 2);
       // One "lost" and one "back" line per worker, not one per request.
       const lines = logs();
@@ -560,11 +561,11 @@ await redisTest(
   "server",
   async () => {
     await stoppedRedisScenario("open", async ({ server, ws, host, logs }) => {
-      assert.equal(await ws[0].acquire(host, 2), true);
-      assert.equal(await ws[0].acquire(host, 2), true);
+      assert.equal(await take(ws[0], host, 2), true);
+      assert.equal(await take(ws[0], host, 2), true);
       await server.kill();
       // At the limit, and still admitted: uncounted.
-      for (let i = 0; i < 5; i++) assert.equal(await ws[0].acquire(host, 2), true);
+      for (let i = 0; i < 5; i++) assert.equal(await take(ws[0], host, 2), true);
       assert.equal(ws[0].localCount(host), 7);
       await server.resume(); // empty
       await waitFor(
@@ -573,12 +574,12 @@ await redisTest(
         "counted slots re-asserted",
       );
       // The five uncounted slots go back first and never touch Redis.
-      for (let i = 0; i < 5; i++) ws[0].release(host);
+      for (let i = 0; i < 5; i++) giveBack(ws[0], host);
       await sleep(LEASE / 3 + 100);
       assert.equal(await ws[1].count(host), 2);
-      assert.equal(await ws[1].acquire(host, 2), false);
-      ws[0].release(host);
-      await waitFor(async () => await ws[1].acquire(host, 2), 2_000, "slot");
+      assert.equal(await take(ws[1], host, 2), false);
+      giveBack(ws[0], host);
+      await waitFor(async () => await take(ws[1], host, 2), 2_000, "slot");
       const lost = logs().filter((r) => /failure mode open/.test(text(r)));
       assert.ok(lost.length >= 1 && lost.length <= 2, lost.map(text).join(" | "));
     });
@@ -590,15 +591,15 @@ await redisTest(
   "server",
   async () => {
     await stoppedRedisScenario("local", async ({ server, ws, host, logs }) => {
-      assert.equal(await ws[0].acquire(host, 3), true);
+      assert.equal(await take(ws[0], host, 3), true);
       await server.kill();
-      assert.equal(await ws[0].acquire(host, 3), true);
-      assert.equal(await ws[0].acquire(host, 3), true);
-      assert.equal(await ws[0].acquire(host, 3), false);
-      assert.equal(await ws[1].acquire(host, 3), true); // its own memory
+      assert.equal(await take(ws[0], host, 3), true);
+      assert.equal(await take(ws[0], host, 3), true);
+      assert.equal(await take(ws[0], host, 3), false);
+      assert.equal(await take(ws[1], host, 3), true); // its own memory
       assert.equal(await ws[0].count(host), 3);
-      ws[0].release(host);
-      assert.equal(await ws[0].acquire(host, 3), true);
+      giveBack(ws[0], host);
+      assert.equal(await take(ws[0], host, 3), true);
       await server.resume();
       // The slots taken while down count in Redis once it is back.
       await waitFor(
@@ -609,7 +610,7 @@ await redisTest(
       // Redis came back empty: during the recovery window that follows,
       // failure mode local still applies; after it, the fleet's count does.
       await sleep(Math.min(LEASE / 3, 1_000) + 1_100);
-      assert.equal(await ws[1].acquire(host, 3), false);
+      assert.equal(await take(ws[1], host, 3), false);
       assert.ok(logs().some((r) => /failure mode local/.test(text(r))));
     });
   },
@@ -626,14 +627,14 @@ await redisTest(
       prefix: "dprl",
       timeout: 200,
     });
-    assert.equal(await ws[0].acquire("slow.example", 1), true);
+    assert.equal(await take(ws[0], "slow.example", 1), true);
     const sleeping = rawCommand(server.port, "DEBUG", "SLEEP", "1");
     await sleep(50);
     const started = Date.now();
-    await assert.rejects(ws[0].acquire("slow.example", 5), LimiterUnavailableError);
+    await assert.rejects(take(ws[0], "slow.example", 5), LimiterUnavailableError);
     assert.ok(Date.now() - started < 800);
     await sleeping;
-    await waitFor(async () => await ws[0].acquire("slow.example", 5), 3_000, "back");
+    await waitFor(async () => await take(ws[0], "slow.example", 5), 3_000, "back");
     assert.equal(await ws[0].count("slow.example"), 2);
   },
 );
@@ -650,15 +651,15 @@ await redisTest(
     for (let round = 0; round < 5; round++) {
       await server.cli("SCRIPT", "FLUSH");
       const got = await Promise.all(
-        Array.from({ length: 10 }, (_, i) => ws[i % 2].acquire(host, 0)),
+        Array.from({ length: 10 }, (_, i) => take(ws[i % 2], host, 0)),
       );
       granted += got.filter(Boolean).length;
       assert.equal(await ws[0].count(host), granted);
     }
     assert.equal(granted, 50);
     for (let i = 0; i < 25; i++) {
-      ws[0].release(host);
-      ws[1].release(host);
+      giveBack(ws[0], host);
+      giveBack(ws[1], host);
     }
     await server.cli("SCRIPT", "FLUSH");
     await waitFor(async () => (await ws[1].count(host)) === 0, 2_000, "zero");
@@ -677,8 +678,8 @@ await redisTest(
     await using ws = limiters(2, { redis: redis.url, prefix: "dprl" });
     for (let i = 0; i < 50; i++) {
       const host = `h${i % 5}.example`;
-      await ws[i % 2].acquire(host, 3);
-      if (i % 3 === 0) ws[i % 2].release(host);
+      await take(ws[i % 2], host, 3);
+      if (i % 3 === 0) giveBack(ws[i % 2], host);
       await ws[0].count(host);
     }
     await sleep(LEASE / 3 + 100); // at least one heartbeat
@@ -739,12 +740,12 @@ await redisTest(
     try {
       const [a] = limiters(1, { redis: client, prefix: redis.prefix });
       const b = new RedisLimiter({ redis: redis.url, prefix: redis.prefix, lease: LEASE });
-      assert.equal(await a.acquire("shared.example", 1), true);
-      assert.equal(await b.acquire("shared.example", 1), false);
+      assert.equal(await take(a, "shared.example", 1), true);
+      assert.equal(await take(b, "shared.example", 1), false);
       await a.close();
       assert.equal(client.status, "ready");
       assert.equal(await client.ping(), "PONG");
-      assert.equal(await b.acquire("shared.example", 1), true);
+      assert.equal(await take(b, "shared.example", 1), true);
       await b.close();
     } finally {
       await client.quit();
@@ -765,7 +766,7 @@ await redisTest(
       hosts.flatMap((host) =>
         Array.from(
           { length: 10 },
-          (_, i) => ws[i % 3].acquire(host, limit).then((ok) => ({ host, ok })),
+          (_, i) => take(ws[i % 3], host, limit).then((ok) => ({ host, ok })),
         )
       ),
     );
@@ -802,10 +803,10 @@ await redisTest(
     }
     for (const host of hosts) {
       const holder = ws.find((w) => w.localCount(host) > 0)!;
-      holder.release(host);
+      giveBack(holder, host);
     }
     for (const host of hosts) {
-      await waitFor(async () => await ws[0].acquire(host, limit), 2_000, host);
+      await waitFor(async () => await take(ws[0], host, limit), 2_000, host);
     }
   },
 );
@@ -825,7 +826,7 @@ await redisTest(
     // More hosts than a heartbeat syncs: most slots get only their lease renewed.
     const hosts = Array.from({ length: 600 }, (_, i) => `many${i}.example`);
     for (let i = 0; i < hosts.length; i += 200) {
-      const some = hosts.slice(i, i + 200).map((h) => ws[0].acquire(h, 1));
+      const some = hosts.slice(i, i + 200).map((h) => take(ws[0], h, 1));
       assert.ok((await Promise.all(some)).every(Boolean));
     }
     await sleep(4 * LEASE); // every lease has been renewed several times over
@@ -839,7 +840,7 @@ await redisTest(
     assert.ok(zadds > 0, "no lease renewed by ZADD");
     const counts = await Promise.all(hosts.map((h) => ws[1].count(h)));
     assert.deepEqual(counts, hosts.map(() => 1));
-    for (const host of hosts.slice(0, 20)) assert.equal(await ws[1].acquire(host, 1), false);
+    for (const host of hosts.slice(0, 20)) assert.equal(await take(ws[1], host, 1), false);
     // Lose the lease set of the first host's slot: the holder notices and restores it.
     const slot = (await cluster.servers[0].cli("CLUSTER", "KEYSLOT", `dprl:{${hosts[0]}}:n`))
       .trim();
@@ -879,9 +880,9 @@ async function lostKeysScenario(
   await using ws = limiters(4, { redis: redis.url, prefix: "dprl", logger, lease });
   const host = "lost.example";
   const limit = 4;
-  for (let i = 0; i < limit; i++) assert.equal(await ws[i % 3].acquire(host, limit), true);
-  assert.equal(await ws[3].acquire("other.example", 0), true); // knows the epoch
-  assert.equal(await ws[3].acquire(host, limit), false);
+  for (let i = 0; i < limit; i++) assert.equal(await take(ws[i % 3], host, limit), true);
+  assert.equal(await take(ws[3], "other.example", 0), true); // knows the epoch
+  assert.equal(await take(ws[3], host, limit), false);
   await wipe(server, host);
   const wipedAt = Date.now();
   let extra = 0;
@@ -889,7 +890,7 @@ async function lostKeysScenario(
   const ask = async (w: RedisLimiter): Promise<void> => {
     asked++;
     try {
-      if (await w.acquire(host, limit)) extra++;
+      if (await take(w, host, limit)) extra++;
     } catch (error) {
       assert.ok(error instanceof LimiterUnavailableError, String(error));
     }
@@ -921,7 +922,7 @@ async function lostKeysScenario(
     const deadline = Date.now() + 5_000;
     while (true) {
       try {
-        assert.equal(await w.acquire(host, limit), false);
+        assert.equal(await take(w, host, limit), false);
         break;
       } catch (error) {
         if (!(error instanceof LimiterUnavailableError) || Date.now() > deadline) throw error;
@@ -930,8 +931,8 @@ async function lostKeysScenario(
     }
   }
   assert.equal(await ws[3].count(host), limit);
-  ws[0].release(host);
-  await waitFor(async () => await ws[3].acquire(host, limit), 2_000, "a freed slot");
+  giveBack(ws[0], host);
+  await waitFor(async () => await take(ws[3], host, limit), 2_000, "a freed slot");
   return { logs: logs() };
 }
 
@@ -993,20 +994,20 @@ await redisTest(
     // A count without any lease.
     await server.cli("HSET", n, "orphan", "1000");
     assert.equal(await w.count(host), 0);
-    assert.equal(await w.acquire(host, 2), true);
-    assert.equal(await w.acquire(host, 2), true);
-    assert.equal(await w.acquire(host, 2), false);
+    assert.equal(await take(w, host, 2), true);
+    assert.equal(await take(w, host, 2), true);
+    assert.equal(await take(w, host, 2), false);
     assert.equal((await server.cli("HEXISTS", n, "fake")).trim(), "0");
     assert.equal((await server.cli("HEXISTS", n, "orphan")).trim(), "0");
     assert.equal((await server.cli("ZSCORE", wk, "fake")).trim(), "");
-    w.release(host);
-    w.release(host);
+    giveBack(w, host);
+    giveBack(w, host);
     // A forged lease within one lease counts until it passes.
     await server.cli("HSET", n, "fake", "1000");
     await server.cli("ZADD", wk, String((await redisNow()) + LEASE), "fake");
-    assert.equal(await w.acquire(host, 2), false);
+    assert.equal(await take(w, host, 2), false);
     const forgedAt = Date.now();
-    await waitFor(async () => await w.acquire(host, 2), LEASE + 500, "the forged lease to pass");
+    await waitFor(async () => await take(w, host, 2), LEASE + 500, "the forged lease to pass");
     assert.ok(Date.now() - forgedAt <= LEASE + 500);
     assert.equal(await w.count(host), 1);
   },
@@ -1025,11 +1026,11 @@ await redisTest(
         timeout: 300,
       });
       for (let i = 0; i < 30; i++) {
-        await assert.rejects(ws[0].acquire("auth.example", 2), LimiterUnavailableError);
+        await assert.rejects(take(ws[0], "auth.example", 2), LimiterUnavailableError);
       }
       await sleep(300); // a few reconnect attempts
       for (let i = 0; i < 10; i++) {
-        await assert.rejects(ws[0].acquire("auth.example", 2), LimiterUnavailableError);
+        await assert.rejects(take(ws[0], "auth.example", 2), LimiterUnavailableError);
       }
       assert.equal(ws[0].up, false);
       const lines = logs();
@@ -1045,13 +1046,15 @@ await redisTest(
   "server",
   async () => {
     await stoppedRedisScenario("closed", async ({ server, ws, host, logs }) => {
-      assert.equal(await ws[0].acquire(host, 5), true);
+      assert.equal(await take(ws[0], host, 5), true);
       await server.kill();
       for (let i = 0; i < 200; i++) {
-        await assert.rejects(ws[0].acquire(host, 5), LimiterUnavailableError);
-        ws[0].release(host);
+        await assert.rejects(take(ws[0], host, 5), LimiterUnavailableError);
+        giveBack(ws[0], host);
         await ws[0].count(host).catch(() => {});
       }
+      // The line waits a moment for the errors that come with the outage.
+      await waitFor(() => logs().length > 0, 2_000, "the outage's log line");
       const lines = logs();
       assert.equal(lines.length, 1, lines.map(text).join(" | "));
       assert.match(text(lines[0]), /unreachable/);
@@ -1082,7 +1085,7 @@ await redisTest(
       await using server = await RedisServer.start({ args });
       const { logger, logs } = testLogger();
       await using ws = limiters(2, { redis: server.url, logger });
-      for (let i = 0; i < 5; i++) await ws[i % 2].acquire("evict.example", 0);
+      for (let i = 0; i < 5; i++) await take(ws[i % 2], "evict.example", 0);
       await waitFor(() => logs().length >= warnings, 2_000, "the warning");
       await sleep(100);
       const lines = logs().filter((r) => /evict/.test(text(r)));
@@ -1151,9 +1154,9 @@ await redisTlsTest(
     const ca = pem(files.ca);
     await using ws = limiters(1, { redis: { host: "127.0.0.1", port, tls: { ca } } });
     await using byUrl = limiters(1, { redis: { url: `rediss://127.0.0.1:${port}`, tls: { ca } } });
-    assert.equal(await ws[0].acquire("tls.example", 2), true);
-    assert.equal(await byUrl[0].acquire("tls.example", 2), true);
-    assert.equal(await ws[0].acquire("tls.example", 2), false);
+    assert.equal(await take(ws[0], "tls.example", 2), true);
+    assert.equal(await take(byUrl[0], "tls.example", 2), true);
+    assert.equal(await take(ws[0], "tls.example", 2), false);
     assert.equal(await byUrl[0].count("tls.example"), 2);
     assert.equal(ws[0].up, true);
   },
@@ -1170,7 +1173,7 @@ await redisTlsTest(
       timeout: 500,
     });
     for (let i = 0; i < 10; i++) {
-      await assert.rejects(ws[0].acquire("tls.example", 2), LimiterUnavailableError);
+      await assert.rejects(take(ws[0], "tls.example", 2), LimiterUnavailableError);
     }
     await sleep(300);
     const lines = logs();
@@ -1193,8 +1196,8 @@ await redisTlsTest(
         tls: { ca, cert: pem(files.clientCert), key: pem(files.clientKey) },
       },
     });
-    assert.equal(await ws[0].acquire("mtls.example", 1), true);
-    assert.equal(await ws[0].acquire("mtls.example", 1), false);
+    assert.equal(await take(ws[0], "mtls.example", 1), true);
+    assert.equal(await take(ws[0], "mtls.example", 1), false);
     const { logger, logs } = testLogger();
     await using anon = limiters(1, {
       redis: { host: "127.0.0.1", port, tls: { ca } },
@@ -1202,7 +1205,7 @@ await redisTlsTest(
       timeout: 500,
     });
     for (let i = 0; i < 5; i++) {
-      await assert.rejects(anon[0].acquire("mtls.example", 1), LimiterUnavailableError);
+      await assert.rejects(take(anon[0], "mtls.example", 1), LimiterUnavailableError);
     }
     await sleep(300);
     const lines = logs();
@@ -1222,8 +1225,8 @@ await redisTest(
     ws.forEach((w, i) =>
       w.setWorkerInfo({ version: "9.9.9", adminUrl: `http://127.0.0.1:${9000 + i}/` })
     );
-    for (let i = 0; i < 3; i++) assert.equal(await ws[0].acquire("reg.example", 0), true);
-    assert.equal(await ws[1].acquire("reg.example", 0), true);
+    for (let i = 0; i < 3; i++) assert.equal(await take(ws[0], "reg.example", 0), true);
+    assert.equal(await take(ws[1], "reg.example", 0), true);
     await waitFor(
       async () => (await ws[2].workers()).find((w) => w.id === ws[0].workerId)?.connections === 3,
       LEASE,
@@ -1292,10 +1295,10 @@ await redisTest(
     await using ws = limiters(3, { redis: redis.url, prefix: "dprl" });
     const calls: number[] = [];
     ws[0].onCall = (ms) => calls.push(ms);
-    assert.equal(await ws[0].acquire("a.example", 0), true);
-    assert.equal(await ws[1].acquire("a.example", 0), true);
-    assert.equal(await ws[2].acquire("a.example", 0), true);
-    assert.equal(await ws[1].acquire("b.example", 0), true);
+    assert.equal(await take(ws[0], "a.example", 0), true);
+    assert.equal(await take(ws[1], "a.example", 0), true);
+    assert.equal(await take(ws[2], "a.example", 0), true);
+    assert.equal(await take(ws[1], "b.example", 0), true);
     assert.ok(calls.length >= 1 && calls.every((ms) => ms >= 0 && Number.isFinite(ms)));
     await waitFor(
       () => ws[0].fleetCounts().get("a.example") === 3,
@@ -1303,10 +1306,10 @@ await redisTest(
       "a.example at 3 after a heartbeat",
     );
     assert.equal(ws[0].fleetCounts().has("b.example"), false); // never seen here
-    ws[1].release("a.example");
-    ws[2].release("a.example");
+    giveBack(ws[1], "a.example");
+    giveBack(ws[2], "a.example");
     await waitFor(() => ws[0].fleetCounts().get("a.example") === 1, LEASE, "1 after releases");
-    ws[0].release("a.example");
+    giveBack(ws[0], "a.example");
     await waitFor(() => !ws[0].fleetCounts().has("a.example"), 2 * LEASE, "forgotten at 0");
   },
 );
@@ -1316,7 +1319,7 @@ await redisTest(
   "server",
   async () => {
     await stoppedRedisScenario("closed", async ({ server, ws, host }) => {
-      assert.equal(await ws[0].acquire(host, 2), true);
+      assert.equal(await take(ws[0], host, 2), true);
       assert.equal(ws[0].up, true);
       await server.kill();
       await waitFor(() => !ws[0].up, 2_000, "down");
@@ -1335,7 +1338,7 @@ await redisTest(
     const lease = 3_000; // a heartbeat every second
     await using ws = limiters(1, { redis: redis.url, prefix: "dprl", lease });
     const hosts = Array.from({ length: 300 }, (_, i) => `batch${i}.example`);
-    for (const host of hosts) assert.equal(await ws[0].acquire(host, 1), true);
+    for (const host of hosts) assert.equal(await take(ws[0], host, 1), true);
     await server.cli("CONFIG", "RESETSTAT");
     await sleep(lease / 3 + 200); // one heartbeat, perhaps two
     const stats = await server.cli("INFO", "commandstats");
@@ -1345,7 +1348,7 @@ await redisTest(
     // Every host is still held, and by exactly one slot.
     for (const host of [hosts[0], hosts[150], hosts[299]]) {
       assert.equal(await ws[0].count(host), 1);
-      assert.equal(await ws[0].acquire(host, 1), false);
+      assert.equal(await take(ws[0], host, 1), false);
     }
   },
 );
@@ -1359,8 +1362,8 @@ await redisTest(
     // A long lease keeps the heartbeat out of the counts below.
     await using ws = limiters(2, { redis: redis.url, prefix: "dprl", lease: 60_000 });
     const host = "turn.example";
-    assert.equal(await ws[0].acquire("warm.example", 0), true);
-    assert.equal(await ws[1].acquire(host, 7), true);
+    assert.equal(await take(ws[0], "warm.example", 0), true);
+    assert.equal(await take(ws[1], host, 7), true);
     // Script calls: EVALSHA, or EVAL when the script was not loaded yet.
     const evalsha = async () => {
       const stats = await server.cli("INFO", "commandstats");
@@ -1370,22 +1373,22 @@ await redisTest(
       );
     };
     await server.cli("CONFIG", "RESETSTAT");
-    const first = await Promise.all(Array.from({ length: 50 }, () => ws[0].acquire(host, 7)));
+    const first = await Promise.all(Array.from({ length: 50 }, () => take(ws[0], host, 7)));
     assert.equal(first.filter(Boolean).length, 6);
     assert.deepEqual(first.slice(0, 6), [true, true, true, true, true, true]);
     assert.equal(await evalsha(), 1);
     // Four releases and ten acquires in one turn: the releases go first.
     await server.cli("CONFIG", "RESETSTAT");
-    for (let i = 0; i < 4; i++) ws[0].release(host);
-    const second = await Promise.all(Array.from({ length: 10 }, () => ws[0].acquire(host, 7)));
+    for (let i = 0; i < 4; i++) giveBack(ws[0], host);
+    const second = await Promise.all(Array.from({ length: 10 }, () => take(ws[0], host, 7)));
     assert.equal(second.filter(Boolean).length, 4);
     assert.equal(await evalsha(), 1);
     assert.equal(ws[0].localCount(host), 6);
     assert.equal(await ws[1].count(host), 7);
-    assert.equal(await ws[1].acquire(host, 7), false);
+    assert.equal(await take(ws[1], host, 7), false);
     // Releases alone in one turn: one call too.
     await server.cli("CONFIG", "RESETSTAT");
-    for (let i = 0; i < 6; i++) ws[0].release(host);
+    for (let i = 0; i < 6; i++) giveBack(ws[0], host);
     await waitFor(async () => (await evalsha()) >= 1, 2_000, "the release call");
     await sleep(100);
     assert.equal(await evalsha(), 1);
@@ -1400,12 +1403,12 @@ await redisTest(
     await using redis = await useRedis();
     const server = redis.server!;
     await using ws = limiters(2, { redis: redis.url, prefix: "dprl", lease: 6_000 });
-    assert.equal(await ws[0].acquire("a.example", 1), true);
-    assert.equal(await ws[1].acquire("b.example", 2), true);
+    assert.equal(await take(ws[0], "a.example", 1), true);
+    assert.equal(await take(ws[1], "b.example", 2), true);
     await server.cli("DEL", "dprl:{a.example}:n");
-    await assert.rejects(ws[1].acquire("a.example", 1), LimiterUnavailableError);
-    assert.equal(await ws[1].acquire("b.example", 2), true);
-    assert.equal(await ws[1].acquire("b.example", 2), false);
+    await assert.rejects(take(ws[1], "a.example", 1), LimiterUnavailableError);
+    assert.equal(await take(ws[1], "b.example", 2), true);
+    assert.equal(await take(ws[1], "b.example", 2), false);
     await waitFor(
       async () => (await ws[1].count("a.example")) === 1,
       2_000,
@@ -1425,7 +1428,7 @@ await redisTest(
     const n = `dprl:{${host}}:n`;
     const w = "dprl:leases";
     const id = ws[0].workerId;
-    assert.equal(await ws[0].acquire(host, 1), true);
+    assert.equal(await take(ws[0], host, 1), true);
     await sleep(LEASE); // a few heartbeats
     const restored = async () =>
       (await server.cli("HGET", n, id)).trim() === "1" &&
@@ -1443,7 +1446,7 @@ await redisTest(
     await waitFor(
       async () => {
         try {
-          return await ws[1].acquire(host, 1) === false;
+          return await take(ws[1], host, 1) === false;
         } catch {
           return false; // still recovering
         }
@@ -1462,7 +1465,7 @@ await redisTest(
     const server = redis.server!;
     await using ws = limiters(1, { redis: redis.url, prefix: "dprl" });
     const hosts = Array.from({ length: 10 }, (_, i) => `forged${i}.example`);
-    for (const host of hosts) assert.equal(await ws[0].acquire(host, 2), true);
+    for (const host of hosts) assert.equal(await take(ws[0], host, 2), true);
     await sleep(LEASE);
     const [sec] = (await server.cli("TIME")).trim().split("\n").map(Number);
     for (const host of hosts) await server.cli("HSET", `dprl:{${host}}:n`, "fake", "1000");
@@ -1489,10 +1492,10 @@ await redisTest(
     const group = { name: "grp", limit: 0 };
     const hosts = Array.from({ length: 2_000 }, (_, i) => `ttl${i}.example`);
     for (let i = 0; i < hosts.length; i += 500) {
-      const some = hosts.slice(i, i + 500).map((h) => ws[0].acquire(h, 0));
+      const some = hosts.slice(i, i + 500).map((h) => take(ws[0], h, 0));
       assert.ok((await Promise.all(some)).every(Boolean));
     }
-    assert.equal(await ws[0].acquire("member.example", 0, { group }), true);
+    assert.equal(await take(ws[0], "member.example", 0, { group }), true);
     const keys = [
       ...hosts.slice(0, 20).map((h) => `dprl:{${h}}:n`),
       "dprl:leases",

@@ -5,35 +5,36 @@ import { LocalLimiter } from "../lib/limit/local_limiter.ts";
 import { RedisLimiter } from "../lib/limit/redis_limiter.ts";
 import type { RedisConfig } from "../lib/limit/redis_config.ts";
 import { RedisClusterServers, RedisServer, redisTest } from "./_helpers/redis_server.ts";
+import { giveBack, take } from "./_helpers/held_slots.ts";
 
 const storage = { name: "storage", limit: 5 };
 
 Deno.test("LocalLimiter: a group member needs room in its group and in its own limit", async () => {
   const l = new LocalLimiter();
-  for (let i = 0; i < 2; i++) assert.equal(await l.acquire("a.s3", 2, { group: storage }), true);
-  assert.equal(await l.acquire("a.s3", 2, { group: storage }), false, "own limit");
-  for (let i = 0; i < 3; i++) assert.equal(await l.acquire("b.s3", 10, { group: storage }), true);
+  for (let i = 0; i < 2; i++) assert.equal(await take(l, "a.s3", 2, { group: storage }), true);
+  assert.equal(await take(l, "a.s3", 2, { group: storage }), false, "own limit");
+  for (let i = 0; i < 3; i++) assert.equal(await take(l, "b.s3", 10, { group: storage }), true);
   assert.equal(l.groupCount("storage"), 5);
-  assert.equal(await l.acquire("c.s3", 10, { group: storage }), false, "group limit");
-  assert.equal(await l.acquire("other", 1), true, "a host outside the group is not capped");
-  l.release("a.s3");
+  assert.equal(await take(l, "c.s3", 10, { group: storage }), false, "group limit");
+  assert.equal(await take(l, "other", 1), true, "a host outside the group is not capped");
+  giveBack(l, "a.s3");
   assert.equal(l.groupCount("storage"), 4);
   assert.equal(
-    await l.acquire("c.s3", 10, { group: storage }),
+    await take(l, "c.s3", 10, { group: storage }),
     true,
     "a release frees a group slot",
   );
   assert.equal(
-    await l.acquire("c.s3", 10, { group: { name: "storage", limit: 6 } }),
+    await take(l, "c.s3", 10, { group: { name: "storage", limit: 6 } }),
     true,
     "raised at once",
   );
   assert.equal(
-    await l.acquire("c.s3", 10, { group: { name: "storage", limit: 3 } }),
+    await take(l, "c.s3", 10, { group: { name: "storage", limit: 3 } }),
     false,
     "lowered",
   );
-  for (const h of ["a.s3", "b.s3", "b.s3", "b.s3", "c.s3", "c.s3"]) l.release(h);
+  for (const h of ["a.s3", "b.s3", "b.s3", "b.s3", "c.s3", "c.s3"]) giveBack(l, h);
   assert.equal(l.groupCount("storage"), 0);
   await l.close();
 });
@@ -47,7 +48,7 @@ async function fleetHoldsGroupCap(redis: RedisConfig): Promise<void> {
     // 3 workers x 4 hosts x 4 attempts at once: 48 asks for a cap of 5.
     const asks = limiters.flatMap((l) =>
       hosts.flatMap((h) =>
-        [0, 1, 2, 3].map(() => l.acquire(h, 3, { group: storage }).then((ok) => ok && h))
+        [0, 1, 2, 3].map(() => take(l, h, 3, { group: storage }).then((ok) => ok && h))
       )
     );
     const granted = (await Promise.all(asks)).filter(Boolean) as string[];
@@ -58,9 +59,9 @@ async function fleetHoldsGroupCap(redis: RedisConfig): Promise<void> {
     const holder = (await Promise.all(limiters.map((l) => l.count(first))))[0];
     assert.ok(holder >= 1);
     const owner = limiters.find((l) => l.localCount(first) > 0)!;
-    owner.release(first);
+    giveBack(owner, first);
     const again = await Promise.all(
-      limiters.map((l) => l.acquire("e.s3.example", 10, { group: storage })),
+      limiters.map((l) => take(l, "e.s3.example", 10, { group: storage })),
     );
     assert.equal(again.filter(Boolean).length, 1);
   } finally {
@@ -97,12 +98,12 @@ Deno.test("RedisLimiter in failure mode local caps a group in this process while
     const group = { name: "storage", limit: 2 };
     const grants = [];
     for (const host of ["a.s3", "b.s3", "c.s3"]) {
-      grants.push(await limiter.acquire(host, 5, { group: group }));
+      grants.push(await take(limiter, host, 5, { group: group }));
     }
     assert.deepEqual(grants, [true, true, false]);
-    limiter.release("a.s3");
+    giveBack(limiter, "a.s3");
     assert.equal(
-      await limiter.acquire("c.s3", 5, { group: group }),
+      await take(limiter, "c.s3", 5, { group: group }),
       true,
       "a release frees a group slot",
     );

@@ -21,6 +21,43 @@ export interface AcquireOptions {
 }
 
 /**
+ * One slot of a host taken by {@linkcode Limiter.acquire}, held until given
+ * back with {@linkcode Slot.release} or by disposing of it
+ * (`using slot = ...`). It is given back once, however many times either is
+ * called.
+ */
+export interface Slot extends Disposable {
+  /** The host key the slot counts under. */
+  readonly host: string;
+  /** Gives the slot back; a no-op once given back. */
+  release(): void;
+}
+
+/**
+ * A {@linkcode Slot} of `host` that calls `giveBack` the first time it is
+ * released or disposed of, and never again.
+ *
+ * @example
+ * ```ts
+ * import { slotOf } from "./limiter.ts";
+ * let held = 1;
+ * const slot = slotOf("api.example.com", () => held--);
+ * slot.release();
+ * slot.release();
+ * held; // 0
+ * ```
+ */
+export function slotOf(host: string, giveBack: () => void): Slot {
+  let held = true;
+  const release = (): void => {
+    if (!held) return;
+    held = false;
+    giveBack();
+  };
+  return { host, release, [Symbol.dispose]: release };
+}
+
+/**
  * Counts open upstream connections per host key and grants new ones while a
  * host is under its limit (and, for a member of a group, while the group is
  * under the group's limit).
@@ -30,8 +67,8 @@ export interface Limiter {
    * Takes one slot for `host` unless `limit` (when above 0) slots are already
    * taken, or `host` belongs to `group` and the group's members hold
    * `group.limit` (when above 0) slots together; both are checked and taken
-   * at once. Resolves `true` when the slot is granted, `false` when the host
-   * or its group is at its limit. Rejects with
+   * at once. Resolves the {@linkcode Slot} when it is granted, `null` when
+   * the host or its group is at its limit. Rejects with
    * {@linkcode LimiterUnavailableError} when the limiter cannot decide and its
    * failure mode says to refuse. With a `ticket` from
    * {@linkcode Limiter.enqueue}, the slot is granted only when no earlier
@@ -41,9 +78,7 @@ export interface Limiter {
    * again: a change of group applies to a host's next connections once its
    * open ones are closed.
    */
-  acquire(host: string, limit: number, options?: AcquireOptions): Promise<boolean>;
-  /** Gives back one slot of `host` (and of its group) taken by {@linkcode Limiter.acquire}. */
-  release(host: string): void;
+  acquire(host: string, limit: number, options?: AcquireOptions): Promise<Slot | null>;
   /** The number of open connections to `host` (across the fleet). */
   count(host: string): Promise<number>;
   /** Stops the limiter and removes what it holds in shared storage. */

@@ -1,4 +1,4 @@
-import type { AcquireOptions, Limiter } from "./limiter.ts";
+import { type AcquireOptions, type Limiter, type Slot, slotOf } from "./limiter.ts";
 
 /** A {@linkcode Limiter} that counts in this process's memory. */
 export class LocalLimiter implements Limiter {
@@ -11,23 +11,29 @@ export class LocalLimiter implements Limiter {
    * Takes a slot unless the host is at `limit` or its group at
    * `group.limit` (0 or less: unlimited).
    */
-  acquire(host: string, limit: number, { group }: AcquireOptions = {}): Promise<boolean> {
+  acquire(host: string, limit: number, { group }: AcquireOptions = {}): Promise<Slot | null> {
+    return Promise.resolve(
+      this.#take(host, limit, group) ? slotOf(host, () => this.#release(host)) : null,
+    );
+  }
+
+  #take(host: string, limit: number, group: AcquireOptions["group"]): boolean {
     const n = this.#counts.get(host) ?? 0;
-    if (limit > 0 && n >= limit) return Promise.resolve(false);
+    if (limit > 0 && n >= limit) return false;
     const name = n > 0 ? this.#groupOf.get(host) : group?.name;
     if (name !== undefined) {
       const g = this.#groupCounts.get(name) ?? 0;
       const cap = group?.name === name ? group.limit : 0;
-      if (cap > 0 && g >= cap) return Promise.resolve(false);
+      if (cap > 0 && g >= cap) return false;
       this.#groupCounts.set(name, g + 1);
       this.#groupOf.set(host, name);
     }
     this.#counts.set(host, n + 1);
-    return Promise.resolve(true);
+    return true;
   }
 
   /** Gives back one slot of `host` and of its group. */
-  release(host: string): void {
+  #release(host: string): void {
     const n = this.#counts.get(host) ?? 0;
     if (n <= 0) return;
     const name = this.#groupOf.get(host);

@@ -21,6 +21,9 @@ import {
 } from "./redis_errors.ts";
 import { withTimeout } from "../with_timeout.ts";
 
+/** How long the log line of an outage waits for the errors that come with it, in ms. */
+const OUTAGE_GATHER_MS = 250;
+
 /** Options of {@linkcode RedisConnection}. */
 export interface RedisConnectionOptions {
   /** Where Redis is. */
@@ -53,6 +56,8 @@ export class RedisConnection {
   #closed = false;
   /** The last error the client reported, told when the connection closes. */
   #lastError: unknown = null;
+  /** The errors of an outage whose log line is yet to be written. */
+  #gathered: unknown[] | null = null;
   #onReady = (): void => {
     if (this.#closed) return;
     const reconnect = this.#everReady;
@@ -71,6 +76,7 @@ export class RedisConnection {
   };
   #onError = (error: unknown): void => {
     this.#lastError = error;
+    this.#gathered?.push(error);
     this.#o.logger.debug("Redis client error: {error}", { error });
   };
 
@@ -157,26 +163,49 @@ export class RedisConnection {
   /** Records that Redis answered; returns whether that ended an outage (then `onUp` ran). */
   markUp(): boolean {
     if (this.#available || this.#closed) return false;
+    this.#tellOutage();
     this.#available = true;
     this.#o.logger.info("Redis is reachable again; re-asserting this worker's counts");
     this.#o.onUp();
     return true;
   }
 
+  /**
+   * An outage begins (or goes on): its log line waits
+   * {@linkcode OUTAGE_GATHER_MS} for the errors that come with it, so that
+   * it names the telling one (a refused certificate, say) whichever arrives
+   * first.
+   */
   #down(error: unknown): void {
-    if (!this.#available || this.#closed) return;
+    if (this.#closed) return;
+    if (this.#gathered) {
+      this.#gathered.push(error);
+      return;
+    }
+    if (!this.#available) return;
     this.#available = false;
+    this.#gathered = [error];
+    Deno.unrefTimer(setTimeout(() => this.#tellOutage(), OUTAGE_GATHER_MS));
+  }
+
+  /** Logs the outage once, with the distinct errors gathered. */
+  #tellOutage(): void {
+    const errors = this.#gathered;
+    this.#gathered = null;
+    if (!errors || this.#closed) return;
     const mode = this.#o.mode;
-    if (isAuthError(error)) {
+    const auth = errors.find(isAuthError);
+    if (auth !== undefined) {
       this.#o.logger.warn(
         "Redis refused the credentials ({error}); check the Redis user name and password. Failure mode {mode} applies until Redis accepts them",
-        { error: describe(error), mode },
+        { error: describe(auth), mode },
       );
       return;
     }
+    const error = [...new Set(errors.map(describe))].slice(0, 3).join("; ");
     this.#o.logger.warn(
       "Redis is unreachable ({error}); failure mode {mode} applies until it is back",
-      { error: describe(error), mode },
+      { error, mode },
     );
   }
 }

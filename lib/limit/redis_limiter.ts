@@ -10,7 +10,13 @@ import type { Cluster, Redis } from "ioredis";
 import type { FailureMode, RedisConfig, RedisNode } from "./redis_config.ts";
 export type { FailureMode } from "./redis_config.ts";
 import { getLogger, type Logger } from "@logtape/logtape";
-import { type AcquireOptions, type Limiter, LimiterUnavailableError } from "./limiter.ts";
+import {
+  type AcquireOptions,
+  type Limiter,
+  LimiterUnavailableError,
+  type Slot,
+  slotOf,
+} from "./limiter.ts";
 import { RedisConnectionLostError, RedisCountsLostError } from "./redis_errors.ts";
 import { RedisKeyNames } from "./redis_key_names.ts";
 import { clientNodes } from "./redis_client.ts";
@@ -76,11 +82,10 @@ export interface RedisLimiterOptions {
  * import { RedisLimiter } from "./redis_limiter.ts";
  *
  * const limiter = new RedisLimiter({ redis: "redis://127.0.0.1:6379" });
- * if (await limiter.acquire("api.example.com", 4)) {
- *   try {
- *     // ... use the upstream connection ...
- *   } finally {
- *     limiter.release("api.example.com");
+ * {
+ *   using slot = await limiter.acquire("api.example.com", 4);
+ *   if (slot) {
+ *     // ... use the upstream connection; the slot goes back at the block's end ...
  *   }
  * }
  * await limiter.close();
@@ -204,7 +209,11 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
    * `"open"` grants an uncounted slot, `"local"` grants while this process
    * holds fewer than `limit` (and fewer than `group.limit` for the group).
    */
-  async acquire(host: string, limit: number, options: AcquireOptions = {}): Promise<boolean> {
+  async acquire(host: string, limit: number, options: AcquireOptions = {}): Promise<Slot | null> {
+    return await this.#take(host, limit, options) ? slotOf(host, () => this.#release(host)) : null;
+  }
+
+  async #take(host: string, limit: number, options: AcquireOptions): Promise<boolean> {
     const { group, ticket } = options;
     if (this.#closed) throw new LimiterUnavailableError("Redis limiter is closed");
     const groupLimit = this.#keys.join(host, group, !this.#ledger.has(host));
@@ -226,7 +235,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
   }
 
   /** Gives back one slot of `host`; a host with no slot held is left alone. */
-  release(host: string): void {
+  #release(host: string): void {
     if (this.#closed) {
       const s = this.#ledger.get(host);
       if (s && s.counted - s.kept.length > 0) s.counted--;

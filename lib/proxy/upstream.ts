@@ -5,6 +5,7 @@
  * @module
  */
 import { BufferedReader } from "./buffered_reader.ts";
+import type { Slot } from "../limit/limiter.ts";
 
 /** One open upstream socket; it holds one slot of its host until closed. */
 export class Upstream {
@@ -20,19 +21,25 @@ export class Upstream {
   openedAt = 0;
   /** It served an exchange before (it came from the pool). */
   reused = false;
-  /** Its slot was given back already: closing it gives nothing back. */
-  slotReturned = false;
+  /**
+   * The slot it holds, given back when it closes; swapped for another when
+   * the fleet's queue decides who uses it (giving back a slot twice does
+   * nothing).
+   */
+  slot: Slot;
   #onClose: (up: Upstream) => void;
   #closed = false;
 
-  /** Wraps `conn`; `onClose` runs once, when it closes (it gives the slot back). */
+  /** Wraps `conn` holding `slot`; `onClose` runs once, when it closes, after the slot went back. */
   constructor(
     key: string,
     conn: Deno.TcpConn,
+    slot: Slot,
     onClose: (up: Upstream) => void,
   ) {
     this.key = key;
     this.conn = conn;
+    this.slot = slot;
     this.reader = new BufferedReader(conn);
     this.#onClose = onClose;
   }
@@ -49,6 +56,7 @@ export class Upstream {
     try {
       this.conn.close();
     } catch { /* already closed by the peer */ }
+    this.slot.release();
     this.#onClose(this);
   }
 }

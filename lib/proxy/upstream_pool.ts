@@ -4,7 +4,7 @@ import type { Limiter } from "../limit/limiter.ts";
 import type { LimitTable } from "../limit/limit_table.ts";
 import type { RuleMatch } from "../limit/rules/rule_table.ts";
 import { ConnectError, LimitReachedError } from "./errors.ts";
-import { LimiterUnavailableError } from "../limit/limiter.ts";
+import { LimiterUnavailableError, type Slot } from "../limit/limiter.ts";
 import type { DestinationPolicy } from "../access/destination_policy.ts";
 import type { ProxyStats } from "../metrics/proxy_stats.ts";
 import type { UpstreamHostView } from "../metrics/host_summary.ts";
@@ -78,7 +78,6 @@ export class UpstreamPool {
       if (n === 0) this.#open.delete(up.key);
       else this.#open.set(up.key, n);
       this.#removeIdle(up);
-      if (!up.slotReturned) this.#o.limiter.release(up.key);
       const held = this.#now - up.openedAt;
       // Kept while the host is in use: forgotten hosts cost nothing.
       if (n === 0 && this.#queue.length(up.key) === 0) this.#holdMs.delete(up.key);
@@ -125,9 +124,8 @@ export class UpstreamPool {
    */
   async #swap(up: Upstream, waiter: Waiter): Promise<void> {
     this.#swapping.add(waiter);
-    up.slotReturned = true;
-    this.#o.limiter.release(up.key);
-    let granted = false;
+    up.slot.release();
+    let granted: Slot | null = null;
     try {
       const match = this.#o.limits.lookup(up.key);
       granted = await this.#o.limiter.acquire(up.key, match.limit, {
@@ -139,11 +137,11 @@ export class UpstreamPool {
     }
     this.#swapping.delete(waiter);
     if (!granted || up.closed) {
-      if (granted) this.#o.limiter.release(up.key);
+      granted?.release();
       up.close();
       return;
     }
-    up.slotReturned = false;
+    up.slot = granted;
     if (this.#queue.has(up.key, waiter)) {
       this.#queue.remove(up.key, waiter);
       this.#o.stats.onAdmitted(up.key);
@@ -194,8 +192,8 @@ export class UpstreamPool {
     if (addresses.length === 1 && !IP_LITERAL.test(addresses[0])) {
       addresses = await resolveHost(addresses[0], this.#o.connectTimeout);
     }
-    const handed = await this.#slot(key, signal, http);
-    if (handed) return handed;
+    const taken = await this.#slot(key, signal, http);
+    if (taken instanceof Upstream) return taken;
     // The sweep aborts dials past their deadline (no timer per dial).
     const deadline = new AbortController();
     this.#dials.set(deadline, this.#now + this.#o.connectTimeout);
@@ -221,7 +219,7 @@ export class UpstreamPool {
         }
       }
     } catch (err) {
-      this.#o.limiter.release(key);
+      taken.release();
       // The client left: nothing failed upstream.
       if (signal?.aborted) throw signal.reason;
       throw connectError(key, err, deadline.signal.aborted);
@@ -237,7 +235,7 @@ export class UpstreamPool {
       "Upstream connection to {host} opened ({count} open here)",
       { host: key, count: n },
     );
-    const up = new Upstream(key, conn, this.#release);
+    const up = new Upstream(key, conn, taken, this.#release);
     up.openedAt = this.#now;
     if (signal?.aborted) up.close();
     return up;
@@ -246,17 +244,19 @@ export class UpstreamPool {
   /**
    * Takes a slot of `key`, or waits in line for one (up to the queue
    * timeout, the host's rule's or the process's); a waiting plain-HTTP
-   * request may be handed an idle socket instead, which is returned.
+   * request may be handed an idle socket instead. Returns the slot or the
+   * socket.
    * Throws {@linkcode LimitReachedError} when refused and
    * `LimiterUnavailableError` when the limiter cannot decide.
    */
-  async #slot(key: string, signal?: AbortSignal, http = false): Promise<Upstream | undefined> {
+  async #slot(key: string, signal?: AbortSignal, http = false): Promise<Grant> {
     const match = this.#o.limits.lookup(key);
     const limit = match.limit;
     // No overtaking: while others wait, a newcomer joins the line.
-    if (this.#queue.length(key) === 0 && await this.#tryAcquire(key, match)) {
+    const slot = this.#queue.length(key) === 0 ? await this.#tryAcquire(key, match) : null;
+    if (slot) {
       this.#o.stats.onAdmitted(key);
-      return undefined;
+      return slot;
     }
     const ahead = this.#queue.length(key);
     const refuse = (reason: "limit" | "queue_full") => {
@@ -297,7 +297,6 @@ export class UpstreamPool {
       if (ticket !== undefined) this.#o.limiter.dequeue?.(key, ticket);
     }
     this.#o.stats.onQueueWait(performance.now() - since);
-    if (got === "slot") return undefined;
     return got;
   }
 
@@ -306,15 +305,20 @@ export class UpstreamPool {
    * closing idle pooled sockets of `key` while that is what it takes. Counts
    * a refusal by an unavailable limiter.
    */
-  async #tryAcquire(key: string, match: Readonly<RuleMatch>, ticket?: string): Promise<boolean> {
+  async #tryAcquire(
+    key: string,
+    match: Readonly<RuleMatch>,
+    ticket?: string,
+  ): Promise<Slot | null> {
     try {
       const options = { group: match.group, ticket };
-      while (!await this.#o.limiter.acquire(key, match.limit, options)) {
+      for (;;) {
+        const slot = await this.#o.limiter.acquire(key, match.limit, options);
+        if (slot) return slot;
         const idle = this.take(key);
-        if (!idle) return false;
+        if (!idle) return null;
         idle.close();
       }
-      return true;
     } catch (err) {
       if (err instanceof LimiterUnavailableError) {
         this.#o.stats.onRefused(key, "limiter_unavailable");
@@ -332,7 +336,7 @@ export class UpstreamPool {
     this.#waking.set(key, false);
     try {
       for (let waiter = this.#queue.head(key); waiter; waiter = this.#queue.head(key)) {
-        let granted: boolean;
+        let granted: Slot | null;
         try {
           // Looked up each time: a reload applies to the line at once.
           granted = await this.#tryAcquire(key, this.#o.limits.lookup(key), waiter.ticket);
@@ -352,12 +356,12 @@ export class UpstreamPool {
         }
         if (this.#queue.head(key) !== waiter) {
           // It left (timed out or gone) while the limiter answered.
-          this.#o.limiter.release(key);
+          granted.release();
           continue;
         }
         this.#queue.remove(key, waiter);
         this.#o.stats.onAdmitted(key);
-        waiter.grant("slot");
+        waiter.grant(granted);
       }
     } finally {
       this.#waking.delete(key);

@@ -7,9 +7,10 @@
  */
 
 import type { Upstream } from "./upstream.ts";
+import type { Slot } from "../limit/limiter.ts";
 
 /** What a waiter is given: a slot of its host, or an idle connection to it. */
-export type Grant = "slot" | Upstream;
+export type Grant = Slot | Upstream;
 
 /** One request in line. */
 export interface Waiter {
