@@ -73,11 +73,6 @@ export class SlotBatches {
     queueMicrotask(() => this.#flushTurn());
   }
 
-  /** Whether `host` waits to be sent. */
-  has(host: string): boolean {
-    return this.#slots.get(this.#o.slotOf(host))?.has(host) ?? false;
-  }
-
   /** Sends the slot of `host` at once, if anything of it waits, even while a call is in flight. */
   flushHost(host: string): void {
     this.#flushSlot(this.#o.slotOf(host), true);
@@ -88,14 +83,12 @@ export class SlotBatches {
     this.#flushAll();
   }
 
-  /** Forgets everything that waits and stops the timer; returns the hosts that waited. */
-  clear(): string[] {
-    const hosts = [...this.#slots.values()].flatMap((set) => [...set]);
+  /** Forgets everything that waits and stops the timer. */
+  clear(): void {
     this.#slots.clear();
     this.#now.clear();
     if (this.#timer !== null) clearTimeout(this.#timer);
     this.#timer = null;
-    return hosts;
   }
 
   #flushTurn(): void {

@@ -1,0 +1,66 @@
+// When batched calls go: acquires at the end of their turn, slots given back
+// with the next call of their slot or within a few ms, one call in flight
+// per slot.
+import assert from "node:assert/strict";
+import { RELEASE_DELAY_MS, SlotBatches } from "../lib/limit/slot_batches.ts";
+import { waitFor } from "./_helpers/raw.ts";
+
+function recorder() {
+  const calls: { slot: string; hosts: string[]; answer: () => void }[] = [];
+  const batches = new SlotBatches({
+    slotOf: (host) => host.split(".")[0], // "s1.a": slot s1
+    send: (slot, hosts, answered) => {
+      calls.push({ slot, hosts, answer: answered });
+      return true;
+    },
+  });
+  return { calls, batches };
+}
+
+Deno.test("an acquire goes at the end of its turn, with what its slot gave back meanwhile", async () => {
+  const { calls, batches } = recorder();
+  batches.add("s1.released", false);
+  batches.add("s1.asked", true);
+  batches.add("s2.asked", true);
+  assert.equal(calls.length, 0, "nothing within the turn");
+  await Promise.resolve();
+  assert.deepEqual(calls.map((c) => [c.slot, c.hosts]), [
+    ["s1", ["s1.released", "s1.asked"]],
+    ["s2", ["s2.asked"]],
+  ]);
+});
+
+Deno.test("a slot given back alone goes within the delay", async () => {
+  const { calls, batches } = recorder();
+  const since = performance.now();
+  batches.add("s1.released", false);
+  await Promise.resolve();
+  assert.equal(calls.length, 0);
+  await waitFor(() => calls.length === 1, "the release call");
+  assert.ok(performance.now() - since >= RELEASE_DELAY_MS - 1);
+  assert.deepEqual(calls[0].hosts, ["s1.released"]);
+});
+
+Deno.test("while a slot's call is in flight, what comes goes in one call once it is answered", async () => {
+  const { calls, batches } = recorder();
+  batches.add("s1.a", true);
+  await Promise.resolve();
+  assert.equal(calls.length, 1);
+  batches.add("s1.b", true);
+  batches.add("s1.c", true);
+  batches.add("s2.d", true);
+  await Promise.resolve();
+  assert.deepEqual(calls.map((c) => c.hosts), [["s1.a"], ["s2.d"]], "s1 waits, s2 does not");
+  calls[0].answer();
+  assert.deepEqual(calls.map((c) => c.hosts), [["s1.a"], ["s2.d"], ["s1.b", "s1.c"]]);
+});
+
+Deno.test("flushHost sends its slot at once, even while a call is in flight", async () => {
+  const { calls, batches } = recorder();
+  batches.add("s1.a", true);
+  await Promise.resolve();
+  batches.add("s1.b", false);
+  batches.flushHost("s1.b");
+  assert.deepEqual(calls.map((c) => c.hosts), [["s1.a"], ["s1.b"]]);
+  batches.clear();
+});
