@@ -133,6 +133,9 @@ class Fleet {
     this.fields[w] = Math.max(0, this.fields[w] - sent.releases);
     let lostKeys = this.lost.some(Boolean);
     if (this.fields[w] < sent.floor) {
+      // Below what the worker knows it holds, its last write landed: only a
+      // loss of keys may explain it, else the ledger gave a slot back twice.
+      assert.ok(!sent.trusted || this.lost[w], `worker ${w}'s field fell below its floor`);
       if (sent.trusted) lostKeys = true;
       this.fields[w] = sent.floor;
     }
@@ -186,10 +189,11 @@ class Fleet {
     if (worker.ledger.canSync(H)) worker.wire.push({ kind: "sync", synced: worker.ledger.sync(H) });
   }
 
+  /** Sends the worker's work, one call of the host in flight at a time (as its slot does). */
   flush(w: number): void {
-    const worker = this.workers[w];
-    if (worker.ledger.hasWork(H)) {
-      worker.wire.push({ kind: "acquire", sent: worker.ledger.send(H) });
+    const { ledger, wire } = this.workers[w];
+    if (ledger.hasWork(H) && ledger.get(H)!.calls === 0) {
+      wire.push({ kind: "acquire", sent: ledger.send(H) });
     }
   }
 
@@ -250,8 +254,9 @@ class Fleet {
   settle(): void {
     this.workers.forEach((worker, w) => {
       const drain = () => {
-        for (let i = 0; i < 100 && (worker.wire.length > 0 || worker.answers.length > 0); i++) {
+        for (let i = 0; i < 100; i++) {
           this.flush(w);
+          if (worker.wire.length === 0 && worker.answers.length === 0) return;
           while (worker.wire.length > 0) this.process(w);
           while (worker.answers.length > 0) this.deliver(w, true);
         }

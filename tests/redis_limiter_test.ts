@@ -457,7 +457,8 @@ await redisTest(
       });
     // Ask through the idle worker until its recovery window is over.
     await waitFor(() => take(idle, "new.example", 4), 10_000, "a slot after the window");
-    assert.equal(await take(holder, "other.example", 4), true);
+    // The holder saw the restart a moment later or sooner: its own window.
+    await waitFor(() => take(holder, "other.example", 4), 10_000, "the holder's window over");
     const lost = logs().filter((r) => text(r).includes("lost dprl's counts"));
     assert.deepEqual(lost.map(text), [], "a second window after the restart window");
   },

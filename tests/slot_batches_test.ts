@@ -55,12 +55,19 @@ Deno.test("while a slot's call is in flight, what comes goes in one call once it
   assert.deepEqual(calls.map((c) => c.hosts), [["s1.a"], ["s2.d"], ["s1.b", "s1.c"]]);
 });
 
-Deno.test("flushHost sends its slot at once, even while a call is in flight", async () => {
+Deno.test("flushHost sends its slot at once, or as soon as the call in flight is answered", async () => {
   const { calls, batches } = recorder();
-  batches.add("s1.a", true);
-  await Promise.resolve();
+  batches.add("s1.a", false);
+  await batches.flushHost("s1.a");
+  assert.deepEqual(calls.map((c) => c.hosts), [["s1.a"]], "nothing in flight: at once");
   batches.add("s1.b", false);
-  batches.flushHost("s1.b");
+  let written = false;
+  const flushed = batches.flushHost("s1.b").then(() => written = true);
+  await Promise.resolve();
+  assert.equal(written, false, "one call of a slot in flight at a time");
+  assert.equal(calls.length, 1);
+  calls[0].answer();
+  await flushed;
   assert.deepEqual(calls.map((c) => c.hosts), [["s1.a"], ["s1.b"]]);
   batches.clear();
 });

@@ -108,15 +108,19 @@ export class AcquireCalls {
     this.#batches.turn();
   }
 
-  /** Writes what waits for the slot of `host` at once. */
-  flushHost(host: string): void {
-    this.#batches.flushHost(host);
+  /** Writes what waits for the slot of `host` as soon as it may go; resolves once written. */
+  flushHost(host: string): Promise<void> {
+    return this.#batches.flushHost(host);
   }
 
-  /** Writes everything that waits at once, then stops. */
+  /** Stops: acquires not sent yet are refused (the limiter is closed); calls in flight still settle theirs. */
   close(): void {
-    this.#batches.flushAll();
     this.#batches.clear();
+    const closed = new LimiterUnavailableError("Redis limiter is closed");
+    for (const acquires of this.#asked.values()) {
+      for (const acquire of acquires) acquire.reject(closed);
+    }
+    this.#asked.clear();
   }
 
   /** Sends one acquire call for `hosts` of the slot of epoch key `slot`, written now. */

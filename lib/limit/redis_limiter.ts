@@ -282,7 +282,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
       if (this.#conn.failFast()) throw new RedisConnectionLostError("Redis is unreachable");
       this.#kept.giveBackAll(host);
       // What waits to be sent is written before the count.
-      this.#calls.flushHost(host);
+      await this.#calls.flushHost(host);
       const [total] = await this.#counts.read([host]);
       this.#fleet.set(host, total);
       return total;

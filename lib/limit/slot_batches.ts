@@ -42,6 +42,8 @@ export class SlotBatches {
   #timer: ReturnType<typeof setTimeout> | null = null;
   /** Slots with a call in flight: what comes meanwhile goes with the next one, once it is answered. */
   #inFlight = new Set<string>();
+  /** Who waits for a slot's next call to be written ({@linkcode flushHost}), by slot. */
+  #written = new Map<string, (() => void)[]>();
 
   /** Creates the batches. */
   constructor(options: SlotBatchesOptions) {
@@ -73,18 +75,30 @@ export class SlotBatches {
     queueMicrotask(() => this.#flushTurn());
   }
 
-  /** Sends the slot of `host` at once, if anything of it waits, even while a call is in flight. */
-  flushHost(host: string): void {
-    this.#flushSlot(this.#o.slotOf(host), true);
-  }
-
-  /** Sends everything that waits, at once. */
-  flushAll(): void {
-    this.#flushAll();
+  /**
+   * Sends what waits for the slot of `host` as soon as it may go: at once,
+   * or when the slot's call in flight is answered (a host never has two
+   * calls in flight: Redis may apply them out of order). Resolves once it is
+   * written.
+   */
+  flushHost(host: string): Promise<void> {
+    const slot = this.#o.slotOf(host);
+    if (!this.#inFlight.has(slot)) {
+      this.#flushSlot(slot);
+      return Promise.resolve();
+    }
+    this.#now.add(slot);
+    const written = Promise.withResolvers<void>();
+    const waiting = this.#written.get(slot) ?? [];
+    this.#written.set(slot, waiting);
+    waiting.push(written.resolve);
+    return written.promise;
   }
 
   /** Forgets everything that waits and stops the timer. */
   clear(): void {
+    for (const waiting of this.#written.values()) for (const resolve of waiting) resolve();
+    this.#written.clear();
     this.#slots.clear();
     this.#now.clear();
     if (this.#timer !== null) clearTimeout(this.#timer);
@@ -106,14 +120,16 @@ export class SlotBatches {
     for (const slot of [...this.#slots.keys()]) this.#flushSlot(slot);
   }
 
-  #flushSlot(slot: string, now = false): void {
-    const hosts = this.#slots.get(slot);
-    if (!hosts) return;
-    if (this.#inFlight.has(slot) && !now) {
+  #flushSlot(slot: string): void {
+    if (this.#inFlight.has(slot)) {
       // Sent when the call in flight is answered.
-      this.#now.add(slot);
+      if (this.#slots.has(slot)) this.#now.add(slot);
       return;
     }
+    for (const resolve of this.#written.get(slot) ?? []) resolve();
+    this.#written.delete(slot);
+    const hosts = this.#slots.get(slot);
+    if (!hosts) return;
     this.#slots.delete(slot);
     this.#now.delete(slot);
     const list = [...hosts];
@@ -121,7 +137,7 @@ export class SlotBatches {
     const answered = () => {
       if (--calls > 0) return;
       this.#inFlight.delete(slot);
-      if (this.#now.has(slot)) this.#flushSlot(slot);
+      if (this.#now.has(slot) || this.#written.has(slot)) this.#flushSlot(slot);
     };
     for (let i = 0; i < list.length; i += CALL_HOSTS) {
       calls++;
