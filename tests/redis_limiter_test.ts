@@ -20,8 +20,8 @@ import {
   redisTest,
   redisTlsUnavailable,
   type TlsFiles,
-  waitFor,
 } from "./_helpers/redis_server.ts";
+import { orFalse, waitFor } from "./_helpers/raw.ts";
 import { baseEnv } from "./_helpers/spawn.ts";
 import { giveBack, take } from "./_helpers/held_slots.ts";
 
@@ -129,9 +129,9 @@ await redisTest(
     giveBack(w, host);
     giveBack(w, host);
     await waitFor(
-      async () => (await server.cli("EXISTS", n)).trim() === "0",
-      2_000,
+      orFalse(async () => (await server.cli("EXISTS", n)).trim() === "0"),
       "the count key deleted",
+      2_000,
     );
     // The lease is the slot's: it stays until the worker stops.
     assert.notEqual((await server.cli("ZSCORE", wk, w.workerId)).trim(), "");
@@ -169,7 +169,11 @@ await redisTest(
     // Kept or held, Redis counted the slot all along; given back, it goes.
     assert.equal((await server.cli("HGET", n, w.workerId)).trim(), "1");
     giveBack(w, host);
-    await waitFor(async () => (await server.cli("EXISTS", n)).trim() === "0", 2_000, "released");
+    await waitFor(
+      orFalse(async () => (await server.cli("EXISTS", n)).trim() === "0"),
+      "released",
+      2_000,
+    );
     // Slots kept longest go back first; one in constant use stays kept.
     for (let i = 0; i < 3; i++) assert.equal(await take(w, host, 4), true);
     for (let i = 0; i < 3; i++) giveBack(w, host);
@@ -218,7 +222,7 @@ await redisTest(
     assert.equal(await ws[0].count("h"), 20);
     for (let i = 0; i < 30; i++) giveBack(ws[1], "h"); // 10 more than it holds
     assert.equal(ws[1].localCount("h"), 0);
-    await waitFor(async () => (await ws[0].count("h")) === 10, 2_000, "count 10");
+    await waitFor(orFalse(async () => (await ws[0].count("h")) === 10), "count 10", 2_000);
     assert.equal(await take(ws[0], "h", 11), true);
     assert.equal(await take(ws[1], "h", 11), false);
   },
@@ -245,7 +249,7 @@ await redisTest(
     assert.equal(burst.filter(Boolean).length, limit);
     assert.equal(await ws[0].count(host), limit);
     burst.forEach((ok, i) => ok && giveBack(ws[i % 5], host));
-    await waitFor(async () => (await ws[0].count(host)) === 0, 2_000, "drain");
+    await waitFor(orFalse(async () => (await ws[0].count(host)) === 0), "drain", 2_000);
 
     // Churn for 1.5 s: 40 clients take, hold briefly and give back slots.
     let inUse = 0;
@@ -270,7 +274,7 @@ await redisTest(
     assert.ok(peak <= limit, `peak ${peak} > limit ${limit}`);
     assert.ok(granted > limit * 5, `only ${granted} grants`);
     // After the heartbeats settle, Redis agrees that nothing is held.
-    await waitFor(async () => (await ws[0].count(host)) === 0, 2_000, "zero");
+    await waitFor(orFalse(async () => (await ws[0].count(host)) === 0), "zero", 2_000);
   },
 );
 
@@ -316,9 +320,9 @@ await redisTest(
       child.kill("SIGKILL");
       const killedAt = Date.now();
       await waitFor(
-        async () => await take(ws[0], host, 3),
-        LEASE + 300,
+        orFalse(async () => await take(ws[0], host, 3)),
         "a slot of the killed worker",
+        LEASE + 300,
       );
       assert.ok(Date.now() - killedAt <= LEASE + 300);
       assert.equal(await ws[0].count(host), 1);
@@ -366,9 +370,9 @@ await redisTest(
     await server.cli("HDEL", `dprl:{${host}}:n`, ws[0].workerId);
     await server.cli("HSET", `dprl:{${host}}:n`, ws[1].workerId, "9");
     await waitFor(
-      async () => (await ws[1].count(host)) === 4,
-      LEASE / 3 + 300,
+      orFalse(async () => (await ws[1].count(host)) === 4),
       "counts healed within one heartbeat",
+      LEASE / 3 + 300,
     );
   },
 );
@@ -401,13 +405,13 @@ await redisTest(
     const restartedAt = Date.now();
     let last = "";
     await waitFor(
-      async () => {
+      orFalse(async () => {
         last = await server.cli("HGETALL", `dprl:{${host}}:n`);
         const values = last.trim().split("\n").filter((_, i) => i % 2 === 1);
         return values.reduce((a, v) => a + Number(v), 0) === limit;
-      },
-      LEASE / 3 + 1_500,
+      }),
       "counts restored",
+      LEASE / 3 + 1_500,
     ).catch((error) => {
       throw new Error(`${error.message}; last seen ${JSON.stringify(last)}`);
     });
@@ -423,7 +427,7 @@ await redisTest(
     // Releases after the restart are counted correctly too.
     giveBack(ws[0], host);
     giveBack(ws[0], host);
-    await waitFor(async () => (await ws[2].count(host)) === 2, 2_000, "count 2");
+    await waitFor(orFalse(async () => (await ws[2].count(host)) === 2), "count 2", 2_000);
     assert.equal(await take(ws[2], host, limit), true);
     assert.equal(await take(ws[1], host, limit), true);
     assert.equal(await take(ws[1], host, limit), false);
@@ -451,14 +455,18 @@ await redisTest(
     assert.equal(await holder.count("held.example"), 1);
     await server.restart();
     const restarted = () => logs().filter((r) => text(r).includes("restarted or failed over"));
-    await waitFor(() => restarted().length === 2, 10_000, "both workers saw the restart")
+    await waitFor(orFalse(() => restarted().length === 2), "both workers saw the restart", 10_000)
       .catch((error) => {
         throw new Error(`${error.message}; logged: ${logs().map(text).join(" | ")}`);
       });
     // Ask through the idle worker until its recovery window is over.
-    await waitFor(() => take(idle, "new.example", 4), 10_000, "a slot after the window");
+    await waitFor(orFalse(() => take(idle, "new.example", 4)), "a slot after the window", 10_000);
     // The holder saw the restart a moment later or sooner: its own window.
-    await waitFor(() => take(holder, "other.example", 4), 10_000, "the holder's window over");
+    await waitFor(
+      orFalse(() => take(holder, "other.example", 4)),
+      "the holder's window over",
+      10_000,
+    );
     const lost = logs().filter((r) => text(r).includes("lost dprl's counts"));
     assert.deepEqual(lost.map(text), [], "a second window after the restart window");
   },
@@ -483,7 +491,7 @@ await redisTest(
       assert.equal(await take(w, "full.example", 1), false);
     }
     giveBack(other, "full.example");
-    await waitFor(() => w.trackedHosts() === 0, 5_000, "no host tracked")
+    await waitFor(orFalse(() => w.trackedHosts() === 0), "no host tracked", 5_000)
       .catch((error) => {
         throw new Error(`${error.message}: ${w.trackedHosts()} tracked`);
       });
@@ -538,12 +546,8 @@ await redisTest(
       await server.resume();
       // Redis came back empty (a new run id): for a short recovery window new
       // slots still follow the failure mode, then service resumes.
-      await waitFor(
-        async () => await take(ws[1], host, 2),
-        5_000,
-        "service back",
-      );
-      await waitFor(async () => await take(ws[0], host, 2), 5_000, "service back");
+      await waitFor(orFalse(async () => await take(ws[1], host, 2)), "service back", 5_000);
+      await waitFor(orFalse(async () => await take(ws[0], host, 2)), "service back", 5_000);
       assert.equal(await take(ws[0], host, 2), false);
       assert.equal(await ws[1].count(host), 2);
       // One "lost" and one "back" line per worker, not one per request.
@@ -570,9 +574,9 @@ await redisTest(
       assert.equal(ws[0].localCount(host), 7);
       await server.resume(); // empty
       await waitFor(
-        async () => (await ws[1].count(host)) === 2,
-        3_000,
+        orFalse(async () => (await ws[1].count(host)) === 2),
         "counted slots re-asserted",
+        3_000,
       );
       // The five uncounted slots go back first and never touch Redis.
       for (let i = 0; i < 5; i++) giveBack(ws[0], host);
@@ -580,7 +584,7 @@ await redisTest(
       assert.equal(await ws[1].count(host), 2);
       assert.equal(await take(ws[1], host, 2), false);
       giveBack(ws[0], host);
-      await waitFor(async () => await take(ws[1], host, 2), 2_000, "slot");
+      await waitFor(orFalse(async () => await take(ws[1], host, 2)), "slot", 2_000);
       const lost = logs().filter((r) => /failure mode open/.test(text(r)));
       assert.ok(lost.length >= 1 && lost.length <= 2, lost.map(text).join(" | "));
     });
@@ -604,9 +608,9 @@ await redisTest(
       await server.resume();
       // The slots taken while down count in Redis once it is back.
       await waitFor(
-        async () => (await ws[1].count(host)) === 4,
-        3_000,
+        orFalse(async () => (await ws[1].count(host)) === 4),
         "local slots re-asserted",
+        3_000,
       );
       // Redis came back empty: during the recovery window that follows,
       // failure mode local still applies; after it, the fleet's count does.
@@ -635,7 +639,7 @@ await redisTest(
     await assert.rejects(take(ws[0], "slow.example", 5), LimiterUnavailableError);
     assert.ok(Date.now() - started < 800);
     await sleeping;
-    await waitFor(async () => await take(ws[0], "slow.example", 5), 3_000, "back");
+    await waitFor(orFalse(async () => await take(ws[0], "slow.example", 5)), "back", 3_000);
     assert.equal(await ws[0].count("slow.example"), 2);
   },
 );
@@ -663,7 +667,7 @@ await redisTest(
       giveBack(ws[1], host);
     }
     await server.cli("SCRIPT", "FLUSH");
-    await waitFor(async () => (await ws[1].count(host)) === 0, 2_000, "zero");
+    await waitFor(orFalse(async () => (await ws[1].count(host)) === 0), "zero", 2_000);
   },
 );
 
@@ -807,7 +811,7 @@ await redisTest(
       giveBack(holder, host);
     }
     for (const host of hosts) {
-      await waitFor(async () => await take(ws[0], host, limit), 2_000, host);
+      await waitFor(orFalse(async () => await take(ws[0], host, limit)), host, 2_000);
     }
   },
 );
@@ -857,10 +861,14 @@ await redisTest(
     assert.ok(leases, "a lease set in the slot");
     await waitFor(
       () => logs().some((r) => /lost dprl's counts/.test(text(r))),
-      2 * LEASE,
       "the loss noticed",
+      2 * LEASE,
     );
-    await waitFor(async () => (await ws[1].count(hosts[0])) === 1, 3 * LEASE, "count restored");
+    await waitFor(
+      orFalse(async () => (await ws[1].count(hosts[0])) === 1),
+      "count restored",
+      3 * LEASE,
+    );
   },
 );
 
@@ -933,7 +941,7 @@ async function lostKeysScenario(
   }
   assert.equal(await ws[3].count(host), limit);
   giveBack(ws[0], host);
-  await waitFor(async () => await take(ws[3], host, limit), 2_000, "a freed slot");
+  await waitFor(orFalse(async () => await take(ws[3], host, limit)), "a freed slot", 2_000);
   return { logs: logs() };
 }
 
@@ -1008,7 +1016,11 @@ await redisTest(
     await server.cli("ZADD", wk, String((await redisNow()) + LEASE), "fake");
     assert.equal(await take(w, host, 2), false);
     const forgedAt = Date.now();
-    await waitFor(async () => await take(w, host, 2), LEASE + 500, "the forged lease to pass");
+    await waitFor(
+      orFalse(async () => await take(w, host, 2)),
+      "the forged lease to pass",
+      LEASE + 500,
+    );
     assert.ok(Date.now() - forgedAt <= LEASE + 500);
     assert.equal(await w.count(host), 1);
   },
@@ -1055,7 +1067,7 @@ await redisTest(
         await ws[0].count(host).catch(() => {});
       }
       // The line waits a moment for the errors that come with the outage.
-      await waitFor(() => logs().length > 0, 2_000, "the outage's log line");
+      await waitFor(orFalse(() => logs().length > 0), "the outage's log line", 2_000);
       const lines = logs();
       assert.equal(lines.length, 1, lines.map(text).join(" | "));
       assert.match(text(lines[0]), /unreachable/);
@@ -1087,7 +1099,7 @@ await redisTest(
       const { logger, logs } = testLogger();
       await using ws = limiters(2, { redis: server.url, logger });
       for (let i = 0; i < 5; i++) await take(ws[i % 2], "evict.example", 0);
-      await waitFor(() => logs().length >= warnings, 2_000, "the warning");
+      await waitFor(orFalse(() => logs().length >= warnings), "the warning", 2_000);
       await sleep(100);
       const lines = logs().filter((r) => /evict/.test(text(r)));
       assert.equal(
@@ -1229,9 +1241,11 @@ await redisTest(
     for (let i = 0; i < 3; i++) assert.equal(await take(ws[0], "reg.example", 0), true);
     assert.equal(await take(ws[1], "reg.example", 0), true);
     await waitFor(
-      async () => (await ws[2].workers()).find((w) => w.id === ws[0].workerId)?.connections === 3,
-      LEASE,
+      orFalse(async () =>
+        (await ws[2].workers()).find((w) => w.id === ws[0].workerId)?.connections === 3
+      ),
       "connections after a heartbeat",
+      LEASE,
     );
     const list = await ws[2].workers();
     assert.deepEqual(list.map((w) => w.id).sort(), ws.map((w) => w.workerId).sort());
@@ -1281,7 +1295,7 @@ await redisTest(
       assert.equal((await ws[0].workers()).length, 3);
       child.kill("SIGKILL");
       await child.status;
-      await waitFor(async () => (await ws[0].workers()).length === 2, LEASE + 300, "gone");
+      await waitFor(orFalse(async () => (await ws[0].workers()).length === 2), "gone", LEASE + 300);
     } finally {
       await killChild(child);
     }
@@ -1302,16 +1316,24 @@ await redisTest(
     assert.equal(await take(ws[1], "b.example", 0), true);
     assert.ok(calls.length >= 1 && calls.every((ms) => ms >= 0 && Number.isFinite(ms)));
     await waitFor(
-      () => ws[0].fleetCounts().get("a.example") === 3,
-      LEASE,
+      orFalse(() => ws[0].fleetCounts().get("a.example") === 3),
       "a.example at 3 after a heartbeat",
+      LEASE,
     );
     assert.equal(ws[0].fleetCounts().has("b.example"), false); // never seen here
     giveBack(ws[1], "a.example");
     giveBack(ws[2], "a.example");
-    await waitFor(() => ws[0].fleetCounts().get("a.example") === 1, LEASE, "1 after releases");
+    await waitFor(
+      orFalse(() => ws[0].fleetCounts().get("a.example") === 1),
+      "1 after releases",
+      LEASE,
+    );
     giveBack(ws[0], "a.example");
-    await waitFor(() => !ws[0].fleetCounts().has("a.example"), 2 * LEASE, "forgotten at 0");
+    await waitFor(
+      orFalse(() => !ws[0].fleetCounts().has("a.example")),
+      "forgotten at 0",
+      2 * LEASE,
+    );
   },
 );
 
@@ -1323,9 +1345,9 @@ await redisTest(
       assert.equal(await take(ws[0], host, 2), true);
       assert.equal(ws[0].up, true);
       await server.kill();
-      await waitFor(() => !ws[0].up, 2_000, "down");
+      await waitFor(orFalse(() => !ws[0].up), "down", 2_000);
       await server.resume();
-      await waitFor(() => ws[0].up, 5_000, "up again");
+      await waitFor(orFalse(() => ws[0].up), "up again", 5_000);
     });
   },
 );
@@ -1390,7 +1412,7 @@ await redisTest(
     // Releases alone in one turn: one call too.
     await server.cli("CONFIG", "RESETSTAT");
     for (let i = 0; i < 6; i++) giveBack(ws[0], host);
-    await waitFor(async () => (await evalsha()) >= 1, 2_000, "the release call");
+    await waitFor(orFalse(async () => (await evalsha()) >= 1), "the release call", 2_000);
     await sleep(100);
     assert.equal(await evalsha(), 1);
     assert.equal(await ws[0].count(host), 1);
@@ -1411,9 +1433,9 @@ await redisTest(
     assert.equal(await take(ws[1], "b.example", 2), true);
     assert.equal(await take(ws[1], "b.example", 2), false);
     await waitFor(
-      async () => (await ws[1].count("a.example")) === 1,
-      2_000,
+      orFalse(async () => (await ws[1].count("a.example")) === 1),
       "a.example re-asserted",
+      2_000,
     );
   },
 );
@@ -1439,21 +1461,21 @@ await redisTest(
     assert.ok(await restored());
     for (const wipe of [["DEL", n], ["DEL", w], ["FLUSHALL"]]) {
       await server.cli(...wipe);
-      await waitFor(restored, LEASE, `${wipe.join(" ")} healed by the next heartbeat`);
+      await waitFor(orFalse(restored), `${wipe.join(" ")} healed by the next heartbeat`, LEASE);
       assert.equal(await ws[1].count(host), 1, wipe.join(" "));
       await sleep(LEASE / 2);
     }
     // Once the fleet has re-asserted its counts, the cap still holds.
     await waitFor(
-      async () => {
+      orFalse(async () => {
         try {
           return await take(ws[1], host, 1) === false;
         } catch {
           return false; // still recovering
         }
-      },
-      5 * LEASE,
+      }),
       "a refusal after recovery",
+      5 * LEASE,
     );
   },
 );
@@ -1475,9 +1497,9 @@ await redisTest(
       (await server.cli("HEXISTS", `dprl:{${host}}:n`, "fake")).trim() === "0" &&
       (await server.cli("ZSCORE", "dprl:leases", "fake")).trim() === "";
     await waitFor(
-      async () => (await Promise.all(hosts.map(gone))).every(Boolean),
-      LEASE,
+      orFalse(async () => (await Promise.all(hosts.map(gone))).every(Boolean)),
       "the forged fields and members to be deleted by a heartbeat",
+      LEASE,
     );
     for (const host of hosts) assert.equal(ws[0].fleetCounts().get(host), 1);
   },

@@ -2,8 +2,8 @@
 // of flags, variables and file, a broken file at start, and reloads by
 // SIGHUP, POST /api/reload and --watch-config.
 import assert from "node:assert/strict";
-import { RedisServer, redisTest, waitFor } from "./_helpers/redis_server.ts";
-import { rawExchange, request } from "./_helpers/raw.ts";
+import { RedisServer, redisTest } from "./_helpers/redis_server.ts";
+import { orFalse, rawExchange, request, waitFor } from "./_helpers/raw.ts";
 import { startUpstream } from "./_helpers/upstream.ts";
 import { type Proc, startCli } from "./_helpers/spawn.ts";
 
@@ -93,7 +93,7 @@ Deno.test("CLI SIGHUP and POST /api/reload reload the rules; a broken file keeps
 
   await Deno.writeTextFile(file, "port: 0\nhostname: 127.0.0.1\ndefault: 5\n");
   cli.child.kill("SIGHUP");
-  await waitFor(async () => await limit() === 5, 10_000, "SIGHUP reloads", 50);
+  await waitFor(orFalse(async () => await limit() === 5), "SIGHUP reloads", 10_000);
   await cli.waitOutput(/Limit rule default changed from 3 to 5 \(reload\)/);
 
   await Deno.writeTextFile(file, "port: 0\nhostname: 127.0.0.1\ndefault: 6\n");
@@ -173,7 +173,7 @@ Deno.test("CLI a rule's queue-timeout from the file: SIGHUP makes a request over
     /Limit rule hosts\.127\.0\.0\.1:\d+ changed from 1 to 1 \(queue-timeout 30s\) \(reload\)/,
   );
   const waiter = get("/fixed");
-  await waitFor(async () => await queued() === 1, 10_000, "the request waits in line", 20);
+  await waitFor(orFalse(async () => await queued() === 1), "the request waits in line", 10_000);
   up.release();
   assert.equal((await holder).status, 200);
   assert.equal((await waiter).status, 200, "it got the slot");
@@ -191,7 +191,7 @@ Deno.test("CLI --watch-config reloads the rules when the file changes", async ()
   // Replaced by a rename, as editors and ConfigMaps do.
   await Deno.writeTextFile(`${file}.new`, "port: 0\nhostname: 127.0.0.1\ndefault: 4\n");
   await Deno.rename(`${file}.new`, file);
-  await waitFor(async () => await limit() === 4, 10_000, "--watch-config reloads", 50);
+  await waitFor(orFalse(async () => await limit() === 4), "--watch-config reloads", 10_000);
 });
 
 await redisTest(

@@ -4,7 +4,8 @@
 import assert from "node:assert/strict";
 import { ProxyRateLimiter, type ProxyRateLimiterOptions } from "../mod.ts";
 import { loadConfigFile } from "../lib/config/config_file.ts";
-import { RedisServer, redisTest, waitFor } from "./_helpers/redis_server.ts";
+import { RedisServer, redisTest } from "./_helpers/redis_server.ts";
+import { orFalse, waitFor } from "./_helpers/raw.ts";
 import { startEchoUpstream } from "./_helpers/upstream.ts";
 
 const enc = new TextEncoder();
@@ -168,10 +169,18 @@ Deno.test("a reload under load drops no tunnel; lowering admits nothing until un
     }
     assert.equal(await admits(proxy, target), false, "6 open, limit 3: refused");
     for (const conn of held.splice(0, 3)) closeQuietly(conn);
-    await waitFor(async () => await proxy.activeConnectionsForHost(target) === 3, 5_000, "3 open");
+    await waitFor(
+      orFalse(async () => await proxy.activeConnectionsForHost(target) === 3),
+      "3 open",
+      5_000,
+    );
     assert.equal(await admits(proxy, target), false, "3 open, limit 3: still refused");
     closeQuietly(held.shift()!);
-    await waitFor(async () => await proxy.activeConnectionsForHost(target) === 2, 5_000, "2 open");
+    await waitFor(
+      orFalse(async () => await proxy.activeConnectionsForHost(target) === 2),
+      "2 open",
+      5_000,
+    );
     assert.equal(await admits(proxy, target), true, "under the limit again");
     await Deno.writeTextFile(file, `hosts:\n  "${target}": 8\n`);
     assert.equal((await proxy.reload()).ok, true);
@@ -192,7 +201,11 @@ Deno.test("a reload under load drops no tunnel; lowering admits nothing until un
     assert.match(viaApi.body, /old rules stay/);
   } finally {
     for (const conn of held) closeQuietly(conn);
-    await waitFor(async () => await proxy.activeConnectionsForHost(target) === 0, 5_000, "0 open");
+    await waitFor(
+      orFalse(async () => await proxy.activeConnectionsForHost(target) === 0),
+      "0 open",
+      5_000,
+    );
     await proxy.stop({ graceMs: 500 });
     await Deno.remove(dir, { recursive: true });
   }
@@ -226,7 +239,7 @@ await redisTest("a group cap is held exactly by three proxies on one Redis", "se
     assert.equal(held.length, 5, `admitted ${held.length}`);
     assert.equal(a.open + b.open, 5);
     closeQuietly(held.pop()!);
-    await waitFor(() => a.open + b.open === 4, 5_000, "4 open upstream");
+    await waitFor(orFalse(() => a.open + b.open === 4), "4 open upstream", 5_000);
     let admitted = 0;
     for (const p of fleet) {
       for (const m of members) {
@@ -264,10 +277,9 @@ await redisTest(
       const limitOf = async (p: ProxyRateLimiter) =>
         JSON.parse((await api(p, `/api/hosts/${encodeURIComponent(target)}`)).body).limit;
       await waitFor(
-        async () => (await limitOf(fleet[1])) === 2 && (await limitOf(fleet[2])) === 2,
-        1_000,
+        orFalse(async () => (await limitOf(fleet[1])) === 2 && (await limitOf(fleet[2])) === 2),
         "the other proxies apply the change",
-        10,
+        1_000,
       );
       const ms = performance.now() - started;
       console.log(`runtime change applied by the fleet in ${ms.toFixed(0)} ms`);
@@ -280,15 +292,18 @@ await redisTest(
       await redis.cli("HSET", "rules:limits", target, "3");
       await redis.cli("INCR", "rules:limits:v");
       await waitFor(
-        async () => (await limitOf(fleet[1])) === 3 && (await limitOf(fleet[2])) === 3,
-        1_000,
+        orFalse(async () => (await limitOf(fleet[1])) === 3 && (await limitOf(fleet[2])) === 3),
         "the version check applies an unannounced change",
-        10,
+        1_000,
       );
       console.log(`unannounced change applied in ${(performance.now() - quiet).toFixed(0)} ms`);
       // A change through the module API, removed again: the file's 10 is back.
       await fleet[2].setFleetLimits({ hosts: { [target]: null } });
-      await waitFor(async () => (await limitOf(fleet[0])) === 10, 1_000, "the file's limit back");
+      await waitFor(
+        orFalse(async () => (await limitOf(fleet[0])) === 10),
+        "the file's limit back",
+        1_000,
+      );
     } finally {
       for (const conn of held) closeQuietly(conn);
       await Promise.all(fleet.map((p) => p.stop({ graceMs: 500 })));
@@ -381,9 +396,13 @@ await redisTest(
       assert.ok(admitted > 0);
       assert.equal(broken, 0, "no admitted tunnel was dropped by a reload");
       for (const p of fleet) {
-        await waitFor(async () => await p.activeConnectionsForHost(target) === 0, 5_000, "0 open");
+        await waitFor(
+          orFalse(async () => await p.activeConnectionsForHost(target) === 0),
+          "0 open",
+          5_000,
+        );
       }
-      await waitFor(() => up.open === 0, 5_000, "the upstream sees no connection");
+      await waitFor(orFalse(() => up.open === 0), "the upstream sees no connection", 5_000);
     } finally {
       await Promise.all(fleet.map((p) => p.stop({ graceMs: 500 })));
     }

@@ -80,6 +80,21 @@ export async function withTimeout<T>(
 }
 
 /**
+ * `check`, or `false` where it throws: for {@linkcode waitFor} on a condition
+ * whose check fails while it does not hold yet (a limiter refusing while Redis
+ * is down, say).
+ */
+export function orFalse<T>(check: () => T | Promise<T>): () => Promise<T | false> {
+  return async () => {
+    try {
+      return await check();
+    } catch {
+      return false;
+    }
+  };
+}
+
+/**
  * Polls `check` until it returns a truthy value (which is returned) or the
  * bound runs out (which throws, naming `what` and the last value seen).
  */

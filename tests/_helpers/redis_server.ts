@@ -7,6 +7,8 @@
  * @module
  */
 
+import { orFalse, waitFor } from "./raw.ts";
+
 /** Whether Redis tests can run here, and how. */
 export interface RedisAvailability {
   /** `redis-server` (and `redis-cli`) are on PATH: servers can be started. */
@@ -129,27 +131,6 @@ export async function redisCli(...args: string[]): Promise<string> {
   return text;
 }
 
-/** Waits until `check` resolves true, polling every `everyMs`, at most `ms`. */
-export async function waitFor(
-  check: () => boolean | Promise<boolean>,
-  ms: number,
-  what = "condition",
-  everyMs = 20,
-): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (true) {
-    try {
-      if (await check()) return;
-    } catch {
-      // not yet
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`Timed out after ${ms} ms waiting for ${what}`);
-    }
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
-
 /** A `redis-server` process on 127.0.0.1 started by a test. */
 export class RedisServer implements AsyncDisposable {
   /** The port it listens on (kept across restarts). */
@@ -222,13 +203,13 @@ export class RedisServer implements AsyncDisposable {
     let exited = false;
     child.status.then(() => exited = true);
     await waitFor(
-      async () => {
+      orFalse(async () => {
         if (exited) throw new Error("redis-server exited at start");
         // A server that wants a password answers -NOAUTH: it is up too.
         return /^(\+PONG|-NOAUTH)/.test(await rawCommand(this.port, "PING"));
-      },
-      10_000,
+      }),
       `redis-server on port ${this.port}`,
+      10_000,
     ).catch((error) => {
       if (exited) throw new Error(`redis-server on port ${this.port} exited at start`);
       throw error;
@@ -315,16 +296,15 @@ export class RedisClusterServers implements AsyncDisposable {
         "--cluster-yes",
       );
       await waitFor(
-        async () => {
+        orFalse(async () => {
           for (const s of servers) {
             const info = await s.cli("CLUSTER", "INFO");
             if (!info.includes("cluster_state:ok")) return false;
           }
           return true;
-        },
-        20_000,
+        }),
         "cluster_state:ok",
-        100,
+        20_000,
       );
     } catch (error) {
       await cluster.stop();
