@@ -263,6 +263,7 @@ function parseValues(
     rejectStatus: integer("reject-status", value("reject-status")!, 400, 599),
     queueTimeout: duration("queue-timeout", value("queue-timeout")!),
     queueMax: integer("queue-max", value("queue-max")!, 0, 1_000_000),
+    retryAfterMax: duration("retry-after-max", value("retry-after-max")!),
     maxIdlePerHost: integer(
       "max-idle-per-host",
       value("max-idle-per-host")!,

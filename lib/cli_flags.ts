@@ -84,6 +84,13 @@ export const FLAGS: Record<string, Flag> = {
     default: String(DEFAULTS.queueMax),
     help: "requests that may wait per host; beyond it they are refused at once",
   },
+  "retry-after-max": {
+    value: "duration",
+    env: "DPRL_RETRY_AFTER_MAX",
+    default: formatDuration(DEFAULTS.retryAfterMax),
+    help: "longest pause a host's Retry-After (on a 429 or 503) may ask for: meanwhile its new " +
+      "requests wait or get a 503; 0 honours none",
+  },
   "max-idle-per-host": {
     value: "n",
     env: "DPRL_MAX_IDLE_PER_HOST",

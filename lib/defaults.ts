@@ -62,6 +62,11 @@ export const DEFAULTS = {
   queueTimeout: 0,
   /** Requests that may wait per host in one process; beyond it, refused at once. */
   queueMax: 1000,
+  /**
+   * Longest pause a host's `Retry-After` (on a 429 or 503) may ask for, in
+   * milliseconds; 0 honours none.
+   */
+  retryAfterMax: 60_000,
   /** Open client connections per client address. 0: no cap. */
   maxClientsPerIp: 0,
   /** Grace period of a stop, in milliseconds. */

@@ -173,6 +173,14 @@ export interface ProxyRateLimiterOptions {
    * (`queue-max`).
    */
   queueMax?: number;
+  /**
+   * The longest pause a host may ask for with `Retry-After` on a 429 or 503
+   * response to a plain-HTTP request, in milliseconds: until it ends, new
+   * requests and tunnels to the host wait in the queue (when their queue
+   * timeout reaches past it) or get a 503 with `Retry-After`. 0 honours
+   * none. Default 60000. Per process.
+   */
+  retryAfterMax?: number;
   /** Logs one line per exchange or tunnel (category `["dprl", "access"]`). Default `false`. */
   accessLog?: boolean;
   /**

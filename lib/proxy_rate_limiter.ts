@@ -396,6 +396,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
       maxClientsPerIp: o.maxClientsPerIp,
       queueTimeout: o.queueTimeout,
       queueMax: o.queueMax,
+      retryAfterMax: o.retryAfterMax,
     });
     this.#server = server;
     const served = server.serve();

@@ -148,7 +148,13 @@ Deno.test("GET /api/hosts lists hosts busiest first with their counters", async 
     limit: 3,
     admitted: 1,
     refused: 2,
-    refusedByReason: { limit: 2, limiter_unavailable: 0, queue_timeout: 0, queue_full: 0 },
+    refusedByReason: {
+      limit: 2,
+      limiter_unavailable: 0,
+      queue_timeout: 0,
+      queue_full: 0,
+      paused: 0,
+    },
     upstreamErrors: {},
   });
   assert.deepEqual(body.hosts[2].upstreamErrors, { dns_error: 1 });

@@ -485,6 +485,7 @@ Deno.test("through a real proxy with queue timeout 0: a rule's queue-timeout wai
     queue_full: 0,
     queue_timeout: 0,
     limiter_unavailable: 0,
+    paused: 0,
   });
   short.release();
   assert.equal((await shortHolder).status, 200);

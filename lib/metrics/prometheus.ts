@@ -229,8 +229,7 @@ function processMetrics(out: string[], input: PrometheusInput): void {
     "counter",
     "Reloads of the config file, by result (error: the old rules stayed).",
   );
-  out.push(`dprl_config_reloads_total{result="ok"} ${stats.configReloads.ok}`);
-  out.push(`dprl_config_reloads_total{result="error"} ${stats.configReloads.error}`);
+  eventMetrics(out, stats);
 
   head(out, "dprl_build_info", "gauge", "Always 1; the version in a label.");
   out.push(`dprl_build_info{version="${escapeLabel(input.version)}"} 1`);
@@ -242,6 +241,21 @@ function processMetrics(out: string[], input: PrometheusInput): void {
     "Start time of the process since the Unix epoch, in seconds.",
   );
   out.push(`process_start_time_seconds ${Math.floor(input.startedAt / 1000)}`);
+}
+
+/** Counters of events: pauses hosts asked for, reloads of the config file. */
+function eventMetrics(out: string[], stats: ProxyStats): void {
+  head(
+    out,
+    "dprl_upstream_pauses_total",
+    "counter",
+    "Pauses a host asked for with Retry-After on a 429 or 503, by status.",
+  );
+  for (const [status, n] of [...stats.pauses].sort((a, b) => a[0] - b[0])) {
+    out.push(`dprl_upstream_pauses_total{status="${status}"} ${n}`);
+  }
+  out.push(`dprl_config_reloads_total{result="ok"} ${stats.configReloads.ok}`);
+  out.push(`dprl_config_reloads_total{result="error"} ${stats.configReloads.error}`);
 }
 
 /**
@@ -308,6 +322,7 @@ const NO_REFUSALS: Record<RefusalReason, number> = {
   limiter_unavailable: 0,
   queue_timeout: 0,
   queue_full: 0,
+  paused: 0,
 };
 const NO_ERRORS: Map<string, number> = new Map();
 

@@ -13,7 +13,8 @@ export type RefusalReason =
   | "limit"
   | "limiter_unavailable"
   | "queue_timeout"
-  | "queue_full";
+  | "queue_full"
+  | "paused";
 
 /** Every refusal reason, in the order they are reported. */
 export const REFUSAL_REASONS: readonly RefusalReason[] = [
@@ -21,6 +22,7 @@ export const REFUSAL_REASONS: readonly RefusalReason[] = [
   "limiter_unavailable",
   "queue_timeout",
   "queue_full",
+  "paused",
 ];
 
 /** The kind of a client request: plain HTTP, a CONNECT tunnel, or an HTTP upgrade. */
@@ -94,6 +96,7 @@ export class HostStats {
     limiter_unavailable: 0,
     queue_timeout: 0,
     queue_full: 0,
+    paused: 0,
   };
   /** Upstream failures, by Proxy-Status error token (RFC 9209). */
   readonly upstreamErrors: Map<string, number> = new Map();
@@ -204,6 +207,8 @@ export class ProxyStats {
   readonly queueWait: Histogram = new Histogram(QUEUE_WAIT_BUCKETS);
   /** Reloads of the limit rules from the config file, by result. */
   readonly configReloads: { ok: number; error: number } = { ok: 0, error: 0 };
+  /** Pauses asked by hosts with `Retry-After`, by the status that asked. */
+  readonly pauses: Map<number, number> = new Map();
 
   #hosts = new Map<string, HostStats>();
   #maxTracked: number;
@@ -318,6 +323,11 @@ export class ProxyStats {
   /** Records the time a request waited in line before it was served, in milliseconds. */
   onQueueWait(ms: number): void {
     this.queueWait.observe(ms / 1000);
+  }
+
+  /** Counts a pause a host asked for with `Retry-After` on a response of `status`. */
+  onPause(status: number): void {
+    this.pauses.set(status, (this.pauses.get(status) ?? 0) + 1);
   }
 
   /** Counts a reload of the config file: `"ok"`, or `"error"` when the old rules stayed. */

@@ -52,6 +52,31 @@ export class LimitReachedError extends Error {
   }
 }
 
+/** The host asked, with `Retry-After`, not to be sent anything until a time not yet reached. */
+export class HostPausedError extends Error {
+  /** The host key. */
+  readonly key: string;
+  /** When the pause ends (ms since epoch). */
+  readonly until: number;
+  /** The status that asked for the pause. */
+  readonly status: number;
+  /** Whole seconds left, at least 1. */
+  readonly retryAfter: number;
+  /** Creates the error for `key`, paused until `until` by a response of `status`. */
+  constructor(key: string, until: number, status: number, retryAfter: number) {
+    super(
+      `${key} asked for a pause (${status} with Retry-After) until ${
+        new Date(until).toISOString()
+      }`,
+    );
+    this.name = "HostPausedError";
+    this.key = key;
+    this.until = until;
+    this.status = status;
+    this.retryAfter = retryAfter;
+  }
+}
+
 /** Seconds to a tenth, rounded down: a wait is never said to be longer than it was. */
 function formatSeconds(ms: number): string {
   return `${(Math.floor(ms / 100) / 10).toFixed(1)}s`;
@@ -166,6 +191,12 @@ export function errorReply(err: unknown, rejectStatus: number): ErrorReply {
     return {
       ...reply(rejectStatus, "connection_limit_reached", err.message, false),
       details: err.details,
+      headers: [`Retry-After: ${err.retryAfter}`],
+    };
+  }
+  if (err instanceof HostPausedError) {
+    return {
+      ...reply(503, "destination_unavailable", err.message, false),
       headers: [`Retry-After: ${err.retryAfter}`],
     };
   }

@@ -83,6 +83,9 @@ export async function exchange(s: Session, req: RequestHead): Promise<boolean> {
   try {
     const { up, res, request } = await roundTrip(s, out);
     s.status = res.status;
+    if (res.status === 429 || res.status === 503) {
+      s.engine.pool.notePause(out.key, res.status, field(res, "retry-after"));
+    }
     if (res.status === 101 && out.upgrading) {
       await switchProtocols(s, up, res, request);
       return false;

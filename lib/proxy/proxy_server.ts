@@ -63,6 +63,8 @@ export interface ProxyServerOptions {
   queueTimeout?: number;
   /** Requests that may wait per host; beyond it, refused at once. */
   queueMax?: number;
+  /** Longest pause a host's `Retry-After` may ask for (ms); 0 honours none. */
+  retryAfterMax?: number;
 }
 
 const SWEEP_MS = 250;
@@ -98,6 +100,7 @@ export class ProxyServer {
       idleTimeout: timeouts.upstreamIdle,
       queueTimeout: options.queueTimeout ?? DEFAULTS.queueTimeout,
       queueMax: options.queueMax ?? DEFAULTS.queueMax,
+      retryAfterMax: options.retryAfterMax ?? DEFAULTS.retryAfterMax,
       maxIdlePerHost: options.maxIdlePerHost ?? DEFAULTS.maxIdlePerHost,
       logger: options.logger,
     });

@@ -3,7 +3,9 @@ import type { Logger } from "@logtape/logtape";
 import type { Limiter } from "../limit/limiter.ts";
 import type { LimitTable } from "../limit/limit_table.ts";
 import type { RuleMatch } from "../limit/rules/rule_table.ts";
-import { ConnectError, LimitReachedError } from "./errors.ts";
+import { ConnectError, HostPausedError, LimitReachedError } from "./errors.ts";
+import { type HostPause, HostPauses } from "../limit/host_pauses.ts";
+import { pauseUntil, secondsLeft } from "../limit/retry_after.ts";
 import { LimiterUnavailableError, type Slot } from "../limit/limiter.ts";
 import type { DestinationPolicy } from "../access/destination_policy.ts";
 import type { ProxyStats } from "../metrics/proxy_stats.ts";
@@ -40,6 +42,8 @@ export interface UpstreamPoolOptions {
   queueMax: number;
   /** Idle sockets kept per host. */
   maxIdlePerHost: number;
+  /** Longest pause a host's `Retry-After` (on a 429 or 503) may ask for, in ms; 0 honours none. */
+  retryAfterMax: number;
   /** Where upstream opens and closes are logged (debug). */
   logger: Logger;
 }
@@ -62,6 +66,8 @@ export class UpstreamPool {
   #waking = new Map<string, boolean>();
   /** Average time a slot is held, per host (ms), for Retry-After. */
   #holdMs = new Map<string, number>();
+  /** Hosts that asked not to be sent anything for a while. */
+  #pauses = new HostPauses();
 
   constructor(options: UpstreamPoolOptions) {
     this.#o = options;
@@ -90,8 +96,60 @@ export class UpstreamPool {
     };
   }
 
-  /** Takes an idle socket to `key` for reuse, if one is pooled. */
+  /**
+   * Takes in a response of `status` from `key` with its `Retry-After` value:
+   * a 429 or 503 that asks for a pause (capped by `retryAfterMax`) pauses the
+   * host for this process.
+   */
+  notePause(key: string, status: number, retryAfter: string | undefined): void {
+    const now = Date.now();
+    const until = pauseUntil({ status, retryAfter, now, max: this.#o.retryAfterMax });
+    if (until === undefined || !this.#pauses.pause(key, until, status)) return;
+    this.#o.stats.onPause(status);
+    this.#o.logger.info(
+      "{host} answered {status} with Retry-After: new requests to it wait or are refused for {seconds} s",
+      { host: key, status, seconds: secondsLeft(until, now) },
+    );
+  }
+
+  /** The pauses running now, by host. */
+  pauses(): Map<string, HostPause> {
+    return this.#pauses.running(Date.now());
+  }
+
+  /**
+   * While `key` is paused, waits for the pause to end when the host's queue
+   * timeout reaches past it, else throws {@linkcode HostPausedError}.
+   */
+  async #paused(key: string, signal?: AbortSignal): Promise<void> {
+    const now = Date.now();
+    const pause = this.#pauses.get(key, now);
+    if (!pause) return;
+    const timeout = this.#o.limits.lookup(key).queueTimeout ?? this.#o.queueTimeout;
+    if (timeout < pause.until - now) {
+      this.#o.stats.onRefused(key, "paused");
+      throw new HostPausedError(key, pause.until, pause.status, secondsLeft(pause.until, now));
+    }
+    await new Promise<void>((resolve, reject) => {
+      const done = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", gone);
+      };
+      const gone = () => {
+        done();
+        reject(signal!.reason);
+      };
+      const timer = setTimeout(() => {
+        done();
+        resolve();
+      }, pause.until - now);
+      signal?.addEventListener("abort", gone, { once: true });
+    });
+  }
+
+  /** Takes an idle socket to `key` for reuse, if one is pooled and the host is not paused. */
   take(key: string): Upstream | undefined {
+    if (this.#pauses.get(key, Date.now())) return undefined;
     const list = this.#idle.get(key);
     const up = list?.pop();
     if (list?.length === 0) this.#idle.delete(key);
@@ -184,6 +242,7 @@ export class UpstreamPool {
     signal?: AbortSignal,
     http = false,
   ): Promise<Upstream> {
+    await this.#paused(key, signal);
     let addresses = this.#o.destinations
       ? await this.#o.destinations.check(hostname, port)
       : [hostname];

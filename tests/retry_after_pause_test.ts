@@ -1,0 +1,109 @@
+// A host that answers 429 or 503 with Retry-After is paused for this
+// process: new requests and tunnels to it wait (when their queue timeout
+// reaches past the pause) or get a 503 with Retry-After, and nothing is sent
+// to it until the pause ends.
+import assert from "node:assert/strict";
+import { startProxy } from "./_helpers/proxy.ts";
+import { BufferedConn, header, orFalse, readHead, statusOf, waitFor } from "./_helpers/raw.ts";
+import { connectRequest } from "./_helpers/proxy.ts";
+
+/** An upstream whose first answer is `first`; every later one is 200. It records when each request came. */
+function startUpstream(first: { status: number; retryAfter: string }) {
+  const seen: number[] = [];
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, () => {
+    seen.push(Date.now());
+    if (seen.length === 1) {
+      return new Response("busy\n", {
+        status: first.status,
+        headers: { "retry-after": first.retryAfter },
+      });
+    }
+    return new Response("ok\n");
+  });
+  const { port } = server.addr as Deno.NetAddr;
+  return {
+    seen,
+    authority: `127.0.0.1:${port}`,
+    url: `http://127.0.0.1:${port}/`,
+    [Symbol.asyncDispose]: () => server.shutdown(),
+  };
+}
+
+async function get(proxyUrl: string, url: string): Promise<Response> {
+  const client = Deno.createHttpClient({ proxy: { url: proxyUrl } });
+  try {
+    const res = await fetch(url, { client });
+    await res.body?.cancel();
+    return res;
+  } finally {
+    client.close();
+  }
+}
+
+Deno.test("a 429 with Retry-After in seconds pauses the host: the next request gets a 503 with Retry-After, the upstream sees nothing until it ends", async () => {
+  await using up = startUpstream({ status: 429, retryAfter: "2" });
+  await using tp = await startProxy({ accessLog: false });
+  const first = await get(tp.url, up.url);
+  assert.equal(first.status, 429, "the answer reaches the client that asked, unchanged");
+  assert.equal(first.headers.get("retry-after"), "2");
+  const paused = await get(tp.url, up.url);
+  assert.equal(paused.status, 503);
+  assert.match(paused.headers.get("retry-after") ?? "", /^[12]$/);
+  assert.match(paused.headers.get("proxy-status") ?? "", /destination_unavailable.*429/);
+  assert.equal(up.seen.length, 1, "nothing reached the paused host");
+  const metrics = await (await tp.proxy.adminHandler()(new Request("http://admin/metrics"))).text();
+  assert.match(metrics, /dprl_upstream_pauses_total\{status="429"\} 1/);
+  assert.match(metrics, /dprl_connections_refused_total\{host="[^"]+",reason="paused"\} 1/);
+  // Once the pause is over the host is served again.
+  await waitFor(
+    orFalse(async () => (await get(tp.url, up.url)).status === 200),
+    "served again",
+    5_000,
+  );
+  assert.ok(up.seen[1] >= up.seen[0] + 1_000, "the second request came after the pause");
+});
+
+Deno.test("a request whose queue timeout reaches past a 503's HTTP-date pause waits for it, then goes", async () => {
+  const until = new Date(Math.ceil((Date.now() + 1_500) / 1000) * 1000);
+  await using up = startUpstream({ status: 503, retryAfter: until.toUTCString() });
+  await using tp = await startProxy({ queueTimeout: 10_000 });
+  assert.equal((await get(tp.url, up.url)).status, 503);
+  const res = await get(tp.url, up.url);
+  assert.equal(res.status, 200);
+  assert.equal(up.seen.length, 2);
+  assert.ok(up.seen[1] >= until.getTime(), "sent once the pause was over");
+});
+
+Deno.test("the pause is capped by retryAfterMax, and 0 honours none", async () => {
+  {
+    await using up = startUpstream({ status: 429, retryAfter: "3600" });
+    await using tp = await startProxy({ retryAfterMax: 1_000 });
+    await get(tp.url, up.url);
+    const paused = await get(tp.url, up.url);
+    assert.equal(paused.status, 503);
+    assert.equal(paused.headers.get("retry-after"), "1");
+  }
+  {
+    await using up = startUpstream({ status: 429, retryAfter: "3600" });
+    await using tp = await startProxy({ retryAfterMax: 0 });
+    await get(tp.url, up.url);
+    assert.equal((await get(tp.url, up.url)).status, 200, "no pause");
+    assert.equal(up.seen.length, 2);
+  }
+});
+
+Deno.test("a tunnel to a paused host is refused with 503 and Retry-After", async () => {
+  await using up = startUpstream({ status: 429, retryAfter: "5" });
+  await using tp = await startProxy({});
+  await get(tp.url, up.url);
+  const conn = await BufferedConn.connect(tp.addr);
+  try {
+    await conn.write(connectRequest(up.authority));
+    const head = (await readHead(conn))!;
+    assert.equal(statusOf(head), 503);
+    assert.match(header(head, "retry-after") ?? "", /^[1-5]$/);
+  } finally {
+    conn.close();
+  }
+  assert.equal(up.seen.length, 1);
+});
