@@ -178,7 +178,7 @@ export interface ProxyRateLimiterOptions {
    * response to a plain-HTTP request, in milliseconds: until it ends, new
    * requests and tunnels to the host wait in the queue (when their queue
    * timeout reaches past it) or get a 503 with `Retry-After`. 0 honours
-   * none. Default 60000. Per process.
+   * none. Default 60000. In distributed mode the whole fleet honours it.
    */
   retryAfterMax?: number;
   /** Logs one line per exchange or tunnel (category `["dprl", "access"]`). Default `false`. */

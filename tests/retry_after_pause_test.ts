@@ -6,6 +6,8 @@ import assert from "node:assert/strict";
 import { startProxy } from "./_helpers/proxy.ts";
 import { BufferedConn, header, orFalse, readHead, statusOf, waitFor } from "./_helpers/raw.ts";
 import { connectRequest } from "./_helpers/proxy.ts";
+import { RedisServer, redisTest } from "./_helpers/redis_server.ts";
+import { ProxyRateLimiter } from "../mod.ts";
 
 /** An upstream whose first answer is `first`; every later one is 200. It records when each request came. */
 function startUpstream(first: { status: number; retryAfter: string }) {
@@ -107,3 +109,36 @@ Deno.test("a tunnel to a paused host is refused with 503 and Retry-After", async
   }
   assert.equal(up.seen.length, 1);
 });
+
+await redisTest(
+  "three proxies on one Redis: a pause one of them is asked for holds at the other two, with nothing sent upstream",
+  "server",
+  async () => {
+    await using redis = await RedisServer.start();
+    await using up = startUpstream({ status: 429, retryAfter: "30" });
+    const fleet: ProxyRateLimiter[] = [];
+    try {
+      for (let i = 0; i < 3; i++) {
+        const p = new ProxyRateLimiter({ port: 0, hostname: "127.0.0.1", redis: redis.url });
+        fleet.push(p);
+        await p.start();
+      }
+      const [a, b, c] = fleet.map((p) => p.proxyUrl!.href);
+      assert.equal((await get(a, up.url)).status, 429);
+      // The pause reaches Redis with the proxy's next call of the host's slot.
+      await waitFor(
+        async () => Number(await redis.cli("HGET", "dprl:epoch", `p:${up.authority}`)) > Date.now(),
+        "the pause in Redis",
+      );
+      for (const proxy of [b, c]) {
+        const res = await get(proxy, up.url);
+        assert.equal(res.status, 503);
+        assert.match(res.headers.get("proxy-status") ?? "", /destination_unavailable.*pause/);
+        assert.ok(Number(res.headers.get("retry-after")) >= 1);
+      }
+      assert.equal(up.seen.length, 1, "only the first request reached the host");
+    } finally {
+      await Promise.all(fleet.map((p) => p.stop({ graceMs: 200 })));
+    }
+  },
+);

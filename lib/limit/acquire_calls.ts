@@ -54,6 +54,8 @@ export interface AcquireCallsOptions extends LimiterContext {
   collect: (host: string) => void;
   /** Syncs `host` now: it was due while its calls were in flight, and none is now. */
   syncNow: (host: string) => void;
+  /** Redis says `host` is paused until `until` (ms since epoch). */
+  paused: (host: string, until: number) => void;
 }
 
 /** Sends acquires and releases in batches and takes in the answers. */
@@ -61,6 +63,8 @@ export class AcquireCalls {
   #o: AcquireCallsOptions;
   /** Acquires asked and not sent yet, by host. */
   #asked = new Map<string, PendingAcquire[]>();
+  /** Pauses to tell the fleet with the next call, by host (ms since epoch). */
+  #pauses = new Map<string, number>();
   #batches: SlotBatches;
 
   /** Creates the calls. */
@@ -88,7 +92,8 @@ export class AcquireCalls {
    * call of its slot if one goes sooner.
    */
   send(host: string): void {
-    if (this.#o.ledger.hasWork(host)) this.#batches.add(host, this.#urgent(host));
+    if (this.#pauses.has(host)) this.#batches.add(host, true);
+    else if (this.#o.ledger.hasWork(host)) this.#batches.add(host, this.#urgent(host));
   }
 
   /**
@@ -101,6 +106,13 @@ export class AcquireCalls {
     if (!s || s.asks > 0) return true;
     return queue.waiting(host) > 0 || queue.waitsFor(host) || keys.groupOf.has(host) ||
       (s.limit > 0 && (fleet.get(host) ?? 0) >= s.limit);
+  }
+
+  /** Tells the fleet, with this turn's call, that `host` asked for a pause until `until`. */
+  pause(host: string, until: number): void {
+    this.#pauses.set(host, Math.max(until, this.#pauses.get(host) ?? 0));
+    this.#o.ledger.entry(host);
+    this.#batches.add(host, true);
   }
 
   /** Runs this turn's flush (the fleet's queue changes) even when no acquire waits. */
@@ -128,7 +140,7 @@ export class AcquireCalls {
     const { ledger } = this.#o;
     const batches: SentBatch[] = [];
     for (const host of hosts) {
-      if (!ledger.hasWork(host)) continue;
+      if (!ledger.hasWork(host) && !(this.#pauses.has(host) && ledger.canSync(host))) continue;
       const acquires = this.#asked.get(host) ?? [];
       this.#asked.delete(host);
       batches.push({ host, sent: ledger.send(host), acquires });
@@ -184,9 +196,17 @@ export class AcquireCalls {
         trusted: sent.trusted,
         releases: sent.releases,
         groupLimit: acquires.at(-1)?.groupLimit ?? -1,
+        pause: this.#takePause(host),
         asks: acquires,
       })),
     };
+  }
+
+  /** The pause of `host` to tell the fleet, now sent (0: none). */
+  #takePause(host: string): number {
+    const until = this.#pauses.get(host) ?? 0;
+    this.#pauses.delete(host);
+    return until;
   }
 
   /** Takes in Redis's answer to an acquire call sent in connection epoch `epoch`. */
@@ -217,6 +237,8 @@ export class AcquireCalls {
 
   #answeredHost({ host, sent, acquires }: SentBatch, answer: AcquiredHost, lost: number): void {
     const { ledger, queue, fleet } = this.#o;
+    // Told before the acquires settle: a refused one reads it.
+    if (answer.paused > 0) this.#o.paused(host, answer.paused);
     if (ledger.answered(host, sent, answer.granted.filter(Boolean).length)) this.#o.syncNow(host);
     if (answer.total >= 0) {
       queue.note(host, answer.waiting);
@@ -241,5 +263,7 @@ export class AcquireCalls {
     });
     this.#o.collect(host);
     if (refused) this.#o.refused(host);
+    // A pause asked for while this call was in flight goes with the next.
+    if (this.#pauses.has(host)) this.#batches.add(host, true);
   }
 }

@@ -104,6 +104,16 @@ export interface Limiter {
    * it may have come free elsewhere in the fleet.
    */
   onWake?: (host: string) => void;
+  /**
+   * A limiter shared by a fleet may tell it that a host asked for a pause
+   * until `until` (ms since epoch, from its `Retry-After`).
+   */
+  pause?(host: string, until: number): void;
+  /**
+   * Set by the owner of new requests: called with a host and the end of its
+   * pause when the fleet learnt that the host asked for one.
+   */
+  onPause?: (host: string, until: number) => void;
 }
 
 /** Thrown when a limiter cannot reach its shared storage and must refuse. */

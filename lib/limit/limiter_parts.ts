@@ -51,6 +51,8 @@ export interface PartsBase {
   onPressure: (host: string) => void;
   /** A slot of `host` may have come free while this worker waits for it. */
   onWake: (host: string) => void;
+  /** Redis says `host` is paused until `until` (ms since epoch). */
+  onPause: (host: string, until: number) => void;
   /** Forgets a host that holds nothing and that Redis agrees on. */
   collect: (host: string) => void;
 }
@@ -115,6 +117,10 @@ export function assembleParts(base: PartsBase): LimiterParts {
     refused: (host) => p.channels.publishPressure(host),
     collect,
     syncNow: (host) => p.heartbeat.syncNow(host),
+    paused: (host, until) => {
+      p.kept.giveBackAll(host);
+      base.onPause(host, until);
+    },
   });
   p.kept = new KeptSlots({
     ...ctx,

@@ -147,6 +147,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
       onCall: (ms) => this.onCall?.(ms),
       onPressure: (host) => this.onPressure?.(host),
       onWake: (host) => this.onWake?.(host),
+      onPause: (host, until) => this.onPause?.(host, until),
       collect: (host) => this.#collect(host),
     });
     this.#recovery = p.ctx.recovery;
@@ -162,6 +163,21 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
 
   /** Called with a host when a worker of the fleet was refused a slot of it. */
   onPressure?: (host: string) => void;
+
+  /**
+   * Called with a host and the end of its pause (ms since epoch) when Redis
+   * says that the host asked the fleet, with `Retry-After`, for a pause.
+   */
+  onPause?: (host: string, until: number) => void;
+
+  /**
+   * Tells the fleet that `host` asked for a pause until `until` (ms since
+   * epoch): it goes with this turn's call of the host's slot, and while it
+   * runs Redis grants nothing of the host to any worker.
+   */
+  pause(host: string, until: number): void {
+    if (!this.#closed) this.#calls.pause(host, until);
+  }
 
   /** Called with the duration in ms of every Redis call this limiter makes, e.g. for a histogram. */
   onCall?: (ms: number) => void;

@@ -106,6 +106,8 @@ export interface AcquireHost {
   releases: number;
   /** The group's limit; -1: no group. */
   groupLimit: number;
+  /** A pause the host asked for with `Retry-After`, to tell the fleet (ms since epoch; 0: none). */
+  pause: number;
   /** The slots asked, granted in order. */
   asks: Ask[];
 }
@@ -138,6 +140,8 @@ export interface AcquiredHost {
   lost: Lost;
   /** The tickets in the host's queue; -1 when the host only gave slots back. */
   waiting: number;
+  /** When the host's pause ends (ms since epoch); 0: not paused. */
+  paused: number;
   /** Per ask, whether it was granted. */
   granted: boolean[];
 }
@@ -173,6 +177,7 @@ export const ACQUIRE: Script<AcquireInput, AcquireReply> = {
         h.trusted ? 1 : 0,
         h.releases,
         h.groupLimit,
+        h.pause,
         h.asks.length,
         ...h.asks.map((a) => a.ticket ? `${a.limit} ${a.ticket}` : a.limit),
       ]),
@@ -187,9 +192,10 @@ export const ACQUIRE: Script<AcquireInput, AcquireReply> = {
         total: Number(r[at]),
         lost: lost(r[at + 1]),
         waiting: Number(r[at + 2]),
-        granted: r.slice(at + 3, at + 3 + k).map((g) => Number(g) === 1),
+        paused: Number(r[at + 3]),
+        granted: r.slice(at + 4, at + 4 + k).map((g) => Number(g) === 1),
       };
-      at += 3 + k;
+      at += 4 + k;
       return host;
     });
     return { epoch: String(r[0]), lost: lost(r[1]), hosts, healed: healed(r.slice(at)) };

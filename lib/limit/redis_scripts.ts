@@ -268,7 +268,7 @@ export function forCluster(lua: string): string {
 
 /**
  * `acquire(worker, leaseMs, ttlMs, known, fresh, [host, floor, trusted,
- * releases, groupLimit, asks, limit...]...)` on `KEYS` = the slot's lease set
+ * releases, groupLimit, pause, asks, limit...]...)` on `KEYS` = the slot's lease set
  * and epoch hash, then per host its n, group member set, queue q and waiting
  * workers qw: every host of one call lives in one slot. For each host in
  * turn: first gives back `releases` slots of `worker` (and wakes the queue),
@@ -285,7 +285,10 @@ export function forCluster(lua: string): string {
  * last write is known to have landed (`trusted` = 1), a count below it means
  * the host's keys were lost. Returns `{epoch, lost (0: no, 1: the slot's
  * keys), [total, lost (0, 1, or 2: this host's keys), tickets in the queue,
- * granted (0|1)...]..., healed...}` (see `OWN`).
+ * paused until (ms; 0: not paused), granted (0|1)...]..., healed...}` (see
+ * `OWN`). A `pause` (ms since epoch; 0: none) the host asked for with
+ * `Retry-After` is kept in the epoch hash (field `p:<host>`, dropped once
+ * passed); while it runs nothing of the host is granted.
  */
 export const ACQUIRE_LUA: string = NOW + `
 local worker = ARGV[1]
@@ -311,9 +314,18 @@ for k = 3, #KEYS, 4 do
   local trusted = ARGV[a + 2] == '1'
   local releases = tonumber(ARGV[a + 3])
   local glimit = tonumber(ARGV[a + 4])
-  local asks = tonumber(ARGV[a + 5])
-  a = a + 6
+  local pause = tonumber(ARGV[a + 5])
+  local asks = tonumber(ARGV[a + 6])
+  a = a + 7
   own(n, 'hash')
+  -- A pause the host asked for (Retry-After) lives in the slot's epoch hash.
+  local pkey = 'p:' .. host
+  local paused = tonumber(redis.call('HGET', e, pkey) or '0') or 0
+  if pause > paused then
+    redis.call('HSET', e, pkey, pause)
+    paused = pause
+  end
+  if paused <= now then paused = 0 end
   -- The queue's keys are checked where they are read (prune_queue).
   if asks == 0 then
     -- Slots given back only: no sum to take, no queue to prune.
@@ -329,6 +341,7 @@ for k = 3, #KEYS, 4 do
     out[#out + 1] = -1
     out[#out + 1] = lost
     out[#out + 1] = -1
+    out[#out + 1] = paused
   else
     if glimit >= 0 then own(members, 'set') end
     local lost = slot_lost
@@ -371,7 +384,8 @@ for k = 3, #KEYS, 4 do
     for i = a, a + asks - 1 do
       local limit, ticket = string.match(ARGV[i], '^(%S+) ?(.*)$')
       limit = tonumber(limit)
-      if lost == 0 and (limit <= 0 or (sum < limit and queue_lets(q, queued, sum, limit, ticket))) and
+      if lost == 0 and paused == 0 and
+          (limit <= 0 or (sum < limit and queue_lets(q, queued, sum, limit, ticket))) and
           (glimit <= 0 or gsum < glimit) then
         sum = sum + 1
         gsum = gsum + 1
@@ -387,6 +401,7 @@ for k = 3, #KEYS, 4 do
     out[#out + 1] = sum
     out[#out + 1] = lost
     out[#out + 1] = queued and redis.call('ZCARD', q) or 0
+    out[#out + 1] = paused
     for i = 1, #grants do out[#out + 1] = grants[i] end
     -- A member of a group renews its member set each time.
     local fresh = glimit < 0 and mark > now + ttl / 2

@@ -64,11 +64,8 @@ export class HostPausedError extends Error {
   readonly retryAfter: number;
   /** Creates the error for `key`, paused until `until` by a response of `status`. */
   constructor(key: string, until: number, status: number, retryAfter: number) {
-    super(
-      `${key} asked for a pause (${status} with Retry-After) until ${
-        new Date(until).toISOString()
-      }`,
-    );
+    const asked = status > 0 ? `${status} with Retry-After` : "Retry-After, to the fleet";
+    super(`${key} asked for a pause (${asked}) until ${new Date(until).toISOString()}`);
     this.name = "HostPausedError";
     this.key = key;
     this.until = until;

@@ -79,6 +79,11 @@ export class UpstreamPool {
     options.limiter.onWake = (key) => {
       if (this.#queue.length(key) > 0) this.#wake(key);
     };
+    // A host asked another proxy of the fleet for a pause: it holds here too.
+    options.limiter.onPause = (key, until) => {
+      this.#pauses.pause(key, until, 0);
+      for (const up of [...this.#idle.get(key) ?? []]) up.close();
+    };
     this.#release = (up) => {
       const n = (this.#open.get(up.key) ?? 1) - 1;
       if (n === 0) this.#open.delete(up.key);
@@ -105,6 +110,7 @@ export class UpstreamPool {
     const now = Date.now();
     const until = pauseUntil({ status, retryAfter, now, max: this.#o.retryAfterMax });
     if (until === undefined || !this.#pauses.pause(key, until, status)) return;
+    this.#o.limiter.pause?.(key, until);
     this.#o.stats.onPause(status);
     this.#o.logger.info(
       "{host} answered {status} with Retry-After: new requests to it wait or are refused for {seconds} s",
@@ -316,6 +322,11 @@ export class UpstreamPool {
     if (slot) {
       this.#o.stats.onAdmitted(key);
       return slot;
+    }
+    if (this.#pauses.get(key, Date.now())) {
+      // Refused because the fleet learnt of a pause: wait it out, or say so.
+      await this.#paused(key, signal);
+      return await this.#slot(key, signal, http);
     }
     const ahead = this.#queue.length(key);
     const refuse = (reason: "limit" | "queue_full") => {
