@@ -60,6 +60,8 @@ async function fleetHoldsGroupCap(redis: RedisConfig): Promise<void> {
     assert.ok(holder >= 1);
     const owner = limiters.find((l) => l.localCount(first) > 0)!;
     giveBack(owner, first);
+    // Written before the others ask: count sends what waits first.
+    await owner.count(first);
     const again = await Promise.all(
       limiters.map((l) => take(l, "e.s3.example", 10, { group: storage })),
     );
