@@ -3,8 +3,7 @@
 // client addresses, and secrets that look like other hashes are refused.
 import assert from "node:assert/strict";
 import bcrypt from "bcryptjs";
-import { AuthBusyError, checkUsers, ProxyAuth } from "../lib/access/proxy_auth.ts";
-import { parseUsers } from "../lib/access/client_policy.ts";
+import { AuthBusyError, checkUsers, parseUsers, ProxyAuth } from "../lib/access/proxy_auth.ts";
 import { ProxyRateLimiter } from "../mod.ts";
 
 const HASH = bcrypt.hashSync("alice's secret", 4);

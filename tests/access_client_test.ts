@@ -1,10 +1,6 @@
 import assert from "node:assert/strict";
-import {
-  ClientPolicy,
-  parseHtpasswd,
-  parseUsers,
-  PROXY_AUTHENTICATE,
-} from "../lib/access/client_policy.ts";
+import { ClientPolicy, PROXY_AUTHENTICATE } from "../lib/access/client_policy.ts";
+import { parseHtpasswd, parseUsers } from "../lib/access/proxy_auth.ts";
 import { parseAccessFlags } from "../lib/access/access_flags.ts";
 import { BCRYPTJS } from "../lib/access/bcrypt_verifier.ts";
 import { commandTest } from "./_helpers/command.ts";

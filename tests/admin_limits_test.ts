@@ -94,6 +94,13 @@ Deno.test("in memory mode GET /api/limits shows every limit in effect with its s
   assert.deepEqual(put, { host: "c.test", limit: 2 });
   const after = await api(tp, "/api/limits");
   assert.deepEqual([after.sources.hosts["c.test"], after.layers.override], ["runtime", {}]);
+  // So does the module API's default: a default set through the admin API replaces it.
+  tp.proxy.setDefaultMaxConnectionsPerHost(9);
+  const overridden = await api(tp, "/api/limits");
+  assert.deepEqual([overridden.default, overridden.sources.default], [9, "override"]);
+  const changed = await api(tp, "/api/limits", "PUT", { default: 5 });
+  assert.deepEqual([changed.default, changed.sources.default], [5, "runtime"]);
+  assert.deepEqual(changed.layers.override, {});
 });
 
 await redisTest(

@@ -9,13 +9,7 @@ import { type Cidr, parseCidr, parseIp } from "./cidr.ts";
 import { ProxyAuth } from "./proxy_auth.ts";
 import { DEFAULTS } from "../defaults.ts";
 
-export {
-  AuthBusyError,
-  checkUsers,
-  parseHtpasswd,
-  parseUsers,
-  PROXY_AUTHENTICATE,
-} from "./proxy_auth.ts";
+export { AuthBusyError, checkUsers, PROXY_AUTHENTICATE } from "./proxy_auth.ts";
 
 /** Client addresses whose answer is remembered, at most. */
 const SEEN_MAX = 4096;

@@ -98,7 +98,7 @@ export function parseDestinationRule(text: string): DestinationRule {
 }
 
 /** Whether `rule` covers `port`. */
-export function matchesPort(rule: DestinationRule, port: number): boolean {
+function matchesPort(rule: DestinationRule, port: number): boolean {
   return port >= rule.fromPort && port <= rule.toPort;
 }
 

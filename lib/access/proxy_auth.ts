@@ -21,7 +21,7 @@ const CACHE_SIZE = 1024;
 const BUSY_RETRY_AFTER = 1;
 
 /** Whether `secret` is a bcrypt hash (`$2a$`, `$2b$` or `$2y$`). */
-export function isBcryptHash(secret: string): boolean {
+function isBcryptHash(secret: string): boolean {
   return BCRYPT.test(secret);
 }
 

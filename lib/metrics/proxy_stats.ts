@@ -32,7 +32,7 @@ export type RequestKind = "http" | "connect" | "upgrade";
 export const REQUEST_KINDS: readonly RequestKind[] = ["http", "connect", "upgrade"];
 
 /** Upper bounds, in seconds, of the upstream connect duration histogram. */
-export const CONNECT_BUCKETS: readonly number[] = [
+const CONNECT_BUCKETS: readonly number[] = [
   0.001,
   0.0025,
   0.005,
@@ -49,7 +49,7 @@ export const CONNECT_BUCKETS: readonly number[] = [
 ];
 
 /** Upper bounds, in seconds, of the Redis call duration histogram. */
-export const REDIS_BUCKETS: readonly number[] = [
+const REDIS_BUCKETS: readonly number[] = [
   0.0005,
   0.001,
   0.0025,
@@ -64,7 +64,7 @@ export const REDIS_BUCKETS: readonly number[] = [
 ];
 
 /** Upper bounds, in seconds, of the histogram of time spent waiting for a slot. */
-export const QUEUE_WAIT_BUCKETS: readonly number[] = [
+const QUEUE_WAIT_BUCKETS: readonly number[] = [
   0.001,
   0.005,
   0.01,

@@ -222,14 +222,6 @@ export class BufferedReader {
     return view;
   }
 
-  /** Takes every buffered byte (a copy) and lets go of the buffer. */
-  takeBuffered(): Uint8Array {
-    const rest = this.#buf.slice(this.#start, this.#end);
-    this.#start = this.#end = 0;
-    this.#buf = EMPTY;
-    return rest;
-  }
-
   /** Lets go of a buffer that grew for a large head. */
   #compact(): void {
     if (this.#start === this.#end) {
