@@ -145,6 +145,7 @@ Deno.test("GET /api/hosts lists hosts busiest first with their counters", async 
     idle: 0,
     queued: 0,
     fleetOpen: null,
+    pausedUntil: null,
     limit: 3,
     admitted: 1,
     refused: 2,

@@ -53,8 +53,14 @@ Deno.test("a 429 with Retry-After in seconds pauses the host: the next request g
   assert.match(paused.headers.get("retry-after") ?? "", /^[12]$/);
   assert.match(paused.headers.get("proxy-status") ?? "", /destination_unavailable.*429/);
   assert.equal(up.seen.length, 1, "nothing reached the paused host");
-  const metrics = await (await tp.proxy.adminHandler()(new Request("http://admin/metrics"))).text();
+  const admin = tp.proxy.adminHandler();
+  const metrics = await (await admin(new Request("http://admin/metrics"))).text();
   assert.match(metrics, /dprl_upstream_pauses_total\{status="429"\} 1/);
+  assert.match(metrics, /dprl_host_paused_until_seconds\{host="127\.0\.0\.1:\d+"\} \d+\.\d{3}/);
+  const view = await (await admin(
+    new Request(`http://admin/api/hosts/${encodeURIComponent(up.authority)}`),
+  )).json();
+  assert.ok(Date.parse(view.pausedUntil) > Date.now(), JSON.stringify(view));
   assert.match(metrics, /dprl_connections_refused_total\{host="[^"]+",reason="paused"\} 1/);
   // Once the pause is over the host is served again.
   await waitFor(

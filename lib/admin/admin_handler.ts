@@ -317,6 +317,7 @@ function hostJson(row: HostSummary): Record<string, unknown> {
     idle: row.idle,
     queued: row.queued,
     fleetOpen: row.fleetOpen ?? null,
+    pausedUntil: row.pausedUntil === undefined ? null : new Date(row.pausedUntil).toISOString(),
     limit: row.limit > 0 ? row.limit : 0,
     admitted: stats?.admitted ?? 0,
     refused: stats?.refusedTotal ?? 0,

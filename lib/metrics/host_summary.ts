@@ -19,6 +19,8 @@ export interface UpstreamHostView {
   fleetOpen?: number;
   /** Requests of this process waiting for a slot of the host. */
   queued?: number;
+  /** When the pause the host asked for with `Retry-After` ends (ms since epoch), while it runs. */
+  pausedUntil?: number;
 }
 
 /** One host's current state and counters. */
@@ -33,6 +35,8 @@ export interface HostSummary {
   fleetOpen?: number;
   /** Requests waiting here for a slot. */
   queued: number;
+  /** When the host's pause ends (ms since epoch), while it runs. */
+  pausedUntil?: number;
   /** The limit that applies (0 or less: unlimited). */
   limit: number;
   /** The host's counters, or `undefined` when nothing was counted yet. */
@@ -62,6 +66,7 @@ export function summarizeHosts(options: SummarizeOptions): HostSummary[] {
       idle: view.idle,
       fleetOpen: view.fleetOpen,
       queued: view.queued ?? 0,
+      pausedUntil: view.pausedUntil,
       limit: options.limitFor(view.host),
       stats: options.stats.get(view.host),
     });

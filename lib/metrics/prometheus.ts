@@ -98,6 +98,17 @@ function hostMetrics(out: string[], rows: MetricRow[], input: PrometheusInput): 
   head(out, "dprl_queued", "gauge", "Requests of this process waiting for a slot of a host.");
   rows.forEach((row, i) => out.push(`dprl_queued{${labels[i]}} ${row.queued}`));
 
+  head(
+    out,
+    "dprl_host_paused_until_seconds",
+    "gauge",
+    "When the pause a host asked for with Retry-After ends (Unix time), while it runs.",
+  );
+  rows.forEach((row, i) => {
+    if (row.pausedUntil === undefined) return;
+    out.push(`dprl_host_paused_until_seconds{${labels[i]}} ${(row.pausedUntil / 1000).toFixed(3)}`);
+  });
+
   if (input.distributed) {
     head(
       out,
@@ -278,6 +289,7 @@ interface MetricRow {
   idle: number;
   queued: number;
   fleetOpen?: number;
+  pausedUntil?: number;
   limit: number;
   admitted: number;
   refused: Record<RefusalReason, number>;
@@ -333,6 +345,7 @@ function toMetricRow(row: HostSummary): MetricRow {
     idle: row.idle,
     queued: row.queued,
     fleetOpen: row.fleetOpen,
+    pausedUntil: row.pausedUntil,
     limit: row.limit,
     admitted: row.stats?.admitted ?? 0,
     refused: row.stats?.refused ?? NO_REFUSALS,

@@ -4,7 +4,7 @@ import type { Limiter } from "../limit/limiter.ts";
 import type { LimitTable } from "../limit/limit_table.ts";
 import type { RuleMatch } from "../limit/rules/rule_table.ts";
 import { ConnectError, HostPausedError, LimitReachedError } from "./errors.ts";
-import { type HostPause, HostPauses } from "../limit/host_pauses.ts";
+import { HostPauses } from "../limit/host_pauses.ts";
 import { pauseUntil, secondsLeft } from "../limit/retry_after.ts";
 import { LimiterUnavailableError, type Slot } from "../limit/limiter.ts";
 import type { DestinationPolicy } from "../access/destination_policy.ts";
@@ -116,11 +116,6 @@ export class UpstreamPool {
       "{host} answered {status} with Retry-After: new requests to it wait or are refused for {seconds} s",
       { host: key, status, seconds: secondsLeft(until, now) },
     );
-  }
-
-  /** The pauses running now, by host. */
-  pauses(): Map<string, HostPause> {
-    return this.#pauses.running(Date.now());
   }
 
   /**
@@ -456,17 +451,25 @@ export class UpstreamPool {
    * for: open (idle included), idle and waiting.
    */
   *hosts(): Iterable<UpstreamHostView> {
+    const pauses = this.#pauses.running(Date.now());
     for (const [host, open] of this.#open) {
       yield {
         host,
         open,
         idle: this.#idle.get(host)?.length ?? 0,
         queued: this.#queue.length(host),
+        pausedUntil: pauses.get(host)?.until,
       };
     }
     for (const host of this.#queue.keys()) {
       if (!this.#open.has(host)) {
-        yield { host, open: 0, idle: 0, queued: this.#queue.length(host) };
+        const pausedUntil = pauses.get(host)?.until;
+        yield { host, open: 0, idle: 0, queued: this.#queue.length(host), pausedUntil };
+      }
+    }
+    for (const [host, pause] of pauses) {
+      if (!this.#open.has(host) && this.#queue.length(host) === 0) {
+        yield { host, open: 0, idle: 0, queued: 0, pausedUntil: pause.until };
       }
     }
   }
