@@ -22,12 +22,15 @@ function parseExposition(text: string): Exposition {
   const types = new Map<string, string>();
   const helps = new Map<string, string>();
   assert.ok(text.endsWith("\n"), "exposition ends with a line feed");
+  // The family whose samples may follow (a metric's lines form one group).
+  let family = "";
   for (const line of text.slice(0, -1).split("\n")) {
     const meta = /^# (HELP|TYPE) ([a-zA-Z_:][a-zA-Z0-9_:]*) (.*)$/.exec(line);
     if (meta) {
       const map = meta[1] === "HELP" ? helps : types;
       assert.ok(!map.has(meta[2]), `one ${meta[1]} per metric: ${meta[2]}`);
       map.set(meta[2], meta[3]);
+      family = meta[2];
       continue;
     }
     const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$/.exec(line);
@@ -40,6 +43,10 @@ function parseExposition(text: string): Exposition {
       labels[l[1]] = l[2].replace(/\\([\\"n])/g, (_, c) => (c === "n" ? "\n" : c));
       rest = rest.slice(l[0].length);
     }
+    const own = types.get(family) === "histogram"
+      ? [family, `${family}_bucket`, `${family}_sum`, `${family}_count`]
+      : [family];
+    assert.ok(own.includes(m[1]), `${m[1]} among the samples of ${family}`);
     const value = m[4] === "+Inf" ? Infinity : Number(m[4]);
     assert.ok(!Number.isNaN(value), `value: ${m[4]}`);
     samples.push({ name: m[1], labels, value });
@@ -87,6 +94,8 @@ Deno.test("metrics list every dprl metric with HELP and TYPE", async () => {
   stats.onBytes(10, 2000);
   stats.onConnectDuration(3);
   stats.onRedisCall(0.7);
+  stats.onPause(429);
+  stats.onConfigReload("ok");
   const exp = await scrape(source);
 
   const expected: Record<string, string> = {
@@ -105,6 +114,8 @@ Deno.test("metrics list every dprl metric with HELP and TYPE", async () => {
     dprl_redis_up: "gauge",
     dprl_redis_call_duration_seconds: "histogram",
     dprl_build_info: "gauge",
+    dprl_upstream_pauses_total: "counter",
+    dprl_config_reloads_total: "counter",
   };
   for (const [name, type] of Object.entries(expected)) {
     assert.equal(exp.types.get(name), type, name);

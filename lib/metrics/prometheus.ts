@@ -234,12 +234,6 @@ function processMetrics(out: string[], input: PrometheusInput): void {
     );
   }
 
-  head(
-    out,
-    "dprl_config_reloads_total",
-    "counter",
-    "Reloads of the config file, by result (error: the old rules stayed).",
-  );
   eventMetrics(out, stats);
 
   head(out, "dprl_build_info", "gauge", "Always 1; the version in a label.");
@@ -265,6 +259,12 @@ function eventMetrics(out: string[], stats: ProxyStats): void {
   for (const [status, n] of [...stats.pauses].sort((a, b) => a[0] - b[0])) {
     out.push(`dprl_upstream_pauses_total{status="${status}"} ${n}`);
   }
+  head(
+    out,
+    "dprl_config_reloads_total",
+    "counter",
+    "Reloads of the config file, by result (error: the old rules stayed).",
+  );
   out.push(`dprl_config_reloads_total{result="ok"} ${stats.configReloads.ok}`);
   out.push(`dprl_config_reloads_total{result="error"} ${stats.configReloads.error}`);
 }
