@@ -7,16 +7,15 @@
  */
 
 import { COUNT, runScript } from "./redis_script_codec.ts";
-import type { WorkerContext } from "./worker_registry.ts";
-import type { LossRecovery } from "./loss_recovery.ts";
+import type { LimiterContext } from "./limiter_context.ts";
 import { groupBySlot } from "./sync_pipeline.ts";
 
 /** The fleet's counts by host, and how they are read from Redis. */
 export class FleetCounts {
-  #o: WorkerContext & { recovery: LossRecovery; fleet: Map<string, number> };
+  #o: LimiterContext;
 
   /** Creates the counts, kept in `options.fleet`. */
-  constructor(options: WorkerContext & { recovery: LossRecovery; fleet: Map<string, number> }) {
+  constructor(options: LimiterContext) {
     this.#o = options;
   }
 

@@ -73,7 +73,7 @@ export class UpstreamPool {
     this.#o = options;
     // A host at its limit elsewhere in the fleet: idle sockets give way.
     options.limiter.onPressure = (key) => {
-      for (const up of [...this.#idle.get(key) ?? []]) up.close();
+      this.#closeIdleOf(key);
     };
     // A slot came free elsewhere in the fleet: the line asks at once.
     options.limiter.onWake = (key) => {
@@ -82,7 +82,7 @@ export class UpstreamPool {
     // A host asked another proxy of the fleet for a pause: it holds here too.
     options.limiter.onPause = (key, until) => {
       this.#pauses.pause(key, until, 0);
-      for (const up of [...this.#idle.get(key) ?? []]) up.close();
+      this.#closeIdleOf(key);
     };
     this.#release = (up) => {
       const n = (this.#open.get(up.key) ?? 1) - 1;
@@ -495,6 +495,11 @@ export class UpstreamPool {
     for (const list of [...this.#idle.values()]) {
       for (const up of [...list]) up.close();
     }
+  }
+
+  /** Closes the pooled sockets of `key`. */
+  #closeIdleOf(key: string): void {
+    for (const up of [...this.#idle.get(key) ?? []]) up.close();
   }
 
   #removeIdle(up: Upstream): void {
