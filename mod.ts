@@ -55,9 +55,9 @@ export {
   type GroupRule,
   type HostRule,
   type LimitRules,
-  type QueueRule,
   type RulePath,
   RulesError,
+  type RuleSettings,
   validateRules,
 } from "./lib/limit/rules/rules.ts";
 export type { RuleDifference } from "./lib/limit/rules/diff.ts";

@@ -13,7 +13,7 @@
 import { parseArgs } from "node:util";
 import { LimitTable } from "../lib/limit/limit_table.ts";
 import { RuleTable } from "../lib/limit/rules/rule_table.ts";
-import { hostLimits, type LimitRules } from "../lib/limit/rules/rules.ts";
+import { defaultLimit, hostLimits, type LimitRules } from "../lib/limit/rules/rules.ts";
 
 const args = parseArgs({
   args: Deno.args,
@@ -82,7 +82,7 @@ function naive(r: LimitRules): (key: string) => number {
   return (key) => {
     const colon = key.lastIndexOf(":");
     const host = colon > key.lastIndexOf("]") ? key.slice(0, colon) : key;
-    let best = r.default ?? 0;
+    let best = defaultLimit(r) ?? 0;
     let score = -1;
     for (const [p, limit] of entries) {
       const s = p === key

@@ -216,12 +216,9 @@ Deno.test("rules validation names the rule and its bad queue-timeout or queue-ma
     [
       host({ limit: 2, queue_timeout: "5s" }),
       "hosts.slow.example.com.queue_timeout is not a host rule field " +
-      "(limit, queue-timeout, queue-max)",
+      "(limit, queue-timeout, queue-max, rate, retry-after-max)",
     ],
-    [
-      host({ "queue-timeout": "5s" }),
-      "hosts.slow.example.com.limit must be an integer >= 0, got undefined",
-    ],
+    [host({}), "hosts.slow.example.com.limit must be an integer >= 0, got nothing"],
     [host({ limit: -2 }), "hosts.slow.example.com.limit must be an integer >= 0, got -2"],
     [host("5"), 'hosts.slow.example.com must be an integer >= 0, got "5"'],
     [
@@ -232,7 +229,15 @@ Deno.test("rules validation names the rule and its bad queue-timeout or queue-ma
       group({ "queue-max": -3 }),
       "groups[0].queue-max must be an integer between 0 and 1000000, got -3",
     ],
-    [{ default: { limit: 5 } }, "default must be an integer >= 0, got a mapping"],
+    [{ default: { limit: -5 } }, "default.limit must be an integer >= 0, got -5"],
+    [
+      { default: { rate: "fast" } },
+      `default.rate must be a rate such as 10/s, 600/m or 3600/h, got "fast"`,
+    ],
+    [
+      host({ "retry-after-max": "1 m" }),
+      `hosts.slow.example.com.retry-after-max ${duration}, got "1 m"`,
+    ],
   ];
   for (const [rules, expected] of cases) {
     assert.equal(problem(rules).message, expected, JSON.stringify(rules));
@@ -296,7 +301,7 @@ Deno.test("config file: queue settings take the flags' duration syntax; errors g
   assert.equal(
     error("dprl.yaml", "hosts:\n  slow.example.com:\n    limit: 2\n    queue-timout: 5s\n"),
     "dprl.yaml:4:5: hosts.slow.example.com.queue-timout is not a host rule field " +
-      "(limit, queue-timeout, queue-max)",
+      "(limit, queue-timeout, queue-max, rate, retry-after-max)",
   );
   assert.equal(
     error(

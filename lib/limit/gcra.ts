@@ -122,3 +122,26 @@ export function parseRate(text: string): number {
   if (!Number.isFinite(perSecond)) throw new RateError(text, "the count is too large");
   return perSecond;
 }
+
+/**
+ * Writes a rate in requests per second as {@linkcode parseRate} reads it,
+ * in the largest unit that makes the count whole (`10/s`, `30/m`, `90/h`),
+ * else per second with a decimal count.
+ *
+ * @example
+ * ```ts
+ * import { formatRate } from "./gcra.ts";
+ * formatRate(10); // "10/s"
+ * formatRate(0.5); // "30/m"
+ * formatRate(0.025); // "90/h"
+ * ```
+ */
+export function formatRate(perSecond: number): string {
+  for (const unit of ["s", "m", "h"]) {
+    const count = perSecond * SECONDS_PER_UNIT[unit];
+    // Within rounding of a whole count (0.1/s * 60 is 6.000000000000001).
+    const whole = Math.round(count);
+    if (whole >= 1 && Math.abs(count - whole) < 1e-9 * whole) return `${whole}/${unit}`;
+  }
+  return `${Number((perSecond * 3600).toFixed(6))}/h`;
+}

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { canonicalRules, hostLimits, type LimitRules } from "./rules/rules.ts";
+import { canonicalRules, defaultLimit, hostLimits, type LimitRules } from "./rules/rules.ts";
 
 /**
  * Where a limit comes from, lowest layer first: the command line's flags,
@@ -71,8 +71,9 @@ export function limitsView(layers: readonly LimitLayer[]): LimitsView {
   for (const { source, rules } of layers) {
     const canonical = canonicalRules(rules);
     view.layers[source] = canonical;
-    if (canonical.default !== undefined) {
-      view.default = canonical.default;
+    const limit = defaultLimit(canonical);
+    if (limit !== undefined) {
+      view.default = limit;
       view.sources.default = source;
     }
     for (const [pattern, limit] of Object.entries(hostLimits(canonical))) {

@@ -9,7 +9,7 @@ import {
   type GroupRule,
   type HostRule,
   type LimitRules,
-  type QueueRule,
+  type RuleSettings,
 } from "./rules.ts";
 
 /** One rule that differs between two rule sets. */
@@ -22,21 +22,22 @@ export interface RuleDifference {
   b: string | undefined;
 }
 
-/** Canonical queue settings as text: ` (queue-timeout 30s, queue-max 50)`, or nothing. */
-function queueText(rule: QueueRule): string {
+/** Canonical settings as text: ` (queue-timeout 30s, queue-max 50)`, or nothing. */
+function settingsText(rule: RuleSettings): string {
   const parts = [];
-  if (rule["queue-timeout"] !== undefined) parts.push(`queue-timeout ${rule["queue-timeout"]}`);
-  if (rule["queue-max"] !== undefined) parts.push(`queue-max ${rule["queue-max"]}`);
+  for (const name of ["queue-timeout", "queue-max", "rate", "retry-after-max"] as const) {
+    if (rule[name] !== undefined) parts.push(`${name} ${rule[name]}`);
+  }
   return parts.length ? ` (${parts.join(", ")})` : "";
 }
 
 function hostText(rule: number | HostRule | undefined): string | undefined {
   if (rule === undefined || typeof rule === "number") return rule?.toString();
-  return `${rule.limit}${queueText(rule)}`;
+  return `${rule.limit ?? "default"}${settingsText(rule)}`;
 }
 
 function groupText(group: GroupRule | undefined): string | undefined {
-  return group && `limit ${group.limit}${queueText(group)} for ${group.match.join(", ")}`;
+  return group && `limit ${group.limit}${settingsText(group)} for ${group.match.join(", ")}`;
 }
 
 /**
@@ -68,7 +69,7 @@ export function diffCanonicalRules(ca: LimitRules, cb: LimitRules): RuleDifferen
   const add = (rule: string, x: string | undefined, y: string | undefined) => {
     if (x !== y) out.push({ rule, a: x, b: y });
   };
-  add("default", ca.default?.toString(), cb.default?.toString());
+  add("default", hostText(ca.default), hostText(cb.default));
   const hosts = new Set([...Object.keys(ca.hosts ?? {}), ...Object.keys(cb.hosts ?? {})]);
   for (const host of hosts) {
     add(`hosts.${host}`, hostText(ca.hosts?.[host]), hostText(cb.hosts?.[host]));

@@ -7,7 +7,13 @@
 
 import { HostIndex } from "./host_index.ts";
 import { PackedIndex, type PackedIndexData, packPatterns } from "./packed_index.ts";
-import { canonicalRules, type LimitRules, type NormalGroup, normalizeRules } from "./rules.ts";
+import {
+  canonicalRules,
+  type LimitRules,
+  type NormalGroup,
+  normalizeRules,
+  type NormalSettings,
+} from "./rules.ts";
 
 /** The group a host belongs to, as a lookup returns it. */
 export interface GroupMatch {
@@ -34,6 +40,22 @@ export interface RuleMatch {
    * or the group sets `queue-max`; else the process's setting applies.
    */
   queueMax?: number;
+  /** The request rate, when a host rule, the group or the default sets `rate`. */
+  rate?: RateMatch;
+  /**
+   * The longest pause a `Retry-After` may ask for, in milliseconds, when a
+   * host rule, the group or the default sets `retry-after-max`; else the
+   * process's setting applies.
+   */
+  retryAfterMax?: number;
+}
+
+/** A request rate as a lookup returns it. */
+export interface RateMatch {
+  /** New upstream requests or tunnels per second. */
+  readonly perSecond: number;
+  /** The group whose members share the rate; `undefined`: each host has its own. */
+  readonly group?: string;
 }
 
 /**
@@ -63,6 +85,8 @@ export interface RuleTableData extends PackedIndexData {
   text: string;
   /** The default limit. */
   defaultLimit: number;
+  /** The default's settings. */
+  defaults: NormalSettings;
   /** For each pattern, its entry. */
   ids: Uint32Array;
   /** The distinct entries (few: patterns share them). */
@@ -90,18 +114,41 @@ export function patternRank(pattern: string): number {
   return pattern.lastIndexOf(":") > pattern.lastIndexOf("]") ? 1e6 + 1 : 1e6;
 }
 
+/** The settings a lookup carries, as {@linkcode RuleMatch} names them. */
+const SETTINGS = ["queueTimeout", "queueMax", "rate", "retryAfterMax"] as const;
+
+/** A setting's value in a {@linkcode RuleMatch}; a group's rate is shared. */
+function settingOf(
+  name: typeof SETTINGS[number],
+  value: number | undefined,
+  group?: string,
+): number | RateMatch | undefined {
+  if (value === undefined || name !== "rate") return value;
+  return Object.freeze(group === undefined ? { perSecond: value } : { perSecond: value, group });
+}
+
+/** The match of hosts no rule matches: the default limit and settings. */
+function defaultMatch(limit: number, defaults: NormalSettings): Readonly<RuleMatch> {
+  const match: RuleMatch = { limit, group: undefined };
+  for (const name of SETTINGS) {
+    const value = settingOf(name, defaults[name]);
+    if (value !== undefined) Object.assign(match, { [name]: value });
+  }
+  return Object.freeze(match);
+}
+
 /** Compiles rules; see {@linkcode RuleTable}. */
 function compile(rules: LimitRules, canonical: boolean): RuleTableData {
   const n = normalizeRules(rules);
   const defaultLimit = n.default ?? 0;
   const limits = new HostIndex<[number, number]>();
-  const timeouts = new HostIndex<number>();
-  const maxes = new HostIndex<number>();
+  const settings = new Map(SETTINGS.map((name) => [name, new HostIndex<number>()]));
   const groups = new HostIndex<[GroupMatch, NormalGroup]>();
   for (const [pattern, rule] of n.hosts) {
-    limits.set(pattern, [rule.limit, patternRank(pattern)]);
-    if (rule.queueTimeout !== undefined) timeouts.set(pattern, rule.queueTimeout);
-    if (rule.queueMax !== undefined) maxes.set(pattern, rule.queueMax);
+    if (rule.limit !== undefined) limits.set(pattern, [rule.limit, patternRank(pattern)]);
+    for (const name of SETTINGS) {
+      if (rule[name] !== undefined) settings.get(name)!.set(pattern, rule[name]);
+    }
   }
   for (const group of n.groups) {
     const match: GroupMatch = Object.freeze({ name: group.name, limit: group.limit });
@@ -110,23 +157,28 @@ function compile(rules: LimitRules, canonical: boolean): RuleTableData {
   // Resolve every pattern once: a host whose most specific pattern is P
   // gets what a lookup of P itself finds (a wildcard `*.s` is looked up as
   // the key `*.s`, which only wildcards can match). One walk per lookup
-  // then finds the limit, the group and the queue settings, with nothing
-  // to allocate. Patterns that resolve alike share one entry.
+  // then finds the limit, the group and the settings, with nothing to
+  // allocate. Patterns that resolve alike share one entry.
   const patterns = [...new Set([...n.hosts.keys(), ...n.groups.flatMap((g) => g.match)])];
   const ids = new Uint32Array(patterns.length);
   const entries: Entry[] = [];
   const known = new Map<string, number>();
   patterns.forEach((pattern, i) => {
-    // (An empty index is not asked: most files have no groups or queue settings.)
+    // (An empty index is not asked: most files have no groups or settings.)
     const [group, groupRule] = (groups.size ? groups.match(pattern) : undefined) ?? [];
     const [hostLimit, rank] = limits.match(pattern) ?? [undefined, 0];
     const match: RuleMatch = { limit: hostLimit ?? defaultLimit, group };
-    const queueTimeout = (timeouts.size ? timeouts.match(pattern) : undefined) ??
-      groupRule?.queueTimeout;
-    if (queueTimeout !== undefined) match.queueTimeout = queueTimeout;
-    const queueMax = (maxes.size ? maxes.match(pattern) : undefined) ?? groupRule?.queueMax;
-    if (queueMax !== undefined) match.queueMax = queueMax;
-    const key = `${hostLimit} ${rank} ${group?.name} ${queueTimeout} ${queueMax}`;
+    for (const name of SETTINGS) {
+      const index = settings.get(name)!;
+      const own = index.size ? index.match(pattern) : undefined;
+      const value = own !== undefined
+        ? settingOf(name, own)
+        : groupRule?.[name] !== undefined
+        ? settingOf(name, groupRule[name], groupRule.name)
+        : settingOf(name, n.defaults[name]);
+      if (value !== undefined) Object.assign(match, { [name]: value });
+    }
+    const key = JSON.stringify([hostLimit, rank, match]);
     let id = known.get(key);
     if (id === undefined) {
       known.set(key, id = entries.length);
@@ -135,7 +187,7 @@ function compile(rules: LimitRules, canonical: boolean): RuleTableData {
     ids[i] = id;
   });
   const text = JSON.stringify(canonical ? rules : canonicalRules(n));
-  return { text, defaultLimit, ids, entries, ...packPatterns(patterns) };
+  return { text, defaultLimit, defaults: n.defaults, ids, entries, ...packPatterns(patterns) };
 }
 
 /**
@@ -184,7 +236,7 @@ export class RuleTable {
 
   #adopt(data: RuleTableData): void {
     this.#text = data.text;
-    this.#default = Object.freeze({ limit: data.defaultLimit, group: undefined });
+    this.#default = defaultMatch(data.defaultLimit, data.defaults);
     this.#index = new PackedIndex(data);
     this.#ids = data.ids;
     this.#entries = data.entries;
@@ -216,6 +268,7 @@ export class RuleTable {
     // A clone has lost the freezing of what lookups return.
     for (const entry of data.entries) {
       if (entry.match.group) Object.freeze(entry.match.group);
+      if (entry.match.rate) Object.freeze(entry.match.rate);
       Object.freeze(entry.match);
     }
     const table = new RuleTable();

@@ -6,13 +6,15 @@
  */
 
 import { formatDuration, parseDuration } from "../../duration.ts";
+import { formatRate, parseRate } from "../gcra.ts";
 import { hostKey, splitHostPort } from "../host_key.ts";
 
 /**
- * The queue settings a rule may override for the hosts it matches, under
- * the names of the flags they override (`--queue-timeout`, `--queue-max`).
+ * The settings a rule may give the hosts it matches besides their limit,
+ * under the names of the flags they override (`--queue-timeout`,
+ * `--queue-max`, `--max-rate`, `--retry-after-max`).
  */
-export interface QueueRule {
+export interface RuleSettings {
   /**
    * Time a request over the limit waits for a slot: a duration as the flag
    * takes it (`500ms`, `10s`, `2m`; a bare number is seconds); 0 refuses at
@@ -21,22 +23,42 @@ export interface QueueRule {
   "queue-timeout"?: string | number;
   /** Requests that may wait per host in each process, from 0 to 1000000. */
   "queue-max"?: number;
+  /**
+   * New upstream requests (plain HTTP) and tunnels (CONNECT) per unit of
+   * time, across the fleet: `10/s`, `600/m` or `3600/h`. A host rule's rate
+   * is each matching host's own; a group's is shared by its members.
+   */
+  rate?: string;
+  /**
+   * The longest pause a host's `Retry-After` (on a 429 or 503) may ask for,
+   * a duration; 0 honours none.
+   */
+  "retry-after-max"?: string | number;
 }
 
 /**
- * A host rule in full: its limit and the queue settings for the hosts it
+ * A host rule in full: its limit and the settings for the hosts it
  * matches. A plain number is a rule with a limit alone.
  */
-export interface HostRule extends QueueRule {
-  /** The open connections each matching host may hold; 0 is unlimited. */
-  limit: number;
+export interface HostRule extends RuleSettings {
+  /**
+   * The open connections each matching host may hold; 0 is unlimited. Left
+   * out, the limit comes from a lower layer's rule or the default.
+   */
+  limit?: number;
+}
+
+/** The default rule in full: the limit and settings of hosts no other rule matches. */
+export interface DefaultRule extends RuleSettings {
+  /** The limit; 0 (the default) is unlimited. */
+  limit?: number;
 }
 
 /**
  * A group: hosts that share one limit on their open connections together,
  * on top of each host's own limit.
  */
-export interface GroupRule extends QueueRule {
+export interface GroupRule extends RuleSettings {
   /** The group's name: letters, digits, `.`, `_` or `-`. */
   name: string;
   /** Host patterns of the members: `host`, `host:port` or `*.suffix`. */
@@ -65,8 +87,11 @@ export interface GroupRule extends QueueRule {
  * ```
  */
 export interface LimitRules {
-  /** The limit of hosts no other rule matches; 0 (the default) is unlimited. */
-  default?: number;
+  /**
+   * The limit of hosts no other rule matches (0, the default, is
+   * unlimited), or a {@linkcode DefaultRule} with settings too.
+   */
+  default?: number | DefaultRule;
   /**
    * Per-host rules by pattern (`host`, `host:port` or `*.suffix`): a limit
    * (0 is unlimited), or a {@linkcode HostRule} with queue settings too.
@@ -158,22 +183,26 @@ export function parseHostPattern(pattern: string): string {
   return hostKey(text);
 }
 
-/** Queue settings a rule overrides, validated. */
-export interface NormalQueue {
+/** Settings a rule gives, validated. */
+export interface NormalSettings {
   /** Time a request waits for a slot, in milliseconds. */
   queueTimeout?: number;
   /** Requests that may wait per host in each process. */
   queueMax?: number;
+  /** New requests or tunnels per second. */
+  rate?: number;
+  /** The longest pause a `Retry-After` may ask for, in milliseconds. */
+  retryAfterMax?: number;
 }
 
 /** A validated host rule. */
-export interface NormalHostRule extends NormalQueue {
-  /** The limit; 0 is unlimited. */
-  limit: number;
+export interface NormalHostRule extends NormalSettings {
+  /** The limit; 0 is unlimited; `undefined`: the default's. */
+  limit?: number;
 }
 
 /** A validated group, its patterns normalised. */
-export interface NormalGroup extends NormalQueue {
+export interface NormalGroup extends NormalSettings {
   /** The group's name. */
   name: string;
   /** Normalised patterns of the members. */
@@ -186,6 +215,8 @@ export interface NormalGroup extends NormalQueue {
 export interface NormalRules {
   /** The default limit. */
   default: number | undefined;
+  /** The default's settings. */
+  defaults: NormalSettings;
   /** Host rules by normalised pattern. */
   hosts: Map<string, NormalHostRule>;
   /** Groups, their patterns normalised. */
@@ -193,9 +224,9 @@ export interface NormalRules {
 }
 
 const RULE_FIELDS = ["default", "hosts", "groups"];
-const QUEUE_FIELDS = ["queue-timeout", "queue-max"];
-const HOST_FIELDS = ["limit", ...QUEUE_FIELDS];
-const GROUP_FIELDS = ["name", "match", "limit", ...QUEUE_FIELDS];
+const SETTING_FIELDS = ["queue-timeout", "queue-max", "rate", "retry-after-max"];
+const HOST_FIELDS = ["limit", ...SETTING_FIELDS];
+const GROUP_FIELDS = ["name", "match", "limit", ...SETTING_FIELDS];
 /** The largest `queue-max`, as for the flag. */
 const QUEUE_MAX = 1_000_000;
 
@@ -218,27 +249,30 @@ function checkLimit(value: unknown, path: RulePath): number {
   return value as number;
 }
 
-/** Checks the queue settings of a host rule or group at `path`. */
-function checkQueue(rule: Record<string, unknown>, path: RulePath): NormalQueue {
-  const out: NormalQueue = {};
-  const timeout = rule["queue-timeout"];
-  if (timeout !== undefined) {
-    let ms = NaN;
-    if (typeof timeout === "string" || typeof timeout === "number") {
-      try {
-        ms = parseDuration(String(timeout));
-      } catch {
-        // Reported below.
-      }
+/** Reads the duration of setting `field` at `path`, in milliseconds. */
+function checkDuration(value: unknown, path: RulePath): number {
+  let ms = NaN;
+  if (typeof value === "string" || typeof value === "number") {
+    try {
+      ms = parseDuration(String(value));
+    } catch {
+      // Reported below.
     }
-    if (!Number.isSafeInteger(ms)) {
-      throw new RulesError(
-        [...path, "queue-timeout"],
-        `must be a duration such as 500ms, 10s or 2m, got ${describe(timeout)}`,
-      );
-    }
-    out.queueTimeout = ms;
   }
+  if (!Number.isSafeInteger(ms)) {
+    throw new RulesError(
+      path,
+      `must be a duration such as 500ms, 10s or 2m, got ${describe(value)}`,
+    );
+  }
+  return ms;
+}
+
+/** Checks the settings of a rule or group at `path`. */
+function checkSettings(rule: Record<string, unknown>, path: RulePath): NormalSettings {
+  const out: NormalSettings = {};
+  const timeout = rule["queue-timeout"];
+  if (timeout !== undefined) out.queueTimeout = checkDuration(timeout, [...path, "queue-timeout"]);
   const max = rule["queue-max"];
   if (max !== undefined) {
     if (!Number.isSafeInteger(max) || (max as number) < 0 || (max as number) > QUEUE_MAX) {
@@ -249,22 +283,55 @@ function checkQueue(rule: Record<string, unknown>, path: RulePath): NormalQueue 
     }
     out.queueMax = max as number;
   }
+  const rate = rule.rate;
+  if (rate !== undefined) {
+    try {
+      if (typeof rate !== "string") throw new TypeError();
+      out.rate = parseRate(rate);
+    } catch {
+      throw new RulesError(
+        [...path, "rate"],
+        `must be a rate such as 10/s, 600/m or 3600/h, got ${describe(rate)}`,
+      );
+    }
+  }
+  const pause = rule["retry-after-max"];
+  if (pause !== undefined) out.retryAfterMax = checkDuration(pause, [...path, "retry-after-max"]);
   return out;
 }
 
-/** Checks a host rule: a limit, or a mapping of a limit and queue settings. */
-function checkHostRule(value: unknown, path: RulePath): NormalHostRule {
-  if (!isRecord(value)) return { limit: checkLimit(value, path) };
+/** Checks that `value` has only `fields`, naming them as a `what` field. */
+function checkFields(
+  value: Record<string, unknown>,
+  fields: string[],
+  what: string,
+  path: RulePath,
+) {
   for (const field of Object.keys(value)) {
-    if (!HOST_FIELDS.includes(field)) {
+    if (!fields.includes(field)) {
       throw new RulesError(
         [...path, field],
-        `is not a host rule field (${HOST_FIELDS.join(", ")})`,
+        `is not a ${what} field (${fields.join(", ")})`,
         { inKey: true },
       );
     }
   }
-  return { limit: checkLimit(value.limit, [...path, "limit"]), ...checkQueue(value, path) };
+}
+
+/**
+ * Checks a host rule or the default: a limit, or a mapping of a limit
+ * (which a host rule with settings may leave out) and settings.
+ */
+function checkHostRule(value: unknown, path: RulePath): NormalHostRule {
+  if (!isRecord(value)) return { limit: checkLimit(value, path) };
+  checkFields(value, HOST_FIELDS, path[0] === "default" ? "default" : "host rule", path);
+  const out = checkSettings(value, path);
+  if (value.limit === undefined && Object.keys(out).length === 0) {
+    throw new RulesError([...path, "limit"], "must be an integer >= 0, got nothing");
+  }
+  return value.limit === undefined
+    ? out
+    : { limit: checkLimit(value.limit, [...path, "limit"]), ...out };
 }
 
 /**
@@ -282,8 +349,12 @@ export function normalizeRules(value: unknown): NormalRules {
       });
     }
   }
-  const out: NormalRules = { default: undefined, hosts: new Map(), groups: [] };
-  if (value.default !== undefined) out.default = checkLimit(value.default, ["default"]);
+  const out: NormalRules = { default: undefined, defaults: {}, hosts: new Map(), groups: [] };
+  if (value.default !== undefined) {
+    const { limit, ...settings } = checkHostRule(value.default, ["default"]);
+    out.default = limit;
+    out.defaults = settings;
+  }
 
   if (value.hosts !== undefined) checkHosts(value.hosts, out.hosts);
   if (value.groups !== undefined) checkGroups(value.groups, out.groups);
@@ -323,17 +394,7 @@ function checkGroups(raw: unknown, out: NormalRules["groups"]): void {
     if (!isRecord(group)) {
       throw new RulesError(at, `must be a mapping with name, match and limit`);
     }
-    for (const field of Object.keys(group)) {
-      if (!GROUP_FIELDS.includes(field)) {
-        throw new RulesError(
-          [...at, field],
-          `is not a group field (${GROUP_FIELDS.join(", ")})`,
-          {
-            inKey: true,
-          },
-        );
-      }
-    }
+    checkFields(group, GROUP_FIELDS, "group", at);
     const { name, match, limit } = group;
     if (typeof name !== "string" || !GROUP_NAME.test(name)) {
       throw new RulesError(
@@ -372,7 +433,7 @@ function checkGroups(raw: unknown, out: NormalRules["groups"]): void {
       name,
       match: patterns,
       limit: checkLimit(limit, [...at, "limit"]),
-      ...checkQueue(group, at),
+      ...checkSettings(group, at),
     });
   });
 }
@@ -400,12 +461,21 @@ export function validateRules(value: unknown): LimitRules {
   return value as LimitRules;
 }
 
-/** Queue settings as the rules write them: `queue-timeout` as a duration. */
-function queueFields(q: NormalQueue): QueueRule {
-  const out: QueueRule = {};
+/** Settings as the rules write them: durations and rates in their shortest form. */
+function settingFields(q: NormalSettings): RuleSettings {
+  const out: RuleSettings = {};
   if (q.queueTimeout !== undefined) out["queue-timeout"] = formatDuration(q.queueTimeout);
   if (q.queueMax !== undefined) out["queue-max"] = q.queueMax;
+  if (q.rate !== undefined) out.rate = formatRate(q.rate);
+  if (q.retryAfterMax !== undefined) out["retry-after-max"] = formatDuration(q.retryAfterMax);
   return out;
+}
+
+/** A host rule or the default as the rules write it: a number when it is a limit alone. */
+function ruleField(rule: NormalHostRule): number | HostRule {
+  const settings = settingFields(rule);
+  if (Object.keys(settings).length === 0 && rule.limit !== undefined) return rule.limit;
+  return rule.limit === undefined ? settings : { limit: rule.limit, ...settings };
 }
 
 /**
@@ -418,18 +488,14 @@ function queueFields(q: NormalQueue): QueueRule {
 export function canonicalRules(rules: LimitRules | NormalRules): LimitRules {
   const n = rules.hosts instanceof Map ? rules as NormalRules : normalizeRules(rules);
   const out: LimitRules = {};
-  if (n.default !== undefined) out.default = n.default;
+  if (n.default !== undefined || Object.keys(n.defaults).length) {
+    out.default = ruleField({ limit: n.default, ...n.defaults });
+  }
   if (n.hosts.size) {
     out.hosts = Object.fromEntries(
       [...n.hosts]
         .sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0)
-        .map(([pattern, rule]) => {
-          const queue = queueFields(rule);
-          return [
-            pattern,
-            Object.keys(queue).length ? { limit: rule.limit, ...queue } : rule.limit,
-          ];
-        }),
+        .map(([pattern, rule]) => [pattern, ruleField(rule)]),
     );
   }
   if (n.groups.length) {
@@ -439,7 +505,7 @@ export function canonicalRules(rules: LimitRules | NormalRules): LimitRules {
         name: g.name,
         match: [...g.match].sort(),
         limit: g.limit,
-        ...queueFields(g),
+        ...settingFields(g),
       }));
   }
   return out;
@@ -459,9 +525,19 @@ export function canonicalRules(rules: LimitRules | NormalRules): LimitRules {
 export function hostLimits(rules: LimitRules): Record<string, number> {
   const out: Record<string, number> = {};
   for (const [pattern, rule] of Object.entries(rules.hosts ?? {})) {
-    out[pattern] = typeof rule === "number" ? rule : rule.limit;
+    const limit = typeof rule === "number" ? rule : rule.limit;
+    if (limit !== undefined) out[pattern] = limit;
   }
   return out;
+}
+
+/**
+ * The default limit of rules, whether `default` is written as a number or
+ * as a mapping; `undefined` when they set none.
+ */
+export function defaultLimit(rules: LimitRules): number | undefined {
+  const rule = rules.default;
+  return typeof rule === "object" ? rule.limit : rule;
 }
 
 /**
@@ -479,10 +555,11 @@ export function hostLimits(rules: LimitRules): Record<string, number> {
  * ```
  */
 export function layerRules(...layers: LimitRules[]): LimitRules {
-  const out: NormalRules = { default: undefined, hosts: new Map(), groups: [] };
+  const out: NormalRules = { default: undefined, defaults: {}, hosts: new Map(), groups: [] };
   for (const layer of layers) {
     const n = normalizeRules(layer);
     if (n.default !== undefined) out.default = n.default;
+    out.defaults = { ...out.defaults, ...n.defaults };
     for (const [key, rule] of n.hosts) out.hosts.set(key, { ...out.hosts.get(key), ...rule });
     if (layer.groups !== undefined) out.groups = n.groups;
   }
