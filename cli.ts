@@ -14,14 +14,24 @@
 import { dirname } from "node:path";
 import { parseArgs } from "node:util";
 import { configure, getStreamSink, getTextFormatter, type LogLevel, reset } from "@logtape/logtape";
-import { parseDuration } from "./lib/duration.ts";
 import { FLAGS, joinNegativeValues, usage } from "./lib/cli_flags.ts";
 import { splitHostPort } from "./lib/limit/host_key.ts";
 import type { FailureMode, RedisConfig } from "./lib/limit/redis_config.ts";
 import { ProxyRateLimiter } from "./lib/proxy_rate_limiter.ts";
 import type { ProxyRateLimiterOptions } from "./lib/proxy_options.ts";
 import { VERSION } from "./lib/version.ts";
-import { parseHostPattern, rulesFromLimits } from "./lib/limit/rules/rules.ts";
+import type { LimitRules } from "./lib/limit/rules/rules.ts";
+import { rulesFromLimits } from "./lib/limit/rules/rule_limits.ts";
+import { formatRate } from "./lib/limit/gcra.ts";
+import {
+  duration,
+  hostValues,
+  integer,
+  type ParsedArgs,
+  rate,
+  readEnv,
+  UsageError,
+} from "./lib/cli_values.ts";
 import { ConfigError, type ConfigFile, loadConfigFile } from "./lib/config/config_file.ts";
 import { watchConfigFile } from "./lib/config/watch.ts";
 import { exposedWithoutToken } from "./lib/admin/admin_server.ts";
@@ -31,54 +41,6 @@ import { jsonLinesFormatter } from "./lib/log_format.ts";
 import { parseAccessFlags, parseSwitch, splitList } from "./lib/access/access_flags.ts";
 
 export { usage };
-/** The flags as `parseArgs` returns them. */
-type ParsedArgs = Record<string, string | string[] | boolean | undefined>;
-
-/** A bad flag or environment value. */
-class UsageError extends Error {}
-
-function readEnv(name: string): string | undefined {
-  try {
-    return Deno.env.get(name);
-  } catch {
-    return undefined; // not granted: treated as unset
-  }
-}
-
-/** What 0 means for the numeric flags where it is special, said in their range errors. */
-const ZERO_MEANS: Record<string, string> = {
-  "port": "0 picks a free one",
-  "admin-port": "0 picks a free one",
-  "max-connections": "0 is unlimited",
-  "host-limit": "0 leaves the host to the default",
-  "max-idle-per-host": "0 keeps none",
-  "max-clients": "0 is no cap",
-  "max-clients-per-ip": "0 is no cap",
-};
-
-function integer(name: string, text: string, min: number, max: number): number {
-  if (!/^-?[0-9]+$/.test(text.trim())) {
-    throw new UsageError(`--${name} must be an integer, got "${text}"`);
-  }
-  const n = Number(text);
-  if (n < min || n > max) {
-    const range = max >= 1_000_000 && min === 0 ? "0 or more" : `between ${min} and ${max}`;
-    const zero = min === 0 && ZERO_MEANS[name] ? ` (${ZERO_MEANS[name]})` : "";
-    throw new UsageError(`--${name} must be ${range}${zero}, got ${n}`);
-  }
-  return n;
-}
-
-function duration(name: string, text: string): number {
-  try {
-    return parseDuration(text);
-  } catch {
-    throw new UsageError(
-      `--${name} must be a duration such as 500ms, 10s or 2m, got "${text}"`,
-    );
-  }
-}
-
 function nodes(name: string, text: string): { host: string; port: number }[] {
   return text.split(",").map((s) => s.trim()).filter(Boolean).map((node) => {
     const { hostname, port } = splitHostPort(node);
@@ -250,20 +212,15 @@ function parseValues(
     );
   }
 
+  const flagRules = flagLimits(parsed, value);
   const options: ProxyRateLimiterOptions = {
     port: integer("port", value("port")!, 0, 65535),
     hostname: value("hostname"),
-    defaultMaxConnectionsPerHost: integer(
-      "max-connections",
-      value("max-connections")!,
-      0,
-      Number.MAX_SAFE_INTEGER,
-    ),
-    hostLimits: parseHostLimits(parsed),
     rejectStatus: integer("reject-status", value("reject-status")!, 400, 599),
     queueTimeout: duration("queue-timeout", value("queue-timeout")!),
     queueMax: integer("queue-max", value("queue-max")!, 0, 1_000_000),
     retryAfterMax: duration("retry-after-max", value("retry-after-max")!),
+    maxRate: value("max-rate") ? rate("max-rate", value("max-rate")!) : undefined,
     maxIdlePerHost: integer(
       "max-idle-per-host",
       value("max-idle-per-host")!,
@@ -283,12 +240,6 @@ function parseValues(
     throw new UsageError(`--log-format must be text or json, got "${logFormat}"`);
   }
   // Limits: the file's rules over the flags' (a flag must not pin a limit a reload cannot change).
-  const flagRules = rulesFromLimits({
-    defaultLimit: options.defaultMaxConnectionsPerHost,
-    hostLimits: options.hostLimits,
-  });
-  delete options.defaultMaxConnectionsPerHost;
-  delete options.hostLimits;
   options.flagRules = flagRules;
   options.rules = file.rules;
   // One worker for every reload, stopped with the proxy.
@@ -316,6 +267,20 @@ function parseValues(
   };
 }
 
+/** The limit rules the flags stand for: `--max-connections`, `--host-limit`, `--host-rate`. */
+function flagLimits(parsed: ParsedArgs, value: (name: string) => string | undefined): LimitRules {
+  return rulesFromLimits({
+    defaultLimit: integer("max-connections", value("max-connections")!, 0, Number.MAX_SAFE_INTEGER),
+    hostLimits: hostValues(
+      parsed,
+      "host-limit",
+      "-?[0-9]+",
+      (n) => integer("host-limit", n, 0, Number.MAX_SAFE_INTEGER),
+    ),
+    hostRates: hostValues(parsed, "host-rate", "\\S+", (r) => formatRate(rate("host-rate", r))),
+  });
+}
+
 /** The timeouts the flags ask for. */
 function timeoutOptions(
   value: (name: string) => string | undefined,
@@ -329,24 +294,6 @@ function timeoutOptions(
     upstreamIdle: ms("upstream-idle-timeout"),
     fin: ms("fin-timeout"),
   };
-}
-
-/** The values of `--host-limit` (else of `DPRL_HOST_LIMITS`), checked. */
-function parseHostLimits(parsed: ParsedArgs): Record<string, number> {
-  const hostLimits: Record<string, number> = {};
-  const limitArgs = parsed["host-limit"] as string[] | undefined ??
-    splitList(readEnv("DPRL_HOST_LIMITS"));
-  for (const entry of limitArgs) {
-    const m = /^([^=\s]+)=(-?[0-9]+)$/.exec(entry.trim());
-    if (!m) throw new UsageError(`--host-limit must be host=N, got "${entry}"`);
-    try {
-      parseHostPattern(m[1]);
-    } catch (err) {
-      throw new UsageError(`--host-limit host "${m[1]}" ${(err as Error).message}`);
-    }
-    hostLimits[m[1]] = integer("host-limit", m[2], 0, Number.MAX_SAFE_INTEGER);
-  }
-  return hostLimits;
 }
 
 /** A switch: the flag, else its variable (text, checked later), else the file's. */

@@ -13,7 +13,8 @@
 import { parseArgs } from "node:util";
 import { LimitTable } from "../lib/limit/limit_table.ts";
 import { RuleTable } from "../lib/limit/rules/rule_table.ts";
-import { defaultLimit, hostLimits, type LimitRules } from "../lib/limit/rules/rules.ts";
+import type { LimitRules } from "../lib/limit/rules/rules.ts";
+import { defaultLimit, hostLimits } from "../lib/limit/rules/rule_limits.ts";
 
 const args = parseArgs({
   args: Deno.args,

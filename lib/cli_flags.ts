@@ -91,6 +91,18 @@ export const FLAGS: Record<string, Flag> = {
     help: "longest pause a host's Retry-After (on a 429 or 503) may ask for: meanwhile its new " +
       "requests wait or get a 503; 0 honours none",
   },
+  "max-rate": {
+    value: "n/s",
+    env: "DPRL_MAX_RATE",
+    help: "new requests (plain HTTP) or tunnels (CONNECT) per second, minute or hour each host " +
+      "may be sent, across the fleet: 10/s, 600/m or 3600/h; unset, no rate",
+  },
+  "host-rate": {
+    value: "host=n/s",
+    env: "DPRL_HOST_RATES",
+    multiple: true,
+    help: "request rate of one host, repeatable, as --max-rate takes it",
+  },
   "max-idle-per-host": {
     value: "n",
     env: "DPRL_MAX_IDLE_PER_HOST",

@@ -181,6 +181,15 @@ export interface ProxyRateLimiterOptions {
    * none. Default 60000. In distributed mode the whole fleet honours it.
    */
   retryAfterMax?: number;
+  /**
+   * New upstream requests (plain HTTP) and tunnels (CONNECT) per second that
+   * each host may be sent; over it, a request waits for its turn (when its
+   * queue timeout reaches that far) or is refused with `rejectStatus` and
+   * `Retry-After`. In distributed mode the rate is the fleet's. No rate by
+   * default. A host rule, group (shared by its members) or the default rule
+   * of `rules` may set its own (`rate`).
+   */
+  maxRate?: number;
   /** Logs one line per exchange or tunnel (category `["dprl", "access"]`). Default `false`. */
   accessLog?: boolean;
   /**

@@ -397,6 +397,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
       queueTimeout: o.queueTimeout,
       queueMax: o.queueMax,
       retryAfterMax: o.retryAfterMax,
+      maxRate: o.maxRate,
     });
     this.#server = server;
     const served = server.serve();

@@ -155,6 +155,7 @@ Deno.test("GET /api/hosts lists hosts busiest first with their counters", async 
       queue_timeout: 0,
       queue_full: 0,
       paused: 0,
+      rate: 0,
     },
     upstreamErrors: {},
   });

@@ -4,7 +4,9 @@
 import assert from "node:assert/strict";
 // deno-lint-ignore no-import-prefix -- test-only packages stay out of deno.json, see tests/deno.lock
 import fc from "npm:fast-check@4.11.0";
-import { gcraCheck, parseRate, RateError } from "../lib/limit/gcra.ts";
+import { gcraCheck, gcraTurn, parseRate, RateError } from "../lib/limit/gcra.ts";
+import { LocalRates } from "../lib/limit/local_rates.ts";
+import { RateLimitedError } from "../lib/limit/limiter.ts";
 
 Deno.test("parseRate reads counts per second, minute and hour as requests per second", () => {
   assert.equal(parseRate("10/s"), 10);
@@ -208,4 +210,54 @@ Deno.test("property: a flood denser than the burst's slack gets the full rate", 
       },
     ),
   );
+});
+
+Deno.test("gcraTurn: turns taken in the order asked, one period apart, none past the longest wait", () => {
+  fc.assert(fc.property(
+    fc.integer({ min: 1, max: 1_000 }),
+    fc.integer({ min: 0, max: 5_000 }),
+    fc.array(fc.integer({ min: 0, max: 300 }), { minLength: 1, maxLength: 60 }),
+    (periodMs, maxWaitMs, steps) => {
+      let tat = 0;
+      let now = 1_000_000;
+      const starts: number[] = [];
+      for (const step of steps) {
+        now += step;
+        const turn = gcraTurn({ tat, now, periodMs, maxWaitMs });
+        if ("retryAfterMs" in turn) {
+          assert.ok(turn.retryAfterMs > maxWaitMs);
+          // The turn it names is free then, one ms before it is not.
+          assert.equal(gcraCheck({ tat, now: now + turn.retryAfterMs, periodMs }).allowed, true);
+          assert.equal(
+            gcraCheck({ tat, now: now + turn.retryAfterMs - 1, periodMs }).allowed,
+            false,
+          );
+          continue;
+        }
+        assert.ok(turn.waitMs <= maxWaitMs);
+        starts.push(now + turn.waitMs);
+        tat = turn.tat;
+      }
+      for (let i = 1; i < starts.length; i++) {
+        assert.ok(starts[i] - starts[i - 1] >= periodMs, "one period apart, in order");
+      }
+    },
+  ));
+});
+
+Deno.test("LocalRates: waits within the longest wait, refuses past it, and sweeps passed states", () => {
+  const rates = new LocalRates();
+  const rate = { key: "a", perSecond: 10, maxWaitMs: 150 };
+  assert.equal(rates.take(rate, 1_000), 0);
+  assert.equal(rates.take(rate, 1_000), 100);
+  assert.throws(() => rates.take(rate, 1_000), (err: unknown) => {
+    assert.ok(err instanceof RateLimitedError);
+    assert.equal(err.key, "a");
+    assert.equal(err.retryAfterMs, 200);
+    return true;
+  });
+  for (let i = 0; i < 2_000; i++) {
+    rates.take({ key: `h${i}`, perSecond: 1000, maxWaitMs: 0 }, 5_000 + i);
+  }
+  assert.ok(rates.size < 2_000, `${rates.size} states kept`);
 });

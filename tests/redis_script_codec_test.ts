@@ -15,7 +15,12 @@ const HOST = {
   releases: 1,
   groupLimit: -1,
   pause: 0,
-  asks: [{ limit: 4, ticket: "" }, { limit: 4, ticket: "w1|7" }],
+  rate: "h 100 0",
+  asks: [{ limit: 4, ticket: "" }, { limit: 4, ticket: "w1|7" }, {
+    limit: 0,
+    ticket: "",
+    slot: false,
+  }],
 };
 
 const ACQUIRE_INPUT = {
@@ -47,34 +52,47 @@ Deno.test("acquire: keys leases, epoch, then n, members, q, qw per host; per hos
   ]);
   assert.deepEqual(args, [
     ...["w1", 15_000, 180_000, "tok", "new"],
-    ...["h", 2, 1, 1, -1, 0, 2, 4, "4 w1|7"],
-    ...["g", 2, 1, 1, -1, 0, 0],
+    ...["h", 2, 1, 1, -1, 0, "h 100 0", 3, 4, "4 w1|7", "r"],
+    ...["g", 2, 1, 1, -1, 0, "h 100 0", 0],
   ]);
   // The script reads its arguments at these positions.
   assert.match(ACQUIRE_LUA, /local ttl = tonumber\(ARGV\[3\]\)/);
   assert.match(ACQUIRE_LUA, /local pause = tonumber\(ARGV\[a \+ 5\]\)/);
-  assert.match(ACQUIRE_LUA, /local asks = tonumber\(ARGV\[a \+ 6\]\)/);
+  assert.match(ACQUIRE_LUA, /local rate = ARGV\[a \+ 6\]/);
+  assert.match(ACQUIRE_LUA, /local asks = tonumber\(ARGV\[a \+ 7\]\)/);
   const untrusted = { ...ACQUIRE_INPUT, hosts: [{ ...HOST, trusted: false }] };
   assert.deepEqual(ACQUIRE.encode(untrusted).args[7], 0);
 });
 
 Deno.test("acquire: the reply by name, per host its total, loss, queue, pause and grants, then healed keys", () => {
   const reply = ACQUIRE.decode(
-    ["tok", 0, 3, 2, 5, 0, 1, 0, 1, 0, 0, 9_000, "p:{h}:q", "string", "zset"],
+    ["tok", 0, 3, 2, 5, 0, 1, 0, 251, 1, 0, 0, 9_000, "p:{h}:q", "string", "zset"],
     ACQUIRE_INPUT,
   );
   assert.deepEqual(reply, {
     epoch: "tok",
     lost: 0,
     hosts: [
-      { total: 3, lost: 2, waiting: 5, paused: 0, granted: [true, false] },
-      { total: 1, lost: 0, waiting: 0, paused: 9_000, granted: [] },
+      {
+        total: 3,
+        lost: 2,
+        waiting: 5,
+        paused: 0,
+        granted: [true, false, true],
+        waitMs: [0, 0, 250],
+        retryMs: [0, 0, 0],
+      },
+      { total: 1, lost: 0, waiting: 0, paused: 9_000, granted: [], waitMs: [], retryMs: [] },
     ],
     healed: [{ key: "p:{h}:q", type: "string", kind: "zset" }],
   });
   assert.deepEqual(
-    ACQUIRE.decode(["t", 0, 1, 0, 0, 0, 1, 0, 1, 0, 0, 0], ACQUIRE_INPUT).healed,
+    ACQUIRE.decode(["t", 0, 1, 0, 0, 0, 1, 0, -40, 1, 0, 0, 0], ACQUIRE_INPUT).healed,
     [],
+  );
+  assert.deepEqual(
+    ACQUIRE.decode(["t", 0, 1, 0, 0, 0, 1, 0, -40, 1, 0, 0, 0], ACQUIRE_INPUT).hosts[0].retryMs,
+    [0, 0, 40],
   );
   assert.throws(() => ACQUIRE.decode("OK", ACQUIRE_INPUT), TypeError);
 });

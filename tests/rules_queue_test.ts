@@ -12,12 +12,12 @@ import { diffRules } from "../lib/limit/rules/diff.ts";
 import { RuleTable } from "../lib/limit/rules/rule_table.ts";
 import {
   canonicalRules,
-  hostLimits,
   layerRules,
   type LimitRules,
   RulesError,
   validateRules,
 } from "../lib/limit/rules/rules.ts";
+import { hostLimits } from "../lib/limit/rules/rule_limits.ts";
 import { ConfigError, loadConfigFile, parseConfig } from "../lib/config/config_file.ts";
 import type { ProxyRateLimiter } from "../mod.ts";
 import { BufferedConn, header, readResponse, request, text, waitFor } from "./_helpers/raw.ts";
@@ -491,6 +491,7 @@ Deno.test("through a real proxy with queue timeout 0: a rule's queue-timeout wai
     queue_timeout: 0,
     limiter_unavailable: 0,
     paused: 0,
+    rate: 0,
   });
   short.release();
   assert.equal((await shortHolder).status, 200);

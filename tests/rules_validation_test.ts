@@ -5,9 +5,9 @@ import {
   layerRules,
   parseHostPattern,
   RulesError,
-  rulesFromLimits,
   validateRules,
 } from "../lib/limit/rules/rules.ts";
+import { rulesFromLimits } from "../lib/limit/rules/rule_limits.ts";
 
 function problem(rules: unknown): string {
   try {

@@ -99,7 +99,7 @@ export class ConfigError extends Error {
 }
 
 const RULE_KEYS = ["default", "hosts", "groups"];
-const NOT_IN_FILE = ["config", "help", "version", "host-limit"];
+const NOT_IN_FILE = ["config", "help", "version", "host-limit", "host-rate"];
 
 /** Levenshtein distance, for "did you mean". */
 function distance(a: string, b: string): number {
@@ -282,6 +282,8 @@ function readItems(root: YAMLMap, js: Record<string, unknown>, ctx: ItemContext)
       if (js[key] !== null) rules[key] = js[key];
     } else if (key === "host-limit") {
       fail("host-limit is written as hosts in the file, a mapping of host to limit", at);
+    } else if (key === "host-rate") {
+      fail("host-rate is written as hosts in the file, as a host rule's rate", at);
     } else if (!known.includes(key)) {
       fail(`${key} is not a setting${suggestion(key, known)}`, at);
     } else {

@@ -15,7 +15,7 @@ import {
   runScript,
 } from "./redis_script_codec.ts";
 import { RedisConnectionLostError, RedisCountsLostError } from "./redis_errors.ts";
-import { LimiterUnavailableError } from "./limiter.ts";
+import { LimiterUnavailableError, type RateLimit, RateLimitedError } from "./limiter.ts";
 import type { SentHost } from "./host_ledger.ts";
 import type { FleetQueue } from "./fleet_queue.ts";
 import type { LimiterContext } from "./limiter_context.ts";
@@ -29,8 +29,12 @@ export interface PendingAcquire {
   ticket: string;
   /** The group's limit; -1: no group. */
   groupLimit: number;
-  /** Settles the acquire. */
-  resolve: (granted: boolean) => void;
+  /** `false` for a turn under `rate` alone, without a slot (a request on an open connection). */
+  slot: boolean;
+  /** The rate the request is held to, if any. */
+  rate?: RateLimit;
+  /** Settles the acquire: `false` when refused by the limit, else the ms to wait for its turn (0: now). */
+  resolve: (grant: number | false) => void;
   /** Fails the acquire. */
   reject: (error: unknown) => void;
 }
@@ -38,7 +42,8 @@ export interface PendingAcquire {
 /** What one host carried in an acquire call. */
 interface SentBatch {
   host: string;
-  sent: SentHost;
+  /** What the ledger sent; `null` for turns under a rate alone. */
+  sent: SentHost | null;
   acquires: PendingAcquire[];
 }
 
@@ -63,6 +68,8 @@ export class AcquireCalls {
   #o: AcquireCallsOptions;
   /** Acquires asked and not sent yet, by host. */
   #asked = new Map<string, PendingAcquire[]>();
+  /** Turns under a rate alone asked and not sent yet, by host (no ledger work). */
+  #turns = new Map<string, PendingAcquire[]>();
   /** Pauses to tell the fleet with the next call, by host (ms since epoch). */
   #pauses = new Map<string, number>();
   #batches: SlotBatches;
@@ -78,10 +85,14 @@ export class AcquireCalls {
     });
   }
 
-  /** Asks Redis for one slot of `host` (already counted as asked in the ledger) with this turn's call. */
+  /**
+   * Asks Redis for one slot of `host` (already counted as asked in the
+   * ledger), or for a turn alone (`acquire.slot` false), with this turn's call.
+   */
   ask(host: string, acquire: PendingAcquire): void {
-    let asked = this.#asked.get(host);
-    if (!asked) this.#asked.set(host, asked = []);
+    const map = acquire.slot ? this.#asked : this.#turns;
+    let asked = map.get(host);
+    if (!asked) map.set(host, asked = []);
     asked.push(acquire);
     this.#batches.add(host, true);
   }
@@ -129,10 +140,12 @@ export class AcquireCalls {
   close(): void {
     this.#batches.clear();
     const closed = new LimiterUnavailableError("Redis limiter is closed");
-    for (const acquires of this.#asked.values()) {
-      for (const acquire of acquires) acquire.reject(closed);
+    for (const map of [this.#asked, this.#turns]) {
+      for (const acquires of map.values()) {
+        for (const acquire of acquires) acquire.reject(closed);
+      }
+      map.clear();
     }
-    this.#asked.clear();
   }
 
   /** Sends one acquire call for `hosts` of the slot of epoch key `slot`, written now. */
@@ -140,16 +153,23 @@ export class AcquireCalls {
     const { ledger } = this.#o;
     const batches: SentBatch[] = [];
     for (const host of hosts) {
-      if (!ledger.hasWork(host) && !(this.#pauses.has(host) && ledger.canSync(host))) continue;
-      const acquires = this.#asked.get(host) ?? [];
-      this.#asked.delete(host);
-      batches.push({ host, sent: ledger.send(host), acquires });
+      const work = ledger.hasWork(host) || (this.#pauses.has(host) && ledger.canSync(host));
+      const turns = this.#turns.get(host) ?? [];
+      if (!work && turns.length === 0) continue;
+      this.#turns.delete(host);
+      const acquires = work ? this.#asked.get(host) ?? [] : [];
+      if (work) this.#asked.delete(host);
+      batches.push({
+        host,
+        sent: work ? ledger.send(host) : null,
+        acquires: [...acquires, ...turns],
+      });
     }
     if (batches.length === 0) return false;
     if (this.#o.closed()) {
       const closed = new LimiterUnavailableError("Redis limiter is closed");
       for (const { host, sent, acquires } of batches) {
-        ledger.failed(host, sent);
+        if (sent) ledger.failed(host, sent);
         for (const acquire of acquires) acquire.reject(closed);
       }
       return false;
@@ -167,7 +187,7 @@ export class AcquireCalls {
         answered();
         // Redis may have applied it anyway; the next sync sets the truth.
         for (const { host, sent, acquires } of batches) {
-          if (ledger.failed(host, sent)) this.#o.syncNow(host);
+          if (sent && ledger.failed(host, sent)) this.#o.syncNow(host);
           for (const acquire of acquires) this.#o.decide(host, acquire, error);
         }
       },
@@ -192,11 +212,12 @@ export class AcquireCalls {
         members: keys.members(host),
         q: keys.key(host, "q"),
         qw: keys.key(host, "qw"),
-        floor: sent.floor,
-        trusted: sent.trusted,
-        releases: sent.releases,
-        groupLimit: acquires.at(-1)?.groupLimit ?? -1,
+        floor: sent?.floor ?? 0,
+        trusted: sent?.trusted ?? false,
+        releases: sent?.releases ?? 0,
+        groupLimit: acquires.findLast((a) => a.slot)?.groupLimit ?? -1,
         pause: this.#takePause(host),
+        rate: rateSpec(acquires.at(-1)?.rate),
         asks: acquires,
       })),
     };
@@ -228,7 +249,7 @@ export class AcquireCalls {
    * answered.
    */
   #distrusted({ host, sent, acquires }: SentBatch, answer: AcquiredHost): void {
-    if (this.#o.ledger.distrusted(host, sent, answer.granted.filter(Boolean).length)) {
+    if (sent && this.#o.ledger.distrusted(host, sent, slotsGranted(acquires, answer))) {
       this.#o.syncNow(host);
     }
     const lost = new RedisConnectionLostError("Connection to Redis was lost while acquiring");
@@ -239,20 +260,22 @@ export class AcquireCalls {
     const { ledger, queue, fleet } = this.#o;
     // Told before the acquires settle: a refused one reads it.
     if (answer.paused > 0) this.#o.paused(host, answer.paused);
-    if (ledger.answered(host, sent, answer.granted.filter(Boolean).length)) this.#o.syncNow(host);
+    if (sent && ledger.answered(host, sent, slotsGranted(acquires, answer))) this.#o.syncNow(host);
     if (answer.total >= 0) {
       queue.note(host, answer.waiting);
       fleet.set(host, answer.total);
     } else {
       // Slots given back only: Redis took no sum.
       const known = fleet.get(host);
-      if (known !== undefined) fleet.set(host, Math.max(0, known - sent.releases));
+      if (known !== undefined) fleet.set(host, Math.max(0, known - (sent?.releases ?? 0)));
     }
     let refused = false;
     acquires.forEach((acquire, i) => {
       if (answer.granted[i]) {
         if (acquire.ticket) queue.forget(host, acquire.ticket);
-        acquire.resolve(true);
+        acquire.resolve(answer.waitMs[i]);
+      } else if (answer.retryMs[i] > 0) {
+        acquire.reject(new RateLimitedError(acquire.rate?.key ?? host, answer.retryMs[i]));
       } else if (lost > 0) {
         // The sum may be partial: decide as if Redis had not answered.
         this.#o.decide(host, acquire, new RedisCountsLostError());
@@ -266,4 +289,16 @@ export class AcquireCalls {
     // A pause asked for while this call was in flight goes with the next.
     if (this.#pauses.has(host)) this.#batches.add(host, true);
   }
+}
+
+/** The slots granted in an answer (turns alone left out). */
+function slotsGranted(acquires: PendingAcquire[], answer: AcquiredHost): number {
+  return acquires.filter((a, i) => a.slot && answer.granted[i]).length;
+}
+
+/** A rate as {@linkcode ACQUIRE} takes it: `"<key> <periodMs> <maxWaitMs>"`, or `""`. */
+function rateSpec(rate: RateLimit | undefined): string {
+  return rate
+    ? `${rate.key} ${1000 / rate.perSecond} ${Math.max(0, Math.floor(rate.maxWaitMs))}`
+    : "";
 }

@@ -12,7 +12,8 @@ import type { FailureMode } from "./redis_config.ts";
 import type { HostLedger } from "./host_ledger.ts";
 import type { RedisKeyNames } from "./redis_key_names.ts";
 import type { PendingAcquire } from "./acquire_calls.ts";
-import { LimiterUnavailableError } from "./limiter.ts";
+import { LimiterUnavailableError, type RateLimit } from "./limiter.ts";
+import { LocalRates } from "./local_rates.ts";
 
 /** Options of {@linkcode FailureFallback}. */
 export interface FailureFallbackOptions {
@@ -29,6 +30,8 @@ export interface FailureFallbackOptions {
 /** Decides acquires by the failure mode while Redis cannot. */
 export class FailureFallback {
   #o: FailureFallbackOptions;
+  /** The rates of mode `"local"`: this process's own. */
+  #rates = new LocalRates();
 
   /** Creates the fallback. */
   constructor(options: FailureFallbackOptions) {
@@ -61,10 +64,43 @@ export class FailureFallback {
     );
   }
 
+  /**
+   * The wait for a turn under `rate` (ms; 0: now): in mode `"open"` every
+   * request has one, in mode `"local"` this process's own rate decides
+   * (throwing `RateLimitedError` when over it), and in mode `"closed"` it
+   * throws {@linkcode LimiterUnavailableError} with `cause`.
+   */
+  turn(rate: RateLimit | undefined, cause: unknown): number {
+    const { mode } = this.#o;
+    if (mode === "closed") {
+      throw new LimiterUnavailableError(
+        "Redis is unavailable, so the request rate cannot be checked",
+        cause === null ? undefined : { cause },
+      );
+    }
+    return rate && mode === "local" ? this.#rates.take(rate, Date.now()) : 0;
+  }
+
+  /**
+   * A slot of `host` (or, for `slot` false, a turn alone) decided by the
+   * failure mode: `false` when refused by the limit, else the wait for the
+   * turn under `rate`. Throws as {@linkcode admit} and {@linkcode turn} do.
+   */
+  grant(
+    host: string,
+    ask: Omit<PendingAcquire, "resolve" | "reject">,
+    cause: unknown,
+  ): number | false {
+    if (!ask.slot) return this.turn(ask.rate, cause);
+    // A turn is taken first: a refusal by the rate then holds no slot.
+    const wait = ask.rate && this.#o.mode === "local" ? this.turn(ask.rate, cause) : 0;
+    return this.admit(host, ask.limit, cause, ask.groupLimit) && wait;
+  }
+
   /** Settles `acquire` by the failure mode, Redis having failed with `cause`. */
   decide(host: string, acquire: PendingAcquire, cause: unknown): void {
     try {
-      acquire.resolve(this.admit(host, acquire.limit, cause, acquire.groupLimit));
+      acquire.resolve(this.grant(host, acquire, cause));
     } catch (error) {
       acquire.reject(error);
     }

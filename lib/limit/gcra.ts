@@ -87,6 +87,47 @@ export function gcraCheck({ tat, now, periodMs, burst = 1 }: GcraOptions): GcraR
   return { allowed: false, tat, retryAfterMs: Math.ceil(allowedAt - t) };
 }
 
+/** The answer of {@linkcode gcraTurn}. */
+export type GcraTurn =
+  | {
+    /** A turn is taken: now (0) or after this many ms. */
+    waitMs: number;
+    /** The TAT to keep. */
+    tat: number;
+  }
+  | {
+    /** No turn within the wait allowed: the next comes after this many ms. */
+    retryAfterMs: number;
+  };
+
+/**
+ * Takes the next turn under a rate of one request per `periodMs` (a burst
+ * of 1), waiting for it up to `maxWaitMs`: a request that may pass now
+ * takes it at once; one whose turn comes within `maxWaitMs` takes that
+ * turn (the TAT moves on, so later requests line up behind it); else none
+ * is taken. The same arithmetic as `ACQUIRE_LUA`'s, on Redis time.
+ *
+ * @example
+ * ```ts
+ * import { gcraTurn } from "./gcra.ts";
+ * const first = gcraTurn({ tat: 0, now: 1000, periodMs: 100, maxWaitMs: 150 });
+ * // { waitMs: 0, tat: 1100 }
+ * const second = gcraTurn({ tat: 1100, now: 1000, periodMs: 100, maxWaitMs: 150 });
+ * // { waitMs: 100, tat: 1200 }
+ * gcraTurn({ tat: 1200, now: 1000, periodMs: 100, maxWaitMs: 150 });
+ * // { retryAfterMs: 200 }
+ * ```
+ */
+export function gcraTurn(
+  { tat, now, periodMs, maxWaitMs }: Omit<GcraOptions, "burst"> & { maxWaitMs: number },
+): GcraTurn {
+  const first = gcraCheck({ tat, now, periodMs });
+  if (first.allowed) return { waitMs: 0, tat: first.tat };
+  if (first.retryAfterMs > maxWaitMs) return { retryAfterMs: first.retryAfterMs };
+  const later = gcraCheck({ tat, now: now + first.retryAfterMs, periodMs });
+  return { waitMs: first.retryAfterMs, tat: later.tat };
+}
+
 /** A rate that cannot be read; the message says what is expected. */
 export class RateError extends Error {
   /** The text as it was given. */

@@ -6,7 +6,8 @@
  * @module
  */
 
-import { canonicalRules, hostLimits, type LimitRules, parseHostPattern } from "./rules/rules.ts";
+import { canonicalRules, type LimitRules, parseHostPattern } from "./rules/rules.ts";
+import { hostLimits } from "./rules/rule_limits.ts";
 
 /** Changes to the fleet's limit table; `null` removes an entry. */
 export interface FleetLimitChanges {

@@ -5,7 +5,8 @@
  * @module
  */
 
-import { canonicalRules, defaultLimit, hostLimits, type LimitRules } from "./rules/rules.ts";
+import { canonicalRules, type LimitRules } from "./rules/rules.ts";
+import { defaultLimit, hostLimits } from "./rules/rule_limits.ts";
 
 /**
  * Where a limit comes from, lowest layer first: the command line's flags,

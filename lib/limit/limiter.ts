@@ -12,12 +12,28 @@ export interface LimitGroup {
   readonly limit: number;
 }
 
+/** A request rate that an acquire or {@linkcode Limiter.admit} is held to. */
+export interface RateLimit {
+  /** Whose rate it is: a host key, or `g:<group>` for a group's shared rate. */
+  readonly key: string;
+  /** New upstream requests or tunnels per second. */
+  readonly perSecond: number;
+  /** The longest a request may wait for its turn, in ms; 0: refused when over the rate. */
+  readonly maxWaitMs: number;
+}
+
 /** What else an acquire names besides the host's own limit. */
 export interface AcquireOptions {
   /** The group the host belongs to, whose limit it shares. */
   group?: LimitGroup;
   /** The request's ticket in the fleet's queue ({@linkcode Limiter.enqueue}). */
   ticket?: string;
+  /**
+   * The rate the request is held to: the slot is granted only with a turn
+   * under the rate, now or within `rate.maxWaitMs` (then
+   * {@linkcode Slot.waitMs} says how long to wait before using it).
+   */
+  rate?: RateLimit;
 }
 
 /**
@@ -29,6 +45,8 @@ export interface AcquireOptions {
 export interface Slot extends Disposable {
   /** The host key the slot counts under. */
   readonly host: string;
+  /** How long to wait before using the slot (the request's turn under its rate), in ms; mostly 0. */
+  readonly waitMs: number;
   /** Gives the slot back; a no-op once given back. */
   release(): void;
 }
@@ -47,14 +65,14 @@ export interface Slot extends Disposable {
  * held; // 0
  * ```
  */
-export function slotOf(host: string, giveBack: () => void): Slot {
+export function slotOf(host: string, giveBack: () => void, waitMs = 0): Slot {
   let held = true;
   const release = (): void => {
     if (!held) return;
     held = false;
     giveBack();
   };
-  return { host, release, [Symbol.dispose]: release };
+  return { host, waitMs, release, [Symbol.dispose]: release };
 }
 
 /**
@@ -79,6 +97,13 @@ export interface Limiter {
    * open ones are closed.
    */
   acquire(host: string, limit: number, options?: AcquireOptions): Promise<Slot | null>;
+  /**
+   * Takes a turn under `rate` for a request to `host` that needs no new
+   * slot (it reuses an open connection): resolves how long to wait for it,
+   * in ms (0: now), or rejects with {@linkcode RateLimitedError} when no
+   * turn comes within `rate.maxWaitMs`.
+   */
+  admit(host: string, rate: RateLimit): Promise<number>;
   /** The number of open connections to `host` (across the fleet). */
   count(host: string): Promise<number>;
   /** Stops the limiter and removes what it holds in shared storage. */
@@ -114,6 +139,21 @@ export interface Limiter {
    * pause when the fleet learnt that the host asked for one.
    */
   onPause?: (host: string, until: number) => void;
+}
+
+/** Thrown when a request has no turn under its rate within the wait it may make. */
+export class RateLimitedError extends Error {
+  /** Whose rate: a host key, or `g:<group>`. */
+  readonly key: string;
+  /** When the next turn comes, in ms from now (at least 1). */
+  readonly retryAfterMs: number;
+  /** Creates the error for the rate of `key`. */
+  constructor(key: string, retryAfterMs: number) {
+    super(`Request rate reached for ${key}; the next turn comes in ${retryAfterMs} ms`);
+    this.name = "RateLimitedError";
+    this.key = key;
+    this.retryAfterMs = retryAfterMs;
+  }
 }
 
 /** Thrown when a limiter cannot reach its shared storage and must refuse. */

@@ -1,20 +1,38 @@
-import { type AcquireOptions, type Limiter, type Slot, slotOf } from "./limiter.ts";
+import { type AcquireOptions, type Limiter, type RateLimit, type Slot, slotOf } from "./limiter.ts";
+import { LocalRates } from "./local_rates.ts";
 
 /** A {@linkcode Limiter} that counts in this process's memory. */
 export class LocalLimiter implements Limiter {
   #counts = new Map<string, number>();
+  #rates = new LocalRates();
   /** The group of each host that holds slots. */
   #groupOf = new Map<string, string>();
   #groupCounts = new Map<string, number>();
 
   /**
    * Takes a slot unless the host is at `limit` or its group at
-   * `group.limit` (0 or less: unlimited).
+   * `group.limit` (0 or less: unlimited), with a turn under `rate` when
+   * given (a slot without a turn is not taken).
    */
-  acquire(host: string, limit: number, { group }: AcquireOptions = {}): Promise<Slot | null> {
-    return Promise.resolve(
-      this.#take(host, limit, group) ? slotOf(host, () => this.#release(host)) : null,
-    );
+  acquire(host: string, limit: number, { group, rate }: AcquireOptions = {}): Promise<Slot | null> {
+    if (!this.#take(host, limit, group)) return Promise.resolve(null);
+    let waitMs = 0;
+    try {
+      if (rate) waitMs = this.#rates.take(rate, Date.now());
+    } catch (err) {
+      this.#release(host);
+      return Promise.reject(err);
+    }
+    return Promise.resolve(slotOf(host, () => this.#release(host), waitMs));
+  }
+
+  /** Takes a turn under `rate` for a request on an open connection. */
+  admit(_host: string, rate: RateLimit): Promise<number> {
+    try {
+      return Promise.resolve(this.#rates.take(rate, Date.now()));
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
   #take(host: string, limit: number, group: AcquireOptions["group"]): boolean {
@@ -63,6 +81,7 @@ export class LocalLimiter implements Limiter {
     this.#counts.clear();
     this.#groupOf.clear();
     this.#groupCounts.clear();
+    this.#rates.clear();
     return Promise.resolve();
   }
 }

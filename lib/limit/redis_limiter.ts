@@ -14,6 +14,7 @@ import {
   type AcquireOptions,
   type Limiter,
   LimiterUnavailableError,
+  type RateLimit,
   type Slot,
   slotOf,
 } from "./limiter.ts";
@@ -226,28 +227,51 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
    * holds fewer than `limit` (and fewer than `group.limit` for the group).
    */
   async acquire(host: string, limit: number, options: AcquireOptions = {}): Promise<Slot | null> {
-    return await this.#take(host, limit, options) ? slotOf(host, () => this.#release(host)) : null;
+    const grant = await this.#take(host, limit, options);
+    return grant === false ? null : slotOf(host, () => this.#release(host), grant);
   }
 
-  async #take(host: string, limit: number, options: AcquireOptions): Promise<boolean> {
-    const { group, ticket } = options;
+  /** Resolves `false` when refused, else the wait for the slot's turn under its rate. */
+  async #take(host: string, limit: number, options: AcquireOptions): Promise<number | false> {
+    const { group, ticket, rate } = options;
     if (this.#closed) throw new LimiterUnavailableError("Redis limiter is closed");
     const groupLimit = this.#keys.join(host, group, !this.#ledger.has(host));
+    const ask = { limit, groupLimit, slot: true, rate, ticket: "" };
     this.#start();
-    if (this.#conn.failFast()) return this.#fallback.admit(host, limit, null, groupLimit);
+    if (this.#conn.failFast()) return this.#fallback.grant(host, ask, null);
     if (this.#recovery.recovering(host)) {
-      return this.#fallback.admit(host, limit, new RedisCountsLostError(), groupLimit);
+      return this.#fallback.grant(host, ask, new RedisCountsLostError());
     }
     this.#ledger.entry(host).limit = limit;
-    if (ticket === undefined && this.#kept.take(host)) return true;
+    // A kept slot needs no call, but a turn under a rate does.
+    if (ticket === undefined && !rate && this.#kept.take(host)) return 0;
     this.#kept.giveBackAll(host);
     this.#touched.add(host);
     this.#ledger.ask(host, limit);
     // A ticket that left the queue meanwhile asks as a newcomer.
-    const queued = ticket !== undefined && this.#queue.holds(host, ticket) ? ticket : "";
-    return await new Promise<boolean>((resolve, reject) => {
-      this.#calls.ask(host, { limit, groupLimit, ticket: queued, resolve, reject });
+    ask.ticket = ticket !== undefined && this.#queue.holds(host, ticket) ? ticket : "";
+    return await new Promise<number | false>((resolve, reject) => {
+      this.#calls.ask(host, { ...ask, resolve, reject });
     });
+  }
+
+  /**
+   * Takes a turn under `rate` for a request to `host` on an open
+   * connection, in the next acquire call of its slot (checked on Redis
+   * time, shared by the fleet). Resolves the wait for it in ms; rejects
+   * with `RateLimitedError` when none comes within `rate.maxWaitMs`, and
+   * when Redis cannot answer, as the failure mode says.
+   */
+  async admit(host: string, rate: RateLimit): Promise<number> {
+    if (this.#closed) throw new LimiterUnavailableError("Redis limiter is closed");
+    const ask = { limit: 0, groupLimit: -1, slot: false, rate, ticket: "" };
+    this.#start();
+    if (this.#conn.failFast()) return this.#fallback.turn(rate, null);
+    this.#touched.add(host);
+    const grant = await new Promise<number | false>((resolve, reject) => {
+      this.#calls.ask(host, { ...ask, resolve, reject });
+    });
+    return grant === false ? 0 : grant;
   }
 
   /** Gives back one slot of `host`; a host with no slot held is left alone. */

@@ -84,6 +84,8 @@ export interface Ask {
   limit: number;
   /** The ticket in the fleet's queue, or `""`. */
   ticket: string;
+  /** `false` for a turn under the host's rate alone, without a slot. */
+  slot?: boolean;
 }
 
 /** What one host asks of an {@linkcode ACQUIRE} call. */
@@ -108,6 +110,11 @@ export interface AcquireHost {
   groupLimit: number;
   /** A pause the host asked for with `Retry-After`, to tell the fleet (ms since epoch; 0: none). */
   pause: number;
+  /**
+   * The rate every ask is held to, as `"<field> <periodMs> <maxWaitMs>"`
+   * (its state lives in field `r:<field>` of the epoch hash); `""`: none.
+   */
+  rate: string;
   /** The slots asked, granted in order. */
   asks: Ask[];
 }
@@ -144,6 +151,10 @@ export interface AcquiredHost {
   paused: number;
   /** Per ask, whether it was granted. */
   granted: boolean[];
+  /** Per ask, the ms a granted one waits for its turn under the rate (mostly 0). */
+  waitMs: number[];
+  /** Per ask, the ms after which the rate has a turn for one refused by it; else 0. */
+  retryMs: number[];
 }
 
 /** The reply of {@linkcode ACQUIRE}. */
@@ -178,8 +189,11 @@ export const ACQUIRE: Script<AcquireInput, AcquireReply> = {
         h.releases,
         h.groupLimit,
         h.pause,
+        h.rate,
         h.asks.length,
-        ...h.asks.map((a) => a.ticket ? `${a.limit} ${a.ticket}` : a.limit),
+        ...h.asks.map((a) =>
+          a.slot === false ? "r" : a.ticket ? `${a.limit} ${a.ticket}` : a.limit
+        ),
       ]),
     ],
   }),
@@ -188,12 +202,16 @@ export const ACQUIRE: Script<AcquireInput, AcquireReply> = {
     let at = 2;
     const hosts = i.hosts.map((h): AcquiredHost => {
       const k = h.asks.length;
+      // Per ask: 0 refused, 1 granted, 1 + w granted after w ms, -r refused by the rate.
+      const codes = r.slice(at + 4, at + 4 + k).map(Number);
       const host = {
         total: Number(r[at]),
         lost: lost(r[at + 1]),
         waiting: Number(r[at + 2]),
         paused: Number(r[at + 3]),
-        granted: r.slice(at + 4, at + 4 + k).map((g) => Number(g) === 1),
+        granted: codes.map((c) => c >= 1),
+        waitMs: codes.map((c) => Math.max(0, c - 1)),
+        retryMs: codes.map((c) => Math.max(0, -c)),
       };
       at += 4 + k;
       return host;

@@ -23,240 +23,9 @@
  * @module
  */
 
-/** How far beyond now + lease a lease deadline may lie and still count, in ms. */
-export const LEASE_MARGIN_MS = 1_000;
+import { EPOCH, LEASE_MARGIN_MS, LIVE, NOW, OWN, QUEUE, RATE, WRITE } from "./redis_lua_parts.ts";
 
-/** The current Redis time in milliseconds, as Lua local `now`. */
-const NOW = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-`;
-
-/**
- * Lua function `own(key, kind)`: deletes `key` when it holds another type
- * than `kind` (`'hash'`, `'zset'`, `'set'`), which dprl never writes there
- * (a stray `SET` by hand), and lists it in local `healed` as key, type,
- * kind; every script that answers a table ends its answer with `healed`.
- * Run on every key a script touches before the first command on it.
- */
-const OWN = `
-local healed = {}
-local function own(key, kind)
-  local t = redis.call('TYPE', key)['ok']
-  if t ~= 'none' and t ~= kind then
-    redis.call('DEL', key)
-    healed[#healed + 1] = key
-    healed[#healed + 1] = t
-    healed[#healed + 1] = kind
-  end
-end
-local function with_healed(out)
-  for i = 1, #healed do out[#out + 1] = healed[i] end
-  return out
-end
-`;
-
-/**
- * Lua functions of the live workers. Need locals `now` and `lease`.
- *
- * - `alive_set(L, prune)`: the workers whose lease in the lease set `L` is
- *   live, as a set; with `prune` true, deletes the dead and forged members.
- * - `sum_alive(n, alive, worker, prune)`: the sum of the `alive` workers'
- *   fields of one host and `worker`'s own live count; with `prune` true,
- *   deletes the fields of the others.
- * - `live(n, L, worker, prune)`: both at once, for one host.
- */
-const LIVE = `
-local function alive_set(L, prune)
-  local horizon = now + lease + ${LEASE_MARGIN_MS}
-  if prune then
-    redis.call('ZREMRANGEBYSCORE', L, '-inf', '(' .. now)
-    redis.call('ZREMRANGEBYSCORE', L, '(' .. horizon, '+inf')
-  end
-  local alive = {}
-  local members = redis.call('ZRANGEBYSCORE', L, now, horizon)
-  for i = 1, #members do alive[members[i]] = true end
-  return alive
-end
-local function sum_alive(n, alive, worker, prune)
-  local sum = 0
-  local mine = 0
-  local fields = redis.call('HGETALL', n)
-  for i = 1, #fields, 2 do
-    local f = fields[i]
-    local v = tonumber(fields[i + 1])
-    if alive[f] and v and v > 0 then
-      sum = sum + v
-      if f == worker then mine = v end
-    elseif prune then
-      redis.call('HDEL', n, f)
-    end
-  end
-  return sum, mine
-end
-local function live(n, L, worker, prune)
-  return sum_alive(n, alive_set(L, prune), worker, prune)
-end
-`;
-
-/**
- * Lua functions of the epoch hash `e` of a slot: field `''` holds the token,
- * and field `<host>` the time until which the host's keys must exist (their
- * expiry, less a second), so that a worker can tell lost keys from keys that
- * were never there or expired. Need locals `now` and `lease`.
- *
- * - `check_epoch(e, known, fresh)`: checks the token against the one the
- *   worker knows (`''` when it knows none) and creates it with `fresh` when
- *   the hash is missing. Returns the token and 1 when the keys of the slot
- *   were lost since the worker last looked, else 0.
- * - `keys_lost(e, host, n, had_leases)`: whether the host's keys are missing
- *   while they must exist (`had_leases`: the slot's lease set existed when
- *   the script started, before it renewed the worker's lease), and the
- *   host's mark. Then the holders are expected to re-assert within a
- *   heartbeat; past a lease none is alive, and the mark is dropped.
- * - `unmark_if_gone(e, host, n)`: drops the mark of a host whose keys are gone.
- */
-const EPOCH = `
-local function check_epoch(e, known, fresh)
-  local epoch = redis.call('HGET', e, '')
-  if not epoch then
-    redis.call('HSET', e, '', fresh)
-    if known ~= '' then return fresh, 1 end
-    return fresh, 0
-  end
-  if known ~= '' and epoch ~= known then return epoch, 1 end
-  return epoch, 0
-end
-local function keys_lost(e, host, n, had_leases)
-  local deadline = tonumber(redis.call('HGET', e, host) or '0') or 0
-  if deadline <= now then return false, deadline end
-  if had_leases and redis.call('EXISTS', n) == 1 then return false, deadline end
-  redis.call('HSET', e, host, math.min(deadline, now + lease))
-  return true, deadline
-end
-local function unmark_if_gone(e, host, n)
-  if redis.call('EXISTS', n) == 0 then redis.call('HDEL', e, host) end
-end
-`;
-
-/**
- * Lua functions that write a host's keys. Need locals `now` and `lease`.
- * The caller renews the worker's lease of the slot (and the lease set's
- * expiry) once per call, not once per host.
- *
- * - `renew_keys(n, e, host, ttl)`: renews the keys' expiry and the host's
- *   mark in the epoch hash. A member of a group (keys
- *   `<prefix>:{g:<group>}:h:<host>:n`) is also listed in the group's member
- *   set, `<prefix>:{g:<group>}:members`, whose expiry every member's renewal
- *   renews.
- * - `write(n, e, host, worker, value, ttl, fresh)`: sets `worker`'s field to
- *   `value` and, unless `fresh` (the keys outlive half their expiry still),
- *   renews the keys (`renew_keys`); a value of 0 deletes its field.
- */
-const WRITE = `
-local function renew_keys(n, e, host, ttl)
-  local member = string.match(n, '^(.-{g:[^}]*}:h:.*):n$')
-  if member then
-    local members = string.match(member, '^(.-{g:[^}]*}):h:') .. ':members'
-    redis.call('SADD', members, member)
-    redis.call('PEXPIRE', members, ttl)
-  end
-  redis.call('PEXPIRE', n, ttl)
-  redis.call('HSET', e, host, now + ttl - 1000)
-end
-local function write(n, e, host, worker, value, ttl, fresh)
-  if value <= 0 then
-    -- The lease stays: it is the slot's, and outlives the worker's last field.
-    redis.call('HDEL', n, worker)
-    return
-  end
-  redis.call('HSET', n, worker, value)
-  if not fresh then renew_keys(n, e, host, ttl) end
-end
-`;
-
-/**
- * The fleet's queue of waiting requests for one host (issue: waiting for a
- * slot). `<prefix>:{H}:q` is a sorted set of tickets (member `<worker>|<n>`,
- * score the enqueue time from Redis `TIME`, never lower than the last
- * ticket's); `<prefix>:{H}:qw` a sorted set of the waiting workers' lease
- * deadlines. A ticket counts only while its worker's lease lives: the tickets
- * of a worker whose lease passed are deleted with it, and tickets at the front
- * of the queue without a waiting worker go too. Releases wake the queue with a
- * message on the channel named like the `q` key ({@linkcode forCluster} makes
- * it a sharded channel). Need locals `now` and `lease`.
- *
- * - `prune_queue(q, qw)`: drops dead workers and their tickets (nothing to do
- *   while nobody waits; keys of another type are deleted, see `OWN`); returns
- *   whether anyone still waits.
- * - `queue_lets(q, queued, sum, limit, ticket)`: whether the queue (`queued`:
- *   anyone waits in it) lets an acquire through: one without a ticket (`''`)
- *   only while the slots left exceed the tickets waiting, one with a ticket
- *   only while its rank is below `limit - sum`; a ticket missing from the
- *   queue (lost keys, or granted already) asks as a newcomer (the heartbeat
- *   puts lost ones back).
- * - `add_ticket(q, qw, worker, ticket)`: puts a ticket at the end of the queue
- *   unless it is in it, and renews the worker's waiting lease.
- * - `wake(q, host)`: tells the waiting workers that a slot may be free, when
- *   anyone waits.
- */
-const QUEUE = `
-local function owner_of(ticket)
-  return string.match(ticket, '^(.*)|') or ''
-end
-local function prune_queue(q, qw)
-  if redis.call('EXISTS', q) == 0 then return false end
-  own(q, 'zset')
-  own(qw, 'zset')
-  if redis.call('EXISTS', q) == 0 then return false end
-  local horizon = now + lease + ${LEASE_MARGIN_MS}
-  local dead = {}
-  local any = false
-  local gone = redis.call('ZRANGEBYSCORE', qw, '-inf', '(' .. now)
-  local forged = redis.call('ZRANGEBYSCORE', qw, '(' .. horizon, '+inf')
-  for _, list in ipairs({gone, forged}) do
-    for i = 1, #list do
-      dead[list[i]] = true
-      any = true
-      redis.call('ZREM', qw, list[i])
-    end
-  end
-  if any then
-    local tickets = redis.call('ZRANGE', q, 0, -1)
-    for i = 1, #tickets do
-      if dead[owner_of(tickets[i])] then redis.call('ZREM', q, tickets[i]) end
-    end
-  end
-  local front = redis.call('ZRANGE', q, 0, 63)
-  local waiting = {}
-  for i = 1, #front do
-    local owner = owner_of(front[i])
-    if waiting[owner] == nil then
-      waiting[owner] = redis.call('ZSCORE', qw, owner) ~= false
-    end
-    if not waiting[owner] then redis.call('ZREM', q, front[i]) end
-  end
-  return redis.call('EXISTS', q) == 1
-end
-local function add_ticket(q, qw, worker, ticket)
-  if redis.call('ZSCORE', q, ticket) then return end
-  local score = now
-  local last = redis.call('ZRANGE', q, -1, -1, 'WITHSCORES')
-  if #last == 2 then score = math.max(score, tonumber(last[2])) end
-  redis.call('ZADD', q, score, ticket)
-  redis.call('ZADD', qw, now + lease, worker)
-end
-local function queue_lets(q, queued, sum, limit, ticket)
-  local rank = false
-  if not queued then return sum < limit end
-  if ticket ~= '' then rank = redis.call('ZRANK', q, ticket) end
-  if not rank then return sum + redis.call('ZCARD', q) < limit end
-  return rank < limit - sum
-end
-local function wake(q, host)
-  if redis.call('EXISTS', q) == 1 then redis.call('PUBLISH', q, host) end
-end
-`;
+export { LEASE_MARGIN_MS } from "./redis_lua_parts.ts";
 
 /**
  * A script for Redis Cluster: wake-ups go out on sharded channels
@@ -268,7 +37,7 @@ export function forCluster(lua: string): string {
 
 /**
  * `acquire(worker, leaseMs, ttlMs, known, fresh, [host, floor, trusted,
- * releases, groupLimit, pause, asks, limit...]...)` on `KEYS` = the slot's lease set
+ * releases, groupLimit, pause, rate, asks, limit...]...)` on `KEYS` = the slot's lease set
  * and epoch hash, then per host its n, group member set, queue q and waiting
  * workers qw: every host of one call lives in one slot. For each host in
  * turn: first gives back `releases` slots of `worker` (and wakes the queue),
@@ -288,13 +57,18 @@ export function forCluster(lua: string): string {
  * paused until (ms; 0: not paused), granted (0|1)...]..., healed...}` (see
  * `OWN`). A `pause` (ms since epoch; 0: none) the host asked for with
  * `Retry-After` is kept in the epoch hash (field `p:<host>`, dropped once
- * passed); while it runs nothing of the host is granted.
+ * passed); while it runs nothing of the host is granted. With a `rate`
+ * (see `RATE`; `''`: none), a slot is granted only with a turn under it,
+ * taken at once: the grant is then `1 + wait` (ms until the turn), and a
+ * slot whose turn would come too late is refused with `-retry` (ms until
+ * the next turn). A `limit` of `r` asks a turn alone, no slot: its answer
+ * reads the same, and neither a pause nor lost keys refuse it.
  */
 export const ACQUIRE_LUA: string = NOW + `
 local worker = ARGV[1]
 local lease = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
-` + OWN + LIVE + EPOCH + WRITE + QUEUE + `
+` + OWN + LIVE + EPOCH + WRITE + QUEUE + RATE + `
 local L, e = KEYS[1], KEYS[2]
 own(L, 'zset')
 own(e, 'hash')
@@ -315,8 +89,9 @@ for k = 3, #KEYS, 4 do
   local releases = tonumber(ARGV[a + 3])
   local glimit = tonumber(ARGV[a + 4])
   local pause = tonumber(ARGV[a + 5])
-  local asks = tonumber(ARGV[a + 6])
-  a = a + 7
+  local rate = ARGV[a + 6]
+  local asks = tonumber(ARGV[a + 7])
+  a = a + 8
   own(n, 'hash')
   -- A pause the host asked for (Retry-After) lives in the slot's epoch hash.
   local pkey = 'p:' .. host
@@ -382,20 +157,28 @@ for k = 3, #KEYS, 4 do
     if releases > 0 and queued then redis.call('PUBLISH', q, host) end
     local grants = {}
     for i = a, a + asks - 1 do
-      local limit, ticket = string.match(ARGV[i], '^(%S+) ?(.*)$')
-      limit = tonumber(limit)
-      if lost == 0 and paused == 0 and
+      local spec, ticket = string.match(ARGV[i], '^(%S+) ?(.*)$')
+      -- 'r': a turn under the rate alone, for a request on an open connection.
+      local slot = spec ~= 'r'
+      local limit = tonumber(spec) or 0
+      local code = 0
+      if not slot or (lost == 0 and paused == 0 and
           (limit <= 0 or (sum < limit and queue_lets(q, queued, sum, limit, ticket))) and
-          (glimit <= 0 or gsum < glimit) then
+          (glimit <= 0 or gsum < glimit)) then
+        code = 1
+        if rate ~= '' then
+          local w = turn(e, rate)
+          if w < 0 then code = w else code = 1 + w end
+        end
+      end
+      if slot and code >= 1 then
         sum = sum + 1
         gsum = gsum + 1
         mine = mine + 1
         changed = true
         if ticket ~= '' then redis.call('ZREM', q, ticket) end
-        grants[#grants + 1] = 1
-      else
-        grants[#grants + 1] = 0
       end
+      grants[#grants + 1] = code
     end
     a = a + asks
     out[#out + 1] = sum

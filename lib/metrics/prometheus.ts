@@ -335,6 +335,7 @@ const NO_REFUSALS: Record<RefusalReason, number> = {
   queue_timeout: 0,
   queue_full: 0,
   paused: 0,
+  rate: 0,
 };
 const NO_ERRORS: Map<string, number> = new Map();
 

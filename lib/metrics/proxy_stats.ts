@@ -14,7 +14,8 @@ export type RefusalReason =
   | "limiter_unavailable"
   | "queue_timeout"
   | "queue_full"
-  | "paused";
+  | "paused"
+  | "rate";
 
 /** Every refusal reason, in the order they are reported. */
 export const REFUSAL_REASONS: readonly RefusalReason[] = [
@@ -23,6 +24,7 @@ export const REFUSAL_REASONS: readonly RefusalReason[] = [
   "queue_timeout",
   "queue_full",
   "paused",
+  "rate",
 ];
 
 /** The kind of a client request: plain HTTP, a CONNECT tunnel, or an HTTP upgrade. */
@@ -97,6 +99,7 @@ export class HostStats {
     queue_timeout: 0,
     queue_full: 0,
     paused: 0,
+    rate: 0,
   };
   /** Upstream failures, by Proxy-Status error token (RFC 9209). */
   readonly upstreamErrors: Map<string, number> = new Map();

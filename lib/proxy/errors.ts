@@ -8,7 +8,7 @@
  */
 
 import { AuthBusyError } from "../access/proxy_auth.ts";
-import { LimiterUnavailableError } from "../limit/limiter.ts";
+import { LimiterUnavailableError, RateLimitedError } from "../limit/limiter.ts";
 import { encodeHead, encodeLatin1, HttpError } from "./http_head.ts";
 
 /** Why a host's slot was refused: at once, after waiting, or a full line. */
@@ -195,6 +195,15 @@ export function errorReply(err: unknown, rejectStatus: number): ErrorReply {
     return {
       ...reply(503, "destination_unavailable", err.message, false),
       headers: [`Retry-After: ${err.retryAfter}`],
+    };
+  }
+  if (err instanceof RateLimitedError) {
+    return {
+      ...reply(rejectStatus, "connection_limit_reached", err.message, false),
+      details: `request rate reached for ${
+        err.key.startsWith("g:") ? `group ${err.key.slice(2)}` : err.key
+      }`,
+      headers: [`Retry-After: ${Math.max(1, Math.ceil(err.retryAfterMs / 1000))}`],
     };
   }
   if (err instanceof LimiterUnavailableError) {

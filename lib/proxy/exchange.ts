@@ -84,7 +84,7 @@ export async function exchange(s: Session, req: RequestHead): Promise<boolean> {
     const { up, res, request } = await roundTrip(s, out);
     s.status = res.status;
     if (res.status === 429 || res.status === 503) {
-      s.engine.pool.notePause(out.key, res.status, field(res, "retry-after"));
+      s.engine.pool.gates.notePause(out.key, res.status, field(res, "retry-after"));
     }
     if (res.status === 101 && out.upgrading) {
       await switchProtocols(s, up, res, request);
@@ -137,7 +137,7 @@ function outbound(req: RequestHead): Outbound {
 async function roundTrip(s: Session, out: Outbound): Promise<Answer & { up: Upstream }> {
   const pool = s.engine.pool;
   for (let attempt = 0;; attempt++) {
-    const up = pool.take(out.key) ??
+    const up = await pool.reuse(out.key, s.signal) ??
       await pool.open(out.key, out.hostname, out.port, s.signal, true);
     const pooled = up.reused;
     s.upstream = up;

@@ -65,6 +65,8 @@ export interface ProxyServerOptions {
   queueMax?: number;
   /** Longest pause a host's `Retry-After` may ask for (ms); 0 honours none. */
   retryAfterMax?: number;
+  /** New requests or tunnels per second each host may be sent; 0 or absent: no rate. */
+  maxRate?: number;
 }
 
 const SWEEP_MS = 250;
@@ -101,6 +103,7 @@ export class ProxyServer {
       queueTimeout: options.queueTimeout ?? DEFAULTS.queueTimeout,
       queueMax: options.queueMax ?? DEFAULTS.queueMax,
       retryAfterMax: options.retryAfterMax ?? DEFAULTS.retryAfterMax,
+      maxRate: options.maxRate,
       maxIdlePerHost: options.maxIdlePerHost ?? DEFAULTS.maxIdlePerHost,
       logger: options.logger,
     });

@@ -3,10 +3,10 @@ import type { Logger } from "@logtape/logtape";
 import type { Limiter } from "../limit/limiter.ts";
 import type { LimitTable } from "../limit/limit_table.ts";
 import type { RuleMatch } from "../limit/rules/rule_table.ts";
-import { ConnectError, HostPausedError, LimitReachedError } from "./errors.ts";
-import { HostPauses } from "../limit/host_pauses.ts";
-import { pauseUntil, secondsLeft } from "../limit/retry_after.ts";
-import { LimiterUnavailableError, type Slot } from "../limit/limiter.ts";
+import { ConnectError, LimitReachedError } from "./errors.ts";
+import { LimiterUnavailableError, RateLimitedError, type Slot } from "../limit/limiter.ts";
+import { HostGates } from "./host_gates.ts";
+import { abortableDelay } from "./abortable_delay.ts";
 import type { DestinationPolicy } from "../access/destination_policy.ts";
 import type { ProxyStats } from "../metrics/proxy_stats.ts";
 import type { UpstreamHostView } from "../metrics/host_summary.ts";
@@ -42,8 +42,16 @@ export interface UpstreamPoolOptions {
   queueMax: number;
   /** Idle sockets kept per host. */
   maxIdlePerHost: number;
-  /** Longest pause a host's `Retry-After` (on a 429 or 503) may ask for, in ms; 0 honours none. */
+  /**
+   * Longest pause a host's `Retry-After` (on a 429 or 503) may ask for, in
+   * ms; 0 honours none. A host's rule may set its own (`RuleMatch.retryAfterMax`).
+   */
   retryAfterMax: number;
+  /**
+   * New upstream requests or tunnels per second each host may be sent; 0:
+   * no rate. A host's rule may set its own (`RuleMatch.rate`).
+   */
+  maxRate?: number;
   /** Where upstream opens and closes are logged (debug). */
   logger: Logger;
 }
@@ -66,11 +74,12 @@ export class UpstreamPool {
   #waking = new Map<string, boolean>();
   /** Average time a slot is held, per host (ms), for Retry-After. */
   #holdMs = new Map<string, number>();
-  /** Hosts that asked not to be sent anything for a while. */
-  #pauses = new HostPauses();
+  /** Pauses the hosts asked for, and their request rates. */
+  readonly gates: HostGates;
 
   constructor(options: UpstreamPoolOptions) {
     this.#o = options;
+    this.gates = new HostGates({ ...options, maxRate: options.maxRate ?? 0 });
     // A host at its limit elsewhere in the fleet: idle sockets give way.
     options.limiter.onPressure = (key) => {
       this.#closeIdleOf(key);
@@ -81,7 +90,7 @@ export class UpstreamPool {
     };
     // A host asked another proxy of the fleet for a pause: it holds here too.
     options.limiter.onPause = (key, until) => {
-      this.#pauses.pause(key, until, 0);
+      this.gates.pausedByFleet(key, until);
       this.#closeIdleOf(key);
     };
     this.#release = (up) => {
@@ -102,59 +111,29 @@ export class UpstreamPool {
   }
 
   /**
-   * Takes in a response of `status` from `key` with its `Retry-After` value:
-   * a 429 or 503 that asks for a pause (capped by `retryAfterMax`) pauses the
-   * host for this process.
+   * Takes an idle socket to `key` for a plain-HTTP request, with a turn
+   * under the host's rate when it has one (waited for; the socket waits
+   * out of the pool). Throws `RateLimitedError` when no turn comes in time.
    */
-  notePause(key: string, status: number, retryAfter: string | undefined): void {
-    const now = Date.now();
-    const until = pauseUntil({ status, retryAfter, now, max: this.#o.retryAfterMax });
-    if (until === undefined || !this.#pauses.pause(key, until, status)) return;
-    this.#o.limiter.pause?.(key, until);
-    this.#o.stats.onPause(status);
-    this.#o.logger.info(
-      "{host} answered {status} with Retry-After: new requests to it wait or are refused for {seconds} s",
-      { host: key, status, seconds: secondsLeft(until, now) },
-    );
-  }
-
-  /**
-   * While `key` is paused, waits for the pause to end when the host's queue
-   * timeout reaches past it, else throws {@linkcode HostPausedError}.
-   */
-  async #paused(key: string, signal?: AbortSignal): Promise<void> {
-    const now = Date.now();
-    const pause = this.#pauses.get(key, now);
-    if (!pause) return;
-    const timeout = this.#o.limits.lookup(key).queueTimeout ?? this.#o.queueTimeout;
-    if (timeout < pause.until - now) {
-      this.#o.stats.onRefused(key, "paused");
-      throw new HostPausedError(key, pause.until, pause.status, secondsLeft(pause.until, now));
-    }
-    await new Promise<void>((resolve, reject) => {
-      const done = () => {
-        clearTimeout(timer);
-        signal?.removeEventListener("abort", gone);
-      };
-      const gone = () => {
-        done();
-        reject(signal!.reason);
-      };
-      const timer = setTimeout(() => {
-        done();
-        resolve();
-      }, pause.until - now);
-      signal?.addEventListener("abort", gone, { once: true });
-    });
+  async reuse(key: string, signal?: AbortSignal): Promise<Upstream | undefined> {
+    const up = this.take(key);
+    if (up) await this.gates.turn(key, signal).catch((err) => this.#putBack(up, err));
+    return up;
   }
 
   /** Takes an idle socket to `key` for reuse, if one is pooled and the host is not paused. */
   take(key: string): Upstream | undefined {
-    if (this.#pauses.get(key, Date.now())) return undefined;
+    if (this.gates.isPaused(key)) return undefined;
     const list = this.#idle.get(key);
     const up = list?.pop();
     if (list?.length === 0) this.#idle.delete(key);
     return up;
+  }
+
+  /** Pools `up` again and throws `err`. */
+  #putBack(up: Upstream, err: unknown): never {
+    this.put(up);
+    throw err;
   }
 
   /** Gives an idle socket to a waiting plain-HTTP request, or its slot to the line. */
@@ -243,7 +222,7 @@ export class UpstreamPool {
     signal?: AbortSignal,
     http = false,
   ): Promise<Upstream> {
-    await this.#paused(key, signal);
+    await this.gates.waitOutPause(key, signal);
     let addresses = this.#o.destinations
       ? await this.#o.destinations.check(hostname, port)
       : [hostname];
@@ -253,7 +232,18 @@ export class UpstreamPool {
       addresses = await resolveHost(addresses[0], this.#o.connectTimeout);
     }
     const taken = await this.#slot(key, signal, http);
-    if (taken instanceof Upstream) return taken;
+    if (taken instanceof Upstream) {
+      // A waiting request handed an idle socket takes its turn under the rate.
+      await this.gates.turn(key, signal).catch((err) => this.#putBack(taken, err));
+      return taken;
+    }
+    if (taken.waitMs > 0) {
+      // The slot's turn under the rate comes later: wait for it, slot held.
+      await abortableDelay(taken.waitMs, signal).catch((err) => {
+        taken.release();
+        throw err;
+      });
+    }
     // The sweep aborts dials past their deadline (no timer per dial).
     const deadline = new AbortController();
     this.#dials.set(deadline, this.#now + this.#o.connectTimeout);
@@ -318,9 +308,9 @@ export class UpstreamPool {
       this.#o.stats.onAdmitted(key);
       return slot;
     }
-    if (this.#pauses.get(key, Date.now())) {
+    if (this.gates.isPaused(key)) {
       // Refused because the fleet learnt of a pause: wait it out, or say so.
-      await this.#paused(key, signal);
+      await this.gates.waitOutPause(key, signal);
       return await this.#slot(key, signal, http);
     }
     const ahead = this.#queue.length(key);
@@ -376,7 +366,7 @@ export class UpstreamPool {
     ticket?: string,
   ): Promise<Slot | null> {
     try {
-      const options = { group: match.group, ticket };
+      const options = { group: match.group, ticket, rate: this.gates.rateOf(key, match) };
       for (;;) {
         const slot = await this.#o.limiter.acquire(key, match.limit, options);
         if (slot) return slot;
@@ -388,7 +378,7 @@ export class UpstreamPool {
       if (err instanceof LimiterUnavailableError) {
         this.#o.stats.onRefused(key, "limiter_unavailable");
       }
-      throw err;
+      throw this.gates.refused(key, err);
     }
   }
 
@@ -406,6 +396,12 @@ export class UpstreamPool {
           // Looked up each time: a reload applies to the line at once.
           granted = await this.#tryAcquire(key, this.#o.limits.lookup(key), waiter.ticket);
         } catch (err) {
+          if (err instanceof RateLimitedError) {
+            // No turn under the rate within the waiter's time: it alone is told.
+            if (this.#queue.head(key) === waiter) this.#queue.remove(key, waiter);
+            waiter.fail(err);
+            continue;
+          }
           // The limiter cannot decide: the failure mode answers the line.
           for (let w = this.#queue.head(key); w; w = this.#queue.head(key)) {
             this.#queue.remove(key, w);
@@ -451,7 +447,7 @@ export class UpstreamPool {
    * for: open (idle included), idle and waiting.
    */
   *hosts(): Iterable<UpstreamHostView> {
-    const pauses = this.#pauses.running(Date.now());
+    const pauses = this.gates.running();
     for (const [host, open] of this.#open) {
       yield {
         host,

@@ -512,35 +512,6 @@ export function canonicalRules(rules: LimitRules | NormalRules): LimitRules {
 }
 
 /**
- * The limit of each host rule, by pattern as written (the queue settings
- * left out).
- *
- * @example
- * ```ts
- * import { hostLimits } from "./rules.ts";
- * hostLimits({ hosts: { "a.example": 2, "b.example": { limit: 3, "queue-timeout": "5s" } } });
- * // { "a.example": 2, "b.example": 3 }
- * ```
- */
-export function hostLimits(rules: LimitRules): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const [pattern, rule] of Object.entries(rules.hosts ?? {})) {
-    const limit = typeof rule === "number" ? rule : rule.limit;
-    if (limit !== undefined) out[pattern] = limit;
-  }
-  return out;
-}
-
-/**
- * The default limit of rules, whether `default` is written as a number or
- * as a mapping; `undefined` when they set none.
- */
-export function defaultLimit(rules: LimitRules): number | undefined {
-  const rule = rules.default;
-  return typeof rule === "object" ? rule.limit : rule;
-}
-
-/**
  * Layers rule sets, lowest first: a higher layer replaces a lower one's
  * default, its limit for the same host pattern (and each queue setting the
  * higher rule sets, the others kept), and (when it has groups) all groups.
@@ -564,27 +535,4 @@ export function layerRules(...layers: LimitRules[]): LimitRules {
     if (layer.groups !== undefined) out.groups = n.groups;
   }
   return canonicalRules(out);
-}
-
-/**
- * The rules that a default limit and per-host limits given as options or
- * flags stand for: there, 0 or less means unlimited for the default and "no
- * override" for a host, so a default below 0 becomes 0 and such hosts are
- * left out.
- *
- * @example
- * ```ts
- * import { rulesFromLimits } from "./rules.ts";
- * rulesFromLimits({ defaultLimit: -1, hostLimits: { "a.example": 2, "b.example": 0 } });
- * // { default: 0, hosts: { "a.example": 2 } }
- * ```
- */
-export function rulesFromLimits(
-  options: { defaultLimit?: number; hostLimits?: Record<string, number> },
-): LimitRules {
-  const rules: LimitRules = {};
-  if (options.defaultLimit !== undefined) rules.default = Math.max(0, options.defaultLimit);
-  const hosts = Object.entries(options.hostLimits ?? {}).filter(([, limit]) => limit > 0);
-  if (hosts.length) rules.hosts = Object.fromEntries(hosts);
-  return rules;
 }
