@@ -221,6 +221,8 @@ function parseValues(
     queueMax: integer("queue-max", value("queue-max")!, 0, 1_000_000),
     retryAfterMax: duration("retry-after-max", value("retry-after-max")!),
     maxRate: value("max-rate") ? rate("max-rate", value("max-rate")!) : undefined,
+    adaptive: parseSwitch("--adaptive", toggle(parsed, file, "adaptive")),
+    adaptiveMin: integer("adaptive-min", value("adaptive-min")!, 1, 1_000_000),
     maxIdlePerHost: integer(
       "max-idle-per-host",
       value("max-idle-per-host")!,

@@ -103,6 +103,17 @@ export const FLAGS: Record<string, Flag> = {
     multiple: true,
     help: "request rate of one host, repeatable, as --max-rate takes it",
   },
+  "adaptive": {
+    env: "DPRL_ADAPTIVE",
+    help: "each host's limit adapts to what it serves (latency, 429/503, failures), between " +
+      "--adaptive-min and its configured limit",
+  },
+  "adaptive-min": {
+    value: "n",
+    env: "DPRL_ADAPTIVE_MIN",
+    default: String(DEFAULTS.adaptiveMin),
+    help: "floor of an adaptive limit",
+  },
   "max-idle-per-host": {
     value: "n",
     env: "DPRL_MAX_IDLE_PER_HOST",

@@ -67,6 +67,8 @@ export const DEFAULTS = {
    * milliseconds; 0 honours none.
    */
   retryAfterMax: 60_000,
+  /** The floor of an adaptive limit. */
+  adaptiveMin: 1,
   /** Open client connections per client address. 0: no cap. */
   maxClientsPerIp: 0,
   /** Grace period of a stop, in milliseconds. */

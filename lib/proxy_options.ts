@@ -190,6 +190,17 @@ export interface ProxyRateLimiterOptions {
    * of `rules` may set its own (`rate`).
    */
   maxRate?: number;
+  /**
+   * Each host's limit adapts to what the host serves: it moves between
+   * `adaptiveMin` and the host's configured limit (its ceiling; an unlimited
+   * host adapts up to 1000), following the time to the response head, 429
+   * and 503 answers and failures. In distributed mode the whole fleet
+   * enforces one limit per host. Default `false`. A host rule, group or the
+   * default rule of `rules` may say otherwise (`adaptive`).
+   */
+  adaptive?: boolean;
+  /** The floor of an adaptive limit, 1 or more. Default 1. */
+  adaptiveMin?: number;
   /** Logs one line per exchange or tunnel (category `["dprl", "access"]`). Default `false`. */
   accessLog?: boolean;
   /**

@@ -398,6 +398,8 @@ export class ProxyRateLimiter implements AsyncDisposable {
       queueMax: o.queueMax,
       retryAfterMax: o.retryAfterMax,
       maxRate: o.maxRate,
+      adaptive: o.adaptive,
+      adaptiveMin: o.adaptiveMin,
     });
     this.#server = server;
     const served = server.serve();

@@ -147,6 +147,9 @@ Deno.test("GET /api/hosts lists hosts busiest first with their counters", async 
     fleetOpen: null,
     pausedUntil: null,
     limit: 3,
+    effectiveLimit: null,
+    limitReason: null,
+    rate: null,
     admitted: 1,
     refused: 2,
     refusedByReason: {

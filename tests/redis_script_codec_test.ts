@@ -10,12 +10,15 @@ const HOST = {
   members: "p:{h}:n",
   q: "p:{h}:q",
   qw: "p:{h}:qw",
+  a: "p:{h}:a",
   floor: 2,
   trusted: true,
   releases: 1,
   groupLimit: -1,
   pause: 0,
   rate: "h 100 0",
+  adaptive: "",
+  samples: "",
   asks: [{ limit: 4, ticket: "" }, { limit: 4, ticket: "w1|7" }, {
     limit: 0,
     ticket: "",
@@ -38,35 +41,40 @@ const ACQUIRE_INPUT = {
     members: "p:{g}:n",
     q: "p:{g}:q",
     qw: "p:{g}:qw",
+    a: "p:{g}:a",
+    adaptive: "1 64",
+    samples: "50 60 0 3",
     asks: [],
   }],
 };
 
-Deno.test("acquire: keys leases, epoch, then n, members, q, qw per host; per host its block with the asks last", () => {
+Deno.test("acquire: keys leases, epoch, then n, members, q, qw, a per host; per host its block with the asks last", () => {
   const { keys, args } = ACQUIRE.encode(ACQUIRE_INPUT);
   assert.deepEqual(keys, [
     "p:leases",
     "p:epoch",
-    ...["p:{h}:n", "p:{h}:n", "p:{h}:q", "p:{h}:qw"],
-    ...["p:{g}:n", "p:{g}:n", "p:{g}:q", "p:{g}:qw"],
+    ...["p:{h}:n", "p:{h}:n", "p:{h}:q", "p:{h}:qw", "p:{h}:a"],
+    ...["p:{g}:n", "p:{g}:n", "p:{g}:q", "p:{g}:qw", "p:{g}:a"],
   ]);
   assert.deepEqual(args, [
     ...["w1", 15_000, 180_000, "tok", "new"],
-    ...["h", 2, 1, 1, -1, 0, "h 100 0", 3, 4, "4 w1|7", "r"],
-    ...["g", 2, 1, 1, -1, 0, "h 100 0", 0],
+    ...["h", 2, 1, 1, -1, 0, "h 100 0", "", "", 3, 4, "4 w1|7", "r"],
+    ...["g", 2, 1, 1, -1, 0, "h 100 0", "1 64", "50 60 0 3", 0],
   ]);
   // The script reads its arguments at these positions.
   assert.match(ACQUIRE_LUA, /local ttl = tonumber\(ARGV\[3\]\)/);
   assert.match(ACQUIRE_LUA, /local pause = tonumber\(ARGV\[a \+ 5\]\)/);
   assert.match(ACQUIRE_LUA, /local rate = ARGV\[a \+ 6\]/);
-  assert.match(ACQUIRE_LUA, /local asks = tonumber\(ARGV\[a \+ 7\]\)/);
+  assert.match(ACQUIRE_LUA, /local adapt = ARGV\[a \+ 7\]/);
+  assert.match(ACQUIRE_LUA, /local samples = ARGV\[a \+ 8\]/);
+  assert.match(ACQUIRE_LUA, /local asks = tonumber\(ARGV\[a \+ 9\]\)/);
   const untrusted = { ...ACQUIRE_INPUT, hosts: [{ ...HOST, trusted: false }] };
   assert.deepEqual(ACQUIRE.encode(untrusted).args[7], 0);
 });
 
 Deno.test("acquire: the reply by name, per host its total, loss, queue, pause and grants, then healed keys", () => {
   const reply = ACQUIRE.decode(
-    ["tok", 0, 3, 2, 5, 0, 1, 0, 251, 1, 0, 0, 9_000, "p:{h}:q", "string", "zset"],
+    ["tok", 0, 3, 2, 5, 0, 1, 0, 251, 1, 0, 0, 9_000, 7, 2, 48_500, "p:{h}:q", "string", "zset"],
     ACQUIRE_INPUT,
   );
   assert.deepEqual(reply, {
@@ -82,16 +90,26 @@ Deno.test("acquire: the reply by name, per host its total, loss, queue, pause an
         waitMs: [0, 0, 250],
         retryMs: [0, 0, 0],
       },
-      { total: 1, lost: 0, waiting: 0, paused: 9_000, granted: [], waitMs: [], retryMs: [] },
+      {
+        total: 1,
+        lost: 0,
+        waiting: 0,
+        paused: 9_000,
+        adaptive: { limit: 7, reason: 2, noLoadMs: 48.5 },
+        granted: [],
+        waitMs: [],
+        retryMs: [],
+      },
     ],
     healed: [{ key: "p:{h}:q", type: "string", kind: "zset" }],
   });
   assert.deepEqual(
-    ACQUIRE.decode(["t", 0, 1, 0, 0, 0, 1, 0, -40, 1, 0, 0, 0], ACQUIRE_INPUT).healed,
+    ACQUIRE.decode(["t", 0, 1, 0, 0, 0, 1, 0, -40, 1, 0, 0, 0, 1, 0, 0], ACQUIRE_INPUT).healed,
     [],
   );
   assert.deepEqual(
-    ACQUIRE.decode(["t", 0, 1, 0, 0, 0, 1, 0, -40, 1, 0, 0, 0], ACQUIRE_INPUT).hosts[0].retryMs,
+    ACQUIRE.decode(["t", 0, 1, 0, 0, 0, 1, 0, -40, 1, 0, 0, 0, 1, 0, 0], ACQUIRE_INPUT).hosts[0]
+      .retryMs,
     [0, 0, 40],
   );
   assert.throws(() => ACQUIRE.decode("OK", ACQUIRE_INPUT), TypeError);

@@ -10,6 +10,7 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import { DEFAULTS } from "../defaults.ts";
 import { hostKey } from "../limit/host_key.ts";
 import { parseHostPattern } from "../limit/rules/rules.ts";
+import { formatRate } from "../limit/gcra.ts";
 import { type HostSummary, summarizeHosts } from "../metrics/host_summary.ts";
 import { PROMETHEUS_CONTENT_TYPE, renderPrometheus } from "../metrics/prometheus.ts";
 import { REFUSAL_REASONS } from "../metrics/proxy_stats.ts";
@@ -319,6 +320,9 @@ function hostJson(row: HostSummary): Record<string, unknown> {
     fleetOpen: row.fleetOpen ?? null,
     pausedUntil: row.pausedUntil === undefined ? null : new Date(row.pausedUntil).toISOString(),
     limit: row.limit > 0 ? row.limit : 0,
+    effectiveLimit: row.adaptive?.limit ?? null,
+    limitReason: row.adaptive?.reason ?? null,
+    rate: row.rate === undefined ? null : formatRate(row.rate),
     admitted: stats?.admitted ?? 0,
     refused: stats?.refusedTotal ?? 0,
     refusedByReason: Object.fromEntries(

@@ -20,6 +20,7 @@ import type { SentHost } from "./host_ledger.ts";
 import type { FleetQueue } from "./fleet_queue.ts";
 import type { LimiterContext } from "./limiter_context.ts";
 import { SlotBatches } from "./slot_batches.ts";
+import type { FleetAdaptive } from "./fleet_adaptive.ts";
 
 /** A request waiting for Redis's answer to its acquire. */
 export interface PendingAcquire {
@@ -33,6 +34,8 @@ export interface PendingAcquire {
   slot: boolean;
   /** The rate the request is held to, if any. */
   rate?: RateLimit;
+  /** Whether the host's limit adapts (its bounds are in {@linkcode FleetAdaptive}). */
+  adaptive?: boolean;
   /** Settles the acquire: `false` when refused by the limit, else the ms to wait for its turn (0: now). */
   resolve: (grant: number | false) => void;
   /** Fails the acquire. */
@@ -51,6 +54,8 @@ interface SentBatch {
 export interface AcquireCallsOptions extends LimiterContext {
   /** The fleet's queue (tickets, lengths), flushed before each turn's calls. */
   queue: FleetQueue;
+  /** The adaptive limits: answers to send, limits answered. */
+  adaptive: FleetAdaptive;
   /** Decides an acquire by the failure mode, Redis having failed with `cause`. */
   decide: (host: string, acquire: PendingAcquire, cause: unknown) => void;
   /** A request for `host` was refused. */
@@ -119,6 +124,11 @@ export class AcquireCalls {
       (s.limit > 0 && (fleet.get(host) ?? 0) >= s.limit);
   }
 
+  /** Sends the answers of `host` waiting for its adaptive limit within a few ms. */
+  sample(host: string): void {
+    this.#batches.add(host, false);
+  }
+
   /** Tells the fleet, with this turn's call, that `host` asked for a pause until `until`. */
   pause(host: string, until: number): void {
     this.#pauses.set(host, Math.max(until, this.#pauses.get(host) ?? 0));
@@ -155,7 +165,7 @@ export class AcquireCalls {
     for (const host of hosts) {
       const work = ledger.hasWork(host) || (this.#pauses.has(host) && ledger.canSync(host));
       const turns = this.#turns.get(host) ?? [];
-      if (!work && turns.length === 0) continue;
+      if (!work && turns.length === 0 && !this.#o.adaptive.pending(host)) continue;
       this.#turns.delete(host);
       const acquires = work ? this.#asked.get(host) ?? [] : [];
       if (work) this.#asked.delete(host);
@@ -212,6 +222,8 @@ export class AcquireCalls {
         members: keys.members(host),
         q: keys.key(host, "q"),
         qw: keys.key(host, "qw"),
+        a: keys.key(host, "a"),
+        ...this.#adaptiveOf(host, acquires),
         floor: sent?.floor ?? 0,
         trusted: sent?.trusted ?? false,
         releases: sent?.releases ?? 0,
@@ -221,6 +233,19 @@ export class AcquireCalls {
         asks: acquires,
       })),
     };
+  }
+
+  /**
+   * The adaptive bounds and answers an acquire call carries for `host`: it
+   * adapts when its slots are asked adaptive, or, with none asked, when its
+   * answers wait to be sent.
+   */
+  #adaptiveOf(host: string, acquires: PendingAcquire[]): { adaptive: string; samples: string } {
+    const slots = acquires.filter((a) => a.slot);
+    const adaptive = slots.length > 0
+      ? slots.some((a) => a.adaptive)
+      : this.#o.adaptive.pending(host);
+    return this.#o.adaptive.take(host, adaptive);
   }
 
   /** The pause of `host` to tell the fleet, now sent (0: none). */
@@ -260,6 +285,7 @@ export class AcquireCalls {
     const { ledger, queue, fleet } = this.#o;
     // Told before the acquires settle: a refused one reads it.
     if (answer.paused > 0) this.#o.paused(host, answer.paused);
+    if (answer.adaptive) this.#o.adaptive.answered(host, answer.adaptive);
     if (sent && ledger.answered(host, sent, slotsGranted(acquires, answer))) this.#o.syncNow(host);
     if (answer.total >= 0) {
       queue.note(host, answer.waiting);

@@ -4,6 +4,8 @@
  * @module
  */
 
+import type { AdaptiveSource } from "./adaptive_limits.ts";
+
 /** A group of hosts that share one limit, as an acquire names it. */
 export interface LimitGroup {
   /** The group's name. */
@@ -34,6 +36,12 @@ export interface AcquireOptions {
    * {@linkcode Slot.waitMs} says how long to wait before using it).
    */
   rate?: RateLimit;
+  /**
+   * The host's limit adapts ({@linkcode Limiter.adaptive}): the slot is
+   * granted only under its adaptive limit, between `adaptive.min` and
+   * `limit`, the ceiling.
+   */
+  adaptive?: { readonly min: number };
 }
 
 /**
@@ -104,6 +112,11 @@ export interface Limiter {
    * turn comes within `rate.maxWaitMs`.
    */
   admit(host: string, rate: RateLimit): Promise<number>;
+  /**
+   * The adaptive limits of the hosts whose acquires name `adaptive`: the
+   * owner of requests tells it how each went.
+   */
+  readonly adaptive: AdaptiveSource;
   /** The number of open connections to `host` (across the fleet). */
   count(host: string): Promise<number>;
   /** Stops the limiter and removes what it holds in shared storage. */

@@ -22,6 +22,7 @@ import { FleetChannels } from "./fleet_channels.ts";
 import { Heartbeat, TTL_LEASES } from "./heartbeat.ts";
 import { WorkerRegistry } from "./worker_registry.ts";
 import { defineScripts } from "./redis_script_codec.ts";
+import { FleetAdaptive } from "./fleet_adaptive.ts";
 
 /** What the limiter itself brings to its parts. */
 export interface PartsBase {
@@ -77,6 +78,8 @@ export interface LimiterParts {
   counts: FleetCounts;
   /** The worker registry. */
   registry: WorkerRegistry;
+  /** The fleet's adaptive limits. */
+  adaptive: FleetAdaptive;
 }
 
 /** Builds the parts of a Redis limiter and defines its scripts on the client. */
@@ -110,9 +113,11 @@ export function assembleParts(base: PartsBase): LimiterParts {
     watch: (host, on) => p.channels.watch(host, on),
     healed: (healed) => recovery.healed(healed),
   });
+  p.adaptive = new FleetAdaptive((host) => p.calls.sample(host));
   p.calls = new AcquireCalls({
     ...ctx,
     queue: p.queue,
+    adaptive: p.adaptive,
     decide: (host, acquire, cause) => p.fallback.decide(host, acquire, cause),
     refused: (host) => p.channels.publishPressure(host),
     collect,

@@ -1,21 +1,30 @@
 import { type AcquireOptions, type Limiter, type RateLimit, type Slot, slotOf } from "./limiter.ts";
 import { LocalRates } from "./local_rates.ts";
+import { AdaptiveLimits } from "./adaptive_limits.ts";
 
 /** A {@linkcode Limiter} that counts in this process's memory. */
 export class LocalLimiter implements Limiter {
   #counts = new Map<string, number>();
   #rates = new LocalRates();
+  /** The adaptive limits of this process's hosts. */
+  readonly adaptive: AdaptiveLimits = new AdaptiveLimits();
   /** The group of each host that holds slots. */
   #groupOf = new Map<string, string>();
   #groupCounts = new Map<string, number>();
 
   /**
    * Takes a slot unless the host is at `limit` or its group at
-   * `group.limit` (0 or less: unlimited), with a turn under `rate` when
-   * given (a slot without a turn is not taken).
+   * `group.limit` (0 or less: unlimited), or at its adaptive limit when
+   * `adaptive` is given, with a turn under `rate` when given (a slot
+   * without a turn is not taken).
    */
-  acquire(host: string, limit: number, { group, rate }: AcquireOptions = {}): Promise<Slot | null> {
-    if (!this.#take(host, limit, group)) return Promise.resolve(null);
+  acquire(
+    host: string,
+    limit: number,
+    { group, rate, adaptive }: AcquireOptions = {},
+  ): Promise<Slot | null> {
+    const cap = adaptive ? this.adaptive.limit(host, { min: adaptive.min, max: limit }) : limit;
+    if (!this.#take(host, cap, group)) return Promise.resolve(null);
     let waitMs = 0;
     try {
       if (rate) waitMs = this.#rates.take(rate, Date.now());

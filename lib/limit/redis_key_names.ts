@@ -5,8 +5,8 @@
  * @module
  */
 
-/** The kinds of key each host has: its count hash, its line and its waiting workers. */
-export type HostKeyKind = "n" | "q" | "qw";
+/** The kinds of key each host has: its count hash, its line, its waiting workers and its adaptive state. */
+export type HostKeyKind = "n" | "q" | "qw" | "a";
 
 /**
  * Names the keys of a prefix. A host `H` in no group has

@@ -33,6 +33,7 @@ import type { AcquireCalls } from "./acquire_calls.ts";
 import type { FailureFallback } from "./failure_fallback.ts";
 import type { KeptSlots } from "./kept_slots.ts";
 import type { FleetCounts } from "./fleet_counts.ts";
+import type { FleetAdaptive } from "./fleet_adaptive.ts";
 import { assembleParts } from "./limiter_parts.ts";
 export type { WorkerInfo } from "./worker_registry.ts";
 export { KEEP_MS } from "./kept_slots.ts";
@@ -115,6 +116,11 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
   #counts: FleetCounts;
   /** Fleet-wide open connections by host, as of the last answer or heartbeat. */
   #fleet = new Map<string, number>();
+  /**
+   * The fleet's adaptive limits: each host's state lives in Redis under its
+   * hash tag, moved by every worker's answers in the acquire calls.
+   */
+  readonly adaptive: FleetAdaptive;
 
   /** Creates the limiter; the connection is opened on first use. */
   constructor(options: RedisLimiterOptions) {
@@ -160,6 +166,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
     this.#kept = p.kept;
     this.#channels = p.channels;
     this.#heartbeat = p.heartbeat;
+    this.adaptive = p.adaptive;
   }
 
   /** Called with a host when a worker of the fleet was refused a slot of it. */
@@ -233,18 +240,28 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
 
   /** Resolves `false` when refused, else the wait for the slot's turn under its rate. */
   async #take(host: string, limit: number, options: AcquireOptions): Promise<number | false> {
-    const { group, ticket, rate } = options;
+    const { group, ticket, rate, adaptive } = options;
     if (this.#closed) throw new LimiterUnavailableError("Redis limiter is closed");
     const groupLimit = this.#keys.join(host, group, !this.#ledger.has(host));
-    const ask = { limit, groupLimit, slot: true, rate, ticket: "" };
+    if (adaptive) this.adaptive.bound(host, { min: adaptive.min, max: limit });
+    // Without Redis, the adaptive limit last answered is the host's limit.
+    const known = adaptive ? this.adaptive.view(host)?.limit : undefined;
+    const ask = {
+      limit: known === undefined || (limit > 0 && limit < known) ? limit : known,
+      groupLimit,
+      slot: true,
+      rate,
+      ticket: "",
+      adaptive: adaptive !== undefined,
+    };
     this.#start();
     if (this.#conn.failFast()) return this.#fallback.grant(host, ask, null);
     if (this.#recovery.recovering(host)) {
       return this.#fallback.grant(host, ask, new RedisCountsLostError());
     }
     this.#ledger.entry(host).limit = limit;
-    // A kept slot needs no call, but a turn under a rate does.
-    if (ticket === undefined && !rate && this.#kept.take(host)) return 0;
+    // A kept slot needs no call; a turn under a rate and an adaptive limit do.
+    if (ticket === undefined && !rate && !adaptive && this.#kept.take(host)) return 0;
     this.#kept.giveBackAll(host);
     this.#touched.add(host);
     this.#ledger.ask(host, limit);
@@ -380,6 +397,7 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
     this.#touched.delete(host);
     if (this.#fleet.get(host) === 0) this.#fleet.delete(host);
     this.#recovery.forgetHost(host);
+    this.adaptive.forget(host);
   }
 
   /**

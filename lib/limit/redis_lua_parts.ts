@@ -1,11 +1,13 @@
 /**
  * The Lua functions the Redis limiter's scripts are made of (see
  * `redis_scripts.ts` for the keys they work on): Redis time, healing keys
- * of a wrong type, live workers, the epoch hash, writes, the fleet's queue
- * and request rates. Each is Lua source that a script puts before its own.
+ * of a wrong type, live workers, the epoch hash, writes, the fleet's queue,
+ * request rates and adaptive limits. Each is Lua source that a script puts before its own.
  *
  * @module
  */
+
+import { ADAPTIVE_TUNING } from "./adaptive_limit.ts";
 
 /** How far beyond now + lease a lease deadline may lie and still count, in ms. */
 export const LEASE_MARGIN_MS = 1_000;
@@ -266,5 +268,144 @@ local function turn(e, spec)
   end
   redis.call('HSET', e, key, string.format('%.10f', math.max(tat, at) + period))
   return at - now
+end
+`;
+
+const T = ADAPTIVE_TUNING;
+
+/**
+ * The adaptive limit of `adaptive_limit.ts` in Lua, the same arithmetic on
+ * the same state (a hash of its fields, `'%.17g'` so that every double
+ * reads back exactly), on Redis time. Needs local `now`.
+ *
+ * - `a_load(key, min, max)`: the state of the hash `key` within the bounds,
+ *   a new one at its floor when missing.
+ * - `a_sample(st, latency, sentAt, dropped, inflight)`, then
+ *   `a_roll(st)`: `sample` and `roll`; `a_roll` returns the reason's code.
+ * - `a_limit(st)`: `effectiveLimit`.
+ * - `a_save(key, st, ttl)`: writes the state back.
+ * - `a_reply(out, st, key, ttl)`: saves the state and appends the limit,
+ *   the reason of its last change and the no-load latency to `out`.
+ */
+export const ADAPT: string = `
+local A_FIELDS = {'min', 'max', 'limit', 'windowStart', 'samples', 'latencySum', 'drops',
+  'peakInflight', 'noLoadMs', 'probing', 'savedLimit', 'probeAt', 'backoffAt', 'reason'}
+local A_PROBE, A_RESTORE, A_GROW, A_DROP, A_LATENCY, A_HOLD, A_WAIT = 0, 1, 2, 3, 4, 5, 6
+local function a_init(min, max)
+  local floor = math.max(1, math.floor(min))
+  local ceiling = math.max(floor, math.floor(max))
+  return {min = floor, max = ceiling, limit = floor, windowStart = now, samples = 0,
+    latencySum = 0, drops = 0, peakInflight = 0, noLoadMs = 0, probing = 1,
+    savedLimit = floor, probeAt = now, backoffAt = now, reason = A_PROBE}
+end
+local function a_load(key, min, max)
+  local raw = redis.call('HGETALL', key)
+  local st = {}
+  for i = 1, #raw, 2 do st[raw[i]] = tonumber(raw[i + 1]) end
+  for i = 1, #A_FIELDS do
+    if st[A_FIELDS[i]] == nil then return a_init(min, max) end
+  end
+  -- The rules changed: the same controller within the new bounds.
+  st.min = min
+  st.max = max
+  return st
+end
+local function a_limit(st)
+  return math.min(st.max, math.max(st.min, math.floor(st.limit)))
+end
+local function a_next_probe(t)
+  local m = 2147483647
+  local x = math.fmod(math.floor(math.abs(t)), m)
+  x = math.fmod(x * 48271, m)
+  x = math.fmod(x * 48271, m)
+  return t + math.floor(${T.probeMs} * (1 + ${T.probeJitter} * (x / m)))
+end
+local function a_open(st, changes)
+  st.windowStart = now
+  st.samples = 0
+  st.latencySum = 0
+  st.drops = 0
+  st.peakInflight = 0
+  for k, v in pairs(changes) do st[k] = v end
+end
+local function a_sample(st, latency, sentAt, dropped, inflight)
+  local valid = latency == latency and latency >= 0 and latency < math.huge
+  if not valid then sentAt = now end
+  if not (inflight == inflight and inflight > -math.huge and inflight < math.huge) then inflight = 0 end
+  st.peakInflight = math.max(st.peakInflight, inflight)
+  if dropped then
+    if sentAt >= st.backoffAt then st.drops = st.drops + 1 end
+    return
+  end
+  if not valid or sentAt < st.windowStart then return end
+  st.samples = st.samples + 1
+  st.latencySum = st.latencySum + latency
+end
+local function a_end_probe(st)
+  local probeAt = a_next_probe(now)
+  if st.drops > 0 then
+    a_open(st, {limit = math.max(st.min, st.savedLimit * ${T.backoff}), probing = 0,
+      probeAt = probeAt, backoffAt = now, reason = A_DROP})
+    return A_DROP
+  end
+  a_open(st, {limit = st.savedLimit, noLoadMs = st.latencySum / st.samples, probing = 0,
+    probeAt = probeAt, reason = A_RESTORE})
+  return A_RESTORE
+end
+local function a_gradient(st, mean, noLoad)
+  local ratio = ${T.tolerance} * (noLoad + ${T.latencyFloorMs}) / (mean + ${T.latencyFloorMs})
+  local gradient = math.min(${T.maxGradient}, math.max(${T.minGradient}, ratio))
+  local scaled = st.limit * gradient
+  local nxt = scaled + math.sqrt(scaled)
+  if nxt > st.limit and st.peakInflight < math.floor(st.limit) then return st.limit end
+  return nxt
+end
+local function a_roll(st)
+  if st.drops == 0 and (st.samples < ${T.minSamples} or
+      (st.probing ~= 1 and now - st.windowStart < ${T.windowMs})) then
+    return A_WAIT
+  end
+  if st.probing == 1 then return a_end_probe(st) end
+  if st.drops > 0 then
+    local limit = math.max(st.min, st.limit * ${T.backoff})
+    local reason = A_HOLD
+    if limit < st.limit then reason = A_DROP end
+    local last = st.reason
+    if reason ~= A_HOLD then last = reason end
+    a_open(st, {limit = limit, backoffAt = now, reason = last})
+    return reason
+  end
+  local mean = st.latencySum / st.samples
+  local idle = st.peakInflight <= st.min
+  local noLoad = math.min(st.noLoadMs, mean)
+  if idle or st.noLoadMs <= 0 then noLoad = mean end
+  local probeAt = st.probeAt
+  if idle then probeAt = a_next_probe(now) end
+  if now >= probeAt then
+    a_open(st, {limit = st.min, savedLimit = st.limit, probing = 1, reason = A_PROBE})
+    return A_PROBE
+  end
+  local nxt = math.min(st.max, math.max(st.min, a_gradient(st, mean, noLoad)))
+  local reason = A_HOLD
+  if nxt > st.limit then reason = A_GROW elseif nxt < st.limit then reason = A_LATENCY end
+  local last = st.reason
+  if reason ~= A_HOLD then last = reason end
+  a_open(st, {limit = nxt, noLoadMs = noLoad, probeAt = probeAt, reason = last})
+  return reason
+end
+local function a_save(key, st, ttl)
+  local args = {}
+  for i = 1, #A_FIELDS do
+    args[#args + 1] = A_FIELDS[i]
+    args[#args + 1] = string.format('%.17g', st[A_FIELDS[i]])
+  end
+  redis.call('HSET', key, unpack(args))
+  redis.call('PEXPIRE', key, ttl)
+end
+local function a_reply(out, st, key, ttl)
+  a_save(key, st, ttl)
+  out[#out + 1] = a_limit(st)
+  out[#out + 1] = st.reason
+  out[#out + 1] = math.floor(st.noLoadMs * 1000 + 0.5)
 end
 `;

@@ -100,6 +100,8 @@ export interface AcquireHost {
   q: string;
   /** Its waiting workers. */
   qw: string;
+  /** Its adaptive state. */
+  a: string;
   /** The slots this worker knows it holds, after the releases. */
   floor: number;
   /** This worker's last write is known to have landed. */
@@ -115,6 +117,13 @@ export interface AcquireHost {
    * (its state lives in field `r:<field>` of the epoch hash); `""`: none.
    */
   rate: string;
+  /** The bounds of an adaptive limit as `"<min> <max>"`; `""`: a static limit. */
+  adaptive: string;
+  /**
+   * Answers the worker saw, for an adaptive limit, as `"<latency> <age>
+   * <dropped> <inflight>"` repeated (age: ms since the request was sent).
+   */
+  samples: string;
   /** The slots asked, granted in order. */
   asks: Ask[];
 }
@@ -155,6 +164,18 @@ export interface AcquiredHost {
   waitMs: number[];
   /** Per ask, the ms after which the rate has a turn for one refused by it; else 0. */
   retryMs: number[];
+  /** The host's adaptive limit, when it has one. */
+  adaptive?: AcquiredAdaptive;
+}
+
+/** A host's adaptive limit as {@linkcode ACQUIRE} answers it. */
+export interface AcquiredAdaptive {
+  /** The limit in force. */
+  limit: number;
+  /** The code of the reason of its last change (`ADAPTIVE_REASONS`). */
+  reason: number;
+  /** The measured no-load latency, in ms. */
+  noLoadMs: number;
 }
 
 /** The reply of {@linkcode ACQUIRE}. */
@@ -179,7 +200,7 @@ export const ACQUIRE: Script<AcquireInput, AcquireReply> = {
   name: "dprlAcquire",
   lua: wakes(ACQUIRE_LUA),
   encode: (i) => ({
-    keys: [i.leases, i.epoch, ...i.hosts.flatMap((h) => [h.n, h.members, h.q, h.qw])],
+    keys: [i.leases, i.epoch, ...i.hosts.flatMap((h) => [h.n, h.members, h.q, h.qw, h.a])],
     args: [
       ...slotHeader(i),
       ...i.hosts.flatMap((h) => [
@@ -190,6 +211,8 @@ export const ACQUIRE: Script<AcquireInput, AcquireReply> = {
         h.groupLimit,
         h.pause,
         h.rate,
+        h.adaptive,
+        h.samples,
         h.asks.length,
         ...h.asks.map((a) =>
           a.slot === false ? "r" : a.ticket ? `${a.limit} ${a.ticket}` : a.limit
@@ -202,9 +225,15 @@ export const ACQUIRE: Script<AcquireInput, AcquireReply> = {
     let at = 2;
     const hosts = i.hosts.map((h): AcquiredHost => {
       const k = h.asks.length;
+      const adaptive = h.adaptive === "" ? undefined : {
+        limit: Number(r[at + 4]),
+        reason: Number(r[at + 5]),
+        noLoadMs: Number(r[at + 6]) / 1000,
+      };
+      const skip = adaptive ? 3 : 0;
       // Per ask: 0 refused, 1 granted, 1 + w granted after w ms, -r refused by the rate.
-      const codes = r.slice(at + 4, at + 4 + k).map(Number);
-      const host = {
+      const codes = r.slice(at + 4 + skip, at + 4 + skip + k).map(Number);
+      const host: AcquiredHost = {
         total: Number(r[at]),
         lost: lost(r[at + 1]),
         waiting: Number(r[at + 2]),
@@ -213,7 +242,8 @@ export const ACQUIRE: Script<AcquireInput, AcquireReply> = {
         waitMs: codes.map((c) => Math.max(0, c - 1)),
         retryMs: codes.map((c) => Math.max(0, -c)),
       };
-      at += 4 + k;
+      if (adaptive) host.adaptive = adaptive;
+      at += 4 + skip + k;
       return host;
     });
     return { epoch: String(r[0]), lost: lost(r[1]), hosts, healed: healed(r.slice(at)) };

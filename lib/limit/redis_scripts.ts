@@ -23,7 +23,17 @@
  * @module
  */
 
-import { EPOCH, LEASE_MARGIN_MS, LIVE, NOW, OWN, QUEUE, RATE, WRITE } from "./redis_lua_parts.ts";
+import {
+  ADAPT,
+  EPOCH,
+  LEASE_MARGIN_MS,
+  LIVE,
+  NOW,
+  OWN,
+  QUEUE,
+  RATE,
+  WRITE,
+} from "./redis_lua_parts.ts";
 
 export { LEASE_MARGIN_MS } from "./redis_lua_parts.ts";
 
@@ -37,9 +47,10 @@ export function forCluster(lua: string): string {
 
 /**
  * `acquire(worker, leaseMs, ttlMs, known, fresh, [host, floor, trusted,
- * releases, groupLimit, pause, rate, asks, limit...]...)` on `KEYS` = the slot's lease set
- * and epoch hash, then per host its n, group member set, queue q and waiting
- * workers qw: every host of one call lives in one slot. For each host in
+ * releases, groupLimit, pause, rate, adapt, samples, asks, limit...]...)` on
+ * `KEYS` = the slot's lease set and epoch hash, then per host its n, group
+ * member set, queue q, waiting workers qw and adaptive state a: every host
+ * of one call lives in one slot. For each host in
  * turn: first gives back `releases` slots of `worker` (and wakes the queue),
  * then takes one slot per `limit`, in order, for each while `limit` is 0 or
  * the live workers hold fewer than it and the queue lets it through, unless
@@ -62,13 +73,19 @@ export function forCluster(lua: string): string {
  * taken at once: the grant is then `1 + wait` (ms until the turn), and a
  * slot whose turn would come too late is refused with `-retry` (ms until
  * the next turn). A `limit` of `r` asks a turn alone, no slot: its answer
- * reads the same, and neither a pause nor lost keys refuse it.
+ * reads the same, and neither a pause nor lost keys refuse it. With
+ * `adapt` = `"<min> <max>"` (`''`: a static limit) the host's limit adapts
+ * (see `ADAPT`): `samples` (`"<latency> <age> <dropped> <inflight>"`
+ * repeated; age: ms since the request was sent) move its state first, each
+ * slot is granted under its adaptive limit, and the host's reply carries
+ * the limit, the code of its last change and the no-load latency in µs
+ * after `paused`.
  */
 export const ACQUIRE_LUA: string = NOW + `
 local worker = ARGV[1]
 local lease = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
-` + OWN + LIVE + EPOCH + WRITE + QUEUE + RATE + `
+` + OWN + LIVE + EPOCH + WRITE + QUEUE + RATE + ADAPT + `
 local L, e = KEYS[1], KEYS[2]
 own(L, 'zset')
 own(e, 'hash')
@@ -81,8 +98,8 @@ redis.call('ZADD', L, now + lease, worker)
 -- Every host of the call is in this slot: its live workers are read once.
 local alive = alive_set(L, true)
 local a = 6
-for k = 3, #KEYS, 4 do
-  local n, members, q, qw = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+for k = 3, #KEYS, 5 do
+  local n, members, q, qw, akey = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
   local host = ARGV[a]
   local floor = tonumber(ARGV[a + 1])
   local trusted = ARGV[a + 2] == '1'
@@ -90,8 +107,10 @@ for k = 3, #KEYS, 4 do
   local glimit = tonumber(ARGV[a + 4])
   local pause = tonumber(ARGV[a + 5])
   local rate = ARGV[a + 6]
-  local asks = tonumber(ARGV[a + 7])
-  a = a + 8
+  local adapt = ARGV[a + 7]
+  local samples = ARGV[a + 8]
+  local asks = tonumber(ARGV[a + 9])
+  a = a + 10
   own(n, 'hash')
   -- A pause the host asked for (Retry-After) lives in the slot's epoch hash.
   local pkey = 'p:' .. host
@@ -101,6 +120,17 @@ for k = 3, #KEYS, 4 do
     paused = pause
   end
   if paused <= now then paused = 0 end
+  -- An adaptive limit: its state, moved by the answers the worker saw.
+  local ast = nil
+  if adapt ~= '' then
+    own(akey, 'hash')
+    local amin, amax = string.match(adapt, '^(%S+) (%S+)$')
+    ast = a_load(akey, tonumber(amin), tonumber(amax))
+    for lat, age, dropped, inflight in string.gmatch(samples, '(%S+) (%S+) (%S+) (%S+)') do
+      a_sample(ast, tonumber(lat), now - tonumber(age), dropped == '1', tonumber(inflight))
+      a_roll(ast)
+    end
+  end
   -- The queue's keys are checked where they are read (prune_queue).
   if asks == 0 then
     -- Slots given back only: no sum to take, no queue to prune.
@@ -117,6 +147,7 @@ for k = 3, #KEYS, 4 do
     out[#out + 1] = lost
     out[#out + 1] = -1
     out[#out + 1] = paused
+    if ast then a_reply(out, ast, akey, ttl) end
   else
     if glimit >= 0 then own(members, 'set') end
     local lost = slot_lost
@@ -155,12 +186,16 @@ for k = 3, #KEYS, 4 do
     end
     local queued = prune_queue(q, qw)
     if releases > 0 and queued then redis.call('PUBLISH', q, host) end
+    local cap = nil
+    if ast then cap = a_limit(ast) end
     local grants = {}
     for i = a, a + asks - 1 do
       local spec, ticket = string.match(ARGV[i], '^(%S+) ?(.*)$')
       -- 'r': a turn under the rate alone, for a request on an open connection.
       local slot = spec ~= 'r'
       local limit = tonumber(spec) or 0
+      -- The adaptive limit, under the static one (its ceiling).
+      if cap then limit = cap end
       local code = 0
       if not slot or (lost == 0 and paused == 0 and
           (limit <= 0 or (sum < limit and queue_lets(q, queued, sum, limit, ticket))) and
@@ -177,6 +212,8 @@ for k = 3, #KEYS, 4 do
         mine = mine + 1
         changed = true
         if ticket ~= '' then redis.call('ZREM', q, ticket) end
+        -- The fleet's slots held, as evidence that the limit held the host back.
+        if ast then ast.peakInflight = math.max(ast.peakInflight, sum) end
       end
       grants[#grants + 1] = code
     end
@@ -185,6 +222,7 @@ for k = 3, #KEYS, 4 do
     out[#out + 1] = lost
     out[#out + 1] = queued and redis.call('ZCARD', q) or 0
     out[#out + 1] = paused
+    if ast then a_reply(out, ast, akey, ttl) end
     for i = 1, #grants do out[#out + 1] = grants[i] end
     -- A member of a group renews its member set each time.
     local fresh = glimit < 0 and mark > now + ttl / 2

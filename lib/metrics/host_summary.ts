@@ -21,6 +21,10 @@ export interface UpstreamHostView {
   queued?: number;
   /** When the pause the host asked for with `Retry-After` ends (ms since epoch), while it runs. */
   pausedUntil?: number;
+  /** The host's adaptive limit and why it last changed, when its limit adapts. */
+  adaptive?: { limit: number; reason: string };
+  /** The host's request rate (per second), when it has one. */
+  rate?: number;
 }
 
 /** One host's current state and counters. */
@@ -37,6 +41,10 @@ export interface HostSummary {
   queued: number;
   /** When the host's pause ends (ms since epoch), while it runs. */
   pausedUntil?: number;
+  /** The host's adaptive limit and why it last changed, when its limit adapts. */
+  adaptive?: { limit: number; reason: string };
+  /** The host's request rate (per second), when it has one. */
+  rate?: number;
   /** The limit that applies (0 or less: unlimited). */
   limit: number;
   /** The host's counters, or `undefined` when nothing was counted yet. */
@@ -67,6 +75,8 @@ export function summarizeHosts(options: SummarizeOptions): HostSummary[] {
       fleetOpen: view.fleetOpen,
       queued: view.queued ?? 0,
       pausedUntil: view.pausedUntil,
+      adaptive: view.adaptive,
+      rate: view.rate,
       limit: options.limitFor(view.host),
       stats: options.stats.get(view.host),
     });

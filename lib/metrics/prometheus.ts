@@ -109,6 +109,18 @@ function hostMetrics(out: string[], rows: MetricRow[], input: PrometheusInput): 
     out.push(`dprl_host_paused_until_seconds{${labels[i]}} ${(row.pausedUntil / 1000).toFixed(3)}`);
   });
 
+  head(
+    out,
+    "dprl_host_effective_limit",
+    "gauge",
+    "The limit in force of a host whose limit adapts, with the reason of its last change.",
+  );
+  rows.forEach((row, i) => {
+    if (row.adaptive === undefined) return;
+    const reason = escapeLabel(row.adaptive.reason);
+    out.push(`dprl_host_effective_limit{${labels[i]},reason="${reason}"} ${row.adaptive.limit}`);
+  });
+
   if (input.distributed) {
     head(
       out,
@@ -290,6 +302,7 @@ interface MetricRow {
   queued: number;
   fleetOpen?: number;
   pausedUntil?: number;
+  adaptive?: { limit: number; reason: string };
   limit: number;
   admitted: number;
   refused: Record<RefusalReason, number>;
@@ -347,6 +360,7 @@ function toMetricRow(row: HostSummary): MetricRow {
     queued: row.queued,
     fleetOpen: row.fleetOpen,
     pausedUntil: row.pausedUntil,
+    adaptive: row.adaptive,
     limit: row.limit,
     admitted: row.stats?.admitted ?? 0,
     refused: row.stats?.refused ?? NO_REFUSALS,

@@ -142,10 +142,25 @@ async function roundTrip(s: Session, out: Outbound): Promise<Answer & { up: Upst
     const pooled = up.reused;
     s.upstream = up;
     if (s.closed) throw s.signal.reason;
-    const answer = await send(s, up, out);
-    if (answer !== null) return { ...answer, up };
+    const sentAt = performance.now();
+    let answer: Answer | null;
+    try {
+      answer = await send(s, up, out);
+    } catch (err) {
+      // Reset or timed out before the first byte: the host could not serve it.
+      if (err instanceof UpstreamClosedError && !s.signal.aborted) {
+        pool.gates.observe(out.key, performance.now() - sentAt, true);
+      }
+      throw err;
+    }
+    if (answer !== null) {
+      const { status } = answer.res;
+      pool.gates.observe(out.key, performance.now() - sentAt, status === 429 || status === 503);
+      return { ...answer, up };
+    }
     up.close();
     if (!pooled || attempt > 0 || !out.replayable || s.timedOut) {
+      pool.gates.observe(out.key, performance.now() - sentAt, true);
       throw new UpstreamClosedError(out.key);
     }
   }

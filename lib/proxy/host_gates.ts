@@ -1,7 +1,7 @@
 /**
- * {@linkcode HostGates}: what holds a request to a host back besides its
- * connection limit: a pause the host asked for with `Retry-After`, and the
- * host's request rate.
+ * {@linkcode HostGates}: what follows the host's own signals: a pause it
+ * asked for with `Retry-After`, its request rate, and its adaptive limit,
+ * fed with how its requests went.
  *
  * @module
  */
@@ -31,6 +31,12 @@ export interface HostGatesOptions {
   retryAfterMax: number;
   /** New requests or tunnels per second each host may be sent; 0: no rate. */
   maxRate: number;
+  /** Whether hosts' limits adapt unless their rule says otherwise. */
+  adaptive: boolean;
+  /** The floor of an adaptive limit. */
+  adaptiveMin: number;
+  /** The requests in flight to a host from this process. */
+  busy: (key: string) => number;
   /** Where a pause's start is logged. */
   logger: Logger;
 }
@@ -39,10 +45,50 @@ export interface HostGatesOptions {
 export class HostGates {
   #o: HostGatesOptions;
   #pauses = new HostPauses();
+  #adaptive: { readonly min: number };
 
   /** Creates the gates. */
   constructor(options: HostGatesOptions) {
     this.#o = options;
+    this.#adaptive = Object.freeze({ min: Math.max(1, options.adaptiveMin) });
+    options.limiter.adaptive.onChange = (host, view) => {
+      options.logger.debug("Adaptive limit of {host} is now {limit} ({reason})", {
+        host,
+        limit: view.limit,
+        reason: view.reason,
+      });
+    };
+  }
+
+  /** What an acquire for a host of `match` names when its limit adapts; else `undefined`. */
+  adaptiveOf(match: Readonly<RuleMatch>): { readonly min: number } | undefined {
+    return match.adaptive ?? this.#o.adaptive ? this.#adaptive : undefined;
+  }
+
+  /**
+   * The limit of `key` in force: its adaptive limit as last known when it
+   * adapts, else the rule's.
+   */
+  limitOf(key: string, match: Readonly<RuleMatch>): number {
+    if (!this.adaptiveOf(match)) return match.limit;
+    return this.#o.limiter.adaptive.view(key)?.limit ?? this.#adaptive.min;
+  }
+
+  /**
+   * Takes in how a request to `key` went, for its adaptive limit: the time
+   * to its response head (plain HTTP) or its connect time (tunnels), and
+   * whether it was dropped (429 or 503, connect error, timeout or reset
+   * before the first byte).
+   */
+  observe(key: string, latencyMs: number, dropped: boolean): void {
+    const match = this.#o.limits.lookup(key);
+    const adaptive = this.adaptiveOf(match);
+    if (!adaptive) return;
+    this.#o.limiter.adaptive.observe(
+      key,
+      { latencyMs, dropped, inflight: this.#o.busy(key) },
+      { min: adaptive.min, max: match.limit },
+    );
   }
 
   /**

@@ -67,6 +67,10 @@ export interface ProxyServerOptions {
   retryAfterMax?: number;
   /** New requests or tunnels per second each host may be sent; 0 or absent: no rate. */
   maxRate?: number;
+  /** Whether hosts' limits adapt unless their rule says otherwise. */
+  adaptive?: boolean;
+  /** The floor of an adaptive limit. */
+  adaptiveMin?: number;
 }
 
 const SWEEP_MS = 250;
@@ -104,6 +108,8 @@ export class ProxyServer {
       queueMax: options.queueMax ?? DEFAULTS.queueMax,
       retryAfterMax: options.retryAfterMax ?? DEFAULTS.retryAfterMax,
       maxRate: options.maxRate,
+      adaptive: options.adaptive,
+      adaptiveMin: options.adaptiveMin ?? DEFAULTS.adaptiveMin,
       maxIdlePerHost: options.maxIdlePerHost ?? DEFAULTS.maxIdlePerHost,
       logger: options.logger,
     });

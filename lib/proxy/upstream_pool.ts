@@ -52,6 +52,14 @@ export interface UpstreamPoolOptions {
    * no rate. A host's rule may set its own (`RuleMatch.rate`).
    */
   maxRate?: number;
+  /**
+   * Whether each host's limit adapts to what it serves, between
+   * `adaptiveMin` and its limit. A host's rule may say otherwise
+   * (`RuleMatch.adaptive`).
+   */
+  adaptive?: boolean;
+  /** The floor of an adaptive limit; default 1. */
+  adaptiveMin?: number;
   /** Where upstream opens and closes are logged (debug). */
   logger: Logger;
 }
@@ -79,7 +87,13 @@ export class UpstreamPool {
 
   constructor(options: UpstreamPoolOptions) {
     this.#o = options;
-    this.gates = new HostGates({ ...options, maxRate: options.maxRate ?? 0 });
+    this.gates = new HostGates({
+      ...options,
+      maxRate: options.maxRate ?? 0,
+      adaptive: options.adaptive ?? false,
+      adaptiveMin: options.adaptiveMin ?? 1,
+      busy: (key) => (this.#open.get(key) ?? 0) - (this.#idle.get(key)?.length ?? 0),
+    });
     // A host at its limit elsewhere in the fleet: idle sockets give way.
     options.limiter.onPressure = (key) => {
       this.#closeIdleOf(key);
@@ -124,6 +138,11 @@ export class UpstreamPool {
   /** Takes an idle socket to `key` for reuse, if one is pooled and the host is not paused. */
   take(key: string): Upstream | undefined {
     if (this.gates.isPaused(key)) return undefined;
+    // Over a limit that came down: idle sockets close, none is reused.
+    if (this.#over(key)) {
+      this.#closeIdleOf(key);
+      return undefined;
+    }
     const list = this.#idle.get(key);
     const up = list?.pop();
     if (list?.length === 0) this.#idle.delete(key);
@@ -169,6 +188,7 @@ export class UpstreamPool {
       granted = await this.#o.limiter.acquire(up.key, match.limit, {
         group: match.group,
         ticket: waiter.ticket,
+        adaptive: this.gates.adaptiveOf(match),
       });
     } catch {
       // The limiter cannot decide: the socket closes, the line is asked again.
@@ -187,9 +207,20 @@ export class UpstreamPool {
     } else this.put(up); // it left meanwhile: the next one, or the pool
   }
 
+  /** Whether this process holds more sockets to `key` than the limit in force (adaptive ones come down). */
+  #over(key: string): boolean {
+    const match = this.#o.limits.lookup(key);
+    if (!this.gates.adaptiveOf(match)) return false;
+    return (this.#open.get(key) ?? 0) > this.gates.limitOf(key, match);
+  }
+
   /** Pools a socket whose exchange ended cleanly, or closes it. */
   put(up: Upstream): void {
     if (up.closed) return;
+    if (this.#over(up.key)) {
+      up.close();
+      return;
+    }
     up.reused = true;
     if (this.#handOff(up)) return;
     const list = this.#idle.get(up.key) ?? [];
@@ -272,12 +303,16 @@ export class UpstreamPool {
       taken.release();
       // The client left: nothing failed upstream.
       if (signal?.aborted) throw signal.reason;
+      this.gates.observe(key, performance.now() - started, true);
       throw connectError(key, err, deadline.signal.aborted);
     } finally {
       this.#dials.delete(deadline);
       signal?.removeEventListener("abort", leave);
     }
-    this.#o.stats.onConnectDuration(performance.now() - started);
+    const connectMs = performance.now() - started;
+    this.#o.stats.onConnectDuration(connectMs);
+    // A tunnel's lifetime says nothing of the host: its connect time does.
+    if (!http) this.gates.observe(key, connectMs, false);
     conn.setNoDelay(true);
     const n = (this.#open.get(key) ?? 0) + 1;
     this.#open.set(key, n);
@@ -366,7 +401,12 @@ export class UpstreamPool {
     ticket?: string,
   ): Promise<Slot | null> {
     try {
-      const options = { group: match.group, ticket, rate: this.gates.rateOf(key, match) };
+      const options = {
+        group: match.group,
+        ticket,
+        rate: this.gates.rateOf(key, match),
+        adaptive: this.gates.adaptiveOf(match),
+      };
       for (;;) {
         const slot = await this.#o.limiter.acquire(key, match.limit, options);
         if (slot) return slot;
@@ -448,25 +488,19 @@ export class UpstreamPool {
    */
   *hosts(): Iterable<UpstreamHostView> {
     const pauses = this.gates.running();
-    for (const [host, open] of this.#open) {
+    const keys = new Set([...this.#open.keys(), ...this.#queue.keys(), ...pauses.keys()]);
+    for (const host of keys) {
+      const match = this.#o.limits.lookup(host);
+      const adaptive = this.gates.adaptiveOf(match) && this.#o.limiter.adaptive.view(host);
       yield {
         host,
-        open,
+        open: this.#open.get(host) ?? 0,
         idle: this.#idle.get(host)?.length ?? 0,
         queued: this.#queue.length(host),
         pausedUntil: pauses.get(host)?.until,
+        adaptive: adaptive ? { limit: adaptive.limit, reason: adaptive.reason } : undefined,
+        rate: this.gates.rateOf(host, match)?.perSecond,
       };
-    }
-    for (const host of this.#queue.keys()) {
-      if (!this.#open.has(host)) {
-        const pausedUntil = pauses.get(host)?.until;
-        yield { host, open: 0, idle: 0, queued: this.#queue.length(host), pausedUntil };
-      }
-    }
-    for (const [host, pause] of pauses) {
-      if (!this.#open.has(host) && this.#queue.length(host) === 0) {
-        yield { host, open: 0, idle: 0, queued: 0, pausedUntil: pause.until };
-      }
     }
   }
 

@@ -25,7 +25,9 @@ export interface RuleDifference {
 /** Canonical settings as text: ` (queue-timeout 30s, queue-max 50)`, or nothing. */
 function settingsText(rule: RuleSettings): string {
   const parts = [];
-  for (const name of ["queue-timeout", "queue-max", "rate", "retry-after-max"] as const) {
+  for (
+    const name of ["queue-timeout", "queue-max", "rate", "retry-after-max", "adaptive"] as const
+  ) {
     if (rule[name] !== undefined) parts.push(`${name} ${rule[name]}`);
   }
   return parts.length ? ` (${parts.join(", ")})` : "";

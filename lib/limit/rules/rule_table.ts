@@ -48,6 +48,11 @@ export interface RuleMatch {
    * process's setting applies.
    */
   retryAfterMax?: number;
+  /**
+   * Whether the limit adapts, when a host rule, the group or the default
+   * sets `adaptive`; else the process's setting applies.
+   */
+  adaptive?: boolean;
 }
 
 /** A request rate as a lookup returns it. */
@@ -115,15 +120,15 @@ export function patternRank(pattern: string): number {
 }
 
 /** The settings a lookup carries, as {@linkcode RuleMatch} names them. */
-const SETTINGS = ["queueTimeout", "queueMax", "rate", "retryAfterMax"] as const;
+const SETTINGS = ["queueTimeout", "queueMax", "rate", "retryAfterMax", "adaptive"] as const;
 
 /** A setting's value in a {@linkcode RuleMatch}; a group's rate is shared. */
 function settingOf(
   name: typeof SETTINGS[number],
-  value: number | undefined,
+  value: number | boolean | undefined,
   group?: string,
-): number | RateMatch | undefined {
-  if (value === undefined || name !== "rate") return value;
+): number | boolean | RateMatch | undefined {
+  if (typeof value !== "number" || name !== "rate") return value;
   return Object.freeze(group === undefined ? { perSecond: value } : { perSecond: value, group });
 }
 
@@ -142,7 +147,7 @@ function compile(rules: LimitRules, canonical: boolean): RuleTableData {
   const n = normalizeRules(rules);
   const defaultLimit = n.default ?? 0;
   const limits = new HostIndex<[number, number]>();
-  const settings = new Map(SETTINGS.map((name) => [name, new HostIndex<number>()]));
+  const settings = new Map(SETTINGS.map((name) => [name, new HostIndex<number | boolean>()]));
   const groups = new HostIndex<[GroupMatch, NormalGroup]>();
   for (const [pattern, rule] of n.hosts) {
     if (rule.limit !== undefined) limits.set(pattern, [rule.limit, patternRank(pattern)]);

@@ -34,6 +34,11 @@ export interface RuleSettings {
    * a duration; 0 honours none.
    */
   "retry-after-max"?: string | number;
+  /**
+   * Whether the hosts' limit adapts to what they serve (`--adaptive`): it
+   * moves between `--adaptive-min` and the rule's limit, the ceiling.
+   */
+  adaptive?: boolean;
 }
 
 /**
@@ -193,6 +198,8 @@ export interface NormalSettings {
   rate?: number;
   /** The longest pause a `Retry-After` may ask for, in milliseconds. */
   retryAfterMax?: number;
+  /** Whether the limit adapts. */
+  adaptive?: boolean;
 }
 
 /** A validated host rule. */
@@ -224,7 +231,7 @@ export interface NormalRules {
 }
 
 const RULE_FIELDS = ["default", "hosts", "groups"];
-const SETTING_FIELDS = ["queue-timeout", "queue-max", "rate", "retry-after-max"];
+const SETTING_FIELDS = ["queue-timeout", "queue-max", "rate", "retry-after-max", "adaptive"];
 const HOST_FIELDS = ["limit", ...SETTING_FIELDS];
 const GROUP_FIELDS = ["name", "match", "limit", ...SETTING_FIELDS];
 /** The largest `queue-max`, as for the flag. */
@@ -297,6 +304,16 @@ function checkSettings(rule: Record<string, unknown>, path: RulePath): NormalSet
   }
   const pause = rule["retry-after-max"];
   if (pause !== undefined) out.retryAfterMax = checkDuration(pause, [...path, "retry-after-max"]);
+  const adaptive = rule.adaptive;
+  if (adaptive !== undefined) {
+    if (typeof adaptive !== "boolean") {
+      throw new RulesError(
+        [...path, "adaptive"],
+        `must be true or false, got ${describe(adaptive)}`,
+      );
+    }
+    out.adaptive = adaptive;
+  }
   return out;
 }
 
@@ -468,6 +485,7 @@ function settingFields(q: NormalSettings): RuleSettings {
   if (q.queueMax !== undefined) out["queue-max"] = q.queueMax;
   if (q.rate !== undefined) out.rate = formatRate(q.rate);
   if (q.retryAfterMax !== undefined) out["retry-after-max"] = formatDuration(q.retryAfterMax);
+  if (q.adaptive !== undefined) out.adaptive = q.adaptive;
   return out;
 }
 

@@ -1,0 +1,123 @@
+// Adaptive limits through real proxies: an upstream that serves 4 requests
+// at a time and fails past 12 in flight, 40 clients hammering it through
+// dprl with --adaptive --max-connections 64 --queue-timeout 10s. The limit
+// finds what the host serves: few 503s, a small queue at the host, and the
+// goodput of a well-chosen static limit.
+import assert from "node:assert/strict";
+import { startProxy } from "./_helpers/proxy.ts";
+import { type CapacityUpstream, startCapacityUpstream } from "./_helpers/capacity_upstream.ts";
+import { RedisServer, redisTest } from "./_helpers/redis_server.ts";
+import { ProxyRateLimiter, type ProxyRateLimiterOptions } from "../mod.ts";
+
+const UPSTREAM = { capacity: 4, serviceMs: 50, maxInFlight: 12 };
+const RUN_MS = 10_000;
+
+/** What a run of 40 clients for 10 s saw at the upstream. */
+interface Run {
+  /** Share of the upstream's answers that were 503. */
+  dropped: number;
+  /** Median in flight at the upstream, at each arrival. */
+  medianInFlight: number;
+  /** 200 answers per second. */
+  goodput: number;
+}
+
+/** 40 clients, spread over `proxies`, send requests one after the other for 10 s. */
+async function hammer(up: CapacityUpstream, proxies: string[]): Promise<Run> {
+  const start = performance.now();
+  await Promise.all(Array.from({ length: 40 }, async (_, i) => {
+    const client = Deno.createHttpClient({ proxy: { url: proxies[i % proxies.length] } });
+    try {
+      // Bounded in time and in count.
+      for (let n = 0; n < 10_000 && performance.now() - start < RUN_MS; n++) {
+        const res = await fetch(up.url, { client });
+        await res.body?.cancel();
+      }
+    } finally {
+      client.close();
+    }
+  }));
+  const seconds = (performance.now() - start) / 1000;
+  const ok = up.answers.get(200) ?? 0;
+  const failed = up.answers.get(503) ?? 0;
+  const sorted = [...up.inflight].sort((a, b) => a - b);
+  return {
+    dropped: failed / Math.max(1, ok + failed),
+    medianInFlight: sorted[Math.floor(sorted.length / 2)] ?? 0,
+    goodput: ok / seconds,
+  };
+}
+
+/** The goodput of a static limit of 4 on this machine, measured once. */
+let staticGoodput: Promise<number> | undefined;
+function baseline(): Promise<number> {
+  staticGoodput ??= (async () => {
+    await using up = startCapacityUpstream(UPSTREAM);
+    await using tp = await startProxy({ defaultMaxConnectionsPerHost: 4, queueTimeout: 10_000 });
+    return (await hammer(up, [tp.url])).goodput;
+  })();
+  return staticGoodput;
+}
+
+function assertGoal(run: Run, goodput: number): void {
+  const seen = JSON.stringify({ ...run, staticGoodput: goodput });
+  assert.ok(run.dropped <= 0.02, `at most 2% 503s: ${seen}`);
+  assert.ok(run.medianInFlight <= 8, `median in flight at most 8: ${seen}`);
+  assert.ok(run.goodput >= 0.8 * goodput, `goodput at least 0.8x the static 4's: ${seen}`);
+}
+
+const ADAPTIVE = {
+  adaptive: true,
+  defaultMaxConnectionsPerHost: 64,
+  queueTimeout: 10_000,
+} satisfies ProxyRateLimiterOptions;
+
+Deno.test("--adaptive through one proxy: few 503s, a short queue at the host, the goodput of a static 4", async () => {
+  const goodput = await baseline();
+  await using up = startCapacityUpstream(UPSTREAM);
+  await using tp = await startProxy(ADAPTIVE);
+  const run = await hammer(up, [tp.url]);
+  assertGoal(run, goodput);
+  const res = await tp.proxy.adminHandler()(
+    new Request(`http://admin/api/hosts/${encodeURIComponent(up.authority)}`),
+  );
+  const view = await res.json();
+  assert.ok(view.effectiveLimit >= 1 && view.effectiveLimit <= 64, JSON.stringify(view));
+  assert.equal(view.limit, 64);
+  assert.match(view.limitReason, /^(probe|restore|grow|backoff-drop|backoff-latency|hold)$/);
+  const metrics = await (await tp.proxy.adminHandler()(new Request("http://admin/metrics"))).text();
+  assert.match(
+    metrics,
+    /dprl_host_effective_limit\{host="127\.0\.0\.1:\d+",reason="[a-z-]+"\} \d+/,
+  );
+});
+
+await redisTest(
+  "--adaptive with three proxies on one Redis: one limit for the fleet, the same goal",
+  "server",
+  async () => {
+    const goodput = await baseline();
+    await using redis = await RedisServer.start();
+    await using up = startCapacityUpstream(UPSTREAM);
+    const fleet: ProxyRateLimiter[] = [];
+    try {
+      for (let i = 0; i < 3; i++) {
+        const p = new ProxyRateLimiter({
+          port: 0,
+          hostname: "127.0.0.1",
+          redis: redis.url,
+          ...ADAPTIVE,
+        });
+        fleet.push(p);
+        await p.start();
+      }
+      const run = await hammer(up, fleet.map((p) => p.proxyUrl!.href));
+      assertGoal(run, goodput);
+      // The state lives in Redis under the host's hash tag.
+      const limit = Number(await redis.cli("HGET", `dprl:{${up.authority}}:a`, "limit"));
+      assert.ok(limit >= 1 && limit <= 64, `limit ${limit}`);
+    } finally {
+      await Promise.all(fleet.map((p) => p.stop({ graceMs: 200 })));
+    }
+  },
+);
