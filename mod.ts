@@ -52,6 +52,7 @@ export {
   type ReloadOutcome,
 } from "./lib/proxy_rate_limiter.ts";
 export {
+  type DefaultRule,
   type GroupRule,
   type HostRule,
   type LimitRules,

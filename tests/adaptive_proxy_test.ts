@@ -4,7 +4,9 @@
 // finds what the host serves: few 503s, a small queue at the host, and the
 // goodput of a well-chosen static limit.
 import assert from "node:assert/strict";
-import { startProxy } from "./_helpers/proxy.ts";
+import { connectRequest, startProxy } from "./_helpers/proxy.ts";
+import { BufferedConn, readHead, statusOf, waitFor } from "./_helpers/raw.ts";
+import { startEchoUpstream } from "./_helpers/upstream.ts";
 import { type CapacityUpstream, startCapacityUpstream } from "./_helpers/capacity_upstream.ts";
 import { RedisServer, redisTest } from "./_helpers/redis_server.ts";
 import { ProxyRateLimiter, type ProxyRateLimiterOptions } from "../mod.ts";
@@ -121,3 +123,82 @@ await redisTest(
     }
   },
 );
+
+/** The adaptive limit of `host` and its reason, as /api/hosts shows them (null while not listed). */
+async function adaptiveView(proxy: ProxyRateLimiter, host: string) {
+  const res = await proxy.adminHandler()(
+    new Request(`http://admin/api/hosts/${encodeURIComponent(host)}`),
+  );
+  const view = await res.json();
+  return { limit: view.effectiveLimit as number | null, reason: view.limitReason as string | null };
+}
+
+Deno.test("--adaptive: a host that serves fast grows its limit, and 503s back it off at once", async () => {
+  let failing = false;
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async () => {
+    if (failing) return new Response("down\n", { status: 503 });
+    await new Promise((done) => setTimeout(done, 5)); // the host's service time
+    return new Response("ok\n");
+  });
+  await using _server = { [Symbol.asyncDispose]: () => server.shutdown() };
+  const { port } = server.addr as Deno.NetAddr;
+  const host = `127.0.0.1:${port}`;
+  await using tp = await startProxy({ adaptive: true, defaultMaxConnectionsPerHost: 16 });
+  let stop = false;
+  const clients = Array.from({ length: 16 }, async () => {
+    const client = Deno.createHttpClient({ proxy: { url: tp.url } });
+    try {
+      // Bounded in count; stopped once the test has seen what it waits for.
+      for (let n = 0; n < 20_000 && !stop; n++) {
+        const res = await fetch(`http://${host}/`, { client });
+        await res.body?.cancel();
+      }
+    } finally {
+      client.close();
+    }
+  });
+  try {
+    let seen = await adaptiveView(tp.proxy, host);
+    await waitFor(
+      async () => ((seen = await adaptiveView(tp.proxy, host)).limit ?? 0) >= 4,
+      () => `a limit of 4 or more (seen ${JSON.stringify(seen)})`,
+    );
+    failing = true;
+    await waitFor(
+      async () => (seen = await adaptiveView(tp.proxy, host)).reason === "backoff-drop",
+      () => `a back-off on 503s (seen ${JSON.stringify(seen)})`,
+    );
+  } finally {
+    stop = true;
+    await Promise.all(clients);
+  }
+});
+
+Deno.test("--adaptive: tunnels feed their connect times, so a host reached by CONNECT grows too", async () => {
+  await using echo = startEchoUpstream();
+  const host = `127.0.0.1:${echo.port}`;
+  await using tp = await startProxy({ adaptive: true, defaultMaxConnectionsPerHost: 16 });
+  let stop = false;
+  const loops = Array.from({ length: 16 }, async () => {
+    for (let n = 0; n < 20_000 && !stop; n++) {
+      const conn = await BufferedConn.connect(tp.addr);
+      try {
+        await conn.write(connectRequest(host));
+        const head = await readHead(conn);
+        if (head === null || statusOf(head) !== 200) continue;
+      } finally {
+        conn.close();
+      }
+    }
+  });
+  try {
+    let seen = await adaptiveView(tp.proxy, host);
+    await waitFor(
+      async () => ((seen = await adaptiveView(tp.proxy, host)).limit ?? 0) >= 4,
+      () => `a limit of 4 or more (seen ${JSON.stringify(seen)})`,
+    );
+  } finally {
+    stop = true;
+    await Promise.all(loops);
+  }
+});

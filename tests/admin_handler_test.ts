@@ -80,12 +80,34 @@ Deno.test("bad limit input gets a problem+json 4xx and changes nothing", async (
   const handler = createAdminHandler(source);
   const cases: [string, string, string | undefined, number, RegExp, Record<string, string>?][] = [
     ["PUT", "/api/limits/a.example", "{limit: 3}", 400, /not valid JSON/],
-    ["PUT", "/api/limits/a.example", '{"limit": -1}', 400, /non-negative integer/],
-    ["PUT", "/api/limits/a.example", '{"limit": 2.5}', 400, /non-negative integer/],
-    ["PUT", "/api/limits/a.example", '{"limit": "3"}', 400, /non-negative integer/],
-    ["PUT", "/api/limits/a.example", '{"limit": 1e400}', 400, /non-negative integer/],
-    ["PUT", "/api/limits/a.example", '{"limit": 3, "x": 1}', 400, /exactly/],
-    ["PUT", "/api/limits/a.example", "[3]", 400, /exactly/],
+    [
+      "PUT",
+      "/api/limits/a.example",
+      '{"limit": -1}',
+      400,
+      /^limit must be an integer >= 0, got -1$/,
+    ],
+    ["PUT", "/api/limits/a.example", '{"limit": 2.5}', 400, /^limit must be an integer >= 0/],
+    [
+      "PUT",
+      "/api/limits/a.example",
+      '{"limit": "3"}',
+      400,
+      /^limit must be an integer >= 0, got "3"/,
+    ],
+    ["PUT", "/api/limits/a.example", '{"limit": 1e400}', 400, /^limit must be an integer >= 0/],
+    ["PUT", "/api/limits/a.example", '{"limit": 3, "x": 1}', 400, /^x is not a host rule field/],
+    ["PUT", "/api/limits/a.example", "[3]", 400, /\{"limit": N\} or a host rule/],
+    ["PUT", "/api/limits/a.example", "{}", 400, /^limit must be an integer >= 0, got nothing/],
+    ["PUT", "/api/limits/a.example", '{"rate": "fast"}', 400, /^rate must be a rate such as 10\/s/],
+    ["PUT", "/api/limits/a.example", '{"adaptive": "yes"}', 400, /^adaptive must be true or false/],
+    [
+      "PUT",
+      "/api/limits/a.example",
+      '{"retry-after-max": "1 m"}',
+      400,
+      /^retry-after-max must be a duration/,
+    ],
     ["PUT", "/api/limits/a.example", "", 400, /not valid JSON/],
     ["PUT", "/api/limits/a.example", '{"limit": 3}', 415, /application\/json/, {
       "content-type": "text/plain",
@@ -106,6 +128,24 @@ Deno.test("bad limit input gets a problem+json 4xx and changes nothing", async (
   }
   assert.deepEqual([source.defaultLimit, source.table.entries()], [5, { "a.example": 2 }]);
   assert.deepEqual(source.changes, []);
+});
+
+Deno.test("PUT /api/limits/{host} takes a rule's settings too: rate, adaptive, retry-after-max", async () => {
+  const source = new TableAdminSource({ defaultLimit: 5 });
+  const handler = createAdminHandler(source);
+  const body = '{"limit": 3, "rate": "600/m", "adaptive": true, "retry-after-max": "30s"}';
+  const res = await call(handler, "PUT", "/api/limits/a.example", body);
+  assert.equal(res.status, 200);
+  assert.deepEqual(await res.json(), {
+    host: "a.example",
+    limit: 3,
+    rate: "600/m",
+    adaptive: true,
+    "retry-after-max": "30s",
+  });
+  assert.deepEqual(source.changes, [
+    `set a.example {"limit":3,"rate":"600/m","adaptive":true,"retry-after-max":"30s"}`,
+  ]);
 });
 
 Deno.test("a wrong method gets 405 with an Allow header", async () => {

@@ -167,3 +167,45 @@ await redisTest(
     assert.doesNotMatch(await redis.cli("HGETALL", "dprl:limits"), /x\.test/);
   },
 );
+
+await redisTest(
+  "in distributed mode PUT /api/limits/{host} with a rate holds every worker of the fleet to it",
+  "server",
+  async () => {
+    await using redis = await RedisServer.start();
+    const server = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, onListen() {} },
+      () => new Response("ok\n"),
+    );
+    await using _up = { [Symbol.asyncDispose]: () => server.shutdown() };
+    const host = `127.0.0.1:${(server.addr as Deno.NetAddr).port}`;
+    const options = {
+      redis: redis.url,
+      rejectStatus: 429,
+      queueTimeout: 0,
+      admin: { port: 0, token: TOKEN },
+    };
+    await using a = await startProxy(options);
+    await using b = await startProxy(options);
+    const set = await api(a, `/api/limits/${host}`, "PUT", { rate: "1/m" });
+    assert.equal(set.rate, "1/m");
+    // The fleet's table in Redis holds the rule as JSON; B applies it.
+    assert.equal((await redis.cli("HGET", "dprl:limits", host)).trim(), `{"rate":"1/m"}`);
+    await waitFor(async () => {
+      const t = await api(b, "/api/limits");
+      return JSON.stringify(t.layers?.runtime?.hosts?.[host]) === '{"rate":"1/m"}';
+    }, "B applies the rule");
+    const get = async (tp: TestProxy) => {
+      const client = Deno.createHttpClient({ proxy: { url: tp.url } });
+      try {
+        const res = await fetch(`http://${host}/`, { client });
+        await res.body?.cancel();
+        return res.status;
+      } finally {
+        client.close();
+      }
+    };
+    assert.equal(await get(a), 200);
+    assert.equal(await get(b), 429, "the fleet's rate: one a minute");
+  },
+);

@@ -100,6 +100,28 @@ Deno.test("the pause is capped by retryAfterMax, and 0 honours none", async () =
   }
 });
 
+Deno.test("a rule's retry-after-max wins over the process's: 0 honours none for its host, 2s caps it", async () => {
+  await using off = startUpstream({ status: 429, retryAfter: "3600" });
+  await using short = startUpstream({ status: 503, retryAfter: "3600" });
+  await using other = startUpstream({ status: 429, retryAfter: "3600" });
+  await using tp = await startProxy({
+    retryAfterMax: 60_000,
+    rules: {
+      hosts: {
+        [off.authority]: { "retry-after-max": 0 },
+        [short.authority]: { "retry-after-max": "2s" },
+      },
+    },
+  });
+  for (const up of [off, short, other]) await get(tp.url, up.url);
+  assert.equal((await get(tp.url, off.url)).status, 200, "no pause for its host");
+  const capped = await get(tp.url, short.url);
+  assert.equal(capped.status, 503);
+  assert.match(capped.headers.get("retry-after") ?? "", /^[12]$/);
+  const process = await get(tp.url, other.url);
+  assert.ok(Number(process.headers.get("retry-after")) > 50, "the process's 1m for the others");
+});
+
 Deno.test("a tunnel to a paused host is refused with 503 and Retry-After", async () => {
   await using up = startUpstream({ status: 429, retryAfter: "5" });
   await using tp = await startProxy({});

@@ -9,7 +9,13 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import { DEFAULTS } from "../defaults.ts";
 import { hostKey } from "../limit/host_key.ts";
-import { parseHostPattern } from "../limit/rules/rules.ts";
+import {
+  formatRulePath,
+  type HostRule,
+  normalizeRules,
+  parseHostPattern,
+  RulesError,
+} from "../limit/rules/rules.ts";
 import { formatRate } from "../limit/gcra.ts";
 import { type HostSummary, summarizeHosts } from "../metrics/host_summary.ts";
 import { PROMETHEUS_CONTENT_TYPE, renderPrometheus } from "../metrics/prometheus.ts";
@@ -269,9 +275,10 @@ async function setDefaultLimit({ req, source }: Call): Promise<Response> {
 
 async function setHostLimit(call: Call): Promise<Response> {
   const host = hostParam(call);
-  const limit = await readJson(call.req, "limit");
-  await change(() => call.source.setHostLimit(host, limit));
-  return json(200, { host, limit: call.source.limitFor(host) });
+  const rule = await readHostRule(call.req, host);
+  await change(() => call.source.setHostLimit(host, rule));
+  const { limit: _, ...settings } = typeof rule === "number" ? { limit: rule } : rule;
+  return json(200, { host, ...settings, limit: call.source.limitFor(host) });
 }
 
 async function removeHostLimit(call: Call): Promise<Response> {
@@ -416,6 +423,32 @@ async function readJson(req: Request, field: string): Promise<number> {
     );
   }
   return value;
+}
+
+/**
+ * A host rule from the body: `{"limit": N}`, or a rule with settings
+ * (`limit`, `rate`, `adaptive`, `retry-after-max`, `queue-timeout`,
+ * `queue-max`) checked as the config file's rules are.
+ */
+async function readHostRule(req: Request, host: string): Promise<number | HostRule> {
+  const bytes = await readBounded(req);
+  let body: unknown;
+  try {
+    body = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+  } catch {
+    throw new InvalidInput(`Body is not valid JSON; expected {"limit": N} or a host rule`);
+  }
+  if (typeof body !== "object" || body === null || Array.isArray(body)) {
+    throw new InvalidInput(`Body must be {"limit": N} or a host rule`);
+  }
+  try {
+    normalizeRules({ hosts: { [host]: body } });
+  } catch (err) {
+    if (!(err instanceof RulesError)) throw err;
+    throw new InvalidInput(`${formatRulePath(err.path.slice(2)) || "The rule"} ${err.problem}`);
+  }
+  const rule = body as HostRule;
+  return Object.keys(rule).length === 1 && rule.limit !== undefined ? rule.limit : rule;
 }
 
 /** The body, or a 413 problem beyond {@linkcode MAX_BODY} bytes. */

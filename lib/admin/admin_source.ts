@@ -6,6 +6,7 @@
  * @module
  */
 
+import type { HostRule } from "../limit/rules/rules.ts";
 import type { LimitsView } from "../limit/limit_layers.ts";
 import type { UpstreamHostView } from "../metrics/host_summary.ts";
 import type { ProxyStats } from "../metrics/proxy_stats.ts";
@@ -71,11 +72,11 @@ export interface AdminSource {
   /** The limit that applies to a host key (0 or less: unlimited). */
   limitFor(host: string): number;
   /**
-   * Sets a host's limit in the runtime table (the fleet's, in distributed
-   * mode), over any override of this process; throws a RangeError or
-   * TypeError on a bad value.
+   * Sets a host's limit, or its rule with settings, in the runtime table
+   * (the fleet's, in distributed mode), over any override of this process;
+   * throws a RangeError or TypeError on a bad value.
    */
-  setHostLimit(host: string, limit: number): void | Promise<void>;
+  setHostLimit(host: string, limit: number | HostRule): void | Promise<void>;
   /** Removes a host's limit from the runtime table and this process's overrides. */
   removeHostLimit(host: string): void | Promise<void>;
   /**

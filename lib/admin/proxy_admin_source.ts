@@ -5,6 +5,7 @@
  * @module
  */
 
+import type { HostRule } from "../limit/rules/rules.ts";
 import type { Logger } from "@logtape/logtape";
 import { hostKey } from "../limit/host_key.ts";
 import type { FleetLimitChanges } from "../limit/limit_changes.ts";
@@ -161,11 +162,14 @@ export class ProxyAdminSource implements AdminSource {
   // The admin API changes the runtime table (the fleet's in distributed mode), and this
   // process's override of the same rule gives way, so that the change applies here.
 
-  /** Sets a host's limit in the runtime table, over this process's override. */
-  async setHostLimit(host: string, limit: number): Promise<void> {
+  /** Sets a host's limit (or rule with settings) in the runtime table, over this process's override. */
+  async setHostLimit(host: string, limit: number | HostRule): Promise<void> {
     await this.#o.setFleetLimits({ hosts: { [host]: limit } });
     this.#o.limits.delete(host);
-    this.#o.logger.info("Limit of {host} set to {limit} through the admin API", { host, limit });
+    this.#o.logger.info("Limit of {host} set to {limit} through the admin API", {
+      host,
+      limit: typeof limit === "number" ? limit : JSON.stringify(limit),
+    });
   }
 
   /** Removes a host's limit from the runtime table and this process's overrides. */

@@ -7,8 +7,8 @@
 
 import type { Cluster, Redis } from "ioredis";
 import type { Logger } from "@logtape/logtape";
-import type { LimitRules } from "./rules/rules.ts";
-import { canonicalRules, parseHostPattern } from "./rules/rules.ts";
+import type { HostRule, LimitRules } from "./rules/rules.ts";
+import { canonicalRules, normalizeRules, parseHostPattern } from "./rules/rules.ts";
 import { diffRules } from "./rules/diff.ts";
 import { checkChanges, type FleetLimitChanges } from "./limit_changes.ts";
 import { withTimeout } from "../with_timeout.ts";
@@ -152,13 +152,16 @@ export class FleetLimits {
     const checked = checkChanges(changes);
     const put: Record<string, string> = {};
     const del: string[] = [];
-    const entries: [string, number | null | undefined][] = [
+    const entries: [string, number | HostRule | null | undefined][] = [
       [DEFAULT_FIELD, checked.default],
       ...checked.hosts,
     ];
-    for (const [field, limit] of entries) {
-      if (limit === null) del.push(field);
-      else if (limit !== undefined) put[field] = String(limit);
+    for (const [field, rule] of entries) {
+      if (rule === null) del.push(field);
+      // A limit as its number, a rule with settings as JSON.
+      else if (rule !== undefined) {
+        put[field] = typeof rule === "number" ? String(rule) : JSON.stringify(rule);
+      }
     }
     const client = this.#o.client;
     return this.#bounded((async () => {
@@ -236,17 +239,20 @@ export class FleetLimits {
 /** The table as rules; entries that are not valid are skipped. */
 function toRules(hash: Record<string, string>): LimitRules {
   const rules: LimitRules = {};
-  const hosts: Record<string, number> = {};
+  const hosts: Record<string, number | HostRule> = {};
   for (const [field, text] of Object.entries(hash)) {
     const limit = Number(text);
-    if (!Number.isSafeInteger(limit) || limit < 0) continue;
-    if (field === DEFAULT_FIELD) rules.default = limit;
-    else {
-      try {
-        hosts[parseHostPattern(field)] = limit;
-      } catch {
-        // Written by something else: ignored.
-      }
+    if (field === DEFAULT_FIELD) {
+      if (Number.isSafeInteger(limit) && limit >= 0) rules.default = limit;
+      continue;
+    }
+    try {
+      const pattern = parseHostPattern(field);
+      const rule = text.startsWith("{") ? JSON.parse(text) : limit;
+      normalizeRules({ hosts: { [pattern]: rule } });
+      hosts[pattern] = rule;
+    } catch {
+      // Written by something else: ignored.
     }
   }
   if (Object.keys(hosts).length) rules.hosts = hosts;

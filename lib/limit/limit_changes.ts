@@ -6,23 +6,32 @@
  * @module
  */
 
-import { canonicalRules, type LimitRules, parseHostPattern } from "./rules/rules.ts";
-import { hostLimits } from "./rules/rule_limits.ts";
+import {
+  canonicalRules,
+  type HostRule,
+  type LimitRules,
+  normalizeRules,
+  parseHostPattern,
+} from "./rules/rules.ts";
 
 /** Changes to the fleet's limit table; `null` removes an entry. */
 export interface FleetLimitChanges {
   /** The default limit for hosts no rule matches; `null` removes it. */
   default?: number | null;
-  /** Limits by host pattern; `null` (or a limit of 0 or less) removes one. */
-  hosts?: Record<string, number | null>;
+  /**
+   * Host rules by host pattern: a limit, or a {@linkcode HostRule} with
+   * settings (`rate`, `adaptive`, `retry-after-max`, queue settings);
+   * `null` (or a limit of 0 or less) removes one.
+   */
+  hosts?: Record<string, number | HostRule | null>;
 }
 
 /** Changes checked: host patterns normalised, each removal as `null`. */
 export interface CheckedChanges {
   /** The new default (0 or more), `null` to remove it; absent, it stays. */
   default?: number | null;
-  /** Host pattern to its new limit (above 0), or `null` to remove its entry. */
-  hosts: Map<string, number | null>;
+  /** Host pattern to its new rule (a limit above 0, or a rule with settings), or `null` to remove it. */
+  hosts: Map<string, number | HostRule | null>;
 }
 
 /**
@@ -77,9 +86,15 @@ export function checkChanges(changes: FleetLimitChanges): CheckedChanges {
   const out: CheckedChanges = { hosts: new Map() };
   const def = changes.default;
   if (def !== undefined) out.default = def === null ? null : Math.max(0, checkLimit(def));
-  for (const [host, limit] of Object.entries(changes.hosts ?? {})) {
+  for (const [host, rule] of Object.entries(changes.hosts ?? {})) {
     const pattern = checkHostPattern(host);
-    out.hosts.set(pattern, limit === null || checkLimit(limit) <= 0 ? null : limit);
+    if (rule === null || typeof rule === "number") {
+      out.hosts.set(pattern, rule === null || checkLimit(rule) <= 0 ? null : rule);
+      continue;
+    }
+    // A rule with settings, checked as the rules check it (a RulesError names the problem).
+    normalizeRules({ hosts: { [pattern]: rule } });
+    out.hosts.set(pattern, rule);
   }
   return out;
 }
@@ -96,10 +111,10 @@ export function checkChanges(changes: FleetLimitChanges): CheckedChanges {
  * ```
  */
 export function applyChanges(rules: LimitRules, changes: CheckedChanges): LimitRules {
-  const hosts = hostLimits(rules);
-  for (const [pattern, limit] of changes.hosts) {
-    if (limit === null) delete hosts[pattern];
-    else hosts[pattern] = limit;
+  const hosts = { ...canonicalRules(rules).hosts };
+  for (const [pattern, rule] of changes.hosts) {
+    if (rule === null) delete hosts[pattern];
+    else hosts[pattern] = rule;
   }
   const next: LimitRules = { hosts };
   const def = changes.default === undefined ? rules.default : changes.default;

@@ -311,11 +311,11 @@ export class UpstreamPool {
     }
     const connectMs = performance.now() - started;
     this.#o.stats.onConnectDuration(connectMs);
-    // A tunnel's lifetime says nothing of the host: its connect time does.
-    if (!http) this.gates.observe(key, connectMs, false);
     conn.setNoDelay(true);
     const n = (this.#open.get(key) ?? 0) + 1;
     this.#open.set(key, n);
+    // A tunnel's lifetime says nothing of the host: its connect time does.
+    if (!http) this.gates.observe(key, connectMs, false);
     this.#o.logger.debug(
       "Upstream connection to {host} opened ({count} open here)",
       { host: key, count: n },

@@ -7,6 +7,7 @@
 
 import type { AdminSource, Readiness, WorkerView } from "../../lib/admin/admin_source.ts";
 import { hostKey } from "../../lib/limit/host_key.ts";
+import type { HostRule } from "../../lib/limit/rules/rules.ts";
 import { type LimitsView, limitsView } from "../../lib/limit/limit_layers.ts";
 import { LimitTable } from "../../lib/limit/limit_table.ts";
 import type { UpstreamHostView } from "../../lib/metrics/host_summary.ts";
@@ -89,9 +90,15 @@ export class TableAdminSource implements AdminSource {
     return this.table.limitFor(host);
   }
 
-  setHostLimit(host: string, limit: number): void {
-    this.table.set(host, limit);
-    this.changes.push(`set ${hostKey(host)} ${limit}`);
+  setHostLimit(host: string, limit: number | HostRule): void {
+    // The table holds limits; a rule's settings are recorded as changes.
+    this.table.set(
+      host,
+      typeof limit === "number" ? limit : limit.limit ?? this.table.limitFor(host),
+    );
+    this.changes.push(
+      `set ${hostKey(host)} ${typeof limit === "number" ? limit : JSON.stringify(limit)}`,
+    );
   }
 
   removeHostLimit(host: string): void {
