@@ -8,7 +8,7 @@ import { connectRequest, startProxy } from "./_helpers/proxy.ts";
 import { BufferedConn, readHead, statusOf, waitFor } from "./_helpers/raw.ts";
 import { startEchoUpstream } from "./_helpers/upstream.ts";
 import { type CapacityUpstream, startCapacityUpstream } from "./_helpers/capacity_upstream.ts";
-import { RedisServer, redisTest } from "./_helpers/redis_server.ts";
+import { RedisClusterServers, RedisServer, redisTest } from "./_helpers/redis_server.ts";
 import { ProxyRateLimiter, type ProxyRateLimiterOptions } from "../mod.ts";
 
 const UPSTREAM = { capacity: 4, serviceMs: 50, maxInFlight: 12 };
@@ -202,3 +202,79 @@ Deno.test("--adaptive: tunnels feed their connect times, so a host reached by CO
     await Promise.all(loops);
   }
 });
+
+Deno.test("--adaptive: a connect error is a drop, and the host shows its back-off with no connection open", async () => {
+  const closed = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const host = `127.0.0.1:${(closed.addr as Deno.NetAddr).port}`;
+  closed.close();
+  await using tp = await startProxy({ adaptive: true, defaultMaxConnectionsPerHost: 16 });
+  const conn = await BufferedConn.connect(tp.addr);
+  try {
+    await conn.write(connectRequest(host));
+    assert.equal(statusOf((await readHead(conn))!), 502);
+  } finally {
+    conn.close();
+  }
+  assert.deepEqual(await adaptiveView(tp.proxy, host), { limit: 1, reason: "backoff-drop" });
+});
+
+await redisTest(
+  "--adaptive with three proxies on a Redis Cluster: the fleet's one limit grows, and 503s back it off for all",
+  "server",
+  async () => {
+    await using cluster = await RedisClusterServers.start();
+    let failing = false;
+    const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async () => {
+      if (failing) return new Response("down\n", { status: 503 });
+      await new Promise((done) => setTimeout(done, 5)); // the host's service time
+      return new Response("ok\n");
+    });
+    await using _server = { [Symbol.asyncDispose]: () => server.shutdown() };
+    const host = `127.0.0.1:${(server.addr as Deno.NetAddr).port}`;
+    const fleet: ProxyRateLimiter[] = [];
+    let stop = false;
+    const clients: Promise<void>[] = [];
+    try {
+      for (let i = 0; i < 3; i++) {
+        const p = new ProxyRateLimiter({
+          port: 0,
+          hostname: "127.0.0.1",
+          redis: { cluster: cluster.nodes },
+          adaptive: true,
+          defaultMaxConnectionsPerHost: 16,
+        });
+        fleet.push(p);
+        await p.start();
+      }
+      for (let i = 0; i < 15; i++) {
+        clients.push((async () => {
+          const client = Deno.createHttpClient({ proxy: { url: fleet[i % 3].proxyUrl!.href } });
+          try {
+            // Bounded in count; stopped once the test has seen what it waits for.
+            for (let n = 0; n < 20_000 && !stop; n++) {
+              const res = await fetch(`http://${host}/`, { client });
+              await res.body?.cancel();
+            }
+          } finally {
+            client.close();
+          }
+        })());
+      }
+      const views = () => Promise.all(fleet.map((p) => adaptiveView(p, host)));
+      let seen = await views();
+      await waitFor(
+        async () => (seen = await views()).every((v) => (v.limit ?? 0) >= 4),
+        () => `a limit of 4 or more on every proxy (seen ${JSON.stringify(seen)})`,
+      );
+      failing = true;
+      await waitFor(
+        async () => (seen = await views()).every((v) => v.reason === "backoff-drop"),
+        () => `a back-off on every proxy (seen ${JSON.stringify(seen)})`,
+      );
+    } finally {
+      stop = true;
+      await Promise.all(clients);
+      await Promise.all(fleet.map((p) => p.stop({ graceMs: 200 })));
+    }
+  },
+);

@@ -58,6 +58,10 @@ export interface AdaptiveSource {
   view(host: string): AdaptiveView | undefined;
   /** Set by the owner to hear of each change of a host's limit. */
   onChange?: (host: string, view: AdaptiveView) => void;
+  /** The hosts with an adaptive limit known here. */
+  hosts(): Iterable<string>;
+  /** Forgets hosts not heard of for a while; called now and then with the time. */
+  sweep?(now: number): void;
 }
 
 /**
@@ -77,6 +81,7 @@ const FORGET_MS = 10 * 60_000;
 export class AdaptiveLimits implements AdaptiveSource {
   #states = new Map<string, AdaptiveState>();
   #seen = new Map<string, number>();
+  #sweptAt = 0;
   /** Called when a host's limit changes, with why. */
   onChange?: (host: string, view: AdaptiveView) => void;
 
@@ -116,8 +121,15 @@ export class AdaptiveLimits implements AdaptiveSource {
     return { limit: effectiveLimit(state), reason: lastReason(state), noLoadMs: state.noLoadMs };
   }
 
-  /** Forgets hosts not heard of for ten minutes. */
+  /** The hosts with a controller here. */
+  hosts(): Iterable<string> {
+    return this.#states.keys();
+  }
+
+  /** Forgets hosts not heard of for ten minutes (looking once a minute). */
   sweep(now: number): void {
+    if (now - this.#sweptAt < 60_000) return;
+    this.#sweptAt = now;
     for (const [host, seen] of this.#seen) {
       if (now - seen < FORGET_MS) continue;
       this.#seen.delete(host);

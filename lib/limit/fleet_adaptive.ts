@@ -17,6 +17,9 @@ import {
 import { ADAPTIVE_REASONS } from "./adaptive_limit.ts";
 import type { AcquiredAdaptive } from "./redis_script_codec.ts";
 
+/** Hosts Redis has not answered of for this long are forgotten here. */
+const FORGET_MS = 10 * 60_000;
+
 /** Answers kept per host while they wait to be sent; older ones go first. */
 const MAX_PENDING = 256;
 
@@ -30,6 +33,9 @@ export class FleetAdaptive implements AdaptiveSource {
   #bounds = new Map<string, AdaptiveBoundsOf>();
   #pending = new Map<string, Pending[]>();
   #views = new Map<string, AdaptiveView>();
+  /** When Redis last answered each host's limit (ms since epoch). */
+  #answeredAt = new Map<string, number>();
+  #sweptAt = 0;
   #send: (host: string) => void;
   /** Called when Redis answers another limit for a host than it last did. */
   onChange?: (host: string, view: AdaptiveView) => void;
@@ -86,6 +92,7 @@ export class FleetAdaptive implements AdaptiveSource {
       noLoadMs: answer.noLoadMs,
     };
     this.#views.set(host, view);
+    this.#answeredAt.set(host, Date.now());
     if (before?.limit !== view.limit) this.onChange?.(host, view);
   }
 
@@ -94,10 +101,20 @@ export class FleetAdaptive implements AdaptiveSource {
     return this.#views.get(host);
   }
 
-  /** Forgets `host` (it holds nothing and waits for nothing). */
-  forget(host: string): void {
-    if (this.#pending.has(host)) return;
-    this.#bounds.delete(host);
-    this.#views.delete(host);
+  /** The hosts whose limit Redis answered. */
+  hosts(): Iterable<string> {
+    return this.#views.keys();
+  }
+
+  /** Forgets the hosts Redis has not answered of for ten minutes (looking once a minute). */
+  sweep(now: number): void {
+    if (now - this.#sweptAt < 60_000) return;
+    this.#sweptAt = now;
+    for (const [host, at] of this.#answeredAt) {
+      if (now - at < FORGET_MS || this.#pending.has(host)) continue;
+      this.#answeredAt.delete(host);
+      this.#bounds.delete(host);
+      this.#views.delete(host);
+    }
   }
 }

@@ -397,7 +397,6 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
     this.#touched.delete(host);
     if (this.#fleet.get(host) === 0) this.#fleet.delete(host);
     this.#recovery.forgetHost(host);
-    this.adaptive.forget(host);
   }
 
   /**

@@ -488,7 +488,12 @@ export class UpstreamPool {
    */
   *hosts(): Iterable<UpstreamHostView> {
     const pauses = this.gates.running();
-    const keys = new Set([...this.#open.keys(), ...this.#queue.keys(), ...pauses.keys()]);
+    const keys = new Set([
+      ...this.#open.keys(),
+      ...this.#queue.keys(),
+      ...pauses.keys(),
+      ...this.#o.limiter.adaptive.hosts(),
+    ]);
     for (const host of keys) {
       const match = this.#o.limits.lookup(host);
       const adaptive = this.gates.adaptiveOf(match) && this.#o.limiter.adaptive.view(host);
@@ -511,6 +516,7 @@ export class UpstreamPool {
    */
   sweep(now: number): void {
     this.#now = now;
+    this.#o.limiter.adaptive.sweep?.(now);
     for (const key of [...this.#queue.keys()]) this.#wake(key);
     for (const [abort, deadline] of this.#dials) {
       if (deadline <= now) abort.abort();
