@@ -3,52 +3,20 @@
 // reaches past the pause) or get a 503 with Retry-After, and nothing is sent
 // to it until the pause ends.
 import assert from "node:assert/strict";
+import { getVia, startRecordingUpstream } from "./_helpers/recording_upstream.ts";
 import { startProxy } from "./_helpers/proxy.ts";
 import { BufferedConn, header, orFalse, readHead, statusOf, waitFor } from "./_helpers/raw.ts";
 import { connectRequest } from "./_helpers/proxy.ts";
 import { RedisServer, redisTest } from "./_helpers/redis_server.ts";
 import { ProxyRateLimiter } from "../mod.ts";
 
-/** An upstream whose first answer is `first`; every later one is 200. It records when each request came. */
-function startUpstream(first: { status: number; retryAfter: string }) {
-  const seen: number[] = [];
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, () => {
-    seen.push(Date.now());
-    if (seen.length === 1) {
-      return new Response("busy\n", {
-        status: first.status,
-        headers: { "retry-after": first.retryAfter },
-      });
-    }
-    return new Response("ok\n");
-  });
-  const { port } = server.addr as Deno.NetAddr;
-  return {
-    seen,
-    authority: `127.0.0.1:${port}`,
-    url: `http://127.0.0.1:${port}/`,
-    [Symbol.asyncDispose]: () => server.shutdown(),
-  };
-}
-
-async function get(proxyUrl: string, url: string): Promise<Response> {
-  const client = Deno.createHttpClient({ proxy: { url: proxyUrl } });
-  try {
-    const res = await fetch(url, { client });
-    await res.body?.cancel();
-    return res;
-  } finally {
-    client.close();
-  }
-}
-
 Deno.test("a 429 with Retry-After in seconds pauses the host: the next request gets a 503 with Retry-After, the upstream sees nothing until it ends", async () => {
-  await using up = startUpstream({ status: 429, retryAfter: "2" });
+  await using up = startRecordingUpstream({ status: 429, retryAfter: "2" });
   await using tp = await startProxy({ accessLog: false });
-  const first = await get(tp.url, up.url);
+  const first = await getVia(tp.url, up.url);
   assert.equal(first.status, 429, "the answer reaches the client that asked, unchanged");
   assert.equal(first.headers.get("retry-after"), "2");
-  const paused = await get(tp.url, up.url);
+  const paused = await getVia(tp.url, up.url);
   assert.equal(paused.status, 503);
   assert.match(paused.headers.get("retry-after") ?? "", /^[12]$/);
   assert.match(paused.headers.get("proxy-status") ?? "", /destination_unavailable.*429/);
@@ -64,7 +32,7 @@ Deno.test("a 429 with Retry-After in seconds pauses the host: the next request g
   assert.match(metrics, /dprl_connections_refused_total\{host="[^"]+",reason="paused"\} 1/);
   // Once the pause is over the host is served again.
   await waitFor(
-    orFalse(async () => (await get(tp.url, up.url)).status === 200),
+    orFalse(async () => (await getVia(tp.url, up.url)).status === 200),
     "served again",
     5_000,
   );
@@ -73,10 +41,10 @@ Deno.test("a 429 with Retry-After in seconds pauses the host: the next request g
 
 Deno.test("a request whose queue timeout reaches past a 503's HTTP-date pause waits for it, then goes", async () => {
   const until = new Date(Math.ceil((Date.now() + 1_500) / 1000) * 1000);
-  await using up = startUpstream({ status: 503, retryAfter: until.toUTCString() });
+  await using up = startRecordingUpstream({ status: 503, retryAfter: until.toUTCString() });
   await using tp = await startProxy({ queueTimeout: 10_000 });
-  assert.equal((await get(tp.url, up.url)).status, 503);
-  const res = await get(tp.url, up.url);
+  assert.equal((await getVia(tp.url, up.url)).status, 503);
+  const res = await getVia(tp.url, up.url);
   assert.equal(res.status, 200);
   assert.equal(up.seen.length, 2);
   assert.ok(up.seen[1] >= until.getTime(), "sent once the pause was over");
@@ -84,26 +52,26 @@ Deno.test("a request whose queue timeout reaches past a 503's HTTP-date pause wa
 
 Deno.test("the pause is capped by retryAfterMax, and 0 honours none", async () => {
   {
-    await using up = startUpstream({ status: 429, retryAfter: "3600" });
+    await using up = startRecordingUpstream({ status: 429, retryAfter: "3600" });
     await using tp = await startProxy({ retryAfterMax: 1_000 });
-    await get(tp.url, up.url);
-    const paused = await get(tp.url, up.url);
+    await getVia(tp.url, up.url);
+    const paused = await getVia(tp.url, up.url);
     assert.equal(paused.status, 503);
     assert.equal(paused.headers.get("retry-after"), "1");
   }
   {
-    await using up = startUpstream({ status: 429, retryAfter: "3600" });
+    await using up = startRecordingUpstream({ status: 429, retryAfter: "3600" });
     await using tp = await startProxy({ retryAfterMax: 0 });
-    await get(tp.url, up.url);
-    assert.equal((await get(tp.url, up.url)).status, 200, "no pause");
+    await getVia(tp.url, up.url);
+    assert.equal((await getVia(tp.url, up.url)).status, 200, "no pause");
     assert.equal(up.seen.length, 2);
   }
 });
 
 Deno.test("a rule's retry-after-max wins over the process's: 0 honours none for its host, 2s caps it", async () => {
-  await using off = startUpstream({ status: 429, retryAfter: "3600" });
-  await using short = startUpstream({ status: 503, retryAfter: "3600" });
-  await using other = startUpstream({ status: 429, retryAfter: "3600" });
+  await using off = startRecordingUpstream({ status: 429, retryAfter: "3600" });
+  await using short = startRecordingUpstream({ status: 503, retryAfter: "3600" });
+  await using other = startRecordingUpstream({ status: 429, retryAfter: "3600" });
   await using tp = await startProxy({
     retryAfterMax: 60_000,
     rules: {
@@ -113,19 +81,19 @@ Deno.test("a rule's retry-after-max wins over the process's: 0 honours none for 
       },
     },
   });
-  for (const up of [off, short, other]) await get(tp.url, up.url);
-  assert.equal((await get(tp.url, off.url)).status, 200, "no pause for its host");
-  const capped = await get(tp.url, short.url);
+  for (const up of [off, short, other]) await getVia(tp.url, up.url);
+  assert.equal((await getVia(tp.url, off.url)).status, 200, "no pause for its host");
+  const capped = await getVia(tp.url, short.url);
   assert.equal(capped.status, 503);
   assert.match(capped.headers.get("retry-after") ?? "", /^[12]$/);
-  const process = await get(tp.url, other.url);
+  const process = await getVia(tp.url, other.url);
   assert.ok(Number(process.headers.get("retry-after")) > 50, "the process's 1m for the others");
 });
 
 Deno.test("a tunnel to a paused host is refused with 503 and Retry-After", async () => {
-  await using up = startUpstream({ status: 429, retryAfter: "5" });
+  await using up = startRecordingUpstream({ status: 429, retryAfter: "5" });
   await using tp = await startProxy({});
-  await get(tp.url, up.url);
+  await getVia(tp.url, up.url);
   const conn = await BufferedConn.connect(tp.addr);
   try {
     await conn.write(connectRequest(up.authority));
@@ -143,7 +111,7 @@ await redisTest(
   "server",
   async () => {
     await using redis = await RedisServer.start();
-    await using up = startUpstream({ status: 429, retryAfter: "30" });
+    await using up = startRecordingUpstream({ status: 429, retryAfter: "30" });
     const fleet: ProxyRateLimiter[] = [];
     try {
       for (let i = 0; i < 3; i++) {
@@ -152,14 +120,14 @@ await redisTest(
         await p.start();
       }
       const [a, b, c] = fleet.map((p) => p.proxyUrl!.href);
-      assert.equal((await get(a, up.url)).status, 429);
+      assert.equal((await getVia(a, up.url)).status, 429);
       // The pause reaches Redis with the proxy's next call of the host's slot.
       await waitFor(
         async () => Number(await redis.cli("HGET", "dprl:epoch", `p:${up.authority}`)) > Date.now(),
         "the pause in Redis",
       );
       for (const proxy of [b, c]) {
-        const res = await get(proxy, up.url);
+        const res = await getVia(proxy, up.url);
         assert.equal(res.status, 503);
         assert.match(res.headers.get("proxy-status") ?? "", /destination_unavailable.*pause/);
         assert.ok(Number(res.headers.get("retry-after")) >= 1);
