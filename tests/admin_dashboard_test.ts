@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 // deno-lint-ignore no-import-prefix -- test-only packages stay out of deno.json, see tests/deno.lock
 import type { Page } from "npm:playwright-core@1.65.1";
 import { startAdminServer } from "../lib/admin/admin_server.ts";
+import { DASHBOARD_CSP, DASHBOARD_HTML } from "../lib/admin/dashboard.ts";
 import { TableAdminSource } from "./_helpers/admin_source.ts";
 import { chromiumPath, launchChromium, waitForExpression } from "./_helpers/browser.ts";
 import { connectRequest, startProxy, type TestProxy } from "./_helpers/proxy.ts";
@@ -35,6 +36,34 @@ async function waitForUsage(page: Page, host: string, text: string): Promise<voi
     async () => (last = await usage(page, host)) === text,
     () => `${host} to show ${JSON.stringify(text)} (shows ${JSON.stringify(last)})`,
   );
+}
+
+/** What a host's row shows in its pause badge, or null while the row or the badge is absent. */
+interface BadgeView {
+  text: string;
+  title: string;
+  visible: boolean;
+}
+
+function pauseBadge(page: Page, host: string): Promise<BadgeView | null> {
+  return page.evaluate(`(() => {
+    const badge = ${row(host)}?.querySelector(".paused");
+    return badge ? { text: badge.textContent, title: badge.title, visible: badge.checkVisibility() } : null;
+  })()`);
+}
+
+/** Waits until a host's pause badge is visible and shows between 1 and `max` seconds. */
+async function waitForPause(page: Page, host: string, max: number): Promise<BadgeView> {
+  let last: BadgeView | null = null;
+  await waitFor(
+    async () => {
+      last = await pauseBadge(page, host);
+      const seconds = Number(/^paused (\d+) s$/.exec(last?.text ?? "")?.[1]);
+      return last !== null && last.visible && seconds >= 1 && seconds <= max;
+    },
+    () => `${host} to show a pause of 1 to ${max} s (shows ${JSON.stringify(last)})`,
+  );
+  return last!;
 }
 
 /** Opens a CONNECT tunnel to `authority` through the proxy; returns the status and the socket. */
@@ -218,6 +247,135 @@ browserTest(
       ]);
       assert.equal(answer?.status(), 403);
       assert.equal(reloads, 0, "no request of the page reloaded the config");
+    } finally {
+      await browser.close();
+    }
+  },
+);
+
+browserTest(
+  "the dashboard shows the pause a host asked for with a 429 and Retry-After, counting down",
+  async (chromium) => {
+    let answered = 0;
+    await using up = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, () => {
+      answered++;
+      return new Response("busy\n", { status: 429, headers: { "retry-after": "30" } });
+    });
+    const host = `127.0.0.1:${up.addr.port}`;
+    await using proxy = await startProxy({ accessLog: false, admin: { port: 0 } });
+    const client = Deno.createHttpClient({ proxy: { url: proxy.url } });
+    try {
+      const res = await fetch(`http://${host}/`, { client });
+      await res.body?.cancel();
+      assert.equal(res.status, 429);
+    } finally {
+      client.close();
+    }
+    const browser = await launchChromium(chromium);
+    try {
+      const page = await browser.newPage();
+      const errors: string[] = [];
+      page.on("pageerror", (err) => errors.push(err.message));
+      await page.goto(proxy.proxy.adminUrl!.href);
+      const badge = await waitForPause(page, host, 30);
+      assert.match(badge.title, /Retry-After\) until /);
+      const seconds = Number(badge.text.split(" ")[1]);
+      await waitForPause(page, host, seconds - 1);
+      assert.equal(answered, 1);
+      assert.deepEqual(errors, []);
+    } finally {
+      await browser.close();
+    }
+  },
+);
+
+/** Host rows as `/api/hosts` gives them, with the fields named in `extra`. */
+function hostEntry(host: string, open: number, limit: number, extra: Record<string, unknown>) {
+  return {
+    host,
+    open,
+    idle: 0,
+    queued: 0,
+    fleetOpen: null,
+    pausedUntil: null,
+    limit,
+    admitted: open,
+    refused: 0,
+    ...extra,
+  };
+}
+
+browserTest(
+  "the dashboard shows a host's rate, an adaptive limit with its reason, and a pause given in ms, each only when present",
+  async (chromium) => {
+    let hosts = [
+      hostEntry("a.example", 16, 100, {
+        rate: "10/s",
+        effectiveLimit: 64,
+        limitReason: "latency rose",
+        pausedUntil: Date.now() + 12_000,
+      }),
+      hostEntry("b.example", 2, 10, { effectiveLimit: 10, pausedUntil: Date.now() - 1_000 }),
+    ];
+    const status = {
+      version: "0.0.0-test",
+      mode: "memory",
+      redis: null,
+      ready: { ok: true },
+      uptimeSeconds: 1,
+      workerId: null,
+      proxyUrl: null,
+      clientConnections: 0,
+      defaultLimit: 10,
+    };
+    await using server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
+      const path = new URL(req.url).pathname;
+      if (path === "/api/status") return Response.json(status);
+      if (path === "/api/hosts") return Response.json({ hosts, total: hosts.length });
+      return new Response(DASHBOARD_HTML, {
+        headers: { "content-type": "text/html", "content-security-policy": DASHBOARD_CSP },
+      });
+    });
+    const browser = await launchChromium(chromium);
+    try {
+      const page = await browser.newPage();
+      const errors: string[] = [];
+      page.on("pageerror", (err) => errors.push(err.message));
+      await page.goto(`http://127.0.0.1:${server.addr.port}/`);
+      await waitForUsage(page, "a.example", "16 / 64 (adaptive)");
+      const shown = (host: string) =>
+        page.evaluate(`(() => {
+          const r = ${row(host)};
+          const rate = r.querySelector("td.rate");
+          return {
+            bar: r.querySelector(".bar > i").style.width,
+            usageTitle: r.querySelector(".usage").title,
+            reason: r.querySelector(".reason")?.textContent ?? null,
+            rate: rate.checkVisibility() ? rate.textContent : null,
+          };
+        })()`);
+      assert.deepEqual(await shown("a.example"), {
+        bar: "25%",
+        usageTitle: "configured limit 100; last change: latency rose",
+        reason: "latency rose",
+        rate: "10/s",
+      });
+      await waitForPause(page, "a.example", 12);
+      assert.equal(await usage(page, "b.example"), "2 / 10");
+      assert.deepEqual(await shown("b.example"), {
+        bar: "20%",
+        usageTitle: "",
+        reason: null,
+        rate: "-",
+      });
+      assert.equal((await pauseBadge(page, "b.example"))?.visible, false);
+
+      // Without a rate on any host the column goes away.
+      hosts = [hostEntry("a.example", 3, 100, {})];
+      await waitForUsage(page, "a.example", "3 / 100");
+      assert.equal((await shown("a.example") as { rate: string | null }).rate, null);
+      assert.equal((await pauseBadge(page, "a.example"))?.visible, false);
+      assert.deepEqual(errors, []);
     } finally {
       await browser.close();
     }

@@ -18,7 +18,8 @@ header { display: flex; flex-wrap: wrap; gap: 8px 24px; align-items: baseline; p
   border-bottom: 1px solid var(--line); background: var(--card); }
 header h1 { font-size: 18px; margin: 0 12px 0 0; }
 main { padding: 16px 24px; display: grid; gap: 16px; }
-section { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 12px 16px; }
+section { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 12px 16px;
+  overflow-x: auto; }
 h2 { font-size: 15px; margin: 0 0 8px; }
 .kv { color: var(--muted); } .kv b { color: var(--fg); font-weight: 600; }
 .pill { display: inline-block; padding: 0 8px; border-radius: 10px; color: #fff; font-weight: 600; }
@@ -33,6 +34,10 @@ td.num { text-align: right; }
 .bar > i { position: absolute; inset: 0 auto 0 0; background: var(--bar); }
 .bar.full > i { background: var(--bad); } .bar.high > i { background: var(--warn); }
 .usage { font-weight: 600; min-width: 5em; }
+.paused { background: var(--warn); font-size: 12px; }
+.reason { color: var(--muted); max-width: 18em; overflow: hidden; text-overflow: ellipsis; }
+table.no-rate .rate { display: none; }
+[hidden] { display: none !important; }
 form { display: flex; flex-wrap: wrap; gap: 8px; align-items: center; }
 input { font: inherit; padding: 4px 8px; border: 1px solid var(--line); border-radius: 4px;
   background: var(--bg); color: var(--fg); }
@@ -53,11 +58,21 @@ let asked = false;
 let mode = null;
 let previous = new Map();
 let previousAt = 0;
+let skew = 0;
+
+// The server's clock minus this browser's, when the Date header (to the second) shows they differ.
+function noteServerClock(res) {
+  const date = Date.parse(res.headers.get("date") || "");
+  if (Number.isNaN(date)) return;
+  const estimate = date + 500 - Date.now();
+  skew = Math.abs(estimate) > 1500 ? estimate : 0;
+}
 
 async function api(path, init = {}) {
   const headers = new Headers(init.headers);
   if (token) headers.set("authorization", "Bearer " + token);
   const res = await fetch(path, { ...init, headers, cache: "no-store" });
+  noteServerClock(res);
   if (res.status === 401) {
     const given = asked ? null : prompt("Admin token");
     asked = !given;
@@ -86,6 +101,58 @@ function duration(seconds) {
 }
 
 const count = (n) => n.toLocaleString("en-US");
+// A field given as a finite number or a non-empty string (fields the server does not send are absent or null).
+const present = (value, type) =>
+  type === "number" ? Number.isFinite(value) : typeof value === "string" && value !== "";
+
+// A pause's end (ms since epoch on the server's clock) from a number or a date string, else null.
+function pauseEnd(value) {
+  const at = present(value, "number") ? value : present(value, "string") ? Date.parse(value) : NaN;
+  return Number.isFinite(at) ? at : null;
+}
+
+// Shows a pause badge's seconds left (rounded up, at least 1), or hides it once the pause is over.
+function showPause(badge) {
+  const until = Number(badge.dataset.until);
+  const left = (until - skew - Date.now()) / 1000;
+  badge.hidden = !(left > 0);
+  if (badge.hidden) return;
+  badge.textContent = "paused " + Math.max(1, Math.ceil(left)) + " s";
+  badge.title = "The host asked for a pause (429 or 503 with Retry-After) until " +
+    new Date(until - skew).toLocaleString();
+}
+
+function pauseBadge(h) {
+  const badge = el("span", { class: "pill paused" });
+  const until = pauseEnd(h.pausedUntil);
+  badge.dataset.until = until === null ? "0" : String(until);
+  showPause(badge);
+  return badge;
+}
+
+// Open connections against the limit that applies: the effective one when it differs (adaptive).
+function usageCell(h) {
+  const used = h.fleetOpen ?? h.open;
+  const configured = Math.max(0, h.limit);
+  const adaptive = present(h.effectiveLimit, "number") && Math.max(0, h.effectiveLimit) !== configured;
+  const limit = adaptive ? Math.max(0, h.effectiveLimit) : configured;
+  const ratio = limit > 0 ? Math.min(1, used / limit) : 0;
+  const usage = el("span", { class: "usage",
+    text: used + " / " + (limit > 0 ? limit : "\\u221e") + (adaptive ? " (adaptive)" : "") });
+  const notes = [];
+  if (adaptive) notes.push("configured limit " + (configured > 0 ? configured : "unlimited"));
+  if (present(h.limitReason, "string")) notes.push("last change: " + h.limitReason);
+  if (notes.length) usage.title = notes.join("; ");
+  const cell = el("div", { class: "use" },
+    el("div", { class: "bar" + (limit > 0 && used >= limit ? " full" : ratio >= 0.8 ? " high" : "") },
+      el("i", { style: "width:" + (ratio * 100).toFixed(1) + "%" })),
+    usage);
+  if (present(h.limitReason, "string")) {
+    cell.append(el("small", { class: "reason", title: h.limitReason, text: h.limitReason }));
+  }
+  cell.append(pauseBadge(h));
+  return cell;
+}
 
 function renderStatus(s) {
   mode = s.mode;
@@ -105,36 +172,33 @@ function renderStatus(s) {
   $("workers-section").hidden = s.mode !== "redis";
 }
 
+function hostRow(h, rate) {
+  const edit = el("button", { class: "plain", type: "button", text: "edit" });
+  edit.addEventListener("click", () => { $("f-host").value = h.host; $("f-limit").value = h.limit; $("f-limit").focus(); });
+  return el("tr", { "data-host": h.host },
+    el("td", { class: "host", title: h.host, text: h.host }), el("td", {}, usageCell(h)),
+    el("td", { class: "rate", text: present(h.rate, "string") ? h.rate : "-" }),
+    el("td", { class: "num", text: String(h.open) }), el("td", { class: "num", text: String(h.idle) }),
+    el("td", { class: "num", text: String(h.queued ?? 0) }),
+    el("td", { class: "num", text: h.fleetOpen === null ? "-" : String(h.fleetOpen) }),
+    el("td", { class: "num", text: count(h.admitted) }),
+    el("td", { class: "num refusals", text: rate.toFixed(1) }),
+    el("td", { class: "num", text: count(h.refused) }), el("td", {}, edit));
+}
+
 function renderHosts(data) {
   const now = performance.now();
   const seconds = previousAt ? (now - previousAt) / 1000 : 0;
   const next = new Map();
-  const body = $("hosts");
   const rows = [];
   for (const h of data.hosts) {
     next.set(h.host, h.refused);
     const before = previous.get(h.host);
-    const rate = seconds > 0 && before !== undefined ? Math.max(0, h.refused - before) / seconds : 0;
-    const used = h.fleetOpen ?? h.open;
-    const ratio = h.limit > 0 ? Math.min(1, used / h.limit) : 0;
-    const bar = el("div", { class: "use" },
-      el("div", { class: "bar" + (h.limit > 0 && used >= h.limit ? " full" : ratio >= 0.8 ? " high" : "") },
-        el("i", { style: "width:" + (ratio * 100).toFixed(1) + "%" })),
-      el("span", { class: "usage", text: used + " / " + (h.limit > 0 ? h.limit : "\\u221e") }));
-    const edit = el("button", { class: "plain", type: "button", text: "edit" });
-    edit.addEventListener("click", () => { $("f-host").value = h.host; $("f-limit").value = h.limit; $("f-limit").focus(); });
-    const tr = el("tr", { "data-host": h.host },
-      el("td", { class: "host", title: h.host, text: h.host }), el("td", {}, bar),
-      el("td", { class: "num", text: String(h.open) }), el("td", { class: "num", text: String(h.idle) }),
-      el("td", { class: "num", text: String(h.queued ?? 0) }),
-      el("td", { class: "num", text: h.fleetOpen === null ? "-" : String(h.fleetOpen) }),
-      el("td", { class: "num", text: count(h.admitted) }),
-      el("td", { class: "num refusals", text: rate.toFixed(1) }),
-      el("td", { class: "num", text: count(h.refused) }), el("td", {}, edit));
-    rows.push(tr);
+    rows.push(hostRow(h, seconds > 0 && before !== undefined ? Math.max(0, h.refused - before) / seconds : 0));
   }
-  if (rows.length === 0) rows.push(el("tr", {}, el("td", { class: "empty", colspan: "10", text: "No upstream connections yet" })));
-  body.replaceChildren(...rows);
+  if (rows.length === 0) rows.push(el("tr", {}, el("td", { class: "empty", colspan: "11", text: "No upstream connections yet" })));
+  $("hosts").replaceChildren(...rows);
+  $("hosts-table").classList.toggle("no-rate", !data.hosts.some((h) => present(h.rate, "string")));
   $("host-count").textContent = data.total > data.hosts.length ? "(busiest " + data.hosts.length + " of " + data.total + ")" : "";
   previous = next;
   previousAt = now;
@@ -193,6 +257,7 @@ async function change(method) {
 
 $("limit-form").addEventListener("submit", (event) => { event.preventDefault(); change("PUT"); });
 $("remove").addEventListener("click", () => change("DELETE"));
+setInterval(() => document.querySelectorAll(".paused").forEach(showPause), 500);
 tick();
 `;
 
@@ -221,8 +286,8 @@ export const DASHBOARD_HTML: string = `<!doctype html>
 <main>
 <section>
   <h2>Hosts <span class="kv" id="host-count"></span></h2>
-  <table>
-    <thead><tr><th>host</th><th>open / limit</th><th>open here</th><th>idle here</th><th>queued here</th><th>fleet</th>
+  <table id="hosts-table" class="no-rate">
+    <thead><tr><th>host</th><th>open / limit</th><th class="rate">rate</th><th>open here</th><th>idle here</th><th>queued here</th><th>fleet</th>
       <th>admitted</th><th>refused/s</th><th>refused</th><th></th></tr></thead>
     <tbody id="hosts"></tbody>
   </table>
