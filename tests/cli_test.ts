@@ -4,7 +4,15 @@ import assert from "node:assert/strict";
 import { main } from "../cli.ts";
 import { VERSION } from "../mod.ts";
 import { DEFAULTS } from "../lib/defaults.ts";
-import { BufferedConn, readHead, readResponse, request, statusOf, text } from "./_helpers/raw.ts";
+import {
+  BufferedConn,
+  header,
+  readHead,
+  readResponse,
+  request,
+  statusOf,
+  text,
+} from "./_helpers/raw.ts";
 import { closedPort, startUpstream, type Upstream } from "./_helpers/upstream.ts";
 import { connectRequest } from "./_helpers/proxy.ts";
 import { type Proc, runCli, startCli } from "./_helpers/spawn.ts";
@@ -162,6 +170,8 @@ Deno.test("CLI bad flag values give one stderr line and exit code 2", async () =
     ["--host-limit", "=5"],
     ["--host-limit", "a/b=5"],
     ["--max-rate", "fast"],
+    ["--adaptive-min", "0"],
+    ["--adaptive-min", "x"],
     ["--max-rate", "0/s"],
     ["--max-rate", "10"],
     ["--host-rate", "a.example=10/d"],
@@ -408,6 +418,58 @@ Deno.test("CLI --host-limit and --reject-status apply", async () => {
   }
   cli.child.kill("SIGTERM");
   assert.equal(await cli.exit(), 0, cli.output);
+});
+
+/** Asks for `host` twice through `addr`: the first is served, the second refused by the rate with about `retryAfter` s. */
+async function refusedByRate(
+  addr: { hostname: string; port: number },
+  host: Upstream,
+  retryAfter: number,
+): Promise<void> {
+  assert.equal((await statusThrough(addr, host)).status, 200);
+  const c = await BufferedConn.connect(addr);
+  try {
+    await c.write(get(host, "/fixed"));
+    const res = await readResponse(c);
+    assert.equal(res.status, 429);
+    // The exact wait, less the few ms the first request took.
+    const wait = Number(header(res.head, "retry-after"));
+    assert.ok(
+      wait <= retryAfter && wait >= retryAfter - 1,
+      `Retry-After ${wait}, not ${retryAfter}`,
+    );
+  } finally {
+    c.close();
+  }
+}
+
+Deno.test("CLI --host-rate and --max-rate apply; --host-rate wins over DPRL_HOST_RATES", async () => {
+  await using up = await startUpstream();
+  await using other = await startUpstream();
+  const flags = ["--port", "0", "--hostname", "127.0.0.1", "--reject-status", "429"];
+  await using cli = startCli([
+    ...flags,
+    "--queue-timeout",
+    "0",
+    "--host-rate",
+    `${up.authority}=1/m`,
+    "--max-rate",
+    "2/h",
+  ], { DPRL_HOST_RATES: `${other.authority}=1/h` });
+  const { addr } = await listening(cli);
+  await refusedByRate(addr, up, 60);
+  await refusedByRate(addr, other, 1800);
+  cli.child.kill("SIGTERM");
+  assert.equal(await cli.exit(), 0, cli.output);
+
+  await using env = startCli([...flags, "--queue-timeout", "0"], {
+    DPRL_HOST_RATES: `${up.authority}=1/h,${other.authority}=3/h`,
+  });
+  const second = await listening(env);
+  await refusedByRate(second.addr, up, 3600);
+  await refusedByRate(second.addr, other, 1200);
+  env.child.kill("SIGTERM");
+  assert.equal(await env.exit(), 0, env.output);
 });
 
 Deno.test("CLI accepts durations (500ms, 2m, bare seconds) and applies --head-timeout", async () => {

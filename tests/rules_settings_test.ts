@@ -3,6 +3,7 @@ import { RuleTable } from "../lib/limit/rules/rule_table.ts";
 import { canonicalRules, layerRules } from "../lib/limit/rules/rules.ts";
 import { diffRules } from "../lib/limit/rules/diff.ts";
 import { formatRate, parseRate } from "../lib/limit/gcra.ts";
+import { loadConfigFile } from "../lib/config/config_file.ts";
 
 Deno.test("rules: rate and retry-after-max per host, shared per group, and by default", () => {
   const table = new RuleTable({
@@ -61,4 +62,39 @@ Deno.test("rates read back as written in their shortest form", () => {
     assert.equal(parseRate(formatRate(parseRate(text))), parseRate(text));
   }
   assert.equal(formatRate(0.1), "6/m");
+});
+
+Deno.test("config file: rule settings in YAML, a default mapping, and errors that name file, line and rule", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "dprl-settings-" });
+  try {
+    const path = `${dir}/dprl.yaml`;
+    await Deno.writeTextFile(
+      path,
+      [
+        "default: { limit: 25, rate: 100/s, adaptive: true }",
+        "hosts:",
+        "  api.example.com: { limit: 5, rate: 10/s, retry-after-max: 5m, adaptive: false }",
+        "groups:",
+        "  - { name: s3, match: ['*.s3.example'], limit: 50, rate: 600/m }",
+      ].join("\n"),
+    );
+    const table = new RuleTable((await loadConfigFile(path, { flags: {} })).rules);
+    assert.deepEqual(table.lookup("api.example.com"), {
+      limit: 5,
+      group: undefined,
+      rate: { perSecond: 10 },
+      retryAfterMax: 300_000,
+      adaptive: false,
+    });
+    assert.deepEqual(table.lookup("a.s3.example").rate, { perSecond: 10, group: "s3" });
+    assert.equal(table.lookup("a.s3.example").adaptive, true);
+    assert.equal(table.lookup("other.example").limit, 25);
+    await Deno.writeTextFile(path, "hosts:\n  api.example.com: { rate: soon }\n");
+    await assert.rejects(
+      () => loadConfigFile(path, { flags: {} }),
+      /dprl\.yaml:2:\d+: hosts\.api\.example\.com\.rate must be a rate such as 10\/s/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
