@@ -228,10 +228,16 @@ export class RedisLimiter implements Limiter, Fleet<Redis | Cluster> {
    * above 0) for all members together; both are checked and taken in one
    * script call. A member's keys carry the group's hash tag
    * (`<prefix>:{g:<group>}:h:<host>:n`), so on Redis Cluster the host and
-   * its group live in one slot. When Redis cannot decide, the failure mode
+   * its group live in one slot. With `options.adaptive`, the fleet holds
+   * fewer than the host's adaptive limit (its state in Redis, `limit` its
+   * ceiling); with `options.rate`, a turn under the rate is taken in the
+   * same call (rejecting with `RateLimitedError` when none comes within
+   * its longest wait). When Redis cannot decide, the failure mode
    * applies: `"closed"` rejects with {@linkcode LimiterUnavailableError},
    * `"open"` grants an uncounted slot, `"local"` grants while this process
-   * holds fewer than `limit` (and fewer than `group.limit` for the group).
+   * holds fewer than `limit` (the adaptive limit last answered, for an
+   * adaptive host; and fewer than `group.limit` for the group), under this
+   * process's own rate.
    */
   async acquire(host: string, limit: number, options: AcquireOptions = {}): Promise<Slot | null> {
     const grant = await this.#take(host, limit, options);

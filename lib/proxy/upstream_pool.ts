@@ -82,7 +82,7 @@ export class UpstreamPool {
   #waking = new Map<string, boolean>();
   /** Average time a slot is held, per host (ms), for Retry-After. */
   #holdMs = new Map<string, number>();
-  /** Pauses the hosts asked for, and their request rates. */
+  /** The hosts' own signals: their pauses, request rates and adaptive limits. */
   readonly gates: HostGates;
 
   constructor(options: UpstreamPoolOptions) {
