@@ -15,6 +15,8 @@ export interface LaunchOptions {
   redis?: string;
   /** Port of dprl's admin server (none without it). */
   adminPort?: number;
+  /** Further dprl flags (other proxies ignore them). */
+  args?: string[];
 }
 
 /** A proxy under test. */
@@ -51,6 +53,7 @@ export function proxyDefs(p: Paths, bins: Binaries): ProxyDef[] {
           ...(o.adminPort === undefined ? [] : ["--admin-port", String(o.adminPort)]),
           "--log-level",
           "warn",
+          ...(o.args ?? []),
         ], { cwd: p.repo }),
     },
     {

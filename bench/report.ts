@@ -10,6 +10,7 @@ import type { IdleMemoryResult, ThroughputResult, TunnelsResult, WrkResult } fro
 import type { ScrapeStats } from "./admin_cost.ts";
 import { fmt, table } from "./markdown_table.ts";
 import { type RedisCostFigures, redisCostTable } from "./redis_cost_table.ts";
+import { type UpstreamFigures, upstreamMethod, upstreamTables } from "./upstream_table.ts";
 
 /** Everything measured for one proxy (any figure may be missing on error). */
 export interface ProxyFigures {
@@ -51,6 +52,8 @@ export interface Results {
   admin?: AdminFigures;
   /** What distributed mode costs Redis (the `distributed` section). */
   redisCost?: RedisCostFigures;
+  /** Adaptive limits, request rates and fleet-wide pauses (the `upstream` section). */
+  upstream?: UpstreamFigures;
   errors: string[];
 }
 
@@ -494,6 +497,12 @@ ${capTable(r)}
 ## Control plane
 
 ${adminTable(r)}
+
+## Upstream-aware limits
+
+${upstreamMethod(r.upstream)}
+
+${upstreamTables(r.upstream)}
 
 ## Every round
 

@@ -11,7 +11,8 @@
  *   measures every proxy (alternating the order) and the best round counts,
  *   which damps other load on a shared machine
  * - `--only=dprl,goproxy-dprl`: measure only these proxies in the per-proxy part
- * - `--skip=distributed,cap`: skip whole sections (`proxies`, `admin`, `distributed`, `cap`)
+ * - `--skip=distributed,cap`: skip whole sections (`proxies`, `admin`, `distributed`, `cap`,
+ *   `upstream`)
  * - `--no-write`: print the tables, write no files
  *
  * Environment: `DPRL_BENCH_SHARED`, `DPRL_BENCH_CACHE` (see setup.ts),
@@ -50,8 +51,10 @@ import {
 } from "./report.ts";
 import { type RedisCostFigures, redisCostTable } from "./redis_cost_table.ts";
 import { buildBinaries, ensureDebianTools, paths } from "./setup.ts";
+import { measureUpstream } from "./upstream_aware.ts";
+import { upstreamTables } from "./upstream_table.ts";
 
-const SUITE_LIMIT_MS = 10 * 60_000;
+const SUITE_LIMIT_MS = 12 * 60_000;
 
 const { values: flags } = parseArgs({
   args: Deno.args,
@@ -135,9 +138,10 @@ async function startProxy(
   max: number,
   redis?: string,
   adminPort?: number,
+  args?: string[],
 ): Promise<{ port: number; proc: Spawned }> {
   const port = freePort();
-  const proc = def.start(port, { max, redis, adminPort });
+  const proc = def.start(port, { max, redis, adminPort, args });
   try {
     await waitForPort(port, def.startTimeoutMs, proc);
     if (adminPort !== undefined) await waitForPort(adminPort, def.startTimeoutMs, proc);
@@ -515,6 +519,17 @@ async function main(): Promise<void> {
       await measureCap(defs[0], tools);
       await measureCap(defs[1], tools);
     }
+    if (!skip.has("upstream")) {
+      const dprl = defs.find((d) => d.name === "dprl")!;
+      results.upstream = await attempt("upstream", () =>
+        measureUpstream({
+          launch: (o) => startProxy(dprl, o.max, o.redis, o.adminPort, o.args),
+          cacheDir: P.cache,
+          quick: flags.quick!,
+          log,
+          attempt,
+        }));
+    }
   } finally {
     clearTimeout(watchdog);
     results.seconds = (Date.now() - suiteStart) / 1000;
@@ -530,6 +545,7 @@ async function main(): Promise<void> {
   console.log("\n" + redisCostTable(results.redisCost));
   console.log("\n## Control plane\n\n" + adminTable(results));
   console.log("\n## Cap accuracy\n\n" + capTable(results));
+  console.log("\n## Upstream-aware limits\n\n" + upstreamTables(results.upstream));
   console.log("\n## Ratios and targets\n\n" + ratioTable(results));
   if (results.errors.length) {
     console.log(`\n${results.errors.length} error(s):\n- ${results.errors.join("\n- ")}`);
