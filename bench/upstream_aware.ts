@@ -237,8 +237,7 @@ async function pollLimits(
  * sample up to at least `holdMs` later is in range, NaN when none is before
  * the polls end. A sample is in range when at least one proxy shows an
  * effective limit and every limit shown is within [lo, hi]; a proxy that
- * shows none (on Redis, one that holds no slot of the host at that moment)
- * is left out.
+ * shows none (it has not heard the host's limit yet) is left out.
  */
 export function convergence(
   samples: LimitSample[],

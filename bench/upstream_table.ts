@@ -106,9 +106,8 @@ export function upstreamMethod(f: UpstreamFigures | undefined): string {
       G.holdMs / 1000
     } s is in range ("—": no such stretch before the run ended). A poll is in`,
     "range when at least one proxy shows an `effectiveLimit` and every one shown is within",
-    `[${G.limitLow}, ${G.limitHigh}]. A proxy on Redis that holds no slot of the host at that moment`,
-    "(its requests all wait in the fleet's line) shows none (`null`) and is left out; such polls are",
-    `counted in their own column.`,
+    `[${G.limitLow}, ${G.limitHigh}]. A proxy that shows none (\`null\`: it has not heard the`,
+    "host's limit yet) is left out; such polls are counted in their own column.",
     "\n- Rate accuracy: three proxies on one Redis with `--host-rate 127.0.0.1:PORT=10/s`,",
     "`--reject-status 429` and `--queue-timeout 0`; 30 client loops (round-robin over the proxies)",
     `send requests one after the other for 5 s. Counted: requests that reached the upstream, and the`,
