@@ -21,6 +21,7 @@
  * deno run -A bench/redis_cost.ts --quick      # 1 round of 3 s
  * deno run -A bench/redis_cost.ts --hosts 2000 # tunnels round-robin over 2,000 hosts
  * deno run -A bench/redis_cost.ts --cluster    # also on a 3-master Cluster
+ * deno run -A bench/redis_cost.ts --rtt 2      # Redis 2 ms away (a delaying relay)
  * deno run -A bench/redis_cost.ts --limit 32   # the host's limit equal to the clients
  * deno run -A bench/redis_cost.ts --no-heartbeat # the tunnel rounds only
  * ```
@@ -29,6 +30,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { delayRelay } from "./delay_relay.ts";
 import {
   cpuSeconds,
   freePort,
@@ -72,6 +74,7 @@ function cliFlags() {
         "no-heartbeat": { type: "boolean", default: false },
         limit: { type: "string", default: "100000" },
         hosts: { type: "string", default: "1" },
+        rtt: { type: "string", default: "0" },
       },
     });
     return {
@@ -82,6 +85,8 @@ function cliFlags() {
       /** The host's limit; by default far above the clients. */
       limit: count("limit", values.limit, 1_000_000),
       hosts: count("hosts", values.hosts, MAX_HOSTS),
+      /** Round trip added between dprl and the single Redis, in ms. */
+      rtt: values.rtt === "0" ? 0 : count("rtt", values.rtt!, 100),
     };
   } catch (e) {
     return bad(e instanceof Error ? e.message.split("\n")[0] : String(e));
@@ -207,10 +212,10 @@ interface RedisNodes {
   resetStats(): Promise<void>;
 }
 
-function redisNodes(redis: RedisServer | RedisClusterServers): RedisNodes {
+function redisNodes(redis: RedisServer | RedisClusterServers, relayPort?: number): RedisNodes {
   if (redis instanceof RedisServer) {
     return {
-      flags: ["--redis-url", redis.url],
+      flags: ["--redis-url", relayPort ? `redis://127.0.0.1:${relayPort}` : redis.url],
       infos: async (section) => [await redis.info(section)],
       resetStats: async () => void await redis.command("CONFIG", "RESETSTAT"),
     };
@@ -291,6 +296,8 @@ export interface SideBySideOptions {
   seconds: number;
   /** The host's limit (default 100,000, far above the clients). */
   limit?: number;
+  /** A round trip added between the distributed dprl and a single Redis, in ms (default 0). */
+  rttMs?: number;
 }
 
 /** What {@linkcode tunnelsSideBySide} measured. */
@@ -323,7 +330,10 @@ export async function tunnelsSideBySide(options: SideBySideOptions): Promise<Sid
     limit: options.limit ?? 100_000,
     next: () => targets[i++ % targets.length],
   };
-  const nodes = redisNodes(options.redis);
+  const relay = options.rttMs && options.redis instanceof RedisServer
+    ? delayRelay(options.redis.port, options.rttMs)
+    : undefined;
+  const nodes = redisNodes(options.redis, relay?.port);
   const redisCpuSeconds = async () =>
     (await nodes.infos("cpu")).reduce((sum, info) => sum + redisCpu(info), 0);
   const memory = await startDprl([], to);
@@ -358,6 +368,7 @@ export async function tunnelsSideBySide(options: SideBySideOptions): Promise<Sid
     };
   } finally {
     await Promise.all([memory.proc.stop(), distributed.proc.stop()]);
+    relay?.close();
   }
 }
 
@@ -532,6 +543,7 @@ if (import.meta.main) {
           targets: echo.targets,
           seconds: flags.seconds,
           limit: flags.limit,
+          rttMs: flags.rtt,
         });
         rows.push(sideBySideRow(round, on, flags.hosts, t));
       }

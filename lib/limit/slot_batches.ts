@@ -32,6 +32,13 @@ export interface SlotBatchesOptions {
   beforeFlush?: () => void;
 }
 
+/**
+ * Calls one slot may have in flight at once. More than one saves the wait
+ * for the call in flight under load (Redis runs each script whole, in the
+ * order written); a few keep the batches large.
+ */
+export const CALLS_PER_SLOT = 4;
+
 /** Hosts with work to send, by slot, and the timers that send them. */
 export class SlotBatches {
   #o: SlotBatchesOptions;
@@ -40,9 +47,11 @@ export class SlotBatches {
   #now = new Set<string>();
   #turnQueued = false;
   #timer: ReturnType<typeof setTimeout> | null = null;
-  /** Slots with a call in flight: what comes meanwhile goes with the next one, once it is answered. */
-  #inFlight = new Set<string>();
-  /** Who waits for a slot's next call to be written ({@linkcode flushHost}), by slot. */
+  /** Calls in flight, by slot. */
+  #calls = new Map<string, number>();
+  /** Hosts in a call in flight: what comes for them meanwhile goes once it is answered. */
+  #busy = new Set<string>();
+  /** Who waits for a host's work to be written ({@linkcode flushHost}), by host. */
   #written = new Map<string, (() => void)[]>();
 
   /** Creates the batches. */
@@ -76,21 +85,22 @@ export class SlotBatches {
   }
 
   /**
-   * Sends what waits for the slot of `host` as soon as it may go: at once,
-   * or when the slot's call in flight is answered (a host never has two
-   * calls in flight: Redis may apply them out of order). Resolves once it is
-   * written.
+   * Sends what waits for `host` as soon as it may go: at once, or when its
+   * call in flight is answered (a host never has two calls in flight: the
+   * limiter's accounting of it rests on one answer at a time), or when its
+   * slot may have another call. Resolves once it is written, or at once
+   * when nothing of it waits to be.
    */
   flushHost(host: string): Promise<void> {
     const slot = this.#o.slotOf(host);
-    if (!this.#inFlight.has(slot)) {
-      this.#flushSlot(slot);
-      return Promise.resolve();
-    }
+    // A call in flight is written already: what follows on the connection comes after it.
+    if (!this.#pending(host, slot)) return Promise.resolve();
+    this.#flushSlot(slot);
+    if (!this.#pending(host, slot)) return Promise.resolve();
     this.#now.add(slot);
     const written = Promise.withResolvers<void>();
-    const waiting = this.#written.get(slot) ?? [];
-    this.#written.set(slot, waiting);
+    const waiting = this.#written.get(host) ?? [];
+    this.#written.set(host, waiting);
     waiting.push(written.resolve);
     return written.promise;
   }
@@ -103,6 +113,11 @@ export class SlotBatches {
     this.#now.clear();
     if (this.#timer !== null) clearTimeout(this.#timer);
     this.#timer = null;
+  }
+
+  /** Whether `host` has work not written yet. */
+  #pending(host: string, slot: string): boolean {
+    return this.#slots.get(slot)?.has(host) ?? false;
   }
 
   #flushTurn(): void {
@@ -120,33 +135,57 @@ export class SlotBatches {
     for (const slot of [...this.#slots.keys()]) this.#flushSlot(slot);
   }
 
+  /** Sends the hosts of `slot` with work and no call in flight, while the slot may have another call. */
   #flushSlot(slot: string): void {
-    if (this.#inFlight.has(slot)) {
-      // Sent when the call in flight is answered.
-      if (this.#slots.has(slot)) this.#now.add(slot);
-      return;
-    }
-    for (const resolve of this.#written.get(slot) ?? []) resolve();
-    this.#written.delete(slot);
     const hosts = this.#slots.get(slot);
     if (!hosts) return;
-    this.#slots.delete(slot);
-    this.#now.delete(slot);
-    const list = [...hosts];
-    let calls = 0;
-    const answered = () => {
-      if (--calls > 0) return;
-      this.#inFlight.delete(slot);
-      if (this.#now.has(slot) || this.#written.has(slot)) this.#flushSlot(slot);
-    };
-    for (let i = 0; i < list.length; i += CALL_HOSTS) {
-      calls++;
-      if (!this.#o.send(slot, list.slice(i, i + CALL_HOSTS), answered)) calls--;
+    const ready = [...hosts].filter((host) => !this.#busy.has(host));
+    if (ready.length === 0 || (this.#calls.get(slot) ?? 0) >= CALLS_PER_SLOT) {
+      // Sent when a call in flight is answered.
+      this.#now.add(slot);
+      return;
     }
-    if (calls > 0) this.#inFlight.add(slot);
+    for (const host of ready) hosts.delete(host);
+    if (hosts.size === 0) {
+      this.#slots.delete(slot);
+      this.#now.delete(slot);
+    } else this.#now.add(slot); // the busy ones, once answered
+
+    for (let i = 0; i < ready.length; i += CALL_HOSTS) {
+      this.#call(slot, ready.slice(i, i + CALL_HOSTS));
+    }
     if (this.#slots.size === 0 && this.#timer !== null) {
       clearTimeout(this.#timer);
       this.#timer = null;
+    }
+  }
+
+  /** Sends one call for `hosts` of `slot`; they are busy until it is answered. */
+  #call(slot: string, hosts: string[]): void {
+    const answered = () => {
+      for (const host of hosts) this.#busy.delete(host);
+      const calls = (this.#calls.get(slot) ?? 1) - 1;
+      if (calls > 0) this.#calls.set(slot, calls);
+      else this.#calls.delete(slot);
+      if (this.#now.has(slot)) this.#flushSlot(slot);
+      this.#settle(hosts, slot);
+    };
+    if (!this.#o.send(slot, hosts, answered)) {
+      this.#settle(hosts, slot);
+      return;
+    }
+    for (const host of hosts) this.#busy.add(host);
+    this.#calls.set(slot, (this.#calls.get(slot) ?? 0) + 1);
+    this.#settle(hosts, slot);
+  }
+
+  /** Resolves who waits for `hosts` once nothing of them waits to be written. */
+  #settle(hosts: string[], slot: string): void {
+    for (const host of hosts) {
+      const waiting = this.#written.get(host);
+      if (!waiting || this.#pending(host, slot)) continue;
+      this.#written.delete(host);
+      for (const resolve of waiting) resolve();
     }
   }
 }
