@@ -74,6 +74,15 @@ export function adaptiveBounds(bounds: AdaptiveBoundsOf): AdaptiveBoundsOf {
   return { min, max: Math.max(min, Math.floor(bounds.max > 0 ? bounds.max : UNLIMITED_CEILING)) };
 }
 
+/**
+ * The time in ms since epoch, to the fraction: samples are placed by their
+ * latency (from `performance.now()`), so a whole-ms clock could place a
+ * request sent after a window opened before it.
+ */
+function clock(): number {
+  return performance.timeOrigin + performance.now();
+}
+
 /** Hosts not heard of for this long are forgotten (their next request starts afresh). */
 const FORGET_MS = 10 * 60_000;
 
@@ -99,12 +108,12 @@ export class AdaptiveLimits implements AdaptiveSource {
   }
 
   /** The limit of `host` to enforce now, within `bounds`. */
-  limit(host: string, bounds: AdaptiveBoundsOf, now = Date.now()): number {
+  limit(host: string, bounds: AdaptiveBoundsOf, now = clock()): number {
     return effectiveLimit(this.#state(host, bounds, now));
   }
 
   /** Takes in an answer (or failure) of a request to `host` and moves its limit when a window closes. */
-  observe(host: string, s: HostSample, bounds: AdaptiveBoundsOf, now = Date.now()): void {
+  observe(host: string, s: HostSample, bounds: AdaptiveBoundsOf, now = clock()): void {
     const before = this.#state(host, bounds, now);
     const sampled = sample(before, { ...s, now });
     const { state, reason } = roll(sampled, now);
