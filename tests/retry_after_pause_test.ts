@@ -7,8 +7,9 @@ import { getVia, startRecordingUpstream } from "./_helpers/recording_upstream.ts
 import { startProxy } from "./_helpers/proxy.ts";
 import { BufferedConn, header, orFalse, readHead, statusOf, waitFor } from "./_helpers/raw.ts";
 import { connectRequest } from "./_helpers/proxy.ts";
-import { RedisServer, redisTest } from "./_helpers/redis_server.ts";
-import { ProxyRateLimiter } from "../mod.ts";
+import { redisCli, RedisClusterServers, RedisServer, redisTest } from "./_helpers/redis_server.ts";
+import { RedisKeyNames } from "../lib/limit/redis_key_names.ts";
+import { ProxyRateLimiter, type ProxyRateLimiterOptions } from "../mod.ts";
 
 Deno.test("a 429 with Retry-After in seconds pauses the host: the next request gets a 503 with Retry-After, the upstream sees nothing until it ends", async () => {
   await using up = startRecordingUpstream({ status: 429, retryAfter: "2" });
@@ -106,35 +107,65 @@ Deno.test("a tunnel to a paused host is refused with 503 and Retry-After", async
   assert.equal(up.seen.length, 1);
 });
 
+/** Three proxies on `redis` (a URL or a Cluster's nodes), stopped on disposal. */
+async function fleetOn(redis: ProxyRateLimiterOptions["redis"]) {
+  const fleet: ProxyRateLimiter[] = [];
+  for (let i = 0; i < 3; i++) {
+    const p = new ProxyRateLimiter({ port: 0, hostname: "127.0.0.1", redis });
+    fleet.push(p);
+    await p.start();
+  }
+  return {
+    urls: fleet.map((p) => p.proxyUrl!.href),
+    [Symbol.asyncDispose]: async () => {
+      await Promise.all(fleet.map((p) => p.stop({ graceMs: 200 })));
+    },
+  };
+}
+
+/**
+ * A 429 with Retry-After through the first proxy; once `landed` says the
+ * pause is in Redis, the other two refuse the host with nothing sent to it.
+ */
+async function pauseHoldsAcrossFleet(urls: string[], landed: (host: string) => Promise<boolean>) {
+  await using up = startRecordingUpstream({ status: 429, retryAfter: "30" });
+  const [a, b, c] = urls;
+  assert.equal((await getVia(a, up.url)).status, 429);
+  // The pause reaches Redis with the proxy's next call of the host's slot.
+  await waitFor(() => landed(up.authority), "the pause in Redis");
+  for (const proxy of [b, c]) {
+    const res = await getVia(proxy, up.url);
+    assert.equal(res.status, 503);
+    assert.match(res.headers.get("proxy-status") ?? "", /destination_unavailable.*pause/);
+    assert.ok(Number(res.headers.get("retry-after")) >= 1);
+  }
+  assert.equal(up.seen.length, 1, "only the first request reached the host");
+}
+
 await redisTest(
   "three proxies on one Redis: a pause one of them is asked for holds at the other two, with nothing sent upstream",
   "server",
   async () => {
     await using redis = await RedisServer.start();
-    await using up = startRecordingUpstream({ status: 429, retryAfter: "30" });
-    const fleet: ProxyRateLimiter[] = [];
-    try {
-      for (let i = 0; i < 3; i++) {
-        const p = new ProxyRateLimiter({ port: 0, hostname: "127.0.0.1", redis: redis.url });
-        fleet.push(p);
-        await p.start();
-      }
-      const [a, b, c] = fleet.map((p) => p.proxyUrl!.href);
-      assert.equal((await getVia(a, up.url)).status, 429);
-      // The pause reaches Redis with the proxy's next call of the host's slot.
-      await waitFor(
-        async () => Number(await redis.cli("HGET", "dprl:epoch", `p:${up.authority}`)) > Date.now(),
-        "the pause in Redis",
-      );
-      for (const proxy of [b, c]) {
-        const res = await getVia(proxy, up.url);
-        assert.equal(res.status, 503);
-        assert.match(res.headers.get("proxy-status") ?? "", /destination_unavailable.*pause/);
-        assert.ok(Number(res.headers.get("retry-after")) >= 1);
-      }
-      assert.equal(up.seen.length, 1, "only the first request reached the host");
-    } finally {
-      await Promise.all(fleet.map((p) => p.stop({ graceMs: 200 })));
-    }
+    await using fleet = await fleetOn(redis.url);
+    await pauseHoldsAcrossFleet(
+      fleet.urls,
+      async (host) => Number(await redis.cli("HGET", "dprl:epoch", `p:${host}`)) > Date.now(),
+    );
+  },
+);
+
+await redisTest(
+  "three proxies on a Redis Cluster: the pause lives in the epoch hash of the host's slot and holds at the other two",
+  "server",
+  async () => {
+    await using cluster = await RedisClusterServers.start();
+    await using fleet = await fleetOn({ cluster: cluster.nodes });
+    const keys = new RedisKeyNames("dprl", true);
+    const port = String(cluster.servers[0].port);
+    await pauseHoldsAcrossFleet(fleet.urls, async (host) => {
+      const until = await redisCli("-c", "-p", port, "HGET", keys.epoch(host), `p:${host}`);
+      return Number(until) > Date.now();
+    });
   },
 );
