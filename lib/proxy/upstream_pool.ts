@@ -336,7 +336,8 @@ export class UpstreamPool {
    */
   async #slot(key: string, signal?: AbortSignal, http = false): Promise<Grant> {
     const match = this.#o.limits.lookup(key);
-    const limit = match.limit;
+    // The limit in force: an adaptive host's own, for the message and the estimate.
+    const limit = this.gates.limitOf(key, match);
     // No overtaking: while others wait, a newcomer joins the line.
     const slot = this.#queue.length(key) === 0 ? await this.#tryAcquire(key, match) : null;
     if (slot) {
@@ -370,7 +371,7 @@ export class UpstreamPool {
       ticket,
       expired: (waitedMs) => {
         this.#o.stats.onRefused(key, "queue_timeout");
-        const limit = this.#o.limits.limitFor(key);
+        const limit = this.gates.limitOf(key, this.#o.limits.lookup(key));
         return new LimitReachedError(key, limit, {
           reason: "queue_timeout",
           waitedMs,
