@@ -24,6 +24,7 @@
  * deno run -A bench/redis_cost.ts --rtt 2      # Redis 2 ms away (a delaying relay)
  * deno run -A bench/redis_cost.ts --limit 32   # the host's limit equal to the clients
  * deno run -A bench/redis_cost.ts --no-heartbeat # the tunnel rounds only
+ * deno run -A bench/redis_cost.ts --cpu-prof /tmp/p # both proxies write a CPU profile there
  * ```
  *
  * @module
@@ -75,6 +76,7 @@ function cliFlags() {
         limit: { type: "string", default: "100000" },
         hosts: { type: "string", default: "1" },
         rtt: { type: "string", default: "0" },
+        "cpu-prof": { type: "string" },
       },
     });
     return {
@@ -87,6 +89,8 @@ function cliFlags() {
       hosts: count("hosts", values.hosts, MAX_HOSTS),
       /** Round trip added between dprl and the single Redis, in ms. */
       rtt: values.rtt === "0" ? 0 : count("rtt", values.rtt!, 100),
+      /** A folder where both proxies write a CPU profile (see bench/profile.ts summarize). */
+      cpuProf: values["cpu-prof"],
     };
   } catch (e) {
     return bad(e instanceof Error ? e.message.split("\n")[0] : String(e));
@@ -237,11 +241,16 @@ interface LoadTarget {
 }
 
 /** A dprl for the tunnel load, in memory or with `redisFlags`. */
-async function startDprl(redisFlags: string[], to: LoadTarget) {
+async function startDprl(redisFlags: string[], to: LoadTarget, cpuProf?: string) {
   const port = freePort();
+  const name = redisFlags.length ? "redis" : "memory";
+  const profile = cpuProf
+    ? ["--cpu-prof", `--cpu-prof-dir=${cpuProf}`, `--cpu-prof-name=${name}.cpuprofile`]
+    : [];
   const proc: Spawned = spawn("dprl", Deno.execPath(), [
     "run",
     "-A",
+    ...profile,
     new URL("../cli.ts", import.meta.url).pathname,
     "--port",
     String(port),
@@ -298,6 +307,8 @@ export interface SideBySideOptions {
   limit?: number;
   /** A round trip added between the distributed dprl and a single Redis, in ms (default 0). */
   rttMs?: number;
+  /** A folder where both proxies write a CPU profile (`memory.cpuprofile`, `redis.cpuprofile`). */
+  cpuProf?: string;
 }
 
 /** What {@linkcode tunnelsSideBySide} measured. */
@@ -336,8 +347,8 @@ export async function tunnelsSideBySide(options: SideBySideOptions): Promise<Sid
   const nodes = redisNodes(options.redis, relay?.port);
   const redisCpuSeconds = async () =>
     (await nodes.infos("cpu")).reduce((sum, info) => sum + redisCpu(info), 0);
-  const memory = await startDprl([], to);
-  const distributed = await startDprl(nodes.flags, to);
+  const memory = await startDprl([], to, options.cpuProf);
+  const distributed = await startDprl(nodes.flags, to, options.cpuProf);
   try {
     await nodes.resetStats();
     const redisCpu0 = await redisCpuSeconds();
@@ -544,6 +555,7 @@ if (import.meta.main) {
           seconds: flags.seconds,
           limit: flags.limit,
           rttMs: flags.rtt,
+          cpuProf: flags.cpuProf,
         });
         rows.push(sideBySideRow(round, on, flags.hosts, t));
       }

@@ -411,8 +411,9 @@ const MANY_HOSTS = 2000;
 
 /**
  * The side-by-side with the 32 clients round-robin over {@linkcode MANY_HOSTS}
- * hosts (127.0.x.y), so that no released slot is there for the next tunnel
- * to the same host: one short run, after emptying `redis`, kept in `into`.
+ * hosts (127.0.x.y), each come back to about twice a second, so that the
+ * slot released by one tunnel is there for the next one to the host only when
+ * the limiter keeps it that long: one short run, after emptying `redis`, kept in `into`.
  */
 async function manyHosts(redis: RedisServer, into: RedisCostFigures): Promise<void> {
   const { startEcho, tunnelsSideBySide } = await import("./redis_cost.ts");

@@ -15,8 +15,8 @@ Deno.test("ledger: an asked slot is held once Redis grants it, and given back wi
   assert.equal(ledger.answered(H, sent, 1), false);
   assert.equal(ledger.canSync(H), true);
   assert.equal(ledger.held(H), 1);
-  assert.equal(ledger.release(H, { keep: false, failFast: false, now: 0 }), "queued");
-  assert.equal(ledger.release(H, { keep: false, failFast: false, now: 0 }), "none");
+  assert.equal(ledger.release(H, { keep: false, failFast: false, until: 0 }), "queued");
+  assert.equal(ledger.release(H, { keep: false, failFast: false, until: 0 }), "none");
   assert.equal(ledger.collect(H), false, "a release not sent keeps the host");
   const release = ledger.send(H);
   assert.equal(release.releases, 1);
@@ -44,24 +44,36 @@ Deno.test("ledger: a kept slot serves the next acquire and goes back when swept"
   const ledger = new HostLedger();
   ledger.ask(H, 0);
   ledger.answered(H, ledger.send(H), 1);
-  assert.equal(ledger.release(H, { keep: true, failFast: false, now: 5 }), "kept");
+  assert.equal(ledger.release(H, { keep: true, failFast: false, until: 5 }), "kept");
   assert.equal(ledger.held(H), 0);
   assert.equal(ledger.syncCount(H), 1, "a kept slot stays counted in Redis");
   assert.equal(ledger.takeKept(H), true);
   assert.equal(ledger.held(H), 1);
-  ledger.release(H, { keep: true, failFast: false, now: 6 });
+  ledger.release(H, { keep: true, failFast: false, until: 6 });
   assert.equal(ledger.giveBackKept(H, Infinity, false), 1);
   assert.equal(ledger.send(H).releases, 1);
+});
+
+Deno.test("ledger: kept slots go back soonest due first; a new request takes the one kept longest", () => {
+  const ledger = new HostLedger();
+  for (let i = 0; i < 3; i++) ledger.ask(H, 0);
+  ledger.answered(H, ledger.send(H), 3);
+  for (const until of [2_000, 100, 150]) ledger.release(H, { keep: true, failFast: false, until });
+  assert.deepEqual(ledger.get(H)?.kept, [100, 150, 2_000]);
+  assert.equal(ledger.giveBackKept(H, 1, false), 1);
+  assert.deepEqual(ledger.get(H)?.kept, [150, 2_000]);
+  assert.equal(ledger.takeKept(H), true);
+  assert.deepEqual(ledger.get(H)?.kept, [150]);
 });
 
 Deno.test("ledger: failure modes count locally and mark the host for the next sync", () => {
   const ledger = new HostLedger();
   ledger.admitUncounted(H);
-  assert.equal(ledger.release(H, { keep: false, failFast: true, now: 0 }), "uncounted");
+  assert.equal(ledger.release(H, { keep: false, failFast: true, until: 0 }), "uncounted");
   assert.equal(ledger.admitLocal(H, 1), true);
   assert.equal(ledger.admitLocal(H, 1), false);
   assert.equal(ledger.get(H)?.dirty, true);
-  assert.equal(ledger.release(H, { keep: false, failFast: true, now: 0 }), "dirty");
+  assert.equal(ledger.release(H, { keep: false, failFast: true, until: 0 }), "dirty");
   const synced = ledger.sync(H);
   assert.equal(synced.count, 0);
   assert.equal(ledger.collect(H), false, "a sync in flight keeps the host");
@@ -234,7 +246,7 @@ class Fleet {
       case 5:
         if (worker.inUse === 0) return;
         worker.inUse--;
-        worker.ledger.release(H, { keep: flag, failFast: false, now: this.now });
+        worker.ledger.release(H, { keep: flag, failFast: false, until: this.now });
         break;
       case 6:
         worker.ledger.giveBackKept(H, Infinity, false);
@@ -265,7 +277,7 @@ class Fleet {
       drain();
       while (worker.inUse > 0) {
         worker.inUse--;
-        worker.ledger.release(H, { keep: false, failFast: false, now: this.now });
+        worker.ledger.release(H, { keep: false, failFast: false, until: this.now });
       }
       worker.ledger.giveBackKept(H, Infinity, false);
       this.flush(w);

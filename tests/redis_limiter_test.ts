@@ -5,6 +5,7 @@ import { getLogger, type LogRecord } from "@logtape/logtape";
 import { captureLogs } from "./_helpers/logs.ts";
 import {
   type FailureMode,
+  KEEP_FAR_MS,
   KEEP_MS,
   RedisLimiter,
   type RedisLimiterOptions,
@@ -189,6 +190,47 @@ await redisTest(
     }
     assert.equal((await server.cli("HGET", n, w.workerId)).trim(), "1");
     assert.ok(await scriptCalls(server) <= 2, `${await scriptCalls(server)} script calls`);
+  },
+);
+
+await redisTest(
+  "a worker that comes back to a host far below its limit keeps its slot longer",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    const server = redis.server!;
+    await using ws = limiters(1, { redis: redis.url, prefix: "p", lease: 60_000 });
+    const w = ws[0];
+    const field = async (host: string) =>
+      (await server.cli("HGET", `p:{${host}}:n`, w.workerId)).trim();
+    // far.example: 1 of 100 held; near.example: 2 of 3 held; one of each given back.
+    const visit = async () => {
+      assert.equal(await take(w, "far.example", 100), true);
+      assert.equal(await take(w, "near.example", 3), true);
+      giveBack(w, "far.example");
+      giveBack(w, "near.example");
+    };
+    assert.equal(await take(w, "near.example", 3), true);
+    await visit();
+    // A first visit: both kept briefly.
+    await waitFor(async () => (await field("far.example")) === "", "far given back");
+    await waitFor(async () => (await field("near.example")) === "1", "near given back");
+    // Come back: near its limit, kept briefly again; far below it, kept longer.
+    await visit();
+    const keptAt = performance.now();
+    await waitFor(async () => (await field("near.example")) === "1", "near given back again");
+    if (performance.now() - keptAt < KEEP_FAR_MS) {
+      assert.equal(await field("far.example"), "1", "far.example's slot still kept");
+      await server.cli("CONFIG", "RESETSTAT");
+      assert.equal(await take(w, "far.example", 100), true);
+      assert.equal(await scriptCalls(server), 0, "a kept slot taken without a call");
+      giveBack(w, "far.example");
+    }
+    await waitFor(
+      async () => (await field("far.example")) === "",
+      "far given back",
+      3 * KEEP_FAR_MS,
+    );
   },
 );
 

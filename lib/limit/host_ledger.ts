@@ -26,8 +26,8 @@ export interface HostEntry {
   uncounted: number;
   /**
    * Of `counted`, slots given back here but still counted in Redis, kept for
-   * this worker's next acquire of the host: when each was given back
-   * (`performance.now()`), oldest first.
+   * this worker's next acquire of the host: until when each is kept
+   * (`performance.now()`), soonest first.
    */
   kept: number[];
   /** The limit the last acquire named (0: none). */
@@ -95,8 +95,8 @@ export interface ReleaseOptions {
   keep: boolean;
   /** Redis is known to be unreachable. */
   failFast: boolean;
-  /** Now, by `performance.now()`, for a kept slot. */
-  now: number;
+  /** Until when a kept slot is kept, by `performance.now()`. */
+  until: number;
 }
 
 /** Per-host accounting of one worker, with no I/O. */
@@ -178,7 +178,7 @@ export class HostLedger {
     s.asks++;
   }
 
-  /** Takes a kept slot of `host` (the newest) for a new request; false when none is kept. */
+  /** Takes a kept slot of `host` (the one kept longest) for a new request; false when none is kept. */
   takeKept(host: string): boolean {
     const s = this.#hosts.get(host);
     if (!s || s.kept.length === 0) return false;
@@ -332,7 +332,9 @@ export class HostLedger {
     }
     if (s.counted - s.kept.length <= 0) return "none";
     if (options.keep) {
-      s.kept.push(options.now);
+      let i = s.kept.length;
+      while (i > 0 && s.kept[i - 1] > options.until) i--;
+      s.kept.splice(i, 0, options.until);
       return "kept";
     }
     s.counted--;
@@ -345,7 +347,7 @@ export class HostLedger {
   }
 
   /**
-   * Gives back the `n` oldest (default: all) kept slots of `host` in Redis
+   * Gives back the `n` kept slots of `host` due soonest (default: all) in Redis
    * (or, when `failFast`, by the next sync); returns how many.
    */
   giveBackKept(host: string, n: number, failFast: boolean): number {

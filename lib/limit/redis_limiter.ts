@@ -36,7 +36,7 @@ import type { FleetCounts } from "./fleet_counts.ts";
 import type { FleetAdaptive } from "./fleet_adaptive.ts";
 import { assembleParts } from "./limiter_parts.ts";
 export type { WorkerInfo } from "./worker_registry.ts";
-export { KEEP_MS } from "./kept_slots.ts";
+export { KEEP_FAR_MS, KEEP_MS } from "./kept_slots.ts";
 
 /** Options of {@linkcode RedisLimiter}. */
 export interface RedisLimiterOptions {
