@@ -236,6 +236,8 @@ function redisNodes(redis: RedisServer | RedisClusterServers, relayPort?: number
 interface LoadTarget {
   /** The host's limit each dprl is given. */
   limit: number;
+  /** How many targets {@linkcode next} goes round. */
+  targets: number;
   /** The next `host:port` to open a tunnel to (round-robin over the targets). */
   next(): string;
 }
@@ -263,9 +265,14 @@ async function startDprl(redisFlags: string[], to: LoadTarget, cpuProf?: string)
     ...redisFlags,
   ]);
   await waitForPort(port, 20_000);
-  // Warm up (JIT, script load).
-  const buf = new Uint8Array(4096);
-  for (let i = 0; i < 200; i++) await tunnel(port, to.next(), buf);
+  // Warm up (JIT, script load), coming to every target twice (up to 2,000):
+  // what a worker learns about the hosts it comes back to is in place before
+  // the rounds.
+  let left = Math.min(Math.max(200, 2 * to.targets), 4_000);
+  await Promise.all(Array.from({ length: CLIENTS }, async () => {
+    const buf = new Uint8Array(4096);
+    while (left-- > 0) await tunnel(port, to.next(), buf);
+  }));
   return { port, proc };
 }
 
@@ -339,6 +346,7 @@ export async function tunnelsSideBySide(options: SideBySideOptions): Promise<Sid
   let i = 0;
   const to: LoadTarget = {
     limit: options.limit ?? 100_000,
+    targets: targets.length,
     next: () => targets[i++ % targets.length],
   };
   const relay = options.rttMs && options.redis instanceof RedisServer

@@ -23,6 +23,12 @@ export interface RedisCostFigures {
    * with the script calls per tunnel and Redis's CPU per tunnel (µs).
    */
   manyHosts?: SideBySide & { hosts: number };
+  /**
+   * The same over so many hosts that none is come back to within the time a
+   * worker keeps a slot (`KEEP_FAR_MS`): every tunnel's acquire and release
+   * go to Redis, batched.
+   */
+  coldHosts?: SideBySide & { hosts: number };
   /** One worker holding 10,000 hosts, idle. */
   heartbeat?: {
     hosts: number;
@@ -49,6 +55,7 @@ export function redisCostTable(c: RedisCostFigures | undefined): string {
   const hb = c.heartbeat;
   const many = c.manyHosts;
   const manyRatio = many ? many.redis / many.memory : undefined;
+  const cold = c.coldHosts;
   return table(
     ["figure", "value (per round)", "goal", ""],
     [
@@ -85,6 +92,16 @@ export function redisCostTable(c: RedisCostFigures | undefined): string {
           : "—",
         "≥ 0.9",
         verdict(manyRatio === undefined ? undefined : manyRatio >= 0.9),
+      ],
+      [
+        `the same over ${fmt(cold?.hosts ?? 12_000)} hosts, none come back to within 2 s: ` +
+        "Redis ÷ in-memory tunnels/s (script calls per tunnel; CPU µs/tunnel as above)",
+        cold
+          ? `${fmt(cold.redis / cold.memory, 2)} (${fmt(cold.scriptsPerTunnel, 3)}; ` +
+            `${cold.cpuUs.map((u) => fmt(u)).join(" / ")}; ${fmt(cold.redisCpuUs)})`
+          : "—",
+        "",
+        "info",
       ],
       [
         `heartbeat, ${fmt(hb?.hosts ?? 10_000)} hosts held: Redis CPU (% of a core)`,

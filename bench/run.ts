@@ -408,26 +408,35 @@ async function measureDistributed(defs: ProxyDef[], tools: Tools): Promise<void>
 
 /** Hosts of the many-host slice of the distributed section. */
 const MANY_HOSTS = 2000;
+/** Hosts of the cold slice: at the tunnels/s of this machine none is come back to within 2 s. */
+const COLD_HOSTS = 12_000;
 
 /**
  * The side-by-side with the 32 clients round-robin over {@linkcode MANY_HOSTS}
  * hosts (127.0.x.y), each come back to about twice a second, so that the
  * slot released by one tunnel is there for the next one to the host only when
- * the limiter keeps it that long: one short run, after emptying `redis`, kept in `into`.
+ * the limiter keeps it that long; then over {@linkcode COLD_HOSTS}, where
+ * none is: two short runs, each after emptying `redis`, kept in `into`.
  */
 async function manyHosts(redis: RedisServer, into: RedisCostFigures): Promise<void> {
+  into.manyHosts = await sideBySideOver(redis, MANY_HOSTS, "");
+  into.coldHosts = await sideBySideOver(redis, COLD_HOSTS, ", none come back to within 2 s");
+}
+
+/** One side-by-side run round-robin over `hosts` hosts, after emptying `redis`. */
+async function sideBySideOver(redis: RedisServer, hosts: number, what: string) {
   const { startEcho, tunnelsSideBySide } = await import("./redis_cost.ts");
   await redis.flushAll();
-  const echo = startEcho(MANY_HOSTS);
+  const echo = startEcho(hosts);
   try {
     const seconds = Math.ceil(D / 2);
-    log(`dprl in memory and on Redis side by side, ${MANY_HOSTS} hosts (${seconds}s)`);
+    log(`dprl in memory and on Redis side by side, ${hosts} hosts${what} (${seconds}s)`);
     const t = await tunnelsSideBySide({ redis, targets: echo.targets, seconds });
-    into.manyHosts = { hosts: MANY_HOSTS, ...t };
     log(
       `  Redis ÷ memory: ${(t.redis / t.memory).toFixed(2)}, ` +
         `script calls per tunnel: ${t.scriptsPerTunnel.toFixed(3)}`,
     );
+    return { hosts, ...t };
   } finally {
     echo.close();
   }
