@@ -19,6 +19,7 @@ import { splitHostPort } from "./lib/limit/host_key.ts";
 import type { FailureMode, RedisConfig } from "./lib/limit/redis_config.ts";
 import { ProxyRateLimiter } from "./lib/proxy_rate_limiter.ts";
 import type { ProxyRateLimiterOptions } from "./lib/proxy_options.ts";
+import type { TlsSource } from "./lib/proxy/proxy_port.ts";
 import { VERSION } from "./lib/version.ts";
 import type { LimitRules } from "./lib/limit/rules/rules.ts";
 import { rulesFromLimits } from "./lib/limit/rules/rule_limits.ts";
@@ -236,6 +237,7 @@ function parseValues(
     accessLog: parseSwitch("--access-log", toggle(parsed, file, "access-log")),
     ...redisOptions(value),
     admin: adminOptions(value),
+    tls: tlsSource(value),
   };
   const logFormat = value("log-format");
   if (logFormat !== "text" && logFormat !== "json") {
@@ -339,6 +341,28 @@ function accessOptions(
     deny: access.destinations.deny,
     denyPrivate: access.destinations.denyPrivate,
   };
+}
+
+/** The proxy port's TLS: its files, read at start and again on each reload. */
+function tlsSource(value: (name: string) => string | undefined): TlsSource | undefined {
+  const [cert, key, clientCa] = ["tls-cert", "tls-key", "tls-client-ca"].map(value);
+  if (cert === undefined && key === undefined) {
+    if (clientCa !== undefined) {
+      throw new UsageError("--tls-client-ca needs --tls-cert and --tls-key");
+    }
+    return undefined;
+  }
+  if (cert === undefined || key === undefined) {
+    throw new UsageError("--tls-cert and --tls-key go together");
+  }
+  requireRead("tls-cert", cert);
+  requireRead("tls-key", key);
+  if (clientCa !== undefined) requireRead("tls-client-ca", clientCa);
+  return async () => ({
+    cert: await Deno.readTextFile(cert),
+    key: await Deno.readTextFile(key),
+    clientCa: clientCa === undefined ? undefined : await Deno.readTextFile(clientCa),
+  });
 }
 
 /** The distributed mode's options: Redis, its key prefix, the lease and the failure mode. */
@@ -513,7 +537,8 @@ export async function main(args: string[]): Promise<number> {
   const names: Deno.Signal[] = ["SIGINT", "SIGTERM"];
   for (const name of names) Deno.addSignalListener(name, onSignal);
   const reload = () => void proxy.reload();
-  const hangup = config.configPath !== undefined && Deno.build.os !== "windows";
+  const hangup = (config.configPath !== undefined || config.options.tls !== undefined) &&
+    Deno.build.os !== "windows";
   if (hangup) Deno.addSignalListener("SIGHUP", reload);
   let watcher: { close(): Promise<void> } | undefined;
   try {

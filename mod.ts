@@ -75,6 +75,8 @@ export type {
   RedisOptions,
 } from "./lib/limit/redis_config.ts";
 export type { Timeouts } from "./lib/defaults.ts";
+export type { TlsSource } from "./lib/proxy/proxy_port.ts";
+export type { TlsPem } from "./lib/proxy/tls_listener.ts";
 export { LimiterUnavailableError } from "./lib/limit/limiter.ts";
 export { VERSION } from "./lib/version.ts";
 

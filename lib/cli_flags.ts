@@ -139,6 +139,23 @@ export const FLAGS: Record<string, Flag> = {
     env: "DPRL_AUTH_FILE",
     help: "htpasswd file of bcrypt hashes (htpasswd -B); every request must then authenticate",
   },
+  "tls-cert": {
+    value: "file",
+    env: "DPRL_TLS_CERT",
+    help: "PEM certificate chain: the proxy port speaks TLS (clients use an https:// proxy " +
+      "URL); needs --tls-key; reloaded on SIGHUP and POST /api/reload",
+  },
+  "tls-key": {
+    value: "file",
+    env: "DPRL_TLS_KEY",
+    help: "PEM private key of --tls-cert",
+  },
+  "tls-client-ca": {
+    value: "file",
+    env: "DPRL_TLS_CLIENT_CA",
+    help: "PEM CA certificates: every client must present a certificate signed by one, " +
+      "whose name then names it in the access log",
+  },
   "allow": {
     value: "rule",
     env: "DPRL_ALLOW",

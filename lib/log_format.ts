@@ -63,6 +63,11 @@ export interface AccessEntry {
   durationMs: number;
   /** Time spent waiting for a slot in a queue, in milliseconds, once a queue exists. */
   waitMs?: number;
+  /**
+   * Who the client is: the name in its TLS client certificate, else the user
+   * of its `Proxy-Authorization`; absent when neither names it.
+   */
+  user?: string;
 }
 
 /**
@@ -84,6 +89,7 @@ export function formatAccessLine(entry: AccessEntry): string {
   let line =
     `${f.client} ${f.method} ${f.host} ${f.status} up=${f.bytesUp} down=${f.bytesDown} duration=${f.duration}`;
   if (f.wait !== undefined) line += ` wait=${f.wait}`;
+  if (f.user !== undefined) line += ` user=${f.user}`;
   return line;
 }
 
@@ -103,10 +109,10 @@ const ACCESS_TEMPLATE =
  */
 export function logAccess(logger: Logger, entry: AccessEntry): void {
   const fields = accessFields(entry);
-  logger.info(
-    fields.wait === undefined ? ACCESS_TEMPLATE : `${ACCESS_TEMPLATE} wait={wait}`,
-    fields,
-  );
+  let template = ACCESS_TEMPLATE;
+  if (fields.wait !== undefined) template += " wait={wait}";
+  if (fields.user !== undefined) template += " user={user}";
+  logger.info(template, fields);
 }
 
 interface AccessFields extends Record<string, unknown> {
@@ -118,6 +124,7 @@ interface AccessFields extends Record<string, unknown> {
   bytesDown: number;
   duration: number;
   wait?: number;
+  user?: string;
 }
 
 function accessFields(entry: AccessEntry): AccessFields {
@@ -131,6 +138,7 @@ function accessFields(entry: AccessEntry): AccessFields {
     duration: seconds(entry.durationMs),
   };
   if (entry.waitMs !== undefined) fields.wait = seconds(entry.waitMs);
+  if (entry.user !== undefined) fields.user = entry.user;
   return fields;
 }
 

@@ -4,6 +4,7 @@
  * @module
  */
 
+import type { TlsSource } from "./proxy/proxy_port.ts";
 import type { Timeouts } from "./defaults.ts";
 import type { LimitRules } from "./limit/rules/rules.ts";
 import type { FailureMode, RedisConfig } from "./limit/redis_config.ts";
@@ -201,6 +202,17 @@ export interface ProxyRateLimiterOptions {
   adaptive?: boolean;
   /** The floor of an adaptive limit, 1 or more. Default 1. */
   adaptiveMin?: number;
+  /**
+   * TLS on the proxy port: clients speak HTTPS to the proxy (`https://` proxy
+   * URLs). The certificate chain and key in PEM, and with `clientCa` the CA
+   * whose certificates every client must present (the name in a client's
+   * certificate then names it in the access log). Given as a function, it is
+   * read at start and again on each {@linkcode ProxyRateLimiter.reload}: new
+   * handshakes get the new pair, connections open keep theirs, and a pair that
+   * cannot be read or used keeps the one served. A handshake may take up to the
+   * head timeout. Plain TCP without it.
+   */
+  tls?: TlsSource;
   /** Logs one line per exchange or tunnel (category `["dprl", "access"]`). Default `false`. */
   accessLog?: boolean;
   /**

@@ -17,6 +17,8 @@ import { mergeRuns } from "./config/reload.ts";
 import { hostKey } from "./limit/host_key.ts";
 import { type LoadedLimiter, loadLimiter, type RedisFleet } from "./limit/load_limiter.ts";
 import { ProxyServer } from "./proxy/proxy_server.ts";
+import { joinReloads, ProxyPort } from "./proxy/proxy_port.ts";
+import type { ClientListener } from "./proxy/client_conn.ts";
 import { checkUsers, type ClientPolicy } from "./access/client_policy.ts";
 import type { DestinationPolicy } from "./access/destination_policy.ts";
 import { FleetGuard } from "./access/fleet_guard.ts";
@@ -58,6 +60,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
   #starting: Promise<void> | null = null;
   #server: ProxyServer | null = null;
   #url: URL | null = null;
+  #port: ProxyPort | null = null;
   #served: Promise<void> | null = null;
   #stopping: Promise<void> | null = null;
   #stats: ProxyStats;
@@ -155,10 +158,14 @@ export class ProxyRateLimiter implements AsyncDisposable {
 
   async #reloadOnce(): Promise<ReloadOutcome> {
     const load = this.#options.loadRules;
-    if (!load) throw new Error("Proxy has no loadRules option to reload from");
+    const tls = this.#port?.reloadable ? await this.#port.reloadTls() : null;
+    if (!load) {
+      if (tls) return tls;
+      throw new Error("Proxy has no loadRules option nor tls function to reload from");
+    }
     const outcome = await this.#layers.reload(load, (result) => this.#stats.onConfigReload(result));
     if (outcome.ok) this.#compareFiles();
-    return outcome;
+    return joinReloads(outcome, tls);
   }
 
   /**
@@ -326,7 +333,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
   async #listen(): Promise<void> {
     await using opened = new AsyncDisposableStack();
     const { limiter, fleet } = await this.#openLimiter(opened);
-    const listener = this.#openListener(opened);
+    const listener = await this.#openListener(opened);
     const { clients, destinations } = await proxyPolicies(
       this.#options,
       listener.addr,
@@ -357,25 +364,30 @@ export class ProxyRateLimiter implements AsyncDisposable {
     return loaded;
   }
 
-  /** Binds the proxy port and sets the proxy URL. */
-  #openListener(opened: AsyncDisposableStack): Deno.TcpListener {
-    const listener = Deno.listen({
-      hostname: this.#options.hostname ?? DEFAULTS.hostname,
-      port: this.#options.port ?? DEFAULTS.port,
+  /** Binds the proxy port (TLS with the `tls` option) and sets the proxy URL. */
+  async #openListener(opened: AsyncDisposableStack): Promise<ClientListener> {
+    const o = this.#options;
+    const port = await ProxyPort.open({
+      hostname: o.hostname ?? DEFAULTS.hostname,
+      port: o.port ?? DEFAULTS.port,
+      tls: o.tls,
+      handshakeTimeout: o.timeouts?.head ?? DEFAULTS.timeouts.head,
+      onHandshakeFailure: () => this.#stats.onTlsHandshakeFailure(),
+      logger: this.#logger,
     });
     opened.defer(() => {
       this.#url = null;
-      try {
-        listener.close();
-      } catch { /* closed by the server */ }
+      this.#port = null;
+      port.listener.close();
     });
-    this.#url = proxyUrl(listener.addr);
-    return listener;
+    this.#url = port.url;
+    this.#port = port;
+    return port.listener;
   }
 
   /** Starts the engine on the listener. */
   #openServer(opened: AsyncDisposableStack, parts: {
-    listener: Deno.TcpListener;
+    listener: ClientListener;
     limiter: LoadedLimiter["limiter"];
     clients: ClientPolicy;
     destinations: DestinationPolicy;
@@ -505,7 +517,9 @@ export class ProxyRateLimiter implements AsyncDisposable {
       }),
       layers: this.#layers,
       setFleetLimits: (changes) => this.setFleetLimits(changes),
-      reload: this.#options.loadRules ? () => this.reload() : undefined,
+      reload: this.#options.loadRules || typeof this.#options.tls === "function"
+        ? () => this.reload()
+        : undefined,
     });
     return this.#adminSource;
   }
@@ -581,16 +595,4 @@ export class ProxyRateLimiter implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.stop();
   }
-}
-
-/** The URL of the proxy listening on `addr`, as clients on this machine reach it. */
-function proxyUrl(addr: Deno.NetAddr): URL {
-  const host = addr.hostname === "::"
-    ? "[::1]"
-    : addr.hostname.includes(":")
-    ? `[${addr.hostname}]`
-    : addr.hostname === "0.0.0.0"
-    ? "127.0.0.1"
-    : addr.hostname;
-  return new URL(`http://${host}:${addr.port}/`);
 }

@@ -279,6 +279,13 @@ function eventMetrics(out: string[], stats: ProxyStats): void {
   );
   out.push(`dprl_config_reloads_total{result="ok"} ${stats.configReloads.ok}`);
   out.push(`dprl_config_reloads_total{result="error"} ${stats.configReloads.error}`);
+  head(
+    out,
+    "dprl_tls_handshake_failures_total",
+    "counter",
+    "TLS handshakes on the proxy port that failed or took too long (nothing was proxied).",
+  );
+  out.push(`dprl_tls_handshake_failures_total ${stats.tlsHandshakeFailures}`);
 }
 
 /**

@@ -210,6 +210,8 @@ export class ProxyStats {
   readonly queueWait: Histogram = new Histogram(QUEUE_WAIT_BUCKETS);
   /** Reloads of the limit rules from the config file, by result. */
   readonly configReloads: { ok: number; error: number } = { ok: 0, error: 0 };
+  /** TLS handshakes on the proxy port that failed or took too long. */
+  tlsHandshakeFailures = 0;
   /** Pauses asked by hosts with `Retry-After`, by the status that asked. */
   readonly pauses: Map<number, number> = new Map();
 
@@ -336,6 +338,11 @@ export class ProxyStats {
   /** Counts a reload of the config file: `"ok"`, or `"error"` when the old rules stayed. */
   onConfigReload(result: "ok" | "error"): void {
     this.configReloads[result]++;
+  }
+
+  /** Counts a TLS handshake on the proxy port that failed or took too long. */
+  onTlsHandshakeFailure(): void {
+    this.tlsHandshakeFailures++;
   }
 
   /** Records the time a limiter call to Redis took, in milliseconds. */

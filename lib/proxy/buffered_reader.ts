@@ -18,14 +18,14 @@ export class TooLargeError extends Error {
  * framed; bodies are read through it so buffered bytes are never lost.
  */
 export class BufferedReader {
-  readonly conn: Deno.Conn;
+  readonly conn: Reader;
   #buf: Uint8Array;
   #start = 0;
   #end = 0;
   #pending: Promise<number | null> | null = null;
   #eof = false;
 
-  constructor(conn: Deno.Conn) {
+  constructor(conn: Reader) {
     this.conn = conn;
     this.#buf = EMPTY;
   }

@@ -28,11 +28,12 @@ import { type Engine, Session } from "./session.ts";
 import { exchange } from "./exchange.ts";
 import { tunnel } from "./tunnel.ts";
 import { DEFAULTS, type Timeouts } from "../defaults.ts";
+import type { ClientConn, ClientListener } from "./client_conn.ts";
 
 /** Options of {@linkcode ProxyServer}. */
 export interface ProxyServerOptions {
-  /** The bound proxy port. */
-  listener: Deno.Listener<Deno.TcpConn>;
+  /** The bound proxy port: plain TCP ({@linkcode tcpClients}) or TLS. */
+  listener: ClientListener;
   /** The limits to apply. */
   limits: LimitTable;
   /** Where slots are counted. */
@@ -77,7 +78,7 @@ const SWEEP_MS = 250;
 
 /** Serves the proxy port until {@linkcode ProxyServer.shutdown}. */
 export class ProxyServer {
-  #listener: Deno.Listener<Deno.TcpConn>;
+  #listener: ClientListener;
   #engine: Engine;
   #clients: ClientPolicy;
   #maxClients: number;
@@ -142,7 +143,7 @@ export class ProxyServer {
     const sweeper = setInterval(() => this.#sweep(), SWEEP_MS);
     try {
       while (!engine.closing) {
-        let conn: Deno.TcpConn;
+        let conn: ClientConn;
         try {
           conn = await this.#listener.accept();
         } catch (err) {
@@ -152,7 +153,6 @@ export class ProxyServer {
           await new Promise((r) => setTimeout(r, 50));
           continue;
         }
-        conn.setNoDelay(true);
         this.#handle(conn);
       }
       engine.closing = true;
@@ -183,9 +183,7 @@ export class ProxyServer {
    */
   async shutdown(graceMs: number): Promise<void> {
     this.#engine.closing = true;
-    try {
-      this.#listener.close();
-    } catch { /* already closed */ }
+    this.#listener.close();
     for (const s of this.#sessions) if (s.phase === "head") s.close();
     this.#engine.pool.closeIdle();
     if (this.#sessions.size === 0) this.#drained.resolve();
@@ -206,7 +204,7 @@ export class ProxyServer {
   }
 
   /** Serves one client connection: request after request, until it ends. */
-  async #handle(conn: Deno.TcpConn): Promise<void> {
+  async #handle(conn: ClientConn): Promise<void> {
     const s = new Session(conn, this.#engine);
     this.#sessions.add(s);
     this.#engine.stats.onClientOpen();
@@ -263,7 +261,7 @@ export class ProxyServer {
       s.startRequest();
       const req = parseRequestHead(head);
       checkHost(req);
-      await this.#authenticate(req, s.ip);
+      await this.#authenticate(req, s);
       return req;
     } catch (err) {
       const bad = err instanceof TooLargeError
@@ -279,10 +277,11 @@ export class ProxyServer {
   }
 
   /** Refuses a request without valid credentials when authentication is on. */
-  async #authenticate(req: RequestHead, ip: string): Promise<void> {
+  async #authenticate(req: RequestHead, s: Session): Promise<void> {
     if (!this.#clients.authRequired) return;
-    const user = await this.#clients.authenticate(field(req, "proxy-authorization"), ip);
+    const user = await this.#clients.authenticate(field(req, "proxy-authorization"), s.ip);
     if (user === null) throw new ProxyAuthRequiredError(PROXY_AUTHENTICATE);
+    s.user = s.conn.peer ?? user;
   }
 }
 

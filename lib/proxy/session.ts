@@ -7,6 +7,7 @@
  *
  * @module
  */
+import type { ClientConn } from "./client_conn.ts";
 import type { Logger } from "@logtape/logtape";
 import { BufferedReader, writeAll, type Writer } from "./buffered_reader.ts";
 import { HttpError } from "./http_head.ts";
@@ -73,7 +74,7 @@ const CLIENT_LEFT = new ClientGoneError();
 /** One client connection. */
 export class Session {
   /** The client's socket. */
-  readonly conn: Deno.TcpConn;
+  readonly conn: ClientConn;
   /** The client's read buffer. */
   readonly reader: BufferedReader;
   /** What the server shares with every session. */
@@ -96,6 +97,8 @@ export class Session {
   readonly #client: string;
   /** The client's IP. */
   readonly ip: string;
+  /** Who the client is, for the access log: its certificate's name, else its proxy user. */
+  user: string | undefined;
   /** The method of the current exchange or tunnel, for the access log and metrics. */
   #method = "";
   /** Its host key. */
@@ -127,8 +130,9 @@ export class Session {
   };
 
   /** Starts the session of `conn`, under the head timeout. */
-  constructor(conn: Deno.TcpConn, engine: Engine) {
+  constructor(conn: ClientConn, engine: Engine) {
     this.conn = conn;
+    this.user = conn.peer;
     this.engine = engine;
     this.reader = new BufferedReader(conn);
     const addr = conn.remoteAddr;
@@ -255,6 +259,7 @@ export class Session {
       bytesUp: this.#bytesUp,
       bytesDown: this.bytesDown,
       durationMs: Date.now() - this.#startedAt,
+      user: this.user,
     });
     this.#method = this.#key = "";
     this.status = this.#bytesUp = this.bytesDown = 0;
