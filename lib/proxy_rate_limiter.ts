@@ -372,6 +372,8 @@ export class ProxyRateLimiter implements AsyncDisposable {
       port: o.port ?? DEFAULTS.port,
       tls: o.tls,
       handshakeTimeout: o.timeouts?.head ?? DEFAULTS.timeouts.head,
+      maxClients: o.maxClients ?? DEFAULTS.maxClients,
+      maxClientsPerIp: o.maxClientsPerIp ?? DEFAULTS.maxClientsPerIp,
       onHandshakeFailure: () => this.#stats.onTlsHandshakeFailure(),
       logger: this.#logger,
     });

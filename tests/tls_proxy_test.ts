@@ -206,6 +206,19 @@ Deno.test("plain HTTP to the TLS port is not proxied, and a silent client goes a
   );
 });
 
+Deno.test("a handshake under way counts against the client caps", async () => {
+  await using p = await startProxy({
+    tls: await pem(A),
+    maxClientsPerIp: 1,
+    timeouts: { head: 500 },
+  });
+  const silent = await Deno.connect(p.addr);
+  await waitFor(async () => !(await servedBy(p.addr.port, A)), "a second connection dropped");
+  // Gone at the head timeout.
+  assert.equal(await readAll(silent), "");
+  await waitFor(() => servedBy(p.addr.port, A), "served again once the first has gone");
+});
+
 Deno.test("a reload serves a new certificate to new handshakes, keeps open tunnels, and keeps the pair served when the new one is broken", async () => {
   await using echo = startEchoUpstream();
   let served = await pem(A);

@@ -24,6 +24,10 @@ export interface ProxyPortOptions {
   handshakeTimeout: number;
   /** A TLS handshake failed (logged at debug by the port). */
   onHandshakeFailure?: () => void;
+  /** Client caps that TLS connections count against from their first byte (0: none). */
+  maxClients?: number;
+  /** The same per client address. */
+  maxClientsPerIp?: number;
   /** Where reloads and handshake failures are logged. */
   logger: Logger;
 }
@@ -72,6 +76,8 @@ export class ProxyPort {
       port,
       pem,
       handshakeTimeout: options.handshakeTimeout,
+      maxClients: options.maxClients,
+      maxClientsPerIp: options.maxClientsPerIp,
       onHandshakeFailure: (err) => {
         logger.debug("TLS handshake failed: {error}", { error: err.message });
         options.onHandshakeFailure?.();

@@ -9,6 +9,7 @@
  * @module
  */
 import tls from "node:tls";
+import type { Socket } from "node:net";
 import type { ClientConn, ClientListener } from "./client_conn.ts";
 import { NodeSocketConn } from "./node_socket_conn.ts";
 
@@ -34,6 +35,10 @@ export interface TlsListenerOptions {
   handshakeTimeout: number;
   /** A handshake failed or took too long; nothing of it reaches the engine. */
   onHandshakeFailure?: (error: Error) => void;
+  /** Open connections in all, handshakes under way included; beyond it new ones are dropped. 0: no cap. */
+  maxClients?: number;
+  /** The same per client address. 0: no cap. */
+  maxClientsPerIp?: number;
 }
 
 /**
@@ -84,6 +89,7 @@ export class TlsListener implements ClientListener {
       socket.destroy();
       options.onHandshakeFailure?.(err);
     });
+    capClients(server, options);
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
       server.listen(options.port, options.hostname, () => {
@@ -137,6 +143,28 @@ export class TlsListener implements ClientListener {
     if (waiting) waiting.resolve(conn);
     else this.#ready.push(conn);
   }
+}
+
+/**
+ * Holds the TCP connections of `server` (handshakes under way included) to
+ * the client caps: one over either is dropped before its handshake.
+ */
+function capClients(server: tls.Server, caps: TlsListenerOptions): void {
+  const { maxClients = 0, maxClientsPerIp = 0 } = caps;
+  if (maxClients > 0) server.maxConnections = maxClients;
+  if (maxClientsPerIp <= 0) return;
+  const perIp = new Map<string, number>();
+  server.on("connection", (socket: Socket) => {
+    const ip = socket.remoteAddress ?? "";
+    const n = (perIp.get(ip) ?? 0) + 1;
+    perIp.set(ip, n);
+    socket.once("close", () => {
+      const left = perIp.get(ip)! - 1;
+      if (left === 0) perIp.delete(ip);
+      else perIp.set(ip, left);
+    });
+    if (n > maxClientsPerIp) socket.destroy();
+  });
 }
 
 /** The secure-context options of `pem`. */
