@@ -5,6 +5,7 @@
  * @module
  */
 
+import { type TlsFigures, tlsTable } from "./tls_cost.ts";
 import type { Facts } from "./machine.ts";
 import type { IdleMemoryResult, ThroughputResult, TunnelsResult, WrkResult } from "./measure.ts";
 import type { ScrapeStats } from "./admin_cost.ts";
@@ -54,6 +55,8 @@ export interface Results {
   redisCost?: RedisCostFigures;
   /** Adaptive limits, request rates and fleet-wide pauses (the `upstream` section). */
   upstream?: UpstreamFigures;
+  /** dprl with and without TLS on the proxy port, side by side (the `tls` section). */
+  tls?: TlsFigures;
   errors: string[];
 }
 
@@ -503,6 +506,15 @@ ${adminTable(r)}
 ${upstreamMethod(r.upstream)}
 
 ${upstreamTables(r.upstream)}
+
+## HTTPS to the proxy
+
+Two dprl processes, one with \`--tls-cert\`/\`--tls-key\` (an ECDSA P-256 certificate) and one
+without, side by side in alternating half-second slices, driven by the same Deno client
+(\`bench/tls_cost.ts\`): a new connection per tunnel, so each TLS tunnel pays a handshake on both
+sides of a 2-core machine; the requests go on 32 keep-alive connections.
+
+${tlsTable(r.tls)}
 
 ## Every round
 

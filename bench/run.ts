@@ -12,7 +12,7 @@
  *   which damps other load on a shared machine
  * - `--only=dprl,goproxy-dprl`: measure only these proxies in the per-proxy part
  * - `--skip=distributed,cap`: skip whole sections (`proxies`, `admin`, `distributed`, `cap`,
- *   `upstream`)
+ *   `upstream`, `tls`)
  * - `--no-write`: print the tables, write no files
  *
  * Environment: `DPRL_BENCH_SHARED`, `DPRL_BENCH_CACHE` (see setup.ts),
@@ -52,6 +52,7 @@ import {
 import { type RedisCostFigures, redisCostTable } from "./redis_cost_table.ts";
 import { buildBinaries, ensureDebianTools, paths } from "./setup.ts";
 import { measureUpstream } from "./upstream_aware.ts";
+import { measureTls, tlsTable } from "./tls_cost.ts";
 import { upstreamTables } from "./upstream_table.ts";
 
 const SUITE_LIMIT_MS = 12 * 60_000;
@@ -540,6 +541,12 @@ async function main(): Promise<void> {
           attempt,
         }));
     }
+    if (!skip.has("tls")) {
+      results.tls = await attempt("tls", () => {
+        log("dprl with and without TLS on the proxy port, side by side");
+        return measureTls(flags.quick ? 2 : D);
+      });
+    }
   } finally {
     clearTimeout(watchdog);
     results.seconds = (Date.now() - suiteStart) / 1000;
@@ -556,6 +563,7 @@ async function main(): Promise<void> {
   console.log("\n## Control plane\n\n" + adminTable(results));
   console.log("\n## Cap accuracy\n\n" + capTable(results));
   console.log("\n## Upstream-aware limits\n\n" + upstreamTables(results.upstream));
+  console.log("\n## HTTPS to the proxy\n\n" + tlsTable(results.tls));
   console.log("\n## Ratios and targets\n\n" + ratioTable(results));
   if (results.errors.length) {
     console.log(`\n${results.errors.length} error(s):\n- ${results.errors.join("\n- ")}`);

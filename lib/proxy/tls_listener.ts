@@ -138,6 +138,7 @@ export class TlsListener implements ClientListener {
 
   #accepted(socket: tls.TLSSocket): void {
     if (this.#closed) return void socket.destroy();
+    socket.setNoDelay(true);
     const conn = new NodeSocketConn(socket, this.#requestCert ? subjectOf(socket) : undefined);
     const waiting = this.#waiting.shift();
     if (waiting) waiting.resolve(conn);
