@@ -59,7 +59,6 @@ export class ProxyRateLimiter implements AsyncDisposable {
   #limiter: Promise<LoadedLimiter> | null = null;
   #starting: Promise<void> | null = null;
   #server: ProxyServer | null = null;
-  #url: URL | null = null;
   #port: ProxyPort | null = null;
   #served: Promise<void> | null = null;
   #stopping: Promise<void> | null = null;
@@ -263,7 +262,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
    * ```
    */
   get proxyUrl(): URL | null {
-    return this.#url;
+    return this.#port?.url ?? null;
   }
 
   /**
@@ -343,7 +342,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
     this.#openGuard(opened, fleet, destinations);
     if (fleet !== null) await this.#openFleetLimits(opened, fleet);
     this.#logger.info("Proxy listening on {url} (bound to {address})", {
-      url: this.#url!.href,
+      url: this.#port!.url.href,
       address: `${listener.addr.hostname}:${listener.addr.port}`,
     });
     await this.#openAdmin(opened, fleet, destinations);
@@ -378,11 +377,9 @@ export class ProxyRateLimiter implements AsyncDisposable {
       logger: this.#logger,
     });
     opened.defer(() => {
-      this.#url = null;
       this.#port = null;
       port.listener.close();
     });
-    this.#url = port.url;
     this.#port = port;
     return port.listener;
   }
@@ -414,6 +411,8 @@ export class ProxyRateLimiter implements AsyncDisposable {
       maxRate: o.maxRate,
       adaptive: o.adaptive,
       adaptiveMin: o.adaptiveMin,
+      upstreamProxies: o.upstreamProxies,
+      upstreamProxyCa: o.upstreamProxyCa,
     });
     this.#server = server;
     const served = server.serve();
@@ -453,7 +452,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
     opened.defer(() => this.#closeFleetLimits());
     await this.#fleetLimits.start();
     // In the worker registry from the start: the fleet compares files among live workers.
-    fleet.setWorkerInfo({ version: VERSION, proxyUrl: this.#url?.href ?? "" });
+    fleet.setWorkerInfo({ version: VERSION, proxyUrl: this.#port?.url.href ?? "" });
     this.#compareFiles();
   }
 
@@ -511,7 +510,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
       limits: this.#limits,
       logger: this.#logger,
       state: () => ({
-        proxyUrl: this.#url,
+        proxyUrl: this.#port?.url ?? null,
         adminUrl: this.adminUrl,
         server: this.#server,
         fleet: this.#loaded?.fleet ?? null,
@@ -572,7 +571,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
       await loaded?.limiter.close();
       await this.#admin?.close();
       this.#admin = null;
-      this.#url = null;
+      this.#port = null;
       if (server) this.#logger.info("Proxy stopped");
     })();
     return this.#stopping;
