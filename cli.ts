@@ -20,7 +20,6 @@ import type { FailureMode, RedisConfig } from "./lib/limit/redis_config.ts";
 import { ProxyRateLimiter } from "./lib/proxy_rate_limiter.ts";
 import type { ProxyRateLimiterOptions } from "./lib/proxy_options.ts";
 import type { TlsSource } from "./lib/proxy/proxy_port.ts";
-import { parseParentProxy } from "./lib/proxy/parent_proxy.ts";
 import { VERSION } from "./lib/version.ts";
 import type { LimitRules } from "./lib/limit/rules/rules.ts";
 import { rulesFromLimits } from "./lib/limit/rules/rule_limits.ts";
@@ -315,16 +314,7 @@ function accessOptions(
   parsed: ParsedArgs,
   value: (name: string) => string | undefined,
   file: ConfigFile,
-): Pick<
-  ProxyRateLimiterOptions,
-  | "allowClients"
-  | "users"
-  | "allow"
-  | "deny"
-  | "denyPrivate"
-  | "upstreamProxies"
-  | "upstreamProxyCa"
-> {
+): Pick<ProxyRateLimiterOptions, "allowClients" | "users" | "allow" | "deny" | "denyPrivate"> {
   const list = (name: string): string[] | undefined => {
     const v = parsed[name] as string[] | undefined;
     if (v) return v;
@@ -344,24 +334,12 @@ function accessOptions(
     denyPrivate: toggle(parsed, file, "deny-private"),
   });
   const users = access.clients.users!;
-  const upstreamProxies = list("upstream-proxy");
-  const caFile = value("upstream-proxy-ca");
-  if (caFile) requireRead("upstream-proxy-ca", caFile);
-  for (const url of upstreamProxies ?? []) {
-    try {
-      parseParentProxy(url);
-    } catch (err) {
-      throw new UsageError(`--upstream-proxy: ${(err as Error).message}`);
-    }
-  }
   return {
     allowClients: access.clients.allowClients,
     users: users.size > 0 ? Object.fromEntries(users) : undefined,
     allow: access.destinations.allow,
     deny: access.destinations.deny,
     denyPrivate: access.destinations.denyPrivate,
-    upstreamProxies,
-    upstreamProxyCa: caFile ? Deno.readTextFileSync(caFile) : undefined,
   };
 }
 

@@ -139,18 +139,6 @@ export const FLAGS: Record<string, Flag> = {
     env: "DPRL_AUTH_FILE",
     help: "htpasswd file of bcrypt hashes (htpasswd -B); every request must then authenticate",
   },
-  "upstream-proxy": {
-    value: "url",
-    env: "DPRL_UPSTREAM_PROXY",
-    multiple: true,
-    help: "parent proxy to go out through (http:// or https://, optional user:password@), " +
-      "repeatable; new connections take the least busy one that is up",
-  },
-  "upstream-proxy-ca": {
-    value: "file",
-    env: "DPRL_UPSTREAM_PROXY_CA",
-    help: "PEM CA certificates that https:// parent proxies' certificates are checked against",
-  },
   "tls-cert": {
     value: "file",
     env: "DPRL_TLS_CERT",

@@ -213,19 +213,6 @@ export interface ProxyRateLimiterOptions {
    * head timeout. Plain TCP without it.
    */
   tls?: TlsSource;
-  /**
-   * Parent proxies (`http://` or `https://` URLs, optional `user:password@`)
-   * that every upstream connection goes through: a tunnel as a `CONNECT` to
-   * the parent, plain HTTP as absolute-form requests on connections to it.
-   * A new connection takes the parent with the fewest open connections; one
-   * that cannot be reached is left out for 1 s, doubling up to 30 s. Limits,
-   * queue, rates and the destination policy apply to the target host, whose
-   * name the parent resolves (`denyPrivate` then checks the name). The
-   * credentials go to the parent only and are never logged.
-   */
-  upstreamProxies?: string[];
-  /** PEM CA certificates that `https://` parent proxies' certificates are checked against; default: the system's. */
-  upstreamProxyCa?: string;
   /** Logs one line per exchange or tunnel (category `["dprl", "access"]`). Default `false`. */
   accessLog?: boolean;
   /**

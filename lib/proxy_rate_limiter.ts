@@ -59,6 +59,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
   #limiter: Promise<LoadedLimiter> | null = null;
   #starting: Promise<void> | null = null;
   #server: ProxyServer | null = null;
+  #url: URL | null = null;
   #port: ProxyPort | null = null;
   #served: Promise<void> | null = null;
   #stopping: Promise<void> | null = null;
@@ -262,7 +263,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
    * ```
    */
   get proxyUrl(): URL | null {
-    return this.#port?.url ?? null;
+    return this.#url;
   }
 
   /**
@@ -342,7 +343,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
     this.#openGuard(opened, fleet, destinations);
     if (fleet !== null) await this.#openFleetLimits(opened, fleet);
     this.#logger.info("Proxy listening on {url} (bound to {address})", {
-      url: this.#port!.url.href,
+      url: this.#url!.href,
       address: `${listener.addr.hostname}:${listener.addr.port}`,
     });
     await this.#openAdmin(opened, fleet, destinations);
@@ -377,9 +378,11 @@ export class ProxyRateLimiter implements AsyncDisposable {
       logger: this.#logger,
     });
     opened.defer(() => {
+      this.#url = null;
       this.#port = null;
       port.listener.close();
     });
+    this.#url = port.url;
     this.#port = port;
     return port.listener;
   }
@@ -411,8 +414,6 @@ export class ProxyRateLimiter implements AsyncDisposable {
       maxRate: o.maxRate,
       adaptive: o.adaptive,
       adaptiveMin: o.adaptiveMin,
-      upstreamProxies: o.upstreamProxies,
-      upstreamProxyCa: o.upstreamProxyCa,
     });
     this.#server = server;
     const served = server.serve();
@@ -452,7 +453,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
     opened.defer(() => this.#closeFleetLimits());
     await this.#fleetLimits.start();
     // In the worker registry from the start: the fleet compares files among live workers.
-    fleet.setWorkerInfo({ version: VERSION, proxyUrl: this.#port?.url.href ?? "" });
+    fleet.setWorkerInfo({ version: VERSION, proxyUrl: this.#url?.href ?? "" });
     this.#compareFiles();
   }
 
@@ -510,7 +511,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
       limits: this.#limits,
       logger: this.#logger,
       state: () => ({
-        proxyUrl: this.#port?.url ?? null,
+        proxyUrl: this.#url,
         adminUrl: this.adminUrl,
         server: this.#server,
         fleet: this.#loaded?.fleet ?? null,
@@ -571,7 +572,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
       await loaded?.limiter.close();
       await this.#admin?.close();
       this.#admin = null;
-      this.#port = null;
+      this.#url = null;
       if (server) this.#logger.info("Proxy stopped");
     })();
     return this.#stopping;

@@ -54,18 +54,6 @@ const HOST_NAME = /^(?=.{1,253}$)[a-z0-9_-]+(\.[a-z0-9_-]+)*$/;
 /** What a refused fleet address is, in the refusal. */
 const FLEET_MEMBER = "a proxy or admin server of the fleet";
 
-/** Options of {@linkcode DestinationPolicy.check}. */
-export interface CheckOptions {
-  /**
-   * `false`: the name is not resolved here (a parent proxy resolves it); it
-   * is checked by name alone. An IP address is checked as always.
-   */
-  resolve?: boolean;
-}
-
-/** Names that stand for the loopback addresses (RFC 6761). */
-const LOOPBACK_NAME = /^(?:localhost|.+\.localhost)\.?$/;
-
 /**
  * Checks destinations before the proxy dials them, and tells it which
  * addresses to dial so that the address checked is the address connected to.
@@ -155,7 +143,7 @@ export class DestinationPolicy {
    * name or IP literal; 502 `dns_error` or 504 `dns_timeout` when an address
    * is needed and the name does not resolve.
    */
-  async check(hostname: string, port: number, options: CheckOptions = {}): Promise<string[]> {
+  async check(hostname: string, port: number): Promise<string[]> {
     const host = normalizeHost(hostname);
     const literal = parseIp(host);
     if (!literal && !HOST_NAME.test(host)) {
@@ -179,7 +167,6 @@ export class DestinationPolicy {
 
     const needsAddresses = !nameAllowed || this.#denyPrivate || this.#denyAddresses ||
       guards.length > 0;
-    if (!literal && options.resolve === false) return this.#unresolved(host, port, nameAllowed);
     if (!literal && !needsAddresses) return [host];
     for (const g of guards) if (!literal && g.isPending(host, port)) g.refuse(shown, host);
 
@@ -212,26 +199,6 @@ export class DestinationPolicy {
       }
     }
     return addresses;
-  }
-
-  /**
-   * The checks of a name that a parent proxy resolves: allowed by name (an
-   * address rule cannot match it), no loopback name under `denyPrivate`, and
-   * none of dprl's own names still being resolved.
-   */
-  #unresolved(host: string, port: number, nameAllowed: boolean): string[] {
-    const shown = `${host}:${port}`;
-    if (!nameAllowed) throw this.#notAllowed(shown);
-    if (this.#denyPrivate && LOOPBACK_NAME.test(host)) {
-      throw new DestinationRefusedError(
-        `Destination ${shown} is a private address`,
-        "destination_ip_prohibited",
-      );
-    }
-    for (const g of [this.#own, this.#fleet]) {
-      if (g.guards(port) && g.isPending(host, port)) g.refuse(shown, host);
-    }
-    return [host];
   }
 
   #notAllowed(shown: string): DestinationRefusedError {

@@ -7,7 +7,6 @@
  * @module
  */
 
-import { ParentProxyError } from "./parent_proxy.ts";
 import { AuthBusyError } from "../access/proxy_auth.ts";
 import { LimiterUnavailableError, RateLimitedError } from "../limit/limiter.ts";
 import { encodeHead, encodeLatin1, HttpError } from "./http_head.ts";
@@ -181,8 +180,6 @@ export interface ErrorReply {
   details?: string;
   /** Extra header lines of the reply. */
   headers?: string[];
-  /** Extra `Proxy-Status` parameters (`next-hop`, `received-status`), each `; name=value`. */
-  params?: string;
 }
 
 /** Turns any failure into the reply the client gets. */
@@ -212,7 +209,6 @@ export function errorReply(err: unknown, rejectStatus: number): ErrorReply {
   if (err instanceof LimiterUnavailableError) {
     return reply(503, "proxy_internal_error", "Connection limiter unavailable", false);
   }
-  if (err instanceof ParentProxyError) return parentReply(err);
   if (err instanceof ConnectError) {
     const [status, token] = CONNECT_REPLIES[err.failure];
     return reply(status, token, err.message, true);
@@ -242,26 +238,6 @@ export function errorReply(err: unknown, rejectStatus: number): ErrorReply {
     return reply(err.status, err.proxyError, err.message, err.status >= 500);
   }
   return reply(502, "proxy_internal_error", "Upstream exchange failed", true);
-}
-
-/**
- * A parent proxy's failure: 502, or 504 when it did not answer in time, with
- * the parent as `next-hop` and its status as `received-status` (RFC 9209).
- * A 407 says dprl's credentials for the parent are wrong.
- */
-function parentReply(err: ParentProxyError): ErrorReply {
-  const [status, token] = err.failure === "timeout"
-    ? [504, "connection_timeout"]
-    : err.failure === "refused"
-    ? [502, "connection_refused"]
-    : err.status === 407
-    ? [502, "proxy_configuration_error"]
-    : [502, "destination_unavailable"];
-  const received = err.status === undefined ? "" : `; received-status=${err.status}`;
-  return {
-    ...reply(status, token, err.message, true),
-    params: `; next-hop="${quoted(err.parent)}"${received}`,
-  };
 }
 
 function reply(
@@ -296,9 +272,7 @@ export function encodeErrorReply(r: ErrorReply): Uint8Array {
   const head = encodeHead(`HTTP/1.1 ${r.status} ${REASONS[r.status] ?? "Error"}`, [
     "Content-Type: text/plain; charset=utf-8",
     `Content-Length: ${body.length}`,
-    `Proxy-Status: dprl; error=${r.proxyError}; details="${quoted(r.details ?? text)}"${
-      r.params ?? ""
-    }`,
+    `Proxy-Status: dprl; error=${r.proxyError}; details="${quoted(r.details ?? text)}"`,
     ...r.headers ?? [],
     "Connection: close",
   ]);

@@ -7,7 +7,6 @@
  *
  * @module
  */
-import { ParentProxyError } from "./parent_proxy.ts";
 import { TooLargeError, writeAll } from "./buffered_reader.ts";
 import { relayBody, relayDechunked, WriteError } from "./body.ts";
 import {
@@ -44,8 +43,6 @@ interface Outbound {
   framing: Framing;
   /** The rewritten request head. */
   head: Uint8Array;
-  /** Its request line's target in absolute form, and its field lines: for a parent proxy. */
-  absolute: { target: string; lines: string[] };
   /** The client asked to switch protocols (e.g. WebSocket). */
   upgrading: boolean;
   /** The client lets its connection carry further requests. */
@@ -123,7 +120,6 @@ function outbound(req: RequestHead): Outbound {
     port: target.port,
     framing,
     head: encodeHead(`${req.method} ${target.path} HTTP/1.1`, lines),
-    absolute: { target: `http://${target.authority}${target.path}`, lines },
     upgrading: upgrade !== undefined,
     clientKeepAlive: req.minor === 1 && !req.connection.has("close"),
     // Judged by what is forwarded: a key the Connection field strips does not count.
@@ -178,27 +174,13 @@ async function send(s: Session, up: Upstream, out: Outbound): Promise<Answer | n
   let request: Sending;
   if (out.framing.kind === "none") {
     try {
-      await writeAll(s.toUpstream, headFor(up, out));
+      await writeAll(s.toUpstream, out.head);
     } catch {
       return null; // a reused connection that had closed: nothing was read
     }
     request = { done: true, error: null, ended: Promise.resolve() };
   } else request = sendWithBody(s, up, out);
   return await readAnswer(s, up, out, request);
-}
-
-/**
- * The request head for `up`: origin-form to the host; absolute-form, with
- * the parent's credentials, to a parent proxy.
- */
-function headFor(up: Upstream, out: Outbound): Uint8Array {
-  if (!up.via) return out.head;
-  const { target, lines } = out.absolute;
-  const auth = up.via.authorization;
-  return encodeHead(
-    `${out.req.method} ${target} HTTP/1.1`,
-    auth ? [...lines, `Proxy-Authorization: ${auth}`] : lines,
-  );
 }
 
 /**
@@ -209,7 +191,7 @@ function sendWithBody(s: Session, up: Upstream, out: Outbound): Sending {
   const request: Sending = { done: false, error: null, ended: Promise.resolve() };
   s.readingBody = true;
   const bad = (m: string) => new HttpError(400, m);
-  request.ended = relayBody(s.reader, s.toUpstream, out.framing, headFor(up, out), s.touch, bad)
+  request.ended = relayBody(s.reader, s.toUpstream, out.framing, out.head, s.touch, bad)
     .then(() => {
       request.done = true;
       s.readingBody = false;
@@ -251,15 +233,6 @@ async function readAnswer(
     }
     const res = parseResponseHead(head);
     s.touch();
-    if (res.status === 407 && up.via) {
-      // The parent refuses dprl's credentials: the client is not the one to answer it.
-      throw new ParentProxyError({
-        key: up.key,
-        parent: up.via.label,
-        failure: "status",
-        status: 407,
-      });
-    }
     if (res.status >= 200 || res.status === 101) return { res, request };
     // Interim 1xx: relay (never to an HTTP/1.0 client, RFC 9110, 15.2)
     // and keep waiting for the final response.

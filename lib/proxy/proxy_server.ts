@@ -29,7 +29,6 @@ import { exchange } from "./exchange.ts";
 import { tunnel } from "./tunnel.ts";
 import { DEFAULTS, type Timeouts } from "../defaults.ts";
 import type { ClientConn, ClientListener } from "./client_conn.ts";
-import { ParentProxies } from "./parent_proxy.ts";
 
 /** Options of {@linkcode ProxyServer}. */
 export interface ProxyServerOptions {
@@ -73,10 +72,6 @@ export interface ProxyServerOptions {
   adaptive?: boolean;
   /** The floor of an adaptive limit. */
   adaptiveMin?: number;
-  /** Parent proxy URLs that every upstream connection goes through; none: straight to the hosts. */
-  upstreamProxies?: readonly string[];
-  /** PEM CA certificates of `https://` parents; default: the system's. */
-  upstreamProxyCa?: string;
 }
 
 const SWEEP_MS = 250;
@@ -118,9 +113,6 @@ export class ProxyServer {
       adaptiveMin: options.adaptiveMin ?? DEFAULTS.adaptiveMin,
       maxIdlePerHost: options.maxIdlePerHost ?? DEFAULTS.maxIdlePerHost,
       logger: options.logger,
-      parents: options.upstreamProxies?.length
-        ? new ParentProxies(options.upstreamProxies, options.upstreamProxyCa)
-        : undefined,
     });
     this.#engine = {
       pool,

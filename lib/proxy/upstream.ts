@@ -6,16 +6,13 @@
  */
 import { BufferedReader } from "./buffered_reader.ts";
 import type { Slot } from "../limit/limiter.ts";
-import type { ParentConn, ParentProxy } from "./parent_proxy.ts";
 
 /** One open upstream socket; it holds one slot of its host until closed. */
 export class Upstream {
   /** The host key it counts under. */
   readonly key: string;
-  /** The socket: to the host, or to the parent proxy it goes through. */
-  readonly conn: ParentConn;
-  /** The parent proxy it goes through, if any. */
-  via?: ParentProxy;
+  /** The socket. */
+  readonly conn: Deno.TcpConn;
   /** Its read buffer. */
   readonly reader: BufferedReader;
   /** When an idle pooled socket is closed (coarse clock, ms). */
@@ -33,21 +30,17 @@ export class Upstream {
   #onClose: (up: Upstream) => void;
   #closed = false;
 
-  /**
-   * Wraps `conn` holding `slot` (`reader`: the buffer it was read through
-   * already); `onClose` runs once, when it closes, after the slot went back.
-   */
+  /** Wraps `conn` holding `slot`; `onClose` runs once, when it closes, after the slot went back. */
   constructor(
     key: string,
-    conn: ParentConn,
+    conn: Deno.TcpConn,
     slot: Slot,
     onClose: (up: Upstream) => void,
-    reader: BufferedReader = new BufferedReader(conn),
   ) {
     this.key = key;
     this.conn = conn;
     this.slot = slot;
-    this.reader = reader;
+    this.reader = new BufferedReader(conn);
     this.#onClose = onClose;
   }
 

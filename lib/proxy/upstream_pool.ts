@@ -12,8 +12,9 @@ import type { ProxyStats } from "../metrics/proxy_stats.ts";
 import type { UpstreamHostView } from "../metrics/host_summary.ts";
 import { type Grant, type Waiter, WaitQueue } from "./wait_queue.ts";
 import { Upstream } from "./upstream.ts";
-import { type Dialed, dialUpstream, upstreamAddresses } from "./dial.ts";
-import { type ParentProxies, ParentProxyError } from "./parent_proxy.ts";
+import { resolveHost } from "../access/resolve.ts";
+
+const IP_LITERAL = /^(?:[0-9.]+|.*:.*)$/;
 
 /** Options of {@linkcode UpstreamPool}. */
 export interface UpstreamPoolOptions {
@@ -61,11 +62,6 @@ export interface UpstreamPoolOptions {
   adaptiveMin?: number;
   /** Where upstream opens and closes are logged (debug). */
   logger: Logger;
-  /**
-   * Parent proxies that every upstream connection goes through (the least
-   * busy one that is up); the target's name is then checked, not resolved.
-   */
-  parents?: ParentProxies;
 }
 
 /** Opens upstream sockets within their host's limit and keeps idle ones. */
@@ -112,7 +108,6 @@ export class UpstreamPool {
       this.#closeIdleOf(key);
     };
     this.#release = (up) => {
-      if (up.via) up.via.open--;
       const n = (this.#open.get(up.key) ?? 1) - 1;
       if (n === 0) this.#open.delete(up.key);
       else this.#open.set(up.key, n);
@@ -259,7 +254,14 @@ export class UpstreamPool {
     http = false,
   ): Promise<Upstream> {
     await this.gates.waitOutPause(key, signal);
-    const addresses = await upstreamAddresses(this.#o, hostname, port);
+    let addresses = this.#o.destinations
+      ? await this.#o.destinations.check(hostname, port)
+      : [hostname];
+    // A name the policy did not need resolved is resolved before a slot is
+    // taken: one that does not resolve fails as dns_error, and costs no slot.
+    if (addresses.length === 1 && !IP_LITERAL.test(addresses[0])) {
+      addresses = await resolveHost(addresses[0], this.#o.connectTimeout);
+    }
     const taken = await this.#slot(key, signal, http);
     if (taken instanceof Upstream) {
       // A waiting request handed an idle socket takes its turn under the rate.
@@ -282,22 +284,26 @@ export class UpstreamPool {
     signal?.addEventListener("abort", leave, { once: true });
     const dialSignal = deadline.signal;
     const started = performance.now();
-    let dialed: Dialed;
+    let conn: Deno.TcpConn | undefined;
     try {
-      dialed = await dialUpstream(this.#o.parents, {
-        key,
-        hostname,
-        port,
-        addresses,
-        http,
-        signal: dialSignal,
-      });
+      for (let i = 0; !conn; i++) {
+        try {
+          dialSignal.throwIfAborted();
+          conn = await Deno.connect({
+            hostname: addresses[i],
+            port,
+            signal: dialSignal,
+          });
+        } catch (err) {
+          // The next checked address, while time is left.
+          if (i + 1 >= addresses.length || dialSignal.aborted) throw err;
+        }
+      }
     } catch (err) {
       taken.release();
       // The client left: nothing failed upstream.
       if (signal?.aborted) throw signal.reason;
       this.gates.observe(key, performance.now() - started, true);
-      if (err instanceof ParentProxyError) throw err;
       throw connectError(key, err, deadline.signal.aborted);
     } finally {
       this.#dials.delete(deadline);
@@ -305,6 +311,7 @@ export class UpstreamPool {
     }
     const connectMs = performance.now() - started;
     this.#o.stats.onConnectDuration(connectMs);
+    conn.setNoDelay(true);
     const n = (this.#open.get(key) ?? 0) + 1;
     this.#open.set(key, n);
     // A tunnel's lifetime says nothing of the host: its connect time does.
@@ -313,8 +320,7 @@ export class UpstreamPool {
       "Upstream connection to {host} opened ({count} open here)",
       { host: key, count: n },
     );
-    const up = new Upstream(key, dialed.conn, taken, this.#release, dialed.reader);
-    up.via = dialed.via;
+    const up = new Upstream(key, conn, taken, this.#release);
     up.openedAt = this.#now;
     if (signal?.aborted) up.close();
     return up;
