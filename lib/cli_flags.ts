@@ -157,6 +157,14 @@ export const FLAGS: Record<string, Flag> = {
     help: "refuse loopback, private, link-local (cloud metadata), CGNAT, ULA and multicast " +
       "destinations, checked on the resolved addresses",
   },
+  "upstream-proxy": {
+    value: "url",
+    env: "DPRL_UPSTREAM_PROXY",
+    multiple: true,
+    help: "parent proxy to go out through (http:// or https://, optional user:password@), " +
+      "repeatable: the least busy first, one that fails to connect skipped for a while; " +
+      "a rule's via may name others or say direct",
+  },
   "max-clients": {
     value: "n",
     env: "DPRL_MAX_CLIENTS",

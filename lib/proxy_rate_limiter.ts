@@ -19,6 +19,7 @@ import { type LoadedLimiter, loadLimiter, type RedisFleet } from "./limit/load_l
 import { ProxyServer } from "./proxy/proxy_server.ts";
 import { checkUsers, type ClientPolicy } from "./access/client_policy.ts";
 import type { DestinationPolicy } from "./access/destination_policy.ts";
+import { ParentProxies } from "./proxy/parent_proxy.ts";
 import { FleetGuard } from "./access/fleet_guard.ts";
 import { proxyPolicies } from "./access/proxy_policies.ts";
 import { ProxyStats } from "./metrics/proxy_stats.ts";
@@ -68,17 +69,21 @@ export class ProxyRateLimiter implements AsyncDisposable {
   #startedAt = Date.now();
   /** Keeps the Redis servers the limiter meets out of clients' reach. */
   #guard: FleetGuard | null = null;
+  /** The parent proxies of `upstreamProxy`. */
+  #parents: ParentProxies;
 
   /**
    * Creates a proxy; nothing listens until {@linkcode start}. Throws a
    * RangeError when the admin server would listen on a non-loopback
    * address without a token, and a RangeError or TypeError on a bad entry
-   * of `users` (a value that looks like a hash but is not bcrypt, say).
+   * of `users` (a value that looks like a hash but is not bcrypt, say), or
+   * on a bad `upstreamProxy` URL.
    */
   constructor(options: ProxyRateLimiterOptions = {}) {
     const admin = options.admin;
     if (admin) checkAdminAddress(admin.hostname ?? DEFAULTS.adminHostname, admin.token);
     checkUsers(options.users ?? {});
+    this.#parents = new ParentProxies(options.upstreamProxy);
     this.#options = options;
     this.#logger = getLogger(["dprl"]);
     // Idle hosts keep a record of their own as far as /metrics shows one.
@@ -327,18 +332,16 @@ export class ProxyRateLimiter implements AsyncDisposable {
     await using opened = new AsyncDisposableStack();
     const { limiter, fleet } = await this.#openLimiter(opened);
     const listener = this.#openListener(opened);
-    const { clients, destinations } = await proxyPolicies(
-      this.#options,
-      listener.addr,
-      this.#logger,
-    );
+    const o = this.#options;
+    const { clients, destinations } = await proxyPolicies(o, listener.addr, this.#logger);
     this.#openServer(opened, { listener, limiter, clients, destinations });
     this.#openGuard(opened, fleet, destinations);
     if (fleet !== null) await this.#openFleetLimits(opened, fleet);
-    this.#logger.info("Proxy listening on {url} (bound to {address})", {
-      url: this.#url!.href,
-      address: `${listener.addr.hostname}:${listener.addr.port}`,
-    });
+    const parents = this.#parents.defaults.map((p) => p.url.origin).join(", ");
+    if (parents) this.#logger.info("Going out through {parents}", { parents });
+    const address = `${listener.addr.hostname}:${listener.addr.port}`;
+    const url = this.#url!.href;
+    this.#logger.info("Proxy listening on {url} (bound to {address})", { url, address });
     await this.#openAdmin(opened, fleet, destinations);
     // All open: stop() closes it from now on.
     opened.move();
@@ -400,6 +403,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
       maxRate: o.maxRate,
       adaptive: o.adaptive,
       adaptiveMin: o.adaptiveMin,
+      parents: this.#parents,
     });
     this.#server = server;
     const served = server.serve();

@@ -21,7 +21,7 @@ import {
   responseFraming,
   type ResponseHead,
 } from "./http_head.ts";
-import { UpstreamClosedError, UpstreamTimeoutError } from "./errors.ts";
+import { ParentError, UpstreamClosedError, UpstreamTimeoutError } from "./errors.ts";
 import type { Session } from "./session.ts";
 import { parseTarget } from "./target.ts";
 import { pipe } from "./tunnel.ts";
@@ -41,8 +41,10 @@ interface Outbound {
   port: number;
   /** How the request body is framed. */
   framing: Framing;
-  /** The rewritten request head. */
+  /** The rewritten request head (origin-form). */
   head: Uint8Array;
+  /** Its start line's target in absolute form and its lines, for a parent proxy. */
+  absolute: { target: string; lines: string[] };
   /** The client asked to switch protocols (e.g. WebSocket). */
   upgrading: boolean;
   /** The client lets its connection carry further requests. */
@@ -120,6 +122,7 @@ function outbound(req: RequestHead): Outbound {
     port: target.port,
     framing,
     head: encodeHead(`${req.method} ${target.path} HTTP/1.1`, lines),
+    absolute: { target: `http://${target.authority}${target.path}`, lines },
     upgrading: upgrade !== undefined,
     clientKeepAlive: req.minor === 1 && !req.connection.has("close"),
     // Judged by what is forwarded: a key the Connection field strips does not count.
@@ -172,26 +175,37 @@ async function roundTrip(s: Session, out: Outbound): Promise<Answer & { up: Upst
  */
 async function send(s: Session, up: Upstream, out: Outbound): Promise<Answer | null> {
   let request: Sending;
+  const head = headFor(up, out);
   if (out.framing.kind === "none") {
     try {
-      await writeAll(s.toUpstream, out.head);
+      await writeAll(s.toUpstream, head);
     } catch {
       return null; // a reused connection that had closed: nothing was read
     }
     request = { done: true, error: null, ended: Promise.resolve() };
-  } else request = sendWithBody(s, up, out);
+  } else request = sendWithBody(s, up, out, head);
   return await readAnswer(s, up, out, request);
+}
+
+/**
+ * The head to send on `up`: origin-form to the host; absolute-form with the
+ * parent's `Proxy-Authorization` (for the parent only) to a parent proxy.
+ */
+function headFor(up: Upstream, out: Outbound): Uint8Array {
+  if (!up.parent) return out.head;
+  const { target, lines } = out.absolute;
+  return encodeHead(`${out.req.method} ${target} HTTP/1.1`, [...lines, ...up.parent.authLines]);
 }
 
 /**
  * Starts relaying the request head and body to `up`. A broken request body
  * ends the exchange; an upstream that stops reading early may still answer.
  */
-function sendWithBody(s: Session, up: Upstream, out: Outbound): Sending {
+function sendWithBody(s: Session, up: Upstream, out: Outbound, head: Uint8Array): Sending {
   const request: Sending = { done: false, error: null, ended: Promise.resolve() };
   s.readingBody = true;
   const bad = (m: string) => new HttpError(400, m);
-  request.ended = relayBody(s.reader, s.toUpstream, out.framing, out.head, s.touch, bad)
+  request.ended = relayBody(s.reader, s.toUpstream, out.framing, head, s.touch, bad)
     .then(() => {
       request.done = true;
       s.readingBody = false;
@@ -233,6 +247,15 @@ async function readAnswer(
     }
     const res = parseResponseHead(head);
     s.touch();
+    if (res.status === 407 && up.parent) {
+      // The parent refused its credentials: its challenge is not the client's.
+      throw new ParentError({
+        key: up.key,
+        nextHop: up.parent.url.authority,
+        failure: "status",
+        status: 407,
+      });
+    }
     if (res.status >= 200 || res.status === 101) return { res, request };
     // Interim 1xx: relay (never to an HTTP/1.0 client, RFC 9110, 15.2)
     // and keep waiting for the final response.

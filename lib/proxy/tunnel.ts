@@ -48,7 +48,7 @@ export async function tunnel(s: Session, req: RequestHead): Promise<void> {
 export async function pipe(s: Session, up: Upstream, upward = Promise.resolve()): Promise<void> {
   s.phase = "tunnel";
   let open = 2;
-  const ended = (dst: Deno.TcpConn) => {
+  const ended = (dst: Deno.TcpConn | Deno.TlsConn) => {
     if (--open === 0) return s.close();
     // The other side gets the fin timeout to finish.
     s.until("fin");
