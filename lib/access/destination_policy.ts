@@ -179,7 +179,7 @@ export class DestinationPolicy {
     for (const g of guards) if (!literal && g.isPending(host, port)) g.refuse(shown, host);
     if (!literal && options.resolve === false) {
       // A loop back through a parent: this machine's name on a protected port.
-      if (isLocalName(host)) for (const g of guards) g.refuse(shown, host);
+      if (isLocalName(host)) { for (const g of guards) g.refuse(shown, host); }
       return this.#checkName(host, shown, nameAllowed);
     }
 

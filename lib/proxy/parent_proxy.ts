@@ -11,7 +11,7 @@
 import { BufferedReader, writeAll } from "./buffered_reader.ts";
 import { encodeHead, parseResponseHead } from "./http_head.ts";
 import { ParentError } from "./errors.ts";
-import { parseParentUrl, type ParentUrl } from "./parent_url.ts";
+import { type ParentUrl, parseParentUrl } from "./parent_url.ts";
 
 /** The first back-off of a parent that failed to connect, in milliseconds. */
 const BACKOFF_MIN_MS = 1_000;

@@ -50,7 +50,7 @@ export function parseParentUrl(text: string): ParentUrl {
 
 /** A URL with any `user:password@` replaced by `***@`, for messages and logs. */
 export function redactUrl(text: string): string {
-  return text.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^@/?#]*@/i, "$1***@");
+  return text.replace(/^([a-z][a-z0-9+.-]*:\/\/)?[^@/?#]*@/i, "$1***@");
 }
 
 /** A parsed parent proxy URL. */

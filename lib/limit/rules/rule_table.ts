@@ -153,7 +153,9 @@ function compile(rules: LimitRules, canonical: boolean): RuleTableData {
   const n = normalizeRules(rules);
   const defaultLimit = n.default ?? 0;
   const limits = new HostIndex<[number, number]>();
-  const settings = new Map(SETTINGS.map((name) => [name, new HostIndex<number | boolean | string>()]));
+  const settings = new Map(
+    SETTINGS.map((name) => [name, new HostIndex<number | boolean | string>()]),
+  );
   const groups = new HostIndex<[GroupMatch, NormalGroup]>();
   for (const [pattern, rule] of n.hosts) {
     if (rule.limit !== undefined) limits.set(pattern, [rule.limit, patternRank(pattern)]);
