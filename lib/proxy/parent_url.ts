@@ -68,3 +68,38 @@ export interface ParentUrl {
   /** The `Proxy-Authorization` value, when the URL carries credentials. */
   authorization?: string;
 }
+
+/**
+ * Checks a rule's `via`: `direct`, or parent URLs without credentials (a
+ * list, or one text with commas). Returns `direct` or their origins joined
+ * by commas. Throws a `TypeError` whose message is the problem (`must ...`).
+ *
+ * @example
+ * ```ts
+ * import { parseVia } from "./parent_url.ts";
+ * parseVia(["http://a.example:3128", "https://b.example"]); // "http://a.example:3128,https://b.example:443"
+ * ```
+ */
+export function parseVia(value: unknown): string {
+  const list = typeof value === "string" ? value.split(",") : value;
+  if (!Array.isArray(list) || list.length === 0 || list.some((v) => typeof v !== "string")) {
+    throw new TypeError(`must be direct or proxy URLs, got ${JSON.stringify(value) ?? value}`);
+  }
+  const texts = (list as string[]).map((v) => v.trim());
+  if (texts.length === 1 && texts[0] === "direct") return "direct";
+  const origins = texts.map((text) => {
+    let url: ParentUrl;
+    try {
+      url = parseParentUrl(text);
+    } catch (err) {
+      throw new TypeError(`must be direct or proxy URLs: ${(err as Error).message}`);
+    }
+    if (url.authorization) {
+      throw new TypeError(
+        "must not hold credentials: give the parent with them in --upstream-proxy",
+      );
+    }
+    return url.origin;
+  });
+  return [...new Set(origins)].join(",");
+}

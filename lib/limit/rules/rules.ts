@@ -8,7 +8,7 @@
 import { formatDuration, parseDuration } from "../../duration.ts";
 import { formatRate, parseRate } from "../gcra.ts";
 import { hostKey, splitHostPort } from "../host_key.ts";
-import { parseParentUrl } from "../../proxy/parent_url.ts";
+import { parseVia } from "../../proxy/parent_url.ts";
 
 /**
  * The settings a rule may give the hosts it matches besides their limit,
@@ -335,30 +335,13 @@ function checkSettings(rule: Record<string, unknown>, path: RulePath): NormalSet
   return out;
 }
 
-/** Checks a `via`: `direct`, or parent URLs without credentials; returns it normalised. */
+/** Checks a `via` ({@linkcode parseVia}); returns it normalised. */
 function checkVia(value: unknown, path: RulePath): string {
-  const list = typeof value === "string" ? value.split(",") : value;
-  if (!Array.isArray(list) || list.length === 0 || list.some((v) => typeof v !== "string")) {
-    throw new RulesError(path, `must be direct or proxy URLs, got ${describe(value)}`);
+  try {
+    return parseVia(value);
+  } catch (err) {
+    throw new RulesError(path, (err as Error).message);
   }
-  const texts = (list as string[]).map((v) => v.trim());
-  if (texts.length === 1 && texts[0] === "direct") return "direct";
-  const origins = texts.map((text) => {
-    let url;
-    try {
-      url = parseParentUrl(text);
-    } catch (err) {
-      throw new RulesError(path, `must be direct or proxy URLs: ${(err as Error).message}`);
-    }
-    if (url.authorization) {
-      throw new RulesError(
-        path,
-        "must not hold credentials: give the parent with them in --upstream-proxy",
-      );
-    }
-    return url.origin;
-  });
-  return [...new Set(origins)].join(",");
 }
 
 /** Checks that `value` has only `fields`, naming them as a `what` field. */
