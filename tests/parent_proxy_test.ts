@@ -5,7 +5,7 @@
 // down or silent, several parents with one failing, `via` rules, and the
 // limits and destination rules of the target host.
 import assert from "node:assert/strict";
-import { type LogRecord } from "@logtape/logtape";
+import type { LogRecord } from "@logtape/logtape";
 import { startProxy, type TestProxy } from "./_helpers/proxy.ts";
 import { startSquid } from "./_helpers/squid.ts";
 import { blackHole, closedPort, startUpstream, type Upstream } from "./_helpers/upstream.ts";
