@@ -11,7 +11,7 @@ import { ParentProxies } from "../lib/proxy/parent_proxy.ts";
 import { ProxyRateLimiter } from "../mod.ts";
 import { startProxy } from "./_helpers/proxy.ts";
 import { runCli, startCli, tempDir } from "./_helpers/spawn.ts";
-import { startUpstream } from "./_helpers/upstream.ts";
+import { startUpstream, testCertificates } from "./_helpers/upstream.ts";
 
 Deno.test("parent URLs: origin, default ports, Basic credentials; a password in no message", () => {
   const url = parseParentUrl("http://us%40er:p%3Ass@Egress.Example:3128");
@@ -110,4 +110,66 @@ Deno.test("CLI: --upstream-proxy from its variable and from the config file, thr
   assert.equal(bad[1].code, 2, bad[1].transcript);
   assert.match(bad[1].stderr, /DPRL_UPSTREAM_PROXY/);
   for (const r of bad) assert.doesNotMatch(r.stderr, /hunter2/);
+});
+
+/** A TLS front on 127.0.0.1 that relays each connection to `port` (a parent that speaks TLS). */
+function startTlsFront(port: number, tls: { cert: string; key: string }): Deno.TlsListener {
+  const listener = Deno.listenTls({ hostname: "127.0.0.1", port: 0, ...tls });
+  (async () => {
+    for await (const conn of listener) {
+      Deno.connect({ hostname: "127.0.0.1", port }).then((back) =>
+        Promise.all([conn.readable.pipeTo(back.writable), back.readable.pipeTo(conn.writable)])
+      ).catch(() => {});
+    }
+  })().catch(() => {});
+  return listener;
+}
+
+Deno.test("CLI: an https:// parent is reached over TLS, its certificate checked (DENO_CERT)", async () => {
+  await using parent = await startProxy({ users: { pu: "pp" } });
+  await using target = await startUpstream();
+  await using dir = await tempDir();
+  const certs = await testCertificates();
+  await Deno.writeTextFile(`${dir.path}/ca.pem`, certs.ca);
+  const front = startTlsFront(parent.addr.port, certs);
+  try {
+    const port = (front.addr as Deno.NetAddr).port;
+    const parentUrl = `https://pu:pp@127.0.0.1:${port}`;
+    const ways: [Record<string, string>, boolean][] = [
+      [{ DENO_CERT: `${dir.path}/ca.pem` }, true],
+      [{}, false], // not trusted: no way through
+    ];
+    for (const [env, trusted] of ways) {
+      await using cli = startCli(
+        ["--port", "0", "--hostname", "127.0.0.1", "--upstream-proxy", parentUrl],
+        env,
+      );
+      const m = await cli.waitStderr(/bound to [0-9.]+:([0-9]+)/);
+      for (const tunnel of [false, true]) {
+        const out = await new Deno.Command("curl", {
+          args: [
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            tunnel ? "%{http_connect} %{http_code}" : "%{http_code}",
+            "--max-time",
+            "20",
+            "-x",
+            `http://127.0.0.1:${m[1]}`,
+            ...(tunnel ? ["-p"] : []),
+            target.url("/fixed"),
+          ],
+          stdout: "piped",
+          stderr: "null",
+        }).output();
+        const code = new TextDecoder().decode(out.stdout);
+        const expected = trusted ? "200" : "502";
+        assert.equal(code, tunnel ? (trusted ? "200 200" : "502 000") : expected, cli.transcript);
+      }
+    }
+    assert.equal(target.requests.length, 2);
+  } finally {
+    front.close();
+  }
 });
