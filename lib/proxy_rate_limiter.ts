@@ -337,8 +337,6 @@ export class ProxyRateLimiter implements AsyncDisposable {
     this.#openServer(opened, { listener, limiter, clients, destinations });
     this.#openGuard(opened, fleet, destinations);
     if (fleet !== null) await this.#openFleetLimits(opened, fleet);
-    const parents = this.#parents.defaults.map((p) => p.url.origin).join(", ");
-    if (parents) this.#logger.info("Going out through {parents}", { parents });
     const address = `${listener.addr.hostname}:${listener.addr.port}`;
     const url = this.#url!.href;
     this.#logger.info("Proxy listening on {url} (bound to {address})", { url, address });
@@ -510,6 +508,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
       layers: this.#layers,
       setFleetLimits: (changes) => this.setFleetLimits(changes),
       reload: this.#options.loadRules ? () => this.reload() : undefined,
+      parents: this.#parents,
     });
     return this.#adminSource;
   }

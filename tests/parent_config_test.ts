@@ -66,6 +66,24 @@ Deno.test("rules: via is direct or parent URLs without credentials, by host, gro
   }
 });
 
+Deno.test("a parent that fails to connect is skipped 1 s, doubling to 30 s, until it connects", () => {
+  const [p] = new ParentProxies(["http://p.example:3128"]).defaults;
+  const t = 1_000_000;
+  assert.equal(p.backedOff(t), false);
+  const waits = [];
+  for (let i = 0; i < 7; i++) {
+    p.failed(t);
+    waits.push(p.skipUntil - t);
+  }
+  assert.deepEqual(waits, [1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000]);
+  assert.equal(p.backedOff(t + 29_999), true);
+  assert.equal(p.backedOff(t + 30_000), false);
+  p.succeeded();
+  assert.equal(p.backedOff(t), false);
+  p.failed(t);
+  assert.equal(p.skipUntil - t, 1_000);
+});
+
 Deno.test("a rule's parent takes the credentials of the --upstream-proxy of the same origin", () => {
   const parents = new ParentProxies(["http://u:p@a.example:3128", "http://b.example:3128"]);
   assert.equal(parents.defaults.length, 2);

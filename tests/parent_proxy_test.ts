@@ -213,6 +213,27 @@ Deno.test("several parents: the failing one is skipped and backed off, the healt
   // Tried once, then backed off for a second and more: not once per request.
   assert.ok(failing.accepted() >= 1, "the failing parent was tried");
   assert.ok(failing.accepted() < rounds / 2, `tried ${failing.accepted()} times`);
+
+  // The admin API and the metrics name each parent by its origin, never its credentials.
+  const admin = child.proxy.adminHandler();
+  const status = await (await admin(new Request("http://admin/api/status"))).json();
+  assert.deepEqual(
+    status.parents.map((p: { url: string }) => p.url),
+    [`http://127.0.0.1:${failing.port}`, `http://127.0.0.1:${down}`, originOf(parent)],
+  );
+  // The pooled plain-HTTP connections stay open through the healthy parent.
+  assert.ok(status.parents[2].open >= 1, JSON.stringify(status.parents));
+  assert.equal(status.parents[2].backedOffUntil, null);
+  const metrics = await (await admin(new Request("http://admin/metrics"))).text();
+  assert.match(
+    metrics,
+    new RegExp(`dprl_parent_open_connections\\{parent="${originOf(parent)}"\\} [1-9]`),
+  );
+  assert.match(metrics, /dprl_parent_backed_off\{parent="http:\/\/127\.0\.0\.1:\d+"\} [01]/);
+  for (const text of [JSON.stringify(status), metrics]) {
+    assert.doesNotMatch(text, /parent-secret/);
+    assert.doesNotMatch(text, new RegExp(SECRET_B64));
+  }
 });
 
 Deno.test("least open connections first: two tunnels held go one through each parent", async () => {

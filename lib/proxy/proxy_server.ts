@@ -117,6 +117,8 @@ export class ProxyServer {
       logger: options.logger,
       parents: options.parents,
     });
+    const parents = options.parents?.defaults.map((p) => p.url.origin).join(", ");
+    if (parents) options.logger.info("Going out through {parents}", { parents });
     this.#engine = {
       pool,
       stats,
