@@ -11,7 +11,7 @@ import { ParentProxies } from "../lib/proxy/parent_proxy.ts";
 import { ProxyRateLimiter } from "../mod.ts";
 import { startProxy } from "./_helpers/proxy.ts";
 import { runCli, startCli, tempDir } from "./_helpers/spawn.ts";
-import { startUpstream, testCertificates } from "./_helpers/upstream.ts";
+import { closedPort, startUpstream, testCertificates } from "./_helpers/upstream.ts";
 
 Deno.test("parent URLs: origin, default ports, Basic credentials; a password in no message", () => {
   const url = parseParentUrl("http://us%40er:p%3Ass@Egress.Example:3128");
@@ -189,5 +189,22 @@ Deno.test("CLI: an https:// parent is reached over TLS, its certificate checked 
     assert.equal(target.requests.length, 2);
   } finally {
     front.close();
+  }
+});
+
+Deno.test("a parent that is this proxy's own address is refused at start: it would loop", async () => {
+  for (const host of ["127.0.0.1", "localhost"]) {
+    const port = closedPort();
+    const proxy = new ProxyRateLimiter({
+      port,
+      hostname: "127.0.0.1",
+      upstreamProxy: [`http://u:hunter2@${host}:${port}`],
+    });
+    await assert.rejects(() => proxy.start(), (err: Error) => {
+      assert.match(err.message, /Parent proxy http:\/\/.*is this proxy or its Redis/);
+      assert.doesNotMatch(err.message, /hunter2/);
+      return true;
+    });
+    assert.equal(proxy.proxyUrl, null);
   }
 });

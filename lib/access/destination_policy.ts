@@ -135,6 +135,24 @@ export class DestinationPolicy {
   }
 
   /**
+   * Whether `hostname:port` is a protected address (this proxy, its Redis,
+   * a fleet member): a parent proxy there would send traffic round in a
+   * loop. A name that does not resolve is not known to be one.
+   */
+  async protects(hostname: string, port: number): Promise<boolean> {
+    const guards = [this.#own, this.#fleet].filter((g) => g.guards(port));
+    if (guards.length === 0) return false;
+    const host = normalizeHost(hostname);
+    const addresses = parseIp(host)
+      ? [host]
+      : await resolveHost(host, this.#resolveTimeout).catch(() => []);
+    return addresses.some((text) => {
+      const ip = parseIp(text);
+      return ip !== null && guards.some((g) => g.has(ip, port));
+    });
+  }
+
+  /**
    * Checks the destination `hostname:port` and returns the addresses to dial,
    * in order: the IP literal itself, the resolved addresses, or — when no rule
    * depends on addresses and `port` is not protected — the name itself, which
