@@ -10,6 +10,7 @@ import { startProxy, type TestProxy } from "./_helpers/proxy.ts";
 import { startSquid } from "./_helpers/squid.ts";
 import { blackHole, closedPort, startUpstream, type Upstream } from "./_helpers/upstream.ts";
 import { captureLogs, messageText } from "./_helpers/logs.ts";
+import { startRecordingUpstream } from "./_helpers/recording_upstream.ts";
 
 const PARENT_AUTH = "pu:parent-secret";
 const SECRET_B64 = btoa(PARENT_AUTH);
@@ -86,6 +87,14 @@ Deno.test("squid as the parent: CONNECT and plain HTTP, its credentials to squid
   assert.doesNotMatch(logged, /parent-secret/);
   assert.doesNotMatch(logged, new RegExp(SECRET_B64));
 
+  // squid's own error page (a name it cannot resolve) is squid's refusal, not the target's answer.
+  for (const tunnel of [false, true]) {
+    const got = await curl(child.url, "http://no-such-host.invalid:8080/", tunnel);
+    assert.equal(got.status, 502, got.heads);
+    assert.match(proxyStatus(got), new RegExp(`next-hop="127\\.0\\.0\\.1:${squid.port}"`));
+    assert.match(proxyStatus(got), /received-status=5\d\d/);
+  }
+
   // A wrong password: squid's 407 is dprl's 502, naming squid as the next hop.
   await using wrong = await startProxy({ upstreamProxy: [withAuth(squid.origin, "pu:wrong")] });
   for (const tunnel of [false, true]) {
@@ -113,6 +122,13 @@ Deno.test("a dprl with users as the parent: CONNECT and plain HTTP, its credenti
   assert.doesNotMatch(seenFields(target), /proxy-authorization|parent-secret/i);
   assert.doesNotMatch(seenFields(target), new RegExp(SECRET_B64));
 
+  // The target's own error passes through both proxies as it is.
+  await using busy = startRecordingUpstream({ status: 503, retryAfter: "1" });
+  const answered = await curl(child.url, busy.url);
+  assert.equal(answered.status, 503, answered.heads);
+  assert.match(answered.heads, /retry-after: 1/i);
+  assert.doesNotMatch(answered.heads, /next-hop/);
+
   // Without the credentials the parent refuses: 502, the parent's 407 named.
   await using bare = await startProxy({ upstreamProxy: [originOf(parent)] });
   for (const tunnel of [false, true]) {
@@ -136,12 +152,16 @@ Deno.test("a parent at its own limit: the client gets 502 naming the parent and 
       ),
     );
     await parent.waitCount(target.authority, 1);
-    const got = await curl(child.url, target.url("/fixed"), true);
-    assert.equal(got.status, 502, got.heads);
-    const status = proxyStatus(got);
-    assert.match(status, /error=http_response_status_code/);
-    assert.match(status, new RegExp(`next-hop="127\\.0\\.0\\.1:${parent.addr.port}"`));
-    assert.match(status, /received-status=500/); // the parent's reject status
+    // By CONNECT, and by plain HTTP: the parent's refusal names itself (Proxy-Status error).
+    for (const tunnel of [true, false]) {
+      const got = await curl(child.url, target.url("/fixed"), tunnel);
+      assert.equal(got.status, 502, got.heads);
+      const status = proxyStatus(got);
+      assert.match(status, /^dprl; error=http_response_status_code/);
+      assert.match(status, new RegExp(`next-hop="127\\.0\\.0\\.1:${parent.addr.port}"`));
+      assert.match(status, /received-status=500/); // the parent's reject status
+    }
+    assert.equal(target.requests.length, 0);
   } finally {
     held.close();
   }
@@ -334,8 +354,11 @@ Deno.test("--deny-private through a parent: the name is not resolved here, the p
   }
   // A name that does not resolve reaches the parent, which cannot resolve it:
   // its answer is named, not a dns_error of this proxy.
-  const got = await curl(child.url, "http://no-such-host.invalid:8080/", true);
-  assert.equal(got.status, 502, got.heads);
-  assert.match(proxyStatus(got), new RegExp(`next-hop="127\\.0\\.0\\.1:${parent.addr.port}"`));
-  assert.match(proxyStatus(got), /received-status=502/);
+  for (const tunnel of [true, false]) {
+    const got = await curl(child.url, "http://no-such-host.invalid:8080/", tunnel);
+    assert.equal(got.status, 502, got.heads);
+    const status = proxyStatus(got);
+    assert.match(status, new RegExp(`next-hop="127\\.0\\.0\\.1:${parent.addr.port}"`));
+    assert.match(status, /received-status=502/);
+  }
 });

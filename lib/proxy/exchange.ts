@@ -21,7 +21,8 @@ import {
   responseFraming,
   type ResponseHead,
 } from "./http_head.ts";
-import { ParentError, UpstreamClosedError, UpstreamTimeoutError } from "./errors.ts";
+import { UpstreamClosedError, UpstreamTimeoutError } from "./errors.ts";
+import { parentRefusal } from "./parent_proxy.ts";
 import type { Session } from "./session.ts";
 import { parseTarget } from "./target.ts";
 import { pipe } from "./tunnel.ts";
@@ -247,15 +248,8 @@ async function readAnswer(
     }
     const res = parseResponseHead(head);
     s.touch();
-    if (res.status === 407 && up.parent) {
-      // The parent refused its credentials: its challenge is not the client's.
-      throw new ParentError({
-        key: up.key,
-        nextHop: up.parent.url.authority,
-        failure: "status",
-        status: 407,
-      });
-    }
+    const refusal = up.parent && parentRefusal(up.parent, up.key, res);
+    if (refusal) throw refusal;
     if (res.status >= 200 || res.status === 101) return { res, request };
     // Interim 1xx: relay (never to an HTTP/1.0 client, RFC 9110, 15.2)
     // and keep waiting for the final response.

@@ -9,7 +9,7 @@
  * @module
  */
 import { BufferedReader, writeAll } from "./buffered_reader.ts";
-import { encodeHead, parseResponseHead } from "./http_head.ts";
+import { encodeHead, field, parseResponseHead, type ResponseHead } from "./http_head.ts";
 import { ParentError } from "./errors.ts";
 import { type ParentUrl, parseParentUrl } from "./parent_url.ts";
 
@@ -240,6 +240,30 @@ async function handshake(
   if (res.status >= 200 && res.status < 300) return;
   throw new ParentError({
     key: o.key,
+    nextHop: parent.url.authority,
+    failure: "status",
+    status: res.status,
+  });
+}
+
+/**
+ * Whether a response that came through `parent` to a plain-HTTP request is
+ * the parent's own refusal rather than the target's answer: a 407 (its
+ * challenge is not the client's), or an error that names itself as a
+ * proxy's (`Proxy-Status` with an `error`, as dprl sends, or squid's
+ * `X-Squid-Error`). Returns the {@linkcode ParentError} to answer with.
+ */
+export function parentRefusal(
+  parent: ParentProxy,
+  key: string,
+  res: ResponseHead,
+): ParentError | null {
+  const own = res.status >= 400 &&
+    (/(^|;)\s*error=/i.test(field(res, "proxy-status") ?? "") ||
+      field(res, "x-squid-error") !== undefined);
+  if (res.status !== 407 && !own) return null;
+  return new ParentError({
+    key,
     nextHop: parent.url.authority,
     failure: "status",
     status: res.status,
