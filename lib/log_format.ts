@@ -63,11 +63,13 @@ export interface AccessEntry {
   durationMs: number;
   /** Time spent waiting for a slot in a queue, in milliseconds, once a queue exists. */
   waitMs?: number;
+  /** The parent proxy it went through (`host:port`), if any. */
+  via?: string;
 }
 
 /**
  * Formats an access log line:
- * `client method host status up=N down=N duration=S [wait=S]`, durations
+ * `client method host status up=N down=N duration=S [wait=S] [via=host:port]`, durations
  * in seconds rounded to the millisecond.
  *
  * @example
@@ -84,6 +86,7 @@ export function formatAccessLine(entry: AccessEntry): string {
   let line =
     `${f.client} ${f.method} ${f.host} ${f.status} up=${f.bytesUp} down=${f.bytesDown} duration=${f.duration}`;
   if (f.wait !== undefined) line += ` wait=${f.wait}`;
+  if (f.via !== undefined) line += ` via=${f.via}`;
   return line;
 }
 
@@ -103,10 +106,9 @@ const ACCESS_TEMPLATE =
  */
 export function logAccess(logger: Logger, entry: AccessEntry): void {
   const fields = accessFields(entry);
-  logger.info(
-    fields.wait === undefined ? ACCESS_TEMPLATE : `${ACCESS_TEMPLATE} wait={wait}`,
-    fields,
-  );
+  let template = fields.wait === undefined ? ACCESS_TEMPLATE : `${ACCESS_TEMPLATE} wait={wait}`;
+  if (fields.via !== undefined) template += " via={via}";
+  logger.info(template, fields);
 }
 
 interface AccessFields extends Record<string, unknown> {
@@ -118,6 +120,7 @@ interface AccessFields extends Record<string, unknown> {
   bytesDown: number;
   duration: number;
   wait?: number;
+  via?: string;
 }
 
 function accessFields(entry: AccessEntry): AccessFields {
@@ -131,6 +134,7 @@ function accessFields(entry: AccessEntry): AccessFields {
     duration: seconds(entry.durationMs),
   };
   if (entry.waitMs !== undefined) fields.wait = seconds(entry.waitMs);
+  if (entry.via !== undefined) fields.via = entry.via;
   return fields;
 }
 

@@ -145,6 +145,7 @@ async function roundTrip(s: Session, out: Outbound): Promise<Answer & { up: Upst
       await pool.open(out.key, out.hostname, out.port, s.signal, true);
     const pooled = up.reused;
     s.upstream = up;
+    s.via = up.parent?.url.authority;
     if (s.closed) throw s.signal.reason;
     const sentAt = performance.now();
     let answer: Answer | null;
