@@ -8,7 +8,7 @@
  * @module
  */
 
-import { Proc, tempDir } from "./spawn.ts";
+import { Proc, SPAWN_WAIT_MS, tempDir } from "./spawn.ts";
 import { closedPort } from "./upstream.ts";
 import { waitFor } from "./raw.ts";
 
@@ -77,15 +77,19 @@ export async function startSquid(options: SquidOptions = {}): Promise<Squid> {
     await dir[Symbol.asyncDispose]();
   };
   try {
-    await waitFor(async () => {
-      if (proc.exited) throw new Error(`squid exited:\n${proc.transcript}`);
-      try {
-        (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-        return true;
-      } catch {
-        return false;
-      }
-    }, () => `squid listening on ${port}:\n${proc.transcript}`);
+    await waitFor(
+      async () => {
+        if (proc.exited) throw new Error(`squid exited:\n${proc.transcript}`);
+        try {
+          (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+          return true;
+        } catch {
+          return false;
+        }
+      },
+      () => `squid listening on ${port}:\n${proc.transcript}`,
+      SPAWN_WAIT_MS,
+    );
   } catch (err) {
     await stop();
     throw err;
