@@ -24,8 +24,23 @@ interface Got {
 }
 
 /** One GET of `url` through `proxy` with curl; `tunnel` sends it in a CONNECT tunnel. */
-async function curl(proxy: string, url: string, tunnel = false): Promise<Got> {
-  const args = ["-s", "-i", "--max-time", "20", "-x", proxy, ...(tunnel ? ["-p"] : []), url];
+async function curl(
+  proxy: string,
+  url: string,
+  tunnel = false,
+  extra: string[] = [],
+): Promise<Got> {
+  const args = [
+    "-s",
+    "-i",
+    "--max-time",
+    "20",
+    "-x",
+    proxy,
+    ...(tunnel ? ["-p"] : []),
+    ...extra,
+    url,
+  ];
   const out = await new Deno.Command("curl", { args, stdout: "piped", stderr: "null" }).output();
   const text = new TextDecoder().decode(out.stdout);
   const parts = text.split(/\r\n\r\n/);
@@ -135,6 +150,14 @@ Deno.test("a dprl with users as the parent: CONNECT and plain HTTP, its credenti
   assert.equal(target.requests.length, 2);
   assert.doesNotMatch(seenFields(target), /proxy-authorization|parent-secret/i);
   assert.doesNotMatch(seenFields(target), new RegExp(SECRET_B64));
+
+  // A request body goes through the parent too, with the parent's credentials in the head only.
+  for (const tunnel of [false, true]) {
+    const posted = await curl(child.url, target.url("/echo"), tunnel, ["--data-binary", "a=1&b=2"]);
+    assert.equal(posted.status, 200, posted.heads);
+    assert.equal(target.requests.at(-1)?.body, "a=1&b=2");
+  }
+  assert.doesNotMatch(seenFields(target), /proxy-authorization|parent-secret/i);
 
   // The target's own error passes through both proxies as it is.
   await using busy = startRecordingUpstream({ status: 503, retryAfter: "1" });
