@@ -96,6 +96,8 @@ export interface ParentConnectOptions {
 export class ParentProxies {
   readonly #all: ParentProxy[];
   readonly #byOrigin = new Map<string, ParentProxy>();
+  /** The parents of each `via` seen (rules name few). */
+  readonly #routes = new Map<string, ParentProxy[]>();
   /** The parents of hosts whose rule names none: every `--upstream-proxy`. */
   readonly defaults: readonly ParentProxy[];
 
@@ -129,9 +131,14 @@ export class ParentProxies {
   route(via: string | undefined): readonly ParentProxy[] {
     if (via === undefined) return this.defaults;
     if (via === "direct") return [];
-    return via.split(",").map((origin) =>
-      this.#byOrigin.get(origin) ?? this.#add(parseParentUrl(origin))
-    );
+    let route = this.#routes.get(via);
+    if (!route) {
+      route = via.split(",").map((origin) =>
+        this.#byOrigin.get(origin) ?? this.#add(parseParentUrl(origin))
+      );
+      this.#routes.set(via, route);
+    }
+    return route;
   }
 
   /**
