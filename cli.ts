@@ -40,6 +40,7 @@ import { isAdminToken } from "./lib/admin/admin_handler.ts";
 import { loadRulesFile, RulesWorker } from "./lib/config/reload.ts";
 import { jsonLinesFormatter } from "./lib/log_format.ts";
 import { parseAccessFlags, parseSwitch, splitList } from "./lib/access/access_flags.ts";
+import { parseParentUrl } from "./lib/proxy/parent_url.ts";
 
 export { usage };
 function nodes(name: string, text: string): { host: string; port: number }[] {
@@ -232,6 +233,7 @@ function parseValues(
     ),
     timeouts: timeoutOptions(value),
     ...accessOptions(parsed, value, file),
+    upstreamProxy: parentUrls(listValue(parsed, file, "upstream-proxy")),
     maxClients: integer("max-clients", value("max-clients")!, 0, 1_000_000_000),
     maxClientsPerIp: integer("max-clients-per-ip", value("max-clients-per-ip")!, 0, 1_000_000_000),
     accessLog: parseSwitch("--access-log", toggle(parsed, file, "access-log")),
@@ -309,20 +311,36 @@ function toggle(parsed: ParsedArgs, file: ConfigFile, name: string): boolean | s
   return typeof fromFile === "boolean" ? fromFile : undefined;
 }
 
+/** The `--upstream-proxy` URLs, each value split on commas, checked. */
+function parentUrls(values: string[] | undefined): string[] | undefined {
+  const urls = values?.flatMap(splitList);
+  for (const url of urls ?? []) {
+    try {
+      parseParentUrl(url);
+    } catch (err) {
+      throw new UsageError(`--upstream-proxy ${(err as Error).message}`);
+    }
+  }
+  return urls?.length ? urls : undefined;
+}
+
+/** A repeatable flag's values: the flags, else its variable split on commas, else the file's. */
+function listValue(parsed: ParsedArgs, file: ConfigFile, name: string): string[] | undefined {
+  const v = parsed[name] as string[] | undefined;
+  if (v) return v;
+  const env = readEnv(FLAGS[name].env!);
+  const fromFile = file.settings[name];
+  if ((env === undefined || env === "") && Array.isArray(fromFile)) return fromFile;
+  return splitList(env);
+}
+
 /** Who may use the proxy and where it may go, reading the auth file. */
 function accessOptions(
   parsed: ParsedArgs,
   value: (name: string) => string | undefined,
   file: ConfigFile,
 ): Pick<ProxyRateLimiterOptions, "allowClients" | "users" | "allow" | "deny" | "denyPrivate"> {
-  const list = (name: string): string[] | undefined => {
-    const v = parsed[name] as string[] | undefined;
-    if (v) return v;
-    const env = readEnv(FLAGS[name].env!);
-    const fromFile = file.settings[name];
-    if ((env === undefined || env === "") && Array.isArray(fromFile)) return fromFile;
-    return splitList(env);
-  };
+  const list = (name: string) => listValue(parsed, file, name);
   const authFile = value("auth-file");
   if (authFile) requireRead("auth-file", authFile);
   const access = parseAccessFlags({

@@ -190,6 +190,15 @@ export const FLAGS: Record<string, Flag> = {
     env: "DPRL_ACCESS_LOG",
     help: "log one line per exchange or tunnel: client, method, host, status, bytes, duration",
   },
+  "upstream-proxy": {
+    section: "Parent proxies:",
+    value: "url",
+    env: "DPRL_UPSTREAM_PROXY",
+    multiple: true,
+    help: "parent proxy to go out through (http:// or https://, optional user:password@), " +
+      "repeatable: the least busy first, one that fails to connect skipped for a while; " +
+      "a rule's via may name others or say direct",
+  },
   "redis-url": {
     section: "Distributed mode (give one of --redis-url, --redis-addr, --redis-cluster, " +
       "--redis-sentinels):",

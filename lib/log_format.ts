@@ -63,6 +63,8 @@ export interface AccessEntry {
   durationMs: number;
   /** Time spent waiting for a slot in a queue, in milliseconds, once a queue exists. */
   waitMs?: number;
+  /** The parent proxy it went through (`host:port`), if any. */
+  via?: string;
   /**
    * Who the client is: the name in its TLS client certificate, else the user
    * of its `Proxy-Authorization`; absent when neither names it.
@@ -72,8 +74,8 @@ export interface AccessEntry {
 
 /**
  * Formats an access log line:
- * `client method host status up=N down=N duration=S [wait=S]`, durations
- * in seconds rounded to the millisecond.
+ * `client method host status up=N down=N duration=S [wait=S] [via=host:port] [user=name]`,
+ * durations in seconds rounded to the millisecond.
  *
  * @example
  * ```ts
@@ -89,6 +91,7 @@ export function formatAccessLine(entry: AccessEntry): string {
   let line =
     `${f.client} ${f.method} ${f.host} ${f.status} up=${f.bytesUp} down=${f.bytesDown} duration=${f.duration}`;
   if (f.wait !== undefined) line += ` wait=${f.wait}`;
+  if (f.via !== undefined) line += ` via=${f.via}`;
   if (f.user !== undefined) line += ` user=${f.user}`;
   return line;
 }
@@ -111,6 +114,7 @@ export function logAccess(logger: Logger, entry: AccessEntry): void {
   const fields = accessFields(entry);
   let template = ACCESS_TEMPLATE;
   if (fields.wait !== undefined) template += " wait={wait}";
+  if (fields.via !== undefined) template += " via={via}";
   if (fields.user !== undefined) template += " user={user}";
   logger.info(template, fields);
 }
@@ -124,6 +128,7 @@ interface AccessFields extends Record<string, unknown> {
   bytesDown: number;
   duration: number;
   wait?: number;
+  via?: string;
   user?: string;
 }
 
@@ -138,6 +143,7 @@ function accessFields(entry: AccessEntry): AccessFields {
     duration: seconds(entry.durationMs),
   };
   if (entry.waitMs !== undefined) fields.wait = seconds(entry.waitMs);
+  if (entry.via !== undefined) fields.via = entry.via;
   if (entry.user !== undefined) fields.user = entry.user;
   return fields;
 }

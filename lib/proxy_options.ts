@@ -213,6 +213,17 @@ export interface ProxyRateLimiterOptions {
    * head timeout. Plain TCP without it.
    */
   tls?: TlsSource;
+  /**
+   * Parent proxies to go out through (`http://` or `https://` URLs, each
+   * with optional `user:password@`, which go to the parent only): a new
+   * upstream connection goes through the one with the fewest open
+   * connections, skipping for a while (1 s, doubling to 30 s) one that
+   * failed to connect. A rule's `via` may name others or say `direct`.
+   * Limits, rates, queue and destination rules apply to the target host as
+   * without a parent; a target name is not resolved here (the parent
+   * resolves it). Default: none, every host is dialed directly.
+   */
+  upstreamProxy?: string[];
   /** Logs one line per exchange or tunnel (category `["dprl", "access"]`). Default `false`. */
   accessLog?: boolean;
   /**

@@ -21,6 +21,7 @@ import { joinReloads, ProxyPort } from "./proxy/proxy_port.ts";
 import type { ClientListener } from "./proxy/client_conn.ts";
 import { checkUsers, type ClientPolicy } from "./access/client_policy.ts";
 import type { DestinationPolicy } from "./access/destination_policy.ts";
+import { ParentProxies } from "./proxy/parent_proxy.ts";
 import { FleetGuard } from "./access/fleet_guard.ts";
 import { proxyPolicies } from "./access/proxy_policies.ts";
 import { ProxyStats } from "./metrics/proxy_stats.ts";
@@ -59,7 +60,6 @@ export class ProxyRateLimiter implements AsyncDisposable {
   #limiter: Promise<LoadedLimiter> | null = null;
   #starting: Promise<void> | null = null;
   #server: ProxyServer | null = null;
-  #url: URL | null = null;
   #port: ProxyPort | null = null;
   #served: Promise<void> | null = null;
   #stopping: Promise<void> | null = null;
@@ -71,17 +71,21 @@ export class ProxyRateLimiter implements AsyncDisposable {
   #startedAt = Date.now();
   /** Keeps the Redis servers the limiter meets out of clients' reach. */
   #guard: FleetGuard | null = null;
+  /** The parent proxies of `upstreamProxy`. */
+  #parents: ParentProxies;
 
   /**
    * Creates a proxy; nothing listens until {@linkcode start}. Throws a
    * RangeError when the admin server would listen on a non-loopback
    * address without a token, and a RangeError or TypeError on a bad entry
-   * of `users` (a value that looks like a hash but is not bcrypt, say).
+   * of `users` (a value that looks like a hash but is not bcrypt, say), or
+   * on a bad `upstreamProxy` URL.
    */
   constructor(options: ProxyRateLimiterOptions = {}) {
     const admin = options.admin;
     if (admin) checkAdminAddress(admin.hostname ?? DEFAULTS.adminHostname, admin.token);
     checkUsers(options.users ?? {});
+    this.#parents = new ParentProxies(options.upstreamProxy);
     this.#options = options;
     this.#logger = getLogger(["dprl"]);
     // Idle hosts keep a record of their own as far as /metrics shows one.
@@ -263,7 +267,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
    * ```
    */
   get proxyUrl(): URL | null {
-    return this.#url;
+    return this.#port?.url ?? null;
   }
 
   /**
@@ -334,18 +338,14 @@ export class ProxyRateLimiter implements AsyncDisposable {
     await using opened = new AsyncDisposableStack();
     const { limiter, fleet } = await this.#openLimiter(opened);
     const listener = await this.#openListener(opened);
-    const { clients, destinations } = await proxyPolicies(
-      this.#options,
-      listener.addr,
-      this.#logger,
-    );
+    const o = this.#options;
+    const { clients, destinations } = await proxyPolicies(o, listener.addr, this.#logger);
     this.#openServer(opened, { listener, limiter, clients, destinations });
     this.#openGuard(opened, fleet, destinations);
     if (fleet !== null) await this.#openFleetLimits(opened, fleet);
-    this.#logger.info("Proxy listening on {url} (bound to {address})", {
-      url: this.#url!.href,
-      address: `${listener.addr.hostname}:${listener.addr.port}`,
-    });
+    const address = `${listener.addr.hostname}:${listener.addr.port}`;
+    const url = this.#port!.url.href;
+    this.#logger.info("Proxy listening on {url} (bound to {address})", { url, address });
     await this.#openAdmin(opened, fleet, destinations);
     // All open: stop() closes it from now on.
     opened.move();
@@ -378,11 +378,9 @@ export class ProxyRateLimiter implements AsyncDisposable {
       logger: this.#logger,
     });
     opened.defer(() => {
-      this.#url = null;
       this.#port = null;
       port.listener.close();
     });
-    this.#url = port.url;
     this.#port = port;
     return port.listener;
   }
@@ -414,6 +412,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
       maxRate: o.maxRate,
       adaptive: o.adaptive,
       adaptiveMin: o.adaptiveMin,
+      parents: this.#parents,
     });
     this.#server = server;
     const served = server.serve();
@@ -453,7 +452,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
     opened.defer(() => this.#closeFleetLimits());
     await this.#fleetLimits.start();
     // In the worker registry from the start: the fleet compares files among live workers.
-    fleet.setWorkerInfo({ version: VERSION, proxyUrl: this.#url?.href ?? "" });
+    fleet.setWorkerInfo({ version: VERSION, proxyUrl: this.#port?.url.href ?? "" });
     this.#compareFiles();
   }
 
@@ -511,7 +510,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
       limits: this.#limits,
       logger: this.#logger,
       state: () => ({
-        proxyUrl: this.#url,
+        proxyUrl: this.#port?.url ?? null,
         adminUrl: this.adminUrl,
         server: this.#server,
         fleet: this.#loaded?.fleet ?? null,
@@ -522,6 +521,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
       reload: this.#options.loadRules || typeof this.#options.tls === "function"
         ? () => this.reload()
         : undefined,
+      parents: this.#parents,
     });
     return this.#adminSource;
   }
@@ -572,7 +572,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
       await loaded?.limiter.close();
       await this.#admin?.close();
       this.#admin = null;
-      this.#url = null;
+      this.#port = null;
       if (server) this.#logger.info("Proxy stopped");
     })();
     return this.#stopping;

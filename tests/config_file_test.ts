@@ -125,7 +125,7 @@ Deno.test("invalid YAML rules name file, line, column and rule", () => {
     ],
     [
       "groups:\n  - name: a\n    match: [x.example]\n    limt: 1\n",
-      "dprl.yaml:4:5: groups[0].limt is not a group field (name, match, limit, queue-timeout, queue-max, rate, retry-after-max, adaptive)",
+      "dprl.yaml:4:5: groups[0].limt is not a group field (name, match, limit, queue-timeout, queue-max, rate, retry-after-max, adaptive, via)",
     ],
     [
       "groups:\n  - name: a\n    match: []\n    limit: 1\n",
@@ -168,7 +168,7 @@ Deno.test("invalid JSON names file, line and column", () => {
   assert.equal(
     error("dprl.json", '{\n  "groups": [{"name": "g", "match": ["x"], "limit": 1, "queue": 2}]\n}')
       .message,
-    "dprl.json:2:56: groups[0].queue is not a group field (name, match, limit, queue-timeout, queue-max, rate, retry-after-max, adaptive)",
+    "dprl.json:2:56: groups[0].queue is not a group field (name, match, limit, queue-timeout, queue-max, rate, retry-after-max, adaptive, via)",
   );
   assert.match(error("dprl.json", '{"hosts": {"a": 1').message, /^dprl\.json:1:\d+: /);
 });

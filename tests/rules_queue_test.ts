@@ -216,7 +216,7 @@ Deno.test("rules validation names the rule and its bad queue-timeout or queue-ma
     [
       host({ limit: 2, queue_timeout: "5s" }),
       "hosts.slow.example.com.queue_timeout is not a host rule field " +
-      "(limit, queue-timeout, queue-max, rate, retry-after-max, adaptive)",
+      "(limit, queue-timeout, queue-max, rate, retry-after-max, adaptive, via)",
     ],
     [host({}), "hosts.slow.example.com.limit must be an integer >= 0, got nothing"],
     [host({ limit: -2 }), "hosts.slow.example.com.limit must be an integer >= 0, got -2"],
@@ -301,7 +301,7 @@ Deno.test("config file: queue settings take the flags' duration syntax; errors g
   assert.equal(
     error("dprl.yaml", "hosts:\n  slow.example.com:\n    limit: 2\n    queue-timout: 5s\n"),
     "dprl.yaml:4:5: hosts.slow.example.com.queue-timout is not a host rule field " +
-      "(limit, queue-timeout, queue-max, rate, retry-after-max, adaptive)",
+      "(limit, queue-timeout, queue-max, rate, retry-after-max, adaptive, via)",
   );
   assert.equal(
     error(

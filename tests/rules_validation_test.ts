@@ -54,7 +54,7 @@ Deno.test("rules validation names the rule and the problem", () => {
     [{ groups: [{ name: "g", match: ["x"] }] }, "groups[0].limit must be an integer >= 0"],
     [
       { groups: [{ name: "g", match: ["x"], limit: 1, queue: 5 }] },
-      "groups[0].queue is not a group field (name, match, limit, queue-timeout, queue-max, rate, retry-after-max, adaptive)",
+      "groups[0].queue is not a group field (name, match, limit, queue-timeout, queue-max, rate, retry-after-max, adaptive, via)",
     ],
     [
       { groups: [{ name: "g", match: ["x"], limit: 1 }, { name: "g", match: ["y"], limit: 1 }] },

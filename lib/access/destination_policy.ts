@@ -135,15 +135,41 @@ export class DestinationPolicy {
   }
 
   /**
+   * Whether `hostname:port` is a protected address (this proxy, its Redis,
+   * a fleet member): a parent proxy there would send traffic round in a
+   * loop. A name that does not resolve is not known to be one.
+   */
+  async protects(hostname: string, port: number): Promise<boolean> {
+    const guards = [this.#own, this.#fleet].filter((g) => g.guards(port));
+    if (guards.length === 0) return false;
+    const host = normalizeHost(hostname);
+    const addresses = parseIp(host)
+      ? [host]
+      : await resolveHost(host, this.#resolveTimeout).catch(() => []);
+    return addresses.some((text) => {
+      const ip = parseIp(text);
+      return ip !== null && guards.some((g) => g.has(ip, port));
+    });
+  }
+
+  /**
    * Checks the destination `hostname:port` and returns the addresses to dial,
    * in order: the IP literal itself, the resolved addresses, or — when no rule
    * depends on addresses and `port` is not protected — the name itself, which
-   * then needs no lookup here. Throws a {@linkcode DestinationRefusedError}
+   * then needs no lookup here. With `resolve: false` (the destination is
+   * reached through a parent proxy, which resolves it) a name is never
+   * resolved: name rules apply, address rules apply to IP literals only,
+   * `denyPrivate` refuses `localhost` names, and a name that only an
+   * address rule could allow is refused. Throws a {@linkcode DestinationRefusedError}
    * (403) when refused, or an `HttpError`: 400 when the name is not a host
    * name or IP literal; 502 `dns_error` or 504 `dns_timeout` when an address
    * is needed and the name does not resolve.
    */
-  async check(hostname: string, port: number): Promise<string[]> {
+  async check(
+    hostname: string,
+    port: number,
+    options: { resolve?: boolean } = {},
+  ): Promise<string[]> {
     const host = normalizeHost(hostname);
     const literal = parseIp(host);
     if (!literal && !HOST_NAME.test(host)) {
@@ -169,6 +195,11 @@ export class DestinationPolicy {
       guards.length > 0;
     if (!literal && !needsAddresses) return [host];
     for (const g of guards) if (!literal && g.isPending(host, port)) g.refuse(shown, host);
+    if (!literal && options.resolve === false) {
+      // A loop back through a parent: this machine's name on a protected port.
+      if (isLocalName(host)) { for (const g of guards) g.refuse(shown, host); }
+      return this.#checkName(host, shown, nameAllowed);
+    }
 
     const addresses = literal ? [host] : await resolveHost(host, this.#resolveTimeout);
     for (const text of addresses) {
@@ -201,6 +232,18 @@ export class DestinationPolicy {
     return addresses;
   }
 
+  /** The checks of a name that is not resolved here: see {@linkcode check}. */
+  #checkName(host: string, shown: string, nameAllowed: boolean): string[] {
+    if (this.#denyPrivate && isLocalName(host)) {
+      throw new DestinationRefusedError(
+        `Destination ${shown} is a private address`,
+        "destination_ip_prohibited",
+      );
+    }
+    if (!nameAllowed) throw this.#notAllowed(shown);
+    return [host];
+  }
+
   #notAllowed(shown: string): DestinationRefusedError {
     return new DestinationRefusedError(
       `Destination ${shown} matches no allow rule`,
@@ -230,6 +273,11 @@ export class DestinationPolicy {
     this.#interfaces = found;
     return found;
   }
+}
+
+/** Whether `host` is `localhost` or a name under it (RFC 6761: always loopback). */
+function isLocalName(host: string): boolean {
+  return host === "localhost" || host.endsWith(".localhost");
 }
 
 /** Options of a {@linkcode ProtectedAddresses}. */

@@ -10,6 +10,7 @@ import type { ProxyRateLimiterOptions } from "../proxy_options.ts";
 import { ClientPolicy } from "./client_policy.ts";
 import { DestinationPolicy } from "./destination_policy.ts";
 import { redisNodes } from "./fleet_guard.ts";
+import { parseParentUrl } from "../proxy/parent_url.ts";
 
 /** The policies of one proxy. */
 export interface ProxyPolicies {
@@ -21,7 +22,8 @@ export interface ProxyPolicies {
 
 /**
  * The client and destination policies of a proxy listening on `addr`: never
- * a loop through the proxy itself, never a path to its Redis. Warns about a
+ * a loop through the proxy itself, never a path to its Redis; throws a
+ * `RangeError` when a parent proxy is one of them. Warns about a
  * port open beyond this machine.
  */
 export async function proxyPolicies(
@@ -42,6 +44,14 @@ export async function proxyPolicies(
   // Never a loop through the proxy itself, never a path to its counters.
   await destinations.protect(addr.hostname, addr.port);
   for (const node of redisNodes(o.redis)) await destinations.protect(node.host, node.port);
+  for (const text of o.upstreamProxy ?? []) {
+    const parent = parseParentUrl(text);
+    if (await destinations.protects(parent.hostname, parent.port)) {
+      throw new RangeError(
+        `Parent proxy ${parent.origin} is this proxy or its Redis: traffic would go round in a loop`,
+      );
+    }
+  }
   const warning = clients.exposureWarning(addr.hostname);
   if (warning) logger.warn(warning);
   if ((addr.hostname === "0.0.0.0" || addr.hostname === "::") && !destinations.interfacesVisible) {

@@ -216,6 +216,7 @@ function metrics({ source, maxHosts }: Call): Response {
     redisUp: source.redisUp(),
     distributed: source.mode === "redis",
     maxHosts,
+    parents: source.parents?.(),
   });
   return new Response(body, {
     headers: { "content-type": PROMETHEUS_CONTENT_TYPE, "cache-control": "no-store" },
@@ -239,6 +240,10 @@ function status({ source }: Call): Response {
     clientConnections: stats.clientConnections,
     requests: stats.requests,
     bytesRelayed: stats.bytesRelayed,
+    parents: (source.parents?.() ?? []).map((p) => ({
+      ...p,
+      backedOffUntil: p.backedOffUntil === null ? null : new Date(p.backedOffUntil).toISOString(),
+    })),
   });
 }
 

@@ -8,7 +8,7 @@
 
 import type { HostRule } from "../limit/rules/rules.ts";
 import type { LimitsView } from "../limit/limit_layers.ts";
-import type { UpstreamHostView } from "../metrics/host_summary.ts";
+import type { ParentView, UpstreamHostView } from "../metrics/host_summary.ts";
 import type { ProxyStats } from "../metrics/proxy_stats.ts";
 
 /** One live worker of a distributed fleet, as the admin API shows it. */
@@ -90,6 +90,8 @@ export interface AdminSource {
    * Absent when the proxy has no config file.
    */
   reload?(): Promise<{ ok: true; changes: string[] } | { ok: false; error: string }>;
+  /** The parent proxies known (`--upstream-proxy` and rules' `via`). */
+  parents?(): ParentView[];
   /** The live workers of the fleet (distributed mode only). */
   workers?(): Promise<WorkerView[]>;
 }

@@ -14,11 +14,12 @@ import type { LimitTable } from "../limit/limit_table.ts";
 import type { Fleet } from "../limit/fleet.ts";
 import type { FailureMode } from "../limit/redis_config.ts";
 import type { RuleLayers } from "../limit/rule_layers.ts";
-import type { UpstreamHostView } from "../metrics/host_summary.ts";
+import type { ParentView, UpstreamHostView } from "../metrics/host_summary.ts";
 import type { ProxyStats } from "../metrics/proxy_stats.ts";
 import type { ReloadOutcome } from "../proxy_options.ts";
 import { VERSION } from "../version.ts";
 import type { AdminSource, Readiness, WorkerView } from "./admin_source.ts";
+import type { ParentProxies } from "../proxy/parent_proxy.ts";
 
 /** What the admin source reads from the proxy, as it is at the time of the call. */
 export interface ProxyState {
@@ -59,6 +60,8 @@ export interface ProxyAdminSourceOptions {
   setFleetLimits(changes: FleetLimitChanges): Promise<void>;
   /** Reads the config file again; absent without one. */
   reload?(): Promise<ReloadOutcome>;
+  /** The parent proxies. */
+  parents?: ParentProxies;
 }
 
 /** The proxy as its admin handler sees it. */
@@ -75,6 +78,16 @@ export class ProxyAdminSource implements AdminSource {
   readonly reload?: () => Promise<
     { ok: true; changes: string[] } | { ok: false; error: string }
   >;
+  /** The parent proxies known, by origin. */
+  parents(): ParentView[] {
+    const now = Date.now();
+    return (this.#o.parents?.all ?? []).map((p) => ({
+      url: p.url.origin,
+      open: p.open,
+      backedOffUntil: p.backedOff(now) ? p.skipUntil : null,
+    }));
+  }
+
   /** The fleet's live workers; absent in memory mode. */
   readonly workers?: () => Promise<WorkerView[]>;
   #o: ProxyAdminSourceOptions;

@@ -95,3 +95,13 @@ export function summarizeHosts(options: SummarizeOptions): HostSummary[] {
 function busyness(row: HostSummary): number {
   return row.open + row.queued + (row.stats?.admitted ?? 0);
 }
+
+/** A parent proxy as the admin API and metrics show it: its origin, never its credentials. */
+export interface ParentView {
+  /** `http://host:port` or `https://host:port`. */
+  url: string;
+  /** Connections open through it now. */
+  open: number;
+  /** Until when it is skipped after failing to connect (ms since epoch); `null`: in use. */
+  backedOffUntil: number | null;
+}

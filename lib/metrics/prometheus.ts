@@ -6,7 +6,12 @@
  * @module
  */
 
-import { type HostSummary, summarizeHosts, type UpstreamHostView } from "./host_summary.ts";
+import {
+  type HostSummary,
+  type ParentView,
+  summarizeHosts,
+  type UpstreamHostView,
+} from "./host_summary.ts";
 import {
   type Histogram,
   OTHER_HOST,
@@ -39,6 +44,21 @@ export interface PrometheusInput {
   distributed: boolean;
   /** Most hosts given their own series; the rest are folded into `host="_other"`. */
   maxHosts: number;
+  /** The parent proxies, by origin (never their credentials). */
+  parents?: readonly ParentView[];
+}
+
+/** Open connections and back-off of each parent proxy. */
+function parentMetrics(out: string[], parents: readonly ParentView[]): void {
+  if (parents.length === 0) return;
+  head(out, "dprl_parent_open_connections", "gauge", "Connections open through a parent proxy.");
+  for (const p of parents) {
+    out.push(`dprl_parent_open_connections{parent="${escapeLabel(p.url)}"} ${p.open}`);
+  }
+  head(out, "dprl_parent_backed_off", "gauge", "Whether a parent proxy is skipped (1) or not.");
+  for (const p of parents) {
+    out.push(`dprl_parent_backed_off{parent="${escapeLabel(p.url)}"} ${p.backedOffUntil ? 1 : 0}`);
+  }
 }
 
 /**
@@ -246,6 +266,7 @@ function processMetrics(out: string[], input: PrometheusInput): void {
     );
   }
 
+  parentMetrics(out, input.parents ?? []);
   eventMetrics(out, stats);
 
   head(out, "dprl_build_info", "gauge", "Always 1; the version in a label.");

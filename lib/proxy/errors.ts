@@ -109,6 +109,66 @@ const CONNECT_REPLIES: Record<ConnectFailure, [number, string]> = {
   unavailable: [502, "destination_unavailable"],
 };
 
+/** Why a parent proxy gave no way through: its answer, or no answer. */
+export type ParentFailure = "status" | "timeout" | "unavailable";
+
+/** Options of {@linkcode ParentError}. */
+export interface ParentErrorOptions {
+  /** The target's host key. */
+  key: string;
+  /** The parent as `host:port`, the `Proxy-Status` `next-hop`. */
+  nextHop: string;
+  /** What went wrong. */
+  failure: ParentFailure;
+  /** The parent's status, for `status`. */
+  status?: number;
+  /** The `Proxy-Status` details, when other than the message. */
+  details?: string;
+  /** Logged, never sent to the client. */
+  cause?: unknown;
+}
+
+/**
+ * A parent proxy refused the way to the target (answered a `CONNECT` other
+ * than 2xx, or 407 to a request), could not be reached, or did not answer
+ * within the connect timeout.
+ */
+export class ParentError extends Error {
+  /** The target's host key. */
+  readonly key: string;
+  /** The parent as `host:port`. */
+  readonly nextHop: string;
+  /** What went wrong. */
+  readonly failure: ParentFailure;
+  /** The parent's status, for `status`. */
+  readonly status?: number;
+  /** The `Proxy-Status` details, when other than the message. */
+  readonly details?: string;
+  /** Creates the error. */
+  constructor(o: ParentErrorOptions) {
+    super(
+      o.failure === "status"
+        ? `Parent proxy ${o.nextHop} answered ${o.status} for ${o.key}`
+        : o.failure === "timeout"
+        ? `Parent proxy ${o.nextHop} did not answer in time for ${o.key}`
+        : `Cannot reach ${o.key} through parent proxy ${o.nextHop}`,
+      { cause: o.cause },
+    );
+    this.name = "ParentError";
+    this.key = o.key;
+    this.nextHop = o.nextHop;
+    this.failure = o.failure;
+    this.status = o.status;
+    this.details = o.details;
+  }
+}
+
+const PARENT_REPLIES: Record<ParentFailure, [number, string]> = {
+  status: [502, "http_response_status_code"],
+  timeout: [504, "connection_timeout"],
+  unavailable: [502, "destination_unavailable"],
+};
+
 /** The upstream closed or failed before its response was complete. */
 export class UpstreamClosedError extends Error {
   /** Creates the error for host key `key`. */
@@ -180,6 +240,10 @@ export interface ErrorReply {
   details?: string;
   /** Extra header lines of the reply. */
   headers?: string[];
+  /** The parent proxy the failure was met at (`Proxy-Status` `next-hop`). */
+  nextHop?: string;
+  /** The parent proxy's status (`Proxy-Status` `received-status`). */
+  receivedStatus?: number;
 }
 
 /** Turns any failure into the reply the client gets. */
@@ -212,6 +276,15 @@ export function errorReply(err: unknown, rejectStatus: number): ErrorReply {
   if (err instanceof ConnectError) {
     const [status, token] = CONNECT_REPLIES[err.failure];
     return reply(status, token, err.message, true);
+  }
+  if (err instanceof ParentError) {
+    const [status, token] = PARENT_REPLIES[err.failure];
+    return {
+      ...reply(status, token, err.message, true),
+      details: err.details,
+      nextHop: err.nextHop,
+      receivedStatus: err.status,
+    };
   }
   if (err instanceof ClientRefusedError) {
     return reply(err.status, "http_request_denied", err.message, false);
@@ -272,7 +345,11 @@ export function encodeErrorReply(r: ErrorReply): Uint8Array {
   const head = encodeHead(`HTTP/1.1 ${r.status} ${REASONS[r.status] ?? "Error"}`, [
     "Content-Type: text/plain; charset=utf-8",
     `Content-Length: ${body.length}`,
-    `Proxy-Status: dprl; error=${r.proxyError}; details="${quoted(r.details ?? text)}"`,
+    `Proxy-Status: dprl; error=${r.proxyError}${
+      r.nextHop === undefined ? "" : `; next-hop="${quoted(r.nextHop)}"`
+    }${r.receivedStatus === undefined ? "" : `; received-status=${r.receivedStatus}`}; details="${
+      quoted(r.details ?? text)
+    }"`,
     ...r.headers ?? [],
     "Connection: close",
   ]);

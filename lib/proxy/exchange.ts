@@ -22,6 +22,7 @@ import {
   type ResponseHead,
 } from "./http_head.ts";
 import { UpstreamClosedError, UpstreamTimeoutError } from "./errors.ts";
+import { parentRefusal } from "./parent_proxy.ts";
 import type { Session } from "./session.ts";
 import { parseTarget } from "./target.ts";
 import { pipe } from "./tunnel.ts";
@@ -41,8 +42,10 @@ interface Outbound {
   port: number;
   /** How the request body is framed. */
   framing: Framing;
-  /** The rewritten request head. */
+  /** The rewritten request head (origin-form). */
   head: Uint8Array;
+  /** Its start line's target in absolute form and its lines, for a parent proxy. */
+  absolute: { target: string; lines: string[] };
   /** The client asked to switch protocols (e.g. WebSocket). */
   upgrading: boolean;
   /** The client lets its connection carry further requests. */
@@ -120,6 +123,7 @@ function outbound(req: RequestHead): Outbound {
     port: target.port,
     framing,
     head: encodeHead(`${req.method} ${target.path} HTTP/1.1`, lines),
+    absolute: { target: `http://${target.authority}${target.path}`, lines },
     upgrading: upgrade !== undefined,
     clientKeepAlive: req.minor === 1 && !req.connection.has("close"),
     // Judged by what is forwarded: a key the Connection field strips does not count.
@@ -141,6 +145,7 @@ async function roundTrip(s: Session, out: Outbound): Promise<Answer & { up: Upst
       await pool.open(out.key, out.hostname, out.port, s.signal, true);
     const pooled = up.reused;
     s.upstream = up;
+    s.via = up.parent?.url.authority;
     if (s.closed) throw s.signal.reason;
     const sentAt = performance.now();
     let answer: Answer | null;
@@ -172,26 +177,37 @@ async function roundTrip(s: Session, out: Outbound): Promise<Answer & { up: Upst
  */
 async function send(s: Session, up: Upstream, out: Outbound): Promise<Answer | null> {
   let request: Sending;
+  const head = headFor(up, out);
   if (out.framing.kind === "none") {
     try {
-      await writeAll(s.toUpstream, out.head);
+      await writeAll(s.toUpstream, head);
     } catch {
       return null; // a reused connection that had closed: nothing was read
     }
     request = { done: true, error: null, ended: Promise.resolve() };
-  } else request = sendWithBody(s, up, out);
+  } else request = sendWithBody(s, up, out, head);
   return await readAnswer(s, up, out, request);
+}
+
+/**
+ * The head to send on `up`: origin-form to the host; absolute-form with the
+ * parent's `Proxy-Authorization` (for the parent only) to a parent proxy.
+ */
+function headFor(up: Upstream, out: Outbound): Uint8Array {
+  if (!up.parent) return out.head;
+  const { target, lines } = out.absolute;
+  return encodeHead(`${out.req.method} ${target} HTTP/1.1`, [...lines, ...up.parent.authLines]);
 }
 
 /**
  * Starts relaying the request head and body to `up`. A broken request body
  * ends the exchange; an upstream that stops reading early may still answer.
  */
-function sendWithBody(s: Session, up: Upstream, out: Outbound): Sending {
+function sendWithBody(s: Session, up: Upstream, out: Outbound, head: Uint8Array): Sending {
   const request: Sending = { done: false, error: null, ended: Promise.resolve() };
   s.readingBody = true;
   const bad = (m: string) => new HttpError(400, m);
-  request.ended = relayBody(s.reader, s.toUpstream, out.framing, out.head, s.touch, bad)
+  request.ended = relayBody(s.reader, s.toUpstream, out.framing, head, s.touch, bad)
     .then(() => {
       request.done = true;
       s.readingBody = false;
@@ -233,6 +249,8 @@ async function readAnswer(
     }
     const res = parseResponseHead(head);
     s.touch();
+    const refusal = up.parent && parentRefusal(up.parent, up.key, res);
+    if (refusal) throw refusal;
     if (res.status >= 200 || res.status === 101) return { res, request };
     // Interim 1xx: relay (never to an HTTP/1.0 client, RFC 9110, 15.2)
     // and keep waiting for the final response.

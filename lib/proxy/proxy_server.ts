@@ -24,6 +24,7 @@ import { ProxyStats } from "../metrics/proxy_stats.ts";
 import type { UpstreamHostView } from "../metrics/host_summary.ts";
 import type { AccessEntry } from "../log_format.ts";
 import { UpstreamPool } from "./upstream_pool.ts";
+import type { ParentProxies } from "./parent_proxy.ts";
 import { type Engine, Session } from "./session.ts";
 import { exchange } from "./exchange.ts";
 import { tunnel } from "./tunnel.ts";
@@ -72,6 +73,8 @@ export interface ProxyServerOptions {
   adaptive?: boolean;
   /** The floor of an adaptive limit. */
   adaptiveMin?: number;
+  /** The parent proxies hosts go through; without it, every host is dialed directly. */
+  parents?: ParentProxies;
 }
 
 const SWEEP_MS = 250;
@@ -113,7 +116,10 @@ export class ProxyServer {
       adaptiveMin: options.adaptiveMin ?? DEFAULTS.adaptiveMin,
       maxIdlePerHost: options.maxIdlePerHost ?? DEFAULTS.maxIdlePerHost,
       logger: options.logger,
+      parents: options.parents,
     });
+    const parents = options.parents?.defaults.map((p) => p.url.origin).join(", ");
+    if (parents) options.logger.info("Going out through {parents}", { parents });
     this.#engine = {
       pool,
       stats,

@@ -93,6 +93,8 @@ export class Session {
   readingBody = false;
   /** The upstream connection of the moment. */
   upstream: Upstream | null = null;
+  /** The parent proxy the current exchange or tunnel goes through (`host:port`), for the access log. */
+  via: string | undefined;
   /** The client's address (`host:port`), for the access log. */
   readonly #client: string;
   /** The client's IP. */
@@ -251,16 +253,22 @@ export class Session {
   finish(): void {
     if (this.#method === "") return;
     this.engine.stats.onBytes(this.#bytesUp, this.bytesDown);
-    this.engine.onAccess?.({
-      client: this.#client,
-      method: this.#method,
-      host: this.#key,
-      status: this.status,
-      bytesUp: this.#bytesUp,
-      bytesDown: this.bytesDown,
-      durationMs: Date.now() - this.#startedAt,
-      user: this.user,
-    });
+    const onAccess = this.engine.onAccess;
+    if (onAccess) {
+      const entry: AccessEntry = {
+        client: this.#client,
+        method: this.#method,
+        host: this.#key,
+        status: this.status,
+        bytesUp: this.#bytesUp,
+        bytesDown: this.bytesDown,
+        durationMs: Date.now() - this.#startedAt,
+      };
+      if (this.via !== undefined) entry.via = this.via;
+      if (this.user !== undefined) entry.user = this.user;
+      onAccess(entry);
+    }
+    this.via = undefined;
     this.#method = this.#key = "";
     this.status = this.#bytesUp = this.bytesDown = 0;
   }

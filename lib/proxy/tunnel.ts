@@ -30,6 +30,7 @@ export async function tunnel(s: Session, req: RequestHead): Promise<void> {
     return;
   }
   s.upstream = up;
+  s.via = up.parent?.url.authority;
   if (s.closed) return up.close();
   s.status = 200;
   s.touch();

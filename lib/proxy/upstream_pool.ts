@@ -3,7 +3,8 @@ import type { Logger } from "@logtape/logtape";
 import type { Limiter } from "../limit/limiter.ts";
 import type { LimitTable } from "../limit/limit_table.ts";
 import type { RuleMatch } from "../limit/rules/rule_table.ts";
-import { ConnectError, LimitReachedError } from "./errors.ts";
+import { ConnectError, LimitReachedError, ParentError } from "./errors.ts";
+import type { ParentProxies } from "./parent_proxy.ts";
 import { LimiterUnavailableError, RateLimitedError, type Slot } from "../limit/limiter.ts";
 import { HostGates } from "./host_gates.ts";
 import { abortableDelay } from "./abortable_delay.ts";
@@ -11,7 +12,7 @@ import type { DestinationPolicy } from "../access/destination_policy.ts";
 import type { ProxyStats } from "../metrics/proxy_stats.ts";
 import type { UpstreamHostView } from "../metrics/host_summary.ts";
 import { type Grant, type Waiter, WaitQueue } from "./wait_queue.ts";
-import { Upstream } from "./upstream.ts";
+import { Upstream, type UpstreamOptions } from "./upstream.ts";
 import { resolveHost } from "../access/resolve.ts";
 
 const IP_LITERAL = /^(?:[0-9.]+|.*:.*)$/;
@@ -62,6 +63,11 @@ export interface UpstreamPoolOptions {
   adaptiveMin?: number;
   /** Where upstream opens and closes are logged (debug). */
   logger: Logger;
+  /**
+   * The parent proxies hosts go through (`--upstream-proxy`, a rule's
+   * `via`); without it, every host is dialed directly.
+   */
+  parents?: ParentProxies;
 }
 
 /** Opens upstream sockets within their host's limit and keeps idle ones. */
@@ -254,14 +260,8 @@ export class UpstreamPool {
     http = false,
   ): Promise<Upstream> {
     await this.gates.waitOutPause(key, signal);
-    let addresses = this.#o.destinations
-      ? await this.#o.destinations.check(hostname, port)
-      : [hostname];
-    // A name the policy did not need resolved is resolved before a slot is
-    // taken: one that does not resolve fails as dns_error, and costs no slot.
-    if (addresses.length === 1 && !IP_LITERAL.test(addresses[0])) {
-      addresses = await resolveHost(addresses[0], this.#o.connectTimeout);
-    }
+    const parents = this.#o.parents?.route(this.#o.limits.lookup(key).via) ?? [];
+    const addresses = await this.#addresses(hostname, port, parents.length > 0);
     const taken = await this.#slot(key, signal, http);
     if (taken instanceof Upstream) {
       // A waiting request handed an idle socket takes its turn under the rate.
@@ -284,26 +284,23 @@ export class UpstreamPool {
     signal?.addEventListener("abort", leave, { once: true });
     const dialSignal = deadline.signal;
     const started = performance.now();
-    let conn: Deno.TcpConn | undefined;
+    let dialed: Pick<UpstreamOptions, "conn" | "reader" | "parent">;
     try {
-      for (let i = 0; !conn; i++) {
-        try {
-          dialSignal.throwIfAborted();
-          conn = await Deno.connect({
-            hostname: addresses[i],
-            port,
-            signal: dialSignal,
-          });
-        } catch (err) {
-          // The next checked address, while time is left.
-          if (i + 1 >= addresses.length || dialSignal.aborted) throw err;
-        }
-      }
+      dialed = parents.length === 0
+        ? { conn: await dialAddresses(addresses, port, dialSignal) }
+        : await this.#o.parents!.connect(parents, {
+          key,
+          authority: hostname.includes(":") ? `[${hostname}]:${port}` : `${hostname}:${port}`,
+          tunnel: !http,
+          signal: dialSignal,
+          timedOut: () => dialSignal.aborted && !signal?.aborted,
+        });
     } catch (err) {
       taken.release();
       // The client left: nothing failed upstream.
       if (signal?.aborted) throw signal.reason;
       this.gates.observe(key, performance.now() - started, true);
+      if (err instanceof ParentError) throw err;
       throw connectError(key, err, deadline.signal.aborted);
     } finally {
       this.#dials.delete(deadline);
@@ -311,19 +308,32 @@ export class UpstreamPool {
     }
     const connectMs = performance.now() - started;
     this.#o.stats.onConnectDuration(connectMs);
-    conn.setNoDelay(true);
     const n = (this.#open.get(key) ?? 0) + 1;
     this.#open.set(key, n);
     // A tunnel's lifetime says nothing of the host: its connect time does.
     if (!http) this.gates.observe(key, connectMs, false);
     this.#o.logger.debug(
-      "Upstream connection to {host} opened ({count} open here)",
-      { host: key, count: n },
+      "Upstream connection to {host} opened ({count} open here){via}",
+      { host: key, count: n, via: dialed.parent ? ` via ${dialed.parent.url.origin}` : "" },
     );
-    const up = new Upstream(key, conn, taken, this.#release);
+    const up = new Upstream({ key, slot: taken, onClose: this.#release, ...dialed });
     up.openedAt = this.#now;
     if (signal?.aborted) up.close();
     return up;
+  }
+
+  /**
+   * The addresses to dial for `hostname:port`, checked by the destination
+   * policy. A name the policy did not need resolved is resolved before a
+   * slot is taken: one that does not resolve fails as dns_error, and costs
+   * no slot. Through a parent, the name is checked as it is (the parent
+   * resolves it).
+   */
+  async #addresses(hostname: string, port: number, viaParent: boolean): Promise<string[]> {
+    const d = this.#o.destinations;
+    const addresses = d ? await d.check(hostname, port, { resolve: !viaParent }) : [hostname];
+    if (viaParent || addresses.length !== 1 || IP_LITERAL.test(addresses[0])) return addresses;
+    return await resolveHost(addresses[0], this.#o.connectTimeout);
   }
 
   /**
@@ -545,6 +555,24 @@ export class UpstreamPool {
     const i = list.indexOf(up);
     if (i >= 0) list.splice(i, 1);
     if (list.length === 0) this.#idle.delete(up.key);
+  }
+}
+
+/** Dials the checked addresses in order, the next while time is left. */
+async function dialAddresses(
+  addresses: string[],
+  port: number,
+  signal: AbortSignal,
+): Promise<Deno.TcpConn> {
+  for (let i = 0;; i++) {
+    try {
+      signal.throwIfAborted();
+      const conn = await Deno.connect({ hostname: addresses[i], port, signal });
+      conn.setNoDelay(true);
+      return conn;
+    } catch (err) {
+      if (i + 1 >= addresses.length || signal.aborted) throw err;
+    }
   }
 }
 

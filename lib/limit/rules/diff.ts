@@ -25,9 +25,8 @@ export interface RuleDifference {
 /** Canonical settings as text: ` (queue-timeout 30s, queue-max 50)`, or nothing. */
 function settingsText(rule: RuleSettings): string {
   const parts = [];
-  for (
-    const name of ["queue-timeout", "queue-max", "rate", "retry-after-max", "adaptive"] as const
-  ) {
+  const names = ["queue-timeout", "queue-max", "rate", "retry-after-max", "adaptive", "via"];
+  for (const name of names as (keyof RuleSettings)[]) {
     if (rule[name] !== undefined) parts.push(`${name} ${rule[name]}`);
   }
   return parts.length ? ` (${parts.join(", ")})` : "";

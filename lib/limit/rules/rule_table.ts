@@ -53,6 +53,12 @@ export interface RuleMatch {
    * sets `adaptive`; else the process's setting applies.
    */
   adaptive?: boolean;
+  /**
+   * `direct`, or the origins (comma-separated) of the parent proxies the
+   * host's connections go through, when a host rule, the group or the
+   * default sets `via`; else the `--upstream-proxy` parents, if any.
+   */
+  via?: string;
 }
 
 /** A request rate as a lookup returns it. */
@@ -120,14 +126,14 @@ export function patternRank(pattern: string): number {
 }
 
 /** The settings a lookup carries, as {@linkcode RuleMatch} names them. */
-const SETTINGS = ["queueTimeout", "queueMax", "rate", "retryAfterMax", "adaptive"] as const;
+const SETTINGS = ["queueTimeout", "queueMax", "rate", "retryAfterMax", "adaptive", "via"] as const;
 
 /** A setting's value in a {@linkcode RuleMatch}; a group's rate is shared. */
 function settingOf(
   name: typeof SETTINGS[number],
-  value: number | boolean | undefined,
+  value: number | boolean | string | undefined,
   group?: string,
-): number | boolean | RateMatch | undefined {
+): number | boolean | string | RateMatch | undefined {
   if (typeof value !== "number" || name !== "rate") return value;
   return Object.freeze(group === undefined ? { perSecond: value } : { perSecond: value, group });
 }
@@ -147,7 +153,9 @@ function compile(rules: LimitRules, canonical: boolean): RuleTableData {
   const n = normalizeRules(rules);
   const defaultLimit = n.default ?? 0;
   const limits = new HostIndex<[number, number]>();
-  const settings = new Map(SETTINGS.map((name) => [name, new HostIndex<number | boolean>()]));
+  const settings = new Map(
+    SETTINGS.map((name) => [name, new HostIndex<number | boolean | string>()]),
+  );
   const groups = new HostIndex<[GroupMatch, NormalGroup]>();
   for (const [pattern, rule] of n.hosts) {
     if (rule.limit !== undefined) limits.set(pattern, [rule.limit, patternRank(pattern)]);

@@ -8,6 +8,7 @@
 import { formatDuration, parseDuration } from "../../duration.ts";
 import { formatRate, parseRate } from "../gcra.ts";
 import { hostKey, splitHostPort } from "../host_key.ts";
+import { parseVia } from "../../proxy/parent_url.ts";
 
 /**
  * The settings a rule may give the hosts it matches besides their limit,
@@ -39,6 +40,13 @@ export interface RuleSettings {
    * moves between `--adaptive-min` and the rule's limit, the ceiling.
    */
   adaptive?: boolean;
+  /**
+   * The parent proxy or proxies the hosts' connections go through: `direct`
+   * (none), or `http://` or `https://` URLs without credentials (a parent
+   * given with credentials by `--upstream-proxy` uses them). Left out, the
+   * `--upstream-proxy` parents, if any.
+   */
+  via?: string | string[];
 }
 
 /**
@@ -200,6 +208,8 @@ export interface NormalSettings {
   retryAfterMax?: number;
   /** Whether the limit adapts. */
   adaptive?: boolean;
+  /** `direct`, or the parents' origins joined by commas. */
+  via?: string;
 }
 
 /** A validated host rule. */
@@ -231,7 +241,14 @@ export interface NormalRules {
 }
 
 const RULE_FIELDS = ["default", "hosts", "groups"];
-const SETTING_FIELDS = ["queue-timeout", "queue-max", "rate", "retry-after-max", "adaptive"];
+const SETTING_FIELDS = [
+  "queue-timeout",
+  "queue-max",
+  "rate",
+  "retry-after-max",
+  "adaptive",
+  "via",
+];
 const HOST_FIELDS = ["limit", ...SETTING_FIELDS];
 const GROUP_FIELDS = ["name", "match", "limit", ...SETTING_FIELDS];
 /** The largest `queue-max`, as for the flag. */
@@ -314,7 +331,17 @@ function checkSettings(rule: Record<string, unknown>, path: RulePath): NormalSet
     }
     out.adaptive = adaptive;
   }
+  if (rule.via !== undefined) out.via = checkVia(rule.via, [...path, "via"]);
   return out;
+}
+
+/** Checks a `via` ({@linkcode parseVia}); returns it normalised. */
+function checkVia(value: unknown, path: RulePath): string {
+  try {
+    return parseVia(value);
+  } catch (err) {
+    throw new RulesError(path, (err as Error).message);
+  }
 }
 
 /** Checks that `value` has only `fields`, naming them as a `what` field. */
@@ -486,6 +513,7 @@ function settingFields(q: NormalSettings): RuleSettings {
   if (q.rate !== undefined) out.rate = formatRate(q.rate);
   if (q.retryAfterMax !== undefined) out["retry-after-max"] = formatDuration(q.retryAfterMax);
   if (q.adaptive !== undefined) out.adaptive = q.adaptive;
+  if (q.via !== undefined) out.via = q.via.includes(",") ? q.via.split(",") : q.via;
   return out;
 }
 
