@@ -47,6 +47,11 @@ function curl(args: string[]): Promise<{ code: number; stdout: string; stderr: s
   return run("curl", ["-sS", "--max-time", "20", ...args], Deno.cwd());
 }
 
+/** Whether an access log line matches `re`. */
+function accessLogged(re: RegExp): boolean {
+  return records.some((r) => r.category.join(".") === "dprl.access" && re.test(messageText(r)));
+}
+
 /** The value of an unlabelled counter in the proxy's `/metrics`. */
 async function counter(proxy: ProxyRateLimiter, name: string): Promise<number> {
   const text = await (await proxy.adminHandler()(new Request("http://admin/metrics"))).text();
@@ -73,9 +78,12 @@ Deno.test("curl through an https:// proxy: plain HTTP and CONNECT, proxy credent
   for (const r of up.requests) {
     assert.ok(!r.fields.some(([name]) => name.toLowerCase() === "proxy-authorization"));
   }
-  const lines = records.filter((r) => r.category.join(".") === "dprl.access").map(messageText);
-  assert.ok(lines.some((l) => / GET .* 200 .* user=alice$/.test(l)), lines.join("\n"));
-  assert.ok(lines.some((l) => / CONNECT .* 200 .* user=alice$/.test(l)), lines.join("\n"));
+  // Each line comes once the proxy has seen its exchange or tunnel end.
+  await waitFor(() => accessLogged(/ GET .* 200 .* user=alice$/), "the GET line with alice");
+  await waitFor(
+    () => accessLogged(/ CONNECT .* 200 .* user=alice$/),
+    "the CONNECT line with alice",
+  );
   const refused = await curl([
     "--proxy",
     p.url,
@@ -181,8 +189,10 @@ Deno.test("client certificates: none, no handshake and nothing proxied; one, and
     up.url("/fixed"),
   ]);
   assert.equal(withCert.stdout, FIXED_BODY, withCert.stderr);
-  const lines = records.filter((r) => r.category.join(".") === "dprl.access").map(messageText);
-  assert.ok(lines.some((l) => / GET .* 200 .* user=dprl test client$/.test(l)), lines.join("\n"));
+  await waitFor(
+    () => accessLogged(/ GET .* 200 .* user=dprl test client$/),
+    "the line with its name",
+  );
   const warned = records.filter((r) => r.level === "warning" && /handshake/i.test(messageText(r)));
   assert.deepEqual(warned, [], "failed handshakes are logged at debug only");
 });
