@@ -57,6 +57,8 @@ export interface Results {
   upstream?: UpstreamFigures;
   /** dprl with and without TLS on the proxy port, side by side (the `tls` section). */
   tls?: TlsFigures;
+  /** The ratios of the RESULTS.md committed before this run, by figure. */
+  previous?: Record<string, number>;
   errors: string[];
 }
 
@@ -122,6 +124,17 @@ export function ratios(r: Results): Ratio[] {
   };
   const go = p["goproxy-dprl"];
   const dp = p["dprl"];
+  const bare = Math.max(
+    ...Object.entries(p).filter(([name]) => name.startsWith("bare Deno relay"))
+      .map(([, f]) => f.throughput?.mbPerSec ?? NaN).filter((x) => !Number.isNaN(x)),
+  );
+  add(
+    "one tunnel MB/s, dprl ÷ the best bare Deno relay (64 KiB, 256 KiB, 1 MiB buffers)",
+    dp?.throughput?.mbPerSec,
+    Number.isFinite(bare) ? bare : undefined,
+    ">=",
+    1,
+  );
   add("plain HTTP req/s, dprl ÷ goproxy-dprl", dp?.http?.reqPerSec, go?.http?.reqPerSec, ">=", 2.5);
   add(
     "plain HTTP req/s, dprl ÷ proxy-chain",
@@ -324,9 +337,14 @@ export function capTable(r: Results): string {
 
 /** The ratios table, with the cap-accuracy verdict as its last row. */
 export function ratioTable(r: Results): string {
+  const before = (figure: string) => {
+    const p = r.previous?.[figure];
+    return p === undefined ? "—" : `${p.toFixed(2)}×`;
+  };
   const rows = ratios(r).map((x) => [
     x.figure,
     Number.isNaN(x.ratio) ? "—" : `${x.ratio.toFixed(2)}×`,
+    before(x.figure),
     x.target,
     Number.isNaN(x.ratio)
       ? "not measured"
@@ -340,6 +358,7 @@ export function ratioTable(r: Results): string {
   rows.push([
     "cap accuracy: dprl, 3 proxies sharing Redis",
     cap ? `${cap.counts["200"] ?? 0} admitted, peak ${cap.peak}` : "—",
+    "",
     cap ? `= ${cap.limit} (exact)` : "= limit (exact)",
     !cap ? "not measured" : capExact(cap) ? "pass" : "**miss**",
   ]);
@@ -347,10 +366,15 @@ export function ratioTable(r: Results): string {
   rows.push([
     `control plane: one /metrics scrape with ${scrape?.hostSeries ?? 500} host series (p95)`,
     scrape ? `${scrape.p95Ms.toFixed(1)} ms` : "—",
+    "",
     "< 50 ms",
     !scrape ? "not measured" : scrape.p95Ms < 50 ? "pass" : "**miss**",
   ]);
-  return table(["figure", "ratio", "target", "result"], rows, ["l", "r", "l", "l"]);
+  return table(
+    ["figure", "ratio", "last committed", "target", "result"],
+    rows,
+    ["l", "r", "r", "l", "l"],
+  );
 }
 
 /** The admin section: rates without and with the admin server, and scrape times. */

@@ -53,6 +53,7 @@ import { type RedisCostFigures, redisCostTable } from "./redis_cost_table.ts";
 import { buildBinaries, ensureDebianTools, paths } from "./setup.ts";
 import { measureUpstream } from "./upstream_aware.ts";
 import { measureTls, tlsTable } from "./tls_cost.ts";
+import { committedRatios } from "./guard.ts";
 import { upstreamTables } from "./upstream_table.ts";
 
 const SUITE_LIMIT_MS = 12 * 60_000;
@@ -113,6 +114,9 @@ const results: Results = {
   rounds: {},
   cap: {},
   errors: [],
+  // Read before this run writes its own: each ratio is printed beside the one before.
+  previous: await Deno.readTextFile(`${P.repo}/bench/RESULTS.md`)
+    .then((text) => Object.fromEntries(committedRatios(text)), () => undefined),
 };
 
 /** Runs one measurement; an error is recorded and the suite goes on. */
@@ -232,6 +236,32 @@ async function measureSpeed(def: ProxyDef, tools: Tools, round: number): Promise
     });
   } finally {
     await up.proc.stop();
+  }
+}
+
+/** Buffer sizes of the bare Deno relays: the ceiling of one tunnel's throughput in Deno. */
+export const BARE_RELAY_BUFFERS = [64, 256, 1024];
+
+/** One tunnel's throughput through a bare Deno CONNECT relay (`bench/bare_relay.ts`) per buffer size. */
+async function measureBareRelays(tools: Tools, upstreamPort: number): Promise<void> {
+  for (const kib of BARE_RELAY_BUFFERS) {
+    const name = `bare Deno relay, ${kib} KiB`;
+    await attempt(name, async () => {
+      log(`${name}: one tunnel, ${MIB} MiB x${THROUGHPUT_RUNS}`);
+      const port = freePort();
+      const proc = spawn("bare relay", Deno.execPath(), [
+        ...["run", "-A", `${P.repo}/bench/bare_relay.ts`],
+        ...["--port", String(port), "--buffer", String(kib * 1024)],
+      ]);
+      try {
+        await waitForPort(port, 20_000, proc);
+        results.proxies[name] = {
+          throughput: await throughput(tools, port, upstreamPort, MIB, THROUGHPUT_RUNS),
+        };
+      } finally {
+        await proc.stop();
+      }
+    });
   }
 }
 
@@ -512,6 +542,7 @@ async function main(): Promise<void> {
             () => throughput(tools, null, up.port, MIB, THROUGHPUT_RUNS),
           ),
         });
+        await measureBareRelays(tools, up.port);
       } finally {
         await up.proc.stop();
       }
