@@ -426,7 +426,7 @@ async function relayChunked(
   }
 }
 
-const SMALL = 2048;
+const SMALL = 512;
 
 /**
  * Copies `src` to `dst` until `src` ends. The buffer stays small while the
