@@ -56,7 +56,7 @@ import { measureTls, tlsTable } from "./tls_cost.ts";
 import { committedRatios } from "./guard.ts";
 import { upstreamTables } from "./upstream_table.ts";
 
-const SUITE_LIMIT_MS = 12 * 60_000;
+const SUITE_LIMIT_MS = 16 * 60_000;
 
 const { values: flags } = parseArgs({
   args: Deno.args,
