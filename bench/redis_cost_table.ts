@@ -94,7 +94,7 @@ export function redisCostTable(c: RedisCostFigures | undefined): string {
         verdict(manyRatio === undefined ? undefined : manyRatio >= 0.9),
       ],
       [
-        `the same over ${fmt(cold?.hosts ?? 12_000)} hosts, none come back to within 2 s: ` +
+        `the same over ${fmt(cold?.hosts ?? 12_000)} hosts, each come back to every 3 s or more: ` +
         "Redis ÷ in-memory tunnels/s (script calls per tunnel; CPU µs/tunnel as above)",
         cold
           ? `${fmt(cold.redis / cold.memory, 2)} (${fmt(cold.scriptsPerTunnel, 3)}; ` +

@@ -30,7 +30,7 @@ export const KEEP_MS = 100;
  * there can refuse nobody unless the fleet's load doubles first (and the
  * first refusal gives it back).
  */
-export const KEEP_FAR_MS = 2_000;
+export const KEEP_FAR_MS = 5_000;
 
 /** How often at most the kept slots are swept, in ms: one look over the kept hosts each time. */
 const SWEEP_MS = 25;
