@@ -1,10 +1,8 @@
 /** Relaying message bodies as they are framed, byte for byte. */
-import { type BufferedReader, type Reader, writeAll, type Writer } from "./buffered_reader.ts";
+import { type BufferedReader, writeAll, type Writer } from "./buffered_reader.ts";
 import type { Framing, HttpError } from "./http_head.ts";
 
 const PUMP_SIZE = 64 * 1024;
-/** The largest tunnel buffer, reached only while reads keep filling it. */
-const MAX_PUMP_SIZE = 256 * 1024;
 const FLUSH_AT = 32 * 1024;
 /** Longest chunk-size line, extensions included. */
 const MAX_LINE = 4096;
@@ -424,46 +422,4 @@ async function relayChunked(
     src.skip(decoder.feed(src.peek(), emit));
     if (out.size >= FLUSH_AT) await out.flush();
   }
-}
-
-const SMALL = 512;
-
-/**
- * Copies `src` to `dst` until `src` ends. The buffer stays small while the
- * stream idles; while it streams, two large buffers take turns so that the
- * next read overlaps the last write.
- */
-export async function pump(
-  src: Reader,
-  dst: Writer,
-  touch: () => void,
-): Promise<void> {
-  let buf = new Uint8Array(SMALL);
-  let spare: Uint8Array<ArrayBuffer> | null = null;
-  let writing: Promise<void> = Promise.resolve();
-  for (;;) {
-    const n = await src.read(buf);
-    if (n === null) break;
-    touch();
-    await writing;
-    writing = writeAll(dst, buf.subarray(0, n));
-    // A failed write surfaces at the next await of `writing`.
-    writing.catch(() => {});
-    if (n < SMALL && buf.length !== SMALL) {
-      // The stream calmed down: back to one small buffer.
-      await writing;
-      buf = new Uint8Array(SMALL);
-      spare = null;
-    } else if (buf.length === SMALL) {
-      await writing;
-      if (n === SMALL) buf = new Uint8Array(PUMP_SIZE);
-    } else if (n === buf.length && buf.length < MAX_PUMP_SIZE) {
-      // Full reads: grow, and let the old buffer finish its write.
-      spare = null;
-      buf = new Uint8Array(buf.length * 4);
-    } else {
-      [buf, spare] = [spare ?? new Uint8Array(buf.length), buf];
-    }
-  }
-  await writing;
 }

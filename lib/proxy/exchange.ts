@@ -25,7 +25,7 @@ import { UpstreamClosedError, UpstreamTimeoutError } from "./errors.ts";
 import { parentRefusal } from "./parent_proxy.ts";
 import type { Session } from "./session.ts";
 import { parseTarget } from "./target.ts";
-import { pipe } from "./tunnel.ts";
+import { pipe } from "./relay.ts";
 import type { Upstream } from "./upstream.ts";
 
 /** Methods that may be sent again when a reused connection drops them. */

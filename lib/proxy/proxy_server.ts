@@ -209,13 +209,18 @@ export class ProxyServer {
     this.#engine.stats.forgetIdle((key) => this.#engine.pool.inUse(key));
   }
 
-  /** Serves one client connection: request after request, until it ends. */
+  /**
+   * Serves one client connection: request after request, until it ends.
+   * A CONNECT ends the loop and hands the connection to its tunnel, which
+   * ends it in turn; no frame of the loop waits for a tunnel to end.
+   */
   async #handle(conn: ClientConn): Promise<void> {
     const s = new Session(conn, this.#engine);
     this.#sessions.add(s);
     this.#engine.stats.onClientOpen();
     const fromIp = (this.#perIp.get(s.ip) ?? 0) + 1;
     this.#perIp.set(s.ip, fromIp);
+    let tunnelled: Promise<void> | null = null;
     try {
       // Refused before a byte is read: a stranger cannot hold a connection.
       const refusal = this.#refusal(s, fromIp);
@@ -223,7 +228,10 @@ export class ProxyServer {
       while (!s.closed) {
         const req = await this.#readRequest(s);
         if (req === null) return;
-        if (req.method === "CONNECT") return await tunnel(s, req);
+        if (req.method === "CONNECT") {
+          tunnelled = tunnel(s, req);
+          return;
+        }
         const more = await exchange(s, req);
         s.finish();
         if (!more || this.#engine.closing) return;
@@ -234,15 +242,21 @@ export class ProxyServer {
         error: String(err),
       });
     } finally {
-      s.close();
-      s.finish();
-      this.#sessions.delete(s);
-      this.#engine.stats.onClientClose();
-      const n = this.#perIp.get(s.ip)! - 1;
-      if (n === 0) this.#perIp.delete(s.ip);
-      else this.#perIp.set(s.ip, n);
-      if (this.#engine.closing && this.#sessions.size === 0) this.#drained.resolve();
+      if (tunnelled) tunnelled.then(() => this.#ended(s));
+      else this.#ended(s);
     }
+  }
+
+  /** Closes a session and forgets it. */
+  #ended(s: Session): void {
+    s.close();
+    s.finish();
+    this.#sessions.delete(s);
+    this.#engine.stats.onClientClose();
+    const n = this.#perIp.get(s.ip)! - 1;
+    if (n === 0) this.#perIp.delete(s.ip);
+    else this.#perIp.set(s.ip, n);
+    if (this.#engine.closing && this.#sessions.size === 0) this.#drained.resolve();
   }
 
   /** Why a new client connection is refused at once, if it is. */

@@ -1,12 +1,12 @@
 /**
- * Pipes: the CONNECT tunnel, and the two-way relay that a tunnel or a
- * switched protocol (a 101 answer to an upgrade) becomes.
+ * The CONNECT tunnel: a slot and a dial within the host's limit, the 200
+ * answer, then the two-way relay (relay.ts).
  *
  * @module
  */
 import { writeAll } from "./buffered_reader.ts";
-import { pump } from "./body.ts";
 import { encodeLatin1, type RequestHead } from "./http_head.ts";
+import { pipe } from "./relay.ts";
 import type { Session } from "./session.ts";
 import { parseConnectTarget } from "./target.ts";
 import type { Upstream } from "./upstream.ts";
@@ -15,8 +15,9 @@ const ESTABLISHED = encodeLatin1("HTTP/1.1 200 Connection Established\r\n\r\n");
 
 /**
  * Opens a CONNECT tunnel within its host's limit and pipes it until both
- * sides have ended. A refusal or a failed dial is answered by
- * {@linkcode Session.fail}.
+ * sides have ended; never rejects. A refusal or a failed dial is answered
+ * by {@linkcode Session.fail}. Once the relay runs, nothing of this call
+ * (the request head included) is held any longer.
  */
 export async function tunnel(s: Session, req: RequestHead): Promise<void> {
   let up: Upstream;
@@ -34,32 +35,11 @@ export async function tunnel(s: Session, req: RequestHead): Promise<void> {
   if (s.closed) return up.close();
   s.status = 200;
   s.touch();
-  await writeAll(s, ESTABLISHED);
+  try {
+    await writeAll(s, ESTABLISHED);
+  } catch {
+    return s.close(); // the client is gone
+  }
   s.bytesDown = 0; // tunnel bytes only
-  await pipe(s, up);
-}
-
-/**
- * Pipes both ways until both sides have ended, then closes both. The end
- * of one direction is passed on as a half-close while the other flows, under
- * the fin timeout. Bytes already buffered on either side go first. The
- * client's bytes follow once `upward` resolves (the request body relay has
- * ended: only one reader of the client at a time); a rejection closes both.
- */
-export async function pipe(s: Session, up: Upstream, upward = Promise.resolve()): Promise<void> {
-  s.phase = "tunnel";
-  let open = 2;
-  const ended = (dst: { closeWrite(): Promise<void> }) => {
-    if (--open === 0) return s.close();
-    // The other side gets the fin timeout to finish.
-    s.until("fin");
-    return dst.closeWrite();
-  };
-  const fail = () => s.close();
-  await Promise.all([
-    upward.then(() => pump(s.reader, s.toUpstream, s.touch)).then(() => ended(up.conn))
-      .catch(fail),
-    pump(up.reader, s, s.touch).then(() => ended(s.conn)).catch(fail),
-  ]);
-  s.close();
+  return pipe(s, up);
 }

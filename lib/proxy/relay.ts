@@ -1,0 +1,141 @@
+/**
+ * The two-way relay that a CONNECT tunnel or a switched protocol (a 101
+ * answer to an upgrade) becomes: raw bytes both ways until both sides have
+ * ended.
+ *
+ * An idle relay may wait for hours, thousands of them at once, so while a
+ * direction idles it holds one small buffer and one pending read with a
+ * callback, and no async frame of its own: frames, their registers and the
+ * promise chains between them were half of an idle tunnel's heap
+ * (bench/README.md, "Where an idle tunnel's memory goes"). Only while bytes
+ * flow does a direction run as an async loop, on large buffers that take
+ * turns so that the next read overlaps the last write.
+ *
+ * @module
+ */
+import { type Reader, writeAll, type Writer } from "./buffered_reader.ts";
+import type { Session } from "./session.ts";
+import type { Upstream } from "./upstream.ts";
+
+/** The buffer of an idle direction; a full read of it means bytes stream. */
+const SMALL = 512;
+/** The buffer a streaming direction starts with. */
+const STREAM_SIZE = 64 * 1024;
+/** The largest buffer, reached only while reads keep filling it. */
+const MAX_STREAM_SIZE = 256 * 1024;
+
+/** What a {@linkcode OneWay} calls when it stops: exactly one of the two, once. */
+interface OneWayEnds {
+  /** `src` ended and every byte reached `dst`. */
+  ended: () => void;
+  /** A read or a write failed. */
+  failed: () => void;
+}
+
+/** One direction of a relay: copies `src` to `dst` until `src` ends. */
+class OneWay {
+  readonly #src: Reader;
+  readonly #dst: Writer;
+  readonly #touch: () => void;
+  readonly #ends: OneWayEnds;
+  readonly #small = new Uint8Array(SMALL);
+  readonly #onFirst = (n: number | null): void => {
+    if (n === null) return this.#ends.ended();
+    this.#stream(n).then(this.#onCalm, this.#ends.failed);
+  };
+  readonly #onCalm = (more: boolean): void => {
+    if (more) this.idle();
+    else this.#ends.ended();
+  };
+
+  constructor(src: Reader, dst: Writer, touch: () => void, ends: OneWayEnds) {
+    this.#src = src;
+    this.#dst = dst;
+    this.#touch = touch;
+    this.#ends = ends;
+  }
+
+  /** Waits for the next bytes on the small buffer, with a callback (no frame kept). */
+  idle(): void {
+    try {
+      this.#src.read(this.#small).then(this.#onFirst, this.#ends.failed);
+    } catch {
+      this.#ends.failed();
+    }
+  }
+
+  /**
+   * Relays the `first` bytes read, then goes on while reads keep filling
+   * the buffer. Resolves `true` once the stream calms down (a read shorter
+   * than the small buffer, written out), `false` when `src` ended.
+   */
+  async #stream(first: number): Promise<boolean> {
+    this.#touch();
+    await writeAll(this.#dst, this.#small.subarray(0, first));
+    if (first < SMALL) return true;
+    let buf = new Uint8Array(STREAM_SIZE);
+    let spare: Uint8Array<ArrayBuffer> | null = null;
+    let writing: Promise<void> = Promise.resolve();
+    for (;;) {
+      const n = await this.#src.read(buf);
+      if (n === null) {
+        await writing;
+        return false;
+      }
+      this.#touch();
+      await writing;
+      writing = writeAll(this.#dst, buf.subarray(0, n));
+      // A failed write surfaces at the next await of `writing`.
+      writing.catch(() => {});
+      if (n < SMALL) {
+        await writing;
+        return true;
+      }
+      if (n === buf.length && buf.length < MAX_STREAM_SIZE) {
+        // Full reads: grow, and let the old buffer finish its write.
+        spare = null;
+        buf = new Uint8Array(buf.length * 4);
+      } else {
+        [buf, spare] = [spare ?? new Uint8Array(buf.length), buf];
+      }
+    }
+  }
+}
+
+/**
+ * Pipes both ways until both sides have ended, then closes both; never
+ * rejects. The end of one direction is passed on as a half-close while the
+ * other flows, under the fin timeout; a failure either way closes both.
+ * Bytes already buffered on either side go first. The client's bytes follow
+ * once `upward` resolves (the request body relay has ended: only one reader
+ * of the client at a time); a rejection closes both.
+ */
+export function pipe(s: Session, up: Upstream, upward?: Promise<void>): Promise<void> {
+  s.phase = "tunnel";
+  return new Promise((resolve) => {
+    let flowing = 2;
+    let stopped = 0;
+    const stop = () => {
+      if (++stopped < 2) return;
+      s.close();
+      resolve();
+    };
+    const closeBoth = () => {
+      s.close();
+      stop();
+    };
+    const endsInto = (dst: { closeWrite(): Promise<void> }): OneWayEnds => ({
+      ended: () => {
+        if (--flowing === 0) return closeBoth();
+        // The other side gets the fin timeout to finish.
+        s.until("fin");
+        dst.closeWrite().then(stop, closeBoth);
+      },
+      failed: closeBoth,
+    });
+    const upwards = new OneWay(s.reader, s.toUpstream, s.touch, endsInto(up.conn));
+    if (upward) upward.then(() => upwards.idle(), closeBoth);
+    else upwards.idle();
+    new OneWay(up.reader, s, s.touch, endsInto(s.conn)).idle();
+  });
+}
