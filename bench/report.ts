@@ -10,6 +10,9 @@ import type { Facts } from "./machine.ts";
 import type { IdleMemoryResult, ThroughputResult, TunnelsResult, WrkResult } from "./measure.ts";
 import type { ScrapeStats } from "./admin_cost.ts";
 import { fmt, table } from "./markdown_table.ts";
+
+/** The row of dprl measured in turns with the bare relays (bench/run.ts). */
+export const DPRL_BESIDE_BARE = "dprl, in turns with the bare relays";
 import { type RedisCostFigures, redisCostTable } from "./redis_cost_table.ts";
 import { type UpstreamFigures, upstreamMethod, upstreamTables } from "./upstream_table.ts";
 
@@ -130,7 +133,7 @@ export function ratios(r: Results): Ratio[] {
   );
   add(
     "one tunnel MB/s, dprl ÷ the best bare Deno relay (64 KiB, 256 KiB, 1 MiB buffers)",
-    dp?.throughput?.mbPerSec,
+    (p[DPRL_BESIDE_BARE] ?? dp)?.throughput?.mbPerSec,
     Number.isFinite(bare) ? bare : undefined,
     ">=",
     1,
@@ -485,7 +488,11 @@ ${factsTable(r.versions)}
 - One tunnel: curl \`--proxytunnel\` downloading \`/big?mb=${s.throughputMiB}\`
   (${s.throughputMiB} MiB) through one CONNECT tunnel, median of ${s.throughputRuns}
   run(s); MB = 10^6 bytes. "no proxy" is curl straight at the upstream (the
-  client's own ceiling).
+  client's own ceiling). The bare Deno relays (\`bench/bare_relay.ts\`, one
+  buffer of 64 KiB, 256 KiB or 1 MiB, read then write) and a second dprl take
+  the same download in turns, one run each per round for five rounds, so that the ratio of
+  dprl to the best of them compares the same moments of the machine; that
+  dprl is the row "${DPRL_BESIDE_BARE}".
 - Idle tunnels: VmRSS of the proxy process (for dprl the \`deno\` process) on a
   fresh start, after a short warm-up, then while \`loadgen hold\` keeps
   **${s.holdTunnels.toLocaleString("en-US")} CONNECT tunnels** open and idle;

@@ -9,7 +9,7 @@
  * promise chains between them were half of an idle tunnel's heap
  * (bench/README.md, "Where an idle tunnel's memory goes"). Only while bytes
  * flow does a direction run as an async loop, on large buffers that take
- * turns so that the next read overlaps the last write.
+ * turns so that the next read overlaps the last write ({@linkcode relay}).
  *
  * @module
  */
@@ -21,15 +21,50 @@ import type { Upstream } from "./upstream.ts";
 const SMALL = 512;
 /** The buffer a streaming direction starts with. */
 const STREAM_SIZE = 64 * 1024;
-/** The largest buffer, reached only while reads keep filling it. */
-const MAX_STREAM_SIZE = 256 * 1024;
+/** The largest of the buffers that take turns (two per direction). */
+const TURNS_MAX = 256 * 1024;
+/** The one buffer of a direction that keeps filling 256 KiB ones, while the budget allows. */
+const LARGE_SIZE = 1024 * 1024;
+
+/** Bytes that the relays of a process may hold in large buffers at once. */
+export class BufferBudget {
+  #left: number;
+
+  /** A budget of `bytes`. */
+  constructor(bytes: number) {
+    this.#left = bytes;
+  }
+
+  /** Bytes not taken. */
+  get left(): number {
+    return this.#left;
+  }
+
+  /** Takes `n` bytes when that many are left; whether it did. */
+  take(n: number): boolean {
+    if (n > this.#left) return false;
+    this.#left -= n;
+    return true;
+  }
+
+  /** Gives back `n` bytes taken. */
+  give(n: number): void {
+    this.#left += n;
+  }
+}
+
+/**
+ * The process's budget of large buffers: 64 MiB, 64 streaming directions
+ * at 1 MiB; the others stream on 256 KiB ones.
+ */
+const LARGE_BUFFERS = new BufferBudget(64 * 1024 * 1024);
 
 /** What a {@linkcode OneWay} calls when it stops: exactly one of the two, once. */
 interface OneWayEnds {
   /** `src` ended and every byte reached `dst`. */
   ended: () => void;
   /** A read or a write failed. */
-  failed: () => void;
+  failed: (err: unknown) => void;
 }
 
 /** One direction of a relay: copies `src` to `dst` until `src` ends. */
@@ -38,6 +73,7 @@ class OneWay {
   readonly #dst: Writer;
   readonly #touch: () => void;
   readonly #ends: OneWayEnds;
+  readonly #budget: BufferBudget;
   readonly #small = new Uint8Array(SMALL);
   readonly #onFirst = (n: number | null): void => {
     if (n === null) return this.#ends.ended();
@@ -48,19 +84,20 @@ class OneWay {
     else this.#ends.ended();
   };
 
-  constructor(src: Reader, dst: Writer, touch: () => void, ends: OneWayEnds) {
+  constructor(src: Reader, dst: Writer, ends: OneWayEnds, options: RelayOptions = {}) {
     this.#src = src;
     this.#dst = dst;
-    this.#touch = touch;
     this.#ends = ends;
+    this.#touch = options.touch ?? (() => {});
+    this.#budget = options.budget ?? LARGE_BUFFERS;
   }
 
   /** Waits for the next bytes on the small buffer, with a callback (no frame kept). */
   idle(): void {
     try {
       this.#src.read(this.#small).then(this.#onFirst, this.#ends.failed);
-    } catch {
-      this.#ends.failed();
+    } catch (err) {
+      this.#ends.failed(err);
     }
   }
 
@@ -76,30 +113,62 @@ class OneWay {
     let buf = new Uint8Array(STREAM_SIZE);
     let spare: Uint8Array<ArrayBuffer> | null = null;
     let writing: Promise<void> = Promise.resolve();
-    for (;;) {
-      const n = await this.#src.read(buf);
-      if (n === null) {
+    let large = false;
+    try {
+      for (;;) {
+        const n = await this.#src.read(buf);
+        if (n === null) {
+          await writing;
+          return false;
+        }
+        this.#touch();
         await writing;
-        return false;
+        writing = writeAll(this.#dst, buf.subarray(0, n));
+        // A failed write surfaces at the next await of `writing`.
+        writing.catch(() => {});
+        if (n < SMALL) {
+          await writing;
+          return true;
+        }
+        const full = n === buf.length;
+        if (large) {
+          // One large buffer, no spare: its write ends before the next read.
+          await writing;
+        } else if (full && buf.length < TURNS_MAX) {
+          // Full reads: grow, and let the old buffer finish its write.
+          spare = null;
+          buf = new Uint8Array(buf.length * 4);
+        } else if (full && this.#budget.take(LARGE_SIZE)) {
+          large = true;
+          spare = null;
+          buf = new Uint8Array(LARGE_SIZE);
+        } else {
+          [buf, spare] = [spare ?? new Uint8Array(buf.length), buf];
+        }
       }
-      this.#touch();
-      await writing;
-      writing = writeAll(this.#dst, buf.subarray(0, n));
-      // A failed write surfaces at the next await of `writing`.
-      writing.catch(() => {});
-      if (n < SMALL) {
-        await writing;
-        return true;
-      }
-      if (n === buf.length && buf.length < MAX_STREAM_SIZE) {
-        // Full reads: grow, and let the old buffer finish its write.
-        spare = null;
-        buf = new Uint8Array(buf.length * 4);
-      } else {
-        [buf, spare] = [spare ?? new Uint8Array(buf.length), buf];
-      }
+    } finally {
+      if (large) this.#budget.give(LARGE_SIZE);
     }
   }
+}
+
+/** Options of {@linkcode relay}. */
+export interface RelayOptions {
+  /** Called whenever bytes arrive (the idle timeout starts again). */
+  touch?: () => void;
+  /** Where large buffers come from; the process's own by default. */
+  budget?: BufferBudget;
+}
+
+/**
+ * Copies `src` to `dst` until `src` ends: resolves once every byte is
+ * written, rejects when a read or a write fails. While `src` idles, the
+ * relay holds a 512-byte buffer and a pending read; while it streams, two
+ * buffers of 64 KiB, then 256 KiB, take turns, and a direction that keeps
+ * filling those gets one of 1 MiB from the budget when the budget has it.
+ */
+export function relay(src: Reader, dst: Writer, options?: RelayOptions): Promise<void> {
+  return new Promise((ended, failed) => new OneWay(src, dst, { ended, failed }, options).idle());
 }
 
 /**
@@ -133,9 +202,10 @@ export function pipe(s: Session, up: Upstream, upward?: Promise<void>): Promise<
       },
       failed: closeBoth,
     });
-    const upwards = new OneWay(s.reader, s.toUpstream, s.touch, endsInto(up.conn));
+    const options = { touch: s.touch };
+    const upwards = new OneWay(s.reader, s.toUpstream, endsInto(up.conn), options);
     if (upward) upward.then(() => upwards.idle(), closeBoth);
     else upwards.idle();
-    new OneWay(up.reader, s, s.touch, endsInto(s.conn)).idle();
+    new OneWay(up.reader, s, endsInto(s.conn), options).idle();
   });
 }
