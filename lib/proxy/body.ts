@@ -1,6 +1,6 @@
 /** Relaying message bodies as they are framed, byte for byte. */
 import { type BufferedReader, writeAll, type Writer } from "./buffered_reader.ts";
-import type { Framing, HttpError } from "./http_head.ts";
+import { encodeLatin1, encodeLatin1Into, type Framing, type HttpError } from "./http_head.ts";
 
 const PUMP_SIZE = 64 * 1024;
 const FLUSH_AT = 32 * 1024;
@@ -11,6 +11,7 @@ const MAX_TRAILERS = 64 * 1024;
 /** Chunk data left at which a relay reads it straight into its own buffer. */
 const DIRECT_AT = 1024;
 const CRLF = new Uint8Array([13, 10]);
+const EMPTY = new Uint8Array(0);
 
 /** A write to the receiving side failed (it closed or stopped reading). */
 export class WriteError extends Error {
@@ -28,15 +29,22 @@ async function send(dst: Writer, data: Uint8Array): Promise<void> {
   }
 }
 
-/** Collects small pieces in one buffer, to send in one write. */
+/**
+ * Collects small pieces in one buffer, to send in one write. A first piece
+ * given to the constructor (a head, as bytes or as ISO-8859-1 text) waits
+ * until a second one comes; then the buffer is allocated, as large as both,
+ * and the head encoded or copied into it. A head alone goes out as it is.
+ */
 class Batch {
-  #buf = new Uint8Array(0);
+  #first: Uint8Array | string | null;
+  #buf = EMPTY;
   #size = 0;
   readonly dst: Writer;
 
-  constructor(dst: Writer, first: Uint8Array | null) {
+  constructor(dst: Writer, first: Uint8Array | string | null) {
     this.dst = dst;
-    if (first) this.add(first);
+    this.#first = first;
+    this.#size = first?.length ?? 0;
   }
 
   get size(): number {
@@ -45,10 +53,15 @@ class Batch {
 
   /** Adds a copy of `bytes` (views into read buffers do not last). */
   add(bytes: Uint8Array): void {
+    if (bytes.length === 0) return;
     const need = this.#size + bytes.length;
     if (need > this.#buf.length) {
-      const bigger = new Uint8Array(Math.max(need, 2 * this.#buf.length, 4096));
-      bigger.set(this.#buf.subarray(0, this.#size));
+      const bigger = new Uint8Array(Math.max(need, 2 * this.#buf.length));
+      const first = this.#first;
+      if (typeof first === "string") encodeLatin1Into(first, bigger, 0);
+      else if (first) bigger.set(first);
+      else bigger.set(this.#buf.subarray(0, this.#size));
+      this.#first = null;
       this.#buf = bigger;
     }
     this.#buf.set(bytes, this.#size);
@@ -57,7 +70,11 @@ class Batch {
 
   async flush(): Promise<void> {
     if (this.#size === 0) return;
-    const data = this.#buf.subarray(0, this.#size);
+    const first = this.#first;
+    const data = typeof first === "string"
+      ? encodeLatin1(first)
+      : first ?? this.#buf.subarray(0, this.#size);
+    this.#first = null;
     this.#size = 0;
     await send(this.dst, data);
   }
@@ -313,8 +330,9 @@ export class ChunkedDecoder {
 }
 
 /**
- * Sends `head` (when given) and then the body framed by `framing` from `src`
- * to `dst`, unchanged but for trailer fields that must not be trailers.
+ * Sends `head` (when given: bytes, or the text of a head in ISO-8859-1) and
+ * then the body framed by `framing` from `src` to `dst`, unchanged but for
+ * trailer fields that must not be trailers.
  * `touch` is called on every transfer. Throws {@linkcode HttpError} on broken
  * framing and rethrows socket errors.
  */
@@ -322,7 +340,7 @@ export async function relayBody(
   src: BufferedReader,
   dst: Writer,
   framing: Framing,
-  head: Uint8Array | null,
+  head: Uint8Array | string | null,
   touch: () => void,
   error: (msg: string) => HttpError,
 ): Promise<void> {
@@ -354,7 +372,7 @@ export async function relayBody(
 export async function relayDechunked(
   src: BufferedReader,
   dst: Writer,
-  head: Uint8Array | null,
+  head: Uint8Array | string | null,
   touch: () => void,
   error: (msg: string) => HttpError,
 ): Promise<void> {

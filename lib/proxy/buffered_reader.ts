@@ -45,9 +45,10 @@ export class BufferedReader {
     if (this.#pending) return this.#pending;
     if (this.#start === this.#end) {
       // Nothing buffered: wait with a small buffer, not the head-sized one
-      // (an idle tunnel or pooled socket may wait like this for minutes).
+      // (an idle tunnel or pooled socket may wait like this for minutes);
+      // the last one, when it is small, serves again.
       this.#start = this.#end = 0;
-      this.#buf = new Uint8Array(WATCH_SIZE);
+      if (this.#buf.length !== WATCH_SIZE) this.#buf = new Uint8Array(WATCH_SIZE);
     }
     // Once settled, its bytes are in the buffer for any reader.
     const pending = this.#readMore(() => {
@@ -102,6 +103,8 @@ export class BufferedReader {
   /**
    * Reads a head that ends with an empty line and returns it without the
    * final CRLF CRLF, or `null` when the stream ends before a byte of it.
+   * The bytes are a view into the buffer, valid until the next read: parse
+   * them first.
    * Empty lines before a head are skipped (RFC 9112, 2.2). A bare LF, or a
    * CR after a line's CRLF without its LF, ends the head at once: the bytes
    * returned then run through that byte, and the head parser refuses them
@@ -148,10 +151,10 @@ export class BufferedReader {
     }
   }
 
-  /** Takes the head up to `end` and consumes the buffer up to `next`. */
+  /** Takes the head up to `end` (a view) and consumes the buffer up to `next`. */
   #takeHead(end: number, next: number, maxSize: number): Uint8Array {
     if (end - this.#start > maxSize) throw new TooLargeError("Head is too large");
-    const head = this.#buf.slice(this.#start, end);
+    const head = this.#buf.subarray(this.#start, end);
     this.#start = next;
     this.#compact();
     return head;

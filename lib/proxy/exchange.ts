@@ -15,6 +15,7 @@ import {
   endToEndLines,
   field,
   type Framing,
+  headText,
   HttpError,
   parseResponseHead,
   type RequestHead,
@@ -301,7 +302,7 @@ async function relayResponse(
   const lines = endToEndLines(res, dechunk ? "transfer-encoding" : undefined);
   if (!keepAlive) lines.push("Connection: close");
   const statusLine = res.minor === 1 ? res.statusLine : `HTTP/1.1${res.statusLine.slice(8)}`;
-  const head = encodeHead(statusLine, lines);
+  const head = headText(statusLine, lines);
   s.phase = "response";
   if (dechunk) await relayDechunked(up.reader, s, head, s.touch, upstreamProtocolError);
   else await relayBody(up.reader, s, framing, head, s.touch, upstreamProtocolError);

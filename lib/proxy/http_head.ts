@@ -66,8 +66,21 @@ export function latin1(bytes: Uint8Array): string {
 /** Encodes a string of ISO-8859-1 characters into bytes. */
 export function encodeLatin1(text: string): Uint8Array {
   const out = new Uint8Array(text.length);
-  for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
+  encodeLatin1Into(text, out, 0);
   return out;
+}
+
+const utf8 = new TextEncoder();
+
+/**
+ * Encodes a string of ISO-8859-1 characters into `out` from `at` (which has
+ * room for `text.length` bytes): natively when it is ASCII, as heads mostly
+ * are, else one character at a time.
+ */
+export function encodeLatin1Into(text: string, out: Uint8Array, at: number): void {
+  const done = utf8.encodeInto(text, out.subarray(at, at + text.length));
+  if (done.read === text.length && done.written === text.length) return;
+  for (let i = 0; i < text.length; i++) out[at + i] = text.charCodeAt(i);
 }
 
 function splitLines(
@@ -363,9 +376,14 @@ export function responseFraming(res: ResponseHead, method: string): Framing {
 
 /** Serialises a start line and field lines into a head with its end. */
 export function encodeHead(startLine: string, lines: string[]): Uint8Array {
+  return encodeLatin1(headText(startLine, lines));
+}
+
+/** A start line and field lines as the text of a head with its end. */
+export function headText(startLine: string, lines: string[]): string {
   let text = startLine + "\r\n";
   for (const line of lines) text += line + "\r\n";
-  return encodeLatin1(text + "\r\n");
+  return text + "\r\n";
 }
 
 const HOP_BY_HOP = new Set([
