@@ -8,6 +8,7 @@
  */
 
 import { freePort, spawn, type Spawned, waitForPort } from "./process.ts";
+import { startTaskV8Flags } from "./proxies.ts";
 
 const CLIENTS = 32;
 const enc = new TextEncoder();
@@ -20,6 +21,7 @@ export async function startDprl(args: string[]): Promise<{ port: number; proc: S
   const proc = spawn("dprl", Deno.execPath(), [
     "run",
     "-A",
+    ...startTaskV8Flags(),
     new URL("../cli.ts", import.meta.url).pathname,
     "--port",
     String(port),

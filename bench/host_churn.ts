@@ -19,6 +19,7 @@
 import { parseArgs } from "node:util";
 import { freePort, rssKiB, sleep, spawn, type Spawned, stopAll, waitForPort } from "./process.ts";
 import { RedisServer } from "./redis_server.ts";
+import { startTaskV8Flags } from "./proxies.ts";
 
 const { values: args } = parseArgs({
   args: Deno.args,
@@ -108,6 +109,7 @@ async function measure(mode: string, redis: RedisServer | null): Promise<Figures
     "--allow-net",
     "--allow-env",
     "--allow-sys",
+    ...startTaskV8Flags(),
     `${REPO}/cli.ts`,
     "--hostname",
     "127.0.0.1",

@@ -9,11 +9,11 @@
  * holds them) that grew the most. Snapshots swell the process's RSS: read
  * RSS from a run with `--no-snapshot`.
  *
- *     deno run -A bench/idle_heap.ts                  # dprl, default flags
+ *     deno run -A bench/idle_heap.ts                  # dprl, with deno task start's V8 flags
  *     deno run -A bench/idle_heap.ts --tunnels 4000 --no-snapshot --more 2000
  *     deno run -A bench/idle_heap.ts --bare 512       # the bare relay, 512-byte buffers
  *     deno run -A bench/idle_heap.ts --proxy-chain --no-snapshot
- *     deno run -A bench/idle_heap.ts --deno-flag=--v8-flags=--max-semi-space-size=4
+ *     deno run -A bench/idle_heap.ts --deno-flag=--v8-flags=--max-semi-space-size=4  # instead
  *
  * @module
  */
@@ -21,7 +21,7 @@
 import { parseArgs } from "node:util";
 import { freePort, rssKiB, sleep, spawn, type Spawned, waitForPort } from "./process.ts";
 import { paths } from "./setup.ts";
-import { proxyChainDir } from "./proxies.ts";
+import { proxyChainDir, startTaskV8Flags } from "./proxies.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -200,7 +200,7 @@ function startProxy(port: number, inspectPort: number): Spawned {
     "run",
     "-A",
     inspect,
-    ...values["deno-flag"],
+    ...(values["deno-flag"].length ? values["deno-flag"] : startTaskV8Flags()),
     `${repo}/cli.ts`,
     "--hostname",
     "127.0.0.1",

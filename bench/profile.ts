@@ -16,6 +16,7 @@ import { throughput, type Tools, tunnels, wrk } from "./measure.ts";
 import { freePort, spawn, stopAll, waitForPort } from "./process.ts";
 import { RedisServer } from "./redis_server.ts";
 import { buildBinaries, paths } from "./setup.ts";
+import { startTaskV8Flags } from "./proxies.ts";
 
 interface CallFrame {
   functionName: string;
@@ -162,6 +163,7 @@ if (import.meta.main) {
       "--cpu-prof",
       `--cpu-prof-dir=${dir}`,
       "--cpu-prof-interval=100",
+      ...startTaskV8Flags(),
       `${P.repo}/cli.ts`,
       "--hostname",
       "127.0.0.1",

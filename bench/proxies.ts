@@ -27,6 +27,15 @@ export interface ProxyDef {
   start(port: number, options: LaunchOptions): Spawned;
 }
 
+/**
+ * The `--v8-flags` of `deno task start` (deno.json): every dprl the
+ * benchmarks start runs with them, as the documented commands do.
+ */
+export function startTaskV8Flags(): string[] {
+  const config = JSON.parse(Deno.readTextFileSync(new URL("../deno.json", import.meta.url)));
+  return (config.tasks.start as string).split(/\s+/).filter((w) => w.startsWith("--v8-flags="));
+}
+
 /** The four proxies, dprl first. */
 export function proxyDefs(p: Paths, bins: Binaries): ProxyDef[] {
   const dprlExtra = (Deno.env.get("DPRL_BENCH_DENO_FLAGS") ?? "").split(/\s+/)
@@ -41,6 +50,7 @@ export function proxyDefs(p: Paths, bins: Binaries): ProxyDef[] {
           "--allow-net",
           "--allow-env",
           "--allow-sys",
+          ...startTaskV8Flags(),
           ...dprlExtra,
           `${p.repo}/cli.ts`,
           "--hostname",

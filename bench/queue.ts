@@ -20,6 +20,7 @@
 
 import { freePort, spawn, type Spawned, stopAll, waitForPort } from "./process.ts";
 import { RedisServer } from "./redis_server.ts";
+import { startTaskV8Flags } from "./proxies.ts";
 
 const CLIENTS = 200;
 const LIMIT = 10;
@@ -117,6 +118,7 @@ async function measure(redisUrl: string | null, kind: "http" | "connect", proxie
   const args = (port: number) => [
     "run",
     "-A",
+    ...startTaskV8Flags(),
     new URL("../cli.ts", import.meta.url).pathname,
     "--port",
     String(port),

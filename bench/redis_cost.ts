@@ -44,6 +44,7 @@ import {
 import { RedisServer } from "./redis_server.ts";
 import { RedisLimiter } from "../lib/limit/redis_limiter.ts";
 import { RedisClusterServers } from "../tests/_helpers/redis_server.ts";
+import { startTaskV8Flags } from "./proxies.ts";
 
 const CLIENTS = 32;
 /** Hosts of the echo upstream at most: 127.0.0.1 to 127.0.235.254. */
@@ -253,6 +254,7 @@ async function startDprl(redisFlags: string[], to: LoadTarget, cpuProf?: string)
     "run",
     "-A",
     ...profile,
+    ...startTaskV8Flags(),
     new URL("../cli.ts", import.meta.url).pathname,
     "--port",
     String(port),

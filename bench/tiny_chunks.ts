@@ -11,6 +11,7 @@
  */
 import { parseArgs } from "node:util";
 import { cpuSeconds, freePort, spawn, stopAll, waitForPort } from "./process.ts";
+import { startTaskV8Flags } from "./proxies.ts";
 
 const { values } = parseArgs({
   options: {
@@ -106,6 +107,7 @@ const proxy = spawn("dprl", Deno.execPath(), [
   "--allow-net",
   "--allow-env",
   "--allow-sys",
+  ...startTaskV8Flags(),
   `${values.repo}/cli.ts`,
   "--hostname",
   "127.0.0.1",
