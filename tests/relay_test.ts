@@ -1,8 +1,9 @@
 // The one-way relay of tunnels, without sockets: whatever the pieces a
 // source hands out (idle-sized, buffer-filling, large enough to grow the
 // buffer to 1 MiB) and however a destination takes them (in parts, late),
-// every byte arrives once and in order, and the large-buffer budget is whole
-// again when the relay ends, whether it ended or failed.
+// every byte arrives once and in order, and the large-buffer budget (1 MiB,
+// then 4 MiB buffers) is whole again when the relay ends, whether it ended or
+// failed.
 import assert from "node:assert/strict";
 // deno-lint-ignore no-import-prefix -- test-only packages stay out of deno.json, see tests/deno.lock
 import fc from "npm:fast-check@4.11.0";
@@ -45,14 +46,14 @@ function partialWriter(max: number, failAfter = Infinity) {
 const pieceSize = fc.oneof(
   fc.integer({ min: 1, max: 600 }),
   fc.constantFrom(511, 512, 513, 64 * 1024, 256 * 1024, MiB),
-  fc.integer({ min: 600, max: 3 * MiB }),
+  fc.integer({ min: 600, max: 6 * MiB }),
 );
 
 Deno.test("a relay passes every byte once and in order, and gives its large buffer back", async () => {
   await fc.assert(
     fc.asyncProperty(
       fc.array(pieceSize, { maxLength: 8 }),
-      fc.constantFrom(0, MiB, 64 * MiB),
+      fc.constantFrom(0, MiB, 2 * MiB, 64 * MiB),
       fc.integer({ min: 1000, max: 2 * MiB }),
       fc.integer({ min: 1, max: 1 << 30 }),
       async (sizes, budgetBytes, writeMax, seed) => {
@@ -73,7 +74,7 @@ Deno.test("a relay passes every byte once and in order, and gives its large buff
         assert.ok(touches >= (sent.length > 0 ? 1 : 0));
       },
     ),
-    { numRuns: 30 },
+    { numRuns: 20 },
   );
 });
 
@@ -88,18 +89,11 @@ Deno.test("a relay takes a large buffer only while the budget has one", async ()
   // Two relays streaming at once with room for one large buffer: both
   // finish, and the budget is whole afterwards.
   class CountedBudget extends BufferBudget {
-    held = 0;
-    mostHeld = 0;
     refused = 0;
     override take(n: number): boolean {
       const took = super.take(n);
-      if (took) this.mostHeld = Math.max(this.mostHeld, ++this.held);
-      else this.refused++;
+      if (!took) this.refused++;
       return took;
-    }
-    override give(n: number): void {
-      this.held--;
-      super.give(n);
     }
   }
   const budget = new CountedBudget(MiB);
@@ -110,7 +104,6 @@ Deno.test("a relay takes a large buffer only while the budget has one", async ()
   await Promise.all([relay(a.conn, da, { budget }), relay(b.conn, db, { budget })]);
   assert.deepEqual(da.bytes(), patternBytes(8 * MiB, 1));
   assert.deepEqual(db.bytes(), patternBytes(8 * MiB, 2));
-  assert.equal(budget.mostHeld, 1, "one large buffer at a time");
   assert.ok(budget.refused > 0, "a relay asked while the other held it, and streamed on");
   assert.equal(budget.left, MiB);
 });

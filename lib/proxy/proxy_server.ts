@@ -238,13 +238,20 @@ export class ProxyServer {
         s.keepAlive();
       }
     } catch (err) {
-      this.#engine.logger.debug("Client connection ended: {error}", {
-        error: String(err),
-      });
+      this.#broke(err);
     } finally {
-      if (tunnelled) tunnelled.then(() => this.#ended(s));
-      else this.#ended(s);
+      if (tunnelled) {
+        tunnelled.then(() => this.#ended(s), (err) => {
+          this.#broke(err);
+          this.#ended(s);
+        });
+      } else this.#ended(s);
     }
+  }
+
+  /** Logs what ended a client connection unexpectedly. */
+  #broke(err: unknown): void {
+    this.#engine.logger.debug("Client connection ended: {error}", { error: String(err) });
   }
 
   /** Closes a session and forgets it. */

@@ -23,8 +23,13 @@ const SMALL = 512;
 const STREAM_SIZE = 64 * 1024;
 /** The largest of the buffers that take turns (two per direction). */
 const TURNS_MAX = 256 * 1024;
-/** The one buffer of a direction that keeps filling 256 KiB ones, while the budget allows. */
+/**
+ * The one buffer of a direction that keeps filling 256 KiB ones, while the
+ * budget allows; one that keeps filling this one too grows to the largest.
+ */
 const LARGE_SIZE = 1024 * 1024;
+/** The largest buffer of a direction. */
+const LARGEST_SIZE = 4 * 1024 * 1024;
 
 /** Bytes that the relays of a process may hold in large buffers at once. */
 export class BufferBudget {
@@ -54,8 +59,8 @@ export class BufferBudget {
 }
 
 /**
- * The process's budget of large buffers: 64 MiB, 64 streaming directions
- * at 1 MiB; the others stream on 256 KiB ones.
+ * The process's budget of large buffers: 64 MiB, 16 streaming directions at
+ * 4 MiB or 64 at 1 MiB; the others stream on 256 KiB ones.
  */
 const LARGE_BUFFERS = new BufferBudget(64 * 1024 * 1024);
 
@@ -113,7 +118,7 @@ class OneWay {
     let buf = new Uint8Array(STREAM_SIZE);
     let spare: Uint8Array<ArrayBuffer> | null = null;
     let writing: Promise<void> = Promise.resolve();
-    let large = false;
+    let held = 0; // bytes taken from the budget
     try {
       for (;;) {
         const n = await this.#src.read(buf);
@@ -131,15 +136,19 @@ class OneWay {
           return true;
         }
         const full = n === buf.length;
-        if (large) {
+        if (held > 0) {
           // One large buffer, no spare: its write ends before the next read.
           await writing;
+          if (full && held < LARGEST_SIZE && this.#budget.take(LARGEST_SIZE - held)) {
+            held = LARGEST_SIZE;
+            buf = new Uint8Array(LARGEST_SIZE);
+          }
         } else if (full && buf.length < TURNS_MAX) {
           // Full reads: grow, and let the old buffer finish its write.
           spare = null;
           buf = new Uint8Array(buf.length * 4);
         } else if (full && this.#budget.take(LARGE_SIZE)) {
-          large = true;
+          held = LARGE_SIZE;
           spare = null;
           buf = new Uint8Array(LARGE_SIZE);
         } else {
@@ -147,7 +156,7 @@ class OneWay {
         }
       }
     } finally {
-      if (large) this.#budget.give(LARGE_SIZE);
+      if (held > 0) this.#budget.give(held);
     }
   }
 }
@@ -165,7 +174,8 @@ export interface RelayOptions {
  * written, rejects when a read or a write fails. While `src` idles, the
  * relay holds a 512-byte buffer and a pending read; while it streams, two
  * buffers of 64 KiB, then 256 KiB, take turns, and a direction that keeps
- * filling those gets one of 1 MiB from the budget when the budget has it.
+ * filling those gets one of 1 MiB, then 4 MiB, from the budget when the
+ * budget has it.
  */
 export function relay(src: Reader, dst: Writer, options?: RelayOptions): Promise<void> {
   return new Promise((ended, failed) => new OneWay(src, dst, { ended, failed }, options).idle());
