@@ -24,4 +24,4 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
 # itself, stopping gracefully within --shutdown-grace, and starts no child processes,
 # so no init is needed to forward signals or reap zombies.
 EXPOSE 8080
-ENTRYPOINT ["deno", "run", "--cached-only", "--lock=deno.lock", "--frozen", "--allow-net", "--allow-sys=networkInterfaces,hostname", "--allow-read=/etc/dprl,/app/lib", "--allow-env=DPRL_*,REDIS_*,LOG_LEVEL", "--ignore-env", "--v8-flags=--max-semi-space-size=8", "cli.ts"]
+ENTRYPOINT ["deno", "run", "--cached-only", "--lock=deno.lock", "--frozen", "--allow-net", "--allow-sys=networkInterfaces,hostname", "--allow-read=/etc/dprl,/app/lib", "--allow-env=DPRL_*,REDIS_*,LOG_LEVEL", "--ignore-env", "--v8-flags=--max-semi-space-size=4", "cli.ts"]

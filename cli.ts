@@ -3,7 +3,7 @@
  * logging, runs the proxy until SIGINT or SIGTERM, and stops it gracefully.
  *
  * ```sh
- * deno run --allow-net --allow-sys=networkInterfaces,hostname --allow-read=/etc/dprl --allow-env='DPRL_*,REDIS_*,LOG_LEVEL' --ignore-env --v8-flags=--max-semi-space-size=8 jsr:@dprl/cli/cli --help
+ * deno run --allow-net --allow-sys=networkInterfaces,hostname --allow-read=/etc/dprl --allow-env='DPRL_*,REDIS_*,LOG_LEVEL' --ignore-env --v8-flags=--max-semi-space-size=4 jsr:@dprl/cli/cli --help
  * ```
  *
  * `jsr:@dprl/cli` (the main module) runs the same command line.

@@ -10,7 +10,7 @@
  * Run as a program, this module starts the command-line proxy:
  *
  * ```sh
- * deno run --allow-net --allow-sys=networkInterfaces,hostname --allow-read=/etc/dprl --allow-env='DPRL_*,REDIS_*,LOG_LEVEL' --ignore-env --v8-flags=--max-semi-space-size=8 jsr:@dprl/cli --help
+ * deno run --allow-net --allow-sys=networkInterfaces,hostname --allow-read=/etc/dprl --allow-env='DPRL_*,REDIS_*,LOG_LEVEL' --ignore-env --v8-flags=--max-semi-space-size=4 jsr:@dprl/cli --help
  * ```
  *
  * As a library in memory mode it needs only `--allow-net`, in a worker too;

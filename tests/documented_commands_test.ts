@@ -60,10 +60,10 @@ Deno.test("every documented command caps V8's young generation as the benchmark 
   // Holding thousands of idle tunnels, V8 otherwise grows its young
   // generation to about 44 MiB and keeps it (bench/README.md).
   for (const [name, words] of documentedCommands()) {
-    assert.ok(words.includes("--v8-flags=--max-semi-space-size=8"), name);
+    assert.ok(words.includes("--v8-flags=--max-semi-space-size=4"), name);
     // A runtime flag: before the program, not among dprl's own.
     const program = words.findIndex((w) => /(cli\.ts|jsr:@dprl\/cli(\/cli)?)$/.test(w));
-    assert.ok(words.indexOf("--v8-flags=--max-semi-space-size=8") < program, name);
+    assert.ok(words.indexOf("--v8-flags=--max-semi-space-size=4") < program, name);
   }
 });
 

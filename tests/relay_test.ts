@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 // deno-lint-ignore no-import-prefix -- test-only packages stay out of deno.json, see tests/deno.lock
 import fc from "npm:fast-check@4.11.0";
 import { BufferBudget, relay } from "../lib/proxy/relay.ts";
+import { BufferedReader } from "../lib/proxy/buffered_reader.ts";
 import { memoryConn } from "./_helpers/memory_conn.ts";
 import { patternBytes } from "./_helpers/upstream.ts";
 
@@ -106,4 +107,32 @@ Deno.test("a relay takes a large buffer only while the budget has one", async ()
   assert.deepEqual(db.bytes(), patternBytes(8 * MiB, 2));
   assert.ok(budget.refused > 0, "a relay asked while the other held it, and streamed on");
   assert.equal(budget.left, MiB);
+});
+
+Deno.test("a relay from a read buffer relays what it holds and what its watch read brings first", async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.array(pieceSize, { minLength: 1, maxLength: 5 }),
+      fc.boolean(),
+      fc.integer({ min: 1, max: 1 << 30 }),
+      async (sizes, watching, seed) => {
+        const pieces = sizes.map((n, i) => patternBytes(n, seed + i));
+        const reader = new BufferedReader(memoryConn(pieces).conn);
+        // A client watched while its slot was awaited, or one whose bytes
+        // came with its request head.
+        if (watching) reader.watch();
+        else await reader.fill();
+        const dst = partialWriter(64 * 1024);
+        await relay(reader, dst, { budget: new BufferBudget(0) });
+        const sent = new Uint8Array(sizes.reduce((a, b) => a + b, 0));
+        let off = 0;
+        for (const p of pieces) {
+          sent.set(p, off);
+          off += p.length;
+        }
+        assert.deepEqual(dst.bytes(), sent);
+      },
+    ),
+    { numRuns: 20 },
+  );
 });

@@ -35,6 +35,11 @@ export class BufferedReader {
     return this.#end - this.#start;
   }
 
+  /** Whether a read started by {@linkcode watch} is still on its way. */
+  get reading(): boolean {
+    return this.#pending !== null;
+  }
+
   /**
    * Starts one read in the background, to notice a peer that closes while
    * nothing else reads (an idle pooled socket, a client awaiting its

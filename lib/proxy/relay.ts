@@ -13,7 +13,7 @@
  *
  * @module
  */
-import { type Reader, writeAll, type Writer } from "./buffered_reader.ts";
+import { BufferedReader, type Reader, writeAll, type Writer } from "./buffered_reader.ts";
 import type { Session } from "./session.ts";
 import type { Upstream } from "./upstream.ts";
 
@@ -79,10 +79,17 @@ class OneWay {
   readonly #touch: () => void;
   readonly #ends: OneWayEnds;
   readonly #budget: BufferBudget;
-  readonly #small = new Uint8Array(SMALL);
+  /** The idle buffer, made when first read into. */
+  #small: Uint8Array | null = null;
   readonly #onFirst = (n: number | null): void => {
     if (n === null) return this.#ends.ended();
-    this.#stream(n).then(this.#onCalm, this.#ends.failed);
+    this.#stream(this.#small!.subarray(0, n)).then(this.#onCalm, this.#ends.failed);
+  };
+  readonly #onBuffered = (n: number | null): void => {
+    const src = this.#src as BufferedReader;
+    if (n === null && src.buffered === 0) return this.#ends.ended();
+    // A view, written out before the reader is read again.
+    this.#stream(src.takeUpTo(src.buffered)).then(this.#onCalm, this.#ends.failed);
   };
   readonly #onCalm = (more: boolean): void => {
     if (more) this.idle();
@@ -97,10 +104,21 @@ class OneWay {
     this.#budget = options.budget ?? LARGE_BUFFERS;
   }
 
-  /** Waits for the next bytes on the small buffer, with a callback (no frame kept). */
+  /**
+   * Waits for the next bytes, with a callback (no frame kept): on the small
+   * buffer, or, when the source's read buffer holds bytes or has a read on
+   * its way (a client watched while its slot or dial was awaited), there.
+   */
   idle(): void {
+    const src = this.#src;
     try {
-      this.#src.read(this.#small).then(this.#onFirst, this.#ends.failed);
+      if (src instanceof BufferedReader && (src.buffered > 0 || src.reading)) {
+        const got = src.buffered > 0 ? Promise.resolve(src.buffered) : src.fill();
+        got.then(this.#onBuffered, this.#ends.failed);
+        return;
+      }
+      this.#small ??= new Uint8Array(SMALL);
+      src.read(this.#small).then(this.#onFirst, this.#ends.failed);
     } catch (err) {
       this.#ends.failed(err);
     }
@@ -111,10 +129,10 @@ class OneWay {
    * the buffer. Resolves `true` once the stream calms down (a read shorter
    * than the small buffer, written out), `false` when `src` ended.
    */
-  async #stream(first: number): Promise<boolean> {
+  async #stream(first: Uint8Array): Promise<boolean> {
     this.#touch();
-    await writeAll(this.#dst, this.#small.subarray(0, first));
-    if (first < SMALL) return true;
+    await writeAll(this.#dst, first);
+    if (first.length < SMALL) return true;
     let buf = new Uint8Array(STREAM_SIZE);
     let spare: Uint8Array<ArrayBuffer> | null = null;
     let writing: Promise<void> = Promise.resolve();
