@@ -81,20 +81,6 @@ class OneWay {
   readonly #budget: BufferBudget;
   /** The idle buffer, made when first read into. */
   #small: Uint8Array | null = null;
-  readonly #onFirst = (n: number | null): void => {
-    if (n === null) return this.#ends.ended();
-    this.#stream(this.#small!.subarray(0, n)).then(this.#onCalm, this.#ends.failed);
-  };
-  readonly #onBuffered = (n: number | null): void => {
-    const src = this.#src as BufferedReader;
-    if (n === null && src.buffered === 0) return this.#ends.ended();
-    // A view, written out before the reader is read again.
-    this.#stream(src.takeUpTo(src.buffered)).then(this.#onCalm, this.#ends.failed);
-  };
-  readonly #onCalm = (more: boolean): void => {
-    if (more) this.idle();
-    else this.#ends.ended();
-  };
 
   constructor(src: Reader, dst: Writer, ends: OneWayEnds, options: RelayOptions = {}) {
     this.#src = src;
@@ -112,16 +98,31 @@ class OneWay {
   idle(): void {
     const src = this.#src;
     try {
+      // One callback a pending read, made for it: an idle direction holds no other.
       if (src instanceof BufferedReader && (src.buffered > 0 || src.reading)) {
         const got = src.buffered > 0 ? Promise.resolve(src.buffered) : src.fill();
-        got.then(this.#onBuffered, this.#ends.failed);
+        got.then((n) => this.#fromBuffer(src, n), this.#ends.failed);
         return;
       }
-      this.#small ??= new Uint8Array(SMALL);
-      src.read(this.#small).then(this.#onFirst, this.#ends.failed);
+      const small = this.#small ??= new Uint8Array(SMALL);
+      src.read(small).then(
+        (n) => this.#relay(n === null ? null : small.subarray(0, n)),
+        this.#ends.failed,
+      );
     } catch (err) {
       this.#ends.failed(err);
     }
+  }
+
+  /** Relays what the source's read buffer holds: a view, written out before it is read again. */
+  #fromBuffer(src: BufferedReader, n: number | null): void {
+    this.#relay(n === null && src.buffered === 0 ? null : src.takeUpTo(src.buffered));
+  }
+
+  /** Streams from the `first` bytes on, then idles again or ends; `null`: the source ended. */
+  #relay(first: Uint8Array | null): void {
+    if (first === null) return this.#ends.ended();
+    this.#stream(first).then((more) => more ? this.idle() : this.#ends.ended(), this.#ends.failed);
   }
 
   /**
