@@ -147,7 +147,7 @@ function closureSites(s: Snapshot, scripts: Map<string, string>): Map<number, st
  */
 function groups(s: Snapshot, scripts: Map<string, string>): Map<string, Group> {
   const sites = closureSites(s, scripts);
-  const holders = values.holders ? arrayHolders(s) : new Map<number, string>();
+  const holders = values.holders ? arrayHolders(s) : new Map<number, Holder>();
   const fields = s.snapshot.meta.node_fields;
   const types = s.snapshot.meta.node_types[0];
   const width = fields.length;
@@ -157,11 +157,10 @@ function groups(s: Snapshot, scripts: Map<string, string>): Map<string, Group> {
     const type = types[s.nodes[i + typeAt]];
     const named = type === "object" || type === "closure" || type === "native";
     const site = type === "closure" ? ` @ ${sites.get(i) ?? "?"}` : "";
-    const held = holders.has(i) ? ` in ${holders.get(i)}` : "";
-    const holderAt = holderIndex.get(i);
-    const chain = holderAt !== undefined && holders.has(holderAt)
-      ? ` in ${holders.get(holderAt)}`
-      : "";
+    const holder = holders.get(i);
+    const held = holder ? ` in ${holder.name}` : "";
+    const outer = holder && holders.get(holder.from);
+    const chain = outer ? ` in ${outer.name}` : "";
     const key = named
       ? `${type} ${s.strings[s.nodes[i + nameAt]]}${site}${held}`
       : `(${type})${held}${chain}`;
@@ -249,10 +248,17 @@ function perTunnel(before: number, after: number): string {
   return ((after - before) / 1024 / count).toFixed(2);
 }
 
-const holderIndex = new Map<number, number>();
+/** What holds a node: the holder's group and edge, and the holder's own node index. */
+interface Holder {
+  name: string;
+  from: number;
+}
 
-/** For each array or anonymous closure node, the node and edge that hold it (diagnostics). */
-function arrayHolders(s: Snapshot): Map<number, string> {
+/**
+ * For each array, closure and plain container node, the first node and edge
+ * that hold it (diagnostics).
+ */
+function arrayHolders(s: Snapshot): Map<number, Holder> {
   const nf = s.snapshot.meta.node_fields;
   const ef = s.snapshot.meta.edge_fields;
   const types = s.snapshot.meta.node_types[0];
@@ -261,7 +267,7 @@ function arrayHolders(s: Snapshot): Map<number, string> {
   const ew = ef.length;
   const [typeAt, nameAt, countAt] = ["type", "name", "edge_count"].map((f) => nf.indexOf(f));
   const [etypeAt, enameAt, toAt] = ["type", "name_or_index", "to_node"].map((f) => ef.indexOf(f));
-  const out = new Map<number, string>();
+  const out = new Map<number, Holder>();
   let e = 0;
   for (let i = 0; i < s.nodes.length; i += nw) {
     const holder = `${types[s.nodes[i + typeAt]]} ${s.strings[s.nodes[i + nameAt]]}`;
@@ -276,10 +282,7 @@ function arrayHolders(s: Snapshot): Map<number, string> {
       const name = et === "element" || et === "hidden"
         ? `[${et}]`
         : s.strings[s.edges[e + enameAt]];
-      if (!out.has(to)) {
-        out.set(to, `${holder}.${name}`);
-        holderIndex.set(to, i);
-      }
+      if (!out.has(to)) out.set(to, { name: `${holder}.${name}`, from: i });
     }
   }
   return out;

@@ -10,11 +10,11 @@ import type { Facts } from "./machine.ts";
 import type { IdleMemoryResult, ThroughputResult, TunnelsResult, WrkResult } from "./measure.ts";
 import type { ScrapeStats } from "./admin_cost.ts";
 import { fmt, table } from "./markdown_table.ts";
+import { type RedisCostFigures, redisCostTable } from "./redis_cost_table.ts";
+import { type UpstreamFigures, upstreamMethod, upstreamTables } from "./upstream_table.ts";
 
 /** The row of dprl measured in turns with the bare relays (bench/run.ts). */
 export const DPRL_BESIDE_BARE = "dprl, in turns with the bare relays";
-import { type RedisCostFigures, redisCostTable } from "./redis_cost_table.ts";
-import { type UpstreamFigures, upstreamMethod, upstreamTables } from "./upstream_table.ts";
 
 /** Everything measured for one proxy (any figure may be missing on error). */
 export interface ProxyFigures {

@@ -252,15 +252,15 @@ async function measureSpeed(def: ProxyDef, tools: Tools, round: number): Promise
 /** Buffer sizes of the bare Deno relays: the ceiling of one tunnel's throughput in Deno. */
 export const BARE_RELAY_BUFFERS = [64, 256, 1024];
 
+/** Rounds of the in-turns download (five: the ratio carries a goal of 1). */
+const TURNS = 5;
+
 /**
  * One tunnel's throughput through a bare Deno CONNECT relay
  * (`bench/bare_relay.ts`) per buffer size, and through dprl, in turns (one
  * run of each, then the next round), so that the ratio of dprl to the best
  * of them is not a ratio of two moments of a shared machine.
  */
-/** Rounds of the in-turns download (five: the ratio carries a goal of 1). */
-const TURNS = 5;
-
 async function measureBareRelays(tools: Tools, upstreamPort: number, dprl: ProxyDef) {
   const relays: { name: string; port: number }[] = [];
   const procs: Spawned[] = [];
