@@ -48,8 +48,6 @@ import { proxyChainDir, type ProxyDef, proxyDefs } from "./proxies.ts";
 import { RedisServer } from "./redis_server.ts";
 import { giveHosts, Scraper, type ScrapeStats, scrapeTimes } from "./admin_cost.ts";
 import {
-  ADMIN_LABELS,
-  adminTable,
   capTable,
   DISTRIBUTED_LABELS as L,
   distributedTable,
@@ -63,6 +61,8 @@ import { type RedisCostFigures, redisCostTable } from "./redis_cost_table.ts";
 import { buildBinaries, ensureDebianTools, paths } from "./setup.ts";
 import { measureUpstream } from "./upstream_aware.ts";
 import { measureTls, tlsTable } from "./tls_cost.ts";
+import { inTurnsTable, measureInTurns } from "./in_turns.ts";
+import { ADMIN_LABELS, adminTable } from "./admin_table.ts";
 import { committedRatios } from "./guard.ts";
 import { upstreamTables } from "./upstream_table.ts";
 
@@ -295,6 +295,36 @@ async function measureBareRelays(tools: Tools, upstreamPort: number, dprl: Proxy
       for (const proc of procs) await proc.stop();
     }
   });
+}
+
+/**
+ * dprl in turns with wrk straight at the upstream (plain HTTP) and with
+ * goproxy-dprl (tunnels), on one upstream and one process each, for the
+ * goals that compare with them in every round.
+ */
+async function measureTurns(defs: ProxyDef[], tools: Tools): Promise<void> {
+  const up = await startUpstream(tools);
+  const procs: Spawned[] = [];
+  try {
+    results.inTurns = await attempt("in turns", async () => {
+      const dprl = await startProxy(defs.find((d) => d.name === "dprl")!, 0);
+      procs.push(dprl.proc);
+      const go = await startProxy(defs.find((d) => d.name === "goproxy-dprl")!, 0);
+      procs.push(go.proc);
+      return await measureInTurns({
+        tools,
+        upstreamPort: up.port,
+        dprl: { port: dprl.port, pid: dprl.proc.pid },
+        goproxy: { port: go.port, pid: go.proc.pid },
+        rounds: flags.quick ? 2 : TURNS,
+        seconds: flags.quick ? 2 : 4,
+        log,
+      });
+    });
+  } finally {
+    for (const proc of procs) await proc.stop();
+    await up.proc.stop();
+  }
 }
 
 async function measureMemory(def: ProxyDef, tools: Tools): Promise<void> {
@@ -585,6 +615,9 @@ async function main(): Promise<void> {
           await sleep(1000);
         }
       }
+      if (["dprl", "goproxy-dprl"].every((n) => chosen.some((d) => d.name === n))) {
+        await measureTurns(defs, tools);
+      }
       for (const def of chosen) await measureMemory(def, tools);
     }
     if (!skip.has("admin")) await measureAdmin(defs.find((d) => d.name === "dprl")!, tools);
@@ -621,9 +654,10 @@ async function main(): Promise<void> {
   }
 
   console.log("\n## Raw figures per proxy\n\n" + rawTable(results));
+  console.log("\n## In turns\n\n" + inTurnsTable(results.inTurns));
   console.log("\n## Distributed (Redis)\n\n" + distributedTable(results));
   console.log("\n" + redisCostTable(results.redisCost));
-  console.log("\n## Control plane\n\n" + adminTable(results));
+  console.log("\n## Control plane\n\n" + adminTable(results.admin));
   console.log("\n## Cap accuracy\n\n" + capTable(results));
   console.log("\n## Upstream-aware limits\n\n" + upstreamTables(results.upstream));
   console.log("\n## HTTPS to the proxy\n\n" + tlsTable(results.tls));

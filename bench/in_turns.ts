@@ -1,0 +1,158 @@
+/**
+ * dprl beside what two of its goals compare it with, in turns: plain HTTP
+ * through dprl and straight at the upstream, and CONNECT tunnels through
+ * dprl and through goproxy-dprl. The two sides of each pair run one after
+ * the other on the same processes, round after round (who goes first
+ * alternates), so that each round's ratio compares two moments seconds
+ * apart, not two runs minutes apart on a shared machine.
+ *
+ * @module
+ */
+
+import { type Tools, tunnels, wrk } from "./measure.ts";
+import { cpuSeconds } from "./process.ts";
+import { fmt, table } from "./markdown_table.ts";
+
+/** One round: each side of each pair once. */
+export interface TurnRound {
+  /** wrk straight at the upstream, req/s. */
+  noProxyHttp: number;
+  /** wrk through dprl, req/s. */
+  dprlHttp: number;
+  /** dprl's CPU per request, µs. */
+  dprlHttpCpuUs: number;
+  /** Tunnels/s through dprl. */
+  dprlTunnels: number;
+  /** Tunnels/s through goproxy-dprl. */
+  goTunnels: number;
+  /** dprl's CPU per tunnel, µs. */
+  dprlTunnelCpuUs: number;
+  /** goproxy-dprl's CPU per tunnel, µs. */
+  goTunnelCpuUs: number;
+}
+
+/** The in-turns section's figures. */
+export interface InTurnsFigures {
+  /** Seconds of each run. */
+  seconds: number;
+  rounds: TurnRound[];
+}
+
+/** A proxy already running. */
+export interface RunningProxy {
+  port: number;
+  pid: number;
+}
+
+/** Options of {@linkcode measureInTurns}. */
+export interface InTurnsOptions {
+  tools: Tools;
+  upstreamPort: number;
+  dprl: RunningProxy;
+  goproxy: RunningProxy;
+  rounds: number;
+  seconds: number;
+  log: (msg: string) => void;
+}
+
+/** CPU µs per operation of `pid` while `fn` runs. */
+async function perOp<T>(
+  pid: number | null,
+  fn: () => Promise<T>,
+  ops: (r: T) => number,
+): Promise<{ r: T; cpuUs: number }> {
+  const before = pid === null ? null : cpuSeconds(pid);
+  const r = await fn();
+  if (before === null) return { r, cpuUs: NaN };
+  const after = cpuSeconds(pid!);
+  const used = after.user - before.user + after.sys - before.sys;
+  return { r, cpuUs: ops(r) > 0 ? (used * 1e6) / ops(r) : NaN };
+}
+
+/** Runs `a` and `b` in the order of the round (alternating), returning them as `[a, b]`. */
+async function inOrder<T>(round: number, a: () => Promise<T>, b: () => Promise<T>) {
+  if (round % 2 === 0) {
+    const x = await a();
+    return [x, await b()] as const;
+  }
+  const y = await b();
+  return [await a(), y] as const;
+}
+
+/** Measures both pairs in turns, after a warm-up of each proxy. */
+export async function measureInTurns(o: InTurnsOptions): Promise<InTurnsFigures> {
+  const { tools, upstreamPort: up, dprl, goproxy } = o;
+  await wrk(tools, dprl.port, up, 2);
+  await tunnels(tools, dprl.port, up, 2);
+  await tunnels(tools, goproxy.port, up, 2);
+  const rounds: TurnRound[] = [];
+  for (let i = 0; i < o.rounds; i++) {
+    o.log(`dprl in turns with no proxy and with goproxy-dprl, round ${i + 1}/${o.rounds}`);
+    const [direct, viaDprl] = await inOrder(
+      i,
+      () => perOp(null, () => wrk(tools, null, up, o.seconds), (r) => r.requests),
+      () => perOp(dprl.pid, () => wrk(tools, dprl.port, up, o.seconds), (r) => r.requests),
+    );
+    const [dprlT, goT] = await inOrder(
+      i,
+      () => perOp(dprl.pid, () => tunnels(tools, dprl.port, up, o.seconds), (r) => r.ok),
+      () => perOp(goproxy.pid, () => tunnels(tools, goproxy.port, up, o.seconds), (r) => r.ok),
+    );
+    rounds.push({
+      noProxyHttp: direct.r.reqPerSec,
+      dprlHttp: viaDprl.r.reqPerSec,
+      dprlHttpCpuUs: viaDprl.cpuUs,
+      dprlTunnels: dprlT.r.perSec,
+      goTunnels: goT.r.perSec,
+      dprlTunnelCpuUs: dprlT.cpuUs,
+      goTunnelCpuUs: goT.cpuUs,
+    });
+  }
+  return { seconds: o.seconds, rounds };
+}
+
+/** The least ratio over the rounds (the goals hold in every round). */
+export function leastRatio(
+  f: InTurnsFigures | undefined,
+  a: (r: TurnRound) => number,
+  b: (r: TurnRound) => number,
+): number | undefined {
+  if (!f?.rounds.length) return undefined;
+  return Math.min(...f.rounds.map((r) => a(r) / b(r)));
+}
+
+/** The most CPU per request of dprl over the rounds, µs. */
+export function mostCpuPerRequest(f: InTurnsFigures | undefined): number | undefined {
+  if (!f?.rounds.length) return undefined;
+  return Math.max(...f.rounds.map((r) => r.dprlHttpCpuUs));
+}
+
+/** The section's table: every round. */
+export function inTurnsTable(f: InTurnsFigures | undefined): string {
+  if (!f?.rounds.length) return "Not measured.";
+  return table(
+    [
+      "round",
+      "plain HTTP req/s: no proxy",
+      "dprl",
+      "dprl ÷ no proxy",
+      "dprl CPU µs/req",
+      "tunnels/s: dprl",
+      "goproxy-dprl",
+      "dprl ÷ goproxy-dprl",
+      "CPU µs/tunnel: dprl / goproxy-dprl",
+    ],
+    f.rounds.map((r, i) => [
+      String(i + 1),
+      fmt(r.noProxyHttp),
+      fmt(r.dprlHttp),
+      `${fmt(r.dprlHttp / r.noProxyHttp, 2)}×`,
+      fmt(r.dprlHttpCpuUs),
+      fmt(r.dprlTunnels),
+      fmt(r.goTunnels),
+      `${fmt(r.dprlTunnels / r.goTunnels, 2)}×`,
+      `${fmt(r.dprlTunnelCpuUs)} / ${fmt(r.goTunnelCpuUs)}`,
+    ]),
+    ["r", "r", "r", "r", "r", "r", "r", "r", "r"],
+  );
+}
