@@ -260,9 +260,9 @@ async function readAnswer(
 }
 
 /**
- * Relays a 101 answer and turns the exchange into a two-way pipe. The
- * upstream may switch before it has read the request body: the client's
- * side of the pipe takes over where the body relay ends.
+ * Relays a 101 answer and hands the connection to a two-way pipe, which
+ * ends it. The upstream may switch before it has read the request body:
+ * the client's side of the pipe takes over where the body relay ends.
  */
 async function switchProtocols(
   s: Session,
@@ -276,7 +276,7 @@ async function switchProtocols(
   const bodySent = request.ended.then(() => {
     if (request.error !== null) throw request.error;
   });
-  await pipe(s, up, bodySent);
+  pipe(s, up, bodySent);
 }
 
 /**

@@ -130,6 +130,7 @@ export class ProxyServer {
       onAccess: options.onAccess,
       now: Date.now(),
       closing: false,
+      ended: (s) => this.#ended(s),
     };
   }
 
@@ -210,9 +211,10 @@ export class ProxyServer {
   }
 
   /**
-   * Serves one client connection: request after request, until it ends.
-   * A CONNECT ends the loop and hands the connection to its tunnel, which
-   * ends it in turn; no frame of the loop waits for a tunnel to end.
+   * Serves one client connection: request after request, until it ends or
+   * a pipe (a CONNECT tunnel, a switched protocol) takes it over; the pipe
+   * then ends it ({@linkcode Session.handedOff}), and no frame of this loop
+   * waits meanwhile.
    */
   async #handle(conn: ClientConn): Promise<void> {
     const s = new Session(conn, this.#engine);
@@ -220,7 +222,6 @@ export class ProxyServer {
     this.#engine.stats.onClientOpen();
     const fromIp = (this.#perIp.get(s.ip) ?? 0) + 1;
     this.#perIp.set(s.ip, fromIp);
-    let tunnelled: Promise<void> | null = null;
     try {
       // Refused before a byte is read: a stranger cannot hold a connection.
       const refusal = this.#refusal(s, fromIp);
@@ -228,11 +229,9 @@ export class ProxyServer {
       while (!s.closed) {
         const req = await this.#readRequest(s);
         if (req === null) return;
-        if (req.method === "CONNECT") {
-          tunnelled = tunnel(s, req);
-          return;
-        }
+        if (req.method === "CONNECT") return await tunnel(s, req);
         const more = await exchange(s, req);
+        if (s.handedOff) return;
         s.finish();
         if (!more || this.#engine.closing) return;
         s.keepAlive();
@@ -240,12 +239,7 @@ export class ProxyServer {
     } catch (err) {
       this.#broke(err);
     } finally {
-      if (tunnelled) {
-        tunnelled.then(() => this.#ended(s), (err) => {
-          this.#broke(err);
-          this.#ended(s);
-        });
-      } else this.#ended(s);
+      if (!s.handedOff) this.#ended(s);
     }
   }
 

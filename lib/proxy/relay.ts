@@ -201,40 +201,40 @@ export function relay(src: Reader, dst: Writer, options?: RelayOptions): Promise
 }
 
 /**
- * Pipes both ways until both sides have ended, then closes both; never
- * rejects. The end of one direction is passed on as a half-close while the
+ * Takes the connection over: pipes both ways until both sides have ended,
+ * then closes both and ends the session (`engine.ended`); returns at once,
+ * and nothing of its caller's waits for it (an idle pipe holds no async
+ * frame). The end of one direction is passed on as a half-close while the
  * other flows, under the fin timeout; a failure either way closes both.
  * Bytes already buffered on either side go first. The client's bytes follow
  * once `upward` resolves (the request body relay has ended: only one reader
  * of the client at a time); a rejection closes both.
  */
-export function pipe(s: Session, up: Upstream, upward?: Promise<void>): Promise<void> {
-  s.phase = "tunnel";
-  return new Promise((resolve) => {
-    let flowing = 2;
-    let stopped = 0;
-    const stop = () => {
-      if (++stopped < 2) return;
-      s.close();
-      resolve();
-    };
-    const closeBoth = () => {
-      s.close();
-      stop();
-    };
-    const endsInto = (dst: { closeWrite(): Promise<void> }): OneWayEnds => ({
-      ended: () => {
-        if (--flowing === 0) return closeBoth();
-        // The other side gets the fin timeout to finish.
-        s.until("fin");
-        dst.closeWrite().then(stop, closeBoth);
-      },
-      failed: closeBoth,
-    });
-    const options = { touch: s.touch };
-    const upwards = new OneWay(s.reader, s.toUpstream, endsInto(up.conn), options);
-    if (upward) upward.then(() => upwards.idle(), closeBoth);
-    else upwards.idle();
-    new OneWay(up.reader, s, endsInto(s.conn), options).idle();
+export function pipe(s: Session, up: Upstream, upward?: Promise<void>): void {
+  s.pipeTakesOver();
+  let flowing = 2;
+  let stopped = 0;
+  const stop = () => {
+    if (++stopped !== 2) return; // exactly once
+    s.close();
+    s.engine.ended(s);
+  };
+  const closeBoth = () => {
+    s.close();
+    stop();
+  };
+  const endsInto = (dst: { closeWrite(): Promise<void> }): OneWayEnds => ({
+    ended: () => {
+      if (--flowing === 0) return closeBoth();
+      // The other side gets the fin timeout to finish.
+      s.until("fin");
+      dst.closeWrite().then(stop, closeBoth);
+    },
+    failed: closeBoth,
   });
+  const options = { touch: s.touch };
+  const upwards = new OneWay(s.reader, s.toUpstream, endsInto(up.conn), options);
+  if (upward) upward.then(() => upwards.idle(), closeBoth);
+  else upwards.idle();
+  new OneWay(up.reader, s, endsInto(s.conn), options).idle();
 }

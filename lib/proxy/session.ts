@@ -38,6 +38,8 @@ export interface Engine {
   now: number;
   /** The server is shutting down: a connection carries no further request. */
   closing: boolean;
+  /** Ends a session that a pipe took over ({@linkcode Session.handedOff}): closed, logged, forgotten. */
+  ended: (s: Session) => void;
 }
 
 /**
@@ -115,7 +117,9 @@ export class Session {
   #startedAt = 0;
   /** A background read watches for the client leaving. */
   #watching = false;
-  #left = new AbortController();
+  /** Aborted at the close; made when first asked for, let go once a pipe takes over. */
+  #left: AbortController | null = null;
+  #closed = false;
   /** Writes towards the upstream of the moment, counted. */
   readonly toUpstream: Writer = {
     write: async (p) => {
@@ -147,12 +151,25 @@ export class Session {
 
   /** Aborted when the session closes: dials and slot requests give up. */
   get signal(): AbortSignal {
+    if (!this.#left) {
+      this.#left = new AbortController();
+      if (this.#closed) this.#left.abort(CLIENT_LEFT);
+    }
     return this.#left.signal;
+  }
+
+  /**
+   * Whether a pipe (a CONNECT tunnel, a switched protocol) took the
+   * connection over: it ends the session through `engine.ended`, and the
+   * connection's loop, which no longer waits for it, must not.
+   */
+  get handedOff(): boolean {
+    return this.phase === "tunnel";
   }
 
   /** Whether the session has closed. */
   get closed(): boolean {
-    return this.#left.signal.aborted;
+    return this.#closed;
   }
 
   /** When the timeout the session is under passes (coarse clock, ms). */
@@ -165,6 +182,15 @@ export class Session {
     const t = this.engine.timeouts;
     this.#kind = kind;
     this.#deadline = this.engine.now + (kind === "reply" ? REPLY_GRACE_MS : t[kind]);
+  }
+
+  /**
+   * A pipe takes the connection over (phase `tunnel`): slots and dials are
+   * done, so the abort signal is let go (an idle tunnel may last hours).
+   */
+  pipeTakesOver(): void {
+    this.phase = "tunnel";
+    this.#left = null;
   }
 
   /** A request head arrived: the request phase begins. */
@@ -214,8 +240,9 @@ export class Session {
 
   /** Closes the client connection and the upstream one of the moment. */
   close(): void {
-    if (this.closed) return;
-    this.#left.abort(CLIENT_LEFT);
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#left?.abort(CLIENT_LEFT);
     try {
       this.conn.close();
     } catch { /* already closed */ }

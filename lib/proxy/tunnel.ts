@@ -14,10 +14,11 @@ import type { Upstream } from "./upstream.ts";
 const ESTABLISHED = encodeLatin1("HTTP/1.1 200 Connection Established\r\n\r\n");
 
 /**
- * Opens a CONNECT tunnel within its host's limit and pipes it until both
- * sides have ended; never rejects. A refusal or a failed dial is answered
- * by {@linkcode Session.fail}. Once the relay runs, nothing of this call
- * (the request head included) is held any longer.
+ * Opens a CONNECT tunnel within its host's limit and hands the connection
+ * to a pipe ({@linkcode pipe}); resolves once the pipe runs, or once a
+ * refusal or a failed dial has been answered by {@linkcode Session.fail}.
+ * Never rejects. Nothing of this call (the request head included) is held
+ * while the tunnel lasts.
  */
 export async function tunnel(s: Session, req: RequestHead): Promise<void> {
   let up: Upstream;
@@ -41,5 +42,5 @@ export async function tunnel(s: Session, req: RequestHead): Promise<void> {
     return s.close(); // the client is gone
   }
   s.bytesDown = 0; // tunnel bytes only
-  return pipe(s, up);
+  pipe(s, up);
 }
