@@ -17,6 +17,8 @@ import {
 import { patternBytes } from "./_helpers/upstream.ts";
 import { startScriptedUpstream } from "./_helpers/scripted_upstream.ts";
 import { startProxy } from "./_helpers/proxy.ts";
+import { captureLogs, messageText } from "./_helpers/logs.ts";
+import { waitFor } from "./_helpers/raw.ts";
 
 const SWITCH =
   "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
@@ -68,6 +70,46 @@ Deno.test("an upgrade answered before its request body is read relays body and t
     ),
     { numRuns: 12, examples: [[200_000, 0, 0.5, 7], [600, 0, 0.1, 7], [600, 100, 0, 3]] },
   );
+});
+
+Deno.test("a switched protocol is logged once, at its end, with its bytes both ways, and its connection counted closed", async () => {
+  const logs = await captureLogs(["dprl", "access"]);
+  await using up = startScriptedUpstream(async (c) => {
+    if (await c.readHead() === null) return;
+    await c.write(SWITCH + "hello");
+    await c.conn.readToEnd(); // "goodbye", then the client's end
+  });
+  await using tp = await startProxy({ accessLog: true });
+  const gauge = async (): Promise<number> => {
+    const res = await tp.proxy.adminHandler()(new Request("http://admin/metrics"));
+    return Number(/^dprl_client_connections (\d+)$/m.exec(await res.text())?.[1]);
+  };
+  const c = await BufferedConn.connect(tp.addr);
+  try {
+    await c.write(
+      `GET ${up.url("/ws")} HTTP/1.1\r\nHost: ${up.authority}\r\n` +
+        `Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n`,
+    );
+    const head = await readHead(c);
+    assert.ok(head);
+    assert.equal(statusOf(head), 101);
+    assert.equal(text(await c.readExact(5)), "hello");
+    assert.equal(await gauge(), 1);
+    assert.equal(logs.length, 0, "nothing logged while the pipe is open");
+    await c.write("goodbye");
+    await c.closeWrite();
+    await c.waitClosed();
+  } finally {
+    c.close();
+  }
+  await waitFor(async () => await gauge() === 0, () => "the client connection counted closed");
+  await waitFor(() => logs.length > 0, () => "the access line");
+  assert.equal(logs.length, 1);
+  const line = messageText(logs[0]);
+  assert.match(line, new RegExp(`GET ${up.authority} 101 up=\\d+ down=\\d+`));
+  const [, upBytes, downBytes] = /up=(\d+) down=(\d+)/.exec(line)!.map(Number);
+  assert.ok(upBytes >= "goodbye".length, line);
+  assert.ok(downBytes >= "hello".length, line);
 });
 
 Deno.test("interim responses reach an HTTP/1.1 client but never an HTTP/1.0 one", async () => {
