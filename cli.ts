@@ -237,6 +237,7 @@ function parseValues(
     maxClients: integer("max-clients", value("max-clients")!, 0, 1_000_000_000),
     maxClientsPerIp: integer("max-clients-per-ip", value("max-clients-per-ip")!, 0, 1_000_000_000),
     accessLog: parseSwitch("--access-log", toggle(parsed, file, "access-log")),
+    collectWhenIdle: true,
     ...redisOptions(value),
     admin: adminOptions(value),
     tls: tlsSource(value),

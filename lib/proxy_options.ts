@@ -227,6 +227,14 @@ export interface ProxyRateLimiterOptions {
   /** Logs one line per exchange or tunnel (category `["dprl", "access"]`). Default `false`. */
   accessLog?: boolean;
   /**
+   * Runs one full garbage collection when no request or tunnel has begun
+   * for a second and the heap has grown by 4 MiB since the last one, so
+   * that a quiet proxy holding idle tunnels does not keep the garbage of
+   * their opening in its resident memory. The process's own: it sets V8's
+   * `--expose-gc` flag at start. `dprl` (the CLI) turns it on. Default `false`.
+   */
+  collectWhenIdle?: boolean;
+  /**
    * Starts an admin server with the proxy (and stops it with the proxy):
    * `/healthz`, `/readyz`, `/metrics`, the JSON API under `/api/` and the
    * dashboard at `/`. Without it no admin port is opened;

@@ -392,8 +392,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
     clients: ClientPolicy;
     destinations: DestinationPolicy;
   }): void {
-    const o = this.#options;
-    const access = getLogger(["dprl", "access"]);
+    const o = this.#options, access = getLogger(["dprl", "access"]);
     const server = new ProxyServer({
       ...parts,
       limits: this.#limits,
@@ -404,6 +403,7 @@ export class ProxyRateLimiter implements AsyncDisposable {
       logger: this.#logger,
       stats: this.#stats,
       onAccess: o.accessLog ? (entry) => logAccess(access, entry) : undefined,
+      collectWhenIdle: o.collectWhenIdle,
       maxClients: o.maxClients,
       maxClientsPerIp: o.maxClientsPerIp,
       queueTimeout: o.queueTimeout,

@@ -30,6 +30,7 @@ import { exchange } from "./exchange.ts";
 import { tunnel } from "./tunnel.ts";
 import { DEFAULTS, type Timeouts } from "../defaults.ts";
 import type { ClientConn, ClientListener } from "./client_conn.ts";
+import { fullCollection, heapUsed, IdleCollector } from "../idle_collector.ts";
 
 /** Options of {@linkcode ProxyServer}. */
 export interface ProxyServerOptions {
@@ -75,6 +76,8 @@ export interface ProxyServerOptions {
   adaptiveMin?: number;
   /** The parent proxies hosts go through; without it, every host is dialed directly. */
   parents?: ParentProxies;
+  /** Collects garbage once the server falls quiet ({@linkcode IdleCollector}). */
+  collectWhenIdle?: boolean;
 }
 
 const SWEEP_MS = 250;
@@ -92,6 +95,7 @@ export class ProxyServer {
   /** Accept failures not logged yet (at most one line a second). */
   #acceptFailures = 0;
   #acceptLoggedAt = 0;
+  #collector: IdleCollector | null = null;
 
   /** Creates the engine; nothing is served until {@linkcode serve}. */
   constructor(options: ProxyServerOptions) {
@@ -118,6 +122,8 @@ export class ProxyServer {
       logger: options.logger,
       parents: options.parents,
     });
+    const collect = options.collectWhenIdle ? fullCollection() : null;
+    if (collect) this.#collector = new IdleCollector({ collect, heapUsed });
     const parents = options.parents?.defaults.map((p) => p.url.origin).join(", ");
     if (parents) options.logger.info("Going out through {parents}", { parents });
     this.#engine = {
@@ -205,9 +211,14 @@ export class ProxyServer {
   /** Advances the coarse clock and runs the action of every passed deadline. */
   #sweep(): void {
     const now = this.#engine.now = Date.now();
-    for (const s of this.#sessions) if (s.deadline <= now) s.expire();
+    // forEach, not for-of: no iterator result per session until the loop is optimized.
+    this.#sessions.forEach((s) => {
+      if (s.deadline <= now) s.expire();
+    });
     this.#engine.pool.sweep(now);
     this.#engine.stats.forgetIdle((key) => this.#engine.pool.inUse(key));
+    const { http, connect, upgrade } = this.#engine.stats.requests;
+    this.#collector?.tick(now, http + connect + upgrade);
   }
 
   /**
