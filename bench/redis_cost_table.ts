@@ -18,6 +18,8 @@ export interface RedisCostFigures {
    * tunnels/s and CPU per tunnel (µs, memory then Redis).
    */
   sideBySide: { memory: number; redis: number; cpuUs: number[] }[];
+  /** The same, one run, with 100,000 unrelated keys in Redis. */
+  sideBySideFull?: { memory: number; redis: number; cpuUs: number[] };
   /**
    * The same, one short run, the 32 clients round-robin over many hosts:
    * with the script calls per tunnel and Redis's CPU per tunnel (µs).

@@ -201,6 +201,14 @@ export function ratios(r: Results): Ratio[] {
     "Redis size: dprl tunnels/s, 100k keys ÷ empty",
     d[DIST.dprlRedisFull]?.perSec,
     d[DIST.dprlRedis]?.perSec,
+    "info",
+    0,
+  );
+  const full = r.redisCost?.sideBySideFull;
+  add(
+    "Redis size: dprl tunnels/s, Redis holding 100k unrelated keys ÷ in memory (side by side)",
+    full?.redis,
+    full?.memory,
     ">=",
     0.9,
   );

@@ -483,6 +483,11 @@ async function measureDistributed(defs: ProxyDef[], tools: Tools): Promise<void>
           redisCost.sideBySide.push({ memory: t.memory, redis: t.redis, cpuUs: t.cpuUs });
           log(`  Redis ÷ memory, round ${round + 1}: ${(t.redis / t.memory).toFixed(2)}`);
         }
+        log("the same with 100,000 unrelated keys in Redis");
+        await redis.fill(100_000);
+        const t = await tunnelsSideBySide({ redis, targets: echo.targets, seconds: D });
+        redisCost.sideBySideFull = { memory: t.memory, redis: t.redis, cpuUs: t.cpuUs };
+        log(`  Redis with 100,000 keys ÷ memory: ${(t.redis / t.memory).toFixed(2)}`);
       } finally {
         echo.close();
       }

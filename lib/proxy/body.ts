@@ -29,6 +29,15 @@ async function send(dst: Writer, data: Uint8Array): Promise<void> {
   }
 }
 
+/** The size of a batch buffer that goes back to {@linkcode SPARE} after its write. */
+const SPARE_SIZE = 4096;
+/**
+ * Batch buffers written out and free again, at most 64 (256 KiB): a
+ * response's head and small body reuse one instead of allocating it (an
+ * allocation costs more than the copy).
+ */
+const SPARE: Uint8Array<ArrayBuffer>[] = [];
+
 /**
  * Collects small pieces in one buffer, to send in one write. A first piece
  * given to the constructor (a head, as bytes or as ISO-8859-1 text) waits
@@ -56,7 +65,10 @@ class Batch {
     if (bytes.length === 0) return;
     const need = this.#size + bytes.length;
     if (need > this.#buf.length) {
-      const bigger = new Uint8Array(Math.max(need, 2 * this.#buf.length));
+      const size = Math.max(need, 2 * this.#buf.length);
+      const bigger = size <= SPARE_SIZE
+        ? SPARE.pop() ?? new Uint8Array(SPARE_SIZE)
+        : new Uint8Array(size);
       const first = this.#first;
       if (typeof first === "string") encodeLatin1Into(first, bigger, 0);
       else if (first) bigger.set(first);
@@ -77,6 +89,11 @@ class Batch {
     this.#first = null;
     this.#size = 0;
     await send(this.dst, data);
+    if (this.#buf.length === SPARE_SIZE) {
+      // Written: the buffer is free for the next batch (this one takes another when it needs one).
+      if (SPARE.length < 64) SPARE.push(this.#buf);
+      this.#buf = EMPTY;
+    }
   }
 }
 

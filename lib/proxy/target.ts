@@ -66,11 +66,26 @@ export function parseTarget(target: string): Target {
  * Parses the authority-form target of a CONNECT (`host:port`, the port
  * required), with the checks of {@linkcode parseTarget}.
  */
-export function parseConnectTarget(target: string): Authority {
+export function parseConnectTarget(target: string): Readonly<Authority> {
   return parseAuthority(target, null);
 }
 
-function parseAuthority(authority: string, defaultPort: number | null): Authority {
+/** Authorities parsed lately, by default port and text: a client names the same few again and again. */
+const parsed = new Map<string, Readonly<Authority>>();
+/** Entries kept at most; the map starts over when full. */
+const PARSED_MAX = 1024;
+
+function parseAuthority(authority: string, defaultPort: number | null): Readonly<Authority> {
+  const cacheKey = defaultPort === null ? authority : `${defaultPort} ${authority}`;
+  const known = parsed.get(cacheKey);
+  if (known) return known;
+  const fresh = Object.freeze(checkAuthority(authority, defaultPort));
+  if (parsed.size >= PARSED_MAX) parsed.clear();
+  parsed.set(cacheKey, fresh);
+  return fresh;
+}
+
+function checkAuthority(authority: string, defaultPort: number | null): Authority {
   if (authority.includes("@")) {
     throw bad("Credentials in the request target are not allowed");
   }
