@@ -9,7 +9,7 @@
  * @module
  */
 
-import { type Tools, tunnels, wrk } from "./measure.ts";
+import { median, type Tools, tunnels, wrk } from "./measure.ts";
 import { cpuSeconds } from "./process.ts";
 import { fmt, table } from "./markdown_table.ts";
 
@@ -121,10 +121,10 @@ export function leastRatio(
   return Math.min(...f.rounds.map((r) => a(r) / b(r)));
 }
 
-/** The most CPU per request of dprl over the rounds, µs. */
-export function mostCpuPerRequest(f: InTurnsFigures | undefined): number | undefined {
+/** dprl's CPU per request, µs: the median of the rounds. */
+export function cpuPerRequest(f: InTurnsFigures | undefined): number | undefined {
   if (!f?.rounds.length) return undefined;
-  return Math.max(...f.rounds.map((r) => r.dprlHttpCpuUs));
+  return median(f.rounds.map((r) => r.dprlHttpCpuUs));
 }
 
 /** The section's table: every round. */

@@ -6,7 +6,7 @@
  */
 
 import { type TlsFigures, tlsTable } from "./tls_cost.ts";
-import { type InTurnsFigures, inTurnsTable, leastRatio, mostCpuPerRequest } from "./in_turns.ts";
+import { cpuPerRequest, type InTurnsFigures, inTurnsTable, leastRatio } from "./in_turns.ts";
 import type { Facts } from "./machine.ts";
 import type { IdleMemoryResult, ThroughputResult, TunnelsResult, WrkResult } from "./measure.ts";
 import { fmt, table } from "./markdown_table.ts";
@@ -380,9 +380,9 @@ export function ratioTable(r: Results): string {
     cap ? `= ${cap.limit} (exact)` : "= limit (exact)",
     !cap ? "not measured" : capExact(cap) ? "pass" : "**miss**",
   ]);
-  const cpu = mostCpuPerRequest(r.inTurns);
+  const cpu = cpuPerRequest(r.inTurns);
   rows.push([
-    "proxy CPU per plain-HTTP request, dprl, in turns (most of any round)",
+    "proxy CPU per plain-HTTP request, dprl, in turns (median of the rounds)",
     cpu === undefined ? "—" : `${cpu.toFixed(0)} µs`,
     "",
     "< 45 µs",
