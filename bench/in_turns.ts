@@ -1,7 +1,9 @@
 /**
  * dprl beside what two of its goals compare it with, in turns: plain HTTP
  * through dprl and straight at the upstream, and CONNECT tunnels through
- * dprl and through goproxy-dprl. The two sides of each pair run one after
+ * dprl and through goproxy-dprl; plain HTTP also through the bare Deno
+ * forwarder (`bench/bare_relay.ts --forward`), the floor of forwarding in
+ * Deno. The sides of each pair run one after
  * the other on the same processes, round after round (who goes first
  * alternates), so that each round's ratio compares two moments seconds
  * apart, not two runs minutes apart on a shared machine.
@@ -21,6 +23,10 @@ export interface TurnRound {
   dprlHttp: number;
   /** dprl's CPU per request, µs. */
   dprlHttpCpuUs: number;
+  /** wrk through the bare Deno forwarder (`bench/bare_relay.ts --forward`), req/s: the floor. */
+  bareHttp: number;
+  /** The bare forwarder's CPU per request, µs. */
+  bareHttpCpuUs: number;
   /** Tunnels/s through dprl. */
   dprlTunnels: number;
   /** Tunnels/s through goproxy-dprl. */
@@ -50,6 +56,8 @@ export interface InTurnsOptions {
   upstreamPort: number;
   dprl: RunningProxy;
   goproxy: RunningProxy;
+  /** The bare Deno forwarder to the upstream. */
+  bare: RunningProxy;
   rounds: number;
   seconds: number;
   log: (msg: string) => void;
@@ -69,30 +77,28 @@ async function perOp<T>(
   return { r, cpuUs: ops(r) > 0 ? (used * 1e6) / ops(r) : NaN };
 }
 
-/** Runs `a` and `b` in the order of the round (alternating), returning them as `[a, b]`. */
-async function inOrder<T>(round: number, a: () => Promise<T>, b: () => Promise<T>) {
-  if (round % 2 === 0) {
-    const x = await a();
-    return [x, await b()] as const;
-  }
-  const y = await b();
-  return [await a(), y] as const;
+/** Runs `runs` in the order of the round (reversed every other round); results in their order. */
+async function inOrder<T>(round: number, ...runs: (() => Promise<T>)[]): Promise<T[]> {
+  const out: T[] = new Array(runs.length);
+  const order = runs.map((_, i) => i);
+  if (round % 2) order.reverse();
+  for (const i of order) out[i] = await runs[i]();
+  return out;
 }
 
 /** Measures both pairs in turns, after a warm-up of each proxy. */
 export async function measureInTurns(o: InTurnsOptions): Promise<InTurnsFigures> {
-  const { tools, upstreamPort: up, dprl, goproxy } = o;
+  const { tools, upstreamPort: up, dprl, goproxy, bare } = o;
   await wrk(tools, dprl.port, up, 2);
+  await wrk(tools, bare.port, up, 2);
   await tunnels(tools, dprl.port, up, 2);
   await tunnels(tools, goproxy.port, up, 2);
   const rounds: TurnRound[] = [];
   for (let i = 0; i < o.rounds; i++) {
     o.log(`dprl in turns with no proxy and with goproxy-dprl, round ${i + 1}/${o.rounds}`);
-    const [direct, viaDprl] = await inOrder(
-      i,
-      () => perOp(null, () => wrk(tools, null, up, o.seconds), (r) => r.requests),
-      () => perOp(dprl.pid, () => wrk(tools, dprl.port, up, o.seconds), (r) => r.requests),
-    );
+    const http = (p: RunningProxy | null) => () =>
+      perOp(p?.pid ?? null, () => wrk(tools, p?.port ?? null, up, o.seconds), (r) => r.requests);
+    const [direct, viaBare, viaDprl] = await inOrder(i, http(null), http(bare), http(dprl));
     const [dprlT, goT] = await inOrder(
       i,
       () => perOp(dprl.pid, () => tunnels(tools, dprl.port, up, o.seconds), (r) => r.ok),
@@ -102,6 +108,8 @@ export async function measureInTurns(o: InTurnsOptions): Promise<InTurnsFigures>
       noProxyHttp: direct.r.reqPerSec,
       dprlHttp: viaDprl.r.reqPerSec,
       dprlHttpCpuUs: viaDprl.cpuUs,
+      bareHttp: viaBare.r.reqPerSec,
+      bareHttpCpuUs: viaBare.cpuUs,
       dprlTunnels: dprlT.r.perSec,
       goTunnels: goT.r.perSec,
       dprlTunnelCpuUs: dprlT.cpuUs,
@@ -111,14 +119,23 @@ export async function measureInTurns(o: InTurnsOptions): Promise<InTurnsFigures>
   return { seconds: o.seconds, rounds };
 }
 
-/** The least ratio over the rounds (the goals hold in every round). */
-export function leastRatio(
+/** The ratio `a ÷ b` of every round. */
+export function roundRatios(
   f: InTurnsFigures | undefined,
   a: (r: TurnRound) => number,
   b: (r: TurnRound) => number,
-): number | undefined {
-  if (!f?.rounds.length) return undefined;
-  return Math.min(...f.rounds.map((r) => a(r) / b(r)));
+): number[] {
+  return f?.rounds.map((r) => a(r) / b(r)) ?? [];
+}
+
+/** The least of `xs` (the goals hold in every round), or `undefined` when empty. */
+export function least(xs: number[]): number | undefined {
+  return xs.length ? Math.min(...xs) : undefined;
+}
+
+/** The most of `xs`, or `undefined` when empty. */
+export function most(xs: number[]): number | undefined {
+  return xs.length ? Math.max(...xs) : undefined;
 }
 
 /** dprl's CPU per request, µs: the median of the rounds. */
@@ -137,6 +154,7 @@ export function inTurnsTable(f: InTurnsFigures | undefined): string {
       "dprl",
       "dprl ÷ no proxy",
       "dprl CPU µs/req",
+      "bare Deno forwarder ÷ no proxy (CPU µs/req)",
       "tunnels/s: dprl",
       "goproxy-dprl",
       "dprl ÷ goproxy-dprl",
@@ -148,11 +166,12 @@ export function inTurnsTable(f: InTurnsFigures | undefined): string {
       fmt(r.dprlHttp),
       `${fmt(r.dprlHttp / r.noProxyHttp, 2)}×`,
       fmt(r.dprlHttpCpuUs),
+      `${fmt(r.bareHttp / r.noProxyHttp, 2)}× (${fmt(r.bareHttpCpuUs)})`,
       fmt(r.dprlTunnels),
       fmt(r.goTunnels),
       `${fmt(r.dprlTunnels / r.goTunnels, 2)}×`,
       `${fmt(r.dprlTunnelCpuUs)} / ${fmt(r.goTunnelCpuUs)}`,
     ]),
-    ["r", "r", "r", "r", "r", "r", "r", "r", "r"],
+    ["r", "r", "r", "r", "r", "r", "r", "r", "r", "r"],
   );
 }

@@ -370,3 +370,13 @@ export function median(xs: number[]): number {
   const mid = Math.floor(s.length / 2);
   return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 }
+
+/** The better of two rate results (the first when the second is missing). */
+export function best<T extends { reqPerSec?: number; perSec?: number }>(
+  a: T | undefined,
+  b: T | undefined,
+): T | undefined {
+  if (!a || !b) return a ?? b;
+  const rate = (x: T): number => x.reqPerSec ?? x.perSec ?? 0;
+  return rate(b) > rate(a) ? b : a;
+}

@@ -6,7 +6,14 @@
  */
 
 import { type TlsFigures, tlsTable } from "./tls_cost.ts";
-import { cpuPerRequest, type InTurnsFigures, inTurnsTable, leastRatio } from "./in_turns.ts";
+import {
+  cpuPerRequest,
+  type InTurnsFigures,
+  inTurnsTable,
+  least,
+  most,
+  roundRatios,
+} from "./in_turns.ts";
 import type { Facts } from "./machine.ts";
 import type { IdleMemoryResult, ThroughputResult, TunnelsResult, WrkResult } from "./measure.ts";
 import { fmt, table } from "./markdown_table.ts";
@@ -141,17 +148,24 @@ export function ratios(r: Results): Ratio[] {
   const n = r.inTurns?.rounds.length ?? 0;
   add(
     `CONNECT tunnels/s, dprl ÷ goproxy-dprl, in turns (least of ${n} rounds)`,
-    leastRatio(r.inTurns, (x) => x.dprlTunnels, (x) => x.goTunnels),
+    least(roundRatios(r.inTurns, (x) => x.dprlTunnels, (x) => x.goTunnels)),
     1,
     ">=",
     1.5,
   );
   add(
     `plain HTTP req/s, dprl ÷ no proxy, in turns (least of ${n} rounds)`,
-    leastRatio(r.inTurns, (x) => x.dprlHttp, (x) => x.noProxyHttp),
+    least(roundRatios(r.inTurns, (x) => x.dprlHttp, (x) => x.noProxyHttp)),
     1,
     ">=",
     0.45,
+  );
+  add(
+    `plain HTTP req/s, the bare Deno forwarder ÷ no proxy, in turns (most of ${n} rounds)`,
+    most(roundRatios(r.inTurns, (x) => x.bareHttp, (x) => x.noProxyHttp)),
+    1,
+    "info",
+    0,
   );
   add(
     "CONNECT tunnels/s, dprl ÷ tinyproxy",
@@ -479,11 +493,13 @@ ${rawTable(r)}
 
 ## In turns
 
-dprl beside wrk straight at the upstream (plain HTTP, as above) and beside
-goproxy-dprl (tunnels, as above), ${r.inTurns?.seconds ?? "—"} s each, one
-process each for the whole section, one side after the other in every round
-(who goes first alternates): each round's ratio compares two moments seconds
-apart. The goals that hold "in every round" are read here.
+dprl beside wrk straight at the upstream and the bare Deno forwarder
+(\`bench/bare_relay.ts --forward\`, which pipes each connection to the upstream
+and parses nothing: the floor of plain-HTTP forwarding in Deno), plain HTTP as
+above, and beside goproxy-dprl, tunnels as above; ${r.inTurns?.seconds ?? "—"} s
+each, one process each for the whole section, one after the other in every
+round (the order reversed every other round): each round's ratio compares
+moments seconds apart. The goals that hold "in every round" are read here.
 
 ${inTurnsTable(r.inTurns)}
 

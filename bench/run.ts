@@ -25,6 +25,7 @@
 import { parseArgs } from "node:util";
 import { machineFacts, versionFacts } from "./machine.ts";
 import {
+  best,
   burst,
   idleMemory,
   median,
@@ -49,7 +50,6 @@ import { RedisServer } from "./redis_server.ts";
 import { giveHosts, Scraper, type ScrapeStats, scrapeTimes } from "./admin_cost.ts";
 import {
   capTable,
-  DISTRIBUTED_LABELS as L,
   distributedTable,
   DPRL_BESIDE_BARE,
   markdown,
@@ -57,11 +57,12 @@ import {
   rawTable,
   type Results,
 } from "./report.ts";
-import { type RedisCostFigures, redisCostTable } from "./redis_cost_table.ts";
+import { redisCostTable } from "./redis_cost_table.ts";
 import { buildBinaries, ensureDebianTools, paths } from "./setup.ts";
 import { measureUpstream } from "./upstream_aware.ts";
 import { measureTls, tlsTable } from "./tls_cost.ts";
 import { inTurnsTable, measureInTurns } from "./in_turns.ts";
+import { measureDistributed } from "./distributed_section.ts";
 import { ADMIN_LABELS, adminTable } from "./admin_table.ts";
 import { committedRatios } from "./guard.ts";
 import { upstreamTables } from "./upstream_table.ts";
@@ -201,16 +202,6 @@ function record(label: string, round: number, rate: number | undefined): void {
   log(`  ${label}, round ${round + 1}: ${rate === undefined ? "failed" : Math.round(rate)}`);
 }
 
-/** The better of two rate results (the first when the second is missing). */
-function best<T extends { reqPerSec?: number; perSec?: number }>(
-  a: T | undefined,
-  b: T | undefined,
-): T | undefined {
-  if (!a || !b) return a ?? b;
-  const rate = (x: T): number => x.reqPerSec ?? x.perSec ?? 0;
-  return rate(b) > rate(a) ? b : a;
-}
-
 async function measureSpeed(def: ProxyDef, tools: Tools, round: number): Promise<void> {
   const fig = (results.proxies[def.name] ??= {});
   const up = await startUpstream(tools);
@@ -311,11 +302,19 @@ async function measureTurns(defs: ProxyDef[], tools: Tools): Promise<void> {
       procs.push(dprl.proc);
       const go = await startProxy(defs.find((d) => d.name === "goproxy-dprl")!, 0);
       procs.push(go.proc);
+      const barePort = freePort();
+      const bare = spawn("bare forwarder", Deno.execPath(), [
+        ...["run", "-A", `${P.repo}/bench/bare_relay.ts`],
+        ...["--port", String(barePort), "--forward", `127.0.0.1:${up.port}`],
+      ]);
+      procs.push(bare);
+      await waitForPort(barePort, 20_000, bare);
       return await measureInTurns({
         tools,
         upstreamPort: up.port,
         dprl: { port: dprl.port, pid: dprl.proc.pid },
         goproxy: { port: go.port, pid: go.proc.pid },
+        bare: { port: barePort, pid: bare.pid },
         rounds: flags.quick ? 2 : TURNS,
         seconds: flags.quick ? 2 : 4,
         log,
@@ -409,137 +408,6 @@ async function measureAdmin(dprl: ProxyDef, tools: Tools): Promise<void> {
   }
 }
 
-/** One distributed configuration: a proxy, a limit, Redis or not. */
-interface DistConfig {
-  label: string;
-  def: ProxyDef;
-  max: number;
-  redis: boolean;
-  /** Fill Redis with 100,000 unrelated keys first (else empty it). */
-  full: boolean;
-}
-
-async function measureDistributed(defs: ProxyDef[], tools: Tools): Promise<void> {
-  const dprl = defs.find((d) => d.name === "dprl")!;
-  const go = defs.find((d) => d.name === "goproxy-dprl")!;
-  const configs: DistConfig[] = [
-    { label: L.dprlRedis, def: dprl, max: 100_000, redis: true, full: false },
-    { label: L.dprlRedisFull, def: dprl, max: 100_000, redis: true, full: true },
-    { label: L.goRedis, def: go, max: 0, redis: true, full: false },
-    { label: L.goRedisFull, def: go, max: 0, redis: true, full: true },
-  ];
-  const redis = await RedisServer.start(P.cache);
-  const up = await startUpstream(tools);
-  let full = false;
-  // Loaded here: the Redis client comes with it.
-  const { heartbeatCost, scriptCalls, startEcho, tunnelsSideBySide } = await import(
-    "./redis_cost.ts"
-  );
-  const redisCost: RedisCostFigures = results.redisCost = { scriptsPerTunnel: [], sideBySide: [] };
-  try {
-    for (let round = 0; round < ROUNDS; round++) {
-      const order = round % 2 ? [...configs].reverse() : configs;
-      for (const c of order) {
-        await attempt(c.label, async () => {
-          if (c.redis && c.full !== full) {
-            await redis.flushAll();
-            full = false;
-            if (c.full) {
-              log("writing 100,000 unrelated keys to Redis");
-              await redis.fill(100_000);
-              const n = await redis.dbsize();
-              if (n < 100_000) throw new Error(`Redis holds ${n} keys after the fill`);
-              full = true;
-            }
-          }
-          const { port, proc } = await startProxy(c.def, c.max, c.redis ? redis.addr : undefined);
-          try {
-            log(`${c.label} (${D}s), round ${round + 1}/${ROUNDS}`);
-            await tunnels(tools, port, up.port, WARM);
-            const counted = c.label === L.dprlRedis;
-            if (counted) await redis.command("CONFIG", "RESETSTAT");
-            const r = await withCpu(proc, D, (x) => x.ok, () => tunnels(tools, port, up.port, D));
-            results.distributed[c.label] = best(results.distributed[c.label], r)!;
-            record(`${c.label}: tunnels/s`, round, r.perSec);
-            if (counted) {
-              const perTunnel = (await scriptCalls(redis)) / r.ok;
-              redisCost.scriptsPerTunnel[round] = perTunnel;
-              log(`  script calls per tunnel, round ${round + 1}: ${perTunnel.toFixed(3)}`);
-            }
-          } finally {
-            await proc.stop();
-          }
-        });
-      }
-    }
-    await attempt("Redis ÷ memory side by side", async () => {
-      await redis.flushAll();
-      full = false;
-      const echo = startEcho();
-      try {
-        for (let round = 0; round < ROUNDS; round++) {
-          log(`dprl in memory and on Redis side by side (${D}s), round ${round + 1}/${ROUNDS}`);
-          const t = await tunnelsSideBySide({ redis, targets: echo.targets, seconds: D });
-          redisCost.sideBySide.push({ memory: t.memory, redis: t.redis, cpuUs: t.cpuUs });
-          log(`  Redis ÷ memory, round ${round + 1}: ${(t.redis / t.memory).toFixed(2)}`);
-        }
-        log("the same with 100,000 unrelated keys in Redis");
-        await redis.fill(100_000);
-        const t = await tunnelsSideBySide({ redis, targets: echo.targets, seconds: D });
-        redisCost.sideBySideFull = { memory: t.memory, redis: t.redis, cpuUs: t.cpuUs };
-        log(`  Redis with 100,000 keys ÷ memory: ${(t.redis / t.memory).toFixed(2)}`);
-      } finally {
-        echo.close();
-      }
-    });
-    await attempt(`side by side, ${MANY_HOSTS} hosts`, () => manyHosts(redis, redisCost));
-    await attempt("heartbeat cost, 10,000 hosts", async () => {
-      log("heartbeat cost: one worker holding 10,000 hosts, three heartbeats (about 20 s)");
-      redisCost.heartbeat = await heartbeatCost(redis);
-      full = false;
-    });
-  } finally {
-    await up.proc.stop();
-    await redis.stop();
-  }
-}
-
-/** Hosts of the many-host slice of the distributed section. */
-const MANY_HOSTS = 2000;
-/** Hosts of the cold slice: at the tunnels/s of this machine each is come back to every 3 s or more. */
-const COLD_HOSTS = 12_000;
-
-/**
- * The side-by-side with the 32 clients round-robin over {@linkcode MANY_HOSTS}
- * hosts (127.0.x.y), each come back to about twice a second, so that the
- * slot released by one tunnel is there for the next one to the host only when
- * the limiter keeps it that long; then over {@linkcode COLD_HOSTS}, where
- * none is: two short runs, each after emptying `redis`, kept in `into`.
- */
-async function manyHosts(redis: RedisServer, into: RedisCostFigures): Promise<void> {
-  into.manyHosts = await sideBySideOver(redis, MANY_HOSTS, "");
-  into.coldHosts = await sideBySideOver(redis, COLD_HOSTS, ", each come back to every 3 s or more");
-}
-
-/** One side-by-side run round-robin over `hosts` hosts, after emptying `redis`. */
-async function sideBySideOver(redis: RedisServer, hosts: number, what: string) {
-  const { startEcho, tunnelsSideBySide } = await import("./redis_cost.ts");
-  await redis.flushAll();
-  const echo = startEcho(hosts);
-  try {
-    const seconds = Math.ceil(D / 2);
-    log(`dprl in memory and on Redis side by side, ${hosts} hosts${what} (${seconds}s)`);
-    const t = await tunnelsSideBySide({ redis, targets: echo.targets, seconds });
-    log(
-      `  Redis ÷ memory: ${(t.redis / t.memory).toFixed(2)}, ` +
-        `script calls per tunnel: ${t.scriptsPerTunnel.toFixed(3)}`,
-    );
-    return { hosts, ...t };
-  } finally {
-    echo.close();
-  }
-}
-
 async function measureCap(def: ProxyDef, tools: Tools): Promise<void> {
   const LIMIT = 4, N = 3, CLIENTS = 20;
   await attempt(`${def.name} cap accuracy`, async () => {
@@ -626,7 +494,22 @@ async function main(): Promise<void> {
       for (const def of chosen) await measureMemory(def, tools);
     }
     if (!skip.has("admin")) await measureAdmin(defs.find((d) => d.name === "dprl")!, tools);
-    if (!skip.has("distributed")) await measureDistributed(defs, tools);
+    if (!skip.has("distributed")) {
+      await measureDistributed({
+        tools,
+        results,
+        rounds: ROUNDS,
+        seconds: D,
+        warm: WARM,
+        cacheDir: P.cache,
+        log,
+        attempt,
+        startProxy,
+        startUpstream: () => startUpstream(tools),
+        withCpu,
+        record,
+      }, defs);
+    }
     if (!skip.has("cap")) {
       await measureCap(defs[0], tools);
       await measureCap(defs[1], tools);
