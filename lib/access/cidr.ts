@@ -64,6 +64,21 @@ function parseIpv6(text: string): Uint8Array | null {
  * is dropped). Returns `null` when `text` is not one.
  */
 export function parseIp(text: string): IpAddress | null {
+  let known = parsed.get(text);
+  if (known === undefined) {
+    known = parseIpText(text);
+    // The same few addresses come back (clients, upstreams): remember the last ones.
+    if (parsed.size >= PARSED_MAX) parsed.clear();
+    parsed.set(text, known);
+  }
+  return known;
+}
+
+/** Addresses parsed lately, by their text (`null`: not an address). */
+const parsed = new Map<string, IpAddress | null>();
+const PARSED_MAX = 1024;
+
+function parseIpText(text: string): IpAddress | null {
   let s = text.trim();
   if (s.startsWith("[") && s.endsWith("]")) s = s.slice(1, -1);
   if (s.includes(":")) {

@@ -4,6 +4,12 @@ const INITIAL_SIZE = 4096;
 /** The buffer of a watch while nothing is buffered. */
 const WATCH_SIZE = 512;
 const EMPTY = new Uint8Array(0);
+/**
+ * Head-sized buffers free again, at most 64: a connection's first read
+ * takes one instead of allocating it, and gives it back when it starts to
+ * wait on a watch buffer with nothing left in it (heads are parsed by then).
+ */
+const SPARE: Uint8Array<ArrayBuffer>[] = [];
 
 /** Thrown when a head or line grows past its allowed size. */
 export class TooLargeError extends Error {
@@ -19,7 +25,7 @@ export class TooLargeError extends Error {
  */
 export class BufferedReader {
   readonly conn: Reader;
-  #buf: Uint8Array;
+  #buf: Uint8Array<ArrayBuffer>;
   #start = 0;
   #end = 0;
   #pending: Promise<number | null> | null = null;
@@ -53,7 +59,10 @@ export class BufferedReader {
       // (an idle tunnel or pooled socket may wait like this for minutes);
       // the last one, when it is small, serves again.
       this.#start = this.#end = 0;
-      if (this.#buf.length !== WATCH_SIZE) this.#buf = new Uint8Array(WATCH_SIZE);
+      if (this.#buf.length !== WATCH_SIZE) {
+        if (this.#buf.length === INITIAL_SIZE && SPARE.length < 64) SPARE.push(this.#buf);
+        this.#buf = new Uint8Array(WATCH_SIZE);
+      }
     }
     // Once settled, its bytes are in the buffer for any reader.
     const pending = this.#readMore(() => {
@@ -81,7 +90,7 @@ export class BufferedReader {
       });
     }
     if (this.#buf.length === 0) {
-      this.#buf = new Uint8Array(INITIAL_SIZE);
+      this.#buf = SPARE.pop() ?? new Uint8Array(INITIAL_SIZE);
     } else if (this.#end === this.#buf.length) {
       if (this.#start > 0) {
         this.#buf.copyWithin(0, this.#start, this.#end);
