@@ -61,19 +61,24 @@ export class IdleCollector {
   }
 }
 
+/** The process's full collection, once found (`null`: the runtime refused it). */
+let found: (() => void) | null | undefined;
+
 /**
  * V8's full collection, through a context made after `--expose-gc` is set
  * (the flag needs no start-up option or permission), or `null` where the
- * runtime refuses it.
+ * runtime refuses it. One context serves the whole process.
  */
 export function fullCollection(): (() => void) | null {
+  if (found !== undefined) return found;
   try {
     setFlagsFromString("--expose-gc");
     const gc = runInNewContext("gc");
-    return typeof gc === "function" ? () => gc() : null;
+    found = typeof gc === "function" ? () => gc() : null;
   } catch {
-    return null;
+    found = null;
   }
+  return found;
 }
 
 /** Bytes of V8 heap in use now. */
