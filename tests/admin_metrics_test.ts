@@ -96,6 +96,7 @@ Deno.test("metrics list every dprl metric with HELP and TYPE", async () => {
   stats.onRedisCall(0.7);
   stats.onPause(429);
   stats.onConfigReload("ok");
+  stats.onIdleCollection();
   const exp = await scrape(source);
 
   const expected: Record<string, string> = {
@@ -116,11 +117,13 @@ Deno.test("metrics list every dprl metric with HELP and TYPE", async () => {
     dprl_build_info: "gauge",
     dprl_upstream_pauses_total: "counter",
     dprl_config_reloads_total: "counter",
+    dprl_idle_collections_total: "counter",
   };
   for (const [name, type] of Object.entries(expected)) {
     assert.equal(exp.types.get(name), type, name);
     assert.ok(exp.helps.get(name), `HELP of ${name}`);
   }
+  assert.equal(value(exp, "dprl_idle_collections_total"), 1);
   const host = { host: "api.example.com" };
   assert.equal(value(exp, "dprl_upstream_connections", host), 3);
   assert.equal(value(exp, "dprl_upstream_connections_idle", host), 1);

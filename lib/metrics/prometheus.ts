@@ -307,6 +307,13 @@ function eventMetrics(out: string[], stats: ProxyStats): void {
     "TLS handshakes on the proxy port that failed or took too long (nothing was proxied).",
   );
   out.push(`dprl_tls_handshake_failures_total ${stats.tlsHandshakeFailures}`);
+  head(
+    out,
+    "dprl_idle_collections_total",
+    "counter",
+    "Full garbage collections run once the proxy fell quiet after a busy spell.",
+  );
+  out.push(`dprl_idle_collections_total ${stats.idleCollections}`);
 }
 
 /**

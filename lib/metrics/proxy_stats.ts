@@ -212,6 +212,8 @@ export class ProxyStats {
   readonly configReloads: { ok: number; error: number } = { ok: 0, error: 0 };
   /** TLS handshakes on the proxy port that failed or took too long. */
   tlsHandshakeFailures = 0;
+  /** Full garbage collections run once the proxy fell quiet. */
+  idleCollections = 0;
   /** Pauses asked by hosts with `Retry-After`, by the status that asked. */
   readonly pauses: Map<number, number> = new Map();
 
@@ -343,6 +345,11 @@ export class ProxyStats {
   /** Counts a TLS handshake on the proxy port that failed or took too long. */
   onTlsHandshakeFailure(): void {
     this.tlsHandshakeFailures++;
+  }
+
+  /** Counts a full garbage collection run once the proxy fell quiet. */
+  onIdleCollection(): void {
+    this.idleCollections++;
   }
 
   /** Records the time a limiter call to Redis took, in milliseconds. */

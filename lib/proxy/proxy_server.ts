@@ -218,7 +218,7 @@ export class ProxyServer {
     this.#engine.pool.sweep(now);
     this.#engine.stats.forgetIdle((key) => this.#engine.pool.inUse(key));
     const { http, connect, upgrade } = this.#engine.stats.requests;
-    this.#collector?.tick(now, http + connect + upgrade);
+    if (this.#collector?.tick(now, http + connect + upgrade)) this.#engine.stats.onIdleCollection();
   }
 
   /**
