@@ -1,6 +1,7 @@
 /** Relaying message bodies as they are framed, byte for byte. */
 import { type BufferedReader, writeAll, type Writer } from "./buffered_reader.ts";
 import { encodeLatin1, encodeLatin1Into, type Framing, type HttpError } from "./http_head.ts";
+import { giveSpare, SPARE_SIZE, takeSpare } from "./spare_buffers.ts";
 
 const PUMP_SIZE = 64 * 1024;
 const FLUSH_AT = 32 * 1024;
@@ -28,15 +29,6 @@ async function send(dst: Writer, data: Uint8Array): Promise<void> {
     throw new WriteError(err);
   }
 }
-
-/** The size of a batch buffer that goes back to {@linkcode SPARE} after its write. */
-const SPARE_SIZE = 4096;
-/**
- * Batch buffers written out and free again, at most 64 (256 KiB): a
- * response's head and small body reuse one instead of allocating it (an
- * allocation costs more than the copy).
- */
-const SPARE: Uint8Array<ArrayBuffer>[] = [];
 
 /**
  * Collects small pieces in one buffer, to send in one write. A first piece
@@ -66,9 +58,7 @@ class Batch {
     const need = this.#size + bytes.length;
     if (need > this.#buf.length) {
       const size = Math.max(need, 2 * this.#buf.length);
-      const bigger = size <= SPARE_SIZE
-        ? SPARE.pop() ?? new Uint8Array(SPARE_SIZE)
-        : new Uint8Array(size);
+      const bigger = size <= SPARE_SIZE ? takeSpare() : new Uint8Array(size);
       const first = this.#first;
       if (typeof first === "string") encodeLatin1Into(first, bigger, 0);
       else if (first) bigger.set(first);
@@ -91,7 +81,7 @@ class Batch {
     await send(this.dst, data);
     if (this.#buf.length === SPARE_SIZE) {
       // Written: the buffer is free for the next batch (this one takes another when it needs one).
-      if (SPARE.length < 64) SPARE.push(this.#buf);
+      giveSpare(this.#buf);
       this.#buf = EMPTY;
     }
   }

@@ -1,15 +1,11 @@
 /** A read buffer over a connection, for heads, chunk lines and bodies. */
+import { giveSpare, SPARE_SIZE, takeSpare } from "./spare_buffers.ts";
 
-const INITIAL_SIZE = 4096;
+/** A connection's first read buffer: a spare one, given back once it waits on a watch buffer. */
+const INITIAL_SIZE = SPARE_SIZE;
 /** The buffer of a watch while nothing is buffered. */
 const WATCH_SIZE = 512;
 const EMPTY = new Uint8Array(0);
-/**
- * Head-sized buffers free again, at most 64: a connection's first read
- * takes one instead of allocating it, and gives it back when it starts to
- * wait on a watch buffer with nothing left in it (heads are parsed by then).
- */
-const SPARE: Uint8Array<ArrayBuffer>[] = [];
 
 /** Thrown when a head or line grows past its allowed size. */
 export class TooLargeError extends Error {
@@ -60,7 +56,7 @@ export class BufferedReader {
       // the last one, when it is small, serves again.
       this.#start = this.#end = 0;
       if (this.#buf.length !== WATCH_SIZE) {
-        if (this.#buf.length === INITIAL_SIZE && SPARE.length < 64) SPARE.push(this.#buf);
+        giveSpare(this.#buf); // heads are parsed by now: nothing views it
         this.#buf = new Uint8Array(WATCH_SIZE);
       }
     }
@@ -90,7 +86,7 @@ export class BufferedReader {
       });
     }
     if (this.#buf.length === 0) {
-      this.#buf = SPARE.pop() ?? new Uint8Array(INITIAL_SIZE);
+      this.#buf = takeSpare();
     } else if (this.#end === this.#buf.length) {
       if (this.#start > 0) {
         this.#buf.copyWithin(0, this.#start, this.#end);
