@@ -6,6 +6,8 @@
  * @module
  */
 
+import { boundedMemo } from "../bounded_memo.ts";
+
 /** An IPv4 (4 bytes) or IPv6 (16 bytes) address. */
 export interface IpAddress {
   /** 4 or 6. */
@@ -64,19 +66,11 @@ function parseIpv6(text: string): Uint8Array | null {
  * is dropped). Returns `null` when `text` is not one.
  */
 export function parseIp(text: string): IpAddress | null {
-  let known = parsed.get(text);
-  if (known === undefined) {
-    known = parseIpText(text);
-    // The same few addresses come back (clients, upstreams): remember the last ones.
-    if (parsed.size >= PARSED_MAX) parsed.clear();
-    parsed.set(text, known);
-  }
-  return known;
+  return parseIpRemembered(text);
 }
 
-/** Addresses parsed lately, by their text (`null`: not an address). */
-const parsed = new Map<string, IpAddress | null>();
-const PARSED_MAX = 1024;
+/** The same few addresses come back (clients, upstreams): the last ones are remembered. */
+const parseIpRemembered = boundedMemo(parseIpText, 1024);
 
 function parseIpText(text: string): IpAddress | null {
   let s = text.trim();

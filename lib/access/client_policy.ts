@@ -8,6 +8,7 @@
 import { type Cidr, parseCidr, parseIp } from "./cidr.ts";
 import { ProxyAuth } from "./proxy_auth.ts";
 import { DEFAULTS } from "../defaults.ts";
+import { boundedMemo } from "../bounded_memo.ts";
 
 export { AuthBusyError, checkUsers, PROXY_AUTHENTICATE } from "./proxy_auth.ts";
 
@@ -38,8 +39,11 @@ export class ClientPolicy {
   readonly #clients: Cidr[];
   readonly #explicit: boolean;
   readonly #auth: ProxyAuth;
-  /** Answers of {@linkcode ClientPolicy.admitsAddress} for recent addresses. */
-  readonly #seen = new Map<string, boolean>();
+  /** Whether an address is in the allowed ranges; clients come back, so the last answers are remembered. */
+  readonly #admits = boundedMemo((address) => {
+    const ip = parseIp(address);
+    return ip !== null && this.#clients.some((cidr) => cidr.contains(ip));
+  }, SEEN_MAX);
 
   /** Throws a `RangeError` with a one-line message on a bad CIDR. */
   constructor(options: ClientPolicyOptions) {
@@ -69,15 +73,7 @@ export class ClientPolicy {
    */
   admitsAddress(address: string): boolean {
     if (this.authRequired && !this.#explicit) return true;
-    let admitted = this.#seen.get(address);
-    if (admitted === undefined) {
-      const ip = parseIp(address);
-      admitted = ip !== null && this.#clients.some((cidr) => cidr.contains(ip));
-      // Clients come back: remember the answer for the last addresses seen.
-      if (this.#seen.size >= SEEN_MAX) this.#seen.clear();
-      this.#seen.set(address, admitted);
-    }
-    return admitted;
+    return this.#admits(address);
   }
 
   /**

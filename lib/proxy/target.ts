@@ -7,6 +7,7 @@
  */
 import { canonicalHost, hostKey } from "../limit/host_key.ts";
 import { HttpError } from "./http_head.ts";
+import { boundedMemo } from "../bounded_memo.ts";
 
 /** An upstream named by a request target. */
 export interface Authority {
@@ -59,7 +60,7 @@ export function parseTarget(target: string): Target {
   const hash = path.indexOf("#");
   if (hash >= 0) path = path.slice(0, hash);
   if (path === "" || path.startsWith("?")) path = "/" + path;
-  return { ...parseAuthority(rest.slice(0, end), 80), path };
+  return { ...httpAuthority(rest.slice(0, end)), path };
 }
 
 /**
@@ -67,23 +68,16 @@ export function parseTarget(target: string): Target {
  * required), with the checks of {@linkcode parseTarget}.
  */
 export function parseConnectTarget(target: string): Readonly<Authority> {
-  return parseAuthority(target, null);
+  return connectAuthority(target);
 }
 
-/** Authorities parsed lately, by default port and text: a client names the same few again and again. */
-const parsed = new Map<string, Readonly<Authority>>();
-/** Entries kept at most; the map starts over when full. */
-const PARSED_MAX = 1024;
-
-function parseAuthority(authority: string, defaultPort: number | null): Readonly<Authority> {
-  const cacheKey = defaultPort === null ? authority : `${defaultPort} ${authority}`;
-  const known = parsed.get(cacheKey);
-  if (known) return known;
-  const fresh = Object.freeze(checkAuthority(authority, defaultPort));
-  if (parsed.size >= PARSED_MAX) parsed.clear();
-  parsed.set(cacheKey, fresh);
-  return fresh;
-}
+/**
+ * Authorities checked lately, by their text, for absolute-form targets
+ * (port 80 by default) and for CONNECT (a port required): a client names
+ * the same few again and again.
+ */
+const httpAuthority = boundedMemo((a) => Object.freeze(checkAuthority(a, 80)), 1024);
+const connectAuthority = boundedMemo((a) => Object.freeze(checkAuthority(a, null)), 1024);
 
 function checkAuthority(authority: string, defaultPort: number | null): Authority {
   if (authority.includes("@")) {
