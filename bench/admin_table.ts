@@ -34,32 +34,18 @@ export function adminTable(a: AdminFigures | undefined): string {
     n === undefined || Number.isNaN(n) ? "—" : n.toFixed(digits);
   const ratio = (x: number | undefined, y: number | undefined): string =>
     x !== undefined && y !== undefined && y > 0 ? `${(x / y).toFixed(2)}×` : "—";
-  const rates = table(["load", "no admin server", "admin, /metrics every 1 s", "ratio"], [
-    [
-      "plain HTTP req/s",
-      f(a.off.http?.reqPerSec),
-      f(a.on.http?.reqPerSec),
-      ratio(a.on.http?.reqPerSec, a.off.http?.reqPerSec),
-    ],
-    [
-      "CONNECT tunnels/s",
-      f(a.off.tunnels?.perSec),
-      f(a.on.tunnels?.perSec),
-      ratio(a.on.tunnels?.perSec, a.off.tunnels?.perSec),
-    ],
-    [
-      "proxy CPU µs per request",
-      f(a.off.http?.cpuUsPerOp),
-      f(a.on.http?.cpuUsPerOp),
-      ratio(a.on.http?.cpuUsPerOp, a.off.http?.cpuUsPerOp),
-    ],
-    [
-      "proxy CPU µs per tunnel",
-      f(a.off.tunnels?.cpuUsPerOp),
-      f(a.on.tunnels?.cpuUsPerOp),
-      ratio(a.on.tunnels?.cpuUsPerOp, a.off.tunnels?.cpuUsPerOp),
-    ],
-  ], ["l", "r", "r", "r"]);
+  type Side = AdminFigures["on"];
+  const rows: [string, (x: Side) => number | undefined][] = [
+    ["plain HTTP req/s", (x) => x.http?.reqPerSec],
+    ["CONNECT tunnels/s", (x) => x.tunnels?.perSec],
+    ["proxy CPU µs per request", (x) => x.http?.cpuUsPerOp],
+    ["proxy CPU µs per tunnel", (x) => x.tunnels?.cpuUsPerOp],
+  ];
+  const rates = table(
+    ["load", "no admin server", "admin, /metrics every 1 s", "ratio"],
+    rows.map(([load, of]) => [load, f(of(a.off)), f(of(a.on)), ratio(of(a.on), of(a.off))]),
+    ["l", "r", "r", "r"],
+  );
   const scrapeRows: [string, ScrapeStats | undefined][] = [
     ["idle proxy, back to back", a.scrape500],
     ["under load, once a second", a.scrapesUnderLoad],

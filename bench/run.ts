@@ -246,6 +246,22 @@ export const BARE_RELAY_BUFFERS = [64, 256, 1024];
 /** Rounds of the in-turns download (five: the ratio carries a goal of 1). */
 const TURNS = 5;
 
+/** Starts `bench/bare_relay.ts` with `flags` on a free port. */
+async function startBareRelay(flags: string[]): Promise<{ port: number; proc: Spawned }> {
+  const port = freePort();
+  const proc = spawn("bare relay", Deno.execPath(), [
+    ...["run", "-A", `${P.repo}/bench/bare_relay.ts`, "--port", String(port)],
+    ...flags,
+  ]);
+  try {
+    await waitForPort(port, 20_000, proc);
+  } catch (e) {
+    await proc.stop();
+    throw e;
+  }
+  return { port, proc };
+}
+
 /**
  * One tunnel's throughput through a bare Deno CONNECT relay
  * (`bench/bare_relay.ts`) per buffer size, and through dprl, in turns (one
@@ -258,13 +274,8 @@ async function measureBareRelays(tools: Tools, upstreamPort: number, dprl: Proxy
   await attempt("bare Deno relays", async () => {
     try {
       for (const kib of BARE_RELAY_BUFFERS) {
-        const port = freePort();
-        const proc = spawn("bare relay", Deno.execPath(), [
-          ...["run", "-A", `${P.repo}/bench/bare_relay.ts`],
-          ...["--port", String(port), "--buffer", String(kib * 1024)],
-        ]);
+        const { port, proc } = await startBareRelay(["--buffer", String(kib * 1024)]);
         procs.push(proc);
-        await waitForPort(port, 20_000, proc);
         relays.push({ name: `bare Deno relay, ${kib} KiB`, port });
       }
       const started = await startProxy(dprl, 0);
@@ -302,19 +313,14 @@ async function measureTurns(defs: ProxyDef[], tools: Tools): Promise<void> {
       procs.push(dprl.proc);
       const go = await startProxy(defs.find((d) => d.name === "goproxy-dprl")!, 0);
       procs.push(go.proc);
-      const barePort = freePort();
-      const bare = spawn("bare forwarder", Deno.execPath(), [
-        ...["run", "-A", `${P.repo}/bench/bare_relay.ts`],
-        ...["--port", String(barePort), "--forward", `127.0.0.1:${up.port}`],
-      ]);
-      procs.push(bare);
-      await waitForPort(barePort, 20_000, bare);
+      const bare = await startBareRelay(["--forward", `127.0.0.1:${up.port}`]);
+      procs.push(bare.proc);
       return await measureInTurns({
         tools,
         upstreamPort: up.port,
         dprl: { port: dprl.port, pid: dprl.proc.pid },
         goproxy: { port: go.port, pid: go.proc.pid },
-        bare: { port: barePort, pid: bare.pid },
+        bare: { port: bare.port, pid: bare.proc.pid },
         rounds: flags.quick ? 2 : TURNS,
         seconds: flags.quick ? 2 : 4,
         log,
