@@ -25,6 +25,7 @@ import {
 import { orFalse, waitFor } from "./_helpers/raw.ts";
 import { baseEnv } from "./_helpers/spawn.ts";
 import { giveBack, take } from "./_helpers/held_slots.ts";
+import { HoldingRelay } from "./_helpers/holding_relay.ts";
 
 // Captures what the limiters log, per test category.
 const records = await captureLogs(["dprl-test"], "debug");
@@ -1400,6 +1401,76 @@ await redisTest(
       await server.resume();
       await waitFor(orFalse(() => ws[0].up), "up again", 5_000);
     });
+  },
+);
+
+await redisTest(
+  "a close while the subscriber's channels are subscribed to anew leaves no rejection unheard",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    await using relay = new HoldingRelay(redis.server!.port);
+    const client = new Redis(`redis://127.0.0.1:${relay.port}`, { lazyConnect: true });
+    client.on("error", () => {});
+    const unheard: unknown[] = [];
+    const onUnheard = (e: PromiseRejectionEvent) => {
+      e.preventDefault();
+      unheard.push(e.reason);
+    };
+    addEventListener("unhandledrejection", onUnheard);
+    try {
+      const w = new RedisLimiter({ redis: client, prefix: redis.prefix, lease: LEASE });
+      assert.equal(await take(w, "resub.example", 1), true);
+      await waitFor(
+        async () =>
+          Number(
+            await redis.server!.cli("PUBSUB", "NUMSUB", `${redis.prefix}:pressure`).then((r) =>
+              r.split("\n")[1]
+            ),
+          ) === 1,
+        "subscribed",
+        2_000,
+      );
+      // Every connection drops; once the subscriber is back and subscribes
+      // anew, Redis never answers and the limiter closes.
+      const closed = new Promise((resolve) => relay.hold("subscribe", () => resolve(w.close())));
+      relay.cutAll();
+      await closed;
+      await waitFor(() => unheard.length > 0 || client.status === "ready", "settled", 2_000);
+      // Rejections nobody heard are reported once the current task ends.
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      assert.deepEqual(unheard.map(String), []);
+    } finally {
+      removeEventListener("unhandledrejection", onUnheard);
+      client.disconnect();
+    }
+  },
+);
+
+await redisTest(
+  "after a lost connection the subscriber listens again to the fleet's channels and to the queues it waits in",
+  "server",
+  async () => {
+    await using redis = await useRedis();
+    await using relay = new HoldingRelay(redis.server!.port);
+    await using ws = limiters(1, { redis: `redis://127.0.0.1:${relay.port}`, prefix: "dprl" });
+    const host = "resub.example";
+    assert.equal(await take(ws[0], host, 1), true);
+    ws[0].enqueue!(host);
+    const channels = ["dprl:pressure", "dprl:lost", `dprl:{${host}}:q`];
+    const listened = async () => {
+      const reply = await redis.server!.cli("PUBSUB", "NUMSUB", ...channels);
+      return reply.trim().split("\n").filter((_, i) => i % 2 === 1).map(Number);
+    };
+    await waitFor(orFalse(async () => (await listened()).every((n) => n === 1)), "listened", 2_000);
+    relay.cutAll();
+    await waitFor(orFalse(async () => (await listened()).every((n) => n === 0)), "lost", 2_000);
+    await waitFor(
+      orFalse(async () => (await listened()).every((n) => n === 1)),
+      "listened again",
+      3_000,
+    );
   },
 );
 

@@ -10,7 +10,7 @@
 
 import type { Cluster, Redis } from "ioredis";
 import type { RedisKeyNames } from "./redis_key_names.ts";
-import { guardStreams } from "./redis_client.ts";
+import { subscriber } from "./redis_client.ts";
 
 /** Options of {@linkcode FleetChannels}. */
 export interface FleetChannelsOptions {
@@ -34,6 +34,8 @@ export interface FleetChannelsOptions {
 export class FleetChannels {
   #o: FleetChannelsOptions;
   #sub: Redis | Cluster | null = null;
+  /** The queue channels listened to. */
+  #watched = new Set<string>();
   /** When pressure on a host was last published, by host. */
   #published = new Map<string, number>();
 
@@ -45,15 +47,10 @@ export class FleetChannels {
   /** Subscribes to the pressure and loss channels and to the queues of `waited` (once). */
   subscribe(waited: Iterable<string>): void {
     if (this.#sub) return;
-    const { client, cluster, keys } = this.#o;
+    const { pressure, lost } = this.#o.keys;
     // On Cluster, wake-ups come on sharded channels, each from its slot's node.
-    const sub = cluster
-      ? (client as Cluster).duplicate(undefined, { shardedSubscribers: true })
-      : client.duplicate();
+    const sub = subscriber(this.#o.client, () => [pressure, lost, ...this.#watched]);
     this.#sub = sub;
-    sub.on("error", () => {});
-    guardStreams(sub);
-    const { pressure, lost } = keys;
     sub.on("message", (channel: string, message: string) => {
       if (channel === pressure) this.#o.onPressure(message);
       else if (channel === lost) this.#o.onLost(message);
@@ -76,6 +73,8 @@ export class FleetChannels {
     const sub = this.#sub;
     if (!sub) return;
     const channel = this.#o.keys.key(host, "q");
+    if (on) this.#watched.add(channel);
+    else this.#watched.delete(channel);
     const cluster = sub as unknown as {
       ssubscribe(c: string): Promise<unknown>;
       sunsubscribe(c: string): Promise<unknown>;
@@ -113,6 +112,7 @@ export class FleetChannels {
   close(): void {
     this.#sub?.disconnect();
     this.#sub = null;
+    this.#watched.clear();
     this.#published.clear();
   }
 }

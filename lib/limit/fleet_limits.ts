@@ -13,6 +13,7 @@ import { diffRules } from "./rules/diff.ts";
 import { checkChanges, type FleetLimitChanges } from "./limit_changes.ts";
 import { withTimeout } from "../with_timeout.ts";
 import { RedisTimeoutError } from "./redis_errors.ts";
+import { subscriber } from "./redis_client.ts";
 
 /** Options of {@linkcode FleetLimits}. */
 export interface FleetLimitsOptions {
@@ -61,9 +62,8 @@ export class FleetLimits {
 
   /** Loads the table once, then follows its changes. */
   async start(): Promise<void> {
-    const sub = this.#o.client.duplicate();
+    const sub = subscriber(this.#o.client, () => [this.#key]);
     this.#sub = sub;
-    sub.on("error", () => {});
     sub.on("message", () => this.#check());
     sub.subscribe(this.#key).catch(() => {});
     this.#timer = setInterval(() => this.#check(), this.#o.pollMs);

@@ -90,6 +90,32 @@ export function guardStreams(client: Redis | Cluster): void {
 }
 
 /**
+ * A connection for the subscriptions of `client`: a duplicate, with sharded
+ * subscribers on Cluster, whose errors are left to the calls. Once a single Redis (or a Sentinel's master)
+ * connects again, it subscribes anew to what `channels` lists, and a failure
+ * is ignored. ioredis's own re-subscription is off: the call it makes has no
+ * handler, so a close before Redis answers left a rejection nobody heard,
+ * which ends a Deno process.
+ */
+export function subscriber(client: Redis | Cluster, channels: () => string[]): Redis | Cluster {
+  if ((client as { isCluster?: boolean }).isCluster) {
+    const sub = (client as Cluster).duplicate(undefined, { shardedSubscribers: true });
+    sub.on("error", () => {});
+    return sub;
+  }
+  const sub = (client as Redis).duplicate({ autoResubscribe: false });
+  sub.on("error", () => {});
+  guardStreams(sub);
+  let connected = false;
+  sub.on("ready", () => {
+    const list = connected ? channels() : [];
+    connected = true;
+    if (list.length > 0) sub.subscribe(...list).catch(() => {});
+  });
+  return sub;
+}
+
+/**
  * The Redis servers `client` talks to now, as connected (a Sentinel's
  * master, every Cluster node it knows).
  */
