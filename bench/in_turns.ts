@@ -1,9 +1,9 @@
 /**
  * dprl beside what two of its goals compare it with, in turns: plain HTTP
  * through dprl and straight at the upstream, and CONNECT tunnels through
- * dprl and through goproxy-dprl; plain HTTP also through the bare Deno
- * forwarder (`bench/bare_relay.ts --forward`), the floor of forwarding in
- * Deno. The sides of each pair run one after
+ * dprl and through goproxy-dprl. Each also goes through the bare Deno relay
+ * of its kind (`bench/bare_relay.ts`: `--forward` for plain HTTP, CONNECT for
+ * tunnels), the floor of each in Deno. The sides of each pair run one after
  * the other on the same processes, round after round (who goes first
  * alternates), so that each round's ratio compares two moments seconds
  * apart, not two runs minutes apart on a shared machine.
@@ -35,6 +35,10 @@ export interface TurnRound {
   dprlTunnelCpuUs: number;
   /** goproxy-dprl's CPU per tunnel, µs. */
   goTunnelCpuUs: number;
+  /** Tunnels/s through the bare Deno CONNECT relay (`bench/bare_relay.ts`): the floor. */
+  bareTunnels: number;
+  /** The bare CONNECT relay's CPU per tunnel, µs. */
+  bareTunnelCpuUs: number;
 }
 
 /** The in-turns section's figures. */
@@ -58,6 +62,8 @@ export interface InTurnsOptions {
   goproxy: RunningProxy;
   /** The bare Deno forwarder to the upstream. */
   bare: RunningProxy;
+  /** The bare Deno CONNECT relay. */
+  bareTunnel: RunningProxy;
   rounds: number;
   seconds: number;
   log: (msg: string) => void;
@@ -88,22 +94,21 @@ async function inOrder<T>(round: number, ...runs: (() => Promise<T>)[]): Promise
 
 /** Measures both pairs in turns, after a warm-up of each proxy. */
 export async function measureInTurns(o: InTurnsOptions): Promise<InTurnsFigures> {
-  const { tools, upstreamPort: up, dprl, goproxy, bare } = o;
+  const { tools, upstreamPort: up, dprl, goproxy, bare, bareTunnel } = o;
   await wrk(tools, dprl.port, up, 2);
   await wrk(tools, bare.port, up, 2);
   await tunnels(tools, dprl.port, up, 2);
   await tunnels(tools, goproxy.port, up, 2);
+  await tunnels(tools, bareTunnel.port, up, 2);
   const rounds: TurnRound[] = [];
   for (let i = 0; i < o.rounds; i++) {
     o.log(`dprl in turns with no proxy and with goproxy-dprl, round ${i + 1}/${o.rounds}`);
     const http = (p: RunningProxy | null) => () =>
       perOp(p?.pid ?? null, () => wrk(tools, p?.port ?? null, up, o.seconds), (r) => r.requests);
     const [direct, viaBare, viaDprl] = await inOrder(i, http(null), http(bare), http(dprl));
-    const [dprlT, goT] = await inOrder(
-      i,
-      () => perOp(dprl.pid, () => tunnels(tools, dprl.port, up, o.seconds), (r) => r.ok),
-      () => perOp(goproxy.pid, () => tunnels(tools, goproxy.port, up, o.seconds), (r) => r.ok),
-    );
+    const tunnel = (p: RunningProxy) => () =>
+      perOp(p.pid, () => tunnels(tools, p.port, up, o.seconds), (r) => r.ok);
+    const [dprlT, goT, bareT] = await inOrder(i, tunnel(dprl), tunnel(goproxy), tunnel(bareTunnel));
     rounds.push({
       noProxyHttp: direct.r.reqPerSec,
       dprlHttp: viaDprl.r.reqPerSec,
@@ -114,6 +119,8 @@ export async function measureInTurns(o: InTurnsOptions): Promise<InTurnsFigures>
       goTunnels: goT.r.perSec,
       dprlTunnelCpuUs: dprlT.cpuUs,
       goTunnelCpuUs: goT.cpuUs,
+      bareTunnels: bareT.r.perSec,
+      bareTunnelCpuUs: bareT.cpuUs,
     });
   }
   return { seconds: o.seconds, rounds };
@@ -159,6 +166,7 @@ export function inTurnsTable(f: InTurnsFigures | undefined): string {
       "goproxy-dprl",
       "dprl ÷ goproxy-dprl",
       "CPU µs/tunnel: dprl / goproxy-dprl",
+      "bare Deno relay ÷ goproxy-dprl (CPU µs/tunnel)",
     ],
     f.rounds.map((r, i) => [
       String(i + 1),
@@ -171,7 +179,8 @@ export function inTurnsTable(f: InTurnsFigures | undefined): string {
       fmt(r.goTunnels),
       `${fmt(r.dprlTunnels / r.goTunnels, 2)}×`,
       `${fmt(r.dprlTunnelCpuUs)} / ${fmt(r.goTunnelCpuUs)}`,
+      `${fmt(r.bareTunnels / r.goTunnels, 2)}× (${fmt(r.bareTunnelCpuUs)})`,
     ]),
-    ["r", "r", "r", "r", "r", "r", "r", "r", "r", "r"],
+    ["r", "r", "r", "r", "r", "r", "r", "r", "r", "r", "r"],
   );
 }

@@ -154,6 +154,13 @@ export function ratios(r: Results): Ratio[] {
     1.5,
   );
   add(
+    `CONNECT tunnels/s, the bare Deno relay ÷ goproxy-dprl, in turns (most of ${n} rounds)`,
+    most(roundRatios(r.inTurns, (x) => x.bareTunnels, (x) => x.goTunnels)),
+    1,
+    "info",
+    0,
+  );
+  add(
     `plain HTTP req/s, dprl ÷ no proxy, in turns (least of ${n} rounds)`,
     least(roundRatios(r.inTurns, (x) => x.dprlHttp, (x) => x.noProxyHttp)),
     1,
@@ -496,7 +503,9 @@ ${rawTable(r)}
 dprl beside wrk straight at the upstream and the bare Deno forwarder
 (\`bench/bare_relay.ts --forward\`, which pipes each connection to the upstream
 and parses nothing: the floor of plain-HTTP forwarding in Deno), plain HTTP as
-above, and beside goproxy-dprl, tunnels as above; ${r.inTurns?.seconds ?? "—"} s
+above, and beside goproxy-dprl and the bare Deno CONNECT relay
+(\`bench/bare_relay.ts\`, which reads the head, dials and pipes: the floor of a
+tunnel in Deno), tunnels as above; ${r.inTurns?.seconds ?? "—"} s
 each, one process each for the whole section, one after the other in every
 round (the order reversed every other round): each round's ratio compares
 moments seconds apart. The goals that hold "in every round" are read here.

@@ -315,12 +315,15 @@ async function measureTurns(defs: ProxyDef[], tools: Tools): Promise<void> {
       procs.push(go.proc);
       const bare = await startBareRelay(["--forward", `127.0.0.1:${up.port}`]);
       procs.push(bare.proc);
+      const bareTunnel = await startBareRelay([]);
+      procs.push(bareTunnel.proc);
       return await measureInTurns({
         tools,
         upstreamPort: up.port,
         dprl: { port: dprl.port, pid: dprl.proc.pid },
         goproxy: { port: go.port, pid: go.proc.pid },
         bare: { port: bare.port, pid: bare.proc.pid },
+        bareTunnel: { port: bareTunnel.port, pid: bareTunnel.proc.pid },
         rounds: flags.quick ? 2 : TURNS,
         seconds: flags.quick ? 2 : 4,
         log,
