@@ -228,8 +228,18 @@ export interface IdleMemoryResult {
 }
 
 /**
+ * How long a proxy is left quiet before its RSS is read: a quiet dprl runs
+ * one full collection after a second without a new request or tunnel
+ * (`lib/idle_collector.ts`), and a reading taken just before it and one
+ * just after differ by several MiB. Both readings wait as long, for every
+ * proxy.
+ */
+const SETTLE_MS = 3_000;
+
+/**
  * RSS of `proc` before and while `loadgen hold` keeps `n` CONNECT tunnels
- * open and idle; the tunnels close when the hold process is stopped.
+ * open and idle, each read once the proxy has been quiet for
+ * {@linkcode SETTLE_MS}; the tunnels close when the hold process is stopped.
  */
 export async function idleMemory(
   tools: Tools,
@@ -240,7 +250,7 @@ export async function idleMemory(
 ): Promise<IdleMemoryResult> {
   // warm the code paths first, so one-time costs are not counted per tunnel
   await tunnels(tools, proxyPort, upstreamPort, 1, 4);
-  await sleep(1000);
+  await sleep(SETTLE_MS);
   const baseKiB = await sampleRss(proc.pid);
   const hold = spawn(
     "loadgen hold",
@@ -259,7 +269,7 @@ export async function idleMemory(
     const m = line.match(/held=(\d+) fail=(\d+)/);
     if (!m) throw new Error(`loadgen hold said: ${line}`);
     const held = Number(m[1]);
-    await sleep(1500);
+    await sleep(SETTLE_MS);
     const heldKiB = await sampleRss(proc.pid);
     return {
       tunnels: held,

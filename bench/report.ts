@@ -475,8 +475,10 @@ ${factsTable(r.versions)}
   dprl is the row "${DPRL_BESIDE_BARE}".
 - Idle tunnels: VmRSS of the proxy process (for dprl the \`deno\` process) on a
   fresh start, after a short warm-up, then while \`loadgen hold\` keeps
-  **${s.holdTunnels.toLocaleString("en-US")} CONNECT tunnels** open and idle;
-  (held − idle) ÷ tunnels. ${s.holdTunnels.toLocaleString("en-US")}, not 10,000:
+  **${s.holdTunnels.toLocaleString("en-US")} CONNECT tunnels** open and idle,
+  each read after 3 s of quiet; (held − idle) ÷ tunnels. ${
+    s.holdTunnels.toLocaleString("en-US")
+  }, not 10,000:
   a process may hold 20,000 files and each tunnel is two sockets; tinyproxy's
   peer config also stops at MaxClients 4096, and every proxy gets the same count.
 - Limits: dprl \`--max-connections 0\`, goproxy-dprl \`-max 0\` (unlimited),
