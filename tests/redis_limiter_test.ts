@@ -1404,6 +1404,12 @@ await redisTest(
   },
 );
 
+/** How many clients listen to each of `channels` (PUBSUB NUMSUB). */
+async function listeners(server: RedisServer, channels: string[]): Promise<number[]> {
+  const reply = await server.cli("PUBSUB", "NUMSUB", ...channels);
+  return reply.trim().split("\n").filter((_, i) => i % 2 === 1).map(Number);
+}
+
 await redisTest(
   "a close while the subscriber's channels are subscribed to anew leaves no rejection unheard",
   "server",
@@ -1412,6 +1418,13 @@ await redisTest(
     await using relay = new HoldingRelay(redis.server!.port);
     const client = new Redis(`redis://127.0.0.1:${relay.port}`, { lazyConnect: true });
     client.on("error", () => {});
+    // The limiter's subscriber is a duplicate of the client passed in.
+    const subs: Redis[] = [];
+    const duplicate = client.duplicate.bind(client);
+    client.duplicate = (override) => {
+      subs.push(duplicate(override));
+      return subs.at(-1)!;
+    };
     const unheard: unknown[] = [];
     const onUnheard = (e: PromiseRejectionEvent) => {
       e.preventDefault();
@@ -1421,14 +1434,10 @@ await redisTest(
     try {
       const w = new RedisLimiter({ redis: client, prefix: redis.prefix, lease: LEASE });
       assert.equal(await take(w, "resub.example", 1), true);
+      const pressure = [`${redis.prefix}:pressure`];
       await waitFor(
-        async () =>
-          Number(
-            await redis.server!.cli("PUBSUB", "NUMSUB", `${redis.prefix}:pressure`).then((r) =>
-              r.split("\n")[1]
-            ),
-          ) === 1,
-        "subscribed",
+        orFalse(async () => (await listeners(redis.server!, pressure))[0] === 1),
+        "on",
         2_000,
       );
       // Every connection drops; once the subscriber is back and subscribes
@@ -1436,7 +1445,8 @@ await redisTest(
       const closed = new Promise((resolve) => relay.hold("subscribe", () => resolve(w.close())));
       relay.cutAll();
       await closed;
-      await waitFor(() => unheard.length > 0 || client.status === "ready", "settled", 2_000);
+      const sub = subs[0];
+      if (sub.status !== "end") await new Promise((resolve) => sub.once("end", resolve));
       // Rejections nobody heard are reported once the current task ends.
       await new Promise((resolve) => setTimeout(resolve, 0));
       await new Promise((resolve) => setTimeout(resolve, 0));
@@ -1459,18 +1469,12 @@ await redisTest(
     assert.equal(await take(ws[0], host, 1), true);
     ws[0].enqueue!(host);
     const channels = ["dprl:pressure", "dprl:lost", `dprl:{${host}}:q`];
-    const listened = async () => {
-      const reply = await redis.server!.cli("PUBSUB", "NUMSUB", ...channels);
-      return reply.trim().split("\n").filter((_, i) => i % 2 === 1).map(Number);
-    };
-    await waitFor(orFalse(async () => (await listened()).every((n) => n === 1)), "listened", 2_000);
+    const all = (n: number) =>
+      orFalse(async () => (await listeners(redis.server!, channels)).every((x) => x === n));
+    await waitFor(all(1), "listened", 2_000);
     relay.cutAll();
-    await waitFor(orFalse(async () => (await listened()).every((n) => n === 0)), "lost", 2_000);
-    await waitFor(
-      orFalse(async () => (await listened()).every((n) => n === 1)),
-      "listened again",
-      3_000,
-    );
+    await waitFor(all(0), "lost", 2_000);
+    await waitFor(all(1), "listened again", 3_000);
   },
 );
 
