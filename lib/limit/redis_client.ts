@@ -91,11 +91,11 @@ export function guardStreams(client: Redis | Cluster): void {
 
 /**
  * A connection for the subscriptions of `client`: a duplicate, with sharded
- * subscribers on Cluster, whose errors are left to the calls. Once a single Redis (or a Sentinel's master)
- * connects again, it subscribes anew to what `channels` lists, and a failure
- * is ignored. ioredis's own re-subscription is off: the call it makes has no
- * handler, so a close before Redis answers left a rejection nobody heard,
- * which ends a Deno process.
+ * subscribers on Cluster, whose errors are left to the calls. Once a single
+ * Redis (or a Sentinel's master) is connected again, it subscribes anew to
+ * what `channels` lists, a failure ignored. ioredis's own re-subscription is
+ * off: its call has no handler, so a close before Redis answered it left a
+ * rejection nobody heard, which ends a Deno process.
  */
 export function subscriber(client: Redis | Cluster, channels: () => string[]): Redis | Cluster {
   if ((client as { isCluster?: boolean }).isCluster) {

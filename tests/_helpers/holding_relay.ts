@@ -20,7 +20,10 @@ export class HoldingRelay implements AsyncDisposable {
     this.#accept(target);
   }
 
-  /** From now on, the replies of a connection that sends `command` are dropped; `onHeld` runs once. */
+  /**
+   * From now on, the replies of a connection that sends `command` are
+   * dropped; `onHeld` runs for each connection so held.
+   */
   hold(command: string, onHeld: () => void): void {
     this.#armed = { command: command.toLowerCase(), onHeld };
   }
