@@ -100,37 +100,51 @@ export async function scrapeTimes(adminPort: number, count = 30): Promise<Scrape
   return summarize(times, 0, last);
 }
 
-/** A background scraper, as Prometheus would be: one scrape every `intervalMs`. */
+/**
+ * A scraper as Prometheus would be: one scrape every `intervalMs` while a
+ * load runs ({@linkcode Scraper.during}); the timings add up across loads.
+ */
 export class Scraper {
+  readonly #adminPort: number;
+  readonly #intervalMs: number;
   #times: number[] = [];
   #failed = 0;
   #last = "";
-  #running = true;
-  #loop: Promise<void>;
 
-  /** Starts scraping at once. */
+  /** A scraper of the admin server on `adminPort`; nothing is scraped before {@linkcode during}. */
   constructor(adminPort: number, intervalMs = 1000) {
-    this.#loop = (async () => {
-      while (this.#running) {
-        const due = performance.now() + intervalMs;
+    this.#adminPort = adminPort;
+    this.#intervalMs = intervalMs;
+  }
+
+  /** Scrapes once every interval, from now until `load` settles; settles as it does. */
+  async during<T>(load: () => Promise<T>): Promise<T> {
+    let running = true;
+    const loop = (async () => {
+      while (running) {
+        const due = performance.now() + this.#intervalMs;
         try {
-          const { ms, body } = await scrapeOnce(adminPort);
+          const { ms, body } = await scrapeOnce(this.#adminPort);
           this.#times.push(ms);
           this.#last = body;
         } catch {
           this.#failed++;
         }
-        while (this.#running && performance.now() < due) {
+        while (running && performance.now() < due) {
           await sleep(Math.min(100, due - performance.now()));
         }
       }
     })();
+    try {
+      return await load();
+    } finally {
+      running = false;
+      await loop;
+    }
   }
 
-  /** Stops and returns the scrapes' timing. */
-  async stop(): Promise<ScrapeStats> {
-    this.#running = false;
-    await this.#loop;
+  /** The timing of every scrape so far. */
+  stats(): ScrapeStats {
     return summarize(this.#times, this.#failed, this.#last);
   }
 }

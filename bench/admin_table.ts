@@ -6,45 +6,75 @@
  */
 
 import type { ScrapeStats } from "./admin_cost.ts";
-import type { TunnelsResult, WrkResult } from "./measure.ts";
-import { table } from "./markdown_table.ts";
+import { median } from "./measure.ts";
+import { fmt, table } from "./markdown_table.ts";
 
-/** The control plane's cost: the same loads without and with the admin server. */
+/** One round of the admin section: the same loads without and with the admin server. */
+export interface AdminRound {
+  /** Plain-HTTP req/s without the admin server. */
+  httpOff: number;
+  /** Plain-HTTP req/s with the admin server, scraped once a second. */
+  httpOn: number;
+  /** Tunnels/s without the admin server. */
+  tunnelsOff: number;
+  /** Tunnels/s with the admin server, scraped once a second. */
+  tunnelsOn: number;
+  /** CPU µs per request without / with the admin server. */
+  httpCpuOff: number;
+  httpCpuOn: number;
+  /** CPU µs per tunnel without / with the admin server. */
+  tunnelCpuOff: number;
+  tunnelCpuOn: number;
+}
+
+/** The control plane's cost: two processes measured in turns, and scrape times. */
 export interface AdminFigures {
-  off: { http?: WrkResult; tunnels?: TunnelsResult };
-  on: { http?: WrkResult; tunnels?: TunnelsResult };
-  /** The once-a-second scrapes during the loads of the best "on" round. */
+  /** Seconds of each run. */
+  seconds: number;
+  rounds: AdminRound[];
+  /** The once-a-second scrapes during every load of the proxy with the admin server. */
   scrapesUnderLoad?: ScrapeStats;
   /** Back-to-back scrapes of the idle proxy holding 500 hosts' statistics. */
   scrape500?: ScrapeStats;
 }
 
-/** Labels of the admin section's rates, for the rounds table. */
-export const ADMIN_LABELS = {
-  httpOff: "dprl, no admin server: plain HTTP req/s",
-  httpOn: "dprl, admin server scraped every 1 s: plain HTTP req/s",
-  tunnelsOff: "dprl, no admin server: CONNECT tunnels/s",
-  tunnelsOn: "dprl, admin server scraped every 1 s: CONNECT tunnels/s",
-} as const;
+/** The median of the rounds' ratios `on ÷ off`, or `undefined` without rounds. */
+export function adminRatio(
+  a: AdminFigures | undefined,
+  on: (r: AdminRound) => number,
+  off: (r: AdminRound) => number,
+): number | undefined {
+  return a?.rounds.length ? median(a.rounds.map((r) => on(r) / off(r))) : undefined;
+}
 
-/** The admin section: rates without and with the admin server, and scrape times. */
+/** The admin section: every round's rates without and with the admin server, and scrape times. */
 export function adminTable(a: AdminFigures | undefined): string {
-  if (!a) return "Not measured.";
-  const f = (n: number | undefined, digits = 0): string =>
-    n === undefined || Number.isNaN(n) ? "—" : n.toFixed(digits);
-  const ratio = (x: number | undefined, y: number | undefined): string =>
-    x !== undefined && y !== undefined && y > 0 ? `${(x / y).toFixed(2)}×` : "—";
-  type Side = AdminFigures["on"];
-  const rows: [string, (x: Side) => number | undefined][] = [
-    ["plain HTTP req/s", (x) => x.http?.reqPerSec],
-    ["CONNECT tunnels/s", (x) => x.tunnels?.perSec],
-    ["proxy CPU µs per request", (x) => x.http?.cpuUsPerOp],
-    ["proxy CPU µs per tunnel", (x) => x.tunnels?.cpuUsPerOp],
-  ];
+  if (!a?.rounds.length) return "Not measured.";
+  const pair = (
+    off: number,
+    on: number,
+    digits = 0,
+  ) => [fmt(off, digits), fmt(on, digits), `${fmt(on / off, 2)}×`];
   const rates = table(
-    ["load", "no admin server", "admin, /metrics every 1 s", "ratio"],
-    rows.map(([load, of]) => [load, f(of(a.off)), f(of(a.on)), ratio(of(a.on), of(a.off))]),
-    ["l", "r", "r", "r"],
+    [
+      "round",
+      "plain HTTP req/s: no admin server",
+      "admin, /metrics every 1 s",
+      "ratio",
+      "CPU µs/req: no admin / admin",
+      "tunnels/s: no admin server",
+      "admin, /metrics every 1 s",
+      "ratio",
+      "CPU µs/tunnel: no admin / admin",
+    ],
+    a.rounds.map((r, i) => [
+      String(i + 1),
+      ...pair(r.httpOff, r.httpOn),
+      `${fmt(r.httpCpuOff)} / ${fmt(r.httpCpuOn)}`,
+      ...pair(r.tunnelsOff, r.tunnelsOn),
+      `${fmt(r.tunnelCpuOff)} / ${fmt(r.tunnelCpuOn)}`,
+    ]),
+    ["r", "r", "r", "r", "r", "r", "r", "r", "r"],
   );
   const scrapeRows: [string, ScrapeStats | undefined][] = [
     ["idle proxy, back to back", a.scrape500],
@@ -62,12 +92,12 @@ export function adminTable(a: AdminFigures | undefined): string {
     ],
     scrapeRows.map(([label, s]) => [
       label,
-      f(s?.count),
-      f(s?.hostSeries),
-      f(s?.medianMs, 1),
-      f(s?.p95Ms, 1),
-      f(s?.maxMs, 1),
-      f(s?.failed),
+      fmt(s?.count),
+      fmt(s?.hostSeries),
+      fmt(s?.medianMs, 1),
+      fmt(s?.p95Ms, 1),
+      fmt(s?.maxMs, 1),
+      fmt(s?.failed),
     ]),
     ["l", "r", "r", "r", "r", "r", "r"],
   );

@@ -14,6 +14,8 @@
 import { median, type Tools, tunnels, wrk } from "./measure.ts";
 import { cpuSeconds } from "./process.ts";
 import { fmt, table } from "./markdown_table.ts";
+import { Scraper } from "./admin_cost.ts";
+import type { AdminFigures, AdminRound } from "./admin_table.ts";
 
 /** One round: each side of each pair once. */
 export interface TurnRound {
@@ -124,6 +126,58 @@ export async function measureInTurns(o: InTurnsOptions): Promise<InTurnsFigures>
     });
   }
   return { seconds: o.seconds, rounds };
+}
+
+/** Options of {@linkcode measureAdminInTurns}. */
+export interface AdminInTurnsOptions {
+  tools: Tools;
+  upstreamPort: number;
+  /** dprl without an admin server. */
+  off: RunningProxy;
+  /** dprl with its admin server on `adminPort`, scraped once a second while its loads run. */
+  on: RunningProxy & { adminPort: number };
+  rounds: number;
+  seconds: number;
+  log: (msg: string) => void;
+}
+
+/**
+ * The control plane's cost in turns: plain HTTP, then tunnels, through dprl
+ * without and with its admin server (scraped once a second while its own
+ * loads run), one after the other, the order reversed every other round.
+ */
+export async function measureAdminInTurns(o: AdminInTurnsOptions): Promise<AdminFigures> {
+  const { tools, upstreamPort: up, off, on } = o;
+  const scraper = new Scraper(on.adminPort);
+  for (const p of [off, on]) {
+    await wrk(tools, p.port, up, 2);
+    await tunnels(tools, p.port, up, 2);
+  }
+  const rounds: AdminRound[] = [];
+  for (let i = 0; i < o.rounds; i++) {
+    o.log(`dprl without and with its admin server, in turns, round ${i + 1}/${o.rounds}`);
+    const scraped = <T>(p: RunningProxy, fn: () => Promise<T>) => () =>
+      p === on ? scraper.during(fn) : fn();
+    const http = (p: RunningProxy) =>
+      scraped(p, () => perOp(p.pid, () => wrk(tools, p.port, up, o.seconds), (r) => r.requests));
+    const tunnel = (p: RunningProxy) =>
+      scraped(p, () => perOp(p.pid, () => tunnels(tools, p.port, up, o.seconds), (r) => r.ok));
+    const [httpOff, httpOn] = await inOrder(i, http(off), http(on));
+    const [tunnelsOff, tunnelsOn] = await inOrder(i, tunnel(off), tunnel(on));
+    rounds.push({
+      httpOff: httpOff.r.reqPerSec,
+      httpOn: httpOn.r.reqPerSec,
+      tunnelsOff: tunnelsOff.r.perSec,
+      tunnelsOn: tunnelsOn.r.perSec,
+      httpCpuOff: httpOff.cpuUs,
+      httpCpuOn: httpOn.cpuUs,
+      tunnelCpuOff: tunnelsOff.cpuUs,
+      tunnelCpuOn: tunnelsOn.cpuUs,
+    });
+  }
+  const scrapes = scraper.stats();
+  if (scrapes.failed > 0) throw new Error(`${scrapes.failed} scrape(s) failed`);
+  return { seconds: o.seconds, rounds, scrapesUnderLoad: scrapes };
 }
 
 /** The ratio `a ÷ b` of every round. */

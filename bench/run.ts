@@ -47,7 +47,7 @@ import {
 } from "./process.ts";
 import { proxyChainDir, type ProxyDef, proxyDefs } from "./proxies.ts";
 import { RedisServer } from "./redis_server.ts";
-import { giveHosts, Scraper, type ScrapeStats, scrapeTimes } from "./admin_cost.ts";
+import { giveHosts, scrapeTimes } from "./admin_cost.ts";
 import {
   capTable,
   distributedTable,
@@ -61,9 +61,9 @@ import { redisCostTable } from "./redis_cost_table.ts";
 import { buildBinaries, ensureDebianTools, paths } from "./setup.ts";
 import { measureUpstream } from "./upstream_aware.ts";
 import { measureTls, tlsTable } from "./tls_cost.ts";
-import { inTurnsTable, measureInTurns } from "./in_turns.ts";
+import { inTurnsTable, measureAdminInTurns, measureInTurns } from "./in_turns.ts";
 import { measureDistributed } from "./distributed_section.ts";
-import { ADMIN_LABELS, adminTable } from "./admin_table.ts";
+import { adminTable } from "./admin_table.ts";
 import { committedRatios } from "./guard.ts";
 import { upstreamTables } from "./upstream_table.ts";
 
@@ -356,63 +356,41 @@ async function measureMemory(def: ProxyDef, tools: Tools): Promise<void> {
 
 /**
  * The control plane's cost: dprl's plain-HTTP and tunnel rates without an
- * admin server and with one scraped once a second, in alternating order
- * per round, both holding statistics for 500 hosts; and the time of a
- * scrape with 500 host series.
+ * admin server and with one scraped once a second, one process each, in
+ * turns, both holding statistics for 500 hosts; and the time of a scrape
+ * with 500 host series.
  */
 async function measureAdmin(dprl: ProxyDef, tools: Tools): Promise<void> {
-  const a: NonNullable<Results["admin"]> = (results.admin = { off: {}, on: {} });
   const up = await startUpstream(tools);
+  const procs: Spawned[] = [];
   try {
-    for (let round = 0; round < ROUNDS; round++) {
-      for (const on of round % 2 ? [true, false] : [false, true]) {
-        const side = on ? a.on : a.off;
-        const name = on ? "with admin server" : "without admin server";
-        await attempt(`dprl ${name}, round ${round + 1}`, async () => {
-          const adminPort = on ? freePort() : undefined;
-          const { port, proc } = await startProxy(dprl, 0, undefined, adminPort);
-          let scraper: Scraper | null = null;
-          try {
-            await giveHosts(port);
-            if (adminPort !== undefined && round === 0) {
-              a.scrape500 = await scrapeTimes(adminPort);
-              log(
-                `dprl: /metrics with ${a.scrape500.hostSeries} host series: median ` +
-                  `${a.scrape500.medianMs.toFixed(1)} ms, p95 ${a.scrape500.p95Ms.toFixed(1)} ms`,
-              );
-            }
-            if (adminPort !== undefined) scraper = new Scraper(adminPort);
-            log(`dprl ${name}: plain HTTP and tunnels (${D}s each), round ${round + 1}/${ROUNDS}`);
-            await wrk(tools, port, up.port, WARM);
-            const http = await withCpu(
-              proc,
-              D,
-              (r) => r.requests,
-              () => wrk(tools, port, up.port, D),
-            );
-            await tunnels(tools, port, up.port, WARM);
-            const t = await withCpu(proc, D, (r) => r.ok, () => tunnels(tools, port, up.port, D));
-            const scrapes: ScrapeStats | undefined = await scraper?.stop();
-            scraper = null;
-            if (scrapes && scrapes.failed > 0) {
-              throw new Error(`${scrapes.failed} scrape(s) failed`);
-            }
-            if (scrapes && (best(side.http, http) === http || !a.scrapesUnderLoad)) {
-              a.scrapesUnderLoad = scrapes;
-            }
-            side.http = best(side.http, http);
-            side.tunnels = best(side.tunnels, t);
-            record(on ? ADMIN_LABELS.httpOn : ADMIN_LABELS.httpOff, round, http.reqPerSec);
-            record(on ? ADMIN_LABELS.tunnelsOn : ADMIN_LABELS.tunnelsOff, round, t.perSec);
-          } finally {
-            await scraper?.stop();
-            await proc.stop();
-          }
-        });
-        await sleep(1000);
-      }
-    }
+    results.admin = await attempt("control plane", async () => {
+      const adminPort = freePort();
+      const off = await startProxy(dprl, 0);
+      procs.push(off.proc);
+      const on = await startProxy(dprl, 0, undefined, adminPort);
+      procs.push(on.proc);
+      await giveHosts(off.port);
+      await giveHosts(on.port);
+      const scrape500 = await scrapeTimes(adminPort);
+      log(
+        `dprl: /metrics with ${scrape500.hostSeries} host series: median ` +
+          `${scrape500.medianMs.toFixed(1)} ms, p95 ${scrape500.p95Ms.toFixed(1)} ms`,
+      );
+      const figures = await measureAdminInTurns({
+        tools,
+        upstreamPort: up.port,
+        off: { port: off.port, pid: off.proc.pid },
+        on: { port: on.port, pid: on.proc.pid, adminPort },
+        rounds: flags.quick ? 2 : TURNS,
+        seconds: flags.quick ? 2 : 4,
+        log,
+      });
+      for (const p of [off.proc, on.proc]) alive(p);
+      return { ...figures, scrape500 };
+    });
   } finally {
+    for (const proc of procs) await proc.stop();
     await up.proc.stop();
   }
 }
