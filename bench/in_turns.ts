@@ -12,7 +12,7 @@
  */
 
 import { median, type Tools, tunnels, wrk } from "./measure.ts";
-import { cpuSeconds } from "./process.ts";
+import { cpuDuring } from "./process.ts";
 import { fmt, table } from "./markdown_table.ts";
 import { Scraper } from "./admin_cost.ts";
 import type { AdminFigures, AdminRound } from "./admin_table.ts";
@@ -77,11 +77,8 @@ async function perOp<T>(
   fn: () => Promise<T>,
   ops: (r: T) => number,
 ): Promise<{ r: T; cpuUs: number }> {
-  const before = pid === null ? null : cpuSeconds(pid);
-  const r = await fn();
-  if (before === null) return { r, cpuUs: NaN };
-  const after = cpuSeconds(pid!);
-  const used = after.user - before.user + after.sys - before.sys;
+  if (pid === null) return { r: await fn(), cpuUs: NaN };
+  const { r, used } = await cpuDuring(pid, fn);
   return { r, cpuUs: ops(r) > 0 ? (used * 1e6) / ops(r) : NaN };
 }
 

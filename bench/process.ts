@@ -248,6 +248,21 @@ export function cpuSeconds(pid: number): { user: number; sys: number } {
   }
 }
 
+/**
+ * Runs `fn` and returns its result with the CPU seconds `pid` used
+ * meanwhile: `user`, and `used` (user + system).
+ */
+export async function cpuDuring<T>(
+  pid: number,
+  fn: () => Promise<T>,
+): Promise<{ r: T; user: number; used: number }> {
+  const before = cpuSeconds(pid);
+  const r = await fn();
+  const after = cpuSeconds(pid);
+  const user = after.user - before.user;
+  return { r, user, used: user + after.sys - before.sys };
+}
+
 /** The 1-minute load average, or NaN. */
 export function loadAverage(): number {
   try {

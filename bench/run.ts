@@ -36,7 +36,7 @@ import {
   wrk,
 } from "./measure.ts";
 import {
-  cpuSeconds,
+  cpuDuring,
   freePort,
   loadAverage,
   sleep,
@@ -183,12 +183,8 @@ async function withCpu<
   ops: (r: T) => number,
   fn: () => Promise<T>,
 ): Promise<T> {
-  const before = cpuSeconds(proc.pid);
-  const r = await fn();
-  const after = cpuSeconds(proc.pid);
+  const { r, user, used } = await cpuDuring(proc.pid, fn);
   alive(proc);
-  const user = after.user - before.user;
-  const used = user + after.sys - before.sys;
   r.cpuUsPerOp = ops(r) > 0 ? (used * 1e6) / ops(r) : NaN;
   r.cpuUserUsPerOp = ops(r) > 0 ? (user * 1e6) / ops(r) : NaN;
   r.cpuCores = used / seconds;
@@ -245,6 +241,8 @@ export const BARE_RELAY_BUFFERS = [64, 256, 1024];
 
 /** Rounds of the in-turns download (five: the ratio carries a goal of 1). */
 const TURNS = 5;
+/** Rounds and seconds per run of the sections measured in turns (in_turns.ts). */
+const IN_TURNS = { rounds: flags.quick ? 2 : TURNS, seconds: flags.quick ? 2 : 4 };
 
 /** Starts `bench/bare_relay.ts` with `flags` on a free port. */
 async function startBareRelay(flags: string[]): Promise<{ port: number; proc: Spawned }> {
@@ -324,8 +322,7 @@ async function measureTurns(defs: ProxyDef[], tools: Tools): Promise<void> {
         goproxy: { port: go.port, pid: go.proc.pid },
         bare: { port: bare.port, pid: bare.proc.pid },
         bareTunnel: { port: bareTunnel.port, pid: bareTunnel.proc.pid },
-        rounds: flags.quick ? 2 : TURNS,
-        seconds: flags.quick ? 2 : 4,
+        ...IN_TURNS,
         log,
       });
     });
@@ -382,8 +379,7 @@ async function measureAdmin(dprl: ProxyDef, tools: Tools): Promise<void> {
         upstreamPort: up.port,
         off: { port: off.port, pid: off.proc.pid },
         on: { port: on.port, pid: on.proc.pid, adminPort },
-        rounds: flags.quick ? 2 : TURNS,
-        seconds: flags.quick ? 2 : 4,
+        ...IN_TURNS,
         log,
       });
       for (const p of [off.proc, on.proc]) alive(p);
