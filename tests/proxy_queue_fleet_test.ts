@@ -14,6 +14,7 @@ import {
 import { startUpstream } from "./_helpers/upstream.ts";
 import { startProxy, type TestProxy } from "./_helpers/proxy.ts";
 import {
+  listeners,
   rawCommand,
   RedisClusterServers,
   RedisServer,
@@ -49,16 +50,6 @@ async function waitLine(redis: RedisServer, host: string, n: number): Promise<vo
     async () => (last = await lineLength(redis, host)) === n,
     () => `${n} tickets in the line of ${host} (have ${last})`,
   );
-}
-
-/** Subscribers of the channel `channel` (sharded ones on Cluster), over every node. */
-async function subscribers(ports: number[], channel: string, sharded: boolean): Promise<number> {
-  let n = 0;
-  for (const port of ports) {
-    const reply = await rawCommand(port, "PUBSUB", sharded ? "SHARDNUMSUB" : "NUMSUB", channel);
-    n += Number(/:(\d+)\r\n$/.exec(reply)?.[1] ?? 0);
-  }
-  return n;
 }
 
 async function fleet(n: number, redisUrl: string, options: Record<string, number>) {
@@ -235,7 +226,7 @@ for (const cluster of [false, true]) {
           ? [servers.port]
           : servers.nodes.map((n) => n.port);
         await waitFor(
-          async () => await subscribers(ports, `dprl:{${host}}:q`, cluster) > 0,
+          async () => (await listeners(ports, [`dprl:{${host}}:q`], cluster))[0] > 0,
           "b's subscription to the line's channel",
         );
         const releasedAt = Date.now();

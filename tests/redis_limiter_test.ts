@@ -13,6 +13,7 @@ import {
 import { LimiterUnavailableError } from "../lib/limit/limiter.ts";
 import {
   freePort,
+  listeners,
   makeTlsFiles,
   rawCommand,
   redisAvailability,
@@ -1404,12 +1405,6 @@ await redisTest(
   },
 );
 
-/** How many clients listen to each of `channels` (PUBSUB NUMSUB). */
-async function listeners(server: RedisServer, channels: string[]): Promise<number[]> {
-  const reply = await server.cli("PUBSUB", "NUMSUB", ...channels);
-  return reply.trim().split("\n").filter((_, i) => i % 2 === 1).map(Number);
-}
-
 await redisTest(
   "a close while the subscriber's channels are subscribed to anew leaves no rejection unheard",
   "server",
@@ -1436,7 +1431,7 @@ await redisTest(
       assert.equal(await take(w, "resub.example", 1), true);
       const pressure = [`${redis.prefix}:pressure`];
       await waitFor(
-        orFalse(async () => (await listeners(redis.server!, pressure))[0] === 1),
+        orFalse(async () => (await listeners([redis.server!.port], pressure))[0] === 1),
         "on",
         2_000,
       );
@@ -1470,7 +1465,7 @@ await redisTest(
     ws[0].enqueue!(host);
     const channels = ["dprl:pressure", "dprl:lost", `dprl:{${host}}:q`];
     const all = (n: number) =>
-      orFalse(async () => (await listeners(redis.server!, channels)).every((x) => x === n));
+      orFalse(async () => (await listeners([redis.server!.port], channels)).every((x) => x === n));
     await waitFor(all(1), "listened", 2_000);
     relay.cutAll();
     await waitFor(all(0), "lost", 2_000);

@@ -115,6 +115,23 @@ export async function rawCommand(
   }
 }
 
+/**
+ * How many clients listen to each of `channels` (sharded channels when
+ * `sharded`), summed over the Redis nodes on `ports` (PUBSUB NUMSUB).
+ */
+export async function listeners(
+  ports: number[],
+  channels: string[],
+  sharded = false,
+): Promise<number[]> {
+  const counts = channels.map(() => 0);
+  for (const port of ports) {
+    const reply = await rawCommand(port, "PUBSUB", sharded ? "SHARDNUMSUB" : "NUMSUB", ...channels);
+    [...reply.matchAll(/^:(\d+)\r$/gm)].forEach((m, i) => counts[i] += Number(m[1]));
+  }
+  return counts;
+}
+
 /** Runs `redis-cli` with `args` and returns its standard output. */
 export async function redisCli(...args: string[]): Promise<string> {
   const out = await new Deno.Command("redis-cli", {
