@@ -6,7 +6,6 @@
  */
 
 import type { ScrapeStats } from "./admin_cost.ts";
-import { median } from "./measure.ts";
 import { fmt, table } from "./markdown_table.ts";
 
 /** One round of the admin section: the same loads without and with the admin server. */
@@ -36,15 +35,6 @@ export interface AdminFigures {
   scrapesUnderLoad?: ScrapeStats;
   /** Back-to-back scrapes of the idle proxy holding 500 hosts' statistics. */
   scrape500?: ScrapeStats;
-}
-
-/** The median of the rounds' ratios `on ÷ off`, or `undefined` without rounds. */
-export function adminRatio(
-  a: AdminFigures | undefined,
-  on: (r: AdminRound) => number,
-  off: (r: AdminRound) => number,
-): number | undefined {
-  return a?.rounds.length ? median(a.rounds.map((r) => on(r) / off(r))) : undefined;
 }
 
 /** The admin section: every round's rates without and with the admin server, and scrape times. */

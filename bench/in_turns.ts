@@ -178,10 +178,10 @@ export async function measureAdminInTurns(o: AdminInTurnsOptions): Promise<Admin
 }
 
 /** The ratio `a ÷ b` of every round. */
-export function roundRatios(
-  f: InTurnsFigures | undefined,
-  a: (r: TurnRound) => number,
-  b: (r: TurnRound) => number,
+export function roundRatios<R>(
+  f: { rounds: R[] } | undefined,
+  a: (r: R) => number,
+  b: (r: R) => number,
 ): number[] {
   return f?.rounds.map((r) => a(r) / b(r)) ?? [];
 }
@@ -196,10 +196,14 @@ export function most(xs: number[]): number | undefined {
   return xs.length ? Math.max(...xs) : undefined;
 }
 
+/** The median of `xs`, or `undefined` when empty. */
+export function middle(xs: number[]): number | undefined {
+  return xs.length ? median(xs) : undefined;
+}
+
 /** dprl's CPU per request, µs: the median of the rounds. */
 export function cpuPerRequest(f: InTurnsFigures | undefined): number | undefined {
-  if (!f?.rounds.length) return undefined;
-  return median(f.rounds.map((r) => r.dprlHttpCpuUs));
+  return middle(f?.rounds.map((r) => r.dprlHttpCpuUs) ?? []);
 }
 
 /** The section's table: every round. */
