@@ -1,10 +1,10 @@
 /**
  * `deno task bench:check`: the quick guard to run before committing engine
- * changes (about 40 s). One dprl, started as `deno task start` starts it
+ * changes (about 50 s). One dprl, started as `deno task start` starts it
  * (nothing turned off), is given 32 keep-alive clients sending plain-HTTP
- * requests, then 32 clients opening CONNECT tunnels, in three windows of 5 s
+ * requests, then 32 clients opening CONNECT tunnels, in five windows of 4 s
  * each; its CPU per request and per tunnel (user + sys, from /proc; the least
- * of the three windows) hardly depend on other load on the machine. Each is compared with `bench/baseline.json`:
+ * of the five windows) hardly depend on other load on the machine. Each is compared with `bench/baseline.json`:
  * more than 15% worse fails loudly (exit code 1).
  *
  * ```sh
@@ -21,11 +21,11 @@ import { startEcho } from "./redis_cost.ts";
 import { compare, TOLERANCE } from "./guard.ts";
 
 const BASELINE = new URL("./baseline.json", import.meta.url);
-/** Seconds of each window; the figure is the least of three windows (the least disturbed). */
-const SECONDS = 5;
-const WINDOWS = 3;
+/** Seconds of each window; the figure is the least of the windows (the least disturbed). */
+const SECONDS = 4;
+const WINDOWS = 5;
 
-/** The proxy's CPU per operation of `load`, in µs: the least of three windows, after a warm-up. */
+/** The proxy's CPU per operation of `load`, in µs: the least of the windows, after a warm-up. */
 async function cpuPerOp(proxy: { port: number; proc: { pid: number } }, load: Load) {
   await load(proxy.port, undefined, 1000);
   let least = Infinity;

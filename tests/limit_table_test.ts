@@ -142,3 +142,30 @@ Deno.test("LimitTable runtime wildcard applies to hosts under it", () => {
   assert.equal(t.limitFor("a.example.org"), 4);
   assert.equal(t.limitFor("example.org"), 1);
 });
+
+Deno.test("LimitTable lookup, asked before a change, answers anew after each kind of change", () => {
+  const t = new LimitTable(3);
+  const limit = (key: string) => t.lookup(key).limit;
+  assert.equal(limit("a.example"), 3);
+  t.set("a.example", 5);
+  assert.equal(limit("a.example"), 5);
+  t.delete("a.example");
+  assert.equal(limit("a.example"), 3);
+  t.replace({ "a.example": 6 });
+  assert.equal(limit("a.example"), 6);
+  t.set("a.example", 0);
+  assert.equal(limit("a.example"), 3);
+  t.defaultLimit = 8;
+  assert.equal(limit("a.example"), 8);
+  t.rules = new RuleTable({ default: 4, hosts: { "*.example": 2 } });
+  assert.equal(limit("a.example"), 2);
+  t.rules = new RuleTable({ default: 4 });
+  assert.equal(limit("a.example"), 8);
+  t.deleteDefault();
+  assert.equal(limit("a.example"), 4);
+  // Many hosts asked once each: the memory starts over, the answers stay right.
+  for (let i = 0; i < 5000; i++) assert.equal(limit(`h${i}.example`), 4);
+  t.set("*.example", 1);
+  assert.equal(limit("h1.example"), 1);
+  assert.equal(limit("a.example"), 1);
+});

@@ -60,6 +60,21 @@ Deno.test("plain HTTP GET is forwarded in origin form with Host kept", async () 
   assert.equal(fields.get("user-agent"), "t/1");
 });
 
+Deno.test("request heads smaller and larger than a spare buffer reach the upstream whole, in turn and at once", async () => {
+  await using up = await startUpstream();
+  await using tp = await startProxy();
+  // 4 KiB is the size of the spare buffers a head is encoded into; a larger one gets its own.
+  const sizes = [10, 4000, 4096, 5000, 12000];
+  const check = async (n: number) => {
+    const res = await rawExchange(tp.addr, get(up, `/echo?n=${n}`, { "X-Pad": "p".repeat(n) }));
+    assert.equal(res.status, 200);
+    const fields = new Map(seen(res.body).fields.map(([k, v]) => [k.toLowerCase(), v]));
+    assert.equal(fields.get("x-pad"), "p".repeat(n), `a head with ${n} bytes of padding`);
+  };
+  for (const n of sizes) await check(n);
+  await Promise.all([...sizes, ...sizes, ...sizes].map(check));
+});
+
 Deno.test("plain HTTP drops hop-by-hop request headers and keeps end-to-end ones", async () => {
   await using up = await startUpstream();
   await using tp = await startProxy();

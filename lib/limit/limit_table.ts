@@ -2,6 +2,9 @@ import { HostIndex } from "./rules/host_index.ts";
 import { patternRank, type RuleMatch, RuleTable } from "./rules/rule_table.ts";
 import { checkHostPattern, checkLimit } from "./limit_changes.ts";
 
+/** Host keys whose {@linkcode LimitTable.lookup} answer is remembered at most; then it starts over. */
+const KNOWN_MAX = 4096;
+
 /**
  * The connection limits of one proxy: compiled rules (from the config file
  * and flags, see {@linkcode RuleTable}) with runtime overrides on top.
@@ -18,6 +21,11 @@ export class LimitTable {
   #own = new Map<string, number>();
   /** The overrides with their {@linkcode patternRank}, to weigh against the rules'. */
   #limits = new HostIndex<[number, number]>();
+  /**
+   * Answers of {@linkcode lookup} by host key (every request asks several
+   * times), forgotten at any change of rules, default or overrides.
+   */
+  #known = new Map<string, Readonly<RuleMatch>>();
 
   /** Creates a table with a runtime default and runtime overrides. */
   constructor(defaultLimit?: number, hosts: Record<string, number> = {}) {
@@ -36,6 +44,7 @@ export class LimitTable {
    */
   set rules(table: RuleTable) {
     this.#rules = table;
+    this.#known.clear();
   }
 
   /** The limit for hosts no rule or override matches. */
@@ -46,6 +55,7 @@ export class LimitTable {
   /** Sets the runtime default, which replaces the rules' default. */
   set defaultLimit(limit: number) {
     this.#default = checkLimit(limit, RangeError);
+    this.#known.clear();
   }
 
   /** The runtime default, when one is set. */
@@ -56,6 +66,7 @@ export class LimitTable {
   /** Removes the runtime default: the rules' default applies again. */
   deleteDefault(): void {
     this.#default = undefined;
+    this.#known.clear();
   }
 
   /** Sets one pattern's override; a limit of 0 or less removes it. */
@@ -65,6 +76,7 @@ export class LimitTable {
     if (limit <= 0) return this.#remove(pattern);
     this.#own.set(pattern, limit);
     this.#limits.set(pattern, [limit, patternRank(pattern)]);
+    this.#known.clear();
   }
 
   /** Removes one pattern's override: the rules apply to it again. */
@@ -101,9 +113,15 @@ export class LimitTable {
    * host key; the queue settings come from the rules alone.
    */
   lookup(key: string): Readonly<RuleMatch> {
-    const match = this.#rules.lookup(key);
-    if (this.#own.size === 0 && this.#default === undefined) return match;
-    return { ...match, limit: this.limitFor(key) };
+    let match = this.#known.get(key);
+    if (match) return match;
+    match = this.#rules.lookup(key);
+    if (this.#own.size > 0 || this.#default !== undefined) {
+      match = { ...match, limit: this.limitFor(key) };
+    }
+    if (this.#known.size >= KNOWN_MAX) this.#known.clear();
+    this.#known.set(key, match);
+    return match;
   }
 
   /** The runtime overrides, by normalised pattern. */
@@ -114,11 +132,13 @@ export class LimitTable {
   #remove(pattern: string): void {
     this.#own.delete(pattern);
     this.#limits.delete(pattern);
+    this.#known.clear();
   }
 
   #rebuild(): void {
     const limits = new HostIndex<[number, number]>();
     for (const [pattern, limit] of this.#own) limits.set(pattern, [limit, patternRank(pattern)]);
     this.#limits = limits;
+    this.#known.clear();
   }
 }

@@ -31,6 +31,22 @@ async function send(dst: Writer, data: Uint8Array): Promise<void> {
 }
 
 /**
+ * Sends the text of a head (ISO-8859-1), encoded into a spare buffer when
+ * it fits one: a typed array of its own per head would cost more than the
+ * encoding. Throws {@linkcode WriteError}.
+ */
+export async function sendText(dst: Writer, text: string): Promise<void> {
+  if (text.length > SPARE_SIZE) return await send(dst, encodeLatin1(text));
+  const buf = takeSpare();
+  encodeLatin1Into(text, buf, 0);
+  try {
+    await send(dst, buf.subarray(0, text.length));
+  } finally {
+    giveSpare(buf); // the write has ended, either way: nothing views it
+  }
+}
+
+/**
  * Collects small pieces in one buffer, to send in one write. A first piece
  * given to the constructor (a head, as bytes or as ISO-8859-1 text) waits
  * until a second one comes; then the buffer is allocated, as large as both,
@@ -73,11 +89,10 @@ class Batch {
   async flush(): Promise<void> {
     if (this.#size === 0) return;
     const first = this.#first;
-    const data = typeof first === "string"
-      ? encodeLatin1(first)
-      : first ?? this.#buf.subarray(0, this.#size);
+    const data = first ?? this.#buf.subarray(0, this.#size);
     this.#first = null;
     this.#size = 0;
+    if (typeof data === "string") return await sendText(this.dst, data);
     await send(this.dst, data);
     if (this.#buf.length === SPARE_SIZE) {
       // Written: the buffer is free for the next batch (this one takes another when it needs one).

@@ -8,7 +8,7 @@
  * @module
  */
 import { TooLargeError, writeAll } from "./buffered_reader.ts";
-import { relayBody, relayDechunked, WriteError } from "./body.ts";
+import { relayBody, relayDechunked, sendText, WriteError } from "./body.ts";
 import {
   bodyFraming,
   encodeHead,
@@ -43,8 +43,8 @@ interface Outbound {
   port: number;
   /** How the request body is framed. */
   framing: Framing;
-  /** The rewritten request head (origin-form). */
-  head: Uint8Array;
+  /** The text of the rewritten request head (origin-form), encoded as it is sent. */
+  head: string;
   /** Its start line's target in absolute form and its lines, for a parent proxy. */
   absolute: { target: string; lines: string[] };
   /** The client asked to switch protocols (e.g. WebSocket). */
@@ -123,7 +123,7 @@ function outbound(req: RequestHead): Outbound {
     hostname: target.hostname,
     port: target.port,
     framing,
-    head: encodeHead(`${req.method} ${target.path} HTTP/1.1`, lines),
+    head: headText(`${req.method} ${target.path} HTTP/1.1`, lines),
     absolute: { target: `http://${target.authority}${target.path}`, lines },
     upgrading: upgrade !== undefined,
     clientKeepAlive: req.minor === 1 && !req.connection.has("close"),
@@ -181,7 +181,7 @@ async function send(s: Session, up: Upstream, out: Outbound): Promise<Answer | n
   const head = headFor(up, out);
   if (out.framing.kind === "none") {
     try {
-      await writeAll(s.toUpstream, head);
+      await sendText(s.toUpstream, head);
     } catch {
       return null; // a reused connection that had closed: nothing was read
     }
@@ -194,17 +194,17 @@ async function send(s: Session, up: Upstream, out: Outbound): Promise<Answer | n
  * The head to send on `up`: origin-form to the host; absolute-form with the
  * parent's `Proxy-Authorization` (for the parent only) to a parent proxy.
  */
-function headFor(up: Upstream, out: Outbound): Uint8Array {
+function headFor(up: Upstream, out: Outbound): string {
   if (!up.parent) return out.head;
   const { target, lines } = out.absolute;
-  return encodeHead(`${out.req.method} ${target} HTTP/1.1`, [...lines, ...up.parent.authLines]);
+  return headText(`${out.req.method} ${target} HTTP/1.1`, [...lines, ...up.parent.authLines]);
 }
 
 /**
  * Starts relaying the request head and body to `up`. A broken request body
  * ends the exchange; an upstream that stops reading early may still answer.
  */
-function sendWithBody(s: Session, up: Upstream, out: Outbound, head: Uint8Array): Sending {
+function sendWithBody(s: Session, up: Upstream, out: Outbound, head: string): Sending {
   const request: Sending = { done: false, error: null, ended: Promise.resolve() };
   s.readingBody = true;
   const bad = (m: string) => new HttpError(400, m);

@@ -243,25 +243,26 @@ const FRAMING = new Set(["content-length", "transfer-encoding", "host"]);
  * more than `DEFAULTS.maxHeaderFields` fields.
  */
 export function parseRequestHead(bytes: Uint8Array): RequestHead {
-  const error = (msg: string) => new HttpError(400, msg);
-  const lines = splitLines(bytes, error);
+  const lines = splitLines(bytes, requestError);
   const m = REQUEST_LINE.exec(lines[0]);
-  if (!m) throw error("Request line is not HTTP/1.x");
-  const fields = parseFields(
+  if (!m) throw requestError("Request line is not HTTP/1.x");
+  const { names, values, connection, lines: kept } = parseFields(
     lines,
-    error,
-    () => new HttpError(431, `More than ${DEFAULTS.maxHeaderFields} header fields`),
+    requestError,
+    tooManyInRequest,
   );
   for (const name of FRAMING) {
-    if (fields.connection.has(name)) {
-      throw error(`Connection must not list ${name}`);
-    }
+    if (connection.has(name)) throw requestError(`Connection must not list ${name}`);
   }
+  // Built whole, not spread: one shape, no copy.
   return {
     method: m[1],
     target: m[2],
     minor: m[3] === "1" ? 1 : 0,
-    ...fields,
+    lines: kept,
+    names,
+    values,
+    connection,
   };
 }
 
@@ -271,20 +272,40 @@ export function parseRequestHead(bytes: Uint8Array): RequestHead {
  * `DEFAULTS.maxHeaderFields` fields.
  */
 export function parseResponseHead(bytes: Uint8Array): ResponseHead {
-  const error = (msg: string) => new HttpError(502, msg, "http_protocol_error");
-  const lines = splitLines(bytes, error);
+  const lines = splitLines(bytes, responseError);
   const m = STATUS_LINE.exec(lines[0]);
-  if (!m) throw error("Upstream status line is not HTTP/1.x");
+  if (!m) throw responseError("Upstream status line is not HTTP/1.x");
+  const statusLine = lines[0];
+  const { names, values, connection, lines: kept } = parseFields(
+    lines,
+    responseError,
+    tooManyInResponse,
+  );
   return {
     status: Number(m[2]),
-    statusLine: lines[0],
+    statusLine,
     minor: m[1] === "1" ? 1 : 0,
-    ...parseFields(
-      lines,
-      error,
-      () => error("Upstream response has too many header fields"),
-    ),
+    lines: kept,
+    names,
+    values,
+    connection,
   };
+}
+
+function requestError(msg: string): HttpError {
+  return new HttpError(400, msg);
+}
+
+function tooManyInRequest(): HttpError {
+  return new HttpError(431, `More than ${DEFAULTS.maxHeaderFields} header fields`);
+}
+
+function responseError(msg: string): HttpError {
+  return new HttpError(502, msg, "http_protocol_error");
+}
+
+function tooManyInResponse(): HttpError {
+  return responseError("Upstream response has too many header fields");
 }
 
 /** The first value of a field, or `undefined`. */
