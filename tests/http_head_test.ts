@@ -266,3 +266,17 @@ Deno.test("readHead gives null at a clean end and refuses an oversized head", as
   const mc = memoryConn([latin1Bytes(`GET ${T} HTTP/1.1\r\nX: ${"a".repeat(5000)}\r\n\r\n`)]);
   await assert.rejects(new BufferedReader(mc.conn).readHead(4096), /too large/);
 });
+
+Deno.test("a head of up to 4 KiB arriving after a watch is read in two reads, then the next one too", async () => {
+  // A watch (a keep-alive client, a pooled upstream) waits with a 512-byte
+  // buffer; a longer head, as most real ones are, moves to a 4 KiB one.
+  const head = `GET ${T} HTTP/1.1\r\nHost: a\r\nX-Pad: ${"p".repeat(1400)}`;
+  const mc = memoryConn([latin1Bytes(`${head}\r\n\r\n`), latin1Bytes(`${head}\r\n\r\n`)]);
+  const reader = new BufferedReader(mc.conn);
+  for (let round = 1; round <= 2; round++) {
+    reader.watch();
+    const got = await reader.readHead(DEFAULTS.maxHeadSize);
+    assert.equal(got && latin1Text(got), head);
+    assert.equal(mc.reads(), 2 * round, `reads by the end of head ${round}`);
+  }
+});

@@ -38,7 +38,7 @@ async function send(dst: Writer, data: Uint8Array): Promise<void> {
 export async function sendText(dst: Writer, text: string): Promise<void> {
   if (text.length > SPARE_SIZE) return await send(dst, encodeLatin1(text));
   const buf = takeSpare();
-  encodeLatin1Into(text, buf, 0);
+  encodeLatin1Into(text, buf);
   try {
     await send(dst, buf.subarray(0, text.length));
   } finally {
@@ -76,7 +76,7 @@ class Batch {
       const size = Math.max(need, 2 * this.#buf.length);
       const bigger = size <= SPARE_SIZE ? takeSpare() : new Uint8Array(size);
       const first = this.#first;
-      if (typeof first === "string") encodeLatin1Into(first, bigger, 0);
+      if (typeof first === "string") encodeLatin1Into(first, bigger);
       else if (first) bigger.set(first);
       else bigger.set(this.#buf.subarray(0, this.#size));
       this.#first = null;

@@ -1,10 +1,8 @@
 /** A read buffer over a connection, for heads, chunk lines and bodies. */
-import { giveSpare, SPARE_SIZE, takeSpare } from "./spare_buffers.ts";
+import { giveSpare, SMALL_SIZE, SPARE_SIZE, takeSpare } from "./spare_buffers.ts";
 
 /** A connection's first read buffer: a spare one, given back once it waits on a watch buffer. */
 const INITIAL_SIZE = SPARE_SIZE;
-/** The buffer of a watch while nothing is buffered. */
-const WATCH_SIZE = 512;
 const EMPTY = new Uint8Array(0);
 
 /** Thrown when a head or line grows past its allowed size. */
@@ -55,9 +53,9 @@ export class BufferedReader {
       // (an idle tunnel or pooled socket may wait like this for minutes);
       // the last one, when it is small, serves again.
       this.#start = this.#end = 0;
-      if (this.#buf.length !== WATCH_SIZE) {
+      if (this.#buf.length !== SMALL_SIZE) {
         giveSpare(this.#buf); // heads are parsed by now: nothing views it
-        this.#buf = new Uint8Array(WATCH_SIZE);
+        this.#buf = takeSpare(SMALL_SIZE);
       }
     }
     // Once settled, its bytes are in the buffer for any reader.
@@ -93,8 +91,12 @@ export class BufferedReader {
         this.#end -= this.#start;
         this.#start = 0;
       } else {
-        const bigger = new Uint8Array(this.#buf.length * 2);
+        // A head longer than a watch buffer (most real ones) moves to a spare one.
+        const bigger = this.#buf.length < SPARE_SIZE
+          ? takeSpare()
+          : new Uint8Array(this.#buf.length * 2);
         bigger.set(this.#buf);
+        giveSpare(this.#buf); // no read is on its way into it, and views end at a read
         this.#buf = bigger;
       }
     }
@@ -239,9 +241,7 @@ export class BufferedReader {
   #compact(): void {
     if (this.#start === this.#end) {
       this.#start = this.#end = 0;
-      if (this.#buf.length > INITIAL_SIZE && !this.#pending) {
-        this.#buf = new Uint8Array(INITIAL_SIZE);
-      }
+      if (this.#buf.length > INITIAL_SIZE && !this.#pending) this.#buf = takeSpare();
     }
   }
 }

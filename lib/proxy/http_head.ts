@@ -66,21 +66,23 @@ export function latin1(bytes: Uint8Array): string {
 /** Encodes a string of ISO-8859-1 characters into bytes. */
 export function encodeLatin1(text: string): Uint8Array {
   const out = new Uint8Array(text.length);
-  encodeLatin1Into(text, out, 0);
+  encodeLatin1Into(text, out);
   return out;
 }
 
 const utf8 = new TextEncoder();
 
 /**
- * Encodes a string of ISO-8859-1 characters into `out` from `at` (which has
- * room for `text.length` bytes): natively when it is ASCII, as heads mostly
- * are, else one character at a time.
+ * Encodes a string of ISO-8859-1 characters into the start of `out` (which
+ * has room for `text.length` bytes): natively when it is ASCII, as heads
+ * mostly are, else one character at a time. Bytes of `out` after the first
+ * `text.length` may be overwritten: it is a scratch buffer (no view is made
+ * per call).
  */
-export function encodeLatin1Into(text: string, out: Uint8Array, at: number): void {
-  const done = utf8.encodeInto(text, out.subarray(at, at + text.length));
+export function encodeLatin1Into(text: string, out: Uint8Array): void {
+  const done = utf8.encodeInto(text, out);
   if (done.read === text.length && done.written === text.length) return;
-  for (let i = 0; i < text.length; i++) out[at + i] = text.charCodeAt(i);
+  for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
 }
 
 function splitLines(
@@ -169,6 +171,9 @@ const CONNECTION_OPTIONS = [
   "host",
 ];
 
+/** The tokens of a head without a `Connection` field (most heads): shared, never changed. */
+const NO_TOKENS: ReadonlySet<string> = new Set();
+
 /** FNV-1a over `text[from, to)`, ASCII letters lower-cased. */
 function hashLower(text: string, from: number, to: number): number {
   let h = 0x811c9dc5;
@@ -184,9 +189,9 @@ function hashLower(text: string, from: number, to: number): number {
  * are one of {@linkcode CONNECTION_OPTIONS}: one pass over the values that
  * hashes each token in place, matched against at most one entry per field.
  */
-function connectionTokens(names: string[], values: string[]): Set<string> {
+function connectionTokens(names: string[], values: string[]): ReadonlySet<string> {
+  if (!names.includes("connection")) return NO_TOKENS;
   const found = new Set<string>();
-  if (!names.includes("connection")) return found;
   const wanted = new Map<number, string[]>();
   // A filter of the wanted hashes' low bits: most tokens stop there.
   const filter = new Uint8Array(4096);

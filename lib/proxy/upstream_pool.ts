@@ -149,10 +149,8 @@ export class UpstreamPool {
       this.#closeIdleOf(key);
       return undefined;
     }
-    const list = this.#idle.get(key);
-    const up = list?.pop();
-    if (list?.length === 0) this.#idle.delete(key);
-    return up;
+    // A list emptied here stays until the sweep: the next put() of a busy host refills it.
+    return this.#idle.get(key)?.pop();
   }
 
   /** Pools `up` again and throws `err`. */
@@ -234,7 +232,7 @@ export class UpstreamPool {
       up.close();
       return;
     }
-    this.#idle.set(up.key, list);
+    if (list.length === 0) this.#idle.set(up.key, list);
     up.idleUntil = this.#now + this.#o.idleTimeout;
     list.push(up);
     // A pooled socket that speaks or closes is of no further use.
@@ -532,8 +530,9 @@ export class UpstreamPool {
     for (const [abort, deadline] of this.#dials) {
       if (deadline <= now) abort.abort();
     }
-    for (const list of this.#idle.values()) {
-      for (const up of list.filter((u) => u.idleUntil <= now)) up.close();
+    for (const [key, list] of this.#idle) {
+      if (list.length === 0) this.#idle.delete(key);
+      else for (const up of list.filter((u) => u.idleUntil <= now)) up.close();
     }
   }
 
