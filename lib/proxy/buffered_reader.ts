@@ -133,13 +133,16 @@ export class BufferedReader {
         this.#start += 2;
         if (scanFrom < this.#start) scanFrom = this.#start;
       }
-      const buf = this.#buf.subarray(0, this.#end);
-      let next = this.#end;
-      for (let i = buf.indexOf(10, scanFrom); i >= 0; i = buf.indexOf(10, i + 1)) {
+      // A plain loop, not indexOf: that is a call into the runtime per line.
+      const buf = this.#buf;
+      const end = this.#end;
+      let next = end;
+      for (let i = scanFrom; i < end; i++) {
+        if (buf[i] !== 10) continue;
         if (i === this.#start || buf[i - 1] !== 13) return this.#takeHead(i + 1, i + 1, maxSize);
-        if (i + 2 >= this.#end) {
+        if (i + 2 >= end) {
           // Too few bytes yet to tell whether this line is the last.
-          if (i + 1 === this.#end || buf[i + 1] === 13) {
+          if (i + 1 === end || buf[i + 1] === 13) {
             next = i;
             break;
           }

@@ -28,6 +28,7 @@ import type { Session } from "./session.ts";
 import { parseTarget } from "./target.ts";
 import { pipe } from "./relay.ts";
 import type { Upstream } from "./upstream.ts";
+import type { UpstreamPool } from "./upstream_pool.ts";
 
 /** Methods that may be sent again when a reused connection drops them. */
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE"]);
@@ -148,28 +149,34 @@ async function roundTrip(s: Session, out: Outbound): Promise<Answer & { up: Upst
     s.upstream = up;
     s.via = up.parent?.url.authority;
     if (s.closed) throw s.signal.reason;
-    const sentAt = performance.now();
+    // The clock is read only for a host whose limit adapts.
+    const sentAt = pool.gates.adapts(out.key) ? performance.now() : NaN;
     let answer: Answer | null;
     try {
       answer = await send(s, up, out);
     } catch (err) {
       // Reset or timed out before the first byte: the host could not serve it.
       if (err instanceof UpstreamClosedError && !s.signal.aborted) {
-        pool.gates.observe(out.key, performance.now() - sentAt, true);
+        observe(pool, out.key, sentAt, true);
       }
       throw err;
     }
     if (answer !== null) {
       const { status } = answer.res;
-      pool.gates.observe(out.key, performance.now() - sentAt, status === 429 || status === 503);
+      observe(pool, out.key, sentAt, status === 429 || status === 503);
       return { ...answer, up };
     }
     up.close();
     if (!pooled || attempt > 0 || !out.replayable || s.timedOut) {
-      pool.gates.observe(out.key, performance.now() - sentAt, true);
+      observe(pool, out.key, sentAt, true);
       throw new UpstreamClosedError(out.key);
     }
   }
+}
+
+/** Takes in the latency of a request sent at `sentAt` (`NaN`: its host's limit does not adapt). */
+function observe(pool: UpstreamPool, key: string, sentAt: number, dropped: boolean): void {
+  if (!Number.isNaN(sentAt)) pool.gates.observe(key, performance.now() - sentAt, dropped);
 }
 
 /**

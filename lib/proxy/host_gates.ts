@@ -65,6 +65,11 @@ export class HostGates {
     return match.adaptive ?? this.#o.adaptive ? this.#adaptive : undefined;
   }
 
+  /** Whether the limit of `key` adapts: only then are its latencies taken ({@linkcode observe}). */
+  adapts(key: string): boolean {
+    return this.adaptiveOf(this.#o.limits.lookup(key)) !== undefined;
+  }
+
   /**
    * The limit of `key` in force: its adaptive limit as last known when it
    * adapts, else the rule's.

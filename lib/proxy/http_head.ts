@@ -70,18 +70,12 @@ export function encodeLatin1(text: string): Uint8Array {
   return out;
 }
 
-const utf8 = new TextEncoder();
-
 /**
  * Encodes a string of ISO-8859-1 characters into the start of `out` (which
- * has room for `text.length` bytes): natively when it is ASCII, as heads
- * mostly are, else one character at a time. Bytes of `out` after the first
- * `text.length` may be overwritten: it is a scratch buffer (no view is made
- * per call).
+ * has room for `text.length` bytes), one character a byte: a loop costs less
+ * than a call out to `TextEncoder` for heads of this size.
  */
 export function encodeLatin1Into(text: string, out: Uint8Array): void {
-  const done = utf8.encodeInto(text, out);
-  if (done.read === text.length && done.written === text.length) return;
   for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
 }
 
