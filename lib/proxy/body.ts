@@ -22,28 +22,28 @@ export class WriteError extends Error {
   }
 }
 
-async function send(dst: Writer, data: Uint8Array): Promise<void> {
-  try {
-    await writeAll(dst, data);
-  } catch (err) {
-    throw new WriteError(err);
-  }
+function send(dst: Writer, data: Uint8Array): Promise<void> {
+  return writeAll(dst, data).then(undefined, toWriteError);
+}
+
+function toWriteError(err: unknown): never {
+  throw new WriteError(err);
 }
 
 /**
  * Sends the text of a head (ISO-8859-1), encoded into a spare buffer when
  * it fits one: a typed array of its own per head would cost more than the
- * encoding. Throws {@linkcode WriteError}.
+ * encoding. Rejects with {@linkcode WriteError}.
  */
-export async function sendText(dst: Writer, text: string): Promise<void> {
-  if (text.length > SPARE_SIZE) return await send(dst, encodeLatin1(text));
+export function sendText(dst: Writer, text: string): Promise<void> {
+  if (text.length > SPARE_SIZE) return send(dst, encodeLatin1(text));
   const buf = takeSpare();
   encodeLatin1Into(text, buf);
-  try {
-    await send(dst, buf.subarray(0, text.length));
-  } finally {
-    giveSpare(buf); // the write has ended, either way: nothing views it
-  }
+  // Once the write has ended, either way, nothing views the buffer.
+  return writeAll(dst, buf.subarray(0, text.length)).then(() => giveSpare(buf), (err) => {
+    giveSpare(buf);
+    throw new WriteError(err);
+  });
 }
 
 /**

@@ -261,13 +261,21 @@ export interface Reader {
   read(p: Uint8Array): Promise<number | null>;
 }
 
-/** Writes every byte of `data`. */
-export async function writeAll(
-  conn: Writer,
-  data: Uint8Array,
-): Promise<void> {
-  let off = 0;
-  while (off < data.length) {
-    off += await conn.write(off === 0 ? data : data.subarray(off));
+/**
+ * Writes every byte of `data`: one write and one promise reaction when the
+ * connection takes it all, as it mostly does (no async frame per write).
+ * A connection that throws at once rejects the promise.
+ */
+export function writeAll(conn: Writer, data: Uint8Array): Promise<void> {
+  if (data.length === 0) return Promise.resolve();
+  try {
+    return conn.write(data).then((n) => n < data.length ? writeRest(conn, data, n) : undefined);
+  } catch (err) {
+    return Promise.reject(err);
   }
+}
+
+/** Writes the bytes of `data` from `off` on, after a partial write. */
+async function writeRest(conn: Writer, data: Uint8Array, off: number): Promise<void> {
+  while (off < data.length) off += await conn.write(data.subarray(off));
 }

@@ -46,8 +46,8 @@ interface Outbound {
   framing: Framing;
   /** The text of the rewritten request head (origin-form), encoded as it is sent. */
   head: string;
-  /** Its start line's target in absolute form and its lines, for a parent proxy. */
-  absolute: { target: string; lines: string[] };
+  /** The target's authority and origin-form path, and the forwarded lines, for a parent proxy. */
+  absolute: { authority: string; path: string; lines: string[] };
   /** The client asked to switch protocols (e.g. WebSocket). */
   upgrading: boolean;
   /** The client lets its connection carry further requests. */
@@ -125,7 +125,7 @@ function outbound(req: RequestHead): Outbound {
     port: target.port,
     framing,
     head: headText(`${req.method} ${target.path} HTTP/1.1`, lines),
-    absolute: { target: `http://${target.authority}${target.path}`, lines },
+    absolute: { authority: target.authority, path: target.path, lines },
     upgrading: upgrade !== undefined,
     clientKeepAlive: req.minor === 1 && !req.connection.has("close"),
     // Judged by what is forwarded: a key the Connection field strips does not count.
@@ -203,7 +203,8 @@ async function send(s: Session, up: Upstream, out: Outbound): Promise<Answer | n
  */
 function headFor(up: Upstream, out: Outbound): string {
   if (!up.parent) return out.head;
-  const { target, lines } = out.absolute;
+  const { authority, path, lines } = out.absolute;
+  const target = `http://${authority}${path}`;
   return headText(`${out.req.method} ${target} HTTP/1.1`, [...lines, ...up.parent.authLines]);
 }
 

@@ -169,13 +169,17 @@ export class HostGates {
   }
 
   /**
-   * Takes a turn under the rate of `key`, if it has one, for a request that
-   * needs no new slot, and waits for it. Throws `RateLimitedError` when no
-   * turn comes within the host's queue timeout.
+   * Takes a turn under the rate of `key`, for a request that needs no new
+   * slot: `undefined` at once when the host has no rate (no promise to wait
+   * on), else a promise that settles when the turn comes. It rejects with
+   * `RateLimitedError` when no turn comes within the host's queue timeout.
    */
-  async turn(key: string, signal?: AbortSignal): Promise<void> {
+  turn(key: string, signal?: AbortSignal): Promise<void> | undefined {
     const rate = this.rateOf(key, this.#o.limits.lookup(key));
-    if (!rate) return;
+    return rate && this.#takeTurn(key, rate, signal);
+  }
+
+  async #takeTurn(key: string, rate: RateLimit, signal?: AbortSignal): Promise<void> {
     let wait: number;
     try {
       wait = await this.#o.limiter.admit(key, rate);

@@ -139,7 +139,6 @@ function parseFields(
   if (lines.length - 1 > DEFAULTS.maxHeaderFields) throw tooMany();
   const names: string[] = [];
   const values: string[] = [];
-  const kept: string[] = [];
   for (let i = 1; i < lines.length; i++) {
     const line = lines[i];
     const c = line.charCodeAt(0);
@@ -150,9 +149,8 @@ function parseFields(
     if (!TOKEN.test(name)) throw error(`Invalid header name "${name}"`);
     names.push(name.toLowerCase());
     values.push(trimOws(line.slice(colon + 1)));
-    kept.push(line);
   }
-  return { lines: kept, names, values, connection: connectionTokens(names, values) };
+  return { lines: lines.slice(1), names, values, connection: connectionTokens(names, values) };
 }
 
 /** Connection tokens that matter without a field of their name. */

@@ -122,11 +122,15 @@ export class Session {
   #closed = false;
   /** Writes towards the upstream of the moment, counted. */
   readonly toUpstream: Writer = {
-    write: async (p) => {
-      const n = await this.upstream!.conn.write(p);
-      this.#bytesUp += n;
-      return n;
-    },
+    write: (p) => this.upstream!.conn.write(p).then(this.#countUp),
+  };
+  readonly #countUp = (n: number): number => {
+    this.#bytesUp += n;
+    return n;
+  };
+  readonly #countDown = (n: number): number => {
+    this.bytesDown += n;
+    return n;
   };
   /** Bytes moved: the idle timeout starts again (not once a pipe is ending or a reply going). */
   readonly touch = (): void => {
@@ -231,11 +235,9 @@ export class Session {
   }
 
   /** Writes to the client, noting that the response has begun. */
-  async write(p: Uint8Array): Promise<number> {
+  write(p: Uint8Array): Promise<number> {
     this.sent = true;
-    const n = await this.conn.write(p);
-    this.bytesDown += n;
-    return n;
+    return this.conn.write(p).then(this.#countDown);
   }
 
   /** Closes the client connection and the upstream one of the moment. */

@@ -135,10 +135,11 @@ export class UpstreamPool {
    * under the host's rate when it has one (waited for; the socket waits
    * out of the pool). Throws `RateLimitedError` when no turn comes in time.
    */
-  async reuse(key: string, signal?: AbortSignal): Promise<Upstream | undefined> {
+  reuse(key: string, signal?: AbortSignal): Promise<Upstream | undefined> {
     const up = this.take(key);
-    if (up) await this.gates.turn(key, signal).catch((err) => this.#putBack(up, err));
-    return up;
+    const turn = up && this.gates.turn(key, signal);
+    if (!turn) return Promise.resolve(up);
+    return turn.then(() => up, (err) => this.#putBack(up!, err));
   }
 
   /** Takes an idle socket to `key` for reuse, if one is pooled and the host is not paused. */
@@ -263,7 +264,7 @@ export class UpstreamPool {
     const taken = await this.#slot(key, signal, http);
     if (taken instanceof Upstream) {
       // A waiting request handed an idle socket takes its turn under the rate.
-      await this.gates.turn(key, signal).catch((err) => this.#putBack(taken, err));
+      await this.gates.turn(key, signal)?.catch((err) => this.#putBack(taken, err));
       return taken;
     }
     if (taken.waitMs > 0) {
