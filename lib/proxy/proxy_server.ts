@@ -293,7 +293,7 @@ export class ProxyServer {
       s.startRequest();
       const req = parseRequestHead(head);
       checkHost(req);
-      await this.#authenticate(req, s);
+      if (this.#clients.authRequired) await this.#authenticate(req, s);
       return req;
     } catch (err) {
       const bad = err instanceof TooLargeError
@@ -308,9 +308,8 @@ export class ProxyServer {
     }
   }
 
-  /** Refuses a request without valid credentials when authentication is on. */
+  /** Refuses a request without valid credentials (authentication is on). */
   async #authenticate(req: RequestHead, s: Session): Promise<void> {
-    if (!this.#clients.authRequired) return;
     const user = await this.#clients.authenticate(field(req, "proxy-authorization"), s.ip);
     if (user === null) throw new ProxyAuthRequiredError(PROXY_AUTHENTICATE);
     s.user = s.conn.peer ?? user;
